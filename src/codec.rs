@@ -1,0 +1,197 @@
+//! The wire encoding of the header protocol, and nothing else: pure functions, no IO.
+//!
+//! Session data travels to the upstream as base64url (no padding) of its UTF-8 JSON text.
+//! Update and Replace instructions come back either as raw JSON (when the value starts with `{`)
+//! or as base64url JSON (padding tolerated).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+use serde_json::{Map, Value};
+
+use crate::session::{DataChange, Instructions};
+
+/// Why an instruction header was refused. The proxy logs it and ignores the instruction.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CodecError {
+    #[error("{header}: value is neither JSON nor base64url")]
+    Base64 { header: &'static str },
+    #[error("{header}: not valid JSON: {reason}")]
+    Json {
+        header: &'static str,
+        reason: String,
+    },
+    #[error("{header}: must be a JSON object")]
+    NotObject { header: &'static str },
+}
+
+/// base64url (no padding) of the session's JSON text, as sent in `X-Session`.
+pub fn encode_session(json: &str) -> String {
+    URL_SAFE_NO_PAD.encode(json.as_bytes())
+}
+
+/// Decodes an `X-Session` value back to JSON text; the inverse of [`encode_session`].
+pub fn decode_session(value: &[u8]) -> Option<String> {
+    let bytes = decode_b64(value)?;
+    String::from_utf8(bytes).ok()
+}
+
+fn decode_b64(value: &[u8]) -> Option<Vec<u8>> {
+    if value.ends_with(b"=") {
+        URL_SAFE.decode(value).ok()
+    } else {
+        URL_SAFE_NO_PAD.decode(value).ok()
+    }
+}
+
+/// Parses one Update/Replace value: raw JSON object, or base64url of one.
+pub fn parse_object(header: &'static str, value: &[u8]) -> Result<Map<String, Value>, CodecError> {
+    let trimmed = value.trim_ascii();
+    let json: Value = if trimmed.first() == Some(&b'{') {
+        serde_json::from_slice(trimmed)
+    } else {
+        let bytes = decode_b64(trimmed).ok_or(CodecError::Base64 { header })?;
+        serde_json::from_slice(&bytes)
+    }
+    .map_err(|e| CodecError::Json {
+        header,
+        reason: e.to_string(),
+    })?;
+    match json {
+        Value::Object(map) => Ok(map),
+        _ => Err(CodecError::NotObject { header }),
+    }
+}
+
+/// The raw instruction header values taken off an upstream response (see `headers.rs`).
+#[derive(Debug, Default)]
+pub struct RawInstructions {
+    pub update: Option<Vec<u8>>,
+    pub replace: Option<Vec<u8>>,
+    pub destroy: bool,
+    pub regenerate: bool,
+}
+
+/// Applies precedence and parsing. A malformed Update/Replace is dropped and reported; the rest
+/// of the instructions still apply (a bad Update must not also cancel a Destroy).
+pub fn parse_instructions(raw: &RawInstructions) -> (Instructions, Vec<CodecError>) {
+    let mut errors = Vec::new();
+    let mut out = Instructions {
+        destroy: raw.destroy,
+        regenerate: raw.regenerate,
+        change: None,
+    };
+    if raw.destroy {
+        // Destroy beats everything: nothing else is even parsed.
+        out.regenerate = false;
+        return (out, errors);
+    }
+    if let Some(value) = &raw.replace {
+        match parse_object("replace", value) {
+            Ok(map) => out.change = Some(DataChange::Replace(map)),
+            Err(e) => errors.push(e),
+        }
+    }
+    if out.change.is_none()
+        && let Some(value) = &raw.update
+    {
+        match parse_object("update", value) {
+            Ok(map) => out.change = Some(DataChange::Patch(map)),
+            Err(e) => errors.push(e),
+        }
+    }
+    (out, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("not an object"),
+        }
+    }
+
+    #[test]
+    fn session_round_trip() {
+        assert_eq!(encode_session("{}"), "e30");
+        for text in ["{}", r#"{"a":1,"é":"ü"}"#, r#"{"n":[1,2,{"x":null}]}"#] {
+            assert_eq!(
+                decode_session(encode_session(text).as_bytes()).as_deref(),
+                Some(text)
+            );
+        }
+    }
+
+    #[test]
+    fn parse_object_table() {
+        let b64 = URL_SAFE_NO_PAD.encode(br#"{"a":1}"#);
+        let b64_padded = URL_SAFE.encode(br#"{"ab":1}"#);
+        let cases: Vec<(&[u8], Result<Value, &str>)> = vec![
+            (br#"{"a":1}"#, Ok(json!({"a":1}))),
+            (br#"  {"a":null}  "#, Ok(json!({"a":null}))),
+            (b64.as_bytes(), Ok(json!({"a":1}))),
+            (b64_padded.as_bytes(), Ok(json!({"ab":1}))),
+            (b"{not json", Err("json")),
+            (b"[1,2]", Err("base64")),
+            (b"WzEsMl0", Err("object")), // base64url of [1,2]
+            (b"", Err("json")),
+            (b"!!!", Err("base64")),
+        ];
+        for (input, expect) in cases {
+            let got = parse_object("update", input);
+            match (got, expect) {
+                (Ok(m), Ok(v)) => assert_eq!(Value::Object(m), v),
+                (Err(CodecError::Json { .. }), Err("json"))
+                | (Err(CodecError::Base64 { .. }), Err("base64"))
+                | (Err(CodecError::NotObject { .. }), Err("object")) => {}
+                (got, expect) => panic!("{:?}: got {got:?}, want {expect:?}", input),
+            }
+        }
+    }
+
+    #[test]
+    fn precedence() {
+        let raw = RawInstructions {
+            update: Some(br#"{"u":1}"#.to_vec()),
+            replace: Some(br#"{"r":1}"#.to_vec()),
+            destroy: true,
+            regenerate: true,
+        };
+        let (i, e) = parse_instructions(&raw);
+        assert!(e.is_empty());
+        assert_eq!(
+            i,
+            Instructions {
+                destroy: true,
+                regenerate: false,
+                change: None
+            }
+        );
+
+        let raw = RawInstructions {
+            destroy: false,
+            ..raw
+        };
+        let (i, _) = parse_instructions(&raw);
+        assert_eq!(i.change, Some(DataChange::Replace(obj(json!({"r":1})))));
+        assert!(i.regenerate);
+
+        let raw = RawInstructions {
+            replace: Some(b"bad".to_vec()),
+            ..raw
+        };
+        let (i, e) = parse_instructions(&raw);
+        assert_eq!(i.change, Some(DataChange::Patch(obj(json!({"u":1})))));
+        assert_eq!(e.len(), 1);
+    }
+
+    #[test]
+    fn merge_patch_semantics() {
+        let mut data = json!({"a":1,"b":{"c":1,"d":2}});
+        DataChange::Patch(obj(json!({"a":null,"b":{"c":null,"e":3},"f":[1]}))).apply_to(&mut data);
+        assert_eq!(data, json!({"b":{"d":2,"e":3},"f":[1]}));
+    }
+}

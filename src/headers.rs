@@ -1,0 +1,172 @@
+//! Every header name the proxy reads, writes or strips, and the strip rules.
+//!
+//! The protocol names are built once from the configured prefix. The whole prefix is reserved:
+//! inbound, every client header that starts with it is removed before ours are added (so a client
+//! can never forge session data); outbound, every upstream header that starts with it is removed
+//! before the client sees the response (linkerd's strip-then-set rule).
+
+use http::header::{self, HeaderMap, HeaderName};
+
+use crate::codec::RawInstructions;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies still see. "Intermediaries
+/// MUST parse a received Connection header field before a message is forwarded and, for each
+/// connection-option in this field, remove any header field(s) from the message with the same name
+/// as the connection-option, and then remove the Connection header field itself".
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names.
+/// `Upgrade` goes too: this proxy does not tunnel protocol upgrades.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// The protocol's header names, derived once from `[session] header_prefix`.
+#[derive(Debug, Clone)]
+pub struct ProtocolHeaders {
+    /// Lowercase, as `HeaderName`s are.
+    prefix: String,
+    pub session: HeaderName,
+    pub id: HeaderName,
+    pub new: HeaderName,
+    pub expires: HeaderName,
+    update: HeaderName,
+    replace: HeaderName,
+    destroy: HeaderName,
+    regenerate: HeaderName,
+}
+
+/// The configured prefix cannot start a valid header name.
+#[derive(Debug, thiserror::Error)]
+#[error("header_prefix {0:?} is not a valid header name")]
+pub struct InvalidPrefix(String);
+
+impl ProtocolHeaders {
+    pub fn new(prefix: &str) -> Result<Self, InvalidPrefix> {
+        let lower = prefix.to_ascii_lowercase();
+        let name = |suffix: &str| {
+            HeaderName::from_bytes(format!("{lower}{suffix}").as_bytes())
+                .map_err(|_| InvalidPrefix(prefix.to_owned()))
+        };
+        if lower.is_empty() {
+            return Err(InvalidPrefix(prefix.to_owned()));
+        }
+        Ok(ProtocolHeaders {
+            session: name("")?,
+            id: name("-id")?,
+            new: name("-new")?,
+            expires: name("-expires")?,
+            update: name("-update")?,
+            replace: name("-replace")?,
+            destroy: name("-destroy")?,
+            regenerate: name("-regenerate")?,
+            prefix: lower,
+        })
+    }
+
+    fn reserved(&self, name: &HeaderName) -> bool {
+        name.as_str().starts_with(&self.prefix)
+    }
+
+    /// Removes every header in the reserved namespace; returns how many distinct names went.
+    pub fn strip_reserved(&self, headers: &mut HeaderMap) -> usize {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|n| self.reserved(n))
+            .cloned()
+            .collect();
+        for name in &names {
+            headers.remove(name);
+        }
+        names.len()
+    }
+
+    /// Removes every reserved header from an upstream response and returns the instructions
+    /// among them. With a repeated header the last value wins.
+    pub fn take_instructions(&self, headers: &mut HeaderMap) -> RawInstructions {
+        let mut raw = RawInstructions::default();
+        if !headers.keys().any(|n| self.reserved(n)) {
+            return raw;
+        }
+        let last = |headers: &HeaderMap, name: &HeaderName| {
+            headers
+                .get_all(name)
+                .iter()
+                .next_back()
+                .map(|v| v.as_bytes().to_vec())
+        };
+        raw.update = last(headers, &self.update);
+        raw.replace = last(headers, &self.replace);
+        raw.destroy = headers.contains_key(&self.destroy);
+        raw.regenerate = headers.contains_key(&self.regenerate);
+        self.strip_reserved(headers);
+        raw
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    #[test]
+    fn strips_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-foo"));
+        h.insert("x-foo", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-bar", HeaderValue::from_static("2"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-bar"));
+    }
+
+    #[test]
+    fn reserved_prefix_is_case_insensitive_and_whole() {
+        let p = ProtocolHeaders::new("X-Session").unwrap();
+        let mut h = HeaderMap::new();
+        for n in [
+            "x-session",
+            "x-session-id",
+            "x-sessionfoo",
+            "x-session-update",
+            "x-other",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_static("1"),
+            );
+        }
+        assert_eq!(p.strip_reserved(&mut h), 4);
+        assert!(h.contains_key("x-other"));
+    }
+
+    #[test]
+    fn bad_prefix_rejected() {
+        assert!(ProtocolHeaders::new("").is_err());
+        assert!(ProtocolHeaders::new("X Session").is_err());
+    }
+}

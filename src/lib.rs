@@ -1,0 +1,93 @@
+//! session-proxy: an HTTP reverse proxy that gives server-side sessions to an app that has none.
+//!
+//! [`Proxy::open`] validates nothing (that is [`config`]'s job) but opens the store and builds
+//! the shared state; [`Proxy::serve`] runs it on a listener the caller bound, so tests can bind
+//! `127.0.0.1:0` and learn the port before any request is sent.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod cookie;
+pub mod error;
+pub mod headers;
+pub mod proxy;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use config::Config;
+use store::SessionStore;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the session store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Header(#[from] headers::InvalidPrefix),
+}
+
+/// A proxy ready to serve: config validated, store open.
+pub struct Proxy {
+    state: Arc<proxy::State>,
+}
+
+impl Proxy {
+    pub async fn open(config: Config) -> Result<Self, StartError> {
+        let store = store::open(&config.store).await?;
+        Self::with_store(config, store)
+    }
+
+    /// Uses an already opened store (tests wrap stores to observe them).
+    pub fn with_store(config: Config, store: Arc<dyn SessionStore>) -> Result<Self, StartError> {
+        Ok(Proxy {
+            state: Arc::new(proxy::State::new(config, store)?),
+        })
+    }
+
+    pub fn store(&self) -> Arc<dyn SessionStore> {
+        self.state.store.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then drains (see [`server::serve`]).
+    /// Also runs the expiry sweeper for stores that need one.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let sweeper = (!self.state.store.expires_by_itself()).then(|| {
+            tokio::spawn(sweep(
+                self.state.store.clone(),
+                self.state.config.store.sweep_interval,
+            ))
+        });
+        let deadline = self.state.config.shutdown_timeout;
+        server::serve(listener, self.state, shutdown, deadline).await;
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
+        }
+    }
+}
+
+/// Removes expired sessions every `interval`. Only housekeeping: loads already treat an
+/// expired session as missing. A prune runs on the blocking pool (fs) or under short shard
+/// locks (memory), so requests never wait for it.
+async fn sweep(store: Arc<dyn SessionStore>, interval: std::time::Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        match store.prune(store::now_ms()).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "swept expired sessions"),
+            Err(error) => tracing::warn!(%error, "sweeping expired sessions failed"),
+        }
+    }
+}

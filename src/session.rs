@@ -1,0 +1,151 @@
+//! Session identity and the upstream's instructions.
+//!
+//! Owns the one way a [`SessionId`] comes into being: either [`SessionId::generate`] (the OS CSPRNG)
+//! or [`SessionId::parse`] (werkzeug's `is_valid_key`). Store paths and keys are built only from a
+//! `SessionId`, so a client-supplied value can never name a file or key of its choosing.
+
+use std::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rand::TryRngCore as _;
+use serde_json::{Map, Value};
+
+/// Random bytes per id: 192 bits, well past the 128 that makes guessing hopeless.
+const ID_BYTES: usize = 24;
+/// Length of the base64url text of [`ID_BYTES`] (a multiple of 3, so no padding and no spare bits).
+pub const ID_LEN: usize = ID_BYTES / 3 * 4;
+
+/// A validated session id: exactly [`ID_LEN`] characters of the base64url alphabet.
+///
+/// The field is private: the only ways to get one are [`SessionId::generate`] and
+/// [`SessionId::parse`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId([u8; ID_LEN]);
+
+/// The operating system's random source failed; no id can be made safely.
+#[derive(Debug, thiserror::Error)]
+#[error("the OS random number generator failed: {0}")]
+pub struct RandomError(String);
+
+impl SessionId {
+    /// A fresh id from the OS CSPRNG.
+    pub fn generate() -> Result<Self, RandomError> {
+        let mut raw = [0u8; ID_BYTES];
+        rand::rngs::OsRng
+            .try_fill_bytes(&mut raw)
+            .map_err(|e| RandomError(e.to_string()))?;
+        let mut text = [0u8; ID_LEN];
+        let written = URL_SAFE_NO_PAD
+            .encode_slice(raw, &mut text)
+            .map_err(|e| RandomError(e.to_string()))?;
+        debug_assert_eq!(written, ID_LEN);
+        Ok(SessionId(text))
+    }
+
+    /// werkzeug's `is_valid_key`: the right length and alphabet, nothing else accepted.
+    pub fn parse(text: &str) -> Option<Self> {
+        let bytes: [u8; ID_LEN] = text.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+            .then_some(SessionId(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Every byte is ASCII by construction (generate/parse), so this never falls back.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Debug output shows only a prefix: an id is a bearer credential and must not end up in logs.
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({}…)", &self.as_str()[..6])
+    }
+}
+
+/// A change to the session data asked for by the upstream.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataChange {
+    /// `X-Session-Update`: an RFC 7396 JSON merge patch, applied to the data as stored when saving.
+    Patch(Map<String, Value>),
+    /// `X-Session-Replace`: the whole new data.
+    Replace(Map<String, Value>),
+}
+
+impl DataChange {
+    /// Applies the change to `data` (a JSON object) in place.
+    pub fn apply_to(&self, data: &mut Value) {
+        match self {
+            DataChange::Patch(patch) => {
+                // A merge patch onto a non-object replaces it; our data is always an object.
+                if !data.is_object() {
+                    *data = Value::Object(Map::new());
+                }
+                json_patch::merge(data, &Value::Object(patch.clone()));
+            }
+            DataChange::Replace(map) => *data = Value::Object(map.clone()),
+        }
+    }
+}
+
+/// Everything the upstream asked for in one response, after precedence is applied.
+///
+/// Precedence: Destroy beats everything; Replace beats Update; Regenerate composes with the data
+/// change (the changed data moves to the new id).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Instructions {
+    pub destroy: bool,
+    pub regenerate: bool,
+    pub change: Option<DataChange>,
+}
+
+impl Instructions {
+    /// Whether the upstream asked to modify the session at all (werkzeug's `modified`).
+    pub fn modifies(&self) -> bool {
+        self.destroy || self.regenerate || self.change.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_parse_and_differ() {
+        let a = SessionId::generate().unwrap();
+        let b = SessionId::generate().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), ID_LEN);
+        assert_eq!(SessionId::parse(a.as_str()), Some(a));
+    }
+
+    #[test]
+    fn parse_rejects_bad_keys() {
+        let good = "A".repeat(ID_LEN);
+        assert!(SessionId::parse(&good).is_some());
+        for bad in [
+            String::new(),
+            "A".repeat(ID_LEN - 1),
+            "A".repeat(ID_LEN + 1),
+            format!("../{}", "A".repeat(ID_LEN - 3)),
+            format!("{}=", "A".repeat(ID_LEN - 1)),
+            format!("{}é", "A".repeat(ID_LEN - 2)),
+        ] {
+            assert!(SessionId::parse(&bad).is_none(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_id() {
+        let id = SessionId::generate().unwrap();
+        assert!(!format!("{id:?}").contains(id.as_str()));
+    }
+}

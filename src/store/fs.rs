@@ -1,0 +1,300 @@
+//! The embedded default store: one JSON file per session, like werkzeug's
+//! `FilesystemSessionStore`.
+//!
+//! Every write goes to a temporary file in the same directory, is fsynced (unless
+//! `store.fsync = false`), then renamed over the old file, and the directory is fsynced: a
+//! crash leaves the old session or the new one, never a torn one. Readers take no lock, since
+//! a rename is atomic; writers of one id serialise on a striped lock, which makes update a true
+//! read-merge-write within this process. (Several proxies must not share one directory: use
+//! Redis for that.)
+//!
+//! Each file's mtime is set to the session's expiry, so the sweeper finds dead sessions with a
+//! `stat` per file instead of a read, and a cron job can too (`find DIR -mmin +0`).
+//!
+//! Every filesystem call runs on the blocking pool (`spawn_blocking`), never on an async worker.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+
+use super::{Page, Record, Result, SessionStore, StoreError, Update, now_ms};
+use crate::config::FsConfig;
+use crate::session::SessionId;
+
+const STRIPES: usize = 64;
+const TEMP_PREFIX: &str = ".tmp-";
+/// A temp file older than this was left by a crash mid-write; the sweeper removes it.
+const STALE_TEMP: Duration = Duration::from_secs(3600);
+
+#[derive(Debug)]
+pub struct FsStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    prefix: String,
+    suffix: String,
+    mode: u32,
+    fsync: bool,
+    /// Writers of one id serialise on `locks[hash(id) % STRIPES]`.
+    locks: Vec<Mutex<()>>,
+}
+
+impl FsStore {
+    /// Creates the directory (mode 0o700) if needed and checks that it is writable.
+    pub async fn open(config: FsConfig) -> Result<Self> {
+        let (prefix, suffix) = config
+            .filename_template
+            .split_once("%s")
+            .map(|(p, s)| (p.to_owned(), s.to_owned()))
+            .ok_or_else(|| StoreError::Corrupt("filename_template has no %s".to_owned()))?;
+        let inner = Arc::new(Inner {
+            dir: config.path,
+            prefix,
+            suffix,
+            mode: config.mode,
+            fsync: config.fsync,
+            locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        });
+        let check = inner.clone();
+        blocking(move || {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&check.dir)?;
+            // Fail at start, not on the first request, if the directory is not writable.
+            let probe = check
+                .dir
+                .join(format!("{TEMP_PREFIX}probe-{}", std::process::id()));
+            File::create(&probe)?;
+            fs::remove_file(&probe)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Io(io) => StoreError::Io(io::Error::new(
+                io.kind(),
+                format!("session directory {}: {io}", inner.dir.display()),
+            )),
+            other => other,
+        })?;
+        Ok(FsStore { inner })
+    }
+}
+
+use std::os::unix::fs::DirBuilderExt as _;
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Backend(Box::new(e)))?
+}
+
+impl Inner {
+    fn path(&self, id: &SessionId) -> PathBuf {
+        self.dir
+            .join(format!("{}{}{}", self.prefix, id, self.suffix))
+    }
+
+    fn id_of(&self, name: &str) -> Option<SessionId> {
+        name.strip_prefix(&self.prefix)?
+            .strip_suffix(&self.suffix)
+            .and_then(SessionId::parse)
+    }
+
+    fn lock(&self, id: &SessionId) -> std::sync::MutexGuard<'_, ()> {
+        let stripe = id
+            .as_str()
+            .bytes()
+            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+            % STRIPES;
+        // A poisoned stripe only means another writer panicked; the files are still whole.
+        self.locks[stripe].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The record in `path`, if present. A file that does not parse is reported and treated
+    /// as missing, so one bad file cannot lock a client out; it is left on disk for inspection.
+    fn read(&self, path: &Path) -> Result<Option<Record>> {
+        match fs::read(path) {
+            Ok(bytes) => match Record::from_json(&bytes) {
+                Ok(r) => Ok(Some(r)),
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "unreadable session file treated as missing");
+                    Ok(None)
+                }
+            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn read_live(&self, path: &Path, now: u64) -> Result<Option<Record>> {
+        Ok(self.read(path)?.filter(|r| r.is_live(now)))
+    }
+
+    /// temp file + (fsync) + rename + (fsync dir): the file is the old one or the new one.
+    fn write(&self, path: &Path, record: &Record) -> Result<()> {
+        let json = record.to_json()?;
+        let mut token = [0u8; 8];
+        rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut token)
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let tmp = self.dir.join(format!(
+            "{TEMP_PREFIX}{}",
+            token.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ));
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(self.mode)
+                .open(&tmp)?;
+            file.write_all(json.as_bytes())?;
+            file.set_modified(UNIX_EPOCH + Duration::from_millis(record.expires_at))?;
+            if self.fsync {
+                file.sync_all()?;
+            }
+            fs::rename(&tmp, path)?;
+            if self.fsync {
+                File::open(&self.dir)?.sync_all()?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    fn prune(&self, now: u64) -> Result<u64> {
+        let now_time = UNIX_EPOCH + Duration::from_millis(now);
+        let mut removed = 0;
+        // Streams the directory: memory stays flat at a million files, and only files whose
+        // mtime (= expiry) has passed are opened.
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Ok(meta) = entry.metadata() else { continue };
+            let mtime = meta.modified().unwrap_or(SystemTime::now());
+            if name.starts_with(TEMP_PREFIX) {
+                if now_time
+                    .duration_since(mtime)
+                    .is_ok_and(|age| age > STALE_TEMP)
+                {
+                    let _ = fs::remove_file(entry.path());
+                }
+                continue;
+            }
+            let Some(id) = self.id_of(name) else { continue };
+            if mtime > now_time {
+                continue;
+            }
+            let _guard = self.lock(&id);
+            // Re-check under the lock: the file may have been touched since the stat.
+            match self.read(&entry.path())? {
+                Some(r) if !r.is_live(now) => match fs::remove_file(entry.path()) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                },
+                _ => {}
+            }
+        }
+        Ok(removed)
+    }
+
+    fn list(&self, cursor: Option<&str>, limit: usize) -> Result<Page> {
+        let now = now_ms();
+        let mut ids: Vec<SessionId> = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            if let Some(id) = entry.file_name().to_str().and_then(|n| self.id_of(n))
+                && cursor.is_none_or(|c| id.as_str() > c)
+            {
+                ids.push(id);
+            }
+        }
+        ids.sort_unstable();
+        let mut page = Page::default();
+        for id in ids {
+            if page.sessions.len() == limit {
+                page.next = page.sessions.last().map(|(id, _)| id.to_string());
+                break;
+            }
+            if let Some(r) = self.read_live(&self.path(&id), now)? {
+                page.sessions.push((id, r));
+            }
+        }
+        Ok(page)
+    }
+}
+
+#[async_trait]
+impl SessionStore for FsStore {
+    async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
+        let inner = self.inner.clone();
+        let id = *id;
+        blocking(move || inner.read_live(&inner.path(&id), now_ms())).await
+    }
+
+    async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
+        let (inner, id, record) = (self.inner.clone(), *id, record.clone());
+        blocking(move || {
+            let path = inner.path(&id);
+            let _guard = inner.lock(&id);
+            if inner.read_live(&path, now_ms())?.is_some() {
+                return Ok(false);
+            }
+            inner.write(&path, &record)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn update(&self, id: &SessionId, update: &Update) -> Result<Option<Record>> {
+        let (inner, id, update) = (self.inner.clone(), *id, update.clone());
+        blocking(move || {
+            let path = inner.path(&id);
+            let _guard = inner.lock(&id);
+            let Some(current) = inner.read_live(&path, update.now)? else {
+                return Ok(None);
+            };
+            let next = update.apply(&current)?;
+            inner.write(&path, &next)?;
+            Ok(Some(next))
+        })
+        .await
+    }
+
+    async fn delete(&self, id: &SessionId) -> Result<bool> {
+        let (inner, id) = (self.inner.clone(), *id);
+        blocking(move || {
+            let path = inner.path(&id);
+            let _guard = inner.lock(&id);
+            let live = inner.read_live(&path, now_ms())?.is_some();
+            match fs::remove_file(&path) {
+                Ok(()) => Ok(live),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
+    async fn list(&self, cursor: Option<&str>, limit: usize) -> Result<Page> {
+        let (inner, cursor) = (self.inner.clone(), cursor.map(str::to_owned));
+        blocking(move || inner.list(cursor.as_deref(), limit)).await
+    }
+
+    async fn prune(&self, now: u64) -> Result<u64> {
+        let inner = self.inner.clone();
+        blocking(move || inner.prune(now)).await
+    }
+}

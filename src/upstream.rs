@@ -1,0 +1,102 @@
+//! The upstream side: one pooled keep-alive HTTP/1.1 client, the request rewrite
+//! (URI, Host, X-Forwarded-*), and the connect/response timeouts.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::{HOST, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Response, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::config::Config;
+use crate::error::ProxyError;
+use crate::headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+
+/// `Client` is cheap to clone; its pool is shared by every request.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, Incoming>,
+    authority: Authority,
+    response_timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(config: &Config) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.upstream_timeouts.connect));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        Upstream {
+            client,
+            authority: config.upstream.clone(),
+            response_timeout: config.upstream_timeouts.response,
+        }
+    }
+
+    /// Points the request at the upstream and adds `X-Forwarded-*`. The client's `Host` is
+    /// kept (an HTTP/2 request's `:authority` becomes `Host`), so the app sees the name it was
+    /// called by.
+    pub fn rewrite(&self, req: &mut Request<Incoming>, remote: SocketAddr) {
+        let original_host = req.headers().get(HOST).cloned().or_else(|| {
+            req.uri()
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        *req.version_mut() = Version::HTTP_11;
+
+        let headers = req.headers_mut();
+        if let Some(host) = &original_host {
+            headers.insert(HOST, host.clone());
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
+        // Append to a chain a front proxy may have started (RFC 7239 §5.2 style).
+        let ip = remote.ip().to_string();
+        let chain: Vec<&[u8]> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        let xff = if chain.is_empty() {
+            HeaderValue::from_str(&ip).ok()
+        } else {
+            let mut joined = chain.join(&b", "[..]);
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(ip.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        };
+        headers.remove(&X_FORWARDED_FOR);
+        if let Some(xff) = xff {
+            headers.insert(X_FORWARDED_FOR, xff);
+        }
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+
+    /// Sends the request; the response body streams, only the wait for headers is bounded.
+    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout(self.response_timeout)),
+            Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamConnect(e)),
+            Ok(Err(e)) => Err(ProxyError::Upstream(e)),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+}
