@@ -1,0 +1,184 @@
+//! The test upstream: a real hyper app that reports what it received and answers with what the
+//! test asks for.
+//!
+//! - Every response to `/echo...` (and any unknown path) is a JSON description of the request:
+//!   method, path, query, every header, and the decoded `X-Session`.
+//! - `x-test-respond: {"Header": "value", ...}` adds those headers to the response.
+//! - `x-test-delay-ms: N` waits before answering; `x-test-status: N` sets the status.
+//! - `/stream/N` answers with N bytes, generated chunk by chunk (never held in memory).
+//! - `/sink` reads the request body and answers `{"received": bytes}`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Map, Value, json};
+use session_proxy::codec;
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type TestBody = BoxBody<Bytes, Infallible>;
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        handle(req)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, hits, task }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+async fn handle(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
+    let h = req.headers();
+    let delay = h
+        .get("x-test-delay-ms")
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let status = h
+        .get("x-test-status")
+        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    let respond: Map<String, Value> = h
+        .get("x-test-respond")
+        .and_then(|v| serde_json::from_slice(v.as_bytes()).ok())
+        .unwrap_or_default();
+    if let Some(ms) = delay {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+
+    let path = req.uri().path().to_owned();
+    let body: TestBody = if let Some(n) = path.strip_prefix("/stream/") {
+        Repeat {
+            remaining: n.parse().unwrap_or(0),
+        }
+        .boxed()
+    } else if path == "/sink" {
+        let mut body = req.into_body();
+        let mut received: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => received += f.data_ref().map_or(0, |d| d.len() as u64),
+                Err(_) => break,
+            }
+        }
+        full(json!({ "received": received }).to_string())
+    } else {
+        let mut headers: Map<String, Value> = Map::new();
+        for name in req.headers().keys() {
+            let values: Vec<Value> = req
+                .headers()
+                .get_all(name)
+                .iter()
+                .map(|v| Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect();
+            headers.insert(name.as_str().to_owned(), Value::Array(values));
+        }
+        let session = req
+            .headers()
+            .get("x-session")
+            .and_then(|v| codec::decode_session(v.as_bytes()))
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .unwrap_or(Value::Null);
+        full(
+            json!({
+                "method": req.method().as_str(),
+                "path": path,
+                "query": req.uri().query(),
+                "version": format!("{:?}", req.version()),
+                "headers": headers,
+                "session": session,
+            })
+            .to_string(),
+        )
+    };
+
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    for (k, v) in respond {
+        let value = match v {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            resp.headers_mut().append(name, value);
+        }
+    }
+    Ok(resp)
+}
+
+fn full(s: String) -> TestBody {
+    Full::new(Bytes::from(s)).boxed()
+}
+
+/// A body of `remaining` bytes produced 64 KiB at a time.
+struct Repeat {
+    remaining: u64,
+}
+
+static CHUNK: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+
+impl Body for Repeat {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(CHUNK.len() as u64) as usize;
+        self.remaining -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..n])))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+}
