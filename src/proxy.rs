@@ -213,6 +213,7 @@ async fn save(
     let cookies = &state.cookies;
     let update = Update {
         change: instructions.change.clone(),
+        base: current.record.clone(),
         now,
         lifetime: state.config.session.lifetime,
         max_size: state.config.session.max_size,

@@ -134,6 +134,10 @@ impl Lifetime {
 #[derive(Debug, Clone)]
 pub struct Update {
     pub change: Option<DataChange>,
+    /// The record as this request loaded it, if it did. Optimistic stores (Redis) try a
+    /// compare-and-set against its `version` first and re-read only when another write came
+    /// in between; stores that lock ignore it.
+    pub base: Option<Record>,
     pub now: u64,
     pub lifetime: Lifetime,
     pub max_size: usize,
