@@ -311,6 +311,7 @@ mod tests {
             change: Some(DataChange::Patch(
                 json!({"b":2,"a":null}).as_object().unwrap().clone(),
             )),
+            base: None,
             now: 10,
             lifetime: lifetime(1000, None, 100),
             max_size: 64,
