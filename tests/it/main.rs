@@ -5,3 +5,12 @@ mod support;
 
 /// The header protocol: each request and response header, precedence, stripping.
 mod protocol;
+
+/// Every cookie option, renew_missing, signed cookies.
+mod cookies;
+
+/// 502, 504, 503 and hostile input.
+mod errors;
+
+/// Concurrent updates of one session keep every change.
+mod concurrency;

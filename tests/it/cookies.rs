@@ -1,0 +1,191 @@
+use serde_json::json;
+
+use crate::support::{Browser, TestProxy, Upstream, get};
+
+const UPDATE: (&str, &str) = ("X-Session-Update", r#"{"a":1}"#);
+
+async fn first_cookie(toml: &str) -> (Upstream, TestProxy, Browser, String) {
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::start(&upstream, toml).await;
+    let mut b = proxy.client();
+    let r = b.get("/", &[UPDATE]).await;
+    let line = r
+        .set_cookie(&proxy.config.cookie.name)
+        .unwrap_or_else(|| panic!("no session cookie in {:?}", r.set_cookies()));
+    (upstream, proxy, b, line)
+}
+
+fn attrs(line: &str) -> Vec<String> {
+    line.split("; ").skip(1).map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn default_cookie_attributes() {
+    let (_u, _p, b, line) = first_cookie("").await;
+    let mut a = attrs(&line);
+    a.sort();
+    assert_eq!(a, vec!["HttpOnly", "Path=/", "SameSite=Lax"], "{line}");
+    assert_eq!(b.cookie.unwrap().len(), 32);
+}
+
+#[tokio::test]
+async fn every_cookie_option_is_honoured() {
+    let (_u, _p, b, line) = first_cookie(
+        "[cookie]\nname = \"sid\"\nmax_age = \"12h\"\npath = \"/app\"\ndomain = \"example.test\"\n\
+         secure = true\nhttp_only = false\nsame_site = \"strict\"",
+    )
+    .await;
+    assert!(line.starts_with("sid="), "{line}");
+    let a = attrs(&line);
+    for want in [
+        "Max-Age=43200",
+        "Path=/app",
+        "Domain=example.test",
+        "Secure",
+        "SameSite=Strict",
+    ] {
+        assert!(a.iter().any(|x| x == want), "{want} missing in {line}");
+    }
+    assert!(a.iter().any(|x| x.starts_with("Expires=")), "{line}");
+    assert!(!a.iter().any(|x| x == "HttpOnly"), "{line}");
+    assert!(b.cookie.is_some());
+}
+
+#[tokio::test]
+async fn same_site_none_and_fixed_expires() {
+    let (_u, _p, _b, line) = first_cookie(
+        "[cookie]\nsame_site = \"none\"\nsecure = true\nexpires = \"2031-02-03T04:05:06Z\"",
+    )
+    .await;
+    let a = attrs(&line);
+    assert!(a.iter().any(|x| x == "SameSite=None"), "{line}");
+    assert!(
+        a.iter()
+            .any(|x| x == "Expires=Mon, 03 Feb 2031 04:05:06 GMT"),
+        "{line}"
+    );
+    assert!(!a.iter().any(|x| x.starts_with("Max-Age")), "{line}");
+}
+
+#[tokio::test]
+async fn destroy_expires_the_cookie_with_the_same_path_and_domain() {
+    let (_u, _p, mut b, _) =
+        first_cookie("[cookie]\npath = \"/app\"\ndomain = \"example.test\"").await;
+    let r = b.get("/", &[("X-Session-Destroy", "1")]).await;
+    let line = r.set_cookie("session_id").unwrap();
+    assert!(line.starts_with("session_id=;"), "{line}");
+    for want in ["Max-Age=0", "Path=/app", "Domain=example.test"] {
+        assert!(
+            attrs(&line).iter().any(|x| x == want),
+            "{want} missing in {line}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn renew_missing_gives_unknown_and_malformed_ids_a_fresh_one() {
+    let (_u, proxy, _b, _) = first_cookie("").await;
+    let unknown = "B".repeat(32);
+    for cookie in [
+        format!("session_id={unknown}"),
+        "session_id=../../etc/passwd".to_owned(),
+        "session_id=".to_owned(),
+        "session_id".to_owned(),
+        format!("session_id={}", "C".repeat(31)),
+        format!("session_id={}%00", "C".repeat(32)),
+    ] {
+        let r = get(
+            proxy.addr,
+            "/",
+            &[
+                ("cookie", &cookie),
+                ("x-test-respond", &crate::support::respond(&[UPDATE])),
+            ],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{cookie}");
+        let seen = r.seen();
+        assert!(seen.is_new(), "{cookie}");
+        assert_ne!(
+            seen.session_id(),
+            unknown,
+            "a client chose its own id with {cookie}"
+        );
+        assert_eq!(seen.session(), json!({}));
+        let set = r.set_cookie("session_id").unwrap();
+        assert!(
+            set.starts_with(&format!("session_id={}", seen.session_id())),
+            "{set}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn renew_missing_false_adopts_a_well_formed_unknown_id() {
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::start(&upstream, "[session]\nrenew_missing = false").await;
+    let chosen = "D".repeat(32);
+    let r = get(
+        proxy.addr,
+        "/",
+        &[
+            ("cookie", &format!("session_id={chosen}")),
+            ("x-test-respond", &crate::support::respond(&[UPDATE])),
+        ],
+    )
+    .await;
+    assert_eq!(r.seen().session_id(), chosen);
+    assert!(r.seen().is_new());
+    assert_eq!(
+        proxy.sessions().await,
+        vec![(chosen.clone(), json!({"a":1}))]
+    );
+    // A malformed id is still never adopted.
+    let r = get(proxy.addr, "/", &[("cookie", "session_id=short")]).await;
+    assert_ne!(r.seen().session_id(), "short");
+}
+
+#[tokio::test]
+async fn signed_cookies_reject_bare_and_tampered_values() {
+    let secret = "s".repeat(40);
+    let (_u, proxy, mut b, line) = first_cookie(&format!("[cookie]\nsecret = \"{secret}\"")).await;
+    let value = b.cookie.clone().unwrap();
+    let id = proxy.sessions().await[0].0.clone();
+    assert_ne!(
+        value, id,
+        "the cookie must carry a signature, not the bare id"
+    );
+    assert!(value.ends_with(&id), "{line}");
+
+    // The signed cookie works.
+    assert_eq!(b.get("/", &[]).await.seen().session(), json!({"a":1}));
+    // The bare id (no signature) does not.
+    let r = get(proxy.addr, "/", &[("cookie", &format!("session_id={id}"))]).await;
+    assert!(r.seen().is_new());
+    // Neither does a tampered signature.
+    let mut forged = value.clone().into_bytes();
+    forged[3] = if forged[3] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let r = get(
+        proxy.addr,
+        "/",
+        &[("cookie", &format!("session_id={forged}"))],
+    )
+    .await;
+    assert!(r.seen().is_new());
+    assert_ne!(r.seen().session_id(), id);
+}
+
+#[tokio::test]
+async fn the_first_valid_of_several_session_cookies_wins() {
+    let (_u, proxy, b, _) = first_cookie("").await;
+    let good = b.cookie.clone().unwrap();
+    let r = get(
+        proxy.addr,
+        "/",
+        &[("cookie", &format!("session_id=garbage; session_id={good}"))],
+    )
+    .await;
+    assert_eq!(r.seen().session_id(), good);
+    assert!(!r.seen().is_new());
+}
