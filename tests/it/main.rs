@@ -14,3 +14,15 @@ mod errors;
 
 /// Concurrent updates of one session keep every change.
 mod concurrency;
+
+/// 256 MiB bodies stream through the proxy binary with flat memory.
+mod streaming;
+
+/// SIGTERM/SIGINT drain, fs persistence across restarts.
+mod shutdown;
+
+/// `check`, config errors and exit codes, `--help`.
+mod cli;
+
+/// Idle/absolute timeouts, coalesced touches, the sweeper, `sessions prune`.
+mod lifetime;

@@ -1,0 +1,289 @@
+//! Session lifetime: idle and absolute timeouts, coalesced touches, the sweeper and `prune`.
+//! Timeouts here are a second or two; the assertions are about what the client sees, not time.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{TestProxy, Upstream};
+
+const UPDATE: (&str, &str) = ("X-Session-Update", r#"{"user":"ada"}"#);
+
+async fn sleep_ms(ms: u64) {
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+#[tokio::test]
+async fn an_idle_session_dies_after_idle_timeout() {
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::start(&upstream, "[session]\nidle_timeout = \"1s\"").await;
+    let mut b = proxy.client();
+    b.get("/", &[UPDATE]).await;
+    let id = b.cookie.clone().unwrap();
+    sleep_ms(1300).await;
+    let r = b.get("/", &[]).await;
+    assert!(r.seen().is_new(), "an idle session outlived idle_timeout");
+    assert_ne!(r.seen().session_id(), id);
+    assert_eq!(
+        r.seen().session(),
+        json!({}),
+        "nothing of the dead session leaks"
+    );
+}
+
+#[tokio::test]
+async fn an_active_session_lives_past_idle_timeout() {
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::start(
+        &upstream,
+        "[session]\nidle_timeout = \"1s\"\ntouch_interval = \"200ms\"",
+    )
+    .await;
+    let mut b = proxy.client();
+    b.get("/", &[UPDATE]).await;
+    let id = b.cookie.clone().unwrap();
+    // 2.4 s of read-only use, a request every 300 ms: well past the 1 s idle timeout.
+    for _ in 0..8 {
+        sleep_ms(300).await;
+        let r = b.get("/", &[]).await;
+        assert!(!r.seen().is_new(), "an active session died");
+        assert_eq!(r.seen().session_id(), id);
+    }
+    assert_eq!(
+        b.get("/", &[]).await.seen().session(),
+        json!({"user":"ada"})
+    );
+}
+
+#[tokio::test]
+async fn absolute_timeout_ends_even_an_active_session() {
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::start(
+        &upstream,
+        "[session]\nidle_timeout = \"1h\"\nabsolute_timeout = \"1s\"\ntouch_interval = \"100ms\"",
+    )
+    .await;
+    let mut b = proxy.client();
+    b.get("/", &[UPDATE]).await;
+    let mut died = false;
+    for _ in 0..10 {
+        sleep_ms(200).await;
+        let r = b
+            .get("/", &[("X-Session-Update", r#"{"busy":true}"#)])
+            .await;
+        if r.seen().is_new() {
+            died = true;
+            break;
+        }
+    }
+    assert!(died, "an active session outlived absolute_timeout");
+}
+
+fn version_on_disk(dir: &Path) -> u64 {
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("session_"))
+        .collect();
+    assert_eq!(files.len(), 1);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(files[0].path()).unwrap()).unwrap();
+    record["version"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn read_only_traffic_writes_at_most_once_per_touch_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let toml = format!(
+        "[session]\nidle_timeout = \"1h\"\ntouch_interval = \"1s\"\n[store]\nkind = \"fs\"\npath = \"{}\"\nfsync = false",
+        dir.path().display()
+    );
+    let proxy = TestProxy::start(&upstream, &toml).await;
+    let mut b = proxy.client();
+    b.get("/", &[UPDATE]).await;
+    assert_eq!(version_on_disk(dir.path()), 1);
+
+    // 100 reads inside one touch interval: no write at all.
+    for _ in 0..100 {
+        let r = b.get("/", &[]).await;
+        assert!(r.set_cookie("session_id").is_none(), "no touch, no cookie");
+    }
+    assert_eq!(
+        version_on_disk(dir.path()),
+        1,
+        "read-only requests wrote to the store"
+    );
+
+    // Past the interval, the next read touches once, then the writes stop again.
+    sleep_ms(1100).await;
+    for _ in 0..50 {
+        b.get("/", &[]).await;
+    }
+    assert_eq!(
+        version_on_disk(dir.path()),
+        2,
+        "exactly one touch per interval"
+    );
+}
+
+#[tokio::test]
+async fn the_cookie_is_resent_on_touch_so_the_browser_expiry_slides() {
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::start(
+        &upstream,
+        "[cookie]\nmax_age = \"1h\"\n[session]\nidle_timeout = \"1h\"\ntouch_interval = \"300ms\"",
+    )
+    .await;
+    let mut b = proxy.client();
+    let first = b
+        .get("/", &[UPDATE])
+        .await
+        .set_cookie("session_id")
+        .unwrap();
+    assert!(first.contains("Max-Age=3600"));
+    assert!(b.get("/", &[]).await.set_cookie("session_id").is_none());
+    sleep_ms(400).await;
+    let touched = b.get("/", &[]).await.set_cookie("session_id");
+    assert!(
+        touched.is_some_and(|c| c.contains("Max-Age=3600")),
+        "touch must re-send the cookie"
+    );
+}
+
+fn session_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("session_"))
+        .count()
+}
+
+#[tokio::test]
+async fn the_sweeper_removes_expired_fs_sessions_and_keeps_live_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let store = format!(
+        "[store]\nkind = \"fs\"\npath = \"{}\"\nfsync = false",
+        dir.path().display()
+    );
+    // Two proxies on one directory: one makes short-lived sessions and sweeps often,
+    // the other makes long-lived ones.
+    let short = TestProxy::start(
+        &upstream,
+        &format!("[session]\nidle_timeout = \"1s\"\n{store}\nsweep_interval = \"300ms\""),
+    )
+    .await;
+    let long = TestProxy::start(
+        &upstream,
+        &format!("[session]\nidle_timeout = \"1h\"\n{store}"),
+    )
+    .await;
+    for _ in 0..3 {
+        short.client().get("/", &[UPDATE]).await;
+    }
+    let mut keeper = long.client();
+    keeper.get("/", &[UPDATE]).await;
+    assert_eq!(session_files(dir.path()), 4);
+
+    let mut left = 4;
+    for _ in 0..40 {
+        sleep_ms(100).await;
+        left = session_files(dir.path());
+        if left == 1 {
+            break;
+        }
+    }
+    assert_eq!(left, 1, "the sweeper left expired sessions behind");
+    assert_eq!(
+        keeper.get("/", &[]).await.seen().session(),
+        json!({"user":"ada"})
+    );
+}
+
+#[tokio::test]
+async fn the_sweeper_cleans_the_memory_store() {
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::start(
+        &upstream,
+        "[session]\nidle_timeout = \"1s\"\n[store]\nkind = \"memory\"\nsweep_interval = \"300ms\"",
+    )
+    .await;
+    for _ in 0..5 {
+        proxy.client().get("/", &[UPDATE]).await;
+    }
+    sleep_ms(1700).await;
+    // Nothing expired is left for `prune` to find: the sweeper already took it.
+    assert_eq!(
+        proxy
+            .store
+            .prune(session_proxy::store::now_ms())
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(proxy.sessions().await.is_empty());
+}
+
+#[tokio::test]
+async fn sessions_prune_removes_expired_sessions_and_reports_how_many() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let store = format!(
+        "[store]\nkind = \"fs\"\npath = \"{}\"\nfsync = false",
+        dir.path().display()
+    );
+    let short = TestProxy::start(
+        &upstream,
+        &format!("[session]\nidle_timeout = \"1s\"\n{store}"),
+    )
+    .await;
+    let long = TestProxy::start(
+        &upstream,
+        &format!("[session]\nidle_timeout = \"1h\"\n{store}"),
+    )
+    .await;
+    for _ in 0..3 {
+        short.client().get("/", &[UPDATE]).await;
+    }
+    let mut keeper = long.client();
+    keeper.get("/", &[UPDATE]).await;
+    short.stop().await;
+    sleep_ms(1200).await;
+
+    let config = crate::support::write_config(
+        dir.path(),
+        "prune.toml",
+        &store.replace("[store]", "[store]\n"),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-proxy"))
+        .args(["sessions", "prune", "--config", &config])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "removed 3 expired sessions"
+    );
+    assert_eq!(session_files(dir.path()), 1);
+    assert_eq!(
+        keeper.get("/", &[]).await.seen().session(),
+        json!({"user":"ada"})
+    );
+
+    // `sessions list` shows the live one.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-proxy"))
+        .args(["sessions", "list", "--config", &config])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+    assert_eq!(line["id"], keeper.cookie.clone().unwrap());
+    assert_eq!(line["record"]["data"], json!({"user":"ada"}));
+}
