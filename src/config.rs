@@ -362,7 +362,7 @@ impl RawConfig {
             ));
         }
         let max_size = s.max_size.unwrap_or(DEFAULT_MAX_SIZE);
-        if max_size < 2 || max_size > MAX_MAX_SIZE {
+        if !(2..=MAX_MAX_SIZE).contains(&max_size) {
             return Err(bad(
                 "session.max_size",
                 format!("{max_size} is outside 2..={MAX_MAX_SIZE} bytes"),

@@ -69,7 +69,7 @@ impl SessionStore for MemoryStore {
             .filter(|e| e.is_live(now) && cursor.is_none_or(|c| e.key().as_str() > c))
             .map(|e| (*e.key(), e.value().clone()))
             .collect();
-        live.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        live.sort_unstable_by_key(|(id, _)| *id);
         let next = (live.len() > limit).then(|| live[limit - 1].0.to_string());
         live.truncate(limit);
         Ok(Page {
