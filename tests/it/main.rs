@@ -26,3 +26,7 @@ mod cli;
 
 /// Idle/absolute timeouts, coalesced touches, the sweeper, `sessions prune`.
 mod lifetime;
+
+/// The Redis store on real `redis-server` processes (one server, and a three-node cluster).
+#[cfg(feature = "redis")]
+mod redis;

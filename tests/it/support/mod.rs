@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod upstream;
 
 use std::io::{BufRead as _, BufReader};
