@@ -34,6 +34,15 @@ pub enum Presented {
     Invalid,
 }
 
+/// The name part of one `name=value` pair of a `Cookie` header.
+fn cookie_name(pair: &[u8]) -> &[u8] {
+    let name = pair
+        .iter()
+        .position(|b| *b == b'=')
+        .map_or(pair, |i| &pair[..i]);
+    name.trim_ascii()
+}
+
 impl Cookies {
     /// `config.secret`, when set, is at least 32 bytes (checked in `config.rs`).
     pub fn new(config: CookieConfig) -> Self {
@@ -53,10 +62,21 @@ impl Cookies {
     /// presented. Other cookies pass to the upstream byte for byte, joined into one header
     /// (RFC 9113 §8.2.3 requires that when an HTTP/2 request goes on as HTTP/1.1).
     pub fn take(&self, headers: &mut HeaderMap) -> Presented {
-        if !headers.contains_key(COOKIE) {
+        let name = self.config.name.as_bytes();
+        let mut count = 0;
+        let mut found = false;
+        for header in headers.get_all(COOKIE) {
+            count += 1;
+            found = found
+                || header
+                    .as_bytes()
+                    .split(|b| *b == b';')
+                    .any(|pair| cookie_name(pair) == name);
+        }
+        // Untouched unless ours must come out or several headers must become one.
+        if !found && count < 2 {
             return Presented::None;
         }
-        let name = self.config.name.as_bytes();
         let mut values: Vec<Vec<u8>> = Vec::new();
         let mut kept: Vec<u8> = Vec::new();
         for header in headers.get_all(COOKIE) {
@@ -65,11 +85,11 @@ impl Cookies {
                 if pair.is_empty() {
                     continue;
                 }
-                let (n, v) = match pair.iter().position(|b| *b == b'=') {
-                    Some(i) => (&pair[..i], &pair[i + 1..]),
-                    None => (pair, &b""[..]),
-                };
-                if n.trim_ascii() == name {
+                if cookie_name(pair) == name {
+                    let v = pair
+                        .iter()
+                        .position(|b| *b == b'=')
+                        .map_or(&b""[..], |i| &pair[i + 1..]);
                     values.push(v.trim_ascii().to_vec());
                 } else {
                     if !kept.is_empty() {

@@ -230,7 +230,16 @@ async fn save(
     let result = match &current.record {
         // werkzeug's should_save: a new session is stored only when modified.
         None if !instructions.modifies() => return Ok(None),
-        None => create(state, current.id, &update, ctx).await,
+        None => {
+            // Regenerate always yields a server-made id, even for a session that adopted a
+            // client's id under `renew_missing = false`.
+            let id = if instructions.regenerate {
+                SessionId::generate()?
+            } else {
+                current.id
+            };
+            create(state, id, &update, ctx).await
+        }
         Some(_) if instructions.regenerate => {
             let new_id = SessionId::generate()?;
             ctx.saved = "regenerated";

@@ -140,6 +140,22 @@ async fn renew_missing_false_adopts_a_well_formed_unknown_id() {
         proxy.sessions().await,
         vec![(chosen.clone(), json!({"a":1}))]
     );
+    // Regenerate never keeps a client-chosen id.
+    let other = "E".repeat(32);
+    let r = get(
+        proxy.addr,
+        "/",
+        &[
+            ("cookie", &format!("session_id={other}")),
+            (
+                "x-test-respond",
+                &crate::support::respond(&[("X-Session-Regenerate", "1")]),
+            ),
+        ],
+    )
+    .await;
+    let set = r.set_cookie("session_id").unwrap();
+    assert!(!set.contains(&other), "{set}");
     // A malformed id is still never adopted.
     let r = get(proxy.addr, "/", &[("cookie", "session_id=short")]).await;
     assert_ne!(r.seen().session_id(), "short");

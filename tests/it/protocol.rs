@@ -310,6 +310,10 @@ async fn session_cookie_is_removed_other_cookies_pass_unchanged() {
 
     let r = get(b.addr, "/", &[("cookie", &format!("session_id={id}"))]).await;
     assert!(!r.seen().has_header("cookie"));
+
+    // Without our cookie, the header reaches the app byte for byte.
+    let r = get(b.addr, "/", &[("cookie", "a=1;b=2 ;  c")]).await;
+    assert_eq!(r.seen().headers("cookie"), vec!["a=1;b=2 ;  c"]);
 }
 
 #[tokio::test]
