@@ -1,0 +1,277 @@
+#!/usr/bin/env bash
+# Load benchmark of session-proxy (issue [perf]): one command, from a clean checkout.
+#
+#   bench/load.sh                  # every case, 10 s each (about 4 minutes), writes bench/RESULTS.md
+#   DURATION=3 bench/load.sh       # a quick run
+#
+# It builds in release, then for each case starts a fresh upstream (examples/bench_upstream.rs)
+# and, except for "direct", a fresh session-proxy in front of it, and drives it with
+# examples/loadgen.rs: 64 keep-alive connections, each with its own cookie jar, so sessions are
+# real and reused. Cases: direct to the upstream (the limit), then the proxy with the memory store,
+# the fs store with fsync on and off, and the Redis store (on a redis-server of our own); each for
+# a read-heavy mix (10 % of requests update the session), a write-heavy mix (every request
+# updates) and "new" (cookie-less clients, every request creates a session). The memory
+# benchmark (examples/mem_bench.rs) stores 1,000,000 sessions of 200 bytes.
+#
+# On a machine with 2+ cores the load generator is pinned to core $LOADGEN_CPU and everything
+# under test (upstream, proxy, redis-server) to core $SERVER_CPU. All traffic goes to 127.0.0.1.
+# Every process started here is stopped by its PID on exit, however the script ends.
+#
+# Environment (defaults in brackets): DURATION [10] and WARMUP [1] seconds per case,
+# CONNECTIONS [64], TARGETS ["direct memory fs-fsync fs-nofsync redis"], MIXES ["read write new"],
+# MEM_SESSIONS [1000000] (0 skips the memory benchmark), LOADGEN_CPU [0], SERVER_CPU [1],
+# OUT [bench/RESULTS.md].
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-1}
+CONNECTIONS=${CONNECTIONS:-64}
+TARGETS=${TARGETS:-direct memory fs-fsync fs-nofsync redis}
+MIXES=${MIXES:-read write new}
+MEM_SESSIONS=${MEM_SESSIONS:-1000000}
+LOADGEN_CPU=${LOADGEN_CPU:-0}
+SERVER_CPU=${SERVER_CPU:-1}
+OUT=${OUT:-bench/RESULTS.md}
+
+echo "== building (release)"
+cargo build --release --quiet --bin session-proxy \
+  --example bench_upstream --example loadgen --example mem_bench
+BIN=target/release
+mkdir -p target
+WORK=$(mktemp -d "$PWD/target/bench-load.XXXXXX")
+RAW="$WORK/raw.tsv"
+: >"$RAW"
+
+PIDS=()
+stop_pid() {
+  local pid=$1 i
+  kill "$pid" 2>/dev/null || return 0
+  for i in $(seq 50); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -9 "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  local keep=() p
+  for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
+  PIDS=("${keep[@]}")
+}
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+  PIDS=()
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  PIN_LOAD=(taskset -c "$LOADGEN_CPU")
+  PIN_SERVER=(taskset -c "$SERVER_CPU")
+  PINNING="load generator on core $LOADGEN_CPU; upstream, proxy and redis-server on core $SERVER_CPU"
+else
+  PIN_LOAD=()
+  PIN_SERVER=()
+  PINNING="not pinned (needs taskset and 2+ cores)"
+fi
+
+# start NAME LOGFILE CMD...: starts CMD in the background, pinned to the server core; sets
+# STARTED_PID. (taskset execs the command, so $! is the process itself.)
+start() {
+  local name=$1 log=$2
+  shift 2
+  "${PIN_SERVER[@]}" "$@" >"$log" 2>"$log.err" &
+  STARTED_PID=$!
+  PIDS+=("$STARTED_PID")
+}
+
+# wait_line PID LOGFILE REGEX: waits up to 10 s for the line and prints its first capture.
+wait_line() {
+  local pid=$1 log=$2 re=$3 i
+  for i in $(seq 100); do
+    if grep -qE "$re" "$log" 2>/dev/null; then
+      sed -nE "s#.*$re.*#\\1#p" "$log" | head -1
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+# One line of the raw file for a row that could not run; tabs and newlines are not allowed.
+skip_row() {
+  local target=$1 mix=$2 note=$3
+  printf 'target=%s\tmix=%s\tskipped=%s\n' "$target" "$mix" "$(echo "$note" | tr '\t\n|' '   ')" >>"$RAW"
+}
+
+REDIS_PID=
+REDIS_PORT=
+REDIS_NOTE=
+start_redis() {
+  if ! command -v redis-server >/dev/null; then
+    REDIS_NOTE="redis-server is not installed (apt-get install -y redis-server)"
+    return
+  fi
+  local port try
+  for try in $(seq 20); do
+    port=$((20000 + RANDOM % 30000))
+    start redis "$WORK/redis.log" redis-server --port "$port" --bind 127.0.0.1 \
+      --save "" --appendonly no --dir "$WORK" --daemonize no
+    if wait_line "$STARTED_PID" "$WORK/redis.log" "(Ready to accept connections)" >/dev/null; then
+      REDIS_PID=$STARTED_PID
+      REDIS_PORT=$port
+      return
+    fi
+    stop_pid "$STARTED_PID"
+  done
+  REDIS_NOTE="could not start redis-server on a free port"
+}
+
+# config TARGET: writes the proxy's config for TARGET and prints its path.
+config() {
+  local target=$1 file="$WORK/$1.toml"
+  {
+    echo 'shutdown_timeout = "1s"'
+    echo '[store]'
+    case $target in
+      memory) echo 'kind = "memory"' ;;
+      fs-fsync | fs-nofsync)
+        echo 'kind = "fs"'
+        echo "path = \"$WORK/sessions-$target\""
+        [ "$target" = fs-fsync ] && echo 'fsync = true' || echo 'fsync = false'
+        ;;
+      redis)
+        echo 'kind = "redis"'
+        echo "url = \"redis://127.0.0.1:$REDIS_PORT/0\""
+        ;;
+    esac
+  } >"$file"
+  echo "$file"
+}
+
+run_case() {
+  local target=$1 mix=$2 percent cookies=() up_pid up_addr proxy_pid= url pids
+  case $mix in
+    read) percent=10 ;;
+    write) percent=100 ;;
+    new)
+      percent=100
+      cookies=(--no-cookies)
+      ;;
+    *)
+      echo "unknown mix $mix" >&2
+      return 1
+      ;;
+  esac
+  if [ "$target" = redis ] && [ -z "$REDIS_PID" ]; then
+    echo "-- $target/$mix: skipped: $REDIS_NOTE"
+    skip_row "$target" "$mix" "$REDIS_NOTE"
+    return
+  fi
+  start upstream "$WORK/upstream.log" "$BIN/examples/bench_upstream" \
+    --listen 127.0.0.1:0 --update-percent "$percent"
+  up_pid=$STARTED_PID
+  up_addr=$(wait_line "$up_pid" "$WORK/upstream.log" 'listening on http://([0-9.:]+)') || {
+    echo "bench_upstream did not start:" >&2
+    cat "$WORK/upstream.log.err" >&2
+    return 1
+  }
+  url="http://$up_addr/"
+  pids=(--pid "upstream=$up_pid")
+  if [ "$target" != direct ]; then
+    start proxy "$WORK/proxy.log" env RUST_LOG=warn "$BIN/session-proxy" \
+      --config "$(config "$target")" --listen 127.0.0.1:0 --upstream "http://$up_addr"
+    proxy_pid=$STARTED_PID
+    local proxy_addr
+    if ! proxy_addr=$(wait_line "$proxy_pid" "$WORK/proxy.log" 'listening on http://([0-9.:]+) '); then
+      local why
+      why=$(tail -1 "$WORK/proxy.log.err")
+      echo "-- $target/$mix: skipped: the proxy did not start: $why"
+      skip_row "$target" "$mix" "the proxy did not start: $why"
+      stop_pid "$proxy_pid"
+      stop_pid "$up_pid"
+      return
+    fi
+    url="http://$proxy_addr/"
+    pids+=(--pid "proxy=$proxy_pid")
+  fi
+  [ "$target" = redis ] && pids+=(--pid "redis=$REDIS_PID")
+  local line
+  line=$("${PIN_LOAD[@]}" "$BIN/examples/loadgen" run --url "$url" \
+    --connections "$CONNECTIONS" --warmup "$WARMUP" --duration "$DURATION" \
+    --clk-tck "$(getconf CLK_TCK)" "${cookies[@]}" "${pids[@]}" \
+    --label "target=$target" --label "mix=$mix" --label "load1=$(cut -d' ' -f1 /proc/loadavg)")
+  echo "$line" >>"$RAW"
+  echo "-- $target/$mix: $(echo "$line" | tr '\t' ' ' | sed 's/target=[^ ]* mix=[^ ]* //')"
+  [ -n "$proxy_pid" ] && stop_pid "$proxy_pid"
+  stop_pid "$up_pid"
+  if [ -s "$WORK/proxy.log.err" ]; then
+    echo "   proxy stderr (last lines):"
+    tail -3 "$WORK/proxy.log.err" | sed 's/^/   /'
+    : >"$WORK/proxy.log.err"
+  fi
+  rm -rf "$WORK/sessions-$target"
+  if [ "$target" = redis ] && command -v redis-cli >/dev/null; then
+    redis-cli -p "$REDIS_PORT" flushall >/dev/null || true
+  fi
+}
+
+case " $TARGETS " in *" redis "*) start_redis ;; esac
+
+echo "== load: ${DURATION}s per case (+${WARMUP}s warm-up), $CONNECTIONS connections; $PINNING"
+for target in $TARGETS; do
+  for mix in $MIXES; do
+    run_case "$target" "$mix"
+  done
+done
+
+MEM="$WORK/mem.tsv"
+: >"$MEM"
+if [ "$MEM_SESSIONS" != 0 ]; then
+  echo "== memory: $MEM_SESSIONS sessions in the memory store"
+  "$BIN/examples/mem_bench" --sessions "$MEM_SESSIONS" --data-bytes 200 | tee "$MEM"
+fi
+
+TABLE=$("$BIN/examples/loadgen" report "$RAW" --mem "$MEM")
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+  COMMIT="$COMMIT (with uncommitted changes to src/ or Cargo.*)"
+fi
+CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+FS_TYPE=$(df -T "$WORK" | awk 'NR == 2 { print $2 }')
+
+{
+  echo "# session-proxy load benchmark"
+  echo
+  echo "Written by \`bench/load.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC'). Rerun with \`bench/load.sh\`"
+  echo "(\`DURATION=3 bench/load.sh\` for a quick run)."
+  echo
+  echo "- commit: $COMMIT"
+  echo "- machine: $(nproc) cores, ${CPU_MODEL:-unknown CPU}, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, Linux $(uname -r)"
+  echo "- $(rustc --version)"
+  echo "- per case: ${WARMUP} s warm-up, then ${DURATION} s measured; $CONNECTIONS keep-alive connections, each with its own cookie jar; closed loop (each connection sends its next request when the last answer is in)"
+  echo "- pinning: $PINNING"
+  echo "- fs store directory on $FS_TYPE; proxy with \`RUST_LOG=warn\`, default config otherwise"
+  echo
+  echo "Mixes: **read** = 10 % of responses carry \`X-Session-Update\`; **write** = every response does;"
+  echo "**new** = cookie-less clients and every response updates, so each request creates a session."
+  echo "\"× direct\" compares with the upstream alone under the same mix (its \"new\" row is the same"
+  echo "traffic without a proxy). CPU is utime + stime from \`/proc/PID/stat\` over the measured"
+  echo "part, in CPU-seconds per 10,000 requests; the upstream's is measured in the same run."
+  echo "Sessions hold ~200 bytes of JSON once the first update has landed."
+  echo
+  echo "$TABLE"
+  echo
+  echo "<details><summary>Raw loadgen output</summary>"
+  echo
+  echo '```'
+  cat "$RAW" "$MEM"
+  echo '```'
+  echo
+  echo "</details>"
+} >"$OUT"
+echo "== wrote $OUT"
+echo
+echo "$TABLE"
