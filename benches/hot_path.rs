@@ -1,2 +1,252 @@
-// bench placeholder
-fn main() {}
+//! Micro-benchmarks of the pieces every proxied request runs through, in pipeline order:
+//! the session id, the cookie, the `X-Session` codec, the merge patch, and one store write.
+//! The load benchmark (`bench/load.sh`) measures the whole proxy; these say where its time goes.
+//!
+//! Run with `cargo bench` (about two minutes), or `cargo bench -- codec` for one group.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{BatchSize, Criterion, SamplingMode, criterion_group, criterion_main};
+use http::HeaderMap;
+use http::header::{COOKIE, HeaderValue};
+use serde_json::{Value, json};
+use session_proxy::codec::{decode_session, encode_session, parse_object};
+use session_proxy::config::{Config, Lifetime, RawConfig};
+use session_proxy::cookie::{Cookies, Presented};
+use session_proxy::session::{DataChange, SessionId};
+use session_proxy::store::fs::FsStore;
+use session_proxy::store::memory::MemoryStore;
+use session_proxy::store::{Record, SessionStore, Update, now_ms};
+
+/// ~200 bytes of session JSON, the size the load benchmark's sessions have.
+fn session_json() -> String {
+    json!({ "visits": 41, "user": "ada", "profile": "p".repeat(150) }).to_string()
+}
+
+fn config(toml: &str) -> Config {
+    RawConfig::from_toml("bench", toml)
+        .and_then(|raw| raw.validate("bench"))
+        .unwrap_or_else(|e| panic!("bench config: {e}"))
+}
+
+fn record(data: &str) -> Record {
+    let now = now_ms();
+    Record {
+        data: Arc::from(data),
+        created_at: now,
+        updated_at: now,
+        expires_at: now + 86_400_000,
+        version: 1,
+    }
+}
+
+fn visits_patch() -> DataChange {
+    match json!({ "visits": 42 }) {
+        Value::Object(map) => DataChange::Patch(map),
+        _ => unreachable!(),
+    }
+}
+
+fn update(change: Option<DataChange>, lifetime: Lifetime, max_size: usize) -> Update {
+    Update {
+        change,
+        base: None,
+        now: now_ms(),
+        lifetime,
+        max_size,
+    }
+}
+
+fn criterion() -> Criterion {
+    Criterion::default()
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(2))
+}
+
+fn ids(c: &mut Criterion) {
+    let mut g = c.benchmark_group("id");
+    g.bench_function("generate", |b| b.iter(SessionId::generate));
+    let id = SessionId::generate().unwrap_or_else(|e| panic!("{e}"));
+    let text = id.to_string();
+    g.bench_function("parse", |b| b.iter(|| SessionId::parse(black_box(&text))));
+    g.finish();
+}
+
+fn cookies(c: &mut Criterion) {
+    let id = SessionId::generate().unwrap_or_else(|e| panic!("{e}"));
+    let plain = Cookies::new(config("").cookie);
+    let signed = Cookies::new(
+        config("[cookie]\nsecret = \"0123456789abcdef0123456789abcdef\"\nmax_age = \"12h\"\n")
+            .cookie,
+    );
+    let mut g = c.benchmark_group("cookie");
+    for (name, cookies) in [("plain", &plain), ("signed", &signed)] {
+        let set = cookies.set(&id).unwrap_or_else(|| panic!("no Set-Cookie"));
+        // What a browser sends back: the session cookie among two others.
+        let value = set.to_str().unwrap_or_default();
+        let pair = value.split(';').next().unwrap_or_default();
+        let header = HeaderValue::from_str(&format!("theme=dark; {pair}; _ga=GA1.2.3"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        g.bench_function(format!("take/{name}"), |b| {
+            b.iter_batched_ref(
+                || {
+                    let mut h = HeaderMap::new();
+                    h.insert(COOKIE, header.clone());
+                    h
+                },
+                |h| {
+                    let presented = cookies.take(h);
+                    debug_assert_eq!(presented, Presented::Valid(id));
+                    presented
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        g.bench_function(format!("set/{name}"), |b| {
+            b.iter(|| cookies.set(black_box(&id)))
+        });
+    }
+    g.finish();
+}
+
+fn codec(c: &mut Criterion) {
+    let data = session_json();
+    let encoded = encode_session(&data);
+    let raw_patch = br#"{"visits":42}"#;
+    let mut g = c.benchmark_group("codec");
+    g.bench_function("encode_session/200B", |b| {
+        b.iter(|| encode_session(black_box(&data)))
+    });
+    g.bench_function("decode_session/200B", |b| {
+        b.iter(|| decode_session(black_box(encoded.as_bytes())))
+    });
+    g.bench_function("parse_object/raw", |b| {
+        b.iter(|| parse_object("update", black_box(raw_patch)))
+    });
+    let b64 = encode_session(std::str::from_utf8(raw_patch).unwrap_or_default());
+    g.bench_function("parse_object/base64", |b| {
+        b.iter(|| parse_object("update", black_box(b64.as_bytes())))
+    });
+    g.finish();
+}
+
+fn merge(c: &mut Criterion) {
+    let cfg = config("");
+    let current = record(&session_json());
+    let patch = visits_patch();
+    let mut g = c.benchmark_group("merge");
+    g.bench_function("apply_to/value", |b| {
+        let value: Value = serde_json::from_str(&current.data).unwrap_or_default();
+        b.iter_batched_ref(
+            || value.clone(),
+            |v| patch.apply_to(v),
+            BatchSize::SmallInput,
+        )
+    });
+    // What every store does per write: parse the stored text, merge, serialise, check the size.
+    let u = update(
+        Some(patch.clone()),
+        cfg.session.lifetime,
+        cfg.session.max_size,
+    );
+    g.bench_function("update_apply/200B", |b| {
+        b.iter(|| u.apply(black_box(&current)))
+    });
+    let touch = update(None, cfg.session.lifetime, cfg.session.max_size);
+    g.bench_function("update_apply/touch", |b| {
+        b.iter(|| touch.apply(black_box(&current)))
+    });
+    g.finish();
+}
+
+fn stores(c: &mut Criterion) {
+    let cfg = config("");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let data = session_json();
+    let patch = visits_patch();
+    let u = update(Some(patch), cfg.session.lifetime, cfg.session.max_size);
+
+    let mut g = c.benchmark_group("store");
+    let memory = MemoryStore::default();
+    let ids: Vec<SessionId> = (0..10_000)
+        .map(|_| SessionId::generate().unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    rt.block_on(async {
+        for id in &ids {
+            let ok = memory.create(id, &record(&data)).await;
+            assert!(matches!(ok, Ok(true)));
+        }
+    });
+    // What `block_on` itself costs, to subtract from the store numbers below.
+    g.bench_function("block_on/ready", |b| {
+        b.iter(|| rt.block_on(async { black_box(1) }))
+    });
+    let mut i = 0;
+    g.bench_function("memory/load", |b| {
+        b.iter(|| {
+            i = (i + 1) % ids.len();
+            rt.block_on(memory.load(&ids[i]))
+        })
+    });
+    g.bench_function("memory/update", |b| {
+        b.iter(|| {
+            i = (i + 1) % ids.len();
+            rt.block_on(memory.update(&ids[i], &u))
+        })
+    });
+    g.finish();
+
+    // One fs write is 10 µs to several ms: fewer samples, each one iteration or a few.
+    let mut g = c.benchmark_group("store/fs");
+    g.sampling_mode(SamplingMode::Flat).sample_size(20);
+    for fsync in [false, true] {
+        let dir = tempfile::Builder::new()
+            .prefix("session-proxy-bench")
+            .tempdir_in(std::env::var_os("CARGO_TARGET_TMPDIR").unwrap_or_else(|| "target".into()))
+            .unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let fs_cfg = config(&format!(
+            "[store]\nkind = \"fs\"\npath = {:?}\nfsync = {fsync}\n",
+            dir.path().display().to_string()
+        ));
+        let session_proxy::config::StoreKind::Fs(fs_config) = fs_cfg.store.kind.clone() else {
+            panic!("not an fs store config");
+        };
+        let store = rt
+            .block_on(FsStore::open(fs_config))
+            .unwrap_or_else(|e| panic!("fs store: {e}"));
+        let fs_ids = &ids[..100];
+        rt.block_on(async {
+            for id in fs_ids {
+                let ok = store.create(id, &record(&data)).await;
+                assert!(matches!(ok, Ok(true)));
+            }
+        });
+        let name = if fsync { "fsync" } else { "no_fsync" };
+        let mut j = 0;
+        g.bench_function(format!("load/{name}"), |b| {
+            b.iter(|| {
+                j = (j + 1) % fs_ids.len();
+                rt.block_on(store.load(&fs_ids[j]))
+            })
+        });
+        g.bench_function(format!("update/{name}"), |b| {
+            b.iter(|| {
+                j = (j + 1) % fs_ids.len();
+                rt.block_on(store.update(&fs_ids[j], &u))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = criterion();
+    targets = ids, cookies, codec, merge, stores
+}
+criterion_main!(benches);
