@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# CPU profile of session-proxy under the write-heavy memory-store load (every request reads and
+# updates its session), with `perf record` and DWARF call graphs (the release profile keeps
+# line tables: `debug = 1`).
+#
+#   bench/profile.sh               # 10 s; prints the top self and inclusive entries
+#   DURATION=5 MIX=read bench/profile.sh
+#
+# The setup is load.sh's (64 connections with cookie jars; load generator on core 0, upstream and
+# proxy on core 1). perf.data and the two reports stay in target/bench-profile/.
+# Needs perf (Debian: apt-get install -y linux-perf); without hardware counters (a VM) perf falls
+# back to the cpu-clock software event, which is fine for this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+MIX=${MIX:-write}
+CONNECTIONS=${CONNECTIONS:-64}
+TOP=${TOP:-40}
+case $MIX in
+  read) PERCENT=10 ;;
+  write) PERCENT=100 ;;
+  *) echo "MIX is read or write" >&2; exit 2 ;;
+esac
+command -v perf >/dev/null || { echo "perf is missing: apt-get install -y linux-perf" >&2; exit 1; }
+
+cargo build --release --quiet --bin session-proxy --example bench_upstream --example loadgen
+OUTDIR=target/bench-profile
+mkdir -p "$OUTDIR"
+WORK=$(mktemp -d "$PWD/target/bench-profile.XXXXXX")
+
+PIDS=()
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    kill "$pid" 2>/dev/null || continue
+    sleep 0.2
+    kill -9 "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+PIN_LOAD=()
+PIN_SERVER=()
+if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
+  PIN_LOAD=(taskset -c 0)
+  PIN_SERVER=(taskset -c 1)
+fi
+
+wait_addr() {
+  local pid=$1 log=$2 i
+  for i in $(seq 100); do
+    if grep -qE 'listening on http://[0-9.:]+' "$log"; then
+      sed -nE 's#.*listening on http://([0-9.:]+).*#\1#p' "$log" | head -1
+      return 0
+    fi
+    kill -0 "$pid" 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
+
+"${PIN_SERVER[@]}" target/release/examples/bench_upstream --listen 127.0.0.1:0 \
+  --update-percent "$PERCENT" >"$WORK/up.log" &
+UP_PID=$!
+PIDS+=("$UP_PID")
+UP=$(wait_addr "$UP_PID" "$WORK/up.log")
+printf 'shutdown_timeout = "1s"\n[store]\nkind = "memory"\n' >"$WORK/proxy.toml"
+"${PIN_SERVER[@]}" env RUST_LOG=warn target/release/session-proxy --config "$WORK/proxy.toml" \
+  --listen 127.0.0.1:0 --upstream "http://$UP" >"$WORK/proxy.log" &
+PROXY_PID=$!
+PIDS+=("$PROXY_PID")
+PROXY=$(wait_addr "$PROXY_PID" "$WORK/proxy.log")
+
+echo "== profiling the proxy (pid $PROXY_PID), memory store, mix=$MIX, ${DURATION}s"
+"${PIN_LOAD[@]}" target/release/examples/loadgen run --url "http://$PROXY/" \
+  --connections "$CONNECTIONS" --warmup 1 --duration "$((DURATION + 2))" \
+  --pid "proxy=$PROXY_PID" --pid "upstream=$UP_PID" >"$OUTDIR/loadgen.tsv" &
+LOAD_PID=$!
+PIDS+=("$LOAD_PID")
+sleep 1.5
+perf record -q -F 997 -g --call-graph dwarf,16384 -p "$PROXY_PID" -o "$OUTDIR/perf.data" \
+  -- sleep "$DURATION" 2>"$OUTDIR/perf-record.log" || cat "$OUTDIR/perf-record.log" >&2
+wait "$LOAD_PID"
+tr '\t' ' ' <"$OUTDIR/loadgen.tsv"
+echo "(throughput is lower than in load.sh: perf's DWARF unwinding costs the proxy's core time)"
+
+perf report -i "$OUTDIR/perf.data" --no-children --percent-limit 0.5 --stdio -g none \
+  --sort symbol 2>/dev/null | grep -v '^$' >"$OUTDIR/self.txt"
+perf report -i "$OUTDIR/perf.data" --children --percent-limit 2 --stdio -g none \
+  --sort symbol 2>/dev/null | grep -v '^$' >"$OUTDIR/children.txt"
+echo
+echo "== top $TOP by self time ($OUTDIR/self.txt)"
+grep -v '^#' "$OUTDIR/self.txt" | head -"$TOP"
+echo
+echo "== top $TOP by inclusive time ($OUTDIR/children.txt)"
+grep -v '^#' "$OUTDIR/children.txt" | head -"$TOP"
