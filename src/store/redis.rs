@@ -457,7 +457,7 @@ impl RedisStore {
         mut current: Record,
         mut record: Record,
     ) -> Result<Option<Record>> {
-        for attempt in 0..MAX_ATTEMPTS {
+        for _ in 0..MAX_ATTEMPTS {
             match self.cas_del(old_key, current.version).await? {
                 Cas::Done => return Ok(Some(record)),
                 Cas::Changed(stored) if stored.is_live(update.now) => {
@@ -470,7 +470,6 @@ impl RedisStore {
                         ));
                     };
                     (current, record) = (stored, next);
-                    backoff(attempt).await;
                 }
                 Cas::Gone | Cas::Changed(_) => {
                     // Destroyed or expired meanwhile: it must not live on under the new id.
@@ -529,19 +528,6 @@ async fn connect(urls: Vec<String>, cluster: bool, shown: String) -> Result<Conn
     Ok(conn)
 }
 
-/// After a lost compare-and-set: nothing the first time, then a short random pause, so writers
-/// in several proxies stop colliding in lockstep.
-async fn backoff(attempt: u32) {
-    if attempt == 0 {
-        return;
-    }
-    let cap = 1u64 << attempt.min(5);
-    tokio::time::sleep(Duration::from_micros(rand::random_range(
-        0..cap.saturating_mul(100),
-    )))
-    .await;
-}
-
 /// Escapes the glob characters of `SCAN MATCH`, so a prefix matches only itself.
 fn glob_escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -590,7 +576,7 @@ impl SessionStore for RedisStore {
         let key = self.key(id);
         let _guard = self.lock(id).await;
         let mut current = update.base.clone().filter(|r| r.is_live(update.now));
-        for attempt in 0..MAX_ATTEMPTS {
+        for _ in 0..MAX_ATTEMPTS {
             let base = match current.take() {
                 Some(r) => r,
                 None => match self.get_live(&key, update.now).await? {
@@ -603,8 +589,9 @@ impl SessionStore for RedisStore {
                 Cas::Done => return Ok(Some(next)),
                 Cas::Gone => return Ok(None),
                 Cas::Changed(stored) if stored.is_live(update.now) => {
+                    // Retry at once: the reply is the freshest record there is, and it only
+                    // grows stale while waiting.
                     current = Some(stored);
-                    backoff(attempt).await;
                 }
                 Cas::Changed(_) => return Ok(None),
             }
