@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 
 /// Random bytes per id: 192 bits, well past the 128 that makes guessing hopeless.
 const ID_BYTES: usize = 24;
-/// Length of the base64url text of [`ID_BYTES`] (a multiple of 3, so no padding and no spare bits).
+/// Length of the base64url text of the random bytes (a multiple of 3, so no padding and no spare bits).
 pub const ID_LEN: usize = ID_BYTES / 3 * 4;
 
 /// A validated session id: exactly [`ID_LEN`] characters of the base64url alphabet.

@@ -4,7 +4,8 @@
 //! Every write goes to a temporary file in the same directory, is fsynced (unless
 //! `store.fsync = false`), then renamed over the old file, and the directory is fsynced: a
 //! crash leaves the old session or the new one, never a torn one. Readers take no lock, since
-//! a rename is atomic; writers of one id serialise on a striped lock, which makes update a true
+//! a rename is atomic; writers of one id serialise on a striped async lock (taken before the
+//! blocking task starts, so waiting writers hold no thread), which makes update a true
 //! read-merge-write within this process. (Several proxies must not share one directory: use
 //! Redis for that.)
 //!
@@ -17,16 +18,16 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
+use super::lock::StripedLock;
 use super::{Page, Record, Result, SessionStore, StoreError, Update, now_ms};
 use crate::config::FsConfig;
 use crate::session::SessionId;
 
-const STRIPES: usize = 64;
 const TEMP_PREFIX: &str = ".tmp-";
 /// A temp file older than this was left by a crash mid-write; the sweeper removes it.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
@@ -43,8 +44,8 @@ struct Inner {
     suffix: String,
     mode: u32,
     fsync: bool,
-    /// Writers of one id serialise on `locks[hash(id) % STRIPES]`.
-    locks: Vec<Mutex<()>>,
+    /// Writers of one id serialise on its stripe.
+    locks: StripedLock,
 }
 
 impl FsStore {
@@ -61,7 +62,7 @@ impl FsStore {
             suffix,
             mode: config.mode,
             fsync: config.fsync,
-            locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            locks: StripedLock::default(),
         });
         let check = inner.clone();
         blocking(move || {
@@ -107,16 +108,6 @@ impl Inner {
         name.strip_prefix(&self.prefix)?
             .strip_suffix(&self.suffix)
             .and_then(SessionId::parse)
-    }
-
-    fn lock(&self, id: &SessionId) -> std::sync::MutexGuard<'_, ()> {
-        let stripe = id
-            .as_str()
-            .bytes()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
-            % STRIPES;
-        // A poisoned stripe only means another writer panicked; the files are still whole.
-        self.locks[stripe].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The record in `path`, if present. A file that does not parse is reported and treated
@@ -196,7 +187,7 @@ impl Inner {
             if mtime > now_time {
                 continue;
             }
-            let _guard = self.lock(&id);
+            let _guard = self.locks.blocking_lock(&id);
             // Re-check under the lock: the file may have been touched since the stat.
             match self.read(&entry.path())? {
                 Some(r) if !r.is_live(now) => match fs::remove_file(entry.path()) {
@@ -246,9 +237,10 @@ impl SessionStore for FsStore {
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
         let (inner, id, record) = (self.inner.clone(), *id, record.clone());
+        let guard = self.inner.locks.lock(&id).await;
         blocking(move || {
+            let _guard = guard;
             let path = inner.path(&id);
-            let _guard = inner.lock(&id);
             if inner.read_live(&path, now_ms())?.is_some() {
                 return Ok(false);
             }
@@ -260,9 +252,10 @@ impl SessionStore for FsStore {
 
     async fn update(&self, id: &SessionId, update: &Update) -> Result<Option<Record>> {
         let (inner, id, update) = (self.inner.clone(), *id, update.clone());
+        let guard = self.inner.locks.lock(&id).await;
         blocking(move || {
+            let _guard = guard;
             let path = inner.path(&id);
-            let _guard = inner.lock(&id);
             let Some(current) = inner.read_live(&path, update.now)? else {
                 return Ok(None);
             };
@@ -275,9 +268,10 @@ impl SessionStore for FsStore {
 
     async fn delete(&self, id: &SessionId) -> Result<bool> {
         let (inner, id) = (self.inner.clone(), *id);
+        let guard = self.inner.locks.lock(&id).await;
         blocking(move || {
+            let _guard = guard;
             let path = inner.path(&id);
-            let _guard = inner.lock(&id);
             let live = inner.read_live(&path, now_ms())?.is_some();
             match fs::remove_file(&path) {
                 Ok(()) => Ok(live),

@@ -17,6 +17,7 @@ use crate::config::{Lifetime, StoreConfig, StoreKind};
 use crate::session::{DataChange, SessionId};
 
 pub mod fs;
+pub mod lock;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;

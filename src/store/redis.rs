@@ -38,8 +38,8 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
-use tokio::sync::{Mutex, MutexGuard};
 
+use super::lock::StripedLock;
 use super::{Page, Record, Result, SessionStore, StoreError, Update, now_ms};
 use crate::config::RedisConfig;
 use crate::session::SessionId;
@@ -53,8 +53,6 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
 const RECONNECT_RETRIES: usize = 2;
 /// Compare-and-set attempts before an update gives up.
 const MAX_ATTEMPTS: u32 = 32;
-/// Writers of one id in this process serialise on `locks[hash(id) % STRIPES]`.
-const STRIPES: usize = 256;
 /// `SCAN` calls one `list` page may make before it returns what it has (keeps a page fast when
 /// the database holds many keys that are not sessions).
 const MAX_SCANS_PER_PAGE: usize = 64;
@@ -313,7 +311,7 @@ pub struct RedisStore {
     create: Script,
     cas_set: Script,
     cas_del: Script,
-    locks: Vec<Mutex<()>>,
+    locks: StripedLock,
 }
 
 impl fmt::Debug for RedisStore {
@@ -338,6 +336,9 @@ impl RedisStore {
         // redis-rs builds its rustls config inside the connect, and rustls panics there if the
         // build has no TLS crypto provider. Connecting in a task turns that into a start-up
         // error instead of a crash.
+        // rediss:// needs a process-wide rustls crypto provider; an error here only means one
+        // is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let urls = config.urls.clone();
         let conn = match tokio::spawn(connect(urls, config.cluster, shown.clone())).await {
             Ok(conn) => conn?,
@@ -359,7 +360,7 @@ impl RedisStore {
             create: Script::new(CREATE),
             cas_set: Script::new(CAS_SET),
             cas_del: Script::new(CAS_DEL),
-            locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            locks: StripedLock::default(),
         })
     }
 
@@ -369,15 +370,6 @@ impl RedisStore {
 
     fn conn(&self) -> Conn {
         self.conn.clone()
-    }
-
-    async fn lock(&self, id: &SessionId) -> MutexGuard<'_, ()> {
-        let stripe = id
-            .as_str()
-            .bytes()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
-            % STRIPES;
-        self.locks[stripe].lock().await
     }
 
     /// The record at `key` if it is live at `now`. A record that does not parse is logged and
@@ -574,7 +566,7 @@ impl SessionStore for RedisStore {
 
     async fn update(&self, id: &SessionId, update: &Update) -> Result<Option<Record>> {
         let key = self.key(id);
-        let _guard = self.lock(id).await;
+        let _guard = self.locks.lock(id).await;
         let mut current = update.base.clone().filter(|r| r.is_live(update.now));
         for _ in 0..MAX_ATTEMPTS {
             let base = match current.take() {
@@ -614,7 +606,7 @@ impl SessionStore for RedisStore {
         update: &Update,
     ) -> Result<Option<Record>> {
         let (old_key, new_key) = (self.key(old), self.key(new));
-        let _guard = self.lock(old).await;
+        let _guard = self.locks.lock(old).await;
         let current = match update.base.clone().filter(|r| r.is_live(update.now)) {
             Some(r) => r,
             None => match self.get_live(&old_key, update.now).await? {

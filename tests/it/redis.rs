@@ -541,3 +541,19 @@ async fn cluster_concurrent_updates_through_two_proxies_keep_every_key() {
     let cluster = RedisCluster::start().await;
     concurrent_updates_keep_every_key(&cluster_toml(&cluster), 120).await;
 }
+
+#[tokio::test]
+async fn rediss_speaks_tls_and_reports_a_handshake_failure_cleanly() {
+    // A plain-text server: the TLS handshake must fail with an error, not a panic for want of
+    // a crypto provider.
+    let redis = RedisServer::start().await;
+    let upstream = Upstream::start().await;
+    let url = redis.url().replacen("redis://", "rediss://", 1);
+    let err = Proxy::open(config(upstream.addr, &redis_toml(&url, "")))
+        .await
+        .err()
+        .expect("TLS to a plain-text server must fail");
+    let text = format!("{err}");
+    assert!(text.contains("cannot connect to Redis"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+}
