@@ -201,6 +201,8 @@ pub struct FsConfig {
 pub struct RedisConfig {
     /// Connection URLs: one for a standalone server, one or more seed nodes for a cluster.
     pub urls: Vec<String>,
+    /// `store.timeout`: the client's own connect and command timeouts are derived from it.
+    pub timeout: Duration,
     pub key_prefix: String,
     pub cluster: bool,
 }
@@ -416,6 +418,7 @@ impl RawConfig {
 
         // [store]
         let st = self.store;
+        let store_timeout = dur("store.timeout", &st.timeout, Duration::from_secs(2))?;
         let kind_name = st.kind.as_deref().unwrap_or("fs");
         let only = |kind: &str, key: &'static str, set: bool| {
             if set {
@@ -503,6 +506,7 @@ impl RawConfig {
                 }
                 StoreKind::Redis(RedisConfig {
                     urls,
+                    timeout: store_timeout,
                     key_prefix: st.key_prefix.unwrap_or_else(|| "session:".to_owned()),
                     cluster,
                 })
@@ -516,7 +520,7 @@ impl RawConfig {
         };
         let store = StoreConfig {
             kind,
-            timeout: dur("store.timeout", &st.timeout, Duration::from_secs(2))?,
+            timeout: store_timeout,
             sweep_interval: dur(
                 "store.sweep_interval",
                 &st.sweep_interval,

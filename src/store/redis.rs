@@ -44,11 +44,12 @@ use super::{Page, Record, Result, SessionStore, StoreError, Update, now_ms};
 use crate::config::RedisConfig;
 use crate::session::SessionId;
 
-/// Each connection attempt gives up after this long.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Each command gives up after this long: below the default `store.timeout` (2 s), so a stuck
-/// Redis is reported as a Redis error rather than only as the proxy's timeout.
-const RESPONSE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// The client's own limits, derived from `store.timeout`: a connection attempt gets half of
+/// it and a command three quarters, so a stuck or vanished Redis is reported as a Redis error
+/// (with its cause) just before the proxy's own deadline would cut the request off anyway.
+fn client_timeouts(store_timeout: Duration) -> (Duration, Duration) {
+    (store_timeout / 2, store_timeout * 3 / 4)
+}
 /// Reconnect attempts after a lost connection, per command that finds it lost.
 const RECONNECT_RETRIES: usize = 2;
 /// Compare-and-set attempts before an update gives up.
@@ -340,7 +341,9 @@ impl RedisStore {
         // is installed already.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let urls = config.urls.clone();
-        let conn = match tokio::spawn(connect(urls, config.cluster, shown.clone())).await {
+        let conn = match tokio::spawn(connect(urls, config.cluster, config.timeout, shown.clone()))
+            .await
+        {
             Ok(conn) => conn?,
             Err(e) if e.is_panic() => {
                 return Err(StoreError::Backend(
@@ -479,7 +482,13 @@ impl RedisStore {
 /// Connects to one server or, with `cluster`, to the cluster the seed `urls` belong to (learning
 /// its slot map), then PINGs, which also proves the password. `shown` is the URL list for
 /// messages, passwords hidden.
-async fn connect(urls: Vec<String>, cluster: bool, shown: String) -> Result<Conn> {
+async fn connect(
+    urls: Vec<String>,
+    cluster: bool,
+    store_timeout: Duration,
+    shown: String,
+) -> Result<Conn> {
+    let (connect_timeout, response_timeout) = client_timeouts(store_timeout);
     let connect_err = |source| {
         StoreError::Backend(Box::new(ConnectError {
             url: shown.clone(),
@@ -488,8 +497,8 @@ async fn connect(urls: Vec<String>, cluster: bool, shown: String) -> Result<Conn
     };
     let conn = if cluster {
         let client = ClusterClientBuilder::new(urls.iter().map(String::as_str))
-            .connection_timeout(CONNECT_TIMEOUT)
-            .response_timeout(RESPONSE_TIMEOUT)
+            .connection_timeout(connect_timeout)
+            .response_timeout(response_timeout)
             .retries(RECONNECT_RETRIES as u32)
             .min_retry_wait(10)
             .max_retry_wait(200)
@@ -502,8 +511,8 @@ async fn connect(urls: Vec<String>, cluster: bool, shown: String) -> Result<Conn
             .ok_or_else(|| StoreError::Backend("no Redis URL configured".into()))?;
         let client = redis::Client::open(url.as_str()).map_err(connect_err)?;
         let manager = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(response_timeout))
             .set_number_of_retries(RECONNECT_RETRIES)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(200));
