@@ -3,7 +3,7 @@
 //! the upstream call, `upstream_response_filter` (take the instructions, save, set the cookie),
 //! and `logging` (one line per request).
 //!
-//! Architecture invariant: the store is written at most once per request, and only after the
+//! Architecture invariant: at most one store operation per request, made only after the
 //! upstream has answered; a failed save turns the response into a 503, so a client never gets a
 //! cookie for a session that was not stored.
 
