@@ -8,7 +8,9 @@
 # and, except for "direct", a fresh session-proxy in front of it, and drives it with
 # examples/loadgen.rs: 64 keep-alive connections, each with its own cookie jar, so sessions are
 # real and reused. Cases: direct to the upstream (the limit), then the proxy with the memory store,
-# the fs store with fsync on and off, and the Redis store (on a redis-server of our own); each for
+# the memory store again with the default log level (memory-info: one access-log line per request
+# to stderr, which goes to a file), the fs store with fsync on and off, and the Redis store (on a
+# redis-server of our own); each for
 # a read-heavy mix (10 % of requests update the session), a write-heavy mix (every request
 # updates) and "new" (cookie-less clients, every request creates a session). The memory
 # benchmark (examples/mem_bench.rs) stores 1,000,000 sessions of 200 bytes.
@@ -18,7 +20,7 @@
 # Every process started here is stopped by its PID on exit, however the script ends.
 #
 # Environment (defaults in brackets): DURATION [10] and WARMUP [1] seconds per case,
-# CONNECTIONS [64], TARGETS ["direct memory fs-fsync fs-nofsync redis"], MIXES ["read write new"],
+# CONNECTIONS [64], TARGETS ["direct memory memory-info fs-fsync fs-nofsync redis"], MIXES ["read write new"],
 # MEM_SESSIONS [1000000] (0 skips the memory benchmark), LOADGEN_CPU [0], SERVER_CPU [1],
 # OUT [bench/RESULTS.md].
 set -euo pipefail
@@ -27,7 +29,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-64}
-TARGETS=${TARGETS:-direct memory fs-fsync fs-nofsync redis}
+TARGETS=${TARGETS:-direct memory memory-info fs-fsync fs-nofsync redis}
 MIXES=${MIXES:-read write new}
 MEM_SESSIONS=${MEM_SESSIONS:-1000000}
 LOADGEN_CPU=${LOADGEN_CPU:-0}
@@ -81,6 +83,10 @@ fi
 start() {
   local name=$1 log=$2
   shift 2
+  # Truncate here, not in the background job: a wait_line that runs first must not find the
+  # previous run's line.
+  : >"$log"
+  : >"$log.err"
   "${PIN_SERVER[@]}" "$@" >"$log" 2>"$log.err" &
   STARTED_PID=$!
   PIDS+=("$STARTED_PID")
@@ -136,7 +142,7 @@ config() {
     echo 'shutdown_timeout = "1s"'
     echo '[store]'
     case $target in
-      memory) echo 'kind = "memory"' ;;
+      memory | memory-info) echo 'kind = "memory"' ;;
       fs-fsync | fs-nofsync)
         echo 'kind = "fs"'
         echo "path = \"$WORK/sessions-$target\""
@@ -181,7 +187,9 @@ run_case() {
   url="http://$up_addr/"
   pids=(--pid "upstream=$up_pid")
   if [ "$target" != direct ]; then
-    start proxy "$WORK/proxy.log" env RUST_LOG=warn "$BIN/session-proxy" \
+    local level=warn
+    [ "$target" = memory-info ] && level=info
+    start proxy "$WORK/proxy.log" env RUST_LOG=$level "$BIN/session-proxy" \
       --config "$(config "$target")" --listen 127.0.0.1:0 --upstream "http://$up_addr"
     proxy_pid=$STARTED_PID
     local proxy_addr
@@ -207,12 +215,13 @@ run_case() {
   echo "-- $target/$mix: $(echo "$line" | tr '\t' ' ' | sed 's/target=[^ ]* mix=[^ ]* //')"
   [ -n "$proxy_pid" ] && stop_pid "$proxy_pid"
   stop_pid "$up_pid"
-  if [ -s "$WORK/proxy.log.err" ]; then
+  if [ "$target" != memory-info ] && [ -s "$WORK/proxy.log.err" ]; then
     echo "   proxy stderr (last lines):"
     tail -3 "$WORK/proxy.log.err" | sed 's/^/   /'
     : >"$WORK/proxy.log.err"
   fi
   rm -rf "$WORK/sessions-$target"
+  : >"$WORK/proxy.log.err"
   if [ "$target" = redis ] && command -v redis-cli >/dev/null; then
     redis-cli -p "$REDIS_PORT" flushall >/dev/null || true
   fi
@@ -253,7 +262,8 @@ FS_TYPE=$(df -T "$WORK" | awk 'NR == 2 { print $2 }')
   echo "- $(rustc --version)"
   echo "- per case: ${WARMUP} s warm-up, then ${DURATION} s measured; $CONNECTIONS keep-alive connections, each with its own cookie jar; closed loop (each connection sends its next request when the last answer is in)"
   echo "- pinning: $PINNING"
-  echo "- fs store directory on $FS_TYPE; proxy with \`RUST_LOG=warn\`, default config otherwise"
+  echo "- fs store directory on $FS_TYPE; proxy with \`RUST_LOG=warn\` (memory-info: \`RUST_LOG=info\`, the default, stderr to a file), default config otherwise"
+  echo "- \"load avg\" is \`/proc/loadavg\` (1 min) as each case started; the benchmark itself adds about 2, so a higher value means other processes competed for the $(nproc) cores"
   echo
   echo "Mixes: **read** = 10 % of responses carry \`X-Session-Update\`; **write** = every response does;"
   echo "**new** = cookie-less clients and every response updates, so each request creates a session."

@@ -5,6 +5,7 @@
 #
 #   bench/profile.sh               # 10 s; prints the top self and inclusive entries
 #   DURATION=5 MIX=read bench/profile.sh
+#   STORE=fs-nofsync bench/profile.sh    # or fs-fsync; the default is memory
 #
 # The setup is load.sh's (64 connections with cookie jars; load generator on core 0, upstream and
 # proxy on core 1). perf.data and the two reports stay in target/bench-profile/.
@@ -15,6 +16,7 @@ cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
 MIX=${MIX:-write}
+STORE=${STORE:-memory}
 CONNECTIONS=${CONNECTIONS:-64}
 TOP=${TOP:-40}
 case $MIX in
@@ -63,19 +65,28 @@ wait_addr() {
   return 1
 }
 
+: >"$WORK/up.log"
+: >"$WORK/proxy.log"
 "${PIN_SERVER[@]}" target/release/examples/bench_upstream --listen 127.0.0.1:0 \
   --update-percent "$PERCENT" >"$WORK/up.log" &
 UP_PID=$!
 PIDS+=("$UP_PID")
 UP=$(wait_addr "$UP_PID" "$WORK/up.log")
-printf 'shutdown_timeout = "1s"\n[store]\nkind = "memory"\n' >"$WORK/proxy.toml"
+case $STORE in
+  memory) printf 'shutdown_timeout = "1s"\n[store]\nkind = "memory"\n' ;;
+  fs-fsync | fs-nofsync)
+    printf 'shutdown_timeout = "1s"\n[store]\nkind = "fs"\npath = "%s"\nfsync = %s\n' \
+      "$WORK/sessions" "$([ "$STORE" = fs-fsync ] && echo true || echo false)"
+    ;;
+  *) echo "STORE is memory, fs-fsync or fs-nofsync" >&2; exit 2 ;;
+esac >"$WORK/proxy.toml"
 "${PIN_SERVER[@]}" env RUST_LOG=warn target/release/session-proxy --config "$WORK/proxy.toml" \
   --listen 127.0.0.1:0 --upstream "http://$UP" >"$WORK/proxy.log" &
 PROXY_PID=$!
 PIDS+=("$PROXY_PID")
 PROXY=$(wait_addr "$PROXY_PID" "$WORK/proxy.log")
 
-echo "== profiling the proxy (pid $PROXY_PID), memory store, mix=$MIX, ${DURATION}s"
+echo "== profiling the proxy (pid $PROXY_PID), store=$STORE, mix=$MIX, ${DURATION}s"
 "${PIN_LOAD[@]}" target/release/examples/loadgen run --url "http://$PROXY/" \
   --connections "$CONNECTIONS" --warmup 1 --duration "$((DURATION + 2))" \
   --pid "proxy=$PROXY_PID" --pid "upstream=$UP_PID" >"$OUTDIR/loadgen.tsv" &
@@ -89,12 +100,12 @@ tr '\t' ' ' <"$OUTDIR/loadgen.tsv"
 echo "(throughput is lower than in load.sh: perf's DWARF unwinding costs the proxy's core time)"
 
 perf report -i "$OUTDIR/perf.data" --no-children --percent-limit 0.5 --stdio -g none \
-  --sort symbol 2>/dev/null | grep -v '^$' >"$OUTDIR/self.txt"
-perf report -i "$OUTDIR/perf.data" --children --percent-limit 2 --stdio -g none \
-  --sort symbol 2>/dev/null | grep -v '^$' >"$OUTDIR/children.txt"
+  -F overhead,sym 2>/dev/null | grep -v '^$' | sed -E 's/[[:space:]]+$//' >"$OUTDIR/self.txt"
+perf report -i "$OUTDIR/perf.data" --children --percent-limit 1 --stdio -g none \
+  --sort sym 2>/dev/null | grep -v '^$' | sed -E 's/[[:space:]]+$//' >"$OUTDIR/children.txt"
 echo
 echo "== top $TOP by self time ($OUTDIR/self.txt)"
-grep -v '^#' "$OUTDIR/self.txt" | head -"$TOP"
+grep -v '^#' "$OUTDIR/self.txt" | head -"$TOP" || true
 echo
 echo "== top $TOP by inclusive time ($OUTDIR/children.txt)"
-grep -v '^#' "$OUTDIR/children.txt" | head -"$TOP"
+grep -v '^#' "$OUTDIR/children.txt" | head -"$TOP" || true

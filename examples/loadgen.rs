@@ -136,6 +136,8 @@ struct ConnResult {
     hist: Histogram<u64>,
     ok: u64,
     errors: u64,
+    /// Non-2xx answers by status code (also counted in `errors`).
+    statuses: BTreeMap<u16, u64>,
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
@@ -196,11 +198,15 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
 
         let mut hist = new_histogram();
         let (mut ok, mut errors) = (0u64, 0u64);
+        let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
         for task in tasks {
             let r = tokio::time::timeout(Duration::from_secs(10), task).await??;
             hist.add(&r.hist)?;
             ok += r.ok;
             errors += r.errors;
+            for (status, n) in r.statuses {
+                *statuses.entry(status).or_default() += n;
+            }
         }
         let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1e6;
         let mut fields: Vec<(String, String)> = a.labels.clone();
@@ -217,6 +223,10 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                 shared.connects.load(Ordering::Relaxed).to_string(),
             ),
         ]);
+        if !statuses.is_empty() {
+            let list: Vec<String> = statuses.iter().map(|(s, n)| format!("{s}:{n}")).collect();
+            fields.push(("statuses".to_owned(), list.join(",")));
+        }
         for (i, (name, _)) in a.pids.iter().enumerate() {
             fields.push((
                 format!("cpu_{name}"),
@@ -247,6 +257,7 @@ async fn connection(
         hist: new_histogram(),
         ok: 0,
         errors: 0,
+        statuses: BTreeMap::new(),
     };
     let mut jar: BTreeMap<String, String> = BTreeMap::new();
     'connect: while !shared.stop.load(Ordering::Relaxed) {
@@ -303,6 +314,7 @@ async fn connection(
                     let _ = r.hist.record((elapsed.as_nanos() as u64).max(1));
                 } else {
                     r.errors += 1;
+                    *r.statuses.entry(status.as_u16()).or_default() += 1;
                 }
             }
         }
