@@ -263,9 +263,13 @@ async fn create_sessions(store: &Arc<dyn SessionStore>, n: usize) -> HashSet<Str
     ids
 }
 
-/// Pages through `store.list` with `limit`, checking that every id comes exactly once.
+/// Pages through `store.list` with `limit` and returns every id it listed. `SCAN` promises each
+/// key present for the whole walk *at least* once (it may repeat one, e.g. while Redis rehashes
+/// a growing table), so repeats are allowed, but only a few: a cursor that went backwards would
+/// repeat whole pages.
 async fn list_all(store: &Arc<dyn SessionStore>, limit: usize) -> HashSet<String> {
     let mut seen = HashSet::new();
+    let mut listed = 0usize;
     let mut cursor: Option<String> = None;
     for _ in 0..10_000 {
         let page = store.list(cursor.as_deref(), limit).await.unwrap();
@@ -276,18 +280,26 @@ async fn list_all(store: &Arc<dyn SessionStore>, limit: usize) -> HashSet<String
         );
         for (id, record) in page.sessions {
             assert!(record.is_live(now_ms()));
-            assert!(seen.insert(id.to_string()), "{id:?} listed twice");
+            seen.insert(id.to_string());
+            listed += 1;
         }
         match page.next {
             Some(next) => cursor = Some(next),
-            None => return seen,
+            None => {
+                assert!(
+                    listed <= seen.len() + seen.len() / 10,
+                    "{listed} listed for {} sessions",
+                    seen.len()
+                );
+                return seen;
+            }
         }
     }
     panic!("the listing never ended");
 }
 
 #[tokio::test]
-async fn list_pages_through_every_live_session_once() {
+async fn list_pages_through_every_live_session() {
     let redis = RedisServer::start().await;
     let upstream = Upstream::start().await;
     let proxy = TestProxy::with_config(config(upstream.addr, &redis_toml(&redis.url(), ""))).await;
