@@ -36,7 +36,12 @@ LOADGEN_CPU=${LOADGEN_CPU:-0}
 SERVER_CPU=${SERVER_CPU:-1}
 OUT=${OUT:-bench/RESULTS.md}
 
-echo "== building (release)"
+# The commit as built: taken now, since others may commit while the benchmark runs.
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+  COMMIT="$COMMIT (with uncommitted changes to src/ or Cargo.*)"
+fi
+echo "== building (release) at $COMMIT"
 cargo build --release --quiet --bin session-proxy \
   --example bench_upstream --example loadgen --example mem_bench
 BIN=target/release
@@ -244,10 +249,6 @@ if [ "$MEM_SESSIONS" != 0 ]; then
 fi
 
 TABLE=$("$BIN/examples/loadgen" report "$RAW" --mem "$MEM")
-COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
-  COMMIT="$COMMIT (with uncommitted changes to src/ or Cargo.*)"
-fi
 CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 FS_TYPE=$(df -T "$WORK" | awk 'NR == 2 { print $2 }')
 
