@@ -13,6 +13,9 @@
 //! `stat` per file instead of a read, and a cron job can too (`find DIR -mmin +0`).
 //!
 //! Every filesystem call runs on the blocking pool (`spawn_blocking`), never on an async worker.
+//! Writes are capped at a few in flight (`writers`): every create and rename takes the
+//! directory's inode lock, so dozens of concurrent writers only queue in the kernel, on more
+//! threads, and were measured many times slower than a short queue (bench/PROFILE.md).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
@@ -46,6 +49,9 @@ struct Inner {
     fsync: bool,
     /// Writers of one id serialise on its stripe.
     locks: StripedLock,
+    /// Bounds the writes in flight across all ids; taken after the id's stripe, so a writer
+    /// queued behind its own session holds no permit.
+    writers: Arc<tokio::sync::Semaphore>,
 }
 
 impl FsStore {
@@ -63,6 +69,9 @@ impl FsStore {
             mode: config.mode,
             fsync: config.fsync,
             locks: StripedLock::default(),
+            writers: Arc::new(tokio::sync::Semaphore::new(
+                2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+            )),
         });
         let check = inner.clone();
         blocking(move || {
@@ -238,8 +247,9 @@ impl SessionStore for FsStore {
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
         let (inner, id, record) = (self.inner.clone(), *id, record.clone());
         let guard = self.inner.locks.lock(&id).await;
+        let permit = self.inner.writers.clone().acquire_owned().await;
         blocking(move || {
-            let _guard = guard;
+            let (_guard, _permit) = (guard, permit);
             let path = inner.path(&id);
             if inner.read_live(&path, now_ms())?.is_some() {
                 return Ok(false);
@@ -253,8 +263,9 @@ impl SessionStore for FsStore {
     async fn update(&self, id: &SessionId, update: &Update) -> Result<Option<Record>> {
         let (inner, id, update) = (self.inner.clone(), *id, update.clone());
         let guard = self.inner.locks.lock(&id).await;
+        let permit = self.inner.writers.clone().acquire_owned().await;
         blocking(move || {
-            let _guard = guard;
+            let (_guard, _permit) = (guard, permit);
             let path = inner.path(&id);
             let Some(current) = inner.read_live(&path, update.now)? else {
                 return Ok(None);
@@ -269,8 +280,9 @@ impl SessionStore for FsStore {
     async fn delete(&self, id: &SessionId) -> Result<bool> {
         let (inner, id) = (self.inner.clone(), *id);
         let guard = self.inner.locks.lock(&id).await;
+        let permit = self.inner.writers.clone().acquire_owned().await;
         blocking(move || {
-            let _guard = guard;
+            let (_guard, _permit) = (guard, permit);
             let path = inner.path(&id);
             let live = inner.read_live(&path, now_ms())?.is_some();
             match fs::remove_file(&path) {
