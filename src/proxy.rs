@@ -95,13 +95,13 @@ pub async fn handle(
         Err(e) => (error::response(&e), Some(e)),
     };
     // logging phase
-    let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let latency = start.elapsed();
+    let status = resp.status().as_u16();
+    let (session, saved) = (ctx.session, ctx.saved);
     match &err {
-        None => {
-            tracing::info!(%method, %path, status = resp.status().as_u16(), latency_ms, session = ctx.session, saved = ctx.saved, "request")
-        }
+        None => tracing::info!(%method, %path, status, ?latency, session, saved, "request"),
         Some(e) => {
-            tracing::warn!(%method, %path, status = resp.status().as_u16(), latency_ms, session = ctx.session, saved = ctx.saved, error = %e, "request failed")
+            tracing::warn!(%method, %path, status, ?latency, session, saved, error = %e, "request failed")
         }
     }
     Ok(resp)
