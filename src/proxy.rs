@@ -70,12 +70,20 @@ struct Current {
 }
 
 /// What the log line reports about the request; filled in as the phases run.
-#[derive(Default)]
 struct RequestCtx {
     /// "new" or "existing"; empty before the session is loaded.
     session: &'static str,
-    /// The store write this request made, if any.
+    /// The store write this request made: "none" until one is made.
     saved: &'static str,
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        RequestCtx {
+            session: "",
+            saved: "none",
+        }
+    }
 }
 
 /// The service function: never fails; every error becomes a response here.
