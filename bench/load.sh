@@ -181,6 +181,9 @@ run_case() {
     skip_row "$target" "$mix" "$REDIS_NOTE"
     return
   fi
+  # Start from a flushed disk: the previous case's files (and their deletion) must not be
+  # written back during this one.
+  sync
   start upstream "$WORK/upstream.log" "$BIN/examples/bench_upstream" \
     --listen 127.0.0.1:0 --update-percent "$percent"
   up_pid=$STARTED_PID
