@@ -101,6 +101,25 @@ impl FsStore {
 
 use std::os::unix::fs::DirBuilderExt as _;
 
+impl FsStore {
+    /// Runs a write to `id`'s file on the blocking pool, holding the id's stripe (so it is a
+    /// true read-modify-write) and a writer permit (so few writes are in flight at once).
+    async fn write<T: Send + 'static>(
+        &self,
+        id: SessionId,
+        op: impl FnOnce(&Inner, PathBuf) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let guard = self.inner.locks.lock(&id).await;
+        let permit = self.inner.writers.clone().acquire_owned().await;
+        let inner = self.inner.clone();
+        blocking(move || {
+            let (_guard, _permit) = (guard, permit);
+            op(&inner, inner.path(&id))
+        })
+        .await
+    }
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
@@ -245,12 +264,8 @@ impl SessionStore for FsStore {
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
-        let (inner, id, record) = (self.inner.clone(), *id, record.clone());
-        let guard = self.inner.locks.lock(&id).await;
-        let permit = self.inner.writers.clone().acquire_owned().await;
-        blocking(move || {
-            let (_guard, _permit) = (guard, permit);
-            let path = inner.path(&id);
+        let record = record.clone();
+        self.write(*id, move |inner, path| {
             if inner.read_live(&path, now_ms())?.is_some() {
                 return Ok(false);
             }
@@ -261,12 +276,8 @@ impl SessionStore for FsStore {
     }
 
     async fn update(&self, id: &SessionId, update: &Update) -> Result<Option<Record>> {
-        let (inner, id, update) = (self.inner.clone(), *id, update.clone());
-        let guard = self.inner.locks.lock(&id).await;
-        let permit = self.inner.writers.clone().acquire_owned().await;
-        blocking(move || {
-            let (_guard, _permit) = (guard, permit);
-            let path = inner.path(&id);
+        let update = update.clone();
+        self.write(*id, move |inner, path| {
             let Some(current) = inner.read_live(&path, update.now)? else {
                 return Ok(None);
             };
@@ -278,12 +289,7 @@ impl SessionStore for FsStore {
     }
 
     async fn delete(&self, id: &SessionId) -> Result<bool> {
-        let (inner, id) = (self.inner.clone(), *id);
-        let guard = self.inner.locks.lock(&id).await;
-        let permit = self.inner.writers.clone().acquire_owned().await;
-        blocking(move || {
-            let (_guard, _permit) = (guard, permit);
-            let path = inner.path(&id);
+        self.write(*id, |inner, path| {
             let live = inner.read_live(&path, now_ms())?.is_some();
             match fs::remove_file(&path) {
                 Ok(()) => Ok(live),

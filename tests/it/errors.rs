@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use crate::support::{TestProxy, Upstream, config, get, respond};
+use crate::support::{TestProxy, Upstream, config, fs_store, get, respond};
 
 #[tokio::test]
 async fn upstream_down_is_a_502_with_a_short_body() {
@@ -32,11 +32,7 @@ async fn store_failure_is_a_503_and_nothing_is_half_written() {
     let dir = tempfile::tempdir().unwrap();
     let sessions = dir.path().join("sessions");
     let upstream = Upstream::start().await;
-    let toml = format!(
-        "[store]\nkind = \"fs\"\npath = \"{}\"\nfsync = false",
-        sessions.display()
-    );
-    let proxy = TestProxy::start(&upstream, &toml).await;
+    let proxy = TestProxy::start(&upstream, &fs_store(&sessions)).await;
     let mut b = proxy.client();
     b.get("/", &[("X-Session-Update", r#"{"n":1}"#)]).await;
     let hits = upstream.hits();
@@ -68,11 +64,7 @@ async fn store_failure_at_save_is_a_503_without_a_cookie() {
     let dir = tempfile::tempdir().unwrap();
     let sessions = dir.path().join("sessions");
     let upstream = Upstream::start().await;
-    let toml = format!(
-        "[store]\nkind = \"fs\"\npath = \"{}\"\nfsync = false",
-        sessions.display()
-    );
-    let proxy = TestProxy::start(&upstream, &toml).await;
+    let proxy = TestProxy::start(&upstream, &fs_store(&sessions)).await;
     // The upstream is slow; the store breaks while it works.
     let addr = proxy.addr;
     let slow = tokio::spawn(async move {

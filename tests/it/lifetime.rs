@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{TestProxy, Upstream};
+use crate::support::{Browser, TestProxy, Upstream, fs_store};
 
 const UPDATE: (&str, &str) = ("X-Session-Update", r#"{"user":"ada"}"#);
 
@@ -97,8 +97,8 @@ async fn read_only_traffic_writes_at_most_once_per_touch_interval() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = Upstream::start().await;
     let toml = format!(
-        "[session]\nidle_timeout = \"1h\"\ntouch_interval = \"1s\"\n[store]\nkind = \"fs\"\npath = \"{}\"\nfsync = false",
-        dir.path().display()
+        "[session]\nidle_timeout = \"1h\"\ntouch_interval = \"1s\"\n{}",
+        fs_store(dir.path())
     );
     let proxy = TestProxy::start(&upstream, &toml).await;
     let mut b = proxy.client();
@@ -152,6 +152,32 @@ async fn the_cookie_is_resent_on_touch_so_the_browser_expiry_slides() {
     );
 }
 
+/// Two proxies on one fs directory: `short` (idle 1 s; `short_store` adds store settings) has
+/// made three sessions, `long` (idle 1 h) one, whose browser comes back as the third value.
+async fn three_short_one_long(
+    upstream: &Upstream,
+    dir: &Path,
+    short_store: &str,
+) -> (TestProxy, TestProxy, Browser) {
+    let store = fs_store(dir);
+    let short = TestProxy::start(
+        upstream,
+        &format!("[session]\nidle_timeout = \"1s\"\n{store}\n{short_store}"),
+    )
+    .await;
+    let long = TestProxy::start(
+        upstream,
+        &format!("[session]\nidle_timeout = \"1h\"\n{store}"),
+    )
+    .await;
+    for _ in 0..3 {
+        short.client().get("/", &[UPDATE]).await;
+    }
+    let mut keeper = long.client();
+    keeper.get("/", &[UPDATE]).await;
+    (short, long, keeper)
+}
+
 fn session_files(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .unwrap()
@@ -164,27 +190,8 @@ fn session_files(dir: &Path) -> usize {
 async fn the_sweeper_removes_expired_fs_sessions_and_keeps_live_ones() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = Upstream::start().await;
-    let store = format!(
-        "[store]\nkind = \"fs\"\npath = \"{}\"\nfsync = false",
-        dir.path().display()
-    );
-    // Two proxies on one directory: one makes short-lived sessions and sweeps often,
-    // the other makes long-lived ones.
-    let short = TestProxy::start(
-        &upstream,
-        &format!("[session]\nidle_timeout = \"1s\"\n{store}\nsweep_interval = \"300ms\""),
-    )
-    .await;
-    let long = TestProxy::start(
-        &upstream,
-        &format!("[session]\nidle_timeout = \"1h\"\n{store}"),
-    )
-    .await;
-    for _ in 0..3 {
-        short.client().get("/", &[UPDATE]).await;
-    }
-    let mut keeper = long.client();
-    keeper.get("/", &[UPDATE]).await;
+    let (_short, _long, mut keeper) =
+        three_short_one_long(&upstream, dir.path(), "sweep_interval = \"300ms\"").await;
     assert_eq!(session_files(dir.path()), 4);
 
     let mut left = 4;
@@ -230,33 +237,11 @@ async fn the_sweeper_cleans_the_memory_store() {
 async fn sessions_prune_removes_expired_sessions_and_reports_how_many() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = Upstream::start().await;
-    let store = format!(
-        "[store]\nkind = \"fs\"\npath = \"{}\"\nfsync = false",
-        dir.path().display()
-    );
-    let short = TestProxy::start(
-        &upstream,
-        &format!("[session]\nidle_timeout = \"1s\"\n{store}"),
-    )
-    .await;
-    let long = TestProxy::start(
-        &upstream,
-        &format!("[session]\nidle_timeout = \"1h\"\n{store}"),
-    )
-    .await;
-    for _ in 0..3 {
-        short.client().get("/", &[UPDATE]).await;
-    }
-    let mut keeper = long.client();
-    keeper.get("/", &[UPDATE]).await;
+    let (short, _long, mut keeper) = three_short_one_long(&upstream, dir.path(), "").await;
     short.stop().await;
     sleep_ms(1200).await;
 
-    let config = crate::support::write_config(
-        dir.path(),
-        "prune.toml",
-        &store.replace("[store]", "[store]\n"),
-    );
+    let config = crate::support::write_config(dir.path(), "prune.toml", &fs_store(dir.path()));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-proxy"))
         .args(["sessions", "prune", "--config", &config])
         .output()

@@ -346,6 +346,15 @@ impl Drop for ProxyProcess {
     }
 }
 
+/// A `[store]` section for the fs store in `dir`, fsync off: these tests are about behaviour,
+/// not durability, and run faster without it.
+pub fn fs_store(dir: &Path) -> String {
+    format!(
+        "[store]\nkind = \"fs\"\npath = \"{}\"\nfsync = false",
+        dir.display()
+    )
+}
+
 /// Writes a config file into `dir` and returns its path as a string.
 pub fn write_config(dir: &Path, name: &str, toml: &str) -> String {
     let path = dir.join(name);
