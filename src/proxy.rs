@@ -55,6 +55,9 @@ impl State {
         &self,
         call: impl Future<Output = store::Result<T>>,
     ) -> Result<T, StoreError> {
+        if self.store.never_waits() {
+            return call.await;
+        }
         let limit = self.config.store.timeout;
         tokio::time::timeout(limit, call)
             .await
@@ -145,14 +148,16 @@ async fn pipeline(
     let data = current.record.as_ref().map_or("{}", |r| &r.data);
     let h = &state.headers;
     let headers = req.headers_mut();
-    insert(headers, &h.session, &codec::encode_session(data));
-    insert(headers, &h.id, current.id.as_str());
-    insert(
-        headers,
-        &h.new,
-        if current.record.is_some() { "0" } else { "1" },
-    );
-    insert(headers, &h.expires, &(expires / 1000).to_string());
+    // base64url text and ids are always valid header values; these never fail.
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(codec::encode_session(data))) {
+        headers.insert(h.session.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(current.id.as_str()) {
+        headers.insert(h.id.clone(), v);
+    }
+    let new = if current.record.is_some() { "0" } else { "1" };
+    headers.insert(h.new.clone(), HeaderValue::from_static(new));
+    headers.insert(h.expires.clone(), HeaderValue::from(expires / 1000));
     state.upstream.rewrite(&mut req, remote);
 
     let mut resp = state.upstream.send(req).await?;
@@ -168,12 +173,6 @@ async fn pipeline(
         resp.headers_mut().append(SET_COOKIE, cookie);
     }
     Ok(resp.map(|b| b.boxed()))
-}
-
-fn insert(headers: &mut http::HeaderMap, name: &http::HeaderName, value: &str) {
-    if let Ok(v) = HeaderValue::from_str(value) {
-        headers.insert(name.clone(), v);
-    }
 }
 
 /// Loads the presented session, or starts a new one. A client never chooses its id unless

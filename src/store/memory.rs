@@ -78,6 +78,10 @@ impl SessionStore for MemoryStore {
         })
     }
 
+    fn never_waits(&self) -> bool {
+        true
+    }
+
     async fn prune(&self, now: u64) -> Result<u64> {
         let before = self.map.len();
         self.map.retain(|_, r| r.is_live(now));

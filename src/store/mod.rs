@@ -253,6 +253,12 @@ pub trait SessionStore: Send + Sync + 'static {
     fn expires_by_itself(&self) -> bool {
         false
     }
+
+    /// Whether every call completes without waiting on IO (the memory store). The proxy skips
+    /// the `store.timeout` timer for such a store: it could never fire.
+    fn never_waits(&self) -> bool {
+        false
+    }
 }
 
 /// Opens the configured store.
