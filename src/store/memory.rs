@@ -4,6 +4,8 @@
 //! Atomicity comes from the map's shard locks, which are only ever held by synchronous code:
 //! no lock is held across an await.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use dashmap::DashMap;
 
@@ -12,7 +14,8 @@ use crate::session::SessionId;
 
 #[derive(Debug, Default)]
 pub struct MemoryStore {
-    map: DashMap<SessionId, Record>,
+    /// Shared with the sweeper's blocking task.
+    map: Arc<DashMap<SessionId, Record>>,
 }
 
 #[async_trait]
@@ -82,9 +85,20 @@ impl SessionStore for MemoryStore {
         true
     }
 
+    /// Walks the whole map, so it runs on the blocking pool: at a million sessions that is
+    /// tens of milliseconds an async worker must not spend. Shards are locked one at a time.
     async fn prune(&self, now: u64) -> Result<u64> {
-        let before = self.map.len();
-        self.map.retain(|_, r| r.is_live(now));
-        Ok(before.saturating_sub(self.map.len()) as u64)
+        let map = self.map.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut removed = 0u64;
+            map.retain(|_, r| {
+                let live = r.is_live(now);
+                removed += u64::from(!live);
+                live
+            });
+            removed
+        })
+        .await
+        .map_err(|e| super::StoreError::Backend(Box::new(e)))
     }
 }
