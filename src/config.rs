@@ -593,13 +593,6 @@ fn parse_upstream(text: &str) -> Result<Authority, String> {
         .ok_or_else(|| format!("{text:?} has no host"))
 }
 
-impl Config {
-    /// The defaults, as `proxy.toml` documents them.
-    pub fn default_config() -> Result<Config, ConfigError> {
-        RawConfig::default().validate("(defaults)")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,11 +40,6 @@ pub struct Proxy {
 impl Proxy {
     pub async fn open(config: Config) -> Result<Self, StartError> {
         let store = store::open(&config.store).await?;
-        Self::with_store(config, store)
-    }
-
-    /// Uses an already opened store (tests wrap stores to observe them).
-    pub fn with_store(config: Config, store: Arc<dyn SessionStore>) -> Result<Self, StartError> {
         Ok(Proxy {
             state: Arc::new(proxy::State::new(config, store)?),
         })
