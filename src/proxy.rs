@@ -169,7 +169,8 @@ async fn pipeline(
     for e in errors {
         tracing::warn!(error = %e, "ignored a malformed session instruction from the upstream");
     }
-    if let Some(cookie) = save(state, &current, &instructions, now, ctx).await? {
+    // The clock as of saving: the app may have taken a while, and expiry is judged now.
+    if let Some(cookie) = save(state, &current, &instructions, store::now_ms(), ctx).await? {
         resp.headers_mut().append(SET_COOKIE, cookie);
     }
     Ok(resp.map(|b| b.boxed()))

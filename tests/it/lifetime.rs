@@ -272,3 +272,35 @@ async fn sessions_prune_removes_expired_sessions_and_reports_how_many() {
     assert_eq!(line["id"], keeper.cookie.clone().unwrap());
     assert_eq!(line["record"]["data"], json!({"user":"ada"}));
 }
+
+#[tokio::test]
+async fn a_session_that_expires_during_a_slow_request_is_not_revived_by_its_save() {
+    let upstream = Upstream::start().await;
+    let proxy = TestProxy::start(&upstream, "[session]\nidle_timeout = \"1s\"").await;
+    let mut b = proxy.client();
+    b.get("/", &[UPDATE]).await;
+    let cookie = format!("session_id={}", b.cookie.clone().unwrap());
+    // Loaded while live; the app takes longer than the session has left.
+    let r = crate::support::get(
+        proxy.addr,
+        "/",
+        &[
+            ("cookie", &cookie),
+            ("x-test-delay-ms", "1500"),
+            (
+                "x-test-respond",
+                &crate::support::respond(&[("X-Session-Update", r#"{"late":true}"#)]),
+            ),
+        ],
+    )
+    .await;
+    assert!(!r.seen().is_new(), "the session was live when loaded");
+    assert!(
+        r.set_cookie("session_id").is_none(),
+        "a dead session got a cookie"
+    );
+    assert!(
+        proxy.sessions().await.is_empty(),
+        "the save revived an expired session"
+    );
+}
