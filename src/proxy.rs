@@ -170,7 +170,7 @@ async fn pipeline(
         tracing::warn!(error = %e, "ignored a malformed session instruction from the upstream");
     }
     // The clock as of saving: the app may have taken a while, and expiry is judged now.
-    if let Some(cookie) = save(state, &current, &instructions, store::now_ms(), ctx).await? {
+    if let Some(cookie) = save(state, &current, instructions, store::now_ms(), ctx).await? {
         resp.headers_mut().append(SET_COOKIE, cookie);
     }
     Ok(resp.map(|b| b.boxed()))
@@ -214,13 +214,14 @@ fn fresh() -> Result<Current, ProxyError> {
 async fn save(
     state: &State,
     current: &Current,
-    instructions: &Instructions,
+    instructions: Instructions,
     now: u64,
     ctx: &mut RequestCtx,
 ) -> Result<Option<HeaderValue>, ProxyError> {
     let cookies = &state.cookies;
+    let modifies = instructions.modifies();
     let update = Update {
-        change: instructions.change.clone(),
+        change: instructions.change,
         base: current.record.clone(),
         now,
         lifetime: state.config.session.lifetime,
@@ -237,7 +238,7 @@ async fn save(
 
     let result = match &current.record {
         // werkzeug's should_save: a new session is stored only when modified.
-        None if !instructions.modifies() => return Ok(None),
+        None if !modifies => return Ok(None),
         None => {
             // Regenerate always yields a server-made id, even for a session that adopted a
             // client's id under `renew_missing = false`.
