@@ -12,6 +12,8 @@ pub mod cookie;
 pub mod error;
 pub mod headers;
 pub mod proxy;
+#[cfg(test)]
+mod robustness;
 pub mod server;
 pub mod session;
 pub mod store;
