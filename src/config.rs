@@ -66,6 +66,7 @@ pub struct RawConfig {
     pub listen: Option<String>,
     pub upstream: Option<String>,
     pub shutdown_timeout: Option<DurationSpec>,
+    pub trust_forwarded_headers: Option<bool>,
     #[serde(default)]
     pub cookie: RawCookie,
     #[serde(default)]
@@ -135,6 +136,8 @@ pub struct Config {
     /// Scheme and authority of the upstream (always `http`).
     pub upstream: Authority,
     pub shutdown_timeout: Duration,
+    /// Keep a front proxy's `X-Forwarded-Proto`/`-Host` instead of overwriting them.
+    pub trust_forwarded_headers: bool,
     pub cookie: CookieConfig,
     pub session: SessionConfig,
     pub store: StoreConfig,
@@ -558,6 +561,7 @@ impl RawConfig {
             listen,
             upstream,
             shutdown_timeout,
+            trust_forwarded_headers: self.trust_forwarded_headers.unwrap_or(false),
             cookie,
             session,
             store,

@@ -22,6 +22,7 @@ pub struct Upstream {
     client: Client<HttpConnector, Incoming>,
     authority: Authority,
     response_timeout: Duration,
+    trust_forwarded: bool,
 }
 
 impl Upstream {
@@ -37,12 +38,14 @@ impl Upstream {
             client,
             authority: config.upstream.clone(),
             response_timeout: config.upstream_timeouts.response,
+            trust_forwarded: config.trust_forwarded_headers,
         }
     }
 
     /// Points the request at the upstream and adds `X-Forwarded-*`. The client's `Host` is
     /// kept (an HTTP/2 request's `:authority` becomes `Host`), so the app sees the name it was
-    /// called by.
+    /// called by. `X-Forwarded-Proto`/`-Host` are overwritten with what this hop saw, unless
+    /// `trust_forwarded_headers` says a front proxy (TLS terminator) set them.
     pub fn rewrite(&self, req: &mut Request<Incoming>, remote: SocketAddr) {
         let original_host = req.headers().get(HOST).cloned().or_else(|| {
             req.uri()
@@ -63,10 +66,15 @@ impl Upstream {
         }
         *req.version_mut() = Version::HTTP_11;
 
+        let keep = |headers: &http::HeaderMap, name: &http::HeaderName| {
+            self.trust_forwarded && headers.contains_key(name)
+        };
         let headers = req.headers_mut();
         if let Some(host) = &original_host {
             headers.insert(HOST, host.clone());
-            headers.insert(X_FORWARDED_HOST, host.clone());
+            if !keep(headers, &X_FORWARDED_HOST) {
+                headers.insert(X_FORWARDED_HOST, host.clone());
+            }
         }
         // Append to a chain a front proxy may have started (RFC 7239 §5.2 style).
         let ip = remote.ip().to_string();
@@ -87,7 +95,9 @@ impl Upstream {
         if let Some(xff) = xff {
             headers.insert(X_FORWARDED_FOR, xff);
         }
-        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        if !keep(headers, &X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
     }
 
     /// Sends the request; the response body streams, only the wait for headers is bounded.

@@ -295,6 +295,29 @@ async fn forwarded_headers_and_host() {
 }
 
 #[tokio::test]
+async fn forwarded_proto_and_host_from_a_front_proxy_are_kept_only_when_trusted() {
+    let front = [
+        ("x-forwarded-proto", "https"),
+        ("x-forwarded-host", "www.example"),
+    ];
+    let (_u, untrusted, _b) = setup("").await;
+    let seen = get(untrusted.addr, "/", &front).await.seen();
+    assert_eq!(seen.headers("x-forwarded-proto"), vec!["http"]);
+    assert_ne!(seen.headers("x-forwarded-host"), vec!["www.example"]);
+
+    let (_u, trusted, _b) = setup("trust_forwarded_headers = true").await;
+    let seen = get(trusted.addr, "/", &front).await.seen();
+    assert_eq!(seen.headers("x-forwarded-proto"), vec!["https"]);
+    assert_eq!(seen.headers("x-forwarded-host"), vec!["www.example"]);
+    // Without a front proxy's headers, this hop's own values still go in.
+    let seen = get(trusted.addr, "/", &[("host", "direct.example")])
+        .await
+        .seen();
+    assert_eq!(seen.headers("x-forwarded-proto"), vec!["http"]);
+    assert_eq!(seen.headers("x-forwarded-host"), vec!["direct.example"]);
+}
+
+#[tokio::test]
 async fn session_cookie_is_removed_other_cookies_pass_unchanged() {
     let (_u, _p, mut b) = setup("").await;
     b.get("/", &[("X-Session-Update", r#"{"a":1}"#)]).await;
