@@ -132,7 +132,10 @@ fn parsers_never_panic_on_random_input() {
     }
     // The inputs reached the interesting paths, not only the error branches.
     assert!(found > 1000, "only {found} valid cookies found");
-    assert!(parsed > CASES / 4, "only {parsed} instruction values parsed");
+    assert!(
+        parsed > CASES / 4,
+        "only {parsed} instruction values parsed"
+    );
 }
 
 #[test]
