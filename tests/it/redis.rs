@@ -569,3 +569,25 @@ async fn rediss_speaks_tls_and_reports_a_handshake_failure_cleanly() {
     assert!(text.contains("cannot connect to Redis"), "{text}");
     assert!(!text.contains("panicked"), "{text}");
 }
+
+#[tokio::test]
+async fn store_flag_takes_a_redis_url() {
+    let redis = RedisServer::start().await;
+    let run = |store: String| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_session-proxy"))
+            .args(["check", "--config", "proxy.toml", "--store", &store])
+            .output()
+            .unwrap()
+    };
+    // `check` opens the store: a live Redis passes, a closed port fails with exit code 1.
+    let out = run(redis.url());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration ok"));
+    let out = run(format!("redis://127.0.0.1:{}/0", free_port()));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to Redis"));
+}
