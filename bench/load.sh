@@ -50,66 +50,9 @@ WORK=$(mktemp -d "$PWD/target/bench-load.XXXXXX")
 RAW="$WORK/raw.tsv"
 : >"$RAW"
 
-PIDS=()
-stop_pid() {
-  local pid=$1 i
-  kill "$pid" 2>/dev/null || return 0
-  for i in $(seq 50); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -9 "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-  local keep=() p
-  for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || keep+=("$p"); done
-  PIDS=("${keep[@]}")
-}
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-  PIDS=()
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
-  PIN_LOAD=(taskset -c "$LOADGEN_CPU")
-  PIN_SERVER=(taskset -c "$SERVER_CPU")
-  PINNING="load generator on core $LOADGEN_CPU; upstream, proxy and redis-server on core $SERVER_CPU"
-else
-  PIN_LOAD=()
-  PIN_SERVER=()
-  PINNING="not pinned (needs taskset and 2+ cores)"
-fi
-
-# start NAME LOGFILE CMD...: starts CMD in the background, pinned to the server core; sets
-# STARTED_PID. (taskset execs the command, so $! is the process itself.)
-start() {
-  local name=$1 log=$2
-  shift 2
-  # Truncate here, not in the background job: a wait_line that runs first must not find the
-  # previous run's line.
-  : >"$log"
-  : >"$log.err"
-  "${PIN_SERVER[@]}" "$@" >"$log" 2>"$log.err" &
-  STARTED_PID=$!
-  PIDS+=("$STARTED_PID")
-}
-
-# wait_line PID LOGFILE REGEX: waits up to 10 s for the line and prints its first capture.
-wait_line() {
-  local pid=$1 log=$2 re=$3 i
-  for i in $(seq 100); do
-    if grep -qE "$re" "$log" 2>/dev/null; then
-      sed -nE "s#.*$re.*#\\1#p" "$log" | head -1
-      return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
+# Process lifecycle (PIDS, stop_pid, the exit trap, pinning, start, wait_line).
+# shellcheck source=bench/common.sh
+source bench/common.sh
 
 # One line of the raw file for a row that could not run; tabs and newlines are not allowed.
 skip_row() {

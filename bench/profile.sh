@@ -31,47 +31,14 @@ OUTDIR=target/bench-profile
 mkdir -p "$OUTDIR"
 WORK=$(mktemp -d "$PWD/target/bench-profile.XXXXXX")
 
-PIDS=()
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do
-    kill "$pid" 2>/dev/null || continue
-    sleep 0.2
-    kill -9 "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# Process lifecycle (PIDS, stop_pid, the exit trap, pinning, start, wait_line).
+# shellcheck source=bench/common.sh
+source bench/common.sh
 
-PIN_LOAD=()
-PIN_SERVER=()
-if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
-  PIN_LOAD=(taskset -c 0)
-  PIN_SERVER=(taskset -c 1)
-fi
-
-wait_addr() {
-  local pid=$1 log=$2 i
-  for i in $(seq 100); do
-    if grep -qE 'listening on http://[0-9.:]+' "$log"; then
-      sed -nE 's#.*listening on http://([0-9.:]+).*#\1#p' "$log" | head -1
-      return 0
-    fi
-    kill -0 "$pid" 2>/dev/null || return 1
-    sleep 0.1
-  done
-  return 1
-}
-
-: >"$WORK/up.log"
-: >"$WORK/proxy.log"
-"${PIN_SERVER[@]}" target/release/examples/bench_upstream --listen 127.0.0.1:0 \
-  --update-percent "$PERCENT" >"$WORK/up.log" &
-UP_PID=$!
-PIDS+=("$UP_PID")
-UP=$(wait_addr "$UP_PID" "$WORK/up.log")
+start upstream "$WORK/up.log" target/release/examples/bench_upstream --listen 127.0.0.1:0 \
+  --update-percent "$PERCENT"
+UP_PID=$STARTED_PID
+UP=$(wait_line "$UP_PID" "$WORK/up.log" 'listening on http://([0-9.:]+)')
 case $STORE in
   memory) printf 'shutdown_timeout = "1s"\n[store]\nkind = "memory"\n' ;;
   fs-fsync | fs-nofsync)
@@ -80,11 +47,10 @@ case $STORE in
     ;;
   *) echo "STORE is memory, fs-fsync or fs-nofsync" >&2; exit 2 ;;
 esac >"$WORK/proxy.toml"
-"${PIN_SERVER[@]}" env RUST_LOG=warn target/release/session-proxy --config "$WORK/proxy.toml" \
-  --listen 127.0.0.1:0 --upstream "http://$UP" >"$WORK/proxy.log" &
-PROXY_PID=$!
-PIDS+=("$PROXY_PID")
-PROXY=$(wait_addr "$PROXY_PID" "$WORK/proxy.log")
+start proxy "$WORK/proxy.log" env RUST_LOG=warn target/release/session-proxy \
+  --config "$WORK/proxy.toml" --listen 127.0.0.1:0 --upstream "http://$UP"
+PROXY_PID=$STARTED_PID
+PROXY=$(wait_line "$PROXY_PID" "$WORK/proxy.log" 'listening on http://([0-9.:]+) ')
 
 echo "== profiling the proxy (pid $PROXY_PID), store=$STORE, mix=$MIX, ${DURATION}s"
 "${PIN_LOAD[@]}" target/release/examples/loadgen run --url "http://$PROXY/" \
