@@ -351,19 +351,25 @@ async fn key_prefix_is_used_and_glob_characters_in_it_are_literal() {
     assert_eq!(listed, vec![id]);
 }
 
-/// The compare-and-set paths, driven directly: an update whose base is stale is re-applied to
-/// the stored record, and one on a destroyed session writes nothing.
-#[tokio::test]
-async fn update_with_a_stale_base_merges_and_never_resurrects() {
+/// A proxy on a fresh Redis whose store holds one session, `{"a":1}`, written directly.
+async fn proxy_with_one_session() -> (RedisServer, Upstream, TestProxy, SessionId) {
     let redis = RedisServer::start().await;
     let upstream = Upstream::start().await;
     let proxy = TestProxy::with_config(config(upstream.addr, &redis_toml(&redis.url(), ""))).await;
-    let store = &proxy.store;
     let id = SessionId::generate().unwrap();
     let first = update(&proxy, None, patch(json!({"a":1})))
         .create()
         .unwrap();
-    assert!(store.create(&id, &first).await.unwrap());
+    assert!(proxy.store.create(&id, &first).await.unwrap());
+    (redis, upstream, proxy, id)
+}
+
+/// The compare-and-set paths, driven directly: an update whose base is stale is re-applied to
+/// the stored record, and one on a destroyed session writes nothing.
+#[tokio::test]
+async fn update_with_a_stale_base_merges_and_never_resurrects() {
+    let (redis, _upstream, proxy, id) = proxy_with_one_session().await;
+    let store = &proxy.store;
 
     let base = store.load(&id).await.unwrap().unwrap();
     let b = store
@@ -415,15 +421,8 @@ async fn update_with_a_stale_base_merges_and_never_resurrects() {
 
 #[tokio::test]
 async fn regenerate_carries_over_a_change_that_raced_in_and_never_revives_a_destroyed_session() {
-    let redis = RedisServer::start().await;
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_config(config(upstream.addr, &redis_toml(&redis.url(), ""))).await;
+    let (redis, _upstream, proxy, old) = proxy_with_one_session().await;
     let store = &proxy.store;
-    let old = SessionId::generate().unwrap();
-    let first = update(&proxy, None, patch(json!({"a":1})))
-        .create()
-        .unwrap();
-    assert!(store.create(&old, &first).await.unwrap());
     let base = store.load(&old).await.unwrap().unwrap();
 
     // Another request writes after this one loaded `base`.
