@@ -7,10 +7,17 @@ use http::header::{COOKIE, HeaderMap, HeaderValue};
 use crate::config::CookieConfig;
 use crate::session::SessionId;
 
-/// The configured cookie, with its signing key derived once.
+/// The configured cookie, with its signing key derived once and its `Set-Cookie` attributes
+/// rendered once: a proxy sets this cookie on every write, so only the value and a max-age-based
+/// `Expires` are formatted per response.
 pub struct Cookies {
     config: CookieConfig,
     key: Option<Key>,
+    /// `name=`, then everything after the value that never changes: `; Path=/; HttpOnly; ...`.
+    prefix: String,
+    suffix: String,
+    /// `Some` when `Expires` is `now + max_age`, computed per response.
+    rolling_expiry: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for Cookies {
@@ -43,6 +50,15 @@ fn cookie_name(pair: &[u8]) -> &[u8] {
     name.trim_ascii()
 }
 
+/// `now + age`, if an HTTP date can say it (up to the end of year 9999); a longer `max_age`
+/// goes out with `Max-Age` alone.
+fn expires_at(age: std::time::Duration) -> Option<std::time::SystemTime> {
+    const LAST_HTTP_DATE: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    let at = std::time::SystemTime::now().checked_add(age)?;
+    let secs = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    (secs <= LAST_HTTP_DATE).then_some(at)
+}
+
 impl Cookies {
     /// `config.secret`, when set, is at least 32 bytes (checked in `config.rs`).
     pub fn new(config: CookieConfig) -> Self {
@@ -51,7 +67,32 @@ impl Cookies {
             .as_deref()
             .filter(|s| s.len() >= 32)
             .map(|s| Key::derive_from(s.as_bytes()));
-        Cookies { config, key }
+        // The cookie crate renders the attributes (so their syntax is its, not ours), once.
+        let mut fixed = Self::base(&config, String::new());
+        if let Some(age) = config
+            .max_age
+            .and_then(|a| time::Duration::try_from(a).ok())
+        {
+            fixed = fixed.max_age(age);
+        }
+        if let Some(expires) = config.expires {
+            fixed = fixed.expires(expires);
+        }
+        let rendered = fixed.build().to_string();
+        let prefix = format!("{}=", config.name);
+        let suffix = rendered
+            .strip_prefix(&prefix)
+            .unwrap_or_default()
+            .to_owned();
+        // Max-Age wins where understood; Expires is for clients that predate it.
+        let rolling_expiry = config.max_age.filter(|_| config.expires.is_none());
+        Cookies {
+            config,
+            key,
+            prefix,
+            suffix,
+            rolling_expiry,
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -141,8 +182,7 @@ impl Cookies {
         }
     }
 
-    fn base(&self, value: String) -> cookie::CookieBuilder<'static> {
-        let c = &self.config;
+    fn base(c: &CookieConfig, value: String) -> cookie::CookieBuilder<'static> {
         let mut b = Cookie::build((c.name.clone(), value))
             .path(c.path.clone())
             .secure(c.secure)
@@ -156,26 +196,22 @@ impl Cookies {
 
     /// `Set-Cookie` for `id`, with every configured attribute.
     pub fn set(&self, id: &SessionId) -> Option<HeaderValue> {
-        let c = &self.config;
-        let mut b = self.base(self.value(id));
-        if let Some(max_age) = c.max_age
-            && let Ok(age) = time::Duration::try_from(max_age)
-        {
-            b = b.max_age(age);
-            // Max-Age wins where understood; Expires is for clients that predate it.
-            if c.expires.is_none() {
-                b = b.expires(time::OffsetDateTime::now_utc() + age);
-            }
+        let value = self.value(id);
+        let mut line =
+            String::with_capacity(self.prefix.len() + value.len() + self.suffix.len() + 40);
+        line.push_str(&self.prefix);
+        line.push_str(&value);
+        line.push_str(&self.suffix);
+        if let Some(at) = self.rolling_expiry.and_then(expires_at) {
+            line.push_str("; Expires=");
+            line.push_str(&httpdate::fmt_http_date(at));
         }
-        if let Some(expires) = c.expires {
-            b = b.expires(expires);
-        }
-        HeaderValue::from_str(&b.build().to_string()).ok()
+        HeaderValue::from_str(&line).ok()
     }
 
     /// `Set-Cookie` that makes the browser drop the session cookie.
     pub fn expire(&self) -> Option<HeaderValue> {
-        let mut cookie = self.base(String::new()).build();
+        let mut cookie = Self::base(&self.config, String::new()).build();
         cookie.make_removal();
         HeaderValue::from_str(&cookie.to_string()).ok()
     }

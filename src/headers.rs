@@ -31,6 +31,12 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 /// `Upgrade` goes too: this proxy does not tunnel protocol upgrades.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names is cheaper than ten removals by hash.
+    // (A header that `Connection` names goes only if `Connection` is there, so it is covered.)
+    let hop_by_hop = |name: &HeaderName| name == header::UPGRADE || HOP_BY_HOP.contains(name);
+    if !headers.keys().any(hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()

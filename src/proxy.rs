@@ -9,7 +9,6 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,7 +24,7 @@ use crate::error::{self, ProxyBody, ProxyError};
 use crate::headers::{ProtocolHeaders, strip_hop_by_hop};
 use crate::session::{Instructions, SessionId};
 use crate::store::{self, Record, SessionStore, StoreError, Update};
-use crate::upstream::Upstream;
+use crate::upstream::{Peer, Upstream};
 
 /// Everything a request needs, built once at start and shared by every connection.
 pub struct State {
@@ -92,7 +91,7 @@ impl Default for RequestCtx {
 /// The service function: never fails; every error becomes a response here.
 pub async fn handle(
     state: Arc<State>,
-    remote: SocketAddr,
+    peer: Peer,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
@@ -100,7 +99,7 @@ pub async fn handle(
     // The path only: a query string may carry secrets.
     let path = req.uri().path().to_owned();
     let mut ctx = RequestCtx::default();
-    let result = pipeline(&state, remote, req, &mut ctx).await;
+    let result = pipeline(&state, &peer, req, &mut ctx).await;
     let (resp, err) = match result {
         Ok(resp) => (resp, None),
         Err(e) => (error::response(&e), Some(e)),
@@ -120,7 +119,7 @@ pub async fn handle(
 
 async fn pipeline(
     state: &State,
-    remote: SocketAddr,
+    peer: &Peer,
     mut req: Request<Incoming>,
     ctx: &mut RequestCtx,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -158,7 +157,7 @@ async fn pipeline(
     let new = if current.record.is_some() { "0" } else { "1" };
     headers.insert(h.new.clone(), HeaderValue::from_static(new));
     headers.insert(h.expires.clone(), HeaderValue::from(expires / 1000));
-    state.upstream.rewrite(&mut req, remote);
+    state.upstream.rewrite(&mut req, peer);
 
     let mut resp = state.upstream.send(req).await?;
 

@@ -189,3 +189,42 @@ fn config_values_of_the_wrong_type_are_errors_not_panics() {
         }
     }
 }
+
+/// The store merges on text ([`DataChange::apply_to_text`]) for speed; it must give exactly
+/// what merging the parsed values gives ([`DataChange::apply_to`], RFC 7396), byte for byte.
+#[test]
+fn merging_stored_text_equals_merging_values() {
+    use crate::session::DataChange;
+    let mut rng = StdRng::seed_from_u64(0x7e47_0001);
+    let (mut nested, mut removed) = (0, 0);
+    for _ in 0..CASES {
+        let data = json_object(&mut rng, 3);
+        let serde_json::Value::Object(patch) = json_object(&mut rng, 3) else {
+            unreachable!("json_object makes objects")
+        };
+        nested += patch.values().filter(|v| v.is_object()).count();
+        removed += patch.values().filter(|v| v.is_null()).count();
+        for change in [DataChange::Patch(patch.clone()), DataChange::Replace(patch)] {
+            let mut expected = data.clone();
+            change.apply_to(&mut expected);
+            let compact = serde_json::to_string(&data).unwrap_or_default();
+            let text = change
+                .apply_to_text(&compact)
+                .unwrap_or_else(|e| panic!("{compact}: {e}"));
+            assert_eq!(text, serde_json::to_string(&expected).unwrap_or_default());
+            // Stored text edited by hand (whitespace) still merges to the same value.
+            let pretty = serde_json::to_string_pretty(&data).unwrap_or_default();
+            let text = change
+                .apply_to_text(&pretty)
+                .unwrap_or_else(|e| panic!("{pretty}: {e}"));
+            let value: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(value, expected);
+        }
+    }
+    // The cases reach the branches: nested merges and removals, not only plain sets.
+    assert!(
+        nested > 1000 && removed > 1000,
+        "{nested} nested, {removed} removed"
+    );
+}

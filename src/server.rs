@@ -15,6 +15,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::proxy::{self, State};
+use crate::upstream::Peer;
 
 type ServerBuilder = auto::Builder<TokioExecutor>;
 
@@ -40,7 +41,8 @@ pub async fn serve(
                 Ok((stream, remote)) => {
                     let _ = stream.set_nodelay(true);
                     let state = state.clone();
-                    let service = service_fn(move |req| proxy::handle(state.clone(), remote, req));
+                    let peer = Peer::new(remote);
+                    let service = service_fn(move |req| proxy::handle(state.clone(), peer.clone(), req));
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     let conn = graceful.watch(conn.into_owned());
                     tokio::spawn(async move {

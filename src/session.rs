@@ -9,6 +9,10 @@ use std::fmt;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::TryRngCore as _;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+
+use serde_json::value::{RawValue, to_raw_value};
 use serde_json::{Map, Value};
 
 /// Random bytes per id: 192 bits, well past the 128 that makes guessing hopeless.
@@ -93,6 +97,44 @@ impl DataChange {
             }
             DataChange::Replace(map) => *data = Value::Object(map.clone()),
         }
+    }
+
+    /// [`apply_to`](Self::apply_to) on the stored JSON text of an object, giving the new text.
+    ///
+    /// Why not parse, merge and print: every write does this, and a session mostly changes in a
+    /// member or two. Only the top level is split here; the members the patch does not name are
+    /// copied as text, never parsed or re-escaped. A member the patch merges into is parsed
+    /// alone. Members come out sorted by key, as `serde_json::Map` prints them.
+    pub fn apply_to_text(&self, data: &str) -> Result<String, serde_json::Error> {
+        let patch = match self {
+            DataChange::Replace(map) => return serde_json::to_string(map),
+            DataChange::Patch(patch) => patch,
+        };
+        let stored: BTreeMap<String, &RawValue> = serde_json::from_str(data)?;
+        let mut members: BTreeMap<String, Cow<'_, RawValue>> = stored
+            .into_iter()
+            .map(|(k, v)| (k, Cow::Borrowed(v)))
+            .collect();
+        for (key, change) in patch {
+            match change {
+                Value::Null => {
+                    members.remove(key);
+                }
+                Value::Object(_) => {
+                    // RFC 7396: an object merges into the member (into `{}` if it is not one).
+                    let mut member = match members.get(key) {
+                        Some(raw) => serde_json::from_str(raw.get())?,
+                        None => Value::Null,
+                    };
+                    json_patch::merge(&mut member, change);
+                    members.insert(key.clone(), Cow::Owned(to_raw_value(&member)?));
+                }
+                _ => {
+                    members.insert(key.clone(), Cow::Owned(to_raw_value(change)?));
+                }
+            }
+        }
+        serde_json::to_string(&members)
     }
 }
 

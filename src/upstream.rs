@@ -16,6 +16,24 @@ use crate::config::Config;
 use crate::error::ProxyError;
 use crate::headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
+/// The client end of one downstream connection, as `X-Forwarded-For` names it: formatted once
+/// per connection rather than once per request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    forwarded_for: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = addr.ip().to_string();
+        Peer {
+            // An IP address is always a valid header value.
+            forwarded_for: HeaderValue::from_maybe_shared(bytes::Bytes::from(ip))
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        }
+    }
+}
+
 /// `Client` is cheap to clone; its pool is shared by every request.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -46,12 +64,14 @@ impl Upstream {
     /// kept (an HTTP/2 request's `:authority` becomes `Host`), so the app sees the name it was
     /// called by. `X-Forwarded-Proto`/`-Host` are overwritten with what this hop saw, unless
     /// `trust_forwarded_headers` says a front proxy (TLS terminator) set them.
-    pub fn rewrite(&self, req: &mut Request<Incoming>, remote: SocketAddr) {
-        let original_host = req.headers().get(HOST).cloned().or_else(|| {
-            req.uri()
+    pub fn rewrite(&self, req: &mut Request<Incoming>, peer: &Peer) {
+        let host = match req.headers().get(HOST) {
+            Some(host) => Some(host.clone()),
+            None => req
+                .uri()
                 .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
         let path = req
             .uri()
             .path_and_query()
@@ -70,28 +90,24 @@ impl Upstream {
             self.trust_forwarded && headers.contains_key(name)
         };
         let headers = req.headers_mut();
-        if let Some(host) = &original_host {
-            headers.insert(HOST, host.clone());
+        if let Some(host) = host {
             if !keep(headers, &X_FORWARDED_HOST) {
                 headers.insert(X_FORWARDED_HOST, host.clone());
             }
+            headers.insert(HOST, host);
         }
         // Append to a chain a front proxy may have started (RFC 7239 §5.2 style).
-        let ip = remote.ip().to_string();
-        let chain: Vec<&[u8]> = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .map(HeaderValue::as_bytes)
-            .collect();
-        let xff = if chain.is_empty() {
-            HeaderValue::from_str(&ip).ok()
-        } else {
-            let mut joined = chain.join(&b", "[..]);
-            joined.extend_from_slice(b", ");
-            joined.extend_from_slice(ip.as_bytes());
+        let xff = if headers.contains_key(&X_FORWARDED_FOR) {
+            let mut joined = Vec::new();
+            for hop in headers.get_all(&X_FORWARDED_FOR) {
+                joined.extend_from_slice(hop.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(peer.forwarded_for.as_bytes());
             HeaderValue::from_bytes(&joined).ok()
+        } else {
+            Some(peer.forwarded_for.clone())
         };
-        headers.remove(&X_FORWARDED_FOR);
         if let Some(xff) = xff {
             headers.insert(X_FORWARDED_FOR, xff);
         }

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::config::{Lifetime, StoreConfig, StoreKind};
@@ -180,10 +179,9 @@ impl Update {
 }
 
 fn apply_change(data: &str, change: &DataChange, max: usize) -> Result<String> {
-    let mut value: Value =
-        serde_json::from_str(data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    change.apply_to(&mut value);
-    let text = serde_json::to_string(&value).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let text = change
+        .apply_to_text(data)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     if text.len() > max {
         return Err(StoreError::TooLarge {
             size: text.len(),

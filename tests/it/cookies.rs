@@ -46,8 +46,28 @@ async fn every_cookie_option_is_honoured() {
     ] {
         assert!(a.iter().any(|x| x == want), "{want} missing in {line}");
     }
-    assert!(a.iter().any(|x| x.starts_with("Expires=")), "{line}");
+    // Expires says the same as Max-Age, for clients that predate it: 12 h from now.
+    let expires = a
+        .iter()
+        .find_map(|x| x.strip_prefix("Expires="))
+        .unwrap_or_else(|| panic!("no Expires in {line}"));
+    let at = httpdate::parse_http_date(expires).unwrap();
+    let ahead = at.duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(
+        (43_100..=43_200).contains(&ahead.as_secs()),
+        "Expires {expires} is {ahead:?} ahead"
+    );
     assert!(!a.iter().any(|x| x == "HttpOnly"), "{line}");
+    assert!(b.cookie.is_some());
+}
+
+#[tokio::test]
+async fn a_max_age_past_year_9999_goes_out_without_expires() {
+    // An HTTP date cannot say it; the proxy must neither panic nor drop the cookie.
+    let (_u, _p, b, line) = first_cookie("[cookie]\nmax_age = \"10000years\"").await;
+    let a = attrs(&line);
+    assert!(a.iter().any(|x| x == "Max-Age=315576000000"), "{line}");
+    assert!(!a.iter().any(|x| x.starts_with("Expires=")), "{line}");
     assert!(b.cookie.is_some());
 }
 
