@@ -14,7 +14,6 @@ use std::time::Instant;
 
 use http::header::{HeaderValue, SET_COOKIE};
 use http::{Request, Response};
-use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 
 use crate::codec;
@@ -172,7 +171,7 @@ async fn pipeline(
     if let Some(cookie) = save(state, &current, instructions, store::now_ms(), ctx).await? {
         resp.headers_mut().append(SET_COOKIE, cookie);
     }
-    Ok(resp.map(|b| b.boxed()))
+    Ok(resp.map(http_body_util::Either::Left))
 }
 
 /// Loads the presented session, or starts a new one. A client never chooses its id unless
