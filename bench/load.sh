@@ -12,7 +12,9 @@
 # to stderr, which goes to a file), the fs store with fsync on and off, and the Redis store (on a
 # redis-server of our own); each for
 # a read-heavy mix (10 % of requests update the session), a write-heavy mix (every request
-# updates) and "new" (cookie-less clients, every request creates a session). The memory
+# updates) and "new" (cookie-less clients, every request creates a session). A reference row,
+# nginx (a plain keep-alive proxy_pass, no session work), shows what one proxy hop costs on this
+# machine in the same run; it is skipped when nginx is not installed. The memory
 # benchmark (examples/mem_bench.rs) stores 1,000,000 sessions of 200 bytes.
 #
 # On a machine with 2+ cores the load generator is pinned to core $LOADGEN_CPU and everything
@@ -20,7 +22,7 @@
 # Every process started here is stopped by its PID on exit, however the script ends.
 #
 # Environment (defaults in brackets): DURATION [10] and WARMUP [1] seconds per case,
-# CONNECTIONS [64], TARGETS ["direct memory memory-info fs-fsync fs-nofsync redis"], MIXES ["read write new"],
+# CONNECTIONS [64], TARGETS ["direct nginx memory memory-info fs-fsync fs-nofsync redis"], MIXES ["read write new"],
 # MEM_SESSIONS [1000000] (0 skips the memory benchmark), LOADGEN_CPU [0], SERVER_CPU [1],
 # OUT [bench/RESULTS.md].
 set -euo pipefail
@@ -29,7 +31,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-64}
-TARGETS=${TARGETS:-direct memory memory-info fs-fsync fs-nofsync redis}
+TARGETS=${TARGETS:-direct nginx memory memory-info fs-fsync fs-nofsync redis}
 MIXES=${MIXES:-read write new}
 MEM_SESSIONS=${MEM_SESSIONS:-1000000}
 LOADGEN_CPU=${LOADGEN_CPU:-0}
@@ -81,6 +83,59 @@ start_redis() {
     stop_pid "$STARTED_PID"
   done
   REDIS_NOTE="could not start redis-server on a free port"
+}
+
+# The reference hop: nginx in front of the same upstream, one worker (one core, as the proxy
+# gets), keep-alive on both sides, no access log. Sets NGINX_PID and NGINX_ADDR, or NGINX_NOTE.
+NGINX_PID=
+NGINX_ADDR=
+NGINX_NOTE=
+start_nginx() {
+  local upstream=$1 port try i dir="$WORK/nginx"
+  NGINX_PID=
+  if ! command -v nginx >/dev/null; then
+    NGINX_NOTE="nginx is not installed (apt-get install -y nginx-light)"
+    return
+  fi
+  mkdir -p "$dir/logs"
+  for try in $(seq 20); do
+    port=$((20000 + RANDOM % 30000))
+    cat >"$dir/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+master_process off;
+pid $dir/nginx.pid;
+error_log $dir/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 100000000;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  upstream app { server $upstream; keepalive 64; keepalive_requests 100000000; }
+  server {
+    listen 127.0.0.1:$port;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+NGINX
+    start nginx "$WORK/nginx.log" nginx -p "$dir" -c "$dir/nginx.conf"
+    for i in $(seq 50); do
+      if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        NGINX_PID=$STARTED_PID
+        NGINX_ADDR=127.0.0.1:$port
+        return
+      fi
+      kill -0 "$STARTED_PID" 2>/dev/null || break
+      sleep 0.1
+    done
+    stop_pid "$STARTED_PID"
+  done
+  NGINX_NOTE="could not start nginx on a free port: $(tail -1 "$dir/error.log" 2>/dev/null)"
 }
 
 # config TARGET: writes the proxy's config for TARGET and prints its path.
@@ -137,7 +192,18 @@ run_case() {
   }
   url="http://$up_addr/"
   pids=(--pid "upstream=$up_pid")
-  if [ "$target" != direct ]; then
+  if [ "$target" = nginx ]; then
+    start_nginx "$up_addr"
+    if [ -z "$NGINX_PID" ]; then
+      echo "-- $target/$mix: skipped: $NGINX_NOTE"
+      skip_row "$target" "$mix" "$NGINX_NOTE"
+      stop_pid "$up_pid"
+      return
+    fi
+    proxy_pid=$NGINX_PID
+    url="http://$NGINX_ADDR/"
+    pids+=(--pid "proxy=$proxy_pid")
+  elif [ "$target" != direct ]; then
     local level=warn
     [ "$target" = memory-info ] && level=info
     start proxy "$WORK/proxy.log" env RUST_LOG=$level "$BIN/session-proxy" \
@@ -210,6 +276,7 @@ FS_TYPE=$(df -T "$WORK" | awk 'NR == 2 { print $2 }')
   echo "- per case: ${WARMUP} s warm-up, then ${DURATION} s measured; $CONNECTIONS keep-alive connections, each with its own cookie jar; closed loop (each connection sends its next request when the last answer is in)"
   echo "- pinning: $PINNING"
   echo "- fs store directory on $FS_TYPE; proxy with \`RUST_LOG=warn\` (memory-info: \`RUST_LOG=info\`, the default, stderr to a file), default config otherwise"
+  echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //' || echo "not installed"), one worker, keep-alive to the upstream, no access log: a plain proxy hop with no session work, for reference"
   echo "- \"load avg\" is \`/proc/loadavg\` (1 min) as each case started; the benchmark itself adds about 2, so a higher value means other processes competed for the $(nproc) cores"
   echo
   echo "Mixes: **read** = 10 % of responses carry \`X-Session-Update\`; **write** = every response does;"
