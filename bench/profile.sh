@@ -19,11 +19,6 @@ MIX=${MIX:-write}
 STORE=${STORE:-memory}
 CONNECTIONS=${CONNECTIONS:-64}
 TOP=${TOP:-40}
-case $MIX in
-  read) PERCENT=10 ;;
-  write) PERCENT=100 ;;
-  *) echo "MIX is read or write" >&2; exit 2 ;;
-esac
 command -v perf >/dev/null || { echo "perf is missing: apt-get install -y linux-perf" >&2; exit 1; }
 
 cargo build --release --quiet --bin session-proxy --example bench_upstream --example loadgen
@@ -35,18 +30,7 @@ WORK=$(mktemp -d "$PWD/target/bench-profile.XXXXXX")
 # shellcheck source=bench/common.sh
 source bench/common.sh
 
-start upstream "$WORK/up.log" target/release/examples/bench_upstream --listen 127.0.0.1:0 \
-  --update-percent "$PERCENT"
-UP_PID=$STARTED_PID
-UP=$(wait_line "$UP_PID" "$WORK/up.log" 'listening on http://([0-9.:]+)')
-case $STORE in
-  memory) printf 'shutdown_timeout = "1s"\n[store]\nkind = "memory"\n' ;;
-  fs-fsync | fs-nofsync)
-    printf 'shutdown_timeout = "1s"\n[store]\nkind = "fs"\npath = "%s"\nfsync = %s\n' \
-      "$WORK/sessions" "$([ "$STORE" = fs-fsync ] && echo true || echo false)"
-    ;;
-  *) echo "STORE is memory, fs-fsync or fs-nofsync" >&2; exit 2 ;;
-esac >"$WORK/proxy.toml"
+upstream_and_config "$MIX" "$STORE"
 start proxy "$WORK/proxy.log" env RUST_LOG=warn target/release/session-proxy \
   --config "$WORK/proxy.toml" --listen 127.0.0.1:0 --upstream "http://$UP"
 PROXY_PID=$STARTED_PID

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Instructions per request: the proxy's CPU cost as a count that does not depend on how busy the
+# machine is (issue [perf]).
+#
+#   bench/instructions.sh                 # memory store, every request updates its session
+#   MIX=read STORE=fs-nofsync bench/instructions.sh
+#
+# Throughput on a shared VM swings by ±20 % between runs of the same binary, so a change worth
+# 5 % cannot be seen in bench/load.sh. This runs the proxy under valgrind's callgrind (user-space
+# instructions, exact and repeatable), drives it for DURATION seconds with 16 connections, and
+# prints instructions per request for the whole process and for the proxy's own functions
+# (inclusive). Compare two commits by running it on each. Kernel time (the sockets) is not
+# counted: bench/profile.sh (perf) shows that half.
+#
+# Needs valgrind (apt-get install -y valgrind). Traffic goes only to 127.0.0.1; every process is
+# stopped by its PID on exit. Environment: DURATION [8], MIX [write], STORE [memory], TOP [30].
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-8}
+MIX=${MIX:-write}
+STORE=${STORE:-memory}
+TOP=${TOP:-30}
+for tool in valgrind callgrind_annotate; do
+  command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install -y valgrind" >&2; exit 1; }
+done
+
+cargo build --release --quiet --bin session-proxy --example bench_upstream --example loadgen
+OUTDIR=target/bench-instructions
+mkdir -p "$OUTDIR"
+WORK=$(mktemp -d "$PWD/target/bench-instructions.XXXXXX")
+
+# shellcheck source=bench/common.sh
+source bench/common.sh
+
+upstream_and_config "$MIX" "$STORE"
+# RUST_LOG is set outside valgrind: under `env`, valgrind would instrument env, not the proxy.
+export RUST_LOG=warn
+start proxy "$WORK/proxy.log" valgrind --tool=callgrind \
+  --callgrind-out-file="$OUTDIR/callgrind.out" target/release/session-proxy \
+  --config "$WORK/proxy.toml" --listen 127.0.0.1:0 --upstream "http://$UP"
+PROXY_PID=$STARTED_PID
+# Under valgrind the proxy takes a few seconds to start.
+for _ in 1 2 3; do
+  PROXY=$(wait_line "$PROXY_PID" "$WORK/proxy.log" 'listening on http://([0-9.:]+) ') && break
+done
+[ -n "${PROXY:-}" ] || { echo "the proxy did not start:" >&2; cat "$WORK/proxy.log.err" >&2; exit 1; }
+
+echo "== callgrind on the proxy, store=$STORE, mix=$MIX, ${DURATION}s, 16 connections"
+LINE=$("${PIN_LOAD[@]}" target/release/examples/loadgen run --url "http://$PROXY/" \
+  --connections 16 --warmup 0 --duration "$DURATION")
+REQUESTS=$(echo "$LINE" | tr '\t' '\n' | sed -n 's/^requests=//p')
+# SIGTERM: the proxy shuts down gracefully and callgrind writes its file on exit.
+stop_pid "$PROXY_PID"
+[ -s "$OUTDIR/callgrind.out" ] || { echo "callgrind wrote nothing" >&2; exit 1; }
+
+callgrind_annotate --inclusive=yes "$OUTDIR/callgrind.out" 2>/dev/null >"$OUTDIR/inclusive.txt"
+TOTAL=$(sed -n 's/^ *\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' "$OUTDIR/inclusive.txt" | tr -d ,)
+echo "requests: $REQUESTS"
+echo "instructions per request, whole process (start-up included, under 1 %): $((TOTAL / REQUESTS))"
+echo
+echo "== top $TOP of the proxy's own functions, inclusive, per request ($OUTDIR/inclusive.txt)"
+grep -v '=>' "$OUTDIR/inclusive.txt" | grep 'session_proxy::' |
+  sed -E 's#^ *([0-9,]+) .*(session_proxy::[^ ]*).*#\1 \2#' | tr -d , |
+  awk -v n="$REQUESTS" '!seen[$2]++ { printf "%8.0f  %s\n", $1 / n, $2 }' |
+  sort -rn | head -"$TOP"
