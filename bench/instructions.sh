@@ -13,7 +13,8 @@
 # counted: bench/profile.sh (perf) shows that half.
 #
 # Needs valgrind (apt-get install -y valgrind). Traffic goes only to 127.0.0.1; every process is
-# stopped by its PID on exit. Environment: DURATION [8], MIX [write], STORE [memory], TOP [30].
+# stopped by its PID on exit. Environment: DURATION [8], MIX [write], STORE [memory], TOP [30],
+# LOG [warn] (the proxy's RUST_LOG; info, the default level, adds the access-log line's cost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,7 @@ DURATION=${DURATION:-8}
 MIX=${MIX:-write}
 STORE=${STORE:-memory}
 TOP=${TOP:-30}
+LOG=${LOG:-warn}
 for tool in valgrind callgrind_annotate; do
   command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install -y valgrind" >&2; exit 1; }
 done
@@ -35,7 +37,7 @@ source bench/common.sh
 
 upstream_and_config "$MIX" "$STORE"
 # RUST_LOG is set outside valgrind: under `env`, valgrind would instrument env, not the proxy.
-export RUST_LOG=warn
+export RUST_LOG=$LOG
 start proxy "$WORK/proxy.log" valgrind --tool=callgrind \
   --callgrind-out-file="$OUTDIR/callgrind.out" target/release/session-proxy \
   --config "$WORK/proxy.toml" --listen 127.0.0.1:0 --upstream "http://$UP"
@@ -46,7 +48,7 @@ for _ in 1 2 3; do
 done
 [ -n "${PROXY:-}" ] || { echo "the proxy did not start:" >&2; cat "$WORK/proxy.log.err" >&2; exit 1; }
 
-echo "== callgrind on the proxy, store=$STORE, mix=$MIX, ${DURATION}s, 16 connections"
+echo "== callgrind on the proxy, store=$STORE, mix=$MIX, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
 LINE=$("${PIN_LOAD[@]}" target/release/examples/loadgen run --url "http://$PROXY/" \
   --connections 16 --warmup 0 --duration "$DURATION")
 REQUESTS=$(echo "$LINE" | tr '\t' '\n' | sed -n 's/^requests=//p')

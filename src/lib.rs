@@ -11,6 +11,7 @@ pub mod config;
 pub mod cookie;
 pub mod error;
 pub mod headers;
+pub mod logging;
 pub mod proxy;
 #[cfg(test)]
 mod robustness;

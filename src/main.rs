@@ -7,12 +7,11 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use session_proxy::cli::{Cli, Command, SessionsCommand};
 use session_proxy::{Proxy, server, store};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Flushes the last log lines when main returns, on every path.
-    let _log = init_tracing();
+    let _log = session_proxy::logging::init();
     let config = match cli.options.load() {
         Ok(c) => c,
         Err(e) => {
@@ -49,25 +48,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Logs go to stderr through a background writer: the request path only queues a line, and
-/// under load the lines reach stderr in batches (one `write` per batch, not per request).
-/// Not lossy: if the writer falls behind, requests wait rather than lines being dropped.
-fn init_tracing() -> tracing_appender::non_blocking::WorkerGuard {
-    use std::io::IsTerminal as _;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let ansi = std::io::stderr().is_terminal();
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("session-proxy-log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(ansi)
-        .init();
-    guard
 }
 
 async fn run(config: session_proxy::config::Config) -> anyhow::Result<()> {

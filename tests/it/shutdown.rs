@@ -64,3 +64,74 @@ async fn sigterm_finishes_in_flight_requests_and_fs_sessions_survive_a_restart()
         assert_eq!(r.seen().session(), json!({"saved":"during shutdown"}));
     }
 }
+
+/// The access log at the default level: one line per request with what the README lists, plain
+/// values bare, and the lines still queued at shutdown are written before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_one_line_per_request_and_is_flushed_at_exit() {
+    let upstream = Upstream::start().await;
+    let upstream_url = format!("http://{}", upstream.addr);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut proxy = ProxyProcess::spawn_logging(
+        &["--store", "memory", "--upstream", upstream_url.as_str()],
+        "info",
+        log.reopen().unwrap(),
+    );
+    let update = respond(&[("X-Session-Update", r#"{"a":1}"#)]);
+    let r = get(
+        proxy.addr,
+        "/logged?secret=1",
+        &[("x-test-respond", &update)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let r = get(proxy.addr, "/missing", &[("x-test-status", "404")]).await;
+    assert_eq!(r.status, 404);
+    proxy.signal("TERM");
+    let code = tokio::task::spawn_blocking(move || proxy.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let requests: Vec<&str> = text.lines().filter(|l| l.contains(" request ")).collect();
+    assert_eq!(requests.len(), 2, "{text}");
+    let fields = |line: &str| -> Vec<String> {
+        line.split(" request ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .filter(|f| !f.starts_with("latency_us="))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(
+        fields(requests[0]),
+        [
+            "method=GET",
+            "path=/logged",
+            "status=200",
+            "session=new",
+            "saved=created"
+        ],
+        "the query string is never logged: {text}"
+    );
+    assert_eq!(
+        fields(requests[1]),
+        [
+            "method=GET",
+            "path=/missing",
+            "status=404",
+            "session=new",
+            "saved=none"
+        ],
+    );
+    for line in &requests {
+        let us = line
+            .split(' ')
+            .find_map(|f| f.strip_prefix("latency_us="))
+            .unwrap_or_else(|| panic!("no latency in {line}"));
+        assert!(us.parse::<u64>().is_ok(), "{line}");
+    }
+    assert!(text.contains("all connections closed"), "{text}");
+}

@@ -276,12 +276,17 @@ impl ProxyProcess {
     /// Starts the binary with `args` plus `--listen 127.0.0.1:0`, and waits for its
     /// "listening" line.
     pub fn spawn(args: &[&str]) -> ProxyProcess {
+        Self::spawn_logging(args, "warn", Stdio::inherit())
+    }
+
+    /// [`spawn`](Self::spawn) with `RUST_LOG=level` and the log going to `stderr`.
+    pub fn spawn_logging(args: &[&str], level: &str, stderr: impl Into<Stdio>) -> ProxyProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_session-proxy"))
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
