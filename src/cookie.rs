@@ -118,7 +118,9 @@ impl Cookies {
         if !found && count < 2 {
             return Presented::None;
         }
-        let mut values: Vec<Vec<u8>> = Vec::new();
+        // One pass: the first of our values that verifies wins (checked as it is met, so
+        // nothing is copied); the other cookies are kept in order.
+        let mut presented = Presented::None;
         let mut kept: Vec<u8> = Vec::new();
         for header in headers.get_all(COOKIE) {
             for pair in header.as_bytes().split(|b| *b == b';') {
@@ -127,11 +129,15 @@ impl Cookies {
                     continue;
                 }
                 if cookie_name(pair) == name {
-                    let v = pair
-                        .iter()
-                        .position(|b| *b == b'=')
-                        .map_or(&b""[..], |i| &pair[i + 1..]);
-                    values.push(v.trim_ascii().to_vec());
+                    if !matches!(presented, Presented::Valid(_)) {
+                        let v = pair
+                            .iter()
+                            .position(|b| *b == b'=')
+                            .map_or(&b""[..], |i| &pair[i + 1..]);
+                        presented = self
+                            .verify(v.trim_ascii())
+                            .map_or(Presented::Invalid, Presented::Valid);
+                    }
                 } else {
                     if !kept.is_empty() {
                         kept.extend_from_slice(b"; ");
@@ -142,17 +148,11 @@ impl Cookies {
         }
         headers.remove(COOKIE);
         if !kept.is_empty()
-            && let Ok(v) = HeaderValue::from_bytes(&kept)
+            && let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(kept))
         {
             headers.insert(COOKIE, v);
         }
-        if values.is_empty() {
-            return Presented::None;
-        }
-        values
-            .iter()
-            .find_map(|v| self.verify(v))
-            .map_or(Presented::Invalid, Presented::Valid)
+        presented
     }
 
     fn verify(&self, value: &[u8]) -> Option<SessionId> {

@@ -114,21 +114,29 @@ impl ProtocolHeaders {
     /// among them. With a repeated header the last value wins.
     pub fn take_instructions(&self, headers: &mut HeaderMap) -> RawInstructions {
         let mut raw = RawInstructions::default();
-        if !headers.keys().any(|n| self.reserved(n)) {
-            return raw;
+        // One pass over every value (a name's values come one after another, in order, so the
+        // last one seen is the last one sent), then one removal per reserved name.
+        let mut reserved: Vec<HeaderName> = Vec::new();
+        for (name, value) in headers.iter() {
+            if !self.reserved(name) {
+                continue;
+            }
+            if *name == self.update {
+                raw.update = Some(value.as_bytes().to_vec());
+            } else if *name == self.replace {
+                raw.replace = Some(value.as_bytes().to_vec());
+            } else if *name == self.destroy {
+                raw.destroy = true;
+            } else if *name == self.regenerate {
+                raw.regenerate = true;
+            }
+            if reserved.last() != Some(name) {
+                reserved.push(name.clone());
+            }
         }
-        let last = |headers: &HeaderMap, name: &HeaderName| {
-            headers
-                .get_all(name)
-                .iter()
-                .next_back()
-                .map(|v| v.as_bytes().to_vec())
-        };
-        raw.update = last(headers, &self.update);
-        raw.replace = last(headers, &self.replace);
-        raw.destroy = headers.contains_key(&self.destroy);
-        raw.regenerate = headers.contains_key(&self.regenerate);
-        self.strip_reserved(headers);
+        for name in &reserved {
+            headers.remove(name);
+        }
         raw
     }
 }
@@ -168,6 +176,29 @@ mod tests {
         }
         assert_eq!(p.strip_reserved(&mut h), 4);
         assert!(h.contains_key("x-other"));
+    }
+
+    #[test]
+    fn instructions_last_value_wins_and_every_reserved_header_goes() {
+        let p = ProtocolHeaders::new("X-Session").unwrap();
+        let mut h = HeaderMap::new();
+        h.append("x-session-update", HeaderValue::from_static(r#"{"a":1}"#));
+        h.append("content-type", HeaderValue::from_static("text/plain"));
+        h.append("x-session-update", HeaderValue::from_static(r#"{"a":2}"#));
+        h.append("x-session-replace", HeaderValue::from_static(r#"{"r":1}"#));
+        h.append("x-session-regenerate", HeaderValue::from_static("1"));
+        h.append("x-session-other", HeaderValue::from_static("x"));
+        let raw = p.take_instructions(&mut h);
+        assert_eq!(raw.update.as_deref(), Some(&br#"{"a":2}"#[..]));
+        assert_eq!(raw.replace.as_deref(), Some(&br#"{"r":1}"#[..]));
+        assert!(raw.regenerate && !raw.destroy);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("content-type"));
+
+        let mut h = HeaderMap::new();
+        h.append("x-session-destroy", HeaderValue::from_static("1"));
+        let raw = p.take_instructions(&mut h);
+        assert!(raw.destroy && raw.update.is_none() && h.is_empty());
     }
 
     #[test]
