@@ -80,9 +80,10 @@ impl Cookies {
         }
         let rendered = fixed.build().to_string();
         let prefix = format!("{}=", config.name);
+        // The attributes start at the first `;`: the value is empty and a validated name has none.
         let suffix = rendered
-            .strip_prefix(&prefix)
-            .unwrap_or_default()
+            .find(';')
+            .map_or("", |at| &rendered[at..])
             .to_owned();
         // Max-Age wins where understood; Expires is for clients that predate it.
         let rolling_expiry = config.max_age.filter(|_| config.expires.is_none());

@@ -4,14 +4,13 @@
 //! or [`SessionId::parse`] (werkzeug's `is_valid_key`). Store paths and keys are built only from a
 //! `SessionId`, so a client-supplied value can never name a file or key of its choosing.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::TryRngCore as _;
-use std::borrow::Cow;
-use std::collections::BTreeMap;
-
 use serde_json::value::{RawValue, to_raw_value};
 use serde_json::{Map, Value};
 
