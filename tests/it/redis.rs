@@ -461,23 +461,35 @@ async fn regenerate_carries_over_a_change_that_raced_in_and_never_revives_a_dest
     assert!(keys.is_empty(), "{keys:?}");
 }
 
+/// The error a proxy on the Redis at `url` fails to start with, as an operator reads it; `why`
+/// says why it must fail.
+async fn start_error(upstream: &Upstream, url: &str, why: &str) -> String {
+    let err = Proxy::open(config(upstream.addr, &redis_toml(url, "")))
+        .await
+        .err()
+        .unwrap_or_else(|| panic!("{why}"));
+    let text = format!("{err}");
+    assert!(text.contains("cannot connect to Redis"), "{text}");
+    text
+}
+
 #[tokio::test]
 async fn a_redis_url_with_a_wrong_port_fails_at_start_with_a_clear_error() {
     let upstream = Upstream::start().await;
     let port = free_port();
     let url = format!("redis://ada:hunter2@127.0.0.1:{port}/0");
     let start = Instant::now();
-    let err = Proxy::open(config(upstream.addr, &redis_toml(&url, "")))
-        .await
-        .err()
-        .expect("opening a store on a closed port must fail");
-    let text = format!("{err}");
+    let text = start_error(
+        &upstream,
+        &url,
+        "opening a store on a closed port must fail",
+    )
+    .await;
     assert!(
         start.elapsed() < Duration::from_secs(5),
         "took {:?}",
         start.elapsed()
     );
-    assert!(text.contains("cannot connect to Redis"), "{text}");
     assert!(
         text.contains(&format!("redis://ada:***@127.0.0.1:{port}/0")),
         "{text}"
@@ -500,12 +512,7 @@ async fn username_and_password_in_the_url_are_used() {
     assert_eq!(b.get("/", &[]).await.seen().session(), json!({"a":1}));
 
     let wrong = format!("redis://ada:wrong@127.0.0.1:{}/0", redis.port);
-    let err = Proxy::open(config(upstream.addr, &redis_toml(&wrong, "")))
-        .await
-        .err()
-        .expect("a wrong password must fail at start");
-    let text = format!("{err}");
-    assert!(text.contains("cannot connect to Redis"), "{text}");
+    let text = start_error(&upstream, &wrong, "a wrong password must fail at start").await;
     assert!(!text.contains("wrong@"), "{text}");
 }
 
@@ -560,12 +567,7 @@ async fn rediss_speaks_tls_and_reports_a_handshake_failure_cleanly() {
     let redis = RedisServer::start().await;
     let upstream = Upstream::start().await;
     let url = redis.url().replacen("redis://", "rediss://", 1);
-    let err = Proxy::open(config(upstream.addr, &redis_toml(&url, "")))
-        .await
-        .err()
-        .expect("TLS to a plain-text server must fail");
-    let text = format!("{err}");
-    assert!(text.contains("cannot connect to Redis"), "{text}");
+    let text = start_error(&upstream, &url, "TLS to a plain-text server must fail").await;
     assert!(!text.contains("panicked"), "{text}");
 }
 
