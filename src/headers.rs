@@ -115,8 +115,7 @@ impl ProtocolHeaders {
     pub fn take_instructions(&self, headers: &mut HeaderMap) -> RawInstructions {
         let mut raw = RawInstructions::default();
         // One pass over every value (a name's values come one after another, in order, so the
-        // last one seen is the last one sent), then one removal per reserved name.
-        let mut reserved: Vec<HeaderName> = Vec::new();
+        // last one seen is the last one sent), with no lookup per name; then strip them all.
         for (name, value) in headers.iter() {
             if !self.reserved(name) {
                 continue;
@@ -130,13 +129,8 @@ impl ProtocolHeaders {
             } else if *name == self.regenerate {
                 raw.regenerate = true;
             }
-            if reserved.last() != Some(name) {
-                reserved.push(name.clone());
-            }
         }
-        for name in &reserved {
-            headers.remove(name);
-        }
+        self.strip_reserved(headers);
         raw
     }
 }
