@@ -73,21 +73,21 @@ fn is_bare(value: &str) -> bool {
 impl PlainVisitor<'_> {
     /// Writes ` name=` (or nothing before the message) and then `value`.
     fn bare(&mut self, field: &Field, value: impl fmt::Display) {
-        if self.result.is_err() {
-            return;
+        if self.result.is_ok() {
+            self.result = self.write_bare(field, value);
         }
-        let w = &mut self.writer;
-        self.result = (|| {
-            if !self.first {
-                w.write_char(' ')?;
-            }
-            if field.name() != "message" {
-                w.write_str(field.name())?;
-                w.write_char('=')?;
-            }
-            write!(w, "{value}")
-        })();
         self.first = false;
+    }
+
+    fn write_bare(&mut self, field: &Field, value: impl fmt::Display) -> fmt::Result {
+        if !self.first {
+            self.writer.write_char(' ')?;
+        }
+        if field.name() != "message" {
+            self.writer.write_str(field.name())?;
+            self.writer.write_char('=')?;
+        }
+        write!(self.writer, "{value}")
     }
 
     /// Hands one field to tracing-subscriber's visitor, for its quoting and escaping.
