@@ -85,7 +85,7 @@ upstream_and_config() {
       ;;
     *) echo "STORE is memory, fs-fsync or fs-nofsync" >&2; exit 2 ;;
   esac >"$WORK/proxy.toml"
-  start upstream "$WORK/up.log" target/release/examples/bench_upstream --listen 127.0.0.1:0 \
+  start upstream "$WORK/up.log" target/release/bench_upstream --listen 127.0.0.1:0 \
     --update-percent "$percent"
   UP_PID=$STARTED_PID
   UP=$(wait_line "$UP_PID" "$WORK/up.log" 'listening on http://([0-9.:]+)')

@@ -27,7 +27,7 @@ for tool in valgrind callgrind_annotate; do
   command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install -y valgrind" >&2; exit 1; }
 done
 
-cargo build --release --quiet --bin session-proxy --example bench_upstream --example loadgen
+cargo build --release --quiet --bins -p session-proxy -p bench-tools
 OUTDIR=target/bench-instructions
 mkdir -p "$OUTDIR"
 WORK=$(mktemp -d "$PWD/target/bench-instructions.XXXXXX")
@@ -49,7 +49,7 @@ done
 [ -n "${PROXY:-}" ] || { echo "the proxy did not start:" >&2; cat "$WORK/proxy.log.err" >&2; exit 1; }
 
 echo "== callgrind on the proxy, store=$STORE, mix=$MIX, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
-LINE=$("${PIN_LOAD[@]}" target/release/examples/loadgen run --url "http://$PROXY/" \
+LINE=$("${PIN_LOAD[@]}" target/release/loadgen run --url "http://$PROXY/" \
   --connections 16 --warmup 0 --duration "$DURATION")
 REQUESTS=$(echo "$LINE" | tr '\t' '\n' | sed -n 's/^requests=//p')
 # SIGTERM: the proxy shuts down gracefully and callgrind writes its file on exit.

@@ -4,9 +4,9 @@
 #   bench/load.sh                  # every case, 10 s each (about 4 minutes), writes bench/RESULTS.md
 #   DURATION=3 bench/load.sh       # a quick run
 #
-# It builds in release, then for each case starts a fresh upstream (examples/bench_upstream.rs)
+# It builds in release, then for each case starts a fresh upstream (bench/tools/src/bin/bench_upstream.rs)
 # and, except for "direct", a fresh session-proxy in front of it, and drives it with
-# examples/loadgen.rs: 64 keep-alive connections, each with its own cookie jar, so sessions are
+# bench/tools/src/bin/loadgen.rs: 64 keep-alive connections, each with its own cookie jar, so sessions are
 # real and reused. Cases: direct to the upstream (the limit), then the proxy with the memory store,
 # the memory store again with the default log level (memory-info: one access-log line per request
 # to stderr, which goes to a file), the fs store with fsync on and off, and the Redis store (on a
@@ -15,7 +15,7 @@
 # updates) and "new" (cookie-less clients, every request creates a session). A reference row,
 # nginx (a plain keep-alive proxy_pass, no session work), shows what one proxy hop costs on this
 # machine in the same run; it is skipped when nginx is not installed. The memory
-# benchmark (examples/mem_bench.rs) stores 1,000,000 sessions of 200 bytes.
+# benchmark (bench/tools/src/bin/mem_bench.rs) stores 1,000,000 sessions of 200 bytes.
 #
 # On a machine with 2+ cores the load generator is pinned to core $LOADGEN_CPU and everything
 # under test (upstream, proxy, redis-server) to core $SERVER_CPU. All traffic goes to 127.0.0.1.
@@ -44,8 +44,7 @@ if [ -n "$(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.l
   COMMIT="$COMMIT (with uncommitted changes to src/ or Cargo.*)"
 fi
 echo "== building (release) at $COMMIT"
-cargo build --release --quiet --bin session-proxy \
-  --example bench_upstream --example loadgen --example mem_bench
+cargo build --release --quiet --bins -p session-proxy -p bench-tools
 BIN=target/release
 mkdir -p target
 WORK=$(mktemp -d "$PWD/target/bench-load.XXXXXX")
@@ -182,7 +181,7 @@ run_case() {
   # Start from a flushed disk: the previous case's files (and their deletion) must not be
   # written back during this one.
   sync
-  start upstream "$WORK/upstream.log" "$BIN/examples/bench_upstream" \
+  start upstream "$WORK/upstream.log" "$BIN/bench_upstream" \
     --listen 127.0.0.1:0 --update-percent "$percent"
   up_pid=$STARTED_PID
   up_addr=$(wait_line "$up_pid" "$WORK/upstream.log" 'listening on http://([0-9.:]+)') || {
@@ -224,7 +223,7 @@ run_case() {
   fi
   [ "$target" = redis ] && pids+=(--pid "redis=$REDIS_PID")
   local line
-  line=$("${PIN_LOAD[@]}" "$BIN/examples/loadgen" run --url "$url" \
+  line=$("${PIN_LOAD[@]}" "$BIN/loadgen" run --url "$url" \
     --connections "$CONNECTIONS" --warmup "$WARMUP" --duration "$DURATION" \
     --clk-tck "$(getconf CLK_TCK)" "${cookies[@]}" "${pids[@]}" \
     --label "target=$target" --label "mix=$mix" --label "load1=$(cut -d' ' -f1 /proc/loadavg)")
@@ -257,10 +256,10 @@ MEM="$WORK/mem.tsv"
 : >"$MEM"
 if [ "$MEM_SESSIONS" != 0 ]; then
   echo "== memory: $MEM_SESSIONS sessions in the memory store"
-  "$BIN/examples/mem_bench" --sessions "$MEM_SESSIONS" --data-bytes 200 | tee "$MEM"
+  "$BIN/mem_bench" --sessions "$MEM_SESSIONS" --data-bytes 200 | tee "$MEM"
 fi
 
-TABLE=$("$BIN/examples/loadgen" report "$RAW" --mem "$MEM")
+TABLE=$("$BIN/loadgen" report "$RAW" --mem "$MEM")
 CPU_MODEL=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
 FS_TYPE=$(df -T "$WORK" | awk 'NR == 2 { print $2 }')
 

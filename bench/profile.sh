@@ -21,7 +21,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 TOP=${TOP:-40}
 command -v perf >/dev/null || { echo "perf is missing: apt-get install -y linux-perf" >&2; exit 1; }
 
-cargo build --release --quiet --bin session-proxy --example bench_upstream --example loadgen
+cargo build --release --quiet --bins -p session-proxy -p bench-tools
 OUTDIR=target/bench-profile
 mkdir -p "$OUTDIR"
 WORK=$(mktemp -d "$PWD/target/bench-profile.XXXXXX")
@@ -37,7 +37,7 @@ PROXY_PID=$STARTED_PID
 PROXY=$(wait_line "$PROXY_PID" "$WORK/proxy.log" 'listening on http://([0-9.:]+) ')
 
 echo "== profiling the proxy (pid $PROXY_PID), store=$STORE, mix=$MIX, ${DURATION}s"
-"${PIN_LOAD[@]}" target/release/examples/loadgen run --url "http://$PROXY/" \
+"${PIN_LOAD[@]}" target/release/loadgen run --url "http://$PROXY/" \
   --connections "$CONNECTIONS" --warmup 1 --duration "$((DURATION + 2))" \
   --pid "proxy=$PROXY_PID" --pid "upstream=$UP_PID" >"$OUTDIR/loadgen.tsv" &
 LOAD_PID=$!

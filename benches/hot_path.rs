@@ -12,9 +12,9 @@ use criterion::{BatchSize, Criterion, SamplingMode, criterion_group, criterion_m
 use http::HeaderMap;
 use http::header::{COOKIE, HeaderValue};
 use serde_json::{Value, json};
-use session_proxy::codec::{decode_session, encode_session, parse_object};
 use session_proxy::config::{Config, Lifetime, RawConfig};
 use session_proxy::cookie::{Cookies, Presented};
+use session_proxy::protocol::codec::{decode_session, encode_session, parse_object};
 use session_proxy::session::{DataChange, SessionId};
 use session_proxy::store::fs::FsStore;
 use session_proxy::store::memory::MemoryStore;

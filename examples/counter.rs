@@ -26,7 +26,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use session_proxy::config::RawConfig;
-use session_proxy::{Proxy, codec, server};
+use session_proxy::protocol::codec;
+use session_proxy::{Proxy, downstream};
 
 /// The app: everything it knows about sessions is in these headers.
 async fn app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -105,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
     );
     Proxy::open(config)
         .await?
-        .serve(listener, server::shutdown_signal())
+        .serve(listener, downstream::shutdown_signal())
         .await;
     Ok(())
 }

@@ -5,17 +5,15 @@
 //! `127.0.0.1:0` and learn the port before any request is sent.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-pub mod cli;
-pub mod codec;
 pub mod config;
 pub mod cookie;
+pub mod downstream;
 pub mod error;
-pub mod headers;
 pub mod logging;
+pub mod protocol;
 pub mod proxy;
 #[cfg(test)]
 mod robustness;
-pub mod server;
 pub mod session;
 pub mod store;
 pub mod upstream;
@@ -32,7 +30,7 @@ pub enum StartError {
     #[error("cannot open the session store: {0}")]
     Store(#[from] store::StoreError),
     #[error(transparent)]
-    Header(#[from] headers::InvalidPrefix),
+    Header(#[from] protocol::InvalidPrefix),
 }
 
 /// A proxy ready to serve: config validated, store open.
@@ -52,7 +50,7 @@ impl Proxy {
         self.state.store.clone()
     }
 
-    /// Serves on `listener` until `shutdown` completes, then drains (see [`server::serve`]).
+    /// Serves on `listener` until `shutdown` completes, then drains (see [`downstream::serve`]).
     /// Also runs the expiry sweeper for stores that need one.
     pub async fn serve(
         self,
@@ -66,7 +64,7 @@ impl Proxy {
             ))
         });
         let deadline = self.state.config.shutdown_timeout;
-        server::serve(listener, self.state, shutdown, deadline).await;
+        downstream::serve(listener, self.state, shutdown, deadline).await;
         if let Some(sweeper) = sweeper {
             sweeper.abort();
         }

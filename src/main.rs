@@ -5,8 +5,8 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use session_proxy::cli::{Cli, Command, SessionsCommand};
-use session_proxy::{Proxy, server, store};
+use session_proxy::config::cli::{Cli, Command, SessionsCommand};
+use session_proxy::{Proxy, downstream, store};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -60,7 +60,7 @@ async fn run(config: session_proxy::config::Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     // One line on stdout, so scripts and tests learn the port when listening on :0.
     println!("session-proxy listening on http://{addr} -> http://{upstream}");
-    proxy.serve(listener, server::shutdown_signal()).await;
+    proxy.serve(listener, downstream::shutdown_signal()).await;
     Ok(())
 }
 

@@ -5,9 +5,9 @@
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 
-use crate::codec::{self, RawInstructions};
 use crate::config::RawConfig;
 use crate::cookie::{Cookies, Presented};
+use crate::protocol::codec::{self, RawInstructions};
 use crate::session::SessionId;
 
 const CASES: usize = 20_000;

@@ -23,7 +23,7 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Map, Value, json};
-use session_proxy::codec;
+use session_proxy::protocol::codec;
 
 pub struct Upstream {
     pub addr: SocketAddr,

@@ -7,7 +7,7 @@
 
 use http::header::{self, HeaderMap, HeaderName};
 
-use crate::codec::RawInstructions;
+use crate::protocol::codec::RawInstructions;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies still see. "Intermediaries
 /// MUST parse a received Connection header field before a message is forwarded and, for each

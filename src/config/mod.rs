@@ -13,6 +13,8 @@ use http::uri::{Authority, Scheme, Uri};
 use serde::Deserialize;
 use time::OffsetDateTime;
 
+pub mod cli;
+
 /// A config problem, always naming where it came from.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -355,7 +357,7 @@ impl RawConfig {
         // [session]
         let s = self.session;
         let header_prefix = s.header_prefix.unwrap_or_else(|| "X-Session".to_owned());
-        crate::headers::ProtocolHeaders::new(&header_prefix)
+        crate::protocol::ProtocolHeaders::new(&header_prefix)
             .map_err(|e| bad("session.header_prefix", e.to_string()))?;
         if header_prefix
             .to_ascii_lowercase()
@@ -677,7 +679,7 @@ mod tests {
 
     #[test]
     fn the_shipped_proxy_toml_is_the_defaults() {
-        let text = include_str!("../proxy.toml");
+        let text = include_str!("../../proxy.toml");
         let shipped = check(text).unwrap();
         let defaults = check("").unwrap();
         assert_eq!(format!("{shipped:?}"), format!("{defaults:?}"));

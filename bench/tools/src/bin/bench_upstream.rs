@@ -28,7 +28,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use session_proxy::codec;
+use session_proxy::protocol::codec;
 
 const PROFILE_LEN: usize = 160;
 

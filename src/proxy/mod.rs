@@ -16,11 +16,11 @@ use http::header::{HeaderValue, SET_COOKIE};
 use http::{Request, Response};
 use hyper::body::Incoming;
 
-use crate::codec;
 use crate::config::Config;
 use crate::cookie::{Cookies, Presented};
 use crate::error::{self, ProxyBody, ProxyError};
-use crate::headers::{ProtocolHeaders, strip_hop_by_hop};
+use crate::protocol::codec;
+use crate::protocol::headers::{ProtocolHeaders, strip_hop_by_hop};
 use crate::session::{Instructions, SessionId};
 use crate::store::{self, Record, SessionStore, StoreError, Update};
 use crate::upstream::{Peer, Upstream};
@@ -38,7 +38,7 @@ impl State {
     pub fn new(
         config: Config,
         store: Arc<dyn SessionStore>,
-    ) -> Result<Self, crate::headers::InvalidPrefix> {
+    ) -> Result<Self, crate::protocol::InvalidPrefix> {
         Ok(State {
             headers: ProtocolHeaders::new(&config.session.header_prefix)?,
             cookies: Cookies::new(config.cookie.clone()),
