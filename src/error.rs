@@ -6,17 +6,11 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Response, StatusCode, header};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
+use crate::http::{ProxyBody, full};
 use crate::session::RandomError;
 use crate::store::StoreError;
-
-/// Every response the proxy sends has this body type: the upstream's body streaming through, or
-/// one the proxy wrote. An enum, not a boxed body: no allocation and no dynamic call per frame.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -40,11 +34,6 @@ pub fn status(error: &ProxyError) -> StatusCode {
         ProxyError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         ProxyError::Random(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
-}
-
-/// A body built by the proxy itself.
-pub fn full(body: impl Into<Bytes>) -> ProxyBody {
-    Either::Right(Full::new(body.into()))
 }
 
 /// The response for `error`: its status and reason phrase, nothing internal.

@@ -9,6 +9,7 @@ pub mod config;
 pub mod cookie;
 pub mod downstream;
 pub mod error;
+pub mod http;
 pub mod logging;
 pub mod protocol;
 pub mod proxy;
@@ -36,13 +37,15 @@ pub enum StartError {
 /// A proxy ready to serve: config validated, store open.
 pub struct Proxy {
     state: Arc<proxy::State>,
+    sweeper: Option<store::Sweeper>,
 }
 
 impl Proxy {
     pub async fn open(config: Config) -> Result<Self, StartError> {
-        let store = store::open(&config.store).await?;
+        let opened = store::open(&config.store).await?;
         Ok(Proxy {
-            state: Arc::new(proxy::State::new(config, store)?),
+            state: Arc::new(proxy::State::new(config, opened.store)?),
+            sweeper: opened.sweeper,
         })
     }
 
@@ -57,33 +60,11 @@ impl Proxy {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()>,
     ) {
-        let sweeper = (!self.state.store.expires_by_itself()).then(|| {
-            tokio::spawn(sweep(
-                self.state.store.clone(),
-                self.state.config.store.sweep_interval,
-            ))
-        });
+        let sweeper = self.sweeper.map(|s| tokio::spawn(s.run()));
         let deadline = self.state.config.shutdown_timeout;
         downstream::serve(listener, self.state, shutdown, deadline).await;
         if let Some(sweeper) = sweeper {
             sweeper.abort();
-        }
-    }
-}
-
-/// Removes expired sessions every `interval`. Only housekeeping: loads already treat an
-/// expired session as missing. A prune runs on the blocking pool (fs) or under short shard
-/// locks (memory), so requests never wait for it.
-async fn sweep(store: Arc<dyn SessionStore>, interval: std::time::Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        ticker.tick().await;
-        match store.prune(store::now_ms()).await {
-            Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, "swept expired sessions"),
-            Err(error) => tracing::warn!(%error, "sweeping expired sessions failed"),
         }
     }
 }

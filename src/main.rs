@@ -2,6 +2,7 @@
 //! once, with their cause chain; exit code 2 means the configuration was refused, 1 a runtime
 //! failure.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -68,28 +69,19 @@ async fn sessions(
     config: session_proxy::config::Config,
     command: SessionsCommand,
 ) -> anyhow::Result<()> {
-    let store = store::open(&config.store).await?;
+    let store = store::open(&config.store).await?.store;
     match command {
         SessionsCommand::Prune => {
             let removed = store.prune(store::now_ms()).await?;
             println!("removed {removed} expired sessions");
         }
         SessionsCommand::List { limit } => {
-            let mut cursor: Option<String> = None;
-            let mut printed = 0;
-            while printed < limit {
-                let page = store
-                    .list(cursor.as_deref(), (limit - printed).min(500))
-                    .await?;
-                for (id, record) in &page.sessions {
-                    println!("{{\"id\":\"{id}\",\"record\":{}}}", record.to_json()?);
-                    printed += 1;
-                }
-                match page.next {
-                    Some(next) => cursor = Some(next),
-                    None => break,
-                }
-            }
+            let mut out = std::io::stdout().lock();
+            store::walk(&*store, limit, |id, record| {
+                writeln!(out, "{}", store::session_json(&id, &record)?)?;
+                Ok(())
+            })
+            .await?;
         }
     }
     Ok(())

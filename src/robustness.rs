@@ -7,7 +7,7 @@ use rand::{Rng as _, SeedableRng as _};
 
 use crate::config::RawConfig;
 use crate::cookie::{Cookies, Presented};
-use crate::protocol::codec::{self, RawInstructions};
+use crate::protocol::{RawInstructions, codec, parse_instructions};
 use crate::session::SessionId;
 
 const CASES: usize = 20_000;
@@ -115,7 +115,7 @@ fn parsers_never_panic_on_random_input() {
             destroy: rng.random_bool(0.1),
             regenerate: rng.random_bool(0.1),
         };
-        let _ = codec::parse_instructions(&raw);
+        let _ = parse_instructions(&raw);
 
         // Ids and the session header.
         if let Some(id) = std::str::from_utf8(&bytes).ok().and_then(SessionId::parse) {

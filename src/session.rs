@@ -7,12 +7,16 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::TryRngCore as _;
 use serde_json::value::{RawValue, to_raw_value};
 use serde_json::{Map, Value};
+
+use crate::config::Lifetime;
+use crate::store::Record;
 
 /// Random bytes per id: 192 bits, well past the 128 that makes guessing hopeless.
 const ID_BYTES: usize = 24;
@@ -137,27 +141,71 @@ impl DataChange {
     }
 }
 
-/// Everything the upstream asked for in one response, after precedence is applied.
-///
-/// Precedence: Destroy beats everything; Replace beats Update; Regenerate composes with the data
-/// change (the changed data moves to the new id).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Instructions {
-    pub destroy: bool,
-    pub regenerate: bool,
-    pub change: Option<DataChange>,
+/// Milliseconds since the Unix epoch: the clock every record uses.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
-impl Instructions {
-    /// Whether the upstream asked to modify the session at all (werkzeug's `modified`).
-    pub fn modifies(&self) -> bool {
-        self.destroy || self.regenerate || self.change.is_some()
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Lifetime {
+    /// When a session created at `created_at` and used at `now` dies.
+    pub fn expiry(&self, created_at: u64, now: u64) -> u64 {
+        let idle = now.saturating_add(ms(self.idle_timeout));
+        match self.absolute_timeout {
+            Some(abs) => idle.min(created_at.saturating_add(ms(abs))),
+            None => idle,
+        }
+    }
+
+    /// Whether a read-only use at `now` should write, to move the deadline by at least one
+    /// touch interval. Derived from `expires_at`, so no extra field is stored.
+    pub fn needs_touch(&self, record: &Record, now: u64) -> bool {
+        self.expiry(record.created_at, now)
+            >= record
+                .expires_at
+                .saturating_add(ms(self.touch_interval).max(1))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    fn lifetime(idle: u64, abs: Option<u64>, touch: u64) -> Lifetime {
+        Lifetime {
+            idle_timeout: Duration::from_millis(idle),
+            absolute_timeout: abs.map(Duration::from_millis),
+            touch_interval: Duration::from_millis(touch),
+        }
+    }
+
+    #[test]
+    fn expiry_and_touch() {
+        let l = lifetime(1000, Some(5000), 100);
+        assert_eq!(l.expiry(0, 0), 1000);
+        assert_eq!(l.expiry(0, 4500), 5000);
+        let r = Record {
+            data: Arc::from("{}"),
+            created_at: 0,
+            updated_at: 0,
+            expires_at: 1000,
+            version: 1,
+        };
+        assert!(!l.needs_touch(&r, 50));
+        assert!(l.needs_touch(&r, 100));
+        // Capped by the absolute deadline: touching would not move it.
+        let capped = Record {
+            expires_at: 5000,
+            ..r
+        };
+        assert!(!l.needs_touch(&capped, 4900));
+    }
 
     #[test]
     fn generated_ids_parse_and_differ() {

@@ -1,7 +1,6 @@
 //! The upstream side: one pooled keep-alive HTTP/1.1 client, the request rewrite
 //! (URI, Host, X-Forwarded-*), and the connect/response timeouts.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use http::header::{HOST, HeaderValue};
@@ -13,26 +12,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::Config;
+use crate::downstream::Peer;
 use crate::error::ProxyError;
-use crate::protocol::headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
-
-/// The client end of one downstream connection, as `X-Forwarded-For` names it: formatted once
-/// per connection rather than once per request.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    forwarded_for: HeaderValue,
-}
-
-impl Peer {
-    pub fn new(addr: SocketAddr) -> Self {
-        let ip = addr.ip().to_string();
-        Peer {
-            // An IP address is always a valid header value.
-            forwarded_for: HeaderValue::from_maybe_shared(bytes::Bytes::from(ip))
-                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-        }
-    }
-}
+use crate::http::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 
 /// `Client` is cheap to clone; its pool is shared by every request.
 #[derive(Debug, Clone)]
@@ -112,7 +94,7 @@ impl Upstream {
             headers.insert(X_FORWARDED_FOR, xff);
         }
         if !keep(headers, &X_FORWARDED_PROTO) {
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            headers.insert(X_FORWARDED_PROTO, peer.proto.clone());
         }
     }
 

@@ -15,7 +15,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::proxy::{self, State};
-use crate::upstream::Peer;
+
+mod peer;
+pub use peer::Peer;
 
 type ServerBuilder = auto::Builder<TokioExecutor>;
 
@@ -41,7 +43,7 @@ pub async fn serve(
                 Ok((stream, remote)) => {
                     let _ = stream.set_nodelay(true);
                     let state = state.clone();
-                    let peer = Peer::new(remote);
+                    let peer = Peer::plain(remote);
                     let service = service_fn(move |req| proxy::handle(state.clone(), peer.clone(), req));
                     let conn = builder.serve_connection(TokioIo::new(stream), service);
                     let conn = graceful.watch(conn.into_owned());

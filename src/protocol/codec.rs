@@ -2,13 +2,11 @@
 //!
 //! Session data travels to the upstream as base64url (no padding) of its UTF-8 JSON text.
 //! Update and Replace instructions come back either as raw JSON (when the value starts with `{`)
-//! or as base64url JSON (padding tolerated).
+//! or as base64url JSON (padding tolerated). Which instruction wins is `instructions.rs`'s.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use serde_json::{Map, Value};
-
-use crate::session::{DataChange, Instructions};
 
 /// Why an instruction header was refused. The proxy logs it and ignores the instruction.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -62,49 +60,10 @@ pub fn parse_object(header: &'static str, value: &[u8]) -> Result<Map<String, Va
     }
 }
 
-/// The raw instruction header values taken off an upstream response (see `headers.rs`).
-#[derive(Debug, Default)]
-pub struct RawInstructions {
-    pub update: Option<Vec<u8>>,
-    pub replace: Option<Vec<u8>>,
-    pub destroy: bool,
-    pub regenerate: bool,
-}
-
-/// Applies precedence and parsing. A malformed Update/Replace is dropped and reported; the rest
-/// of the instructions still apply (a bad Update must not also cancel a Destroy).
-pub fn parse_instructions(raw: &RawInstructions) -> (Instructions, Vec<CodecError>) {
-    let mut errors = Vec::new();
-    let mut out = Instructions {
-        destroy: raw.destroy,
-        regenerate: raw.regenerate,
-        change: None,
-    };
-    if raw.destroy {
-        // Destroy beats everything: nothing else is even parsed.
-        out.regenerate = false;
-        return (out, errors);
-    }
-    if let Some(value) = &raw.replace {
-        match parse_object("replace", value) {
-            Ok(map) => out.change = Some(DataChange::Replace(map)),
-            Err(e) => errors.push(e),
-        }
-    }
-    if out.change.is_none()
-        && let Some(value) = &raw.update
-    {
-        match parse_object("update", value) {
-            Ok(map) => out.change = Some(DataChange::Patch(map)),
-            Err(e) => errors.push(e),
-        }
-    }
-    (out, errors)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::session::DataChange;
     use serde_json::json;
 
     fn obj(v: Value) -> Map<String, Value> {
@@ -150,42 +109,6 @@ mod tests {
                 (got, expect) => panic!("{:?}: got {got:?}, want {expect:?}", input),
             }
         }
-    }
-
-    #[test]
-    fn precedence() {
-        let raw = RawInstructions {
-            update: Some(br#"{"u":1}"#.to_vec()),
-            replace: Some(br#"{"r":1}"#.to_vec()),
-            destroy: true,
-            regenerate: true,
-        };
-        let (i, e) = parse_instructions(&raw);
-        assert!(e.is_empty());
-        assert_eq!(
-            i,
-            Instructions {
-                destroy: true,
-                regenerate: false,
-                change: None
-            }
-        );
-
-        let raw = RawInstructions {
-            destroy: false,
-            ..raw
-        };
-        let (i, _) = parse_instructions(&raw);
-        assert_eq!(i.change, Some(DataChange::Replace(obj(json!({"r":1})))));
-        assert!(i.regenerate);
-
-        let raw = RawInstructions {
-            replace: Some(b"bad".to_vec()),
-            ..raw
-        };
-        let (i, e) = parse_instructions(&raw);
-        assert_eq!(i.change, Some(DataChange::Patch(obj(json!({"u":1})))));
-        assert_eq!(e.len(), 1);
     }
 
     #[test]

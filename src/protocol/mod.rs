@@ -3,6 +3,8 @@
 
 pub mod codec;
 pub mod headers;
+pub mod instructions;
 
 pub use codec::{decode_session, encode_session};
 pub use headers::{InvalidPrefix, ProtocolHeaders};
+pub use instructions::{Instructions, RawInstructions, parse_instructions};

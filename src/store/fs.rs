@@ -61,7 +61,13 @@ impl FsStore {
             .filename_template
             .split_once("%s")
             .map(|(p, s)| (p.to_owned(), s.to_owned()))
-            .ok_or_else(|| StoreError::Corrupt("filename_template has no %s".to_owned()))?;
+            // Validated in config; refusing here keeps a library caller from a panic.
+            .ok_or_else(|| {
+                StoreError::Io(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "store.filename_template has no %s",
+                ))
+            })?;
         let inner = Arc::new(Inner {
             dir: config.path,
             prefix,
@@ -107,14 +113,14 @@ impl FsStore {
     async fn write<T: Send + 'static>(
         &self,
         id: SessionId,
-        op: impl FnOnce(&Inner, PathBuf) -> Result<T> + Send + 'static,
+        op: impl FnOnce(&Inner, &SessionId, PathBuf) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let guard = self.inner.locks.lock(&id).await;
         let permit = self.inner.writers.clone().acquire_owned().await;
         let inner = self.inner.clone();
         blocking(move || {
             let (_guard, _permit) = (guard, permit);
-            op(&inner, inner.path(&id))
+            op(&inner, &id, inner.path(&id))
         })
         .await
     }
@@ -123,7 +129,7 @@ impl FsStore {
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| StoreError::Backend(Box::new(e)))?
+        .map_err(StoreError::join)?
 }
 
 impl Inner {
@@ -138,24 +144,18 @@ impl Inner {
             .and_then(SessionId::parse)
     }
 
-    /// The record in `path`, if present. A file that does not parse is reported and treated
-    /// as missing, so one bad file cannot lock a client out; it is left on disk for inspection.
-    fn read(&self, path: &Path) -> Result<Option<Record>> {
-        match fs::read(path) {
-            Ok(bytes) => match Record::from_json(&bytes) {
-                Ok(r) => Ok(Some(r)),
-                Err(e) => {
-                    tracing::error!(path = %path.display(), error = %e, "unreadable session file treated as missing");
-                    Ok(None)
-                }
-            },
+    /// The record in `path`, if present (an unreadable file counts as missing:
+    /// [`Record::from_stored`]).
+    fn read(&self, id: &SessionId) -> Result<Option<Record>> {
+        match fs::read(self.path(id)) {
+            Ok(bytes) => Ok(Record::from_stored(&bytes, id)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
 
-    fn read_live(&self, path: &Path, now: u64) -> Result<Option<Record>> {
-        Ok(self.read(path)?.filter(|r| r.is_live(now)))
+    fn read_live(&self, id: &SessionId, now: u64) -> Result<Option<Record>> {
+        Ok(self.read(id)?.filter(|r| r.is_live(now)))
     }
 
     /// temp file + (fsync) + rename + (fsync dir): the file is the old one or the new one.
@@ -217,7 +217,7 @@ impl Inner {
             }
             let _guard = self.locks.blocking_lock(&id);
             // Re-check under the lock: the file may have been touched since the stat.
-            match self.read(&entry.path())? {
+            match self.read(&id)? {
                 Some(r) if !r.is_live(now) => match fs::remove_file(entry.path()) {
                     Ok(()) => removed += 1,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -229,13 +229,13 @@ impl Inner {
         Ok(removed)
     }
 
-    fn list(&self, cursor: Option<&str>, limit: usize) -> Result<Page> {
+    fn list(&self, after: Option<SessionId>, limit: usize) -> Result<Page> {
         let now = now_ms();
         let mut ids: Vec<SessionId> = Vec::new();
         for entry in fs::read_dir(&self.dir)? {
             let entry = entry?;
             if let Some(id) = entry.file_name().to_str().and_then(|n| self.id_of(n))
-                && cursor.is_none_or(|c| id.as_str() > c)
+                && after.is_none_or(|c| id > c)
             {
                 ids.push(id);
             }
@@ -247,7 +247,7 @@ impl Inner {
                 page.next = page.sessions.last().map(|(id, _)| id.to_string());
                 break;
             }
-            if let Some(r) = self.read_live(&self.path(&id), now)? {
+            if let Some(r) = self.read_live(&id, now)? {
                 page.sessions.push((id, r));
             }
         }
@@ -260,13 +260,13 @@ impl SessionStore for FsStore {
     async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
         let inner = self.inner.clone();
         let id = *id;
-        blocking(move || inner.read_live(&inner.path(&id), now_ms())).await
+        blocking(move || inner.read_live(&id, now_ms())).await
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
         let record = record.clone();
-        self.write(*id, move |inner, path| {
-            if inner.read_live(&path, now_ms())?.is_some() {
+        self.write(*id, move |inner, id, path| {
+            if inner.read_live(id, now_ms())?.is_some() {
                 return Ok(false);
             }
             inner.write(&path, &record)?;
@@ -277,8 +277,8 @@ impl SessionStore for FsStore {
 
     async fn update(&self, id: &SessionId, update: &Update) -> Result<Option<Record>> {
         let update = update.clone();
-        self.write(*id, move |inner, path| {
-            let Some(current) = inner.read_live(&path, update.now)? else {
+        self.write(*id, move |inner, id, path| {
+            let Some(current) = inner.read_live(id, update.now)? else {
                 return Ok(None);
             };
             let next = update.apply(&current)?;
@@ -289,8 +289,8 @@ impl SessionStore for FsStore {
     }
 
     async fn delete(&self, id: &SessionId) -> Result<bool> {
-        self.write(*id, |inner, path| {
-            let live = inner.read_live(&path, now_ms())?.is_some();
+        self.write(*id, |inner, id, path| {
+            let live = inner.read_live(id, now_ms())?.is_some();
             match fs::remove_file(&path) {
                 Ok(()) => Ok(live),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
@@ -301,8 +301,8 @@ impl SessionStore for FsStore {
     }
 
     async fn list(&self, cursor: Option<&str>, limit: usize) -> Result<Page> {
-        let (inner, cursor) = (self.inner.clone(), cursor.map(str::to_owned));
-        blocking(move || inner.list(cursor.as_deref(), limit)).await
+        let (inner, after) = (self.inner.clone(), super::id_cursor(cursor)?);
+        blocking(move || inner.list(after, limit)).await
     }
 
     async fn prune(&self, now: u64) -> Result<u64> {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use dashmap::DashMap;
 
-use super::{Page, Record, Result, SessionStore, Update, now_ms};
+use super::{Capabilities, Page, Record, Result, SessionStore, Update, now_ms};
 use crate::session::SessionId;
 
 #[derive(Debug, Default)]
@@ -62,6 +62,7 @@ impl SessionStore for MemoryStore {
     }
 
     async fn list(&self, cursor: Option<&str>, limit: usize) -> Result<Page> {
+        let after = super::id_cursor(cursor)?;
         if limit == 0 {
             return Ok(Page::default());
         }
@@ -69,7 +70,7 @@ impl SessionStore for MemoryStore {
         let mut live: Vec<(SessionId, Record)> = self
             .map
             .iter()
-            .filter(|e| e.is_live(now) && cursor.is_none_or(|c| e.key().as_str() > c))
+            .filter(|e| e.is_live(now) && after.is_none_or(|c| *e.key() > c))
             .map(|e| (*e.key(), e.value().clone()))
             .collect();
         live.sort_unstable_by_key(|(id, _)| *id);
@@ -81,8 +82,12 @@ impl SessionStore for MemoryStore {
         })
     }
 
-    fn never_waits(&self) -> bool {
-        true
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            never_waits: true,
+            expires_by_itself: false,
+            lists_in_order: true,
+        }
     }
 
     /// Walks the whole map, so it runs on the blocking pool: at a million sessions that is
@@ -99,6 +104,6 @@ impl SessionStore for MemoryStore {
             removed
         })
         .await
-        .map_err(|e| super::StoreError::Backend(Box::new(e)))
+        .map_err(super::StoreError::join)
     }
 }

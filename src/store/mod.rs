@@ -7,47 +7,86 @@
 //! logged-out session.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::config::{Lifetime, StoreConfig, StoreKind};
-use crate::session::{DataChange, SessionId};
+use crate::config::{StoreConfig, StoreKind};
+use crate::session::SessionId;
 
 pub mod fs;
 pub mod lock;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+mod timed;
+mod update;
+
+pub use crate::session::now_ms;
+pub use timed::Timed;
+pub use update::Update;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything a store can fail with. Backends convert their own errors into this.
+///
+/// Each error knows whose fault it is ([`StoreError::fault`]): the admin API answers a caller's
+/// mistake with a 4xx and a store failure with a 503; the proxy never blames a client for the
+/// store.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The change was refused, nothing was written; not a store failure.
     #[error("session data would be {size} bytes, over the {max}-byte limit")]
     TooLarge { size: usize, max: usize },
+    /// A listing cursor this store did not hand out (or from another kind of store).
+    #[error("{0:?} is not a listing cursor of this store")]
+    BadCursor(String),
     #[error("store i/o failed: {0}")]
     Io(#[from] std::io::Error),
     #[error("store call took longer than {0:?}")]
     Timeout(Duration),
     #[error("store backend failed: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The backend answered in a shape this code does not expect (a protocol or version
+    /// mismatch, say): the store's fault, never the caller's.
+    #[error("store backend answered unexpectedly: {0}")]
+    Unexpected(String),
+    /// A stored record (or its data) does not parse.
     #[error("stored session is not valid: {0}")]
     Corrupt(String),
+    /// A freshly generated id was taken: with 192 random bits that means the random source or
+    /// the store is broken, not bad luck.
+    #[error("a freshly generated session id is already taken")]
+    IdCollision,
 }
 
-/// Milliseconds since the Unix epoch: the clock every record uses.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+/// Who has to act on a [`StoreError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The request asked for something invalid; retrying it unchanged fails the same way.
+    Caller,
+    /// The store failed; the same request may succeed later.
+    Store,
 }
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+impl StoreError {
+    pub fn fault(&self) -> Fault {
+        match self {
+            StoreError::TooLarge { .. } | StoreError::BadCursor(_) => Fault::Caller,
+            StoreError::Io(_)
+            | StoreError::Timeout(_)
+            | StoreError::Backend(_)
+            | StoreError::Unexpected(_)
+            | StoreError::Corrupt(_)
+            | StoreError::IdCollision => Fault::Store,
+        }
+    }
+
+    /// A background task (the blocking pool) died or was cancelled.
+    pub(crate) fn join(e: tokio::task::JoinError) -> Self {
+        StoreError::Backend(Box::new(e))
+    }
 }
 
 /// One stored session.
@@ -84,6 +123,18 @@ impl Record {
         .map_err(|e| StoreError::Corrupt(e.to_string()))
     }
 
+    /// The record a backend read back for `id`. One that does not parse is logged at `error`
+    /// and counts as missing, so one bad file or value cannot lock a client out of the site
+    /// (they get a fresh session); it is left where it is for inspection. The log names the id
+    /// by its prefix only: the whole id is a bearer credential.
+    pub fn from_stored(bytes: &[u8], id: &SessionId) -> Option<Record> {
+        Record::from_json(bytes)
+            .inspect_err(|error| {
+                tracing::error!(%error, ?id, "unreadable stored session treated as missing")
+            })
+            .ok()
+    }
+
     pub fn from_json(bytes: &[u8]) -> Result<Record> {
         let s: StoredRecord =
             serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -110,85 +161,11 @@ struct StoredRecord {
     version: u64,
 }
 
-impl Lifetime {
-    /// When a session created at `created_at` and used at `now` dies.
-    pub fn expiry(&self, created_at: u64, now: u64) -> u64 {
-        let idle = now.saturating_add(ms(self.idle_timeout));
-        match self.absolute_timeout {
-            Some(abs) => idle.min(created_at.saturating_add(ms(abs))),
-            None => idle,
-        }
-    }
-
-    /// Whether a read-only use at `now` should write, to move the deadline by at least one
-    /// touch interval. Derived from `expires_at`, so no extra field is stored.
-    pub fn needs_touch(&self, record: &Record, now: u64) -> bool {
-        self.expiry(record.created_at, now)
-            >= record
-                .expires_at
-                .saturating_add(ms(self.touch_interval).max(1))
-    }
-}
-
-/// A write to an existing session: an optional data change plus the refreshed expiry.
-#[derive(Debug, Clone)]
-pub struct Update {
-    pub change: Option<DataChange>,
-    /// The record as this request loaded it, if it did. Optimistic stores (Redis) try a
-    /// compare-and-set against its `version` first and re-read only when another write came
-    /// in between; stores that lock ignore it.
-    pub base: Option<Record>,
-    pub now: u64,
-    pub lifetime: Lifetime,
-    pub max_size: usize,
-}
-
-impl Update {
-    /// The next state of `current`. Every backend calls this, under its own atomicity.
-    pub fn apply(&self, current: &Record) -> Result<Record> {
-        let (data, updated_at) = match &self.change {
-            None => (current.data.clone(), current.updated_at),
-            Some(change) => (
-                Arc::from(apply_change(&current.data, change, self.max_size)?),
-                self.now,
-            ),
-        };
-        Ok(Record {
-            data,
-            created_at: current.created_at,
-            updated_at,
-            expires_at: self.lifetime.expiry(current.created_at, self.now),
-            version: current.version.wrapping_add(1),
-        })
-    }
-
-    /// A first record, for a session that was never stored.
-    pub fn create(&self) -> Result<Record> {
-        let data = match &self.change {
-            None => "{}".to_owned(),
-            Some(change) => apply_change("{}", change, self.max_size)?,
-        };
-        Ok(Record {
-            data: Arc::from(data),
-            created_at: self.now,
-            updated_at: self.now,
-            expires_at: self.lifetime.expiry(self.now, self.now),
-            version: 1,
-        })
-    }
-}
-
-fn apply_change(data: &str, change: &DataChange, max: usize) -> Result<String> {
-    let text = change
-        .apply_to_text(data)
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    if text.len() > max {
-        return Err(StoreError::TooLarge {
-            size: text.len(),
-            max,
-        });
-    }
-    Ok(text)
+/// The cursor of the stores that list in id order: the last id of the previous page.
+pub(crate) fn id_cursor(cursor: Option<&str>) -> Result<Option<SessionId>> {
+    cursor
+        .map(|c| SessionId::parse(c).ok_or_else(|| StoreError::BadCursor(c.to_owned())))
+        .transpose()
 }
 
 /// One page of a listing.
@@ -233,39 +210,59 @@ pub trait SessionStore: Send + Sync + 'static {
         };
         let record = update.apply(&current)?;
         if !self.create(new, &record).await? {
-            return Err(StoreError::Corrupt(
-                "regenerated id collided with a live session".to_owned(),
-            ));
+            return Err(StoreError::IdCollision);
         }
         self.delete(old).await?;
         Ok(Some(record))
     }
 
-    /// Live sessions in id order, starting after `cursor`.
+    /// Live sessions in id order (see [`Capabilities::lists_in_order`]), starting after
+    /// `cursor`, a `Page::next` this store handed out; any other cursor is
+    /// [`StoreError::BadCursor`].
     async fn list(&self, cursor: Option<&str>, limit: usize) -> Result<Page>;
 
     /// Removes expired sessions; returns how many. Stores that expire by themselves return 0.
     async fn prune(&self, now: u64) -> Result<u64>;
 
-    /// Whether expired sessions disappear without [`SessionStore::prune`] (Redis key TTLs).
-    fn expires_by_itself(&self) -> bool {
-        false
-    }
-
-    /// Whether every call completes without waiting on IO (the memory store). The proxy skips
-    /// the `store.timeout` timer for such a store: it could never fire.
-    fn never_waits(&self) -> bool {
-        false
+    /// What this backend can do without help; [`open`] reads it once to decide the timer and
+    /// the sweeper, so no other caller needs to ask.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            expires_by_itself: false,
+            never_waits: false,
+            lists_in_order: true,
+        }
     }
 }
 
-/// Opens the configured store.
-pub async fn open(config: &StoreConfig) -> Result<Arc<dyn SessionStore>> {
+/// What a backend does by itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Capabilities {
+    /// Expired sessions disappear without [`SessionStore::prune`] (Redis key TTLs): no sweeper.
+    pub expires_by_itself: bool,
+    /// Every call completes without waiting on IO (the memory store): `store.timeout` could
+    /// never fire, so no timer is armed.
+    pub never_waits: bool,
+    /// `list` walks in id order and lists every live session exactly once. Redis `SCAN` lists
+    /// each at least once (a session may repeat across pages), in no order.
+    pub lists_in_order: bool,
+}
+
+/// The configured store, ready for every caller (the proxy, the CLI, the admin API).
+pub struct Opened {
+    /// The backend behind [`Timed`]: every call is bounded by `store.timeout`.
+    pub store: Arc<dyn SessionStore>,
+    /// Present when the backend needs a sweeper; run it with [`Sweeper::run`].
+    pub sweeper: Option<Sweeper>,
+}
+
+/// Opens the configured store and wraps it in [`Timed`].
+pub async fn open(config: &StoreConfig) -> Result<Opened> {
     Ok(match &config.kind {
-        StoreKind::Memory => Arc::new(memory::MemoryStore::default()),
-        StoreKind::Fs(fs) => Arc::new(fs::FsStore::open(fs.clone()).await?),
+        StoreKind::Memory => wrap(memory::MemoryStore::default(), config),
+        StoreKind::Fs(fs) => wrap(fs::FsStore::open(fs.clone()).await?, config),
         #[cfg(feature = "redis")]
-        StoreKind::Redis(r) => Arc::new(redis::RedisStore::open(r.clone()).await?),
+        StoreKind::Redis(r) => wrap(redis::RedisStore::open(r.clone()).await?, config),
         #[cfg(not(feature = "redis"))]
         StoreKind::Redis(_) => {
             return Err(StoreError::Backend(
@@ -275,79 +272,97 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn SessionStore>> {
     })
 }
 
+fn wrap<S: SessionStore>(backend: S, config: &StoreConfig) -> Opened {
+    let caps = backend.capabilities();
+    let limit = (!caps.never_waits).then_some(config.timeout);
+    let store: Arc<dyn SessionStore> = Arc::new(Timed::new(backend, limit));
+    let sweeper = (!caps.expires_by_itself).then(|| Sweeper {
+        store: store.clone(),
+        interval: config.sweep_interval,
+    });
+    Opened { store, sweeper }
+}
+
+/// Removes expired sessions every `interval`. Only housekeeping: loads already treat an
+/// expired session as missing. A prune runs on the blocking pool (fs) or under short shard
+/// locks (memory), so requests never wait for it.
+pub struct Sweeper {
+    store: Arc<dyn SessionStore>,
+    interval: Duration,
+}
+
+impl Sweeper {
+    /// Runs until the task is aborted.
+    pub async fn run(self) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            match self.store.prune(now_ms()).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "swept expired sessions"),
+                Err(error) => tracing::warn!(%error, "sweeping expired sessions failed"),
+            }
+        }
+    }
+}
+
+/// Walks every live session, page by page, handing each to `each`, until `limit` were seen.
+/// The one paging loop the CLI and the admin export share.
+pub async fn walk(
+    store: &dyn SessionStore,
+    limit: usize,
+    mut each: impl FnMut(SessionId, Record) -> Result<()>,
+) -> Result<usize> {
+    const PAGE: usize = 500;
+    let mut cursor: Option<String> = None;
+    let mut seen = 0;
+    while seen < limit {
+        let page = store
+            .list(cursor.as_deref(), (limit - seen).min(PAGE))
+            .await?;
+        for (id, record) in page.sessions {
+            each(id, record)?;
+            seen += 1;
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    Ok(seen)
+}
+
+/// One session as the CLI prints it and the admin API shows it: the id with the stored
+/// record's fields beside it.
+pub fn session_json(id: &SessionId, record: &Record) -> Result<String> {
+    let data = RawValue::from_string(record.data.to_string())
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    serde_json::to_string(&ShownSession {
+        id: id.as_str(),
+        data: &data,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+        expires_at: record.expires_at,
+        version: record.version,
+    })
+    .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[derive(Serialize)]
+struct ShownSession<'a> {
+    id: &'a str,
+    data: &'a RawValue,
+    created_at: u64,
+    updated_at: u64,
+    expires_at: u64,
+    version: u64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-
-    fn lifetime(idle: u64, abs: Option<u64>, touch: u64) -> Lifetime {
-        Lifetime {
-            idle_timeout: Duration::from_millis(idle),
-            absolute_timeout: abs.map(Duration::from_millis),
-            touch_interval: Duration::from_millis(touch),
-        }
-    }
-
-    #[test]
-    fn expiry_and_touch() {
-        let l = lifetime(1000, Some(5000), 100);
-        assert_eq!(l.expiry(0, 0), 1000);
-        assert_eq!(l.expiry(0, 4500), 5000);
-        let r = Record {
-            data: Arc::from("{}"),
-            created_at: 0,
-            updated_at: 0,
-            expires_at: 1000,
-            version: 1,
-        };
-        assert!(!l.needs_touch(&r, 50));
-        assert!(l.needs_touch(&r, 100));
-        // Capped by the absolute deadline: touching would not move it.
-        let capped = Record {
-            expires_at: 5000,
-            ..r
-        };
-        assert!(!l.needs_touch(&capped, 4900));
-    }
-
-    #[test]
-    fn apply_merges_and_bounds() {
-        let u = Update {
-            change: Some(DataChange::Patch(
-                json!({"b":2,"a":null}).as_object().unwrap().clone(),
-            )),
-            base: None,
-            now: 10,
-            lifetime: lifetime(1000, None, 100),
-            max_size: 64,
-        };
-        let cur = Record {
-            data: Arc::from(r#"{"a":1}"#),
-            created_at: 1,
-            updated_at: 1,
-            expires_at: 500,
-            version: 7,
-        };
-        let next = u.apply(&cur).unwrap();
-        assert_eq!(&*next.data, r#"{"b":2}"#);
-        assert_eq!(
-            (
-                next.created_at,
-                next.updated_at,
-                next.expires_at,
-                next.version
-            ),
-            (1, 10, 1010, 8)
-        );
-
-        let big = Update {
-            change: Some(DataChange::Replace(
-                json!({"x":"y".repeat(100)}).as_object().unwrap().clone(),
-            )),
-            ..u
-        };
-        assert!(matches!(big.apply(&cur), Err(StoreError::TooLarge { .. })));
-    }
 
     #[test]
     fn record_json_round_trip() {

@@ -40,7 +40,7 @@ use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 
 use super::lock::StripedLock;
-use super::{Page, Record, Result, SessionStore, StoreError, Update, now_ms};
+use super::{Capabilities, Page, Record, Result, SessionStore, StoreError, Update, now_ms};
 use crate::config::RedisConfig;
 use crate::session::SessionId;
 
@@ -124,8 +124,8 @@ impl Cas {
             Value::Nil => Ok(Cas::Gone),
             Value::Int(1) => Ok(Cas::Done),
             Value::BulkString(bytes) => Ok(Cas::Changed(Record::from_json(&bytes)?)),
-            other => Err(StoreError::Corrupt(format!(
-                "unexpected reply from the compare-and-set script: {other:?}"
+            other => Err(StoreError::Unexpected(format!(
+                "reply from the compare-and-set script: {other:?}"
             ))),
         }
     }
@@ -184,9 +184,7 @@ impl Conn {
             let (Some(Value::Int(start)), Some(Value::Array(primary))) =
                 (entry.first(), entry.get(2))
             else {
-                return Err(StoreError::Corrupt(
-                    "unexpected CLUSTER SLOTS reply".to_owned(),
-                ));
+                return Err(StoreError::Unexpected("CLUSTER SLOTS reply".to_owned()));
             };
             let host = match primary.first() {
                 Some(Value::BulkString(h)) => h.clone(),
@@ -197,7 +195,7 @@ impl Conn {
                 _ => 0,
             };
             let start = u16::try_from(*start)
-                .map_err(|_| StoreError::Corrupt("slot out of range".to_owned()))?;
+                .map_err(|_| StoreError::Unexpected("slot out of range".to_owned()))?;
             match primaries
                 .iter_mut()
                 .find(|(h, p, _)| *h == host && *p == port)
@@ -210,7 +208,7 @@ impl Conn {
         nodes.sort_unstable();
         nodes.dedup();
         if nodes.is_empty() {
-            return Err(StoreError::Corrupt(
+            return Err(StoreError::Unexpected(
                 "the cluster serves no hash slots".to_owned(),
             ));
         }
@@ -281,7 +279,7 @@ struct ListCursor {
 
 impl ListCursor {
     fn parse(text: &str) -> Result<ListCursor> {
-        let bad = || StoreError::Corrupt(format!("{text:?} is not a listing cursor"));
+        let bad = || StoreError::BadCursor(text.to_owned());
         let mut parts = text.splitn(3, '.');
         let node = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
         let scan = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
@@ -377,21 +375,16 @@ impl RedisStore {
 
     /// The record at `key` if it is live at `now`. A record that does not parse is logged and
     /// treated as missing, so one bad value cannot lock a client out.
-    async fn get_live(&self, key: &str, now: u64) -> Result<Option<Record>> {
+    async fn get_live(&self, id: &SessionId, now: u64) -> Result<Option<Record>> {
+        let key = self.key(id);
         let bytes: Option<Vec<u8>> = redis::cmd("HGET")
-            .arg(key)
+            .arg(&key)
             .arg("r")
             .query_async(&mut self.conn())
             .await
             .map_err(call_err("HGET"))?;
         let Some(bytes) = bytes else { return Ok(None) };
-        match Record::from_json(&bytes) {
-            Ok(r) => Ok(Some(r).filter(|r| r.is_live(now))),
-            Err(e) => {
-                tracing::error!(error = %e, "unreadable session in Redis treated as missing");
-                Ok(None)
-            }
-        }
+        Ok(Record::from_stored(&bytes, id).filter(|r| r.is_live(now)))
     }
 
     async fn create_key(&self, key: &str, record: &Record) -> Result<bool> {
@@ -460,7 +453,7 @@ impl RedisStore {
                     // the new id yet, so this compare-and-set only guards against a bug.
                     let next = update.apply(&stored)?;
                     let Cas::Done = self.cas_set(new_key, record.version, &next).await? else {
-                        return Err(StoreError::Corrupt(
+                        return Err(StoreError::Unexpected(
                             "regenerated session changed under its new id".to_owned(),
                         ));
                     };
@@ -566,7 +559,7 @@ fn redact(url: &str) -> String {
 #[async_trait]
 impl SessionStore for RedisStore {
     async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
-        self.get_live(&self.key(id), now_ms()).await
+        self.get_live(id, now_ms()).await
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
@@ -580,7 +573,7 @@ impl SessionStore for RedisStore {
         for _ in 0..MAX_ATTEMPTS {
             let base = match current.take() {
                 Some(r) => r,
-                None => match self.get_live(&key, update.now).await? {
+                None => match self.get_live(id, update.now).await? {
                     Some(r) => r,
                     None => return Ok(None),
                 },
@@ -618,16 +611,14 @@ impl SessionStore for RedisStore {
         let _guard = self.locks.lock(old).await;
         let current = match update.base.clone().filter(|r| r.is_live(update.now)) {
             Some(r) => r,
-            None => match self.get_live(&old_key, update.now).await? {
+            None => match self.get_live(old, update.now).await? {
                 Some(r) => r,
                 None => return Ok(None),
             },
         };
         let record = update.apply(&current)?;
         if !self.create_key(&new_key, &record).await? {
-            return Err(StoreError::Corrupt(
-                "regenerated id collided with a live session".to_owned(),
-            ));
+            return Err(StoreError::IdCollision);
         }
         let result = self
             .finish_regenerate(&old_key, &new_key, update, current, record)
@@ -679,11 +670,7 @@ impl SessionStore for RedisStore {
                 .into_iter()
                 .zip(records)
                 .filter_map(|(id, bytes)| {
-                    let record = Record::from_json(&bytes?)
-                        .inspect_err(
-                            |e| tracing::error!(error = %e, "unreadable session in Redis skipped"),
-                        )
-                        .ok()?;
+                    let record = Record::from_stored(&bytes?, &id)?;
                     record.is_live(now).then_some((id, record))
                 })
                 .collect();
@@ -726,8 +713,12 @@ impl SessionStore for RedisStore {
         Ok(0)
     }
 
-    fn expires_by_itself(&self) -> bool {
-        true
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            expires_by_itself: true,
+            never_waits: false,
+            lists_in_order: false,
+        }
     }
 }
 

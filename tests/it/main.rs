@@ -27,6 +27,9 @@ mod cli;
 /// Idle/absolute timeouts, coalesced touches, the sweeper, `sessions prune`.
 mod lifetime;
 
+/// The `SessionStore` contract, expanded for every store (memory, fs, Redis, Redis Cluster).
+mod store_contract;
+
 /// The Redis store on real `redis-server` processes (one server, and a three-node cluster).
 #[cfg(feature = "redis")]
 mod redis;

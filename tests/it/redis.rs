@@ -221,7 +221,7 @@ async fn expiry_is_a_redis_ttl() {
     let upstream = Upstream::start().await;
     let toml = redis_toml(&redis.url(), "[session]\nidle_timeout = \"1s\"");
     let proxy = TestProxy::with_config(config(upstream.addr, &toml)).await;
-    assert!(proxy.store.expires_by_itself());
+    assert!(proxy.store.capabilities().expires_by_itself);
     let mut b = proxy.client();
     b.get("/", &[("X-Session-Update", r#"{"a":1}"#)]).await;
     let id = b.cookie.clone().unwrap();

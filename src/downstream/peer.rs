@@ -1,0 +1,30 @@
+//! The client end of one downstream connection, learned once when it is accepted.
+
+use std::net::SocketAddr;
+
+use http::HeaderValue;
+
+/// Who is on the other end of a connection, in the forms the request path needs: formatted
+/// once per connection rather than once per request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// The client's IP as `X-Forwarded-For` names it.
+    pub forwarded_for: HeaderValue,
+    /// The scheme the client used to reach this hop, as `X-Forwarded-Proto` says it.
+    pub proto: HeaderValue,
+}
+
+impl Peer {
+    /// A client on a plain-HTTP connection.
+    pub fn plain(addr: SocketAddr) -> Self {
+        let ip = addr.ip().to_string();
+        Peer {
+            addr,
+            // An IP address is always a valid header value.
+            forwarded_for: HeaderValue::from_maybe_shared(bytes::Bytes::from(ip))
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            proto: HeaderValue::from_static("http"),
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! What one request learned on its way through the phases. The enums are closed sets on
+//! purpose: each becomes a log value now and a metric label later, so a typo cannot invent a
+//! new one.
+
+use std::time::Instant;
+
+use http::Method;
+
+use crate::error::ProxyError;
+
+/// The session as the request found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// The request failed before its session was loaded.
+    Unloaded,
+    /// This request started the session (no cookie, or one for a dead session).
+    New,
+    /// The cookie named a live session.
+    Existing,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Unloaded => "",
+            SessionState::New => "new",
+            SessionState::Existing => "existing",
+        }
+    }
+}
+
+/// The store write the request made (at most one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreWrite {
+    None,
+    Created,
+    Updated,
+    /// A read-only request moved the idle deadline.
+    Touched,
+    Destroyed,
+    Regenerated,
+    /// The session was destroyed or expired by another request before this one saved.
+    Vanished,
+    /// The app's change was refused (too large); nothing was written.
+    Refused,
+}
+
+impl StoreWrite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreWrite::None => "none",
+            StoreWrite::Created => "created",
+            StoreWrite::Updated => "updated",
+            StoreWrite::Touched => "touched",
+            StoreWrite::Destroyed => "destroyed",
+            StoreWrite::Regenerated => "regenerated",
+            StoreWrite::Vanished => "vanished",
+            StoreWrite::Refused => "refused",
+        }
+    }
+}
+
+/// Filled in as the phases run; read once by the logging phase.
+#[derive(Debug)]
+pub struct RequestCtx {
+    pub start: Instant,
+    pub method: Method,
+    /// The path only: a query string may carry secrets.
+    pub path: String,
+    pub session: SessionState,
+    pub write: StoreWrite,
+    /// Why the request failed, if it did (its response is already built).
+    pub error: Option<ProxyError>,
+}
+
+impl RequestCtx {
+    pub fn new<B>(req: &http::Request<B>) -> Self {
+        RequestCtx {
+            start: Instant::now(),
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+            session: SessionState::Unloaded,
+            write: StoreWrite::None,
+            error: None,
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The session phases: `load` before the upstream call, `save` after it. `save` makes at most
+//! one store call, so a request's effect on its session is one atomic step in the store.
+
+use http::HeaderValue;
+
+use super::State;
+use super::ctx::{RequestCtx, SessionState, StoreWrite};
+use crate::cookie::Presented;
+use crate::error::ProxyError;
+use crate::protocol::Instructions;
+use crate::session::SessionId;
+use crate::store::{Record, StoreError, Update};
+
+/// The session as the request found it.
+pub struct Current {
+    pub id: SessionId,
+    /// `None` for a session this request started.
+    pub record: Option<Record>,
+}
+
+/// Loads the presented session, or starts a new one. A client never chooses its id unless
+/// `renew_missing = false` (werkzeug's option) and the id is well formed.
+pub async fn load(
+    state: &State,
+    presented: Presented,
+    ctx: &mut RequestCtx,
+) -> Result<Current, ProxyError> {
+    let current = match presented {
+        Presented::Valid(id) => match state.store.load(&id).await? {
+            Some(record) => Current {
+                id,
+                record: Some(record),
+            },
+            None if !state.config.session.renew_missing => Current { id, record: None },
+            None => {
+                tracing::debug!("unknown or expired session id; starting a new session");
+                fresh()?
+            }
+        },
+        Presented::Invalid => {
+            tracing::warn!(
+                cookie = state.cookies.name(),
+                "possibly suspicious activity: malformed or badly signed session cookie"
+            );
+            fresh()?
+        }
+        Presented::None => fresh()?,
+    };
+    ctx.session = if current.record.is_some() {
+        SessionState::Existing
+    } else {
+        SessionState::New
+    };
+    Ok(current)
+}
+
+fn fresh() -> Result<Current, ProxyError> {
+    Ok(Current {
+        id: SessionId::generate()?,
+        record: None,
+    })
+}
+
+/// Carries out the instructions with exactly one store operation (or none), and returns the
+/// `Set-Cookie` to send, if any.
+pub async fn save(
+    state: &State,
+    current: &Current,
+    instructions: Instructions,
+    now: u64,
+    ctx: &mut RequestCtx,
+) -> Result<Option<HeaderValue>, ProxyError> {
+    let cookies = &state.cookies;
+    let store = &state.store;
+    let modifies = instructions.modifies();
+    let update = Update {
+        change: instructions.change,
+        base: current.record.clone(),
+        now,
+        lifetime: state.config.session.lifetime,
+        max_size: state.config.session.max_size,
+    };
+
+    if instructions.destroy {
+        if current.record.is_some() {
+            store.delete(&current.id).await?;
+        }
+        ctx.write = StoreWrite::Destroyed;
+        return Ok(cookies.expire());
+    }
+
+    let result = match &current.record {
+        // werkzeug's should_save: a new session is stored only when modified.
+        None if !modifies => return Ok(None),
+        None => {
+            // Regenerate always yields a server-made id, even for a session that adopted a
+            // client's id under `renew_missing = false`.
+            let id = if instructions.regenerate {
+                SessionId::generate()?
+            } else {
+                current.id
+            };
+            create(state, id, &update, ctx).await
+        }
+        Some(_) if instructions.regenerate => {
+            let new_id = SessionId::generate()?;
+            ctx.write = StoreWrite::Regenerated;
+            store
+                .regenerate(&current.id, &new_id, &update)
+                .await
+                .map(|r| r.map(|_| new_id))
+        }
+        Some(record) if update.change.is_some() || update.lifetime.needs_touch(record, now) => {
+            ctx.write = if update.change.is_some() {
+                StoreWrite::Updated
+            } else {
+                StoreWrite::Touched
+            };
+            store
+                .update(&current.id, &update)
+                .await
+                .map(|r| r.map(|_| current.id))
+        }
+        Some(_) => return Ok(None),
+    };
+    match result {
+        Ok(Some(id)) => Ok(cookies.set(&id)),
+        Ok(None) => {
+            // Destroyed or expired by another request meanwhile: nothing is resurrected.
+            tracing::debug!("session vanished before it could be saved");
+            ctx.write = StoreWrite::Vanished;
+            Ok(None)
+        }
+        Err(e @ StoreError::TooLarge { .. }) => {
+            tracing::warn!(error = %e, "ignored a session change from the upstream");
+            ctx.write = StoreWrite::Refused;
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Stores a new session; on the (astronomically unlikely) id collision, retries with a new id.
+async fn create(
+    state: &State,
+    id: SessionId,
+    update: &Update,
+    ctx: &mut RequestCtx,
+) -> Result<Option<SessionId>, StoreError> {
+    let record = update.create()?;
+    let mut id = id;
+    for _ in 0..4 {
+        if state.store.create(&id, &record).await? {
+            ctx.write = StoreWrite::Created;
+            return Ok(Some(id));
+        }
+        id = SessionId::generate().map_err(|e| StoreError::Backend(Box::new(e)))?;
+    }
+    Err(StoreError::IdCollision)
+}

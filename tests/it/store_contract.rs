@@ -1,0 +1,398 @@
+//! The `SessionStore` contract, one set of tests expanded for every store (tower-sessions-stores'
+//! per-backend test macro is the model). Each store is opened the way the proxy opens it
+//! (`store::open`, so through `Timed`), on a real backend: memory, an fs directory, a real
+//! `redis-server`, and a three-node Redis Cluster.
+//!
+//! A store added later gets the whole contract by one more `contract!` line.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use session_proxy::config::RawConfig;
+use session_proxy::session::{DataChange, SessionId};
+use session_proxy::store::{self, Fault, Record, SessionStore, StoreError, Update, now_ms};
+
+/// An open store plus whatever keeps its backend alive (a directory, a server).
+pub struct Opened {
+    pub store: Arc<dyn SessionStore>,
+    /// Whether `list` walks in id order and lists each live session exactly once. Redis `SCAN`
+    /// lists each at least once, in no order.
+    pub ordered: bool,
+    pub expires_by_itself: bool,
+    _guard: Box<dyn std::any::Any + Send>,
+}
+
+pub async fn open(store_toml: &str, guard: Box<dyn std::any::Any + Send>) -> Opened {
+    let raw = RawConfig::from_toml("contract.toml", store_toml).unwrap();
+    let config = raw.validate("contract.toml").unwrap();
+    let opened = store::open(&config.store).await.unwrap();
+    let caps = opened.store.capabilities();
+    Opened {
+        ordered: caps.lists_in_order,
+        expires_by_itself: caps.expires_by_itself,
+        store: opened.store,
+        _guard: guard,
+    }
+}
+
+pub async fn memory() -> Opened {
+    open("[store]\nkind = \"memory\"", Box::new(())).await
+}
+
+pub async fn fs() -> Opened {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[store]\nkind = \"fs\"\npath = \"{}\"\nfsync = false",
+        dir.path().display()
+    );
+    open(&toml, Box::new(dir)).await
+}
+
+#[cfg(feature = "redis")]
+pub async fn redis() -> Opened {
+    let server = crate::support::redis::RedisServer::start().await;
+    let toml = format!("[store]\nkind = \"redis\"\nurl = \"{}\"", server.url());
+    open(&toml, Box::new(server)).await
+}
+
+#[cfg(feature = "redis")]
+pub async fn redis_cluster() -> Opened {
+    let cluster = crate::support::redis::RedisCluster::start().await;
+    let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("{u:?}")).collect();
+    let toml = format!("[store]\nkind = \"redis\"\nnodes = [{}]", nodes.join(", "));
+    open(&toml, Box::new(cluster)).await
+}
+
+const HOUR: u64 = 3_600_000;
+
+fn id() -> SessionId {
+    SessionId::generate().unwrap()
+}
+
+fn record(data: Value, expires_at: u64) -> Record {
+    let now = now_ms();
+    Record {
+        data: Arc::from(data.to_string()),
+        created_at: now,
+        updated_at: now,
+        expires_at,
+        version: 1,
+    }
+}
+
+fn live(data: Value) -> Record {
+    record(data, now_ms() + HOUR)
+}
+
+fn patch(v: Value) -> Update {
+    Update {
+        change: Some(DataChange::Patch(v.as_object().unwrap().clone())),
+        base: None,
+        now: now_ms(),
+        lifetime: session_proxy::config::Lifetime {
+            idle_timeout: std::time::Duration::from_secs(3600),
+            absolute_timeout: None,
+            touch_interval: std::time::Duration::from_secs(360),
+        },
+        max_size: 16 * 1024,
+    }
+}
+
+fn data(r: &Record) -> Value {
+    serde_json::from_str(&r.data).unwrap()
+}
+
+pub async fn create_is_create_if_absent(s: Opened) {
+    let (a, store) = (id(), &s.store);
+    assert!(store.create(&a, &live(json!({"n":1}))).await.unwrap());
+    assert!(!store.create(&a, &live(json!({"n":2}))).await.unwrap());
+    assert_eq!(
+        data(&store.load(&a).await.unwrap().unwrap()),
+        json!({"n":1})
+    );
+    // A dead session's id is free again.
+    let b = id();
+    assert!(
+        store
+            .create(&b, &record(json!({"old":1}), now_ms() - 1))
+            .await
+            .unwrap()
+    );
+    assert!(store.create(&b, &live(json!({"new":1}))).await.unwrap());
+    assert_eq!(
+        data(&store.load(&b).await.unwrap().unwrap()),
+        json!({"new":1})
+    );
+}
+
+pub async fn load_never_returns_an_expired_record(s: Opened) {
+    let (a, store) = (id(), &s.store);
+    assert!(store.load(&a).await.unwrap().is_none());
+    store
+        .create(&a, &record(json!({"x":1}), now_ms() + 300))
+        .await
+        .unwrap();
+    assert!(store.load(&a).await.unwrap().is_some());
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(
+        store.load(&a).await.unwrap().is_none(),
+        "expired record loaded"
+    );
+    assert!(
+        store
+            .update(&a, &patch(json!({"y":1})))
+            .await
+            .unwrap()
+            .is_none(),
+        "an expired session was updated"
+    );
+    assert!(store.load(&a).await.unwrap().is_none());
+}
+
+pub async fn update_is_atomic_against_the_stored_record(s: Opened) {
+    let a = id();
+    s.store.create(&a, &live(json!({"base":0}))).await.unwrap();
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let store = s.store.clone();
+            tokio::spawn(async move {
+                store
+                    .update(&a, &patch(json!({ format!("k{i}"): i })))
+                    .await
+                    .unwrap()
+                    .unwrap()
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let got = data(&s.store.load(&a).await.unwrap().unwrap());
+    let mut want = json!({"base":0});
+    for i in 0..32 {
+        want[format!("k{i}")] = json!(i);
+    }
+    assert_eq!(got, want, "a concurrent change was lost");
+}
+
+pub async fn update_never_resurrects_a_deleted_session(s: Opened) {
+    let (a, store) = (id(), &s.store);
+    store
+        .create(&a, &live(json!({"user":"ada"})))
+        .await
+        .unwrap();
+    assert!(store.delete(&a).await.unwrap());
+    assert!(!store.delete(&a).await.unwrap(), "deleted twice");
+    assert!(
+        store
+            .update(&a, &patch(json!({"late":1})))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.load(&a).await.unwrap().is_none(), "resurrected");
+    assert!(store.list(None, 100).await.unwrap().sessions.is_empty());
+}
+
+pub async fn update_applies_the_change_and_bumps_the_version(s: Opened) {
+    let (a, store) = (id(), &s.store);
+    store
+        .create(&a, &live(json!({"a":1,"b":{"c":1}})))
+        .await
+        .unwrap();
+    let next = store
+        .update(&a, &patch(json!({"a":null,"b":{"d":2}})))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(data(&next), json!({"b":{"c":1,"d":2}}));
+    assert_eq!(next.version, 2);
+    assert_eq!(store.load(&a).await.unwrap().unwrap(), next);
+    // Over the size limit: refused as the caller's fault, nothing written.
+    let mut big = patch(json!({"x": "y".repeat(100)}));
+    big.max_size = 64;
+    let err = store.update(&a, &big).await.unwrap_err();
+    assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
+    assert_eq!(err.fault(), Fault::Caller);
+    assert_eq!(store.load(&a).await.unwrap().unwrap(), next);
+}
+
+pub async fn regenerate_moves_the_data_and_kills_the_old_id(s: Opened) {
+    let (old, new, store) = (id(), id(), &s.store);
+    store
+        .create(&old, &live(json!({"user":"ada"})))
+        .await
+        .unwrap();
+    let moved = store
+        .regenerate(&old, &new, &patch(json!({"role":"admin"})))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(data(&moved), json!({"user":"ada","role":"admin"}));
+    assert!(store.load(&old).await.unwrap().is_none(), "old id alive");
+    assert_eq!(
+        data(&store.load(&new).await.unwrap().unwrap()),
+        json!({"user":"ada","role":"admin"})
+    );
+    // A session that is gone is not regenerated into existence.
+    let (gone, other) = (id(), id());
+    assert!(
+        store
+            .regenerate(&gone, &other, &patch(json!({})))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.load(&other).await.unwrap().is_none());
+}
+
+pub async fn list_pages_through_every_live_session(s: Opened) {
+    let store = &s.store;
+    let mut want = BTreeSet::new();
+    for i in 0..23 {
+        let a = id();
+        store.create(&a, &live(json!({"i": i}))).await.unwrap();
+        want.insert(a.to_string());
+    }
+    for _ in 0..3 {
+        store
+            .create(&id(), &record(json!({}), now_ms() - 1))
+            .await
+            .unwrap();
+    }
+    let mut seen: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..100 {
+        let page = store.list(cursor.as_deref(), 5).await.unwrap();
+        assert!(page.sessions.len() <= 5);
+        seen.extend(page.sessions.iter().map(|(id, _)| id.to_string()));
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let distinct: BTreeSet<String> = seen.iter().cloned().collect();
+    assert_eq!(
+        distinct, want,
+        "not every live session listed, or a dead one listed"
+    );
+    if s.ordered {
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(seen, sorted, "not exactly once in id order");
+    } else {
+        assert!(
+            seen.len() <= want.len() * 2,
+            "too many repeats: {}",
+            seen.len()
+        );
+    }
+    assert!(store.list(None, 0).await.unwrap().sessions.is_empty());
+}
+
+pub async fn a_bad_cursor_is_the_callers_fault(s: Opened) {
+    for cursor in ["not a cursor", "", "../../etc", "9999999999.0.x"] {
+        let err = s.store.list(Some(cursor), 10).await.unwrap_err();
+        assert!(matches!(err, StoreError::BadCursor(_)), "{cursor:?}: {err}");
+        assert_eq!(err.fault(), Fault::Caller);
+    }
+}
+
+pub async fn prune_removes_only_expired_sessions(s: Opened) {
+    let store = &s.store;
+    let keep: Vec<SessionId> = (0..4).map(|_| id()).collect();
+    for a in &keep {
+        store.create(a, &live(json!({"keep":true}))).await.unwrap();
+    }
+    for _ in 0..3 {
+        store
+            .create(&id(), &record(json!({}), now_ms() - 1))
+            .await
+            .unwrap();
+    }
+    let removed = store.prune(now_ms()).await.unwrap();
+    // A store that expires by itself has nothing left to prune.
+    assert_eq!(removed, if s.expires_by_itself { 0 } else { 3 });
+    assert_eq!(store.prune(now_ms()).await.unwrap(), 0);
+    for a in &keep {
+        assert!(
+            store.load(a).await.unwrap().is_some(),
+            "a live session was pruned"
+        );
+    }
+}
+
+/// Expands every contract test for one store: `contract!(name, opener)`.
+macro_rules! contract {
+    ($store:ident, $open:path) => {
+        mod $store {
+            contract!(@tests $open;
+                create_is_create_if_absent,
+                load_never_returns_an_expired_record,
+                update_is_atomic_against_the_stored_record,
+                update_never_resurrects_a_deleted_session,
+                update_applies_the_change_and_bumps_the_version,
+                regenerate_moves_the_data_and_kills_the_old_id,
+                list_pages_through_every_live_session,
+                a_bad_cursor_is_the_callers_fault,
+                prune_removes_only_expired_sessions,
+            );
+        }
+    };
+    (@tests $open:path; $($test:ident,)*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                super::$test($open().await).await;
+            }
+        )*
+    };
+}
+
+contract!(memory, super::memory);
+contract!(fs, super::fs);
+#[cfg(feature = "redis")]
+contract!(redis, super::redis);
+#[cfg(feature = "redis")]
+contract!(redis_cluster, super::redis_cluster);
+
+/// Every call is bounded, whoever makes it: a Redis that stops answering (SIGSTOP) costs a
+/// store-side error within about `store.timeout`, not a hang, for a direct caller like the CLI
+/// or the admin API. (Which timer fires first, the client's or `Timed`'s, is not the point;
+/// `Timed`'s own is tested in `store/timed.rs`.)
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_store_fails_fast_for_every_caller() {
+    let server = crate::support::redis::RedisServer::start().await;
+    let toml = format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"300ms\"",
+        server.url()
+    );
+    let s = open(&toml, Box::new(())).await;
+    let a = id();
+    s.store.create(&a, &live(json!({}))).await.unwrap();
+    let pid = server.pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    signal("-STOP");
+    let started = std::time::Instant::now();
+    let load = s.store.load(&a).await.map(|_| ());
+    let list = s.store.list(None, 10).await.map(|_| ());
+    let elapsed = started.elapsed();
+    signal("-CONT");
+    for result in [load, list] {
+        let err = result.unwrap_err();
+        assert_eq!(err.fault(), Fault::Store, "{err}");
+    }
+    assert!(elapsed < std::time::Duration::from_secs(3), "{elapsed:?}");
+    drop(server);
+}
