@@ -56,6 +56,7 @@ fn update(change: Option<DataChange>, lifetime: Lifetime, max_size: usize) -> Up
         now: now_ms(),
         lifetime,
         max_size,
+        extends: true,
     }
 }
 

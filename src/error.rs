@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::{Response, StatusCode, header};
 
 use crate::http::{ProxyBody, full};
+use crate::metrics::UpstreamFailure;
 use crate::session::RandomError;
 use crate::store::StoreError;
 
@@ -24,6 +25,18 @@ pub enum ProxyError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Random(#[from] RandomError),
+}
+
+impl ProxyError {
+    /// How the upstream failed, if this is an upstream failure (a metric label).
+    pub fn upstream_failure(&self) -> Option<UpstreamFailure> {
+        match self {
+            ProxyError::UpstreamConnect(_) => Some(UpstreamFailure::Connect),
+            ProxyError::UpstreamTimeout(_) => Some(UpstreamFailure::Timeout),
+            ProxyError::Upstream(_) => Some(UpstreamFailure::Failed),
+            ProxyError::Store(_) | ProxyError::Random(_) => None,
+        }
+    }
 }
 
 /// The one mapping from error to status.

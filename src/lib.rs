@@ -11,6 +11,7 @@ pub mod downstream;
 pub mod error;
 pub mod http;
 pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub mod proxy;
 #[cfg(test)]
@@ -43,8 +44,12 @@ pub struct Proxy {
 impl Proxy {
     pub async fn open(config: Config) -> Result<Self, StartError> {
         let opened = store::open(&config.store).await?;
+        let metrics = Arc::new(metrics::Metrics::new(
+            &opened.metrics,
+            opened.store.count().is_some(),
+        ));
         Ok(Proxy {
-            state: Arc::new(proxy::State::new(config, opened.store)?),
+            state: Arc::new(proxy::State::new(config, opened.store, metrics)?),
             sweeper: opened.sweeper,
         })
     }

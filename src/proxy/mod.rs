@@ -10,6 +10,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::header::{HeaderValue, SET_COOKIE};
 use http::{Request, Response};
@@ -20,6 +21,7 @@ use crate::cookie::{Cookies, Presented};
 use crate::downstream::Peer;
 use crate::error::{self, ProxyError};
 use crate::http::{ProxyBody, strip_hop_by_hop};
+use crate::metrics::{Metrics, Rejected};
 use crate::protocol::{Instructions, ProtocolHeaders, codec, parse_instructions};
 use crate::store::{self, SessionStore};
 use crate::upstream::Upstream;
@@ -39,18 +41,21 @@ pub struct State {
     /// Behind `store::Timed`: every call is bounded by `store.timeout`.
     pub store: Arc<dyn SessionStore>,
     pub upstream: Upstream,
+    pub metrics: Arc<Metrics>,
 }
 
 impl State {
     pub fn new(
         config: Config,
         store: Arc<dyn SessionStore>,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, crate::protocol::InvalidPrefix> {
         Ok(State {
             headers: ProtocolHeaders::new(&config.session.header_prefix)?,
             cookies: Cookies::new(config.cookie.clone()),
             upstream: Upstream::new(&config),
             store,
+            metrics,
             config,
         })
     }
@@ -71,7 +76,11 @@ pub async fn handle(
             resp
         }
     };
-    log::logging(&ctx, resp.status());
+    let status = resp.status();
+    state
+        .metrics
+        .request(status.as_u16(), ctx.start.elapsed(), ctx.write);
+    log::logging(&ctx, status);
     Ok(resp)
 }
 
@@ -84,7 +93,14 @@ async fn pipeline(
     let presented = request_filter(state, &mut req);
     let current = session::load(state, presented, ctx).await?;
     upstream_request_filter(state, peer, &mut req, &current);
-    let mut resp = state.upstream.send(req).await?;
+    let sent = Instant::now();
+    let answer = state.upstream.send(req).await;
+    state.metrics.upstream(sent.elapsed());
+    let mut resp = answer.inspect_err(|e| {
+        if let Some(how) = e.upstream_failure() {
+            state.metrics.upstream_failed(how);
+        }
+    })?;
     let instructions = upstream_response_filter(state, &mut resp);
     // The clock as of saving: the app may have taken a while, and expiry is judged now.
     if let Some(cookie) = session::save(state, &current, instructions, store::now_ms(), ctx).await?
@@ -138,6 +154,7 @@ fn upstream_response_filter(state: &State, resp: &mut Response<Incoming>) -> Ins
     let raw = state.headers.take_instructions(resp.headers_mut());
     let (instructions, errors) = parse_instructions(&raw);
     for e in errors {
+        state.metrics.rejected(Rejected::Malformed);
         tracing::warn!(error = %e, "ignored a malformed session instruction from the upstream");
     }
     instructions

@@ -79,6 +79,7 @@ pub async fn save(
         now,
         lifetime: state.config.session.lifetime,
         max_size: state.config.session.max_size,
+        extends: true,
     };
 
     if instructions.destroy {

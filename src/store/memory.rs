@@ -82,6 +82,10 @@ impl SessionStore for MemoryStore {
         })
     }
 
+    fn count(&self) -> Option<u64> {
+        u64::try_from(self.map.len()).ok()
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             never_waits: true,

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::{StoreConfig, StoreKind};
+use crate::metrics::StoreMetrics;
 use crate::session::SessionId;
 
 pub mod fs;
@@ -224,6 +225,12 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Removes expired sessions; returns how many. Stores that expire by themselves return 0.
     async fn prune(&self, now: u64) -> Result<u64>;
 
+    /// How many sessions the backend holds, if it can tell without a scan (for
+    /// `sessions_live`). Expired sessions count until they are swept.
+    fn count(&self) -> Option<u64> {
+        None
+    }
+
     /// What this backend can do without help; [`open`] reads it once to decide the timer and
     /// the sweeper, so no other caller needs to ask.
     fn capabilities(&self) -> Capabilities {
@@ -254,6 +261,8 @@ pub struct Opened {
     pub store: Arc<dyn SessionStore>,
     /// Present when the backend needs a sweeper; run it with [`Sweeper::run`].
     pub sweeper: Option<Sweeper>,
+    /// The latency and error counters `Timed` records into, for `/metrics`.
+    pub metrics: StoreMetrics,
 }
 
 /// Opens the configured store and wraps it in [`Timed`].
@@ -275,12 +284,17 @@ pub async fn open(config: &StoreConfig) -> Result<Opened> {
 fn wrap<S: SessionStore>(backend: S, config: &StoreConfig) -> Opened {
     let caps = backend.capabilities();
     let limit = (!caps.never_waits).then_some(config.timeout);
-    let store: Arc<dyn SessionStore> = Arc::new(Timed::new(backend, limit));
+    let metrics = StoreMetrics::default();
+    let store: Arc<dyn SessionStore> = Arc::new(Timed::new(backend, limit, metrics.clone()));
     let sweeper = (!caps.expires_by_itself).then(|| Sweeper {
         store: store.clone(),
         interval: config.sweep_interval,
     });
-    Opened { store, sweeper }
+    Opened {
+        store,
+        sweeper,
+        metrics,
+    }
 }
 
 /// Removes expired sessions every `interval`. Only housekeeping: loads already treat an

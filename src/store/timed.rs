@@ -1,13 +1,15 @@
 //! [`Timed`]: the wrapper every caller's store calls go through (the proxy, the CLI, the admin
 //! API), so `store.timeout` bounds each one wherever it comes from, and a stuck store costs a
-//! clear error instead of a hang. Later, the place that records per-operation latency and errors.
+//! clear error instead of a hang; and the one place that records each operation's latency and
+//! store-side errors for `/metrics`.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{Capabilities, Page, Record, Result, SessionStore, StoreError, Update};
+use super::{Capabilities, Fault, Page, Record, Result, SessionStore, StoreError, Update};
+use crate::metrics::{StoreMetrics, StoreOp};
 use crate::session::SessionId;
 
 /// A backend whose every call is bounded by `limit` (`None`: the backend never waits, so no
@@ -16,39 +18,49 @@ use crate::session::SessionId;
 pub struct Timed<S> {
     inner: S,
     limit: Option<Duration>,
+    metrics: StoreMetrics,
 }
 
 impl<S: SessionStore> Timed<S> {
-    pub fn new(inner: S, limit: Option<Duration>) -> Self {
-        Timed { inner, limit }
+    pub fn new(inner: S, limit: Option<Duration>, metrics: StoreMetrics) -> Self {
+        Timed {
+            inner,
+            limit,
+            metrics,
+        }
     }
 
-    async fn run<T>(&self, call: impl Future<Output = Result<T>>) -> Result<T> {
-        match self.limit {
+    async fn run<T>(&self, op: StoreOp, call: impl Future<Output = Result<T>>) -> Result<T> {
+        let start = Instant::now();
+        let result = match self.limit {
             None => call.await,
             Some(limit) => tokio::time::timeout(limit, call)
                 .await
-                .map_err(|_| StoreError::Timeout(limit))?,
-        }
+                .unwrap_or(Err(StoreError::Timeout(limit))),
+        };
+        // A refused change (too large, a bad cursor) is the caller's, not a store error.
+        let failed = matches!(&result, Err(e) if e.fault() == Fault::Store);
+        self.metrics.observe(op, start.elapsed(), failed);
+        result
     }
 }
 
 #[async_trait]
 impl<S: SessionStore> SessionStore for Timed<S> {
     async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
-        self.run(self.inner.load(id)).await
+        self.run(StoreOp::Load, self.inner.load(id)).await
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
-        self.run(self.inner.create(id, record)).await
+        self.run(StoreOp::Create, self.inner.create(id, record)).await
     }
 
     async fn update(&self, id: &SessionId, update: &Update) -> Result<Option<Record>> {
-        self.run(self.inner.update(id, update)).await
+        self.run(StoreOp::Update, self.inner.update(id, update)).await
     }
 
     async fn delete(&self, id: &SessionId) -> Result<bool> {
-        self.run(self.inner.delete(id)).await
+        self.run(StoreOp::Delete, self.inner.delete(id)).await
     }
 
     /// One deadline for the whole move, whatever the backend does inside it.
@@ -58,17 +70,25 @@ impl<S: SessionStore> SessionStore for Timed<S> {
         new: &SessionId,
         update: &Update,
     ) -> Result<Option<Record>> {
-        self.run(self.inner.regenerate(old, new, update)).await
+        self.run(StoreOp::Regenerate, self.inner.regenerate(old, new, update)).await
     }
 
     async fn list(&self, cursor: Option<&str>, limit: usize) -> Result<Page> {
-        self.run(self.inner.list(cursor, limit)).await
+        self.run(StoreOp::List, self.inner.list(cursor, limit)).await
     }
 
     /// Unbounded: a sweep of a large store legitimately takes longer than one request's
     /// budget, and nobody waits for it.
     async fn prune(&self, now: u64) -> Result<u64> {
-        self.inner.prune(now).await
+        let start = Instant::now();
+        let result = self.inner.prune(now).await;
+        self.metrics
+            .observe(StoreOp::Prune, start.elapsed(), result.is_err());
+        result
+    }
+
+    fn count(&self) -> Option<u64> {
+        self.inner.count()
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -109,7 +129,7 @@ mod tests {
     #[tokio::test]
     async fn every_call_is_bounded() {
         let limit = Duration::from_millis(50);
-        let store = Timed::new(Stalled, Some(limit));
+        let store = Timed::new(Stalled, Some(limit), StoreMetrics::default());
         let Ok(id) = SessionId::generate() else {
             panic!("no id")
         };

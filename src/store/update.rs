@@ -19,6 +19,9 @@ pub struct Update {
     pub now: u64,
     pub lifetime: Lifetime,
     pub max_size: usize,
+    /// Whether this write is the user's activity and moves the idle deadline. An operator's
+    /// edit through the admin API is not: the session dies when it would have.
+    pub extends: bool,
 }
 
 impl Update {
@@ -31,11 +34,16 @@ impl Update {
                 self.now,
             ),
         };
+        let expires_at = if self.extends {
+            self.lifetime.expiry(current.created_at, self.now)
+        } else {
+            current.expires_at
+        };
         Ok(Record {
             data,
             created_at: current.created_at,
             updated_at,
-            expires_at: self.lifetime.expiry(current.created_at, self.now),
+            expires_at,
             version: current.version.wrapping_add(1),
         })
     }
@@ -94,6 +102,7 @@ mod tests {
             now: 10,
             lifetime: lifetime(1000, None, 100),
             max_size: 64,
+            extends: true,
         };
         let cur = Record {
             data: Arc::from(r#"{"a":1}"#),

@@ -54,6 +54,7 @@ fn update(proxy: &TestProxy, base: Option<Record>, change: Option<DataChange>) -
         now: now_ms(),
         lifetime: proxy.config.session.lifetime,
         max_size: proxy.config.session.max_size,
+        extends: true,
     }
 }
 

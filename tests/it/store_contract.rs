@@ -96,6 +96,7 @@ fn patch(v: Value) -> Update {
             touch_interval: std::time::Duration::from_secs(360),
         },
         max_size: 16 * 1024,
+        extends: true,
     }
 }
 
