@@ -6,13 +6,13 @@ use std::collections::BTreeSet;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use crate::support::{TestProxy, Upstream, get, respond};
+use crate::support::{App, TestProxy, get, respond};
 
 const REQUESTS: usize = 200;
 
 async fn concurrent_updates_all_survive(store_toml: &str) {
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::start(&upstream, store_toml).await;
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, store_toml).await;
     let mut b = proxy.client();
     b.get("/", &[("X-Session-Update", r#"{"seed":true}"#)])
         .await;

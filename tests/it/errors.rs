@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use crate::support::{TestProxy, Upstream, config, fs_store, get, respond};
+use crate::support::{App, TestProxy, config, fs_store, get, respond};
 
 #[tokio::test]
 async fn upstream_down_is_a_502_with_a_short_body() {
@@ -18,8 +18,8 @@ async fn upstream_down_is_a_502_with_a_short_body() {
 
 #[tokio::test]
 async fn upstream_too_slow_is_a_504() {
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::start(&upstream, "[upstream_timeouts]\nresponse = \"300ms\"").await;
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, "[upstream_timeouts]\nresponse = \"300ms\"").await;
     let r = get(proxy.addr, "/", &[("x-test-delay-ms", "3000")]).await;
     assert_eq!(r.status, 504);
     assert_eq!(&r.body[..], b"504 Gateway Timeout\n");
@@ -31,11 +31,11 @@ async fn upstream_too_slow_is_a_504() {
 async fn store_failure_is_a_503_and_nothing_is_half_written() {
     let dir = tempfile::tempdir().unwrap();
     let sessions = dir.path().join("sessions");
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::start(&upstream, &fs_store(&sessions)).await;
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, &fs_store(&sessions)).await;
     let mut b = proxy.client();
     b.get("/", &[("X-Session-Update", r#"{"n":1}"#)]).await;
-    let hits = upstream.hits();
+    let hits = app.hits();
 
     // Break the store: the session directory becomes a plain file (root ignores permissions).
     let aside = dir.path().join("aside");
@@ -45,7 +45,7 @@ async fn store_failure_is_a_503_and_nothing_is_half_written() {
     assert_eq!(r.status, 503);
     assert_eq!(&r.body[..], b"503 Service Unavailable\n");
     assert_eq!(
-        upstream.hits(),
+        app.hits(),
         hits,
         "a store failing at load must not reach the app"
     );
@@ -63,9 +63,9 @@ async fn store_failure_is_a_503_and_nothing_is_half_written() {
 async fn store_failure_at_save_is_a_503_without_a_cookie() {
     let dir = tempfile::tempdir().unwrap();
     let sessions = dir.path().join("sessions");
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::start(&upstream, &fs_store(&sessions)).await;
-    // The upstream is slow; the store breaks while it works.
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, &fs_store(&sessions)).await;
+    // The app is slow; the store breaks while it works.
     let addr = proxy.addr;
     let slow = tokio::spawn(async move {
         get(
@@ -91,8 +91,8 @@ async fn store_failure_at_save_is_a_503_without_a_cookie() {
 
 #[tokio::test]
 async fn hostile_cookie_and_header_bytes_never_break_the_proxy() {
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::start(&upstream, "").await;
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, "").await;
     let long = "x".repeat(7000);
     let cases: Vec<Vec<u8>> = vec![
         b"session_id=\xff\xfe".to_vec(),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Browser, TestProxy, Upstream, fs_store};
+use crate::support::{App, Browser, TestProxy, fs_store};
 
 const UPDATE: (&str, &str) = ("X-Session-Update", r#"{"user":"ada"}"#);
 
@@ -16,8 +16,8 @@ async fn sleep_ms(ms: u64) {
 
 #[tokio::test]
 async fn an_idle_session_dies_after_idle_timeout() {
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::start(&upstream, "[session]\nidle_timeout = \"1s\"").await;
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, "[session]\nidle_timeout = \"1s\"").await;
     let mut b = proxy.client();
     b.get("/", &[UPDATE]).await;
     let id = b.cookie.clone().unwrap();
@@ -34,9 +34,9 @@ async fn an_idle_session_dies_after_idle_timeout() {
 
 #[tokio::test]
 async fn an_active_session_lives_past_idle_timeout() {
-    let upstream = Upstream::start().await;
+    let app = App::start().await;
     let proxy = TestProxy::start(
-        &upstream,
+        &app,
         "[session]\nidle_timeout = \"1s\"\ntouch_interval = \"200ms\"",
     )
     .await;
@@ -58,9 +58,9 @@ async fn an_active_session_lives_past_idle_timeout() {
 
 #[tokio::test]
 async fn absolute_timeout_ends_even_an_active_session() {
-    let upstream = Upstream::start().await;
+    let app = App::start().await;
     let proxy = TestProxy::start(
-        &upstream,
+        &app,
         "[session]\nidle_timeout = \"1h\"\nabsolute_timeout = \"1s\"\ntouch_interval = \"100ms\"",
     )
     .await;
@@ -95,12 +95,12 @@ fn version_on_disk(dir: &Path) -> u64 {
 #[tokio::test]
 async fn read_only_traffic_writes_at_most_once_per_touch_interval() {
     let dir = tempfile::tempdir().unwrap();
-    let upstream = Upstream::start().await;
+    let app = App::start().await;
     let toml = format!(
         "[session]\nidle_timeout = \"1h\"\ntouch_interval = \"1s\"\n{}",
         fs_store(dir.path())
     );
-    let proxy = TestProxy::start(&upstream, &toml).await;
+    let proxy = TestProxy::start(&app, &toml).await;
     let mut b = proxy.client();
     b.get("/", &[UPDATE]).await;
     assert_eq!(version_on_disk(dir.path()), 1);
@@ -130,9 +130,9 @@ async fn read_only_traffic_writes_at_most_once_per_touch_interval() {
 
 #[tokio::test]
 async fn the_cookie_is_resent_on_touch_so_the_browser_expiry_slides() {
-    let upstream = Upstream::start().await;
+    let app = App::start().await;
     let proxy = TestProxy::start(
-        &upstream,
+        &app,
         "[cookie]\nmax_age = \"1h\"\n[session]\nidle_timeout = \"1h\"\ntouch_interval = \"300ms\"",
     )
     .await;
@@ -155,21 +155,17 @@ async fn the_cookie_is_resent_on_touch_so_the_browser_expiry_slides() {
 /// Two proxies on one fs directory: `short` (idle 1 s; `short_store` adds store settings) has
 /// made three sessions, `long` (idle 1 h) one, whose browser comes back as the third value.
 async fn three_short_one_long(
-    upstream: &Upstream,
+    app: &App,
     dir: &Path,
     short_store: &str,
 ) -> (TestProxy, TestProxy, Browser) {
     let store = fs_store(dir);
     let short = TestProxy::start(
-        upstream,
+        app,
         &format!("[session]\nidle_timeout = \"1s\"\n{store}\n{short_store}"),
     )
     .await;
-    let long = TestProxy::start(
-        upstream,
-        &format!("[session]\nidle_timeout = \"1h\"\n{store}"),
-    )
-    .await;
+    let long = TestProxy::start(app, &format!("[session]\nidle_timeout = \"1h\"\n{store}")).await;
     for _ in 0..3 {
         short.client().get("/", &[UPDATE]).await;
     }
@@ -189,9 +185,9 @@ fn session_files(dir: &Path) -> usize {
 #[tokio::test]
 async fn the_sweeper_removes_expired_fs_sessions_and_keeps_live_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let upstream = Upstream::start().await;
+    let app = App::start().await;
     let (_short, _long, mut keeper) =
-        three_short_one_long(&upstream, dir.path(), "sweep_interval = \"300ms\"").await;
+        three_short_one_long(&app, dir.path(), "sweep_interval = \"300ms\"").await;
     assert_eq!(session_files(dir.path()), 4);
 
     let mut left = 4;
@@ -211,9 +207,9 @@ async fn the_sweeper_removes_expired_fs_sessions_and_keeps_live_ones() {
 
 #[tokio::test]
 async fn the_sweeper_cleans_the_memory_store() {
-    let upstream = Upstream::start().await;
+    let app = App::start().await;
     let proxy = TestProxy::start(
-        &upstream,
+        &app,
         "[session]\nidle_timeout = \"1s\"\n[store]\nkind = \"memory\"\nsweep_interval = \"300ms\"",
     )
     .await;
@@ -236,8 +232,8 @@ async fn the_sweeper_cleans_the_memory_store() {
 #[tokio::test]
 async fn sessions_prune_removes_expired_sessions_and_reports_how_many() {
     let dir = tempfile::tempdir().unwrap();
-    let upstream = Upstream::start().await;
-    let (short, _long, mut keeper) = three_short_one_long(&upstream, dir.path(), "").await;
+    let app = App::start().await;
+    let (short, _long, mut keeper) = three_short_one_long(&app, dir.path(), "").await;
     short.stop().await;
     sleep_ms(1200).await;
 
@@ -275,8 +271,8 @@ async fn sessions_prune_removes_expired_sessions_and_reports_how_many() {
 
 #[tokio::test]
 async fn a_session_that_expires_during_a_slow_request_is_not_revived_by_its_save() {
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::start(&upstream, "[session]\nidle_timeout = \"1s\"").await;
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, "[session]\nidle_timeout = \"1s\"").await;
     let mut b = proxy.client();
     b.get("/", &[UPDATE]).await;
     let cookie = format!("session_id={}", b.cookie.clone().unwrap());

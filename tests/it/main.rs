@@ -1,5 +1,5 @@
 //! One integration-test binary (one link step, matklad's advice). Every test starts real
-//! servers on 127.0.0.1:0: the test upstream app, the proxy, and for Redis a `redis-server`.
+//! servers on 127.0.0.1:0: the test app, the proxy, and for Redis a `redis-server`.
 
 mod support;
 

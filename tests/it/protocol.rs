@@ -2,18 +2,18 @@ use bytes::Bytes;
 use http::Method;
 use serde_json::json;
 
-use crate::support::{Browser, TestProxy, Upstream, get, request, respond};
+use crate::support::{App, Browser, TestProxy, get, request, respond};
 
-async fn setup(toml: &str) -> (Upstream, TestProxy, Browser) {
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::start(&upstream, toml).await;
+async fn setup(toml: &str) -> (App, TestProxy, Browser) {
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, toml).await;
     let browser = proxy.client();
-    (upstream, proxy, browser)
+    (app, proxy, browser)
 }
 
 #[tokio::test]
 async fn untouched_new_session_is_not_stored_and_sets_no_cookie() {
-    let (_u, proxy, mut b) = setup("").await;
+    let (_app, proxy, mut b) = setup("").await;
     let r = b.get("/", &[]).await;
     assert_eq!(r.status, 200);
     let seen = r.seen();
@@ -30,7 +30,7 @@ async fn untouched_new_session_is_not_stored_and_sets_no_cookie() {
 
 #[tokio::test]
 async fn update_creates_the_session_and_the_cookie_carries_its_id() {
-    let (_u, proxy, mut b) = setup("").await;
+    let (_app, proxy, mut b) = setup("").await;
     let r = b
         .get("/", &[("X-Session-Update", r#"{"user":"ada","n":1}"#)])
         .await;
@@ -50,7 +50,7 @@ async fn update_creates_the_session_and_the_cookie_carries_its_id() {
 
 #[tokio::test]
 async fn update_is_a_merge_patch_and_accepts_base64url() {
-    let (_u, _p, mut b) = setup("").await;
+    let (_app, _p, mut b) = setup("").await;
     b.get(
         "/",
         &[("X-Session-Update", r#"{"a":1,"b":{"c":1,"d":2},"e":"x"}"#)],
@@ -73,7 +73,7 @@ async fn update_is_a_merge_patch_and_accepts_base64url() {
 
 #[tokio::test]
 async fn replace_replaces_and_beats_update() {
-    let (_u, _p, mut b) = setup("").await;
+    let (_app, _p, mut b) = setup("").await;
     b.get("/", &[("X-Session-Update", r#"{"a":1}"#)]).await;
     b.get(
         "/",
@@ -88,7 +88,7 @@ async fn replace_replaces_and_beats_update() {
 
 #[tokio::test]
 async fn destroy_deletes_the_session_and_expires_the_cookie() {
-    let (_u, proxy, mut b) = setup("").await;
+    let (_app, proxy, mut b) = setup("").await;
     b.get("/", &[("X-Session-Update", r#"{"user":"ada"}"#)])
         .await;
     let old = b.cookie.clone().unwrap();
@@ -119,7 +119,7 @@ async fn destroy_deletes_the_session_and_expires_the_cookie() {
 
 #[tokio::test]
 async fn regenerate_moves_the_data_to_a_new_id_and_kills_the_old_one() {
-    let (_u, proxy, mut b) = setup("").await;
+    let (_app, proxy, mut b) = setup("").await;
     b.get("/", &[("X-Session-Update", r#"{"cart":[1,2]}"#)])
         .await;
     let old = b.cookie.clone().unwrap();
@@ -158,7 +158,7 @@ async fn regenerate_moves_the_data_to_a_new_id_and_kills_the_old_one() {
 
 #[tokio::test]
 async fn instruction_headers_never_reach_the_client() {
-    let (_u, _p, mut b) = setup("").await;
+    let (_app, _p, mut b) = setup("").await;
     let r = b
         .get(
             "/",
@@ -181,7 +181,7 @@ async fn instruction_headers_never_reach_the_client() {
 
 #[tokio::test]
 async fn malformed_instructions_are_ignored_not_errors() {
-    let (_u, _p, mut b) = setup("").await;
+    let (_app, _p, mut b) = setup("").await;
     b.get("/", &[("X-Session-Update", r#"{"keep":1}"#)]).await;
     for bad in ["{not json", "[1,2]", "!!!", "WzEsMl0", "\"str\"", "null"] {
         let r = b
@@ -202,7 +202,7 @@ async fn malformed_instructions_are_ignored_not_errors() {
 
 #[tokio::test]
 async fn a_change_over_max_size_is_refused_and_the_session_kept() {
-    let (_u, _p, mut b) = setup("[session]\nmax_size = 64").await;
+    let (_app, _p, mut b) = setup("[session]\nmax_size = 64").await;
     b.get("/", &[("X-Session-Update", r#"{"keep":1}"#)]).await;
     let big = json!({ "big": "x".repeat(100) }).to_string();
     let r = b.get("/", &[("X-Session-Update", &big)]).await;
@@ -212,7 +212,7 @@ async fn a_change_over_max_size_is_refused_and_the_session_kept() {
 
 #[tokio::test]
 async fn forged_client_session_headers_are_stripped() {
-    let (_u, _p, mut b) = setup("").await;
+    let (_app, _p, mut b) = setup("").await;
     b.get("/", &[("X-Session-Update", r#"{"role":"user"}"#)])
         .await;
     let cookie = format!("session_id={}", b.cookie.clone().unwrap());
@@ -245,7 +245,7 @@ async fn forged_client_session_headers_are_stripped() {
 
 #[tokio::test]
 async fn custom_header_prefix() {
-    let (_u, _p, mut b) = setup("[session]\nheader_prefix = \"X-App-State\"").await;
+    let (_app, _p, mut b) = setup("[session]\nheader_prefix = \"X-App-State\"").await;
     let r = b
         .get(
             "/",
@@ -268,7 +268,7 @@ async fn custom_header_prefix() {
 
 #[tokio::test]
 async fn forwarded_headers_and_host() {
-    let (_u, proxy, _b) = setup("").await;
+    let (_app, proxy, _b) = setup("").await;
     let r = get(
         proxy.addr,
         "/",
@@ -300,12 +300,12 @@ async fn forwarded_proto_and_host_from_a_front_proxy_are_kept_only_when_trusted(
         ("x-forwarded-proto", "https"),
         ("x-forwarded-host", "www.example"),
     ];
-    let (_u, untrusted, _b) = setup("").await;
+    let (_app, untrusted, _b) = setup("").await;
     let seen = get(untrusted.addr, "/", &front).await.seen();
     assert_eq!(seen.headers("x-forwarded-proto"), vec!["http"]);
     assert_ne!(seen.headers("x-forwarded-host"), vec!["www.example"]);
 
-    let (_u, trusted, _b) = setup("trust_forwarded_headers = true").await;
+    let (_app, trusted, _b) = setup("trust_forwarded_headers = true").await;
     let seen = get(trusted.addr, "/", &front).await.seen();
     assert_eq!(seen.headers("x-forwarded-proto"), vec!["https"]);
     assert_eq!(seen.headers("x-forwarded-host"), vec!["www.example"]);
@@ -319,7 +319,7 @@ async fn forwarded_proto_and_host_from_a_front_proxy_are_kept_only_when_trusted(
 
 #[tokio::test]
 async fn session_cookie_is_removed_other_cookies_pass_unchanged() {
-    let (_u, _p, mut b) = setup("").await;
+    let (_app, _p, mut b) = setup("").await;
     b.get("/", &[("X-Session-Update", r#"{"a":1}"#)]).await;
     let id = b.cookie.clone().unwrap();
     let cookie = format!("theme=dark; session_id={id}; tracking=\"a=b\";lang=en");
@@ -341,7 +341,7 @@ async fn session_cookie_is_removed_other_cookies_pass_unchanged() {
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_not_forwarded() {
-    let (_u, proxy, _b) = setup("").await;
+    let (_app, proxy, _b) = setup("").await;
     let r = get(
         proxy.addr,
         "/",
@@ -363,7 +363,7 @@ async fn hop_by_hop_headers_are_not_forwarded() {
 
 #[tokio::test]
 async fn the_apps_own_set_cookie_and_status_pass_through() {
-    let (_u, _p, mut b) = setup("").await;
+    let (_app, _p, mut b) = setup("").await;
     let r = b
         .get(
             "/",
@@ -388,7 +388,7 @@ async fn the_apps_own_set_cookie_and_status_pass_through() {
 
 #[tokio::test]
 async fn methods_query_and_request_bodies_pass_through() {
-    let (_u, proxy, _b) = setup("").await;
+    let (_app, proxy, _b) = setup("").await;
     let r = request(
         proxy.addr,
         Method::POST,
@@ -414,7 +414,7 @@ async fn methods_query_and_request_bodies_pass_through() {
 #[tokio::test]
 async fn http2_prior_knowledge_clients_are_served() {
     use http_body_util::{BodyExt as _, Empty};
-    let (_u, proxy, _b) = setup("").await;
+    let (_app, proxy, _b) = setup("").await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<Empty<Bytes>>();
@@ -432,7 +432,10 @@ async fn http2_prior_knowledge_clients_are_served() {
     let set_cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(seen["version"], "HTTP/1.1", "the upstream side is HTTP/1.1");
+    assert_eq!(
+        seen["version"], "HTTP/1.1",
+        "the app side (the proxy's upstream) is HTTP/1.1"
+    );
     assert_eq!(seen["headers"]["cookie"], json!(["a=1; b=2"]));
     assert_eq!(seen["headers"]["host"][0], proxy.addr.to_string());
     assert!(set_cookie.starts_with("session_id="));
@@ -441,7 +444,7 @@ async fn http2_prior_knowledge_clients_are_served() {
 
 #[tokio::test]
 async fn expires_header_tells_the_app_when_the_session_dies() {
-    let (_u, _p, mut b) = setup("[session]\nidle_timeout = \"1h\"").await;
+    let (_app, _p, mut b) = setup("[session]\nidle_timeout = \"1h\"").await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -5,21 +5,16 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{ProxyProcess, Upstream, get, respond};
+use crate::support::{App, ProxyProcess, get, respond};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_and_fs_sessions_survive_a_restart() {
     for signal in ["TERM", "INT"] {
         let dir = tempfile::tempdir().unwrap();
-        let upstream = Upstream::start().await;
+        let app = App::start().await;
         let store = format!("fs:{}", dir.path().display());
-        let upstream_url = format!("http://{}", upstream.addr);
-        let args = [
-            "--store",
-            store.as_str(),
-            "--upstream",
-            upstream_url.as_str(),
-        ];
+        let app_url = format!("http://{}", app.addr);
+        let args = ["--store", store.as_str(), "--upstream", app_url.as_str()];
         let mut proxy = ProxyProcess::spawn(&args);
 
         // A slow request is in flight when the signal arrives.
@@ -38,7 +33,7 @@ async fn sigterm_finishes_in_flight_requests_and_fs_sessions_survive_a_restart()
             )
             .await
         });
-        while upstream.hits() == 0 {
+        while app.hits() == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         proxy.signal(signal);
@@ -69,11 +64,11 @@ async fn sigterm_finishes_in_flight_requests_and_fs_sessions_survive_a_restart()
 /// values bare, and the lines still queued at shutdown are written before the process exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_has_one_line_per_request_and_is_flushed_at_exit() {
-    let upstream = Upstream::start().await;
-    let upstream_url = format!("http://{}", upstream.addr);
+    let app = App::start().await;
+    let app_url = format!("http://{}", app.addr);
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut proxy = ProxyProcess::spawn_logging(
-        &["--store", "memory", "--upstream", upstream_url.as_str()],
+        &["--store", "memory", "--upstream", app_url.as_str()],
         "info",
         log.reopen().unwrap(),
     );

@@ -1,11 +1,12 @@
-//! The test harness: a real upstream app, the real proxy (in-process or as the built binary),
-//! and a real HTTP client, all on ephemeral ports on 127.0.0.1. Nothing here is a mock.
+//! The test harness: a real test app (the proxy's upstream), the real proxy (in-process or as
+//! the built binary), and a real HTTP client, all on ephemeral ports on 127.0.0.1. Nothing here
+//! is a mock.
 
 #![allow(dead_code)]
 
+pub mod app;
 #[cfg(feature = "redis")]
 pub mod redis;
-pub mod upstream;
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -26,7 +27,7 @@ use session_proxy::config::{Config, RawConfig};
 use session_proxy::store::SessionStore;
 use tokio::sync::oneshot;
 
-pub use upstream::Upstream;
+pub use app::App;
 
 /// The proxy served in this process, on 127.0.0.1:0.
 pub struct TestProxy {
@@ -46,15 +47,15 @@ pub fn config(upstream: SocketAddr, toml: &str) -> Config {
 }
 
 impl TestProxy {
-    /// Starts a proxy in front of `upstream` with the given TOML (store defaults to memory if
+    /// Starts a proxy in front of the test `app` with the given TOML (store defaults to memory if
     /// the TOML names none).
-    pub async fn start(upstream: &Upstream, toml: &str) -> TestProxy {
+    pub async fn start(app: &App, toml: &str) -> TestProxy {
         let toml = if toml.contains("[store]") {
             toml.to_owned()
         } else {
             format!("{toml}\n[store]\nkind = \"memory\"\n")
         };
-        Self::with_config(config(upstream.addr, &toml)).await
+        Self::with_config(config(app.addr, &toml)).await
     }
 
     pub async fn with_config(config: Config) -> TestProxy {
@@ -135,17 +136,17 @@ impl Resp {
             .find(|c| c.starts_with(&format!("{name}=")))
     }
 
-    /// What the upstream echoed back about the request it received (see `upstream.rs`).
+    /// What the test app echoed back about the request it received (see `app.rs`).
     pub fn seen(&self) -> Seen {
         Seen(self.json())
     }
 }
 
-/// The request as the upstream app received it.
+/// The request as the test app received it.
 pub struct Seen(pub Value);
 
 impl Seen {
-    /// The first value of a request header, as the upstream saw it.
+    /// The first value of a request header, as the test app saw it.
     pub fn header(&self, name: &str) -> Option<String> {
         self.0["headers"][name.to_ascii_lowercase()][0]
             .as_str()
@@ -164,7 +165,7 @@ impl Seen {
     pub fn has_header(&self, name: &str) -> bool {
         !self.headers(name).is_empty()
     }
-    /// `X-Session` decoded: the session data the upstream got.
+    /// `X-Session` decoded: the session data the test app got.
     pub fn session(&self) -> Value {
         self.0["session"].clone()
     }
@@ -210,7 +211,7 @@ pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp
     request(addr, Method::GET, path, headers, Bytes::new()).await
 }
 
-/// Asks the upstream to add these response headers (the test upstream's `x-test-respond`).
+/// Asks the test app to add these response headers (its `x-test-respond`).
 pub fn respond(headers: &[(&str, &str)]) -> String {
     let map: serde_json::Map<String, Value> = headers
         .iter()
@@ -237,7 +238,7 @@ impl Browser {
         }
     }
 
-    /// GET `path`; `respond` lists headers the upstream should answer with.
+    /// GET `path`; `respond_with` lists headers the test app should answer with.
     pub async fn get(&mut self, path: &str, respond_with: &[(&str, &str)]) -> Resp {
         let mut headers: Vec<(&str, String)> = Vec::new();
         if let Some(c) = &self.cookie {

@@ -1,5 +1,5 @@
-//! The test upstream: a real hyper app that reports what it received and answers with what the
-//! test asks for.
+//! The test app (the proxy's upstream in every test): a real hyper app that reports what it
+//! received and answers with what the test asks for.
 //!
 //! - Every response to `/echo...` (and any unknown path) is a JSON description of the request:
 //!   method, path, query, every header, and the decoded `X-Session`.
@@ -25,13 +25,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Map, Value, json};
 use session_proxy::protocol::codec;
 
-pub struct Upstream {
+/// The test app, serving on 127.0.0.1:0 until dropped. Named `App` because `Upstream` is the
+/// production client (`session_proxy::upstream`).
+pub struct App {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for Upstream {
+impl Drop for App {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -39,8 +41,8 @@ impl Drop for Upstream {
 
 type TestBody = BoxBody<Bytes, Infallible>;
 
-impl Upstream {
-    pub async fn start() -> Upstream {
+impl App {
+    pub async fn start() -> App {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -62,7 +64,7 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, hits, task }
+        App { addr, hits, task }
     }
 
     pub fn hits(&self) -> usize {
