@@ -68,22 +68,28 @@ async fn a_session_made_through_one_proxy_is_read_changed_and_destroyed_through_
 
     let mut on_a = a.client();
     let r = on_a
-        .get("/", &[("X-Session-Update", r#"{"user":"ada"}"#)])
+        .get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"user":"ada"}"#)])
         .await;
     assert_eq!(r.status, 200);
-    let id = r.seen().session_id();
+    let id = r.app_saw().session_id();
 
     let mut on_b = via(&on_a, &b);
-    let seen = on_b.get("/", &[]).await.seen();
+    let seen = on_b.get("/").await.app_saw();
     assert!(!seen.is_new());
     assert_eq!(seen.session_id(), id);
     assert_eq!(seen.session(), json!({"user":"ada"}));
 
-    on_b.get("/", &[("X-Session-Update", r#"{"n":2}"#)]).await;
-    let seen = on_a.get("/", &[]).await.seen();
+    on_b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"n":2}"#)])
+        .await;
+    let seen = on_a.get("/").await.app_saw();
     assert_eq!(seen.session(), json!({"user":"ada","n":2}));
 
-    let r = on_b.get("/", &[("X-Session-Destroy", "1")]).await;
+    let r = on_b
+        .get("/")
+        .app_responds_with(&[("X-Session-Destroy", "1")])
+        .await;
     assert!(r.set_cookie("session_id").unwrap().contains("Max-Age=0"));
     assert!(on_b.cookie.is_none());
     let exists: bool = redis
@@ -95,7 +101,7 @@ async fn a_session_made_through_one_proxy_is_read_changed_and_destroyed_through_
     assert!(!exists, "the key is gone from Redis");
 
     // A still holds the old cookie: it gets a fresh, empty session.
-    let seen = on_a.get("/", &[]).await.seen();
+    let seen = on_a.get("/").await.app_saw();
     assert!(seen.is_new());
     assert_ne!(seen.session_id(), id);
     assert_eq!(seen.session(), json!({}));
@@ -107,7 +113,8 @@ async fn concurrent_updates_keep_every_key(toml: &str, requests: usize) {
     let (_app, a, b) = two_proxies(toml).await;
     let mut browser = a.client();
     browser
-        .get("/", &[("X-Session-Update", r#"{"start":true}"#)])
+        .get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"start":true}"#)])
         .await;
     let id = browser.cookie.clone().unwrap();
 
@@ -116,7 +123,10 @@ async fn concurrent_updates_keep_every_key(toml: &str, requests: usize) {
         let mut client = via(&browser, if i % 2 == 0 { &a } else { &b });
         tasks.spawn(async move {
             let change = json!({ format!("k{i}"): i }).to_string();
-            let r = client.get("/", &[("X-Session-Update", &change)]).await;
+            let r = client
+                .get("/")
+                .app_responds_with(&[("X-Session-Update", &change)])
+                .await;
             (r.status, client.cookie)
         });
     }
@@ -126,7 +136,7 @@ async fn concurrent_updates_keep_every_key(toml: &str, requests: usize) {
         assert_eq!(cookie.as_deref(), Some(id.as_str()));
     }
 
-    let session = via(&browser, &b).get("/", &[]).await.seen().session();
+    let session = via(&browser, &b).get("/").await.app_saw().session();
     let mut want = Map::new();
     want.insert("start".to_owned(), json!(true));
     for i in 0..requests {
@@ -146,29 +156,30 @@ async fn regenerate_through_one_proxy_kills_the_old_id_on_the_other() {
     let redis = RedisServer::start().await;
     let (_app, a, b) = two_proxies(&redis_toml(&redis.url(), "")).await;
     let mut on_a = a.client();
-    on_a.get("/", &[("X-Session-Update", r#"{"cart":[1]}"#)])
+    on_a.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"cart":[1]}"#)])
         .await;
     let old = on_a.cookie.clone().unwrap();
 
     let r = on_a
-        .get(
-            "/login",
-            &[
-                ("X-Session-Regenerate", "1"),
-                ("X-Session-Update", r#"{"user":"ada"}"#),
-            ],
-        )
+        .get("/login")
+        .app_responds_with(&[
+            ("X-Session-Regenerate", "1"),
+            ("X-Session-Update", r#"{"user":"ada"}"#),
+        ])
         .await;
     assert_eq!(r.status, 200);
     let new = on_a.cookie.clone().unwrap();
     assert_ne!(new, old);
 
-    let r = get(b.addr, "/", &[("cookie", &format!("session_id={old}"))]).await;
+    let r = get(b.addr, "/")
+        .client_sends(&[("cookie", &format!("session_id={old}"))])
+        .await;
     assert!(
-        r.seen().is_new(),
+        r.app_saw().is_new(),
         "the pre-login id must be dead everywhere"
     );
-    let seen = via(&on_a, &b).get("/", &[]).await.seen();
+    let seen = via(&on_a, &b).get("/").await.app_saw();
     assert_eq!(seen.session_id(), new);
     assert_eq!(seen.session(), json!({"cart":[1],"user":"ada"}));
 }
@@ -179,13 +190,17 @@ async fn when_redis_goes_away_requests_get_503_and_recover_when_it_is_back() {
     let app = App::start().await;
     let proxy = TestProxy::with_config(config(app.addr, &redis_toml(&redis.url(), ""))).await;
     let mut b = proxy.client();
-    b.get("/", &[("X-Session-Update", r#"{"a":1}"#)]).await;
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
+        .await;
     assert!(b.cookie.is_some());
 
     redis.stop();
-    for respond in [&[][..], &[("X-Session-Update", r#"{"b":2}"#)][..]] {
+    for app_answer in [&[][..], &[("X-Session-Update", r#"{"b":2}"#)][..]] {
         let start = Instant::now();
-        let r = tokio::time::timeout(Duration::from_secs(10), b.clone().get("/", respond))
+        let mut jar = b.clone();
+        let get = jar.get("/").app_responds_with(app_answer);
+        let r = tokio::time::timeout(Duration::from_secs(10), get)
             .await
             .expect("a request hung while Redis was down");
         assert_eq!(r.status, 503);
@@ -195,12 +210,12 @@ async fn when_redis_goes_away_requests_get_503_and_recover_when_it_is_back() {
     redis.restart().await;
     let start = Instant::now();
     loop {
-        let r = tokio::time::timeout(Duration::from_secs(10), b.get("/", &[]))
+        let r = tokio::time::timeout(Duration::from_secs(10), b.get("/"))
             .await
             .expect("a request hung after Redis came back");
         if r.status == 200 {
             // Nothing was persisted, so the old session is gone: a fresh one.
-            assert!(r.seen().is_new());
+            assert!(r.app_saw().is_new());
             break;
         }
         assert_eq!(r.status, 503);
@@ -210,9 +225,12 @@ async fn when_redis_goes_away_requests_get_503_and_recover_when_it_is_back() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let r = b.get("/", &[("X-Session-Update", r#"{"c":3}"#)]).await;
+    let r = b
+        .get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"c":3}"#)])
+        .await;
     assert_eq!(r.status, 200);
-    assert_eq!(b.get("/", &[]).await.seen().session(), json!({"c":3}));
+    assert_eq!(b.get("/").await.app_saw().session(), json!({"c":3}));
 }
 
 #[tokio::test]
@@ -223,7 +241,9 @@ async fn expiry_is_a_redis_ttl() {
     let proxy = TestProxy::with_config(config(app.addr, &toml)).await;
     assert!(proxy.store.expires_by_itself());
     let mut b = proxy.client();
-    b.get("/", &[("X-Session-Update", r#"{"a":1}"#)]).await;
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
+        .await;
     let id = b.cookie.clone().unwrap();
     let key = format!("session:{id}");
 
@@ -232,7 +252,7 @@ async fn expiry_is_a_redis_ttl() {
     assert!(0 < pttl && pttl <= 1000, "PTTL {pttl}");
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let seen = b.get("/", &[]).await.seen();
+    let seen = b.get("/").await.app_saw();
     assert!(seen.is_new());
     assert_ne!(seen.session_id(), id);
     assert_eq!(seen.session(), json!({}));
@@ -331,7 +351,9 @@ async fn key_prefix_is_used_and_glob_characters_in_it_are_literal() {
     );
     let proxy = TestProxy::with_config(config(app.addr, &toml)).await;
     let mut b = proxy.client();
-    b.get("/", &[("X-Session-Update", r#"{"a":1}"#)]).await;
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
+        .await;
     let id = b.cookie.clone().unwrap();
     let mut conn = redis.conn().await;
     let exists: bool = conn.exists(format!("app[1]*:{id}")).await.unwrap();
@@ -503,8 +525,10 @@ async fn username_and_password_in_the_url_are_used() {
     let url = format!("redis://ada:hunter2@127.0.0.1:{}/0", redis.port);
     let proxy = TestProxy::with_config(config(app.addr, &redis_toml(&url, ""))).await;
     let mut b = proxy.client();
-    b.get("/", &[("X-Session-Update", r#"{"a":1}"#)]).await;
-    assert_eq!(b.get("/", &[]).await.seen().session(), json!({"a":1}));
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
+        .await;
+    assert_eq!(b.get("/").await.app_saw().session(), json!({"a":1}));
 
     let wrong = format!("redis://ada:wrong@127.0.0.1:{}/0", redis.port);
     let text = start_error(&app, &wrong, "a wrong password must fail at start").await;
@@ -517,24 +541,31 @@ async fn cluster_create_read_update_list_destroy() {
     let (_app, a, b) = two_proxies(&cluster_toml(&cluster)).await;
 
     let mut on_a = a.client();
-    on_a.get("/", &[("X-Session-Update", r#"{"user":"ada"}"#)])
+    on_a.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"user":"ada"}"#)])
         .await;
     let id = on_a.cookie.clone().unwrap();
     let mut on_b = via(&on_a, &b);
     assert_eq!(
-        on_b.get("/", &[]).await.seen().session(),
+        on_b.get("/").await.app_saw().session(),
         json!({"user":"ada"})
     );
-    on_b.get("/", &[("X-Session-Update", r#"{"n":2}"#)]).await;
+    on_b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"n":2}"#)])
+        .await;
     assert_eq!(
-        on_a.get("/", &[]).await.seen().session(),
+        on_a.get("/").await.app_saw().session(),
         json!({"user":"ada","n":2})
     );
-    on_a.get("/", &[("X-Session-Regenerate", "1")]).await;
+    on_a.get("/")
+        .app_responds_with(&[("X-Session-Regenerate", "1")])
+        .await;
     let new = on_a.cookie.clone().unwrap();
     assert_ne!(new, id);
-    let r = get(b.addr, "/", &[("cookie", &format!("session_id={id}"))]).await;
-    assert!(r.seen().is_new());
+    let r = get(b.addr, "/")
+        .client_sends(&[("cookie", &format!("session_id={id}"))])
+        .await;
+    assert!(r.app_saw().is_new());
 
     // Sessions spread over all three primaries; the listing walks every one.
     let mut ids = create_sessions(&a.store, 60).await;
@@ -542,9 +573,12 @@ async fn cluster_create_read_update_list_destroy() {
     assert_eq!(list_all(&b.store, 7).await, ids);
     assert_eq!(list_all(&b.store, 100).await, ids);
 
-    let r = via(&on_a, &b).get("/", &[("X-Session-Destroy", "1")]).await;
+    let r = via(&on_a, &b)
+        .get("/")
+        .app_responds_with(&[("X-Session-Destroy", "1")])
+        .await;
     assert!(r.set_cookie("session_id").unwrap().contains("Max-Age=0"));
-    let seen = on_a.get("/", &[]).await.seen();
+    let seen = on_a.get("/").await.app_saw();
     assert!(seen.is_new());
     assert_eq!(seen.session(), json!({}));
 }

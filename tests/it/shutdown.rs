@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{App, ProxyProcess, get, respond};
+use crate::support::{App, ProxyProcess, get};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_and_fs_sessions_survive_a_restart() {
@@ -20,18 +20,10 @@ async fn sigterm_finishes_in_flight_requests_and_fs_sessions_survive_a_restart()
         // A slow request is in flight when the signal arrives.
         let addr = proxy.addr;
         let in_flight = tokio::spawn(async move {
-            get(
-                addr,
-                "/",
-                &[
-                    ("x-test-delay-ms", "1000"),
-                    (
-                        "x-test-respond",
-                        &respond(&[("X-Session-Update", r#"{"saved":"during shutdown"}"#)]),
-                    ),
-                ],
-            )
-            .await
+            get(addr, "/")
+                .app_takes_ms(1000)
+                .app_responds_with(&[("X-Session-Update", r#"{"saved":"during shutdown"}"#)])
+                .await
         });
         while app.hits() == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -54,9 +46,11 @@ async fn sigterm_finishes_in_flight_requests_and_fs_sessions_survive_a_restart()
 
         // A new process on the same directory has the session.
         let proxy = ProxyProcess::spawn(&args);
-        let r = get(proxy.addr, "/", &[("cookie", &format!("session_id={id}"))]).await;
-        assert!(!r.seen().is_new());
-        assert_eq!(r.seen().session(), json!({"saved":"during shutdown"}));
+        let r = get(proxy.addr, "/")
+            .client_sends(&[("cookie", &format!("session_id={id}"))])
+            .await;
+        assert!(!r.app_saw().is_new());
+        assert_eq!(r.app_saw().session(), json!({"saved":"during shutdown"}));
     }
 }
 
@@ -72,15 +66,11 @@ async fn the_access_log_has_one_line_per_request_and_is_flushed_at_exit() {
         "info",
         log.reopen().unwrap(),
     );
-    let update = respond(&[("X-Session-Update", r#"{"a":1}"#)]);
-    let r = get(
-        proxy.addr,
-        "/logged?secret=1",
-        &[("x-test-respond", &update)],
-    )
-    .await;
+    let r = get(proxy.addr, "/logged?secret=1")
+        .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
+        .await;
     assert_eq!(r.status, 200);
-    let r = get(proxy.addr, "/missing", &[("x-test-status", "404")]).await;
+    let r = get(proxy.addr, "/missing").app_status(404).await;
     assert_eq!(r.status, 404);
     proxy.signal("TERM");
     let code = tokio::task::spawn_blocking(move || proxy.wait_exit(Duration::from_secs(10)))

@@ -3,10 +3,22 @@
 //!
 //! - Every response to `/echo...` (and any unknown path) is a JSON description of the request:
 //!   method, path, query, every header, and the decoded `X-Session`.
-//! - `x-test-respond: {"Header": "value", ...}` adds those headers to the response.
-//! - `x-test-delay-ms: N` waits before answering; `x-test-status: N` sets the status.
 //! - `/stream/N` answers with N bytes, generated chunk by chunk (never held in memory).
 //! - `/sink` reads the request body and answers `{"received": bytes}`.
+//!
+//! # Its control channel
+//!
+//! A test tells the app how to answer one request through request headers named `x-test-app-*`,
+//! which the proxy forwards like any other client header (they are outside the reserved
+//! prefix). They stand for the app's own logic, so tests never write them out:
+//! `ClientRequest::app_responds_with` and the other `app_*` methods in `support/mod.rs` do, and a
+//! call site reads `.app_responds_with(&[("X-Session-Update", ...)])`, never as if the client had
+//! sent the instruction.
+//!
+//! - [`RESPOND_WITH`] `[["Header","value"],...]`: the app adds these headers to its response, in
+//!   order (a name may repeat).
+//! - [`DELAY_MS`] `N`: the app waits N ms before it answers.
+//! - [`STATUS`] `N`: the app answers with status N.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,6 +36,18 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Map, Value, json};
 use session_proxy::protocol::codec;
+
+/// Control header: the response headers the app answers with, a JSON list of `[name, value]`.
+pub const RESPOND_WITH: &str = "x-test-app-respond";
+/// Control header: how many milliseconds the app waits before it answers.
+pub const DELAY_MS: &str = "x-test-app-delay-ms";
+/// Control header: the status the app answers with.
+pub const STATUS: &str = "x-test-app-status";
+
+/// The [`RESPOND_WITH`] value that makes the app answer with `headers`.
+pub fn respond_with_value(headers: &[(&str, &str)]) -> String {
+    serde_json::to_string(headers).unwrap()
+}
 
 /// The test app, serving on 127.0.0.1:0 until dropped. Named `App` because `Upstream` is the
 /// production client (`session_proxy::upstream`).
@@ -75,17 +99,18 @@ impl App {
 async fn handle(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
     let h = req.headers();
     let delay = h
-        .get("x-test-delay-ms")
+        .get(DELAY_MS)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let status = h
-        .get("x-test-status")
+        .get(STATUS)
         .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
-    let respond: Map<String, Value> = h
-        .get("x-test-respond")
-        .and_then(|v| serde_json::from_slice(v.as_bytes()).ok())
-        .unwrap_or_default();
+    let respond_with: Vec<(String, String)> = match h.get(RESPOND_WITH) {
+        Some(v) => serde_json::from_slice(v.as_bytes())
+            .unwrap_or_else(|e| panic!("bad {RESPOND_WITH} value {v:?}: {e}")),
+        None => Vec::new(),
+    };
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -138,17 +163,14 @@ async fn handle(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible
 
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
-    for (k, v) in respond {
-        let value = match v {
-            Value::String(s) => s,
-            other => other.to_string(),
-        };
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(k.as_bytes()),
+    for (name, value) in respond_with {
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
             http::HeaderValue::from_bytes(value.as_bytes()),
-        ) {
-            resp.headers_mut().append(name, value);
-        }
+        ) else {
+            panic!("the test app cannot answer with the header {name}: {value:?}");
+        };
+        resp.headers_mut().append(name, value);
     }
     Ok(resp)
 }
