@@ -2,7 +2,8 @@
 //! received and answers with what the test asks for.
 //!
 //! - Every response to `/echo...` (and any unknown path) is a JSON description of the request:
-//!   method, path, query, every header, and the decoded `X-Session`.
+//!   method, path, query, every header, and `X-Session` decoded by [`decode_x_session`] (`"session"`, or
+//!   `"session_error"` when the header is there but does not decode).
 //! - `/stream/N` answers with N bytes, generated chunk by chunk (never held in memory).
 //! - `/sink` reads the request body and answers `{"received": bytes}`.
 //!
@@ -28,6 +29,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
@@ -35,7 +38,6 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Map, Value, json};
-use session_proxy::protocol::codec;
 
 /// Control header: the response headers the app answers with, a JSON list of `[name, value]`.
 pub const RESPOND_WITH: &str = "x-test-app-respond";
@@ -47,6 +49,22 @@ pub const STATUS: &str = "x-test-app-status";
 /// The [`RESPOND_WITH`] value that makes the app answer with `headers`.
 pub fn respond_with_value(headers: &[(&str, &str)]) -> String {
     serde_json::to_string(headers).unwrap()
+}
+
+/// Decodes an `X-Session` value the way the README tells an app to, written out here instead of
+/// calling the crate's own codec (a bug made symmetric in its encoder and decoder would pass
+/// unseen): base64url without padding (strict: no `=`, no stray bits), then UTF-8 JSON text that
+/// must be an object.
+pub fn decode_x_session(value: &[u8]) -> Result<Value, String> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(value)
+        .map_err(|e| format!("not base64url without padding: {e}"))?;
+    let text = String::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
+    match serde_json::from_str(&text) {
+        Ok(Value::Object(data)) => Ok(Value::Object(data)),
+        Ok(other) => Err(format!("not a JSON object: {other}")),
+        Err(e) => Err(format!("not JSON ({e}): {text:?}")),
+    }
 }
 
 /// The test app, serving on 127.0.0.1:0 until dropped. Named `App` because `Upstream` is the
@@ -142,23 +160,24 @@ async fn handle(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible
                 .collect();
             headers.insert(name.as_str().to_owned(), Value::Array(values));
         }
-        let session = req
+        let mut echo = json!({
+            "method": req.method().as_str(),
+            "path": path,
+            "query": req.uri().query(),
+            "version": format!("{:?}", req.version()),
+            "headers": headers,
+            "session": null,
+        });
+        match req
             .headers()
             .get("x-session")
-            .and_then(|v| codec::decode_session(v.as_bytes()))
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .unwrap_or(Value::Null);
-        full(
-            json!({
-                "method": req.method().as_str(),
-                "path": path,
-                "query": req.uri().query(),
-                "version": format!("{:?}", req.version()),
-                "headers": headers,
-                "session": session,
-            })
-            .to_string(),
-        )
+            .map(|v| decode_x_session(v.as_bytes()))
+        {
+            Some(Ok(data)) => echo["session"] = data,
+            Some(Err(e)) => echo["session_error"] = Value::String(e),
+            None => {}
+        }
+        full(echo.to_string())
     };
 
     let mut resp = Response::new(body);

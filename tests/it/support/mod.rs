@@ -167,8 +167,12 @@ impl Seen {
     pub fn has_header(&self, name: &str) -> bool {
         !self.headers(name).is_empty()
     }
-    /// `X-Session` decoded: the session data the test app got.
+    /// `X-Session` decoded (by the test app's own decoder, not the crate's): the session data
+    /// the test app got. Fails the test if the header did not decode.
     pub fn session(&self) -> Value {
+        if let Some(e) = self.0["session_error"].as_str() {
+            panic!("the test app could not decode X-Session: {e}");
+        }
         self.0["session"].clone()
     }
     pub fn session_id(&self) -> String {
