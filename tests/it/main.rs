@@ -6,6 +6,10 @@ mod support;
 /// The header protocol: each request and response header, precedence, stripping.
 mod protocol;
 
+/// The golden fixtures in tests/fixtures/protocol/: exact `X-Session` values and what each
+/// instruction leaves stored, through the real proxy.
+mod fixtures;
+
 /// Every cookie option, renew_missing, signed cookies.
 mod cookies;
 
