@@ -2,8 +2,8 @@
 //! received and answers with what the test asks for.
 //!
 //! - Every response to `/echo...` (and any unknown path) is a JSON description of the request:
-//!   method, path, query, every header, and `X-Session` decoded by [`decode_x_session`] (`"session"`, or
-//!   `"session_error"` when the header is there but does not decode).
+//!   method, path, query, every header, and `X-Session` decoded by [`decode_x_session`]
+//!   (`"session"`, or `"session_error"` when the header is there but does not decode).
 //! - `/stream/N` answers with N bytes, generated chunk by chunk (never held in memory).
 //! - `/sink` reads the request body and answers `{"received": bytes}`.
 //!
