@@ -6,15 +6,16 @@ use std::collections::BTreeSet;
 use serde_json::json;
 use tokio::task::JoinSet;
 
-use crate::support::{TestProxy, Upstream, get, respond};
+use crate::support::{App, TestProxy, get};
 
 const REQUESTS: usize = 200;
 
 async fn concurrent_updates_all_survive(store_toml: &str) {
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::start(&upstream, store_toml).await;
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, store_toml).await;
     let mut b = proxy.client();
-    b.get("/", &[("X-Session-Update", r#"{"seed":true}"#)])
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"seed":true}"#)])
         .await;
     let cookie = format!("session_id={}", b.cookie.clone().unwrap());
 
@@ -24,24 +25,18 @@ async fn concurrent_updates_all_survive(store_toml: &str) {
         set.spawn(async move {
             let patch = json!({ format!("k{i}"): i }).to_string();
             // A small delay widens the window between load and save, as a slow app would.
-            let delay = (i % 5 * 10).to_string();
-            let r = get(
-                addr,
-                "/",
-                &[
-                    ("cookie", &cookie),
-                    ("x-test-delay-ms", &delay),
-                    ("x-test-respond", &respond(&[("X-Session-Update", &patch)])),
-                ],
-            )
-            .await;
+            let r = get(addr, "/")
+                .client_sends(&[("cookie", &cookie)])
+                .app_takes_ms(i as u64 % 5 * 10)
+                .app_responds_with(&[("X-Session-Update", &patch)])
+                .await;
             assert_eq!(r.status, 200);
         });
     }
     while let Some(r) = set.join_next().await {
         r.unwrap();
     }
-    let data = b.get("/", &[]).await.seen().session();
+    let data = b.get("/").await.app_saw().session();
     let keys: BTreeSet<String> = data.as_object().unwrap().keys().cloned().collect();
     let missing: Vec<usize> = (0..REQUESTS)
         .filter(|i| !keys.contains(&format!("k{i}")))

@@ -1,18 +1,18 @@
 use serde_json::json;
 
-use crate::support::{Browser, TestProxy, Upstream, get};
+use crate::support::{App, Browser, TestProxy, get};
 
 const UPDATE: (&str, &str) = ("X-Session-Update", r#"{"a":1}"#);
 
-async fn first_cookie(toml: &str) -> (Upstream, TestProxy, Browser, String) {
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::start(&upstream, toml).await;
+async fn first_cookie(toml: &str) -> (App, TestProxy, Browser, String) {
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, toml).await;
     let mut b = proxy.client();
-    let r = b.get("/", &[UPDATE]).await;
+    let r = b.get("/").app_responds_with(&[UPDATE]).await;
     let line = r
         .set_cookie(&proxy.config.cookie.name)
         .unwrap_or_else(|| panic!("no session cookie in {:?}", r.set_cookies()));
-    (upstream, proxy, b, line)
+    (app, proxy, b, line)
 }
 
 fn attrs(line: &str) -> Vec<String> {
@@ -21,7 +21,7 @@ fn attrs(line: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn default_cookie_attributes() {
-    let (_u, _p, b, line) = first_cookie("").await;
+    let (_app, _p, b, line) = first_cookie("").await;
     let mut a = attrs(&line);
     a.sort();
     assert_eq!(a, vec!["HttpOnly", "Path=/", "SameSite=Lax"], "{line}");
@@ -30,7 +30,7 @@ async fn default_cookie_attributes() {
 
 #[tokio::test]
 async fn every_cookie_option_is_honoured() {
-    let (_u, _p, b, line) = first_cookie(
+    let (_app, _p, b, line) = first_cookie(
         "[cookie]\nname = \"sid\"\nmax_age = \"12h\"\npath = \"/app\"\ndomain = \"example.test\"\n\
          secure = true\nhttp_only = false\nsame_site = \"strict\"",
     )
@@ -64,7 +64,7 @@ async fn every_cookie_option_is_honoured() {
 #[tokio::test]
 async fn a_max_age_past_year_9999_goes_out_without_expires() {
     // An HTTP date cannot say it; the proxy must neither panic nor drop the cookie.
-    let (_u, _p, b, line) = first_cookie("[cookie]\nmax_age = \"10000years\"").await;
+    let (_app, _p, b, line) = first_cookie("[cookie]\nmax_age = \"10000years\"").await;
     let a = attrs(&line);
     assert!(a.iter().any(|x| x == "Max-Age=315576000000"), "{line}");
     assert!(!a.iter().any(|x| x.starts_with("Expires=")), "{line}");
@@ -73,7 +73,7 @@ async fn a_max_age_past_year_9999_goes_out_without_expires() {
 
 #[tokio::test]
 async fn same_site_none_and_fixed_expires() {
-    let (_u, _p, _b, line) = first_cookie(
+    let (_app, _p, _b, line) = first_cookie(
         "[cookie]\nsame_site = \"none\"\nsecure = true\nexpires = \"2031-02-03T04:05:06Z\"",
     )
     .await;
@@ -89,9 +89,12 @@ async fn same_site_none_and_fixed_expires() {
 
 #[tokio::test]
 async fn destroy_expires_the_cookie_with_the_same_path_and_domain() {
-    let (_u, _p, mut b, _) =
+    let (_app, _p, mut b, _) =
         first_cookie("[cookie]\npath = \"/app\"\ndomain = \"example.test\"").await;
-    let r = b.get("/", &[("X-Session-Destroy", "1")]).await;
+    let r = b
+        .get("/")
+        .app_responds_with(&[("X-Session-Destroy", "1")])
+        .await;
     let line = r.set_cookie("session_id").unwrap();
     assert!(line.starts_with("session_id=;"), "{line}");
     for want in ["Max-Age=0", "Path=/app", "Domain=example.test"] {
@@ -104,7 +107,7 @@ async fn destroy_expires_the_cookie_with_the_same_path_and_domain() {
 
 #[tokio::test]
 async fn renew_missing_gives_unknown_and_malformed_ids_a_fresh_one() {
-    let (_u, proxy, _b, _) = first_cookie("").await;
+    let (_app, proxy, _b, _) = first_cookie("").await;
     let unknown = "B".repeat(32);
     for cookie in [
         format!("session_id={unknown}"),
@@ -114,17 +117,12 @@ async fn renew_missing_gives_unknown_and_malformed_ids_a_fresh_one() {
         format!("session_id={}", "C".repeat(31)),
         format!("session_id={}%00", "C".repeat(32)),
     ] {
-        let r = get(
-            proxy.addr,
-            "/",
-            &[
-                ("cookie", &cookie),
-                ("x-test-respond", &crate::support::respond(&[UPDATE])),
-            ],
-        )
-        .await;
+        let r = get(proxy.addr, "/")
+            .client_sends(&[("cookie", &cookie)])
+            .app_responds_with(&[UPDATE])
+            .await;
         assert_eq!(r.status, 200, "{cookie}");
-        let seen = r.seen();
+        let seen = r.app_saw();
         assert!(seen.is_new(), "{cookie}");
         assert_ne!(
             seen.session_id(),
@@ -142,49 +140,39 @@ async fn renew_missing_gives_unknown_and_malformed_ids_a_fresh_one() {
 
 #[tokio::test]
 async fn renew_missing_false_adopts_a_well_formed_unknown_id() {
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::start(&upstream, "[session]\nrenew_missing = false").await;
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, "[session]\nrenew_missing = false").await;
     let chosen = "D".repeat(32);
-    let r = get(
-        proxy.addr,
-        "/",
-        &[
-            ("cookie", &format!("session_id={chosen}")),
-            ("x-test-respond", &crate::support::respond(&[UPDATE])),
-        ],
-    )
-    .await;
-    assert_eq!(r.seen().session_id(), chosen);
-    assert!(r.seen().is_new());
+    let r = get(proxy.addr, "/")
+        .client_sends(&[("cookie", &format!("session_id={chosen}"))])
+        .app_responds_with(&[UPDATE])
+        .await;
+    assert_eq!(r.app_saw().session_id(), chosen);
+    assert!(r.app_saw().is_new());
     assert_eq!(
         proxy.sessions().await,
         vec![(chosen.clone(), json!({"a":1}))]
     );
     // Regenerate never keeps a client-chosen id.
     let other = "E".repeat(32);
-    let r = get(
-        proxy.addr,
-        "/",
-        &[
-            ("cookie", &format!("session_id={other}")),
-            (
-                "x-test-respond",
-                &crate::support::respond(&[("X-Session-Regenerate", "1")]),
-            ),
-        ],
-    )
-    .await;
+    let r = get(proxy.addr, "/")
+        .client_sends(&[("cookie", &format!("session_id={other}"))])
+        .app_responds_with(&[("X-Session-Regenerate", "1")])
+        .await;
     let set = r.set_cookie("session_id").unwrap();
     assert!(!set.contains(&other), "{set}");
     // A malformed id is still never adopted.
-    let r = get(proxy.addr, "/", &[("cookie", "session_id=short")]).await;
-    assert_ne!(r.seen().session_id(), "short");
+    let r = get(proxy.addr, "/")
+        .client_sends(&[("cookie", "session_id=short")])
+        .await;
+    assert_ne!(r.app_saw().session_id(), "short");
 }
 
 #[tokio::test]
 async fn signed_cookies_reject_bare_and_tampered_values() {
     let secret = "s".repeat(40);
-    let (_u, proxy, mut b, line) = first_cookie(&format!("[cookie]\nsecret = \"{secret}\"")).await;
+    let (_app, proxy, mut b, line) =
+        first_cookie(&format!("[cookie]\nsecret = \"{secret}\"")).await;
     let value = b.cookie.clone().unwrap();
     let id = proxy.sessions().await[0].0.clone();
     assert_ne!(
@@ -194,34 +182,30 @@ async fn signed_cookies_reject_bare_and_tampered_values() {
     assert!(value.ends_with(&id), "{line}");
 
     // The signed cookie works.
-    assert_eq!(b.get("/", &[]).await.seen().session(), json!({"a":1}));
+    assert_eq!(b.get("/").await.app_saw().session(), json!({"a":1}));
     // The bare id (no signature) does not.
-    let r = get(proxy.addr, "/", &[("cookie", &format!("session_id={id}"))]).await;
-    assert!(r.seen().is_new());
+    let r = get(proxy.addr, "/")
+        .client_sends(&[("cookie", &format!("session_id={id}"))])
+        .await;
+    assert!(r.app_saw().is_new());
     // Neither does a tampered signature.
     let mut forged = value.clone().into_bytes();
     forged[3] = if forged[3] == b'A' { b'B' } else { b'A' };
     let forged = String::from_utf8(forged).unwrap();
-    let r = get(
-        proxy.addr,
-        "/",
-        &[("cookie", &format!("session_id={forged}"))],
-    )
-    .await;
-    assert!(r.seen().is_new());
-    assert_ne!(r.seen().session_id(), id);
+    let r = get(proxy.addr, "/")
+        .client_sends(&[("cookie", &format!("session_id={forged}"))])
+        .await;
+    assert!(r.app_saw().is_new());
+    assert_ne!(r.app_saw().session_id(), id);
 }
 
 #[tokio::test]
 async fn the_first_valid_of_several_session_cookies_wins() {
-    let (_u, proxy, b, _) = first_cookie("").await;
+    let (_app, proxy, b, _) = first_cookie("").await;
     let good = b.cookie.clone().unwrap();
-    let r = get(
-        proxy.addr,
-        "/",
-        &[("cookie", &format!("session_id=garbage; session_id={good}"))],
-    )
-    .await;
-    assert_eq!(r.seen().session_id(), good);
-    assert!(!r.seen().is_new());
+    let r = get(proxy.addr, "/")
+        .client_sends(&[("cookie", &format!("session_id=garbage; session_id={good}"))])
+        .await;
+    assert_eq!(r.app_saw().session_id(), good);
+    assert!(!r.app_saw().is_new());
 }

@@ -1,6 +1,6 @@
 use std::time::{Duration, Instant};
 
-use crate::support::{TestProxy, Upstream, config, fs_store, get, respond};
+use crate::support::{App, TestProxy, config, fs_store, get};
 
 #[tokio::test]
 async fn upstream_down_is_a_502_with_a_short_body() {
@@ -10,7 +10,7 @@ async fn upstream_down_is_a_502_with_a_short_body() {
         .local_addr()
         .unwrap();
     let proxy = TestProxy::with_config(config(dead, "[store]\nkind = \"memory\"")).await;
-    let r = get(proxy.addr, "/", &[]).await;
+    let r = get(proxy.addr, "/").await;
     assert_eq!(r.status, 502);
     assert_eq!(&r.body[..], b"502 Bad Gateway\n");
     assert!(r.set_cookie("session_id").is_none());
@@ -18,34 +18,39 @@ async fn upstream_down_is_a_502_with_a_short_body() {
 
 #[tokio::test]
 async fn upstream_too_slow_is_a_504() {
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::start(&upstream, "[upstream_timeouts]\nresponse = \"300ms\"").await;
-    let r = get(proxy.addr, "/", &[("x-test-delay-ms", "3000")]).await;
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, "[upstream_timeouts]\nresponse = \"300ms\"").await;
+    let r = get(proxy.addr, "/").app_takes_ms(3000).await;
     assert_eq!(r.status, 504);
     assert_eq!(&r.body[..], b"504 Gateway Timeout\n");
     // And a fast request on the same proxy is fine.
-    assert_eq!(get(proxy.addr, "/", &[]).await.status, 200);
+    assert_eq!(get(proxy.addr, "/").await.status, 200);
 }
 
 #[tokio::test]
 async fn store_failure_is_a_503_and_nothing_is_half_written() {
     let dir = tempfile::tempdir().unwrap();
     let sessions = dir.path().join("sessions");
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::start(&upstream, &fs_store(&sessions)).await;
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, &fs_store(&sessions)).await;
     let mut b = proxy.client();
-    b.get("/", &[("X-Session-Update", r#"{"n":1}"#)]).await;
-    let hits = upstream.hits();
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"n":1}"#)])
+        .await;
+    let hits = app.hits();
 
     // Break the store: the session directory becomes a plain file (root ignores permissions).
     let aside = dir.path().join("aside");
     std::fs::rename(&sessions, &aside).unwrap();
     std::fs::write(&sessions, b"not a directory").unwrap();
-    let r = b.get("/", &[("X-Session-Update", r#"{"n":2}"#)]).await;
+    let r = b
+        .get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"n":2}"#)])
+        .await;
     assert_eq!(r.status, 503);
     assert_eq!(&r.body[..], b"503 Service Unavailable\n");
     assert_eq!(
-        upstream.hits(),
+        app.hits(),
         hits,
         "a store failing at load must not reach the app"
     );
@@ -54,7 +59,7 @@ async fn store_failure_is_a_503_and_nothing_is_half_written() {
     std::fs::remove_file(&sessions).unwrap();
     std::fs::rename(&aside, &sessions).unwrap();
     assert_eq!(
-        b.get("/", &[]).await.seen().session(),
+        b.get("/").await.app_saw().session(),
         serde_json::json!({"n":1})
     );
 }
@@ -63,23 +68,15 @@ async fn store_failure_is_a_503_and_nothing_is_half_written() {
 async fn store_failure_at_save_is_a_503_without_a_cookie() {
     let dir = tempfile::tempdir().unwrap();
     let sessions = dir.path().join("sessions");
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::start(&upstream, &fs_store(&sessions)).await;
-    // The upstream is slow; the store breaks while it works.
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, &fs_store(&sessions)).await;
+    // The app is slow; the store breaks while it works.
     let addr = proxy.addr;
     let slow = tokio::spawn(async move {
-        get(
-            addr,
-            "/",
-            &[
-                ("x-test-delay-ms", "500"),
-                (
-                    "x-test-respond",
-                    &respond(&[("X-Session-Update", r#"{"n":1}"#)]),
-                ),
-            ],
-        )
-        .await
+        get(addr, "/")
+            .app_takes_ms(500)
+            .app_responds_with(&[("X-Session-Update", r#"{"n":1}"#)])
+            .await
     });
     tokio::time::sleep(Duration::from_millis(150)).await;
     std::fs::remove_dir_all(&sessions).unwrap();
@@ -91,8 +88,8 @@ async fn store_failure_at_save_is_a_503_without_a_cookie() {
 
 #[tokio::test]
 async fn hostile_cookie_and_header_bytes_never_break_the_proxy() {
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::start(&upstream, "").await;
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, "").await;
     let long = "x".repeat(7000);
     let cases: Vec<Vec<u8>> = vec![
         b"session_id=\xff\xfe".to_vec(),
@@ -110,7 +107,7 @@ async fn hostile_cookie_and_header_bytes_never_break_the_proxy() {
         );
     }
     // Still healthy afterwards.
-    assert_eq!(get(proxy.addr, "/", &[]).await.status, 200);
+    assert_eq!(get(proxy.addr, "/").await.status, 200);
 }
 
 /// Sends a request with a raw Cookie header (bytes a typed client would refuse to send).

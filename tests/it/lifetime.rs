@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{Browser, TestProxy, Upstream, fs_store};
+use crate::support::{App, Browser, TestProxy, fs_store};
 
 const UPDATE: (&str, &str) = ("X-Session-Update", r#"{"user":"ada"}"#);
 
@@ -16,17 +16,20 @@ async fn sleep_ms(ms: u64) {
 
 #[tokio::test]
 async fn an_idle_session_dies_after_idle_timeout() {
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::start(&upstream, "[session]\nidle_timeout = \"1s\"").await;
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, "[session]\nidle_timeout = \"1s\"").await;
     let mut b = proxy.client();
-    b.get("/", &[UPDATE]).await;
+    b.get("/").app_responds_with(&[UPDATE]).await;
     let id = b.cookie.clone().unwrap();
     sleep_ms(1300).await;
-    let r = b.get("/", &[]).await;
-    assert!(r.seen().is_new(), "an idle session outlived idle_timeout");
-    assert_ne!(r.seen().session_id(), id);
+    let r = b.get("/").await;
+    assert!(
+        r.app_saw().is_new(),
+        "an idle session outlived idle_timeout"
+    );
+    assert_ne!(r.app_saw().session_id(), id);
     assert_eq!(
-        r.seen().session(),
+        r.app_saw().session(),
         json!({}),
         "nothing of the dead session leaks"
     );
@@ -34,45 +37,43 @@ async fn an_idle_session_dies_after_idle_timeout() {
 
 #[tokio::test]
 async fn an_active_session_lives_past_idle_timeout() {
-    let upstream = Upstream::start().await;
+    let app = App::start().await;
     let proxy = TestProxy::start(
-        &upstream,
+        &app,
         "[session]\nidle_timeout = \"1s\"\ntouch_interval = \"200ms\"",
     )
     .await;
     let mut b = proxy.client();
-    b.get("/", &[UPDATE]).await;
+    b.get("/").app_responds_with(&[UPDATE]).await;
     let id = b.cookie.clone().unwrap();
     // 2.4 s of read-only use, a request every 300 ms: well past the 1 s idle timeout.
     for _ in 0..8 {
         sleep_ms(300).await;
-        let r = b.get("/", &[]).await;
-        assert!(!r.seen().is_new(), "an active session died");
-        assert_eq!(r.seen().session_id(), id);
+        let r = b.get("/").await;
+        assert!(!r.app_saw().is_new(), "an active session died");
+        assert_eq!(r.app_saw().session_id(), id);
     }
-    assert_eq!(
-        b.get("/", &[]).await.seen().session(),
-        json!({"user":"ada"})
-    );
+    assert_eq!(b.get("/").await.app_saw().session(), json!({"user":"ada"}));
 }
 
 #[tokio::test]
 async fn absolute_timeout_ends_even_an_active_session() {
-    let upstream = Upstream::start().await;
+    let app = App::start().await;
     let proxy = TestProxy::start(
-        &upstream,
+        &app,
         "[session]\nidle_timeout = \"1h\"\nabsolute_timeout = \"1s\"\ntouch_interval = \"100ms\"",
     )
     .await;
     let mut b = proxy.client();
-    b.get("/", &[UPDATE]).await;
+    b.get("/").app_responds_with(&[UPDATE]).await;
     let mut died = false;
     for _ in 0..10 {
         sleep_ms(200).await;
         let r = b
-            .get("/", &[("X-Session-Update", r#"{"busy":true}"#)])
+            .get("/")
+            .app_responds_with(&[("X-Session-Update", r#"{"busy":true}"#)])
             .await;
-        if r.seen().is_new() {
+        if r.app_saw().is_new() {
             died = true;
             break;
         }
@@ -95,19 +96,19 @@ fn version_on_disk(dir: &Path) -> u64 {
 #[tokio::test]
 async fn read_only_traffic_writes_at_most_once_per_touch_interval() {
     let dir = tempfile::tempdir().unwrap();
-    let upstream = Upstream::start().await;
+    let app = App::start().await;
     let toml = format!(
         "[session]\nidle_timeout = \"1h\"\ntouch_interval = \"1s\"\n{}",
         fs_store(dir.path())
     );
-    let proxy = TestProxy::start(&upstream, &toml).await;
+    let proxy = TestProxy::start(&app, &toml).await;
     let mut b = proxy.client();
-    b.get("/", &[UPDATE]).await;
+    b.get("/").app_responds_with(&[UPDATE]).await;
     assert_eq!(version_on_disk(dir.path()), 1);
 
     // 100 reads inside one touch interval: no write at all.
     for _ in 0..100 {
-        let r = b.get("/", &[]).await;
+        let r = b.get("/").await;
         assert!(r.set_cookie("session_id").is_none(), "no touch, no cookie");
     }
     assert_eq!(
@@ -119,7 +120,7 @@ async fn read_only_traffic_writes_at_most_once_per_touch_interval() {
     // Past the interval, the next read touches once, then the writes stop again.
     sleep_ms(1100).await;
     for _ in 0..50 {
-        b.get("/", &[]).await;
+        b.get("/").await;
     }
     assert_eq!(
         version_on_disk(dir.path()),
@@ -130,22 +131,23 @@ async fn read_only_traffic_writes_at_most_once_per_touch_interval() {
 
 #[tokio::test]
 async fn the_cookie_is_resent_on_touch_so_the_browser_expiry_slides() {
-    let upstream = Upstream::start().await;
+    let app = App::start().await;
     let proxy = TestProxy::start(
-        &upstream,
+        &app,
         "[cookie]\nmax_age = \"1h\"\n[session]\nidle_timeout = \"1h\"\ntouch_interval = \"300ms\"",
     )
     .await;
     let mut b = proxy.client();
     let first = b
-        .get("/", &[UPDATE])
+        .get("/")
+        .app_responds_with(&[UPDATE])
         .await
         .set_cookie("session_id")
         .unwrap();
     assert!(first.contains("Max-Age=3600"));
-    assert!(b.get("/", &[]).await.set_cookie("session_id").is_none());
+    assert!(b.get("/").await.set_cookie("session_id").is_none());
     sleep_ms(400).await;
-    let touched = b.get("/", &[]).await.set_cookie("session_id");
+    let touched = b.get("/").await.set_cookie("session_id");
     assert!(
         touched.is_some_and(|c| c.contains("Max-Age=3600")),
         "touch must re-send the cookie"
@@ -155,26 +157,22 @@ async fn the_cookie_is_resent_on_touch_so_the_browser_expiry_slides() {
 /// Two proxies on one fs directory: `short` (idle 1 s; `short_store` adds store settings) has
 /// made three sessions, `long` (idle 1 h) one, whose browser comes back as the third value.
 async fn three_short_one_long(
-    upstream: &Upstream,
+    app: &App,
     dir: &Path,
     short_store: &str,
 ) -> (TestProxy, TestProxy, Browser) {
     let store = fs_store(dir);
     let short = TestProxy::start(
-        upstream,
+        app,
         &format!("[session]\nidle_timeout = \"1s\"\n{store}\n{short_store}"),
     )
     .await;
-    let long = TestProxy::start(
-        upstream,
-        &format!("[session]\nidle_timeout = \"1h\"\n{store}"),
-    )
-    .await;
+    let long = TestProxy::start(app, &format!("[session]\nidle_timeout = \"1h\"\n{store}")).await;
     for _ in 0..3 {
-        short.client().get("/", &[UPDATE]).await;
+        short.client().get("/").app_responds_with(&[UPDATE]).await;
     }
     let mut keeper = long.client();
-    keeper.get("/", &[UPDATE]).await;
+    keeper.get("/").app_responds_with(&[UPDATE]).await;
     (short, long, keeper)
 }
 
@@ -189,9 +187,9 @@ fn session_files(dir: &Path) -> usize {
 #[tokio::test]
 async fn the_sweeper_removes_expired_fs_sessions_and_keeps_live_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let upstream = Upstream::start().await;
+    let app = App::start().await;
     let (_short, _long, mut keeper) =
-        three_short_one_long(&upstream, dir.path(), "sweep_interval = \"300ms\"").await;
+        three_short_one_long(&app, dir.path(), "sweep_interval = \"300ms\"").await;
     assert_eq!(session_files(dir.path()), 4);
 
     let mut left = 4;
@@ -204,21 +202,21 @@ async fn the_sweeper_removes_expired_fs_sessions_and_keeps_live_ones() {
     }
     assert_eq!(left, 1, "the sweeper left expired sessions behind");
     assert_eq!(
-        keeper.get("/", &[]).await.seen().session(),
+        keeper.get("/").await.app_saw().session(),
         json!({"user":"ada"})
     );
 }
 
 #[tokio::test]
 async fn the_sweeper_cleans_the_memory_store() {
-    let upstream = Upstream::start().await;
+    let app = App::start().await;
     let proxy = TestProxy::start(
-        &upstream,
+        &app,
         "[session]\nidle_timeout = \"1s\"\n[store]\nkind = \"memory\"\nsweep_interval = \"300ms\"",
     )
     .await;
     for _ in 0..5 {
-        proxy.client().get("/", &[UPDATE]).await;
+        proxy.client().get("/").app_responds_with(&[UPDATE]).await;
     }
     sleep_ms(1700).await;
     // Nothing expired is left for `prune` to find: the sweeper already took it.
@@ -236,8 +234,8 @@ async fn the_sweeper_cleans_the_memory_store() {
 #[tokio::test]
 async fn sessions_prune_removes_expired_sessions_and_reports_how_many() {
     let dir = tempfile::tempdir().unwrap();
-    let upstream = Upstream::start().await;
-    let (short, _long, mut keeper) = three_short_one_long(&upstream, dir.path(), "").await;
+    let app = App::start().await;
+    let (short, _long, mut keeper) = three_short_one_long(&app, dir.path(), "").await;
     short.stop().await;
     sleep_ms(1200).await;
 
@@ -257,7 +255,7 @@ async fn sessions_prune_removes_expired_sessions_and_reports_how_many() {
     );
     assert_eq!(session_files(dir.path()), 1);
     assert_eq!(
-        keeper.get("/", &[]).await.seen().session(),
+        keeper.get("/").await.app_saw().session(),
         json!({"user":"ada"})
     );
 
@@ -279,26 +277,18 @@ async fn sessions_prune_removes_expired_sessions_and_reports_how_many() {
 
 #[tokio::test]
 async fn a_session_that_expires_during_a_slow_request_is_not_revived_by_its_save() {
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::start(&upstream, "[session]\nidle_timeout = \"1s\"").await;
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, "[session]\nidle_timeout = \"1s\"").await;
     let mut b = proxy.client();
-    b.get("/", &[UPDATE]).await;
+    b.get("/").app_responds_with(&[UPDATE]).await;
     let cookie = format!("session_id={}", b.cookie.clone().unwrap());
     // Loaded while live; the app takes longer than the session has left.
-    let r = crate::support::get(
-        proxy.addr,
-        "/",
-        &[
-            ("cookie", &cookie),
-            ("x-test-delay-ms", "1500"),
-            (
-                "x-test-respond",
-                &crate::support::respond(&[("X-Session-Update", r#"{"late":true}"#)]),
-            ),
-        ],
-    )
-    .await;
-    assert!(!r.seen().is_new(), "the session was live when loaded");
+    let r = crate::support::get(proxy.addr, "/")
+        .client_sends(&[("cookie", &cookie)])
+        .app_takes_ms(1500)
+        .app_responds_with(&[("X-Session-Update", r#"{"late":true}"#)])
+        .await;
+    assert!(!r.app_saw().is_new(), "the session was live when loaded");
     assert!(
         r.set_cookie("session_id").is_none(),
         "a dead session got a cookie"

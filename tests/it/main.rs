@@ -1,24 +1,33 @@
 //! One integration-test binary (one link step, matklad's advice). Every test starts real
-//! servers on 127.0.0.1:0: the test upstream app, the proxy, and for Redis a `redis-server`.
+//! servers on 127.0.0.1:0: the test app (`support/app.rs`), the proxy, and for Redis a
+//! `redis-server`. A request reads in two parts: what the client sends
+//! (`get(addr, path).client_sends(..)`, or a `Browser` with its cookie jar) and how the test app
+//! answers (`.app_responds_with(..)`, `.app_takes_ms(..)`, `.app_status(..)`).
 
+/// The harness (no tests): the test app, the proxy in-process or as the binary, the clients.
 mod support;
 
-/// The header protocol: each request and response header, precedence, stripping.
+/// The header protocol: each request and response header, precedence, stripping, and what else
+/// passes through (cookies, X-Forwarded-*, hop-by-hop headers, bodies, HTTP/2).
 mod protocol;
 
-/// Every cookie option, renew_missing, signed cookies.
+/// The golden fixtures in tests/fixtures/protocol/: exact `X-Session` values and what each
+/// instruction leaves stored, through the real proxy.
+mod fixtures;
+
+/// Every cookie option, renew_missing, signed cookies, several session cookies in one request.
 mod cookies;
 
-/// 502, 504, 503 and hostile input.
+/// 502 (app down), 504 (app too slow), 503 (store failing at load or at save), hostile cookies.
 mod errors;
 
-/// Concurrent updates of one session keep every change.
+/// Concurrent updates of one session keep every change (memory and fs stores).
 mod concurrency;
 
 /// 256 MiB bodies stream through the proxy binary with flat memory.
 mod streaming;
 
-/// SIGTERM/SIGINT drain, fs persistence across restarts.
+/// The binary under signals: SIGTERM/SIGINT drain, fs persistence across restarts, the access log.
 mod shutdown;
 
 /// `check`, config errors and exit codes, `--help`.

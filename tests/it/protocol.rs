@@ -2,21 +2,21 @@ use bytes::Bytes;
 use http::Method;
 use serde_json::json;
 
-use crate::support::{Browser, TestProxy, Upstream, get, request, respond};
+use crate::support::{App, Browser, TestProxy, app, get, request};
 
-async fn setup(toml: &str) -> (Upstream, TestProxy, Browser) {
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::start(&upstream, toml).await;
+async fn setup(toml: &str) -> (App, TestProxy, Browser) {
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, toml).await;
     let browser = proxy.client();
-    (upstream, proxy, browser)
+    (app, proxy, browser)
 }
 
 #[tokio::test]
 async fn untouched_new_session_is_not_stored_and_sets_no_cookie() {
-    let (_u, proxy, mut b) = setup("").await;
-    let r = b.get("/", &[]).await;
+    let (_app, proxy, mut b) = setup("").await;
+    let r = b.get("/").await;
     assert_eq!(r.status, 200);
-    let seen = r.seen();
+    let seen = r.app_saw();
     assert_eq!(seen.header("x-session").as_deref(), Some("e30"));
     assert!(seen.is_new());
     assert_eq!(seen.session_id().len(), 32);
@@ -30,19 +30,20 @@ async fn untouched_new_session_is_not_stored_and_sets_no_cookie() {
 
 #[tokio::test]
 async fn update_creates_the_session_and_the_cookie_carries_its_id() {
-    let (_u, proxy, mut b) = setup("").await;
+    let (_app, proxy, mut b) = setup("").await;
     let r = b
-        .get("/", &[("X-Session-Update", r#"{"user":"ada","n":1}"#)])
+        .get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"user":"ada","n":1}"#)])
         .await;
-    let id = r.seen().session_id();
+    let id = r.app_saw().session_id();
     assert_eq!(b.cookie.as_deref(), Some(id.as_str()));
     assert_eq!(
         proxy.sessions().await,
         vec![(id.clone(), json!({"user":"ada","n":1}))]
     );
 
-    let r = b.get("/", &[]).await;
-    let seen = r.seen();
+    let r = b.get("/").await;
+    let seen = r.app_saw();
     assert!(!seen.is_new());
     assert_eq!(seen.session_id(), id);
     assert_eq!(seen.session(), json!({"user":"ada","n":1}));
@@ -50,57 +51,52 @@ async fn update_creates_the_session_and_the_cookie_carries_its_id() {
 
 #[tokio::test]
 async fn update_is_a_merge_patch_and_accepts_base64url() {
-    let (_u, _p, mut b) = setup("").await;
-    b.get(
-        "/",
-        &[("X-Session-Update", r#"{"a":1,"b":{"c":1,"d":2},"e":"x"}"#)],
-    )
-    .await;
+    let (_app, _p, mut b) = setup("").await;
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"a":1,"b":{"c":1,"d":2},"e":"x"}"#)])
+        .await;
     // base64url (no padding) of {"a":null,"b":{"c":null,"f":3}}
-    b.get(
-        "/",
-        &[(
+    b.get("/")
+        .app_responds_with(&[(
             "X-Session-Update",
             "eyJhIjpudWxsLCJiIjp7ImMiOm51bGwsImYiOjN9fQ",
-        )],
-    )
-    .await;
+        )])
+        .await;
     assert_eq!(
-        b.get("/", &[]).await.seen().session(),
+        b.get("/").await.app_saw().session(),
         json!({"b":{"d":2,"f":3},"e":"x"})
     );
 }
 
 #[tokio::test]
 async fn replace_replaces_and_beats_update() {
-    let (_u, _p, mut b) = setup("").await;
-    b.get("/", &[("X-Session-Update", r#"{"a":1}"#)]).await;
-    b.get(
-        "/",
-        &[
+    let (_app, _p, mut b) = setup("").await;
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
+        .await;
+    b.get("/")
+        .app_responds_with(&[
             ("X-Session-Replace", r#"{"only":true}"#),
             ("X-Session-Update", r#"{"ignored":1}"#),
-        ],
-    )
-    .await;
-    assert_eq!(b.get("/", &[]).await.seen().session(), json!({"only":true}));
+        ])
+        .await;
+    assert_eq!(b.get("/").await.app_saw().session(), json!({"only":true}));
 }
 
 #[tokio::test]
 async fn destroy_deletes_the_session_and_expires_the_cookie() {
-    let (_u, proxy, mut b) = setup("").await;
-    b.get("/", &[("X-Session-Update", r#"{"user":"ada"}"#)])
+    let (_app, proxy, mut b) = setup("").await;
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"user":"ada"}"#)])
         .await;
     let old = b.cookie.clone().unwrap();
     let r = b
-        .get(
-            "/",
-            &[
-                ("X-Session-Destroy", "1"),
-                ("X-Session-Update", r#"{"x":1}"#),
-                ("X-Session-Regenerate", "1"),
-            ],
-        )
+        .get("/")
+        .app_responds_with(&[
+            ("X-Session-Destroy", "1"),
+            ("X-Session-Update", r#"{"x":1}"#),
+            ("X-Session-Regenerate", "1"),
+        ])
         .await;
     let line = r.set_cookie("session_id").unwrap();
     assert!(line.contains("Max-Age=0"), "{line}");
@@ -111,31 +107,32 @@ async fn destroy_deletes_the_session_and_expires_the_cookie() {
     );
 
     // The old cookie, replayed, is worth nothing.
-    let r = get(proxy.addr, "/", &[("cookie", &format!("session_id={old}"))]).await;
-    assert!(r.seen().is_new());
-    assert_ne!(r.seen().session_id(), old);
-    assert_eq!(r.seen().session(), json!({}));
+    let r = get(proxy.addr, "/")
+        .client_sends(&[("cookie", &format!("session_id={old}"))])
+        .await;
+    assert!(r.app_saw().is_new());
+    assert_ne!(r.app_saw().session_id(), old);
+    assert_eq!(r.app_saw().session(), json!({}));
 }
 
 #[tokio::test]
 async fn regenerate_moves_the_data_to_a_new_id_and_kills_the_old_one() {
-    let (_u, proxy, mut b) = setup("").await;
-    b.get("/", &[("X-Session-Update", r#"{"cart":[1,2]}"#)])
+    let (_app, proxy, mut b) = setup("").await;
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"cart":[1,2]}"#)])
         .await;
     let old = b.cookie.clone().unwrap();
     let r = b
-        .get(
-            "/login",
-            &[
-                ("X-Session-Regenerate", "1"),
-                ("X-Session-Update", r#"{"user":"ada"}"#),
-            ],
-        )
+        .get("/login")
+        .app_responds_with(&[
+            ("X-Session-Regenerate", "1"),
+            ("X-Session-Update", r#"{"user":"ada"}"#),
+        ])
         .await;
     let new = b.cookie.clone().unwrap();
     assert_ne!(new, old);
     assert_eq!(
-        r.seen().session_id(),
+        r.app_saw().session_id(),
         old,
         "the request itself ran under the old id"
     );
@@ -145,30 +142,30 @@ async fn regenerate_moves_the_data_to_a_new_id_and_kills_the_old_one() {
         vec![(new.clone(), json!({"cart":[1,2],"user":"ada"}))]
     );
 
-    let r = get(proxy.addr, "/", &[("cookie", &format!("session_id={old}"))]).await;
+    let r = get(proxy.addr, "/")
+        .client_sends(&[("cookie", &format!("session_id={old}"))])
+        .await;
     assert!(
-        r.seen().is_new(),
+        r.app_saw().is_new(),
         "the pre-login id must not work after regenerate"
     );
     assert_eq!(
-        b.get("/", &[]).await.seen().session(),
+        b.get("/").await.app_saw().session(),
         json!({"cart":[1,2],"user":"ada"})
     );
 }
 
 #[tokio::test]
 async fn instruction_headers_never_reach_the_client() {
-    let (_u, _p, mut b) = setup("").await;
+    let (_app, _p, mut b) = setup("").await;
     let r = b
-        .get(
-            "/",
-            &[
-                ("X-Session-Update", r#"{"a":1}"#),
-                ("X-Session-Whatever", "internal"),
-                ("X-SessionX", "also reserved"),
-                ("X-Other", "kept"),
-            ],
-        )
+        .get("/")
+        .app_responds_with(&[
+            ("X-Session-Update", r#"{"a":1}"#),
+            ("X-Session-Whatever", "internal"),
+            ("X-SessionX", "also reserved"),
+            ("X-Other", "kept"),
+        ])
         .await;
     for name in r.headers.keys() {
         assert!(
@@ -181,14 +178,14 @@ async fn instruction_headers_never_reach_the_client() {
 
 #[tokio::test]
 async fn malformed_instructions_are_ignored_not_errors() {
-    let (_u, _p, mut b) = setup("").await;
-    b.get("/", &[("X-Session-Update", r#"{"keep":1}"#)]).await;
+    let (_app, _p, mut b) = setup("").await;
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"keep":1}"#)])
+        .await;
     for bad in ["{not json", "[1,2]", "!!!", "WzEsMl0", "\"str\"", "null"] {
         let r = b
-            .get(
-                "/",
-                &[("X-Session-Update", bad), ("X-Session-Replace", bad)],
-            )
+            .get("/")
+            .app_responds_with(&[("X-Session-Update", bad), ("X-Session-Replace", bad)])
             .await;
         assert_eq!(r.status, 200, "{bad}");
         assert!(
@@ -197,29 +194,35 @@ async fn malformed_instructions_are_ignored_not_errors() {
                 .all(|n| !n.as_str().starts_with("x-session"))
         );
     }
-    assert_eq!(b.get("/", &[]).await.seen().session(), json!({"keep":1}));
+    assert_eq!(b.get("/").await.app_saw().session(), json!({"keep":1}));
 }
 
 #[tokio::test]
 async fn a_change_over_max_size_is_refused_and_the_session_kept() {
-    let (_u, _p, mut b) = setup("[session]\nmax_size = 64").await;
-    b.get("/", &[("X-Session-Update", r#"{"keep":1}"#)]).await;
+    let (_app, _p, mut b) = setup("[session]\nmax_size = 64").await;
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"keep":1}"#)])
+        .await;
     let big = json!({ "big": "x".repeat(100) }).to_string();
-    let r = b.get("/", &[("X-Session-Update", &big)]).await;
+    let r = b
+        .get("/")
+        .app_responds_with(&[("X-Session-Update", &big)])
+        .await;
     assert_eq!(r.status, 200);
-    assert_eq!(b.get("/", &[]).await.seen().session(), json!({"keep":1}));
+    assert_eq!(b.get("/").await.app_saw().session(), json!({"keep":1}));
 }
 
 #[tokio::test]
 async fn forged_client_session_headers_are_stripped() {
-    let (_u, _p, mut b) = setup("").await;
-    b.get("/", &[("X-Session-Update", r#"{"role":"user"}"#)])
+    let (_app, _p, mut b) = setup("").await;
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"role":"user"}"#)])
         .await;
     let cookie = format!("session_id={}", b.cookie.clone().unwrap());
-    let r = get(
-        b.addr,
-        "/",
-        &[
+    // The client itself sends every reserved header, an instruction among them: forgeries all,
+    // which the proxy strips before adding its own.
+    let r = get(b.addr, "/")
+        .client_sends(&[
             ("cookie", &cookie),
             ("x-session", "eyJyb2xlIjoiYWRtaW4ifQ"), // {"role":"admin"}
             ("X-Session-Id", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"),
@@ -227,10 +230,9 @@ async fn forged_client_session_headers_are_stripped() {
             ("X-Session-Expires", "9999999999"),
             ("x-session-update", r#"{"role":"admin"}"#),
             ("X-Sessionology", "1"),
-        ],
-    )
-    .await;
-    let seen = r.seen();
+        ])
+        .await;
+    let seen = r.app_saw();
     assert_eq!(seen.session(), json!({"role":"user"}));
     assert_eq!(seen.headers("x-session").len(), 1);
     assert_eq!(seen.session_id(), b.cookie.clone().unwrap());
@@ -245,37 +247,32 @@ async fn forged_client_session_headers_are_stripped() {
 
 #[tokio::test]
 async fn custom_header_prefix() {
-    let (_u, _p, mut b) = setup("[session]\nheader_prefix = \"X-App-State\"").await;
+    let (_app, _p, mut b) = setup("[session]\nheader_prefix = \"X-App-State\"").await;
     let r = b
-        .get(
-            "/",
-            &[
-                ("X-App-State-Update", r#"{"a":1}"#),
-                ("X-Session-Update", r#"{"b":1}"#),
-            ],
-        )
+        .get("/")
+        .app_responds_with(&[
+            ("X-App-State-Update", r#"{"a":1}"#),
+            ("X-Session-Update", r#"{"b":1}"#),
+        ])
         .await;
-    assert!(r.seen().has_header("x-app-state-id"));
-    assert!(!r.seen().has_header("x-session"));
+    assert!(r.app_saw().has_header("x-app-state-id"));
+    assert!(!r.app_saw().has_header("x-session"));
     // Under another prefix, X-Session-* is just an app header: it passes through.
     assert!(r.headers.contains_key("x-session-update"));
     assert!(!r.headers.contains_key("x-app-state-update"));
     assert_eq!(
-        b.get("/", &[]).await.seen().0["headers"]["x-app-state"][0],
+        b.get("/").await.app_saw().0["headers"]["x-app-state"][0],
         "eyJhIjoxfQ"
     );
 }
 
 #[tokio::test]
 async fn forwarded_headers_and_host() {
-    let (_u, proxy, _b) = setup("").await;
-    let r = get(
-        proxy.addr,
-        "/",
-        &[("host", "app.example"), ("x-forwarded-for", "203.0.113.9")],
-    )
-    .await;
-    let seen = r.seen();
+    let (_app, proxy, _b) = setup("").await;
+    let r = get(proxy.addr, "/")
+        .client_sends(&[("host", "app.example"), ("x-forwarded-for", "203.0.113.9")])
+        .await;
+    let seen = r.app_saw();
     assert_eq!(
         seen.header("x-forwarded-for").as_deref(),
         Some("203.0.113.9, 127.0.0.1")
@@ -287,9 +284,9 @@ async fn forwarded_headers_and_host() {
     );
     assert_eq!(seen.header("host").as_deref(), Some("app.example"));
 
-    let r = get(proxy.addr, "/", &[]).await;
+    let r = get(proxy.addr, "/").await;
     assert_eq!(
-        r.seen().header("x-forwarded-for").as_deref(),
+        r.app_saw().header("x-forwarded-for").as_deref(),
         Some("127.0.0.1")
     );
 }
@@ -300,61 +297,70 @@ async fn forwarded_proto_and_host_from_a_front_proxy_are_kept_only_when_trusted(
         ("x-forwarded-proto", "https"),
         ("x-forwarded-host", "www.example"),
     ];
-    let (_u, untrusted, _b) = setup("").await;
-    let seen = get(untrusted.addr, "/", &front).await.seen();
+    let (_app, untrusted, _b) = setup("").await;
+    let seen = get(untrusted.addr, "/")
+        .client_sends(&front)
+        .await
+        .app_saw();
     assert_eq!(seen.headers("x-forwarded-proto"), vec!["http"]);
     assert_ne!(seen.headers("x-forwarded-host"), vec!["www.example"]);
 
-    let (_u, trusted, _b) = setup("trust_forwarded_headers = true").await;
-    let seen = get(trusted.addr, "/", &front).await.seen();
+    let (_app, trusted, _b) = setup("trust_forwarded_headers = true").await;
+    let seen = get(trusted.addr, "/").client_sends(&front).await.app_saw();
     assert_eq!(seen.headers("x-forwarded-proto"), vec!["https"]);
     assert_eq!(seen.headers("x-forwarded-host"), vec!["www.example"]);
     // Without a front proxy's headers, this hop's own values still go in.
-    let seen = get(trusted.addr, "/", &[("host", "direct.example")])
+    let seen = get(trusted.addr, "/")
+        .client_sends(&[("host", "direct.example")])
         .await
-        .seen();
+        .app_saw();
     assert_eq!(seen.headers("x-forwarded-proto"), vec!["http"]);
     assert_eq!(seen.headers("x-forwarded-host"), vec!["direct.example"]);
 }
 
 #[tokio::test]
 async fn session_cookie_is_removed_other_cookies_pass_unchanged() {
-    let (_u, _p, mut b) = setup("").await;
-    b.get("/", &[("X-Session-Update", r#"{"a":1}"#)]).await;
+    let (_app, _p, mut b) = setup("").await;
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
+        .await;
     let id = b.cookie.clone().unwrap();
     let cookie = format!("theme=dark; session_id={id}; tracking=\"a=b\";lang=en");
-    let r = get(b.addr, "/", &[("cookie", &cookie), ("cookie", "second=2")]).await;
-    let seen = r.seen();
+    let r = get(b.addr, "/")
+        .client_sends(&[("cookie", &cookie), ("cookie", "second=2")])
+        .await;
+    let seen = r.app_saw();
     assert_eq!(seen.session_id(), id);
     assert_eq!(
         seen.headers("cookie"),
         vec!["theme=dark; tracking=\"a=b\"; lang=en; second=2"]
     );
 
-    let r = get(b.addr, "/", &[("cookie", &format!("session_id={id}"))]).await;
-    assert!(!r.seen().has_header("cookie"));
+    let r = get(b.addr, "/")
+        .client_sends(&[("cookie", &format!("session_id={id}"))])
+        .await;
+    assert!(!r.app_saw().has_header("cookie"));
 
     // Without our cookie, the header reaches the app byte for byte.
-    let r = get(b.addr, "/", &[("cookie", "a=1;b=2 ;  c")]).await;
-    assert_eq!(r.seen().headers("cookie"), vec!["a=1;b=2 ;  c"]);
+    let r = get(b.addr, "/")
+        .client_sends(&[("cookie", "a=1;b=2 ;  c")])
+        .await;
+    assert_eq!(r.app_saw().headers("cookie"), vec!["a=1;b=2 ;  c"]);
 }
 
 #[tokio::test]
 async fn hop_by_hop_headers_are_not_forwarded() {
-    let (_u, proxy, _b) = setup("").await;
-    let r = get(
-        proxy.addr,
-        "/",
-        &[
+    let (_app, proxy, _b) = setup("").await;
+    let r = get(proxy.addr, "/")
+        .client_sends(&[
             ("connection", "x-private, keep-alive"),
             ("x-private", "1"),
             ("keep-alive", "timeout=5"),
             ("te", "trailers"),
             ("x-public", "1"),
-        ],
-    )
-    .await;
-    let seen = r.seen();
+        ])
+        .await;
+    let seen = r.app_saw();
     for h in ["x-private", "keep-alive", "te"] {
         assert!(!seen.has_header(h), "{h} was forwarded");
     }
@@ -363,16 +369,14 @@ async fn hop_by_hop_headers_are_not_forwarded() {
 
 #[tokio::test]
 async fn the_apps_own_set_cookie_and_status_pass_through() {
-    let (_u, _p, mut b) = setup("").await;
+    let (_app, _p, mut b) = setup("").await;
     let r = b
-        .get(
-            "/",
-            &[
-                ("Set-Cookie", "app=1; Path=/"),
-                ("X-Session-Update", r#"{"a":1}"#),
-                ("Cache-Control", "private"),
-            ],
-        )
+        .get("/")
+        .app_responds_with(&[
+            ("Set-Cookie", "app=1; Path=/"),
+            ("X-Session-Update", r#"{"a":1}"#),
+            ("Cache-Control", "private"),
+        ])
         .await;
     let cookies = r.set_cookies();
     assert!(cookies.iter().any(|c| c == "app=1; Path=/"), "{cookies:?}");
@@ -382,30 +386,18 @@ async fn the_apps_own_set_cookie_and_status_pass_through() {
     );
     assert_eq!(r.headers["cache-control"], "private");
 
-    let r = get(b.addr, "/", &[("x-test-status", "418")]).await;
+    let r = get(b.addr, "/").app_status(418).await;
     assert_eq!(r.status, 418);
 }
 
 #[tokio::test]
 async fn methods_query_and_request_bodies_pass_through() {
-    let (_u, proxy, _b) = setup("").await;
-    let r = request(
-        proxy.addr,
-        Method::POST,
-        "/sink?x=1",
-        &[],
-        Bytes::from(vec![7u8; 100_000]),
-    )
-    .await;
+    let (_app, proxy, _b) = setup("").await;
+    let r = request(proxy.addr, Method::POST, "/sink?x=1")
+        .body(Bytes::from(vec![7u8; 100_000]))
+        .await;
     assert_eq!(r.json(), json!({"received": 100000}));
-    let r = request(
-        proxy.addr,
-        Method::DELETE,
-        "/echo/a%20b?q=1&r=2",
-        &[],
-        Bytes::new(),
-    )
-    .await;
+    let r = request(proxy.addr, Method::DELETE, "/echo/a%20b?q=1&r=2").await;
     assert_eq!(r.json()["method"], "DELETE");
     assert_eq!(r.json()["path"], "/echo/a%20b");
     assert_eq!(r.json()["query"], "q=1&r=2");
@@ -414,14 +406,15 @@ async fn methods_query_and_request_bodies_pass_through() {
 #[tokio::test]
 async fn http2_prior_knowledge_clients_are_served() {
     use http_body_util::{BodyExt as _, Empty};
-    let (_u, proxy, _b) = setup("").await;
+    let (_app, proxy, _b) = setup("").await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build_http::<Empty<Bytes>>();
     let req = http::Request::get(format!("http://{}/h2", proxy.addr))
+        // Built by hand for HTTP/2, so the app's part goes on its control header directly.
         .header(
-            "x-test-respond",
-            respond(&[("X-Session-Update", r#"{"via":"h2"}"#)]),
+            app::RESPOND_WITH,
+            app::respond_with_value(&[("X-Session-Update", r#"{"via":"h2"}"#)]),
         )
         .header("cookie", "a=1")
         .header("cookie", "b=2")
@@ -432,7 +425,10 @@ async fn http2_prior_knowledge_clients_are_served() {
     let set_cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(seen["version"], "HTTP/1.1", "the upstream side is HTTP/1.1");
+    assert_eq!(
+        seen["version"], "HTTP/1.1",
+        "the app side (the proxy's upstream) is HTTP/1.1"
+    );
     assert_eq!(seen["headers"]["cookie"], json!(["a=1; b=2"]));
     assert_eq!(seen["headers"]["host"][0], proxy.addr.to_string());
     assert!(set_cookie.starts_with("session_id="));
@@ -441,14 +437,17 @@ async fn http2_prior_knowledge_clients_are_served() {
 
 #[tokio::test]
 async fn expires_header_tells_the_app_when_the_session_dies() {
-    let (_u, _p, mut b) = setup("[session]\nidle_timeout = \"1h\"").await;
+    let (_app, _p, mut b) = setup("[session]\nidle_timeout = \"1h\"").await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let r = b.get("/", &[("X-Session-Update", r#"{"a":1}"#)]).await;
+    let r = b
+        .get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
+        .await;
     let expires: u64 = r
-        .seen()
+        .app_saw()
         .header("x-session-expires")
         .unwrap()
         .parse()

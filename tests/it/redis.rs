@@ -13,7 +13,7 @@ use session_proxy::session::{DataChange, SessionId};
 use session_proxy::store::{Record, SessionStore, Update, now_ms};
 
 use crate::support::redis::{RedisCluster, RedisServer, free_port};
-use crate::support::{Browser, TestProxy, Upstream, config, get};
+use crate::support::{App, Browser, TestProxy, config, get};
 
 fn redis_toml(url: &str, extra: &str) -> String {
     format!("{extra}\n[store]\nkind = \"redis\"\nurl = \"{url}\"\n")
@@ -27,12 +27,12 @@ fn cluster_toml(cluster: &RedisCluster) -> String {
     )
 }
 
-/// Two proxies (A and B) in front of one upstream, sharing one store config.
-async fn two_proxies(toml: &str) -> (Upstream, TestProxy, TestProxy) {
-    let upstream = Upstream::start().await;
-    let a = TestProxy::with_config(config(upstream.addr, toml)).await;
-    let b = TestProxy::with_config(config(upstream.addr, toml)).await;
-    (upstream, a, b)
+/// Two proxies (A and B) in front of one test app, sharing one store config.
+async fn two_proxies(toml: &str) -> (App, TestProxy, TestProxy) {
+    let app = App::start().await;
+    let a = TestProxy::with_config(config(app.addr, toml)).await;
+    let b = TestProxy::with_config(config(app.addr, toml)).await;
+    (app, a, b)
 }
 
 /// The browser, pointed at another proxy but keeping its cookie.
@@ -65,26 +65,32 @@ fn data(record: &Record) -> Value {
 #[tokio::test]
 async fn a_session_made_through_one_proxy_is_read_changed_and_destroyed_through_another() {
     let redis = RedisServer::start().await;
-    let (_u, a, b) = two_proxies(&redis_toml(&redis.url(), "")).await;
+    let (_app, a, b) = two_proxies(&redis_toml(&redis.url(), "")).await;
 
     let mut on_a = a.client();
     let r = on_a
-        .get("/", &[("X-Session-Update", r#"{"user":"ada"}"#)])
+        .get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"user":"ada"}"#)])
         .await;
     assert_eq!(r.status, 200);
-    let id = r.seen().session_id();
+    let id = r.app_saw().session_id();
 
     let mut on_b = via(&on_a, &b);
-    let seen = on_b.get("/", &[]).await.seen();
+    let seen = on_b.get("/").await.app_saw();
     assert!(!seen.is_new());
     assert_eq!(seen.session_id(), id);
     assert_eq!(seen.session(), json!({"user":"ada"}));
 
-    on_b.get("/", &[("X-Session-Update", r#"{"n":2}"#)]).await;
-    let seen = on_a.get("/", &[]).await.seen();
+    on_b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"n":2}"#)])
+        .await;
+    let seen = on_a.get("/").await.app_saw();
     assert_eq!(seen.session(), json!({"user":"ada","n":2}));
 
-    let r = on_b.get("/", &[("X-Session-Destroy", "1")]).await;
+    let r = on_b
+        .get("/")
+        .app_responds_with(&[("X-Session-Destroy", "1")])
+        .await;
     assert!(r.set_cookie("session_id").unwrap().contains("Max-Age=0"));
     assert!(on_b.cookie.is_none());
     let exists: bool = redis
@@ -96,7 +102,7 @@ async fn a_session_made_through_one_proxy_is_read_changed_and_destroyed_through_
     assert!(!exists, "the key is gone from Redis");
 
     // A still holds the old cookie: it gets a fresh, empty session.
-    let seen = on_a.get("/", &[]).await.seen();
+    let seen = on_a.get("/").await.app_saw();
     assert!(seen.is_new());
     assert_ne!(seen.session_id(), id);
     assert_eq!(seen.session(), json!({}));
@@ -105,10 +111,11 @@ async fn a_session_made_through_one_proxy_is_read_changed_and_destroyed_through_
 /// The issue's acceptance test: concurrent `X-Session-Update`s to different keys of one session,
 /// through two proxies, all survive.
 async fn concurrent_updates_keep_every_key(toml: &str, requests: usize) {
-    let (_u, a, b) = two_proxies(toml).await;
+    let (_app, a, b) = two_proxies(toml).await;
     let mut browser = a.client();
     browser
-        .get("/", &[("X-Session-Update", r#"{"start":true}"#)])
+        .get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"start":true}"#)])
         .await;
     let id = browser.cookie.clone().unwrap();
 
@@ -117,7 +124,10 @@ async fn concurrent_updates_keep_every_key(toml: &str, requests: usize) {
         let mut client = via(&browser, if i % 2 == 0 { &a } else { &b });
         tasks.spawn(async move {
             let change = json!({ format!("k{i}"): i }).to_string();
-            let r = client.get("/", &[("X-Session-Update", &change)]).await;
+            let r = client
+                .get("/")
+                .app_responds_with(&[("X-Session-Update", &change)])
+                .await;
             (r.status, client.cookie)
         });
     }
@@ -127,7 +137,7 @@ async fn concurrent_updates_keep_every_key(toml: &str, requests: usize) {
         assert_eq!(cookie.as_deref(), Some(id.as_str()));
     }
 
-    let session = via(&browser, &b).get("/", &[]).await.seen().session();
+    let session = via(&browser, &b).get("/").await.app_saw().session();
     let mut want = Map::new();
     want.insert("start".to_owned(), json!(true));
     for i in 0..requests {
@@ -145,31 +155,32 @@ async fn concurrent_updates_through_two_proxies_keep_every_key() {
 #[tokio::test]
 async fn regenerate_through_one_proxy_kills_the_old_id_on_the_other() {
     let redis = RedisServer::start().await;
-    let (_u, a, b) = two_proxies(&redis_toml(&redis.url(), "")).await;
+    let (_app, a, b) = two_proxies(&redis_toml(&redis.url(), "")).await;
     let mut on_a = a.client();
-    on_a.get("/", &[("X-Session-Update", r#"{"cart":[1]}"#)])
+    on_a.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"cart":[1]}"#)])
         .await;
     let old = on_a.cookie.clone().unwrap();
 
     let r = on_a
-        .get(
-            "/login",
-            &[
-                ("X-Session-Regenerate", "1"),
-                ("X-Session-Update", r#"{"user":"ada"}"#),
-            ],
-        )
+        .get("/login")
+        .app_responds_with(&[
+            ("X-Session-Regenerate", "1"),
+            ("X-Session-Update", r#"{"user":"ada"}"#),
+        ])
         .await;
     assert_eq!(r.status, 200);
     let new = on_a.cookie.clone().unwrap();
     assert_ne!(new, old);
 
-    let r = get(b.addr, "/", &[("cookie", &format!("session_id={old}"))]).await;
+    let r = get(b.addr, "/")
+        .client_sends(&[("cookie", &format!("session_id={old}"))])
+        .await;
     assert!(
-        r.seen().is_new(),
+        r.app_saw().is_new(),
         "the pre-login id must be dead everywhere"
     );
-    let seen = via(&on_a, &b).get("/", &[]).await.seen();
+    let seen = via(&on_a, &b).get("/").await.app_saw();
     assert_eq!(seen.session_id(), new);
     assert_eq!(seen.session(), json!({"cart":[1],"user":"ada"}));
 }
@@ -177,16 +188,20 @@ async fn regenerate_through_one_proxy_kills_the_old_id_on_the_other() {
 #[tokio::test]
 async fn when_redis_goes_away_requests_get_503_and_recover_when_it_is_back() {
     let mut redis = RedisServer::start().await;
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_config(config(upstream.addr, &redis_toml(&redis.url(), ""))).await;
+    let app = App::start().await;
+    let proxy = TestProxy::with_config(config(app.addr, &redis_toml(&redis.url(), ""))).await;
     let mut b = proxy.client();
-    b.get("/", &[("X-Session-Update", r#"{"a":1}"#)]).await;
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
+        .await;
     assert!(b.cookie.is_some());
 
     redis.stop();
-    for respond in [&[][..], &[("X-Session-Update", r#"{"b":2}"#)][..]] {
+    for app_answer in [&[][..], &[("X-Session-Update", r#"{"b":2}"#)][..]] {
         let start = Instant::now();
-        let r = tokio::time::timeout(Duration::from_secs(10), b.clone().get("/", respond))
+        let mut jar = b.clone();
+        let get = jar.get("/").app_responds_with(app_answer);
+        let r = tokio::time::timeout(Duration::from_secs(10), get)
             .await
             .expect("a request hung while Redis was down");
         assert_eq!(r.status, 503);
@@ -196,12 +211,12 @@ async fn when_redis_goes_away_requests_get_503_and_recover_when_it_is_back() {
     redis.restart().await;
     let start = Instant::now();
     loop {
-        let r = tokio::time::timeout(Duration::from_secs(10), b.get("/", &[]))
+        let r = tokio::time::timeout(Duration::from_secs(10), b.get("/"))
             .await
             .expect("a request hung after Redis came back");
         if r.status == 200 {
             // Nothing was persisted, so the old session is gone: a fresh one.
-            assert!(r.seen().is_new());
+            assert!(r.app_saw().is_new());
             break;
         }
         assert_eq!(r.status, 503);
@@ -211,20 +226,25 @@ async fn when_redis_goes_away_requests_get_503_and_recover_when_it_is_back() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let r = b.get("/", &[("X-Session-Update", r#"{"c":3}"#)]).await;
+    let r = b
+        .get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"c":3}"#)])
+        .await;
     assert_eq!(r.status, 200);
-    assert_eq!(b.get("/", &[]).await.seen().session(), json!({"c":3}));
+    assert_eq!(b.get("/").await.app_saw().session(), json!({"c":3}));
 }
 
 #[tokio::test]
 async fn expiry_is_a_redis_ttl() {
     let redis = RedisServer::start().await;
-    let upstream = Upstream::start().await;
+    let app = App::start().await;
     let toml = redis_toml(&redis.url(), "[session]\nidle_timeout = \"1s\"");
-    let proxy = TestProxy::with_config(config(upstream.addr, &toml)).await;
+    let proxy = TestProxy::with_config(config(app.addr, &toml)).await;
     assert!(proxy.store.capabilities().expires_by_itself);
     let mut b = proxy.client();
-    b.get("/", &[("X-Session-Update", r#"{"a":1}"#)]).await;
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
+        .await;
     let id = b.cookie.clone().unwrap();
     let key = format!("session:{id}");
 
@@ -233,7 +253,7 @@ async fn expiry_is_a_redis_ttl() {
     assert!(0 < pttl && pttl <= 1000, "PTTL {pttl}");
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let seen = b.get("/", &[]).await.seen();
+    let seen = b.get("/").await.app_saw();
     assert!(seen.is_new());
     assert_ne!(seen.session_id(), id);
     assert_eq!(seen.session(), json!({}));
@@ -302,8 +322,8 @@ async fn list_all(store: &Arc<dyn SessionStore>, limit: usize) -> HashSet<String
 #[tokio::test]
 async fn list_pages_through_every_live_session() {
     let redis = RedisServer::start().await;
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_config(config(upstream.addr, &redis_toml(&redis.url(), ""))).await;
+    let app = App::start().await;
+    let proxy = TestProxy::with_config(config(app.addr, &redis_toml(&redis.url(), ""))).await;
     let ids = create_sessions(&proxy.store, 250).await;
 
     // Keys that are not live sessions of this prefix are never listed.
@@ -325,14 +345,16 @@ async fn list_pages_through_every_live_session() {
 #[tokio::test]
 async fn key_prefix_is_used_and_glob_characters_in_it_are_literal() {
     let redis = RedisServer::start().await;
-    let upstream = Upstream::start().await;
+    let app = App::start().await;
     let toml = format!(
         "[store]\nkind = \"redis\"\nurl = \"{}\"\nkey_prefix = \"app[1]*:\"\n",
         redis.url()
     );
-    let proxy = TestProxy::with_config(config(upstream.addr, &toml)).await;
+    let proxy = TestProxy::with_config(config(app.addr, &toml)).await;
     let mut b = proxy.client();
-    b.get("/", &[("X-Session-Update", r#"{"a":1}"#)]).await;
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
+        .await;
     let id = b.cookie.clone().unwrap();
     let mut conn = redis.conn().await;
     let exists: bool = conn.exists(format!("app[1]*:{id}")).await.unwrap();
@@ -353,23 +375,23 @@ async fn key_prefix_is_used_and_glob_characters_in_it_are_literal() {
 }
 
 /// A proxy on a fresh Redis whose store holds one session, `{"a":1}`, written directly.
-async fn proxy_with_one_session() -> (RedisServer, Upstream, TestProxy, SessionId) {
+async fn proxy_with_one_session() -> (RedisServer, App, TestProxy, SessionId) {
     let redis = RedisServer::start().await;
-    let upstream = Upstream::start().await;
-    let proxy = TestProxy::with_config(config(upstream.addr, &redis_toml(&redis.url(), ""))).await;
+    let app = App::start().await;
+    let proxy = TestProxy::with_config(config(app.addr, &redis_toml(&redis.url(), ""))).await;
     let id = SessionId::generate().unwrap();
     let first = update(&proxy, None, patch(json!({"a":1})))
         .create()
         .unwrap();
     assert!(proxy.store.create(&id, &first).await.unwrap());
-    (redis, upstream, proxy, id)
+    (redis, app, proxy, id)
 }
 
 /// The compare-and-set paths, driven directly: an update whose base is stale is re-applied to
 /// the stored record, and one on a destroyed session writes nothing.
 #[tokio::test]
 async fn update_with_a_stale_base_merges_and_never_resurrects() {
-    let (redis, _upstream, proxy, id) = proxy_with_one_session().await;
+    let (redis, _app, proxy, id) = proxy_with_one_session().await;
     let store = &proxy.store;
 
     let base = store.load(&id).await.unwrap().unwrap();
@@ -422,7 +444,7 @@ async fn update_with_a_stale_base_merges_and_never_resurrects() {
 
 #[tokio::test]
 async fn regenerate_carries_over_a_change_that_raced_in_and_never_revives_a_destroyed_session() {
-    let (redis, _upstream, proxy, old) = proxy_with_one_session().await;
+    let (redis, _app, proxy, old) = proxy_with_one_session().await;
     let store = &proxy.store;
     let base = store.load(&old).await.unwrap().unwrap();
 
@@ -464,8 +486,8 @@ async fn regenerate_carries_over_a_change_that_raced_in_and_never_revives_a_dest
 
 /// The error a proxy on the Redis at `url` fails to start with, as an operator reads it; `why`
 /// says why it must fail.
-async fn start_error(upstream: &Upstream, url: &str, why: &str) -> String {
-    let err = Proxy::open(config(upstream.addr, &redis_toml(url, "")))
+async fn start_error(app: &App, url: &str, why: &str) -> String {
+    let err = Proxy::open(config(app.addr, &redis_toml(url, "")))
         .await
         .err()
         .unwrap_or_else(|| panic!("{why}"));
@@ -476,16 +498,11 @@ async fn start_error(upstream: &Upstream, url: &str, why: &str) -> String {
 
 #[tokio::test]
 async fn a_redis_url_with_a_wrong_port_fails_at_start_with_a_clear_error() {
-    let upstream = Upstream::start().await;
+    let app = App::start().await;
     let port = free_port();
     let url = format!("redis://ada:hunter2@127.0.0.1:{port}/0");
     let start = Instant::now();
-    let text = start_error(
-        &upstream,
-        &url,
-        "opening a store on a closed port must fail",
-    )
-    .await;
+    let text = start_error(&app, &url, "opening a store on a closed port must fail").await;
     assert!(
         start.elapsed() < Duration::from_secs(5),
         "took {:?}",
@@ -505,42 +522,51 @@ async fn username_and_password_in_the_url_are_used() {
         "--user", "ada", "on", ">hunter2", "~*", "&*", "+@all",
     ])
     .await;
-    let upstream = Upstream::start().await;
+    let app = App::start().await;
     let url = format!("redis://ada:hunter2@127.0.0.1:{}/0", redis.port);
-    let proxy = TestProxy::with_config(config(upstream.addr, &redis_toml(&url, ""))).await;
+    let proxy = TestProxy::with_config(config(app.addr, &redis_toml(&url, ""))).await;
     let mut b = proxy.client();
-    b.get("/", &[("X-Session-Update", r#"{"a":1}"#)]).await;
-    assert_eq!(b.get("/", &[]).await.seen().session(), json!({"a":1}));
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
+        .await;
+    assert_eq!(b.get("/").await.app_saw().session(), json!({"a":1}));
 
     let wrong = format!("redis://ada:wrong@127.0.0.1:{}/0", redis.port);
-    let text = start_error(&upstream, &wrong, "a wrong password must fail at start").await;
+    let text = start_error(&app, &wrong, "a wrong password must fail at start").await;
     assert!(!text.contains("wrong@"), "{text}");
 }
 
 #[tokio::test]
 async fn cluster_create_read_update_list_destroy() {
     let cluster = RedisCluster::start().await;
-    let (_u, a, b) = two_proxies(&cluster_toml(&cluster)).await;
+    let (_app, a, b) = two_proxies(&cluster_toml(&cluster)).await;
 
     let mut on_a = a.client();
-    on_a.get("/", &[("X-Session-Update", r#"{"user":"ada"}"#)])
+    on_a.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"user":"ada"}"#)])
         .await;
     let id = on_a.cookie.clone().unwrap();
     let mut on_b = via(&on_a, &b);
     assert_eq!(
-        on_b.get("/", &[]).await.seen().session(),
+        on_b.get("/").await.app_saw().session(),
         json!({"user":"ada"})
     );
-    on_b.get("/", &[("X-Session-Update", r#"{"n":2}"#)]).await;
+    on_b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"n":2}"#)])
+        .await;
     assert_eq!(
-        on_a.get("/", &[]).await.seen().session(),
+        on_a.get("/").await.app_saw().session(),
         json!({"user":"ada","n":2})
     );
-    on_a.get("/", &[("X-Session-Regenerate", "1")]).await;
+    on_a.get("/")
+        .app_responds_with(&[("X-Session-Regenerate", "1")])
+        .await;
     let new = on_a.cookie.clone().unwrap();
     assert_ne!(new, id);
-    let r = get(b.addr, "/", &[("cookie", &format!("session_id={id}"))]).await;
-    assert!(r.seen().is_new());
+    let r = get(b.addr, "/")
+        .client_sends(&[("cookie", &format!("session_id={id}"))])
+        .await;
+    assert!(r.app_saw().is_new());
 
     // Sessions spread over all three primaries; the listing walks every one.
     let mut ids = create_sessions(&a.store, 60).await;
@@ -548,9 +574,12 @@ async fn cluster_create_read_update_list_destroy() {
     assert_eq!(list_all(&b.store, 7).await, ids);
     assert_eq!(list_all(&b.store, 100).await, ids);
 
-    let r = via(&on_a, &b).get("/", &[("X-Session-Destroy", "1")]).await;
+    let r = via(&on_a, &b)
+        .get("/")
+        .app_responds_with(&[("X-Session-Destroy", "1")])
+        .await;
     assert!(r.set_cookie("session_id").unwrap().contains("Max-Age=0"));
-    let seen = on_a.get("/", &[]).await.seen();
+    let seen = on_a.get("/").await.app_saw();
     assert!(seen.is_new());
     assert_eq!(seen.session(), json!({}));
 }
@@ -566,9 +595,9 @@ async fn rediss_speaks_tls_and_reports_a_handshake_failure_cleanly() {
     // A plain-text server: the TLS handshake must fail with an error, not a panic for want of
     // a crypto provider.
     let redis = RedisServer::start().await;
-    let upstream = Upstream::start().await;
+    let app = App::start().await;
     let url = redis.url().replacen("redis://", "rediss://", 1);
-    let text = start_error(&upstream, &url, "TLS to a plain-text server must fail").await;
+    let text = start_error(&app, &url, "TLS to a plain-text server must fail").await;
     assert!(!text.contains("panicked"), "{text}");
 }
 

@@ -5,40 +5,27 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{ProxyProcess, Upstream, get, respond};
+use crate::support::{App, ProxyProcess, get};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_and_fs_sessions_survive_a_restart() {
     for signal in ["TERM", "INT"] {
         let dir = tempfile::tempdir().unwrap();
-        let upstream = Upstream::start().await;
+        let app = App::start().await;
         let store = format!("fs:{}", dir.path().display());
-        let upstream_url = format!("http://{}", upstream.addr);
-        let args = [
-            "--store",
-            store.as_str(),
-            "--upstream",
-            upstream_url.as_str(),
-        ];
+        let app_url = format!("http://{}", app.addr);
+        let args = ["--store", store.as_str(), "--upstream", app_url.as_str()];
         let mut proxy = ProxyProcess::spawn(&args);
 
         // A slow request is in flight when the signal arrives.
         let addr = proxy.addr;
         let in_flight = tokio::spawn(async move {
-            get(
-                addr,
-                "/",
-                &[
-                    ("x-test-delay-ms", "1000"),
-                    (
-                        "x-test-respond",
-                        &respond(&[("X-Session-Update", r#"{"saved":"during shutdown"}"#)]),
-                    ),
-                ],
-            )
-            .await
+            get(addr, "/")
+                .app_takes_ms(1000)
+                .app_responds_with(&[("X-Session-Update", r#"{"saved":"during shutdown"}"#)])
+                .await
         });
-        while upstream.hits() == 0 {
+        while app.hits() == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         proxy.signal(signal);
@@ -59,9 +46,11 @@ async fn sigterm_finishes_in_flight_requests_and_fs_sessions_survive_a_restart()
 
         // A new process on the same directory has the session.
         let proxy = ProxyProcess::spawn(&args);
-        let r = get(proxy.addr, "/", &[("cookie", &format!("session_id={id}"))]).await;
-        assert!(!r.seen().is_new());
-        assert_eq!(r.seen().session(), json!({"saved":"during shutdown"}));
+        let r = get(proxy.addr, "/")
+            .client_sends(&[("cookie", &format!("session_id={id}"))])
+            .await;
+        assert!(!r.app_saw().is_new());
+        assert_eq!(r.app_saw().session(), json!({"saved":"during shutdown"}));
     }
 }
 
@@ -69,23 +58,19 @@ async fn sigterm_finishes_in_flight_requests_and_fs_sessions_survive_a_restart()
 /// values bare, and the lines still queued at shutdown are written before the process exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_has_one_line_per_request_and_is_flushed_at_exit() {
-    let upstream = Upstream::start().await;
-    let upstream_url = format!("http://{}", upstream.addr);
+    let app = App::start().await;
+    let app_url = format!("http://{}", app.addr);
     let log = tempfile::NamedTempFile::new().unwrap();
     let mut proxy = ProxyProcess::spawn_logging(
-        &["--store", "memory", "--upstream", upstream_url.as_str()],
+        &["--store", "memory", "--upstream", app_url.as_str()],
         "info",
         log.reopen().unwrap(),
     );
-    let update = respond(&[("X-Session-Update", r#"{"a":1}"#)]);
-    let r = get(
-        proxy.addr,
-        "/logged?secret=1",
-        &[("x-test-respond", &update)],
-    )
-    .await;
+    let r = get(proxy.addr, "/logged?secret=1")
+        .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
+        .await;
     assert_eq!(r.status, 200);
-    let r = get(proxy.addr, "/missing", &[("x-test-status", "404")]).await;
+    let r = get(proxy.addr, "/missing").app_status(404).await;
     assert_eq!(r.status, 404);
     proxy.signal("TERM");
     let code = tokio::task::spawn_blocking(move || proxy.wait_exit(Duration::from_secs(10)))

@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::Frame;
 
-use crate::support::{ProxyProcess, Upstream};
+use crate::support::{App, ProxyProcess};
 
 const SIZE: u64 = 256 * 1024 * 1024;
 /// Far below SIZE: a proxy that buffered a body could not stay under it.
@@ -21,12 +21,12 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_bodies_stream_both_ways_with_flat_memory() {
-    let upstream = Upstream::start().await;
+    let app = App::start().await;
     let proxy = ProxyProcess::spawn(&[
         "--store",
         "memory",
         "--upstream",
-        &format!("http://{}", upstream.addr),
+        &format!("http://{}", app.addr),
     ]);
 
     // Download: count the bytes as they arrive; never hold the body.

@@ -1,15 +1,18 @@
-//! The test harness: a real upstream app, the real proxy (in-process or as the built binary),
-//! and a real HTTP client, all on ephemeral ports on 127.0.0.1. Nothing here is a mock.
+//! The test harness: a real test app (the proxy's upstream), the real proxy (in-process or as
+//! the built binary), and a real HTTP client, all on ephemeral ports on 127.0.0.1. Nothing here
+//! is a mock.
 
 #![allow(dead_code)]
 
+pub mod app;
 #[cfg(feature = "redis")]
 pub mod redis;
-pub mod upstream;
 
+use std::future::{Future, IntoFuture};
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +29,7 @@ use session_proxy::config::{Config, RawConfig};
 use session_proxy::store::SessionStore;
 use tokio::sync::oneshot;
 
-pub use upstream::Upstream;
+pub use app::App;
 
 /// The proxy served in this process, on 127.0.0.1:0.
 pub struct TestProxy {
@@ -46,15 +49,15 @@ pub fn config(upstream: SocketAddr, toml: &str) -> Config {
 }
 
 impl TestProxy {
-    /// Starts a proxy in front of `upstream` with the given TOML (store defaults to memory if
+    /// Starts a proxy in front of the test `app` with the given TOML (store defaults to memory if
     /// the TOML names none).
-    pub async fn start(upstream: &Upstream, toml: &str) -> TestProxy {
+    pub async fn start(app: &App, toml: &str) -> TestProxy {
         let toml = if toml.contains("[store]") {
             toml.to_owned()
         } else {
             format!("{toml}\n[store]\nkind = \"memory\"\n")
         };
-        Self::with_config(config(upstream.addr, &toml)).await
+        Self::with_config(config(app.addr, &toml)).await
     }
 
     pub async fn with_config(config: Config) -> TestProxy {
@@ -135,17 +138,17 @@ impl Resp {
             .find(|c| c.starts_with(&format!("{name}=")))
     }
 
-    /// What the upstream echoed back about the request it received (see `upstream.rs`).
-    pub fn seen(&self) -> Seen {
+    /// What the test app echoed back about the request it received (see `app.rs`).
+    pub fn app_saw(&self) -> Seen {
         Seen(self.json())
     }
 }
 
-/// The request as the upstream app received it.
+/// The request as the test app received it.
 pub struct Seen(pub Value);
 
 impl Seen {
-    /// The first value of a request header, as the upstream saw it.
+    /// The first value of a request header, as the test app saw it.
     pub fn header(&self, name: &str) -> Option<String> {
         self.0["headers"][name.to_ascii_lowercase()][0]
             .as_str()
@@ -164,8 +167,12 @@ impl Seen {
     pub fn has_header(&self, name: &str) -> bool {
         !self.headers(name).is_empty()
     }
-    /// `X-Session` decoded: the session data the upstream got.
+    /// `X-Session` decoded (by the test app's own decoder, not the crate's): the session data
+    /// the test app got. Fails the test if the header did not decode.
     pub fn session(&self) -> Value {
+        if let Some(e) = self.0["session_error"].as_str() {
+            panic!("the test app could not decode X-Session: {e}");
+        }
         self.0["session"].clone()
     }
     pub fn session_id(&self) -> String {
@@ -180,43 +187,140 @@ fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
 }
 
-/// One raw request; returns exactly what the proxy sent.
-pub async fn request(
+/// A GET of `path` from a client with no cookie jar; add to it, then `.await` it.
+pub fn get(addr: SocketAddr, path: &str) -> ClientRequest<'static> {
+    request(addr, Method::GET, path)
+}
+
+/// A request from a client with no cookie jar; add to it, then `.await` it.
+pub fn request(addr: SocketAddr, method: Method, path: &str) -> ClientRequest<'static> {
+    ClientRequest {
+        addr,
+        method,
+        path: path.to_owned(),
+        client_headers: Vec::new(),
+        body: Bytes::new(),
+        app: AppAnswer::default(),
+        browser: None,
+    }
+}
+
+/// One request, built in two visibly separate parts: what the client sends
+/// ([`client_sends`](Self::client_sends), [`body`](Self::body)), and how the test app answers
+/// it (the `app_*` methods, carried to the app on its control channel, see `app.rs`). Awaiting
+/// it sends it and returns exactly what the proxy sent back.
+#[must_use = "a request is sent only when awaited"]
+pub struct ClientRequest<'a> {
     addr: SocketAddr,
     method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
+    path: String,
+    client_headers: Vec<(String, String)>,
     body: Bytes,
-) -> Resp {
-    let mut builder = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"));
-    for (k, v) in headers {
-        builder = builder.header(*k, *v);
+    app: AppAnswer,
+    /// Set for a [`Browser`]'s request: its cookie goes out, the response's cookie comes back.
+    browser: Option<&'a mut Browser>,
+}
+
+/// How the test app answers one request.
+#[derive(Default)]
+struct AppAnswer {
+    headers: Vec<(String, String)>,
+    delay_ms: Option<u64>,
+    status: Option<u16>,
+}
+
+impl ClientRequest<'_> {
+    /// Request headers the client itself sends. Any `X-Session*` among them is a client's
+    /// forgery, which the proxy must strip.
+    pub fn client_sends(mut self, headers: &[(&str, &str)]) -> Self {
+        self.client_headers.extend(
+            headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        self
     }
-    let resp = client()
-        .request(builder.body(Full::new(body)).unwrap())
-        .await
-        .unwrap();
-    let (parts, body) = resp.into_parts();
-    Resp {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
+
+    /// The request body the client sends.
+    pub fn body(mut self, body: Bytes) -> Self {
+        self.body = body;
+        self
+    }
+
+    /// The test app answers with these response headers, in this order (this is how a test's
+    /// app gives session instructions such as `X-Session-Update`).
+    pub fn app_responds_with(mut self, headers: &[(&str, &str)]) -> Self {
+        self.app.headers.extend(
+            headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+        self
+    }
+
+    /// The test app takes `ms` milliseconds before it answers.
+    pub fn app_takes_ms(mut self, ms: u64) -> Self {
+        self.app.delay_ms = Some(ms);
+        self
+    }
+
+    /// The test app answers with this status (200 otherwise).
+    pub fn app_status(mut self, status: u16) -> Self {
+        self.app.status = Some(status);
+        self
+    }
+
+    async fn send(self) -> Resp {
+        let mut builder = Request::builder()
+            .method(self.method)
+            .uri(format!("http://{}{}", self.addr, self.path));
+        if let Some(jar) = &self.browser
+            && let Some(c) = &jar.cookie
+        {
+            builder = builder.header("cookie", format!("{}={c}", jar.cookie_name));
+        }
+        for (k, v) in &self.client_headers {
+            builder = builder.header(k, v);
+        }
+        if !self.app.headers.is_empty() {
+            let pairs: Vec<(&str, &str)> = self
+                .app
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            builder = builder.header(app::RESPOND_WITH, app::respond_with_value(&pairs));
+        }
+        if let Some(ms) = self.app.delay_ms {
+            builder = builder.header(app::DELAY_MS, ms);
+        }
+        if let Some(status) = self.app.status {
+            builder = builder.header(app::STATUS, status);
+        }
+        let resp = client()
+            .request(builder.body(Full::new(self.body)).unwrap())
+            .await
+            .unwrap();
+        let (parts, body) = resp.into_parts();
+        let resp = Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        };
+        if let Some(jar) = self.browser {
+            jar.absorb(&resp);
+        }
+        resp
     }
 }
 
-pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
-    request(addr, Method::GET, path, headers, Bytes::new()).await
-}
+impl<'a> IntoFuture for ClientRequest<'a> {
+    type Output = Resp;
+    type IntoFuture = Pin<Box<dyn Future<Output = Resp> + Send + 'a>>;
 
-/// Asks the upstream to add these response headers (the test upstream's `x-test-respond`).
-pub fn respond(headers: &[(&str, &str)]) -> String {
-    let map: serde_json::Map<String, Value> = headers
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
-        .collect();
-    Value::Object(map).to_string()
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.send())
+    }
 }
 
 /// A client with a one-cookie jar for the session cookie, like a browser on one site.
@@ -237,19 +341,13 @@ impl Browser {
         }
     }
 
-    /// GET `path`; `respond` lists headers the upstream should answer with.
-    pub async fn get(&mut self, path: &str, respond_with: &[(&str, &str)]) -> Resp {
-        let mut headers: Vec<(&str, String)> = Vec::new();
-        if let Some(c) = &self.cookie {
-            headers.push(("cookie", format!("{}={c}", self.cookie_name)));
+    /// A GET of `path` with the jar's session cookie; the response's cookie goes into the jar.
+    pub fn get(&mut self, path: &str) -> ClientRequest<'_> {
+        let addr = self.addr;
+        ClientRequest {
+            browser: Some(self),
+            ..get(addr, path)
         }
-        if !respond_with.is_empty() {
-            headers.push(("x-test-respond", respond(respond_with)));
-        }
-        let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let resp = get(self.addr, path, &refs).await;
-        self.absorb(&resp);
-        resp
     }
 
     /// Applies the response's Set-Cookie for the session cookie, as a browser would.

@@ -1,12 +1,25 @@
-//! The test upstream: a real hyper app that reports what it received and answers with what the
-//! test asks for.
+//! The test app (the proxy's upstream in every test): a real hyper app that reports what it
+//! received and answers with what the test asks for.
 //!
 //! - Every response to `/echo...` (and any unknown path) is a JSON description of the request:
-//!   method, path, query, every header, and the decoded `X-Session`.
-//! - `x-test-respond: {"Header": "value", ...}` adds those headers to the response.
-//! - `x-test-delay-ms: N` waits before answering; `x-test-status: N` sets the status.
+//!   method, path, query, every header, and `X-Session` decoded by [`decode_x_session`]
+//!   (`"session"`, or `"session_error"` when the header is there but does not decode).
 //! - `/stream/N` answers with N bytes, generated chunk by chunk (never held in memory).
 //! - `/sink` reads the request body and answers `{"received": bytes}`.
+//!
+//! # Its control channel
+//!
+//! A test tells the app how to answer one request through request headers named `x-test-app-*`,
+//! which the proxy forwards like any other client header (they are outside the reserved
+//! prefix). They stand for the app's own logic, so tests never write them out:
+//! `ClientRequest::app_responds_with` and the other `app_*` methods in `support/mod.rs` do, and a
+//! call site reads `.app_responds_with(&[("X-Session-Update", ...)])`, never as if the client had
+//! sent the instruction.
+//!
+//! - [`RESPOND_WITH`] `[["Header","value"],...]`: the app adds these headers to its response, in
+//!   order (a name may repeat).
+//! - [`DELAY_MS`] `N`: the app waits N ms before it answers.
+//! - [`STATUS`] `N`: the app answers with status N.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +29,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
@@ -23,15 +38,44 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Map, Value, json};
-use session_proxy::protocol::codec;
 
-pub struct Upstream {
+/// Control header: the response headers the app answers with, a JSON list of `[name, value]`.
+pub const RESPOND_WITH: &str = "x-test-app-respond";
+/// Control header: how many milliseconds the app waits before it answers.
+pub const DELAY_MS: &str = "x-test-app-delay-ms";
+/// Control header: the status the app answers with.
+pub const STATUS: &str = "x-test-app-status";
+
+/// The [`RESPOND_WITH`] value that makes the app answer with `headers`.
+pub fn respond_with_value(headers: &[(&str, &str)]) -> String {
+    serde_json::to_string(headers).unwrap()
+}
+
+/// Decodes an `X-Session` value the way the README tells an app to, written out here instead of
+/// calling the crate's own codec (a bug made symmetric in its encoder and decoder would pass
+/// unseen): base64url without padding (strict: no `=`, no stray bits), then UTF-8 JSON text that
+/// must be an object.
+pub fn decode_x_session(value: &[u8]) -> Result<Value, String> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(value)
+        .map_err(|e| format!("not base64url without padding: {e}"))?;
+    let text = String::from_utf8(bytes).map_err(|e| format!("not UTF-8: {e}"))?;
+    match serde_json::from_str(&text) {
+        Ok(Value::Object(data)) => Ok(Value::Object(data)),
+        Ok(other) => Err(format!("not a JSON object: {other}")),
+        Err(e) => Err(format!("not JSON ({e}): {text:?}")),
+    }
+}
+
+/// The test app, serving on 127.0.0.1:0 until dropped. Named `App` because `Upstream` is the
+/// production client (`session_proxy::upstream`).
+pub struct App {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for Upstream {
+impl Drop for App {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -39,8 +83,8 @@ impl Drop for Upstream {
 
 type TestBody = BoxBody<Bytes, Infallible>;
 
-impl Upstream {
-    pub async fn start() -> Upstream {
+impl App {
+    pub async fn start() -> App {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -62,7 +106,7 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, hits, task }
+        App { addr, hits, task }
     }
 
     pub fn hits(&self) -> usize {
@@ -73,17 +117,18 @@ impl Upstream {
 async fn handle(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
     let h = req.headers();
     let delay = h
-        .get("x-test-delay-ms")
+        .get(DELAY_MS)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     let status = h
-        .get("x-test-status")
+        .get(STATUS)
         .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
-    let respond: Map<String, Value> = h
-        .get("x-test-respond")
-        .and_then(|v| serde_json::from_slice(v.as_bytes()).ok())
-        .unwrap_or_default();
+    let respond_with: Vec<(String, String)> = match h.get(RESPOND_WITH) {
+        Some(v) => serde_json::from_slice(v.as_bytes())
+            .unwrap_or_else(|e| panic!("bad {RESPOND_WITH} value {v:?}: {e}")),
+        None => Vec::new(),
+    };
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -115,38 +160,36 @@ async fn handle(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible
                 .collect();
             headers.insert(name.as_str().to_owned(), Value::Array(values));
         }
-        let session = req
+        let mut echo = json!({
+            "method": req.method().as_str(),
+            "path": path,
+            "query": req.uri().query(),
+            "version": format!("{:?}", req.version()),
+            "headers": headers,
+            "session": null,
+        });
+        match req
             .headers()
             .get("x-session")
-            .and_then(|v| codec::decode_session(v.as_bytes()))
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .unwrap_or(Value::Null);
-        full(
-            json!({
-                "method": req.method().as_str(),
-                "path": path,
-                "query": req.uri().query(),
-                "version": format!("{:?}", req.version()),
-                "headers": headers,
-                "session": session,
-            })
-            .to_string(),
-        )
+            .map(|v| decode_x_session(v.as_bytes()))
+        {
+            Some(Ok(data)) => echo["session"] = data,
+            Some(Err(e)) => echo["session_error"] = Value::String(e),
+            None => {}
+        }
+        full(echo.to_string())
     };
 
     let mut resp = Response::new(body);
     *resp.status_mut() = status;
-    for (k, v) in respond {
-        let value = match v {
-            Value::String(s) => s,
-            other => other.to_string(),
-        };
-        if let (Ok(name), Ok(value)) = (
-            http::HeaderName::from_bytes(k.as_bytes()),
+    for (name, value) in respond_with {
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
             http::HeaderValue::from_bytes(value.as_bytes()),
-        ) {
-            resp.headers_mut().append(name, value);
-        }
+        ) else {
+            panic!("the test app cannot answer with the header {name}: {value:?}");
+        };
+        resp.headers_mut().append(name, value);
     }
     Ok(resp)
 }
