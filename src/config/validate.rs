@@ -1,0 +1,467 @@
+//! `RawConfig` → `Config`: the only place a setting is checked, one function per section, so
+//! each error can name the file and the key it is about.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cookie::SameSite;
+use http::uri::{Authority, Scheme, Uri};
+use time::OffsetDateTime;
+
+use super::raw::{RawCookie, RawSession, RawStore, RawTimeouts};
+use super::{
+    Config, ConfigError, CookieConfig, DEFAULT_LISTEN, DEFAULT_UPSTREAM, DurationSpec, FsConfig,
+    Lifetime, RawConfig, RedisConfig, SessionConfig, StoreConfig, StoreKind, UpstreamTimeouts,
+};
+
+const DEFAULT_MAX_SIZE: u64 = 16 * 1024;
+const MAX_MAX_SIZE: u64 = 1024 * 1024;
+
+/// The file being validated, so that every error can say where it came from.
+struct Origin<'a>(&'a str);
+
+impl Origin<'_> {
+    fn bad(&self, key: &'static str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.0.to_owned(),
+            key,
+            message: message.into(),
+        }
+    }
+
+    fn duration(
+        &self,
+        key: &'static str,
+        spec: &Option<DurationSpec>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        Ok(self.optional_duration(key, spec)?.unwrap_or(default))
+    }
+
+    fn optional_duration(
+        &self,
+        key: &'static str,
+        spec: &Option<DurationSpec>,
+    ) -> Result<Option<Duration>, ConfigError> {
+        spec.as_ref()
+            .map(DurationSpec::parse)
+            .transpose()
+            .map_err(|m| self.bad(key, m))
+    }
+}
+
+impl RawConfig {
+    /// Validates every value and applies defaults. `file` names the origin in errors.
+    pub fn validate(self, file: &str) -> Result<Config, ConfigError> {
+        let at = Origin(file);
+        // Fields are checked in the order written, so the first bad key in the file is reported.
+        Ok(Config {
+            listen: listen(&at, self.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?,
+            upstream: parse_upstream(self.upstream.as_deref().unwrap_or(DEFAULT_UPSTREAM))
+                .map_err(|m| at.bad("upstream", m))?,
+            shutdown_timeout: at.duration(
+                "shutdown_timeout",
+                &self.shutdown_timeout,
+                Duration::from_secs(30),
+            )?,
+            trust_forwarded_headers: self.trust_forwarded_headers.unwrap_or(false),
+            cookie: cookie(&at, self.cookie)?,
+            session: session(&at, self.session)?,
+            store: store(&at, self.store)?,
+            upstream_timeouts: upstream_timeouts(&at, self.upstream_timeouts)?,
+        })
+    }
+}
+
+fn listen(at: &Origin, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse()
+        .map_err(|e| at.bad("listen", format!("{text:?} is not an ip:port address: {e}")))
+}
+
+fn parse_upstream(text: &str) -> Result<Authority, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if uri.scheme() != Some(&Scheme::HTTP) {
+        return Err(format!(
+            "{text:?} must be an http:// URL (TLS to the upstream is not supported)"
+        ));
+    }
+    if uri
+        .path_and_query()
+        .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+    {
+        return Err(format!(
+            "{text:?} must not have a path: requests keep their own path"
+        ));
+    }
+    uri.authority()
+        .cloned()
+        .ok_or_else(|| format!("{text:?} has no host"))
+}
+
+fn cookie(at: &Origin, c: RawCookie) -> Result<CookieConfig, ConfigError> {
+    let name = c.name.unwrap_or_else(|| "session_id".to_owned());
+    if name.is_empty() || !name.bytes().all(is_token_byte) {
+        return Err(at.bad(
+            "cookie.name",
+            format!("{name:?} is not a valid cookie name"),
+        ));
+    }
+    let max_age = at.optional_duration("cookie.max_age", &c.max_age)?;
+    let expires = c
+        .expires
+        .as_deref()
+        .map(|t| {
+            OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).map_err(|e| {
+                at.bad(
+                    "cookie.expires",
+                    format!("{t:?} is not an RFC 3339 date-time: {e}"),
+                )
+            })
+        })
+        .transpose()?;
+    let path = c.path.unwrap_or_else(|| "/".to_owned());
+    if !path.starts_with('/') || path.bytes().any(|b| b == b';' || b.is_ascii_control()) {
+        return Err(at.bad(
+            "cookie.path",
+            format!("{path:?} must start with / and contain no ; or control characters"),
+        ));
+    }
+    if let Some(d) = &c.domain
+        && (d.is_empty()
+            || d.bytes()
+                .any(|b| b == b';' || b.is_ascii_whitespace() || b.is_ascii_control()))
+    {
+        return Err(at.bad("cookie.domain", format!("{d:?} is not a domain")));
+    }
+    let secure = c.secure.unwrap_or(false);
+    let same_site = match c
+        .same_site
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("lax") => SameSite::Lax,
+        Some("strict") => SameSite::Strict,
+        Some("none") => SameSite::None,
+        Some(other) => {
+            return Err(at.bad(
+                "cookie.same_site",
+                format!("{other:?} is not one of \"lax\", \"strict\", \"none\""),
+            ));
+        }
+    };
+    if same_site == SameSite::None && !secure {
+        return Err(at.bad(
+            "cookie.same_site",
+            "\"none\" requires cookie.secure = true (browsers drop SameSite=None cookies that are not Secure)",
+        ));
+    }
+    if let Some(s) = &c.secret
+        && s.len() < 32
+    {
+        return Err(at.bad(
+            "cookie.secret",
+            format!("must be at least 32 bytes of random text, got {}", s.len()),
+        ));
+    }
+    Ok(CookieConfig {
+        name,
+        max_age,
+        expires,
+        path,
+        domain: c.domain,
+        secure,
+        http_only: c.http_only.unwrap_or(true),
+        same_site,
+        secret: c.secret,
+    })
+}
+
+/// RFC 6265 cookie-name is an RFC 2616 token.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, ConfigError> {
+    let header_prefix = s.header_prefix.unwrap_or_else(|| "X-Session".to_owned());
+    crate::protocol::ProtocolHeaders::new(&header_prefix)
+        .map_err(|e| at.bad("session.header_prefix", e.to_string()))?;
+    if header_prefix
+        .to_ascii_lowercase()
+        .starts_with("x-forwarded")
+    {
+        return Err(at.bad(
+            "session.header_prefix",
+            "must not overlap the X-Forwarded-* headers",
+        ));
+    }
+    let max_size = s.max_size.unwrap_or(DEFAULT_MAX_SIZE);
+    if !(2..=MAX_MAX_SIZE).contains(&max_size) {
+        return Err(at.bad(
+            "session.max_size",
+            format!("{max_size} is outside 2..={MAX_MAX_SIZE} bytes"),
+        ));
+    }
+    let idle_timeout = at.duration(
+        "session.idle_timeout",
+        &s.idle_timeout,
+        Duration::from_secs(24 * 3600),
+    )?;
+    if idle_timeout < Duration::from_secs(1) {
+        return Err(at.bad("session.idle_timeout", "must be at least 1s"));
+    }
+    let absolute_timeout = at.optional_duration("session.absolute_timeout", &s.absolute_timeout)?;
+    if absolute_timeout.is_some_and(|a| a < Duration::from_secs(1)) {
+        return Err(at.bad(
+            "session.absolute_timeout",
+            "must be at least 1s (leave it out to turn it off)",
+        ));
+    }
+    let touch_interval = at.duration(
+        "session.touch_interval",
+        &s.touch_interval,
+        idle_timeout / 10,
+    )?;
+    if touch_interval > idle_timeout {
+        return Err(at.bad(
+            "session.touch_interval",
+            "must not exceed session.idle_timeout, or idle sessions would die while in use",
+        ));
+    }
+    Ok(SessionConfig {
+        header_prefix,
+        renew_missing: s.renew_missing.unwrap_or(true),
+        max_size: max_size as usize,
+        lifetime: Lifetime {
+            idle_timeout,
+            absolute_timeout,
+            touch_interval,
+        },
+    })
+}
+
+fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigError> {
+    let store_timeout = at.duration("store.timeout", &st.timeout, Duration::from_secs(2))?;
+    let kind_name = st.kind.as_deref().unwrap_or("fs");
+    let only = |kind: &str, key: &'static str, set: bool| {
+        if set {
+            Err(at.bad(key, format!("does not apply to store.kind = {kind:?}")))
+        } else {
+            Ok(())
+        }
+    };
+    let fs_keys = st.path.is_some()
+        || st.filename_template.is_some()
+        || st.mode.is_some()
+        || st.fsync.is_some();
+    let redis_keys =
+        st.url.is_some() || st.key_prefix.is_some() || st.cluster.is_some() || st.nodes.is_some();
+    let kind = match kind_name {
+        "memory" => {
+            only("memory", "store.path", fs_keys)?;
+            only("memory", "store.url", redis_keys)?;
+            StoreKind::Memory
+        }
+        "fs" => {
+            only("fs", "store.url", redis_keys)?;
+            let filename_template = st
+                .filename_template
+                .unwrap_or_else(|| "session_%s.json".to_owned());
+            if filename_template.matches("%s").count() != 1
+                || filename_template.contains(['/', '\\', '\0'])
+                || filename_template.starts_with('.')
+            {
+                return Err(at.bad(
+                    "store.filename_template",
+                    format!(
+                        "{filename_template:?} must contain %s exactly once, no path separator, and not start with a dot"
+                    ),
+                ));
+            }
+            let mode = st.mode.unwrap_or(0o600);
+            if mode > 0o777 || mode & 0o600 != 0o600 {
+                return Err(at.bad(
+                    "store.mode",
+                    format!(
+                        "{mode:#o} must be a file mode within 0o777 that lets the owner read and write"
+                    ),
+                ));
+            }
+            StoreKind::Fs(FsConfig {
+                path: st.path.unwrap_or_else(|| PathBuf::from("sessions")),
+                filename_template,
+                mode,
+                fsync: st.fsync.unwrap_or(true),
+            })
+        }
+        "redis" => {
+            only("redis", "store.path", fs_keys)?;
+            if !cfg!(feature = "redis") {
+                return Err(at.bad(
+                    "store.kind",
+                    "this binary was built without the `redis` feature",
+                ));
+            }
+            let cluster = st.cluster.unwrap_or(false) || st.nodes.is_some();
+            let urls = match (st.url, st.nodes) {
+                (Some(_), Some(_)) => {
+                    return Err(at.bad(
+                        "store.nodes",
+                        "give either store.url or store.nodes, not both",
+                    ));
+                }
+                (Some(u), None) => vec![u],
+                (None, Some(n)) if !n.is_empty() => n,
+                (None, Some(_)) => {
+                    return Err(at.bad("store.nodes", "must list at least one node"));
+                }
+                (None, None) => vec!["redis://127.0.0.1:6379/0".to_owned()],
+            };
+            for u in &urls {
+                if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                    return Err(at.bad(
+                        "store.url",
+                        format!("{u:?} must start with redis:// or rediss://"),
+                    ));
+                }
+            }
+            StoreKind::Redis(RedisConfig {
+                urls,
+                timeout: store_timeout,
+                key_prefix: st.key_prefix.unwrap_or_else(|| "session:".to_owned()),
+                cluster,
+            })
+        }
+        other => {
+            return Err(at.bad(
+                "store.kind",
+                format!("{other:?} is not one of \"fs\", \"memory\", \"redis\""),
+            ));
+        }
+    };
+    let store = StoreConfig {
+        kind,
+        timeout: store_timeout,
+        sweep_interval: at.duration(
+            "store.sweep_interval",
+            &st.sweep_interval,
+            Duration::from_secs(300),
+        )?,
+    };
+    if store.timeout.is_zero() || store.sweep_interval.is_zero() {
+        return Err(at.bad(
+            "store.timeout",
+            "store.timeout and store.sweep_interval must be positive",
+        ));
+    }
+    Ok(store)
+}
+
+fn upstream_timeouts(at: &Origin, t: RawTimeouts) -> Result<UpstreamTimeouts, ConfigError> {
+    let upstream_timeouts = UpstreamTimeouts {
+        connect: at.duration(
+            "upstream_timeouts.connect",
+            &t.connect,
+            Duration::from_secs(5),
+        )?,
+        response: at.duration(
+            "upstream_timeouts.response",
+            &t.response,
+            Duration::from_secs(60),
+        )?,
+    };
+    if upstream_timeouts.connect.is_zero() || upstream_timeouts.response.is_zero() {
+        return Err(at.bad("upstream_timeouts", "timeouts must be positive"));
+    }
+    Ok(upstream_timeouts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str) -> Result<Config, String> {
+        RawConfig::from_toml("t.toml", text)
+            .and_then(|r| r.validate("t.toml"))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = check("").unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.cookie.name, "session_id");
+        assert!(c.cookie.http_only);
+        assert_eq!(c.session.max_size, 16384);
+        assert_eq!(c.session.lifetime.touch_interval, Duration::from_secs(8640));
+        assert!(matches!(c.store.kind, StoreKind::Fs(ref f) if f.mode == 0o600 && f.fsync));
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let cases = [
+            ("bogus = 1", "unknown field"),
+            ("[cookie]\nsame_site = \"none\"", "`cookie.same_site`"),
+            ("[cookie]\nsame_site = \"sometimes\"", "`cookie.same_site`"),
+            ("[cookie]\nsecret = \"short\"", "`cookie.secret`"),
+            ("[cookie]\nmax_age = \"12 parsecs\"", "`cookie.max_age`"),
+            (
+                "[session]\nidle_timeout = \"soon\"",
+                "`session.idle_timeout`",
+            ),
+            ("[session]\nmax_size = 0", "`session.max_size`"),
+            ("[store]\nkind = \"tape\"", "`store.kind`"),
+            (
+                "[store]\nfilename_template = \"../%s\"",
+                "`store.filename_template`",
+            ),
+            ("[store]\nkind = \"memory\"\npath = \"x\"", "`store.path`"),
+            ("[store]\nmode = 0o1777", "`store.mode`"),
+            ("listen = \"nowhere\"", "`listen`"),
+            ("upstream = \"https://x\"", "`upstream`"),
+            ("upstream = \"http://x/app\"", "`upstream`"),
+            (
+                "[upstream_timeouts]\nconnect = \"0s\"",
+                "`upstream_timeouts`",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = check(text).unwrap_err();
+            assert!(err.starts_with("t.toml"), "{err}");
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn durations_and_options() {
+        let c = check(
+            "[cookie]\nmax_age = \"12h\"\nsame_site = \"none\"\nsecure = true\nexpires = \"2030-01-01T00:00:00Z\"\n\
+             [session]\nidle_timeout = \"7d\"\nabsolute_timeout = 60\ntouch_interval = \"500ms\"",
+        )
+        .unwrap();
+        assert_eq!(c.cookie.max_age, Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(
+            c.session.lifetime.idle_timeout,
+            Duration::from_secs(7 * 86400)
+        );
+        assert_eq!(
+            c.session.lifetime.absolute_timeout,
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            c.session.lifetime.touch_interval,
+            Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn the_shipped_proxy_toml_is_the_defaults() {
+        let text = include_str!("../../proxy.toml");
+        let shipped = check(text).unwrap();
+        let defaults = check("").unwrap();
+        assert_eq!(format!("{shipped:?}"), format!("{defaults:?}"));
+    }
+}
