@@ -243,30 +243,88 @@ fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, ConfigError> {
     })
 }
 
-fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigError> {
-    let store_timeout = at.duration("store.timeout", &st.timeout, Duration::from_secs(2))?;
-    let kind_name = st.kind.as_deref().unwrap_or("fs");
-    let only = |kind: &str, key: &'static str, set: bool| {
-        if set {
-            Err(at.bad(key, format!("does not apply to store.kind = {kind:?}")))
-        } else {
-            Ok(())
+/// The store kinds, as `store.kind` and the `--store` flag name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Fs,
+    Memory,
+    Redis,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Fs, Kind::Memory, Kind::Redis];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Fs => "fs",
+            Kind::Memory => "memory",
+            Kind::Redis => "redis",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// One `[store]` key besides `kind`, with how to see it in a [`RawStore`].
+struct StoreKey {
+    name: &'static str,
+    kinds: &'static [Kind],
+    is_set: fn(&RawStore) -> bool,
+}
+
+/// The key's name comes from the field itself, so an error can never name a neighbour.
+macro_rules! store_key {
+    ($field:ident, $kinds:expr) => {
+        StoreKey {
+            name: concat!("store.", stringify!($field)),
+            kinds: $kinds,
+            is_set: |s| s.$field.is_some(),
         }
     };
-    let fs_keys = st.path.is_some()
-        || st.filename_template.is_some()
-        || st.mode.is_some()
-        || st.fsync.is_some();
-    let redis_keys =
-        st.url.is_some() || st.key_prefix.is_some() || st.cluster.is_some() || st.nodes.is_some();
-    let kind = match kind_name {
-        "memory" => {
-            only("memory", "store.path", fs_keys)?;
-            only("memory", "store.url", redis_keys)?;
-            StoreKind::Memory
-        }
-        "fs" => {
-            only("fs", "store.url", redis_keys)?;
+}
+
+/// Which `[store]` keys belong to which kind. File validation and the `--store` flag both go by
+/// this one list, so a new kind or key is added here and nowhere else.
+const STORE_KEYS: [StoreKey; 10] = [
+    store_key!(timeout, &Kind::ALL),
+    store_key!(sweep_interval, &Kind::ALL),
+    store_key!(path, &[Kind::Fs]),
+    store_key!(filename_template, &[Kind::Fs]),
+    store_key!(mode, &[Kind::Fs]),
+    store_key!(fsync, &[Kind::Fs]),
+    store_key!(url, &[Kind::Redis]),
+    store_key!(key_prefix, &[Kind::Redis]),
+    store_key!(cluster, &[Kind::Redis]),
+    store_key!(nodes, &[Kind::Redis]),
+];
+
+fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigError> {
+    let store_timeout = at.duration("store.timeout", &st.timeout, Duration::from_secs(2))?;
+    let kind_name = st.kind.as_deref().unwrap_or(Kind::Fs.name());
+    let Some(kind) = Kind::from_name(kind_name) else {
+        let names: Vec<String> = Kind::ALL
+            .iter()
+            .map(|k| format!("{:?}", k.name()))
+            .collect();
+        return Err(at.bad(
+            "store.kind",
+            format!("{kind_name:?} is not one of {}", names.join(", ")),
+        ));
+    };
+    if let Some(key) = STORE_KEYS
+        .iter()
+        .find(|key| (key.is_set)(&st) && !key.kinds.contains(&kind))
+    {
+        return Err(at.bad(
+            key.name,
+            format!("does not apply to store.kind = {:?}", kind.name()),
+        ));
+    }
+    let kind = match kind {
+        Kind::Memory => StoreKind::Memory,
+        Kind::Fs => {
             let filename_template = st
                 .filename_template
                 .unwrap_or_else(|| "session_%s.json".to_owned());
@@ -297,8 +355,7 @@ fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigError> {
                 fsync: st.fsync.unwrap_or(true),
             })
         }
-        "redis" => {
-            only("redis", "store.path", fs_keys)?;
+        Kind::Redis => {
             if !cfg!(feature = "redis") {
                 return Err(at.bad(
                     "store.kind",
@@ -334,12 +391,6 @@ fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigError> {
                 key_prefix: st.key_prefix.unwrap_or_else(|| "session:".to_owned()),
                 cluster,
             })
-        }
-        other => {
-            return Err(at.bad(
-                "store.kind",
-                format!("{other:?} is not one of \"fs\", \"memory\", \"redis\""),
-            ));
         }
     };
     let store = StoreConfig {
@@ -432,6 +483,46 @@ mod tests {
             let err = check(text).unwrap_err();
             assert!(err.starts_with("t.toml"), "{err}");
             assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    /// The key that is set where it does not belong, not some other key of its kind.
+    #[test]
+    fn a_key_of_another_store_kind_names_itself() {
+        let cases = [
+            ("memory", "path = \"x\"", "store.path"),
+            (
+                "memory",
+                "filename_template = \"s_%s\"",
+                "store.filename_template",
+            ),
+            ("memory", "mode = 0o600", "store.mode"),
+            ("memory", "fsync = true", "store.fsync"),
+            ("memory", "url = \"redis://x\"", "store.url"),
+            ("memory", "key_prefix = \"s:\"", "store.key_prefix"),
+            ("memory", "cluster = true", "store.cluster"),
+            ("memory", "nodes = [\"redis://x\"]", "store.nodes"),
+            ("fs", "url = \"redis://x\"", "store.url"),
+            ("fs", "key_prefix = \"s:\"", "store.key_prefix"),
+            ("fs", "cluster = false", "store.cluster"),
+            ("fs", "nodes = [\"redis://x\"]", "store.nodes"),
+            ("redis", "path = \"x\"", "store.path"),
+            (
+                "redis",
+                "filename_template = \"s_%s\"",
+                "store.filename_template",
+            ),
+            ("redis", "mode = 0o600", "store.mode"),
+            ("redis", "fsync = false", "store.fsync"),
+        ];
+        for (kind, line, want) in cases {
+            let text = format!("[store]\nkind = \"{kind}\"\n{line}\n");
+            let err = check(&text).unwrap_err();
+            assert_eq!(
+                err,
+                format!("t.toml: `{want}`: does not apply to store.kind = \"{kind}\""),
+                "{text}"
+            );
         }
     }
 
