@@ -39,6 +39,15 @@ impl Origin<'_> {
         Ok(self.optional_duration(key, spec)?.unwrap_or(default))
     }
 
+    /// A zero timeout or interval would fail every call or spin.
+    fn positive(&self, key: &'static str, value: Duration) -> Result<(), ConfigError> {
+        if value.is_zero() {
+            Err(self.bad(key, "must be positive"))
+        } else {
+            Ok(())
+        }
+    }
+
     fn optional_duration(
         &self,
         key: &'static str,
@@ -302,6 +311,7 @@ const STORE_KEYS: [StoreKey; 10] = [
 
 fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigError> {
     let store_timeout = at.duration("store.timeout", &st.timeout, Duration::from_secs(2))?;
+    at.positive("store.timeout", store_timeout)?;
     let kind_name = st.kind.as_deref().unwrap_or(Kind::Fs.name());
     let Some(kind) = Kind::from_name(kind_name) else {
         let names: Vec<String> = Kind::ALL
@@ -363,24 +373,25 @@ fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigError> {
                 ));
             }
             let cluster = st.cluster.unwrap_or(false) || st.nodes.is_some();
-            let urls = match (st.url, st.nodes) {
+            // The key the URLs came from, for an error about one of them.
+            let (urls_key, urls) = match (st.url, st.nodes) {
                 (Some(_), Some(_)) => {
                     return Err(at.bad(
                         "store.nodes",
                         "give either store.url or store.nodes, not both",
                     ));
                 }
-                (Some(u), None) => vec![u],
-                (None, Some(n)) if !n.is_empty() => n,
+                (Some(u), None) => ("store.url", vec![u]),
+                (None, Some(n)) if !n.is_empty() => ("store.nodes", n),
                 (None, Some(_)) => {
                     return Err(at.bad("store.nodes", "must list at least one node"));
                 }
-                (None, None) => vec!["redis://127.0.0.1:6379/0".to_owned()],
+                (None, None) => ("store.url", vec!["redis://127.0.0.1:6379/0".to_owned()]),
             };
             for u in &urls {
                 if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
                     return Err(at.bad(
-                        "store.url",
+                        urls_key,
                         format!("{u:?} must start with redis:// or rediss://"),
                     ));
                 }
@@ -393,41 +404,33 @@ fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigError> {
             })
         }
     };
-    let store = StoreConfig {
+    let sweep_interval = at.duration(
+        "store.sweep_interval",
+        &st.sweep_interval,
+        Duration::from_secs(300),
+    )?;
+    at.positive("store.sweep_interval", sweep_interval)?;
+    Ok(StoreConfig {
         kind,
         timeout: store_timeout,
-        sweep_interval: at.duration(
-            "store.sweep_interval",
-            &st.sweep_interval,
-            Duration::from_secs(300),
-        )?,
-    };
-    if store.timeout.is_zero() || store.sweep_interval.is_zero() {
-        return Err(at.bad(
-            "store.timeout",
-            "store.timeout and store.sweep_interval must be positive",
-        ));
-    }
-    Ok(store)
+        sweep_interval,
+    })
 }
 
 fn upstream_timeouts(at: &Origin, t: RawTimeouts) -> Result<UpstreamTimeouts, ConfigError> {
-    let upstream_timeouts = UpstreamTimeouts {
-        connect: at.duration(
-            "upstream_timeouts.connect",
-            &t.connect,
-            Duration::from_secs(5),
-        )?,
-        response: at.duration(
-            "upstream_timeouts.response",
-            &t.response,
-            Duration::from_secs(60),
-        )?,
-    };
-    if upstream_timeouts.connect.is_zero() || upstream_timeouts.response.is_zero() {
-        return Err(at.bad("upstream_timeouts", "timeouts must be positive"));
-    }
-    Ok(upstream_timeouts)
+    let connect = at.duration(
+        "upstream_timeouts.connect",
+        &t.connect,
+        Duration::from_secs(5),
+    )?;
+    at.positive("upstream_timeouts.connect", connect)?;
+    let response = at.duration(
+        "upstream_timeouts.response",
+        &t.response,
+        Duration::from_secs(60),
+    )?;
+    at.positive("upstream_timeouts.response", response)?;
+    Ok(UpstreamTimeouts { connect, response })
 }
 
 #[cfg(test)]
@@ -476,7 +479,7 @@ mod tests {
             ("upstream = \"http://x/app\"", "`upstream`"),
             (
                 "[upstream_timeouts]\nconnect = \"0s\"",
-                "`upstream_timeouts`",
+                "`upstream_timeouts.connect`",
             ),
         ];
         for (text, want) in cases {
@@ -522,6 +525,37 @@ mod tests {
                 err,
                 format!("t.toml: `{want}`: does not apply to store.kind = \"{kind}\""),
                 "{text}"
+            );
+        }
+    }
+
+    /// Checks that look at two keys blame the one that is wrong.
+    #[test]
+    fn a_check_of_two_keys_names_the_bad_one() {
+        let mut cases = vec![
+            ("[store]\ntimeout = \"0s\"", "store.timeout"),
+            ("[store]\nsweep_interval = \"0s\"", "store.sweep_interval"),
+            (
+                "[upstream_timeouts]\nconnect = \"0s\"",
+                "upstream_timeouts.connect",
+            ),
+            (
+                "[upstream_timeouts]\nresponse = \"0s\"",
+                "upstream_timeouts.response",
+            ),
+        ];
+        if cfg!(feature = "redis") {
+            cases.push(("[store]\nkind = \"redis\"\nurl = \"http://x\"", "store.url"));
+            cases.push((
+                "[store]\nkind = \"redis\"\nnodes = [\"redis://a\", \"http://b\"]",
+                "store.nodes",
+            ));
+        }
+        for (text, want) in cases {
+            let err = check(text).unwrap_err();
+            assert!(
+                err.starts_with(&format!("t.toml: `{want}`: ")),
+                "{text}: {err}"
             );
         }
     }
