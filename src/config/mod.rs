@@ -20,6 +20,8 @@ pub mod cli;
 mod raw;
 mod validate;
 
+#[cfg(test)]
+pub(crate) use raw::KEYS;
 pub use raw::{RawConfig, RawCookie, RawSession, RawStore, RawTimeouts};
 
 /// A config problem, always naming where it came from.
@@ -44,7 +46,10 @@ pub enum ConfigError {
 /// A duration as written by a person: `"500ms"`, `"30s"`, `"5m"`, `"24h"`, `"7d"`, or a whole
 /// number of seconds.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "expected a duration like \"30s\", \"5m\", \"24h\" or \"7d\", or whole seconds"
+)]
 pub enum DurationSpec {
     Seconds(u64),
     Text(String),

@@ -436,6 +436,7 @@ fn upstream_timeouts(at: &Origin, t: RawTimeouts) -> Result<UpstreamTimeouts, Co
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::KEYS;
 
     fn check(text: &str) -> Result<Config, String> {
         RawConfig::from_toml("t.toml", text)
@@ -487,6 +488,110 @@ mod tests {
             assert!(err.starts_with("t.toml"), "{err}");
             assert!(err.contains(want), "{text:?}: {err}");
         }
+    }
+
+    /// The README's promise: a bad value of any key is refused with an error naming that key.
+    #[test]
+    fn a_bad_value_of_every_key_names_that_key() {
+        let cases = [
+            ("listen", "listen = \"nowhere\""),
+            ("upstream", "upstream = \"https://x\""),
+            ("shutdown_timeout", "shutdown_timeout = \"soon\""),
+            (
+                "trust_forwarded_headers",
+                "trust_forwarded_headers = \"yes\"",
+            ),
+            ("cookie.name", "[cookie]\nname = \"a b\""),
+            ("cookie.max_age", "[cookie]\nmax_age = true"),
+            ("cookie.expires", "[cookie]\nexpires = \"tomorrow\""),
+            ("cookie.path", "[cookie]\npath = \"app\""),
+            ("cookie.domain", "[cookie]\ndomain = \"\""),
+            ("cookie.secure", "[cookie]\nsecure = 1"),
+            ("cookie.http_only", "[cookie]\nhttp_only = \"no\""),
+            ("cookie.same_site", "[cookie]\nsame_site = \"sometimes\""),
+            ("cookie.secret", "[cookie]\nsecret = \"short\""),
+            (
+                "session.header_prefix",
+                "[session]\nheader_prefix = \"X Session\"",
+            ),
+            (
+                "session.renew_missing",
+                "[session]\nrenew_missing = \"yes\"",
+            ),
+            ("session.max_size", "[session]\nmax_size = 0"),
+            ("session.idle_timeout", "[session]\nidle_timeout = \"soon\""),
+            (
+                "session.absolute_timeout",
+                "[session]\nabsolute_timeout = \"0s\"",
+            ),
+            (
+                "session.touch_interval",
+                "[session]\nidle_timeout = \"1h\"\ntouch_interval = \"2h\"",
+            ),
+            ("store.kind", "[store]\nkind = \"tape\""),
+            ("store.timeout", "[store]\ntimeout = \"0s\""),
+            ("store.sweep_interval", "[store]\nsweep_interval = \"0s\""),
+            ("store.path", "[store]\nkind = \"memory\"\npath = \"x\""),
+            (
+                "store.filename_template",
+                "[store]\nfilename_template = \"../%s\"",
+            ),
+            ("store.mode", "[store]\nmode = 0o1777"),
+            ("store.fsync", "[store]\nfsync = \"always\""),
+            ("store.url", "[store]\nurl = 6379"),
+            (
+                "store.key_prefix",
+                "[store]\nkind = \"fs\"\nkey_prefix = \"s:\"",
+            ),
+            ("store.cluster", "[store]\ncluster = \"yes\""),
+            ("store.nodes", "[store]\nnodes = \"redis://x\""),
+            (
+                "upstream_timeouts.connect",
+                "[upstream_timeouts]\nconnect = \"0s\"",
+            ),
+            (
+                "upstream_timeouts.response",
+                "[upstream_timeouts]\nresponse = \"soon\"",
+            ),
+        ];
+        let covered: Vec<&str> = cases.iter().map(|(key, _)| *key).collect();
+        assert_eq!(covered, KEYS, "one case per key, in file order");
+        for (want, text) in cases {
+            let err = RawConfig::from_toml("t.toml", text)
+                .and_then(|r| r.validate("t.toml"))
+                .unwrap_err();
+            let shown = err.to_string();
+            match err {
+                ConfigError::Invalid { file, key, .. } => {
+                    assert_eq!((file.as_str(), key), ("t.toml", want), "{text}: {shown}");
+                }
+                other => panic!("{text}: not an error about `{want}`: {other}"),
+            }
+            assert!(shown.starts_with(&format!("t.toml: `{want}`: ")), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key_and_where_it_is() {
+        let cases = [
+            (
+                "[cookie]\nsecure = 1",
+                "t.toml: `cookie.secure`: invalid type: integer `1`, expected a boolean (line 2, column 10)",
+            ),
+            (
+                "cookie = { max_age = true }",
+                "t.toml: `cookie.max_age`: expected a duration like \"30s\", \"5m\", \"24h\" or \"7d\", or whole seconds (line 1, column 22)",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(check(text).unwrap_err(), want);
+        }
+        // Not a key's value: toml's own message, with the line shown.
+        let err = check("cookie = 3").unwrap_err();
+        assert!(
+            err.starts_with("t.toml: TOML parse error at line 1"),
+            "{err}"
+        );
     }
 
     /// The key that is set where it does not belong, not some other key of its kind.
