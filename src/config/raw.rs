@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::{ConfigError, DurationSpec};
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: Option<String>,
@@ -25,7 +25,7 @@ pub struct RawConfig {
     pub upstream_timeouts: RawTimeouts,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawCookie {
     pub name: Option<String>,
@@ -39,7 +39,7 @@ pub struct RawCookie {
     pub secret: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSession {
     pub header_prefix: Option<String>,
@@ -50,7 +50,7 @@ pub struct RawSession {
     pub touch_interval: Option<DurationSpec>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
     pub kind: Option<String>,
@@ -68,7 +68,7 @@ pub struct RawStore {
     pub nodes: Option<Vec<String>>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
     pub connect: Option<DurationSpec>,

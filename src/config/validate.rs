@@ -276,20 +276,34 @@ impl Kind {
     }
 }
 
-/// One `[store]` key besides `kind`, with how to see it in a [`RawStore`].
+/// What a `[store]` key is to the `--store` flag, which names a kind and where the store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A setting of the kinds it applies to: a flag choosing one of them keeps the file's value.
+    Setting,
+    /// Says where the store is (which directory, server or cluster): the flag says that itself,
+    /// so the file's value goes.
+    Location,
+}
+
+/// One `[store]` key besides `kind`, with how to see and drop it in a [`RawStore`].
 struct StoreKey {
     name: &'static str,
     kinds: &'static [Kind],
+    role: Role,
     is_set: fn(&RawStore) -> bool,
+    clear: fn(&mut RawStore),
 }
 
 /// The key's name comes from the field itself, so an error can never name a neighbour.
 macro_rules! store_key {
-    ($field:ident, $kinds:expr) => {
+    ($field:ident, $kinds:expr, $role:expr) => {
         StoreKey {
             name: concat!("store.", stringify!($field)),
             kinds: $kinds,
+            role: $role,
             is_set: |s| s.$field.is_some(),
+            clear: |s| s.$field = None,
         }
     };
 }
@@ -297,17 +311,31 @@ macro_rules! store_key {
 /// Which `[store]` keys belong to which kind. File validation and the `--store` flag both go by
 /// this one list, so a new kind or key is added here and nowhere else.
 const STORE_KEYS: [StoreKey; 10] = [
-    store_key!(timeout, &Kind::ALL),
-    store_key!(sweep_interval, &Kind::ALL),
-    store_key!(path, &[Kind::Fs]),
-    store_key!(filename_template, &[Kind::Fs]),
-    store_key!(mode, &[Kind::Fs]),
-    store_key!(fsync, &[Kind::Fs]),
-    store_key!(url, &[Kind::Redis]),
-    store_key!(key_prefix, &[Kind::Redis]),
-    store_key!(cluster, &[Kind::Redis]),
-    store_key!(nodes, &[Kind::Redis]),
+    store_key!(timeout, &Kind::ALL, Role::Setting),
+    store_key!(sweep_interval, &Kind::ALL, Role::Setting),
+    store_key!(path, &[Kind::Fs], Role::Location),
+    store_key!(filename_template, &[Kind::Fs], Role::Setting),
+    store_key!(mode, &[Kind::Fs], Role::Setting),
+    store_key!(fsync, &[Kind::Fs], Role::Setting),
+    store_key!(url, &[Kind::Redis], Role::Location),
+    store_key!(key_prefix, &[Kind::Redis], Role::Setting),
+    store_key!(cluster, &[Kind::Redis], Role::Location),
+    store_key!(nodes, &[Kind::Redis], Role::Location),
 ];
+
+impl RawStore {
+    /// Makes this a `kind` store for a `--store` flag, which chooses the store outright: the
+    /// settings of other kinds and where the store was go, the settings of `kind` stay. The
+    /// caller then sets where the store is, from the flag.
+    pub(crate) fn choose(&mut self, kind: Kind) {
+        self.kind = Some(kind.name().to_owned());
+        for key in &STORE_KEYS {
+            if key.role == Role::Location || !key.kinds.contains(&kind) {
+                (key.clear)(self);
+            }
+        }
+    }
+}
 
 fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigError> {
     let store_timeout = at.duration("store.timeout", &st.timeout, Duration::from_secs(2))?;
