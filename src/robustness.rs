@@ -46,7 +46,7 @@ fn json_object(rng: &mut StdRng, depth: u32) -> serde_json::Value {
 
 fn cookies(secret: Option<&str>) -> Cookies {
     let mut raw = RawConfig::default();
-    raw.cookie.secret = secret.map(str::to_owned);
+    raw.cookie.secret = secret.map(|s| s.to_owned().into());
     let config = raw.validate("test").map(|c| c.cookie);
     Cookies::new(config.unwrap_or_else(|e| panic!("{e}")))
 }

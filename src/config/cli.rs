@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::validate::Kind;
-use crate::config::{Config, ConfigError, DurationSpec, RawConfig, parse_duration_arg};
+use crate::config::{Config, ConfigError, DurationSpec, RawConfig, Secret, parse_duration_arg};
 
 /// An HTTP reverse proxy that gives server-side sessions to a web app that has none.
 ///
@@ -88,7 +88,7 @@ pub struct Options {
         hide_env_values = true,
         value_name = "SECRET"
     )]
-    pub cookie_secret: Option<String>,
+    pub cookie_secret: Option<Secret>,
     /// Prefix of the protocol headers (default X-Session).
     #[arg(long, global = true, value_name = "PREFIX")]
     pub header_prefix: Option<String>,
@@ -177,6 +177,17 @@ mod tests {
         path = \"a\"\nfilename_template = \"s_%s\"\nmode = 0o640\nfsync = false\n";
     const REDIS_FILE: &str = "[store]\nkind = \"redis\"\ntimeout = \"3s\"\nsweep_interval = \"1m\"\n\
         key_prefix = \"p:\"\ncluster = true\nnodes = [\"redis://n1\", \"redis://n2\"]\n";
+
+    #[test]
+    fn the_secret_flag_never_shows_in_debug_output() {
+        let secret = "0123456789abcdef0123456789abcdef-flag";
+        let cli = Cli::try_parse_from(["session-proxy", "--cookie-secret", secret]).unwrap();
+        assert!(!format!("{cli:?}").contains(secret), "{cli:?}");
+        let mut raw = RawConfig::default();
+        cli.options.apply(&mut raw, "t.toml").unwrap();
+        assert_eq!(raw.cookie.secret.as_ref().map(Secret::as_str), Some(secret));
+        assert!(raw.validate("t.toml").unwrap().cookie.key.is_some());
+    }
 
     /// The flag chooses the store outright: the file's settings of other kinds, and where its
     /// store was, go; settings of the chosen kind and the timeouts stay.

@@ -16,13 +16,15 @@ use http::uri::Authority;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
+use crate::protocol::ProtocolHeaders;
+
 pub mod cli;
 mod raw;
 mod validate;
 
 #[cfg(test)]
 pub(crate) use raw::KEYS;
-pub use raw::{RawConfig, RawCookie, RawSession, RawStore, RawTimeouts};
+pub use raw::{RawConfig, RawCookie, RawSession, RawStore, RawTimeouts, Secret};
 
 /// A config problem, always naming where it came from.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +89,7 @@ pub struct Config {
     pub upstream_timeouts: UpstreamTimeouts,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CookieConfig {
     pub name: String,
     pub max_age: Option<Duration>,
@@ -97,13 +99,45 @@ pub struct CookieConfig {
     pub secure: bool,
     pub http_only: bool,
     pub same_site: SameSite,
-    /// At least 32 bytes; signs the cookie value (HMAC-SHA256) when set.
-    pub secret: Option<String>,
+    /// Signs the cookie value (HMAC-SHA256) when set. Derived here, from a secret checked to be
+    /// long enough, so the cookie code has no weak or missing key to fall back from.
+    pub key: Option<::cookie::Key>,
+}
+
+impl std::fmt::Debug for CookieConfig {
+    /// Says whether cookies are signed, never with what.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Destructured, so a new field cannot be left out of the output by accident.
+        let CookieConfig {
+            name,
+            max_age,
+            expires,
+            path,
+            domain,
+            secure,
+            http_only,
+            same_site,
+            key,
+        } = self;
+        f.debug_struct("CookieConfig")
+            .field("name", name)
+            .field("max_age", max_age)
+            .field("expires", expires)
+            .field("path", path)
+            .field("domain", domain)
+            .field("secure", secure)
+            .field("http_only", http_only)
+            .field("same_site", same_site)
+            .field("signed", &key.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub header_prefix: String,
+    /// The header names, built from `header_prefix` once.
+    pub headers: ProtocolHeaders,
     pub renew_missing: bool,
     /// Upper bound on the session's JSON text, in bytes.
     pub max_size: usize,

@@ -36,7 +36,30 @@ pub struct RawCookie {
     pub secure: Option<bool>,
     pub http_only: Option<bool>,
     pub same_site: Option<String>,
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
+}
+
+/// The cookie secret as given: it signs every cookie, so `Debug` never shows it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(text: String) -> Self {
+        Secret(text)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

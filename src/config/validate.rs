@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cookie::SameSite;
+use cookie::{Key, SameSite};
 use http::uri::{Authority, Scheme, Uri};
 use time::OffsetDateTime;
 
@@ -14,6 +14,7 @@ use super::{
     Config, ConfigError, CookieConfig, DEFAULT_LISTEN, DEFAULT_UPSTREAM, DurationSpec, FsConfig,
     Lifetime, RawConfig, RedisConfig, SessionConfig, StoreConfig, StoreKind, UpstreamTimeouts,
 };
+use crate::protocol::ProtocolHeaders;
 
 const DEFAULT_MAX_SIZE: u64 = 16 * 1024;
 const MAX_MAX_SIZE: u64 = 1024 * 1024;
@@ -168,14 +169,20 @@ fn cookie(at: &Origin, c: RawCookie) -> Result<CookieConfig, ConfigError> {
             "\"none\" requires cookie.secure = true (browsers drop SameSite=None cookies that are not Secure)",
         ));
     }
-    if let Some(s) = &c.secret
-        && s.len() < 32
-    {
-        return Err(at.bad(
-            "cookie.secret",
-            format!("must be at least 32 bytes of random text, got {}", s.len()),
-        ));
-    }
+    // `derive_from` needs 32 bytes; checking here, next to it, is the only check.
+    let key = match c.secret {
+        Some(s) if s.as_str().len() < 32 => {
+            return Err(at.bad(
+                "cookie.secret",
+                format!(
+                    "must be at least 32 bytes of random text, got {}",
+                    s.as_str().len()
+                ),
+            ));
+        }
+        Some(s) => Some(Key::derive_from(s.as_str().as_bytes())),
+        None => None,
+    };
     Ok(CookieConfig {
         name,
         max_age,
@@ -185,7 +192,7 @@ fn cookie(at: &Origin, c: RawCookie) -> Result<CookieConfig, ConfigError> {
         secure,
         http_only: c.http_only.unwrap_or(true),
         same_site,
-        secret: c.secret,
+        key,
     })
 }
 
@@ -196,7 +203,7 @@ fn is_token_byte(b: u8) -> bool {
 
 fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, ConfigError> {
     let header_prefix = s.header_prefix.unwrap_or_else(|| "X-Session".to_owned());
-    crate::protocol::ProtocolHeaders::new(&header_prefix)
+    let headers = ProtocolHeaders::new(&header_prefix)
         .map_err(|e| at.bad("session.header_prefix", e.to_string()))?;
     if header_prefix
         .to_ascii_lowercase()
@@ -242,6 +249,7 @@ fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, ConfigError> {
     }
     Ok(SessionConfig {
         header_prefix,
+        headers,
         renew_missing: s.renew_missing.unwrap_or(true),
         max_size: max_size as usize,
         lifetime: Lifetime {
@@ -691,6 +699,36 @@ mod tests {
                 "{text}: {err}"
             );
         }
+    }
+
+    /// The secret signs every cookie: logging a config must not leak it.
+    #[test]
+    fn the_cookie_secret_never_shows_in_debug_output() {
+        let secret = "0123456789abcdef0123456789abcdef-secret";
+        let text = format!("[cookie]\nsecret = \"{secret}\"");
+        let raw = RawConfig::from_toml("t.toml", &text).unwrap();
+        assert!(!format!("{raw:?}").contains(secret), "{raw:?}");
+        let config = raw.validate("t.toml").unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("signed: true"), "{shown}");
+        assert!(format!("{:?}", check("").unwrap()).contains("signed: false"));
+    }
+
+    /// What later code would otherwise rebuild per use is built once, here.
+    #[test]
+    fn the_signing_key_and_the_header_names_are_built_once() {
+        let secret = "k".repeat(32);
+        let c = check(&format!(
+            "[cookie]\nsecret = \"{secret}\"\n[session]\nheader_prefix = \"X-App\""
+        ))
+        .unwrap();
+        assert!(c.cookie.key == Some(Key::derive_from(secret.as_bytes())));
+        assert_eq!(c.session.headers.session, "x-app");
+        assert_eq!(c.session.headers.id, "x-app-id");
+        let c = check("").unwrap();
+        assert!(c.cookie.key.is_none());
+        assert_eq!(c.session.headers.session, "x-session");
     }
 
     #[test]
