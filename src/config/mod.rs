@@ -35,8 +35,10 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// Not TOML, an unknown key, or a section of the wrong type: toml's message says where.
     #[error("{file}: {message}")]
     Parse { file: String, message: String },
+    /// A bad value, of the wrong type or refused by validation.
     #[error("{file}: `{key}`: {message}")]
     Invalid {
         file: String,
@@ -136,7 +138,7 @@ impl std::fmt::Debug for CookieConfig {
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
     pub header_prefix: String,
-    /// The header names, built from `header_prefix` once.
+    /// The names built from `header_prefix`, once, so nothing later rebuilds or re-checks them.
     pub headers: ProtocolHeaders,
     pub renew_missing: bool,
     /// Upper bound on the session's JSON text, in bytes.

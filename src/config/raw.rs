@@ -98,7 +98,8 @@ pub struct RawTimeouts {
     pub response: Option<DurationSpec>,
 }
 
-/// Every key of the file, as errors name it.
+/// Every key of the file, as errors name it: what a value of the wrong type is reported against
+/// (a test holds this list to the structs' fields).
 pub(crate) const KEYS: [&str; 32] = [
     "listen",
     "upstream",

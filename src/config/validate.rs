@@ -65,7 +65,7 @@ impl RawConfig {
     /// Validates every value and applies defaults. `file` names the origin in errors.
     pub fn validate(self, file: &str) -> Result<Config, ConfigError> {
         let at = Origin(file);
-        // Fields are checked in the order written, so the first bad key in the file is reported.
+        // Checked in the order of proxy.toml: of several bad keys, the first is reported.
         Ok(Config {
             listen: listen(&at, self.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?,
             upstream: parse_upstream(self.upstream.as_deref().unwrap_or(DEFAULT_UPSTREAM))
