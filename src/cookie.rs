@@ -1,18 +1,17 @@
 //! The session cookie: finding it in a request (and taking it out of what the upstream sees),
 //! checking its signature, and building the `Set-Cookie` that sets or expires it.
 
-use cookie::{Cookie, CookieJar, Key};
+use cookie::{Cookie, CookieJar};
 use http::header::{COOKIE, HeaderMap, HeaderValue};
 
 use crate::config::CookieConfig;
 use crate::session::SessionId;
 
-/// The configured cookie, with its signing key derived once and its `Set-Cookie` attributes
-/// rendered once: a proxy sets this cookie on every write, so only the value and a max-age-based
-/// `Expires` are formatted per response.
+/// The configured cookie (its signing key derived once, by the config), with its `Set-Cookie`
+/// attributes rendered once: a proxy sets this cookie on every write, so only the value and a
+/// max-age-based `Expires` are formatted per response.
 pub struct Cookies {
     config: CookieConfig,
-    key: Option<Key>,
     /// `name=`, then everything after the value that never changes: `; Path=/; HttpOnly; ...`.
     prefix: String,
     suffix: String,
@@ -25,7 +24,7 @@ impl std::fmt::Debug for Cookies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cookies")
             .field("name", &self.config.name)
-            .field("signed", &self.key.is_some())
+            .field("signed", &self.config.key.is_some())
             .finish()
     }
 }
@@ -60,13 +59,7 @@ fn expires_at(age: std::time::Duration) -> Option<std::time::SystemTime> {
 }
 
 impl Cookies {
-    /// `config.secret`, when set, is at least 32 bytes (checked in `config.rs`).
     pub fn new(config: CookieConfig) -> Self {
-        let key = config
-            .secret
-            .as_deref()
-            .filter(|s| s.len() >= 32)
-            .map(|s| Key::derive_from(s.as_bytes()));
         // The cookie crate renders the attributes (so their syntax is its, not ours), once.
         let mut fixed = Self::base(&config, String::new());
         if let Some(age) = config
@@ -89,7 +82,6 @@ impl Cookies {
         let rolling_expiry = config.max_age.filter(|_| config.expires.is_none());
         Cookies {
             config,
-            key,
             prefix,
             suffix,
             rolling_expiry,
@@ -158,7 +150,7 @@ impl Cookies {
 
     fn verify(&self, value: &[u8]) -> Option<SessionId> {
         let value = std::str::from_utf8(value).ok()?;
-        match &self.key {
+        match &self.config.key {
             None => SessionId::parse(value),
             Some(key) => {
                 let mut jar = CookieJar::new();
@@ -171,7 +163,7 @@ impl Cookies {
 
     /// The cookie value for `id`: the id itself, or the id with its HMAC when signing.
     fn value(&self, id: &SessionId) -> String {
-        match &self.key {
+        match &self.config.key {
             None => id.to_string(),
             Some(key) => {
                 let mut jar = CookieJar::new();
@@ -215,5 +207,51 @@ impl Cookies {
         let mut cookie = Self::base(&self.config, String::new()).build();
         cookie.make_removal();
         HeaderValue::from_str(&cookie.to_string()).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RawConfig;
+
+    fn cookies(toml: &str) -> Cookies {
+        let raw = RawConfig::from_toml("t.toml", toml).unwrap();
+        Cookies::new(raw.validate("t.toml").unwrap().cookie)
+    }
+
+    fn presented(cookies: &Cookies, value: &str) -> Presented {
+        let mut headers = HeaderMap::new();
+        let line = format!("session_id={value}");
+        headers.insert(COOKIE, HeaderValue::from_str(&line).unwrap());
+        cookies.take(&mut headers)
+    }
+
+    /// The value the `Set-Cookie` for `id` carries.
+    fn set_value(cookies: &Cookies, id: &SessionId) -> String {
+        let line = cookies.set(id).unwrap();
+        let line = line.to_str().unwrap();
+        line["session_id=".len()..line.find(';').unwrap()].to_owned()
+    }
+
+    #[test]
+    fn signs_with_the_configured_key_and_accepts_only_its_own_signature() {
+        let id = SessionId::generate().unwrap();
+        let signed = cookies(&format!("[cookie]\nsecret = \"{}\"", "a".repeat(32)));
+        let value = set_value(&signed, &id);
+        assert_ne!(value, id.as_str());
+        assert_eq!(presented(&signed, &value), Presented::Valid(id));
+        // Unsigned, or signed with another key: refused, never taken as a plain id.
+        assert_eq!(presented(&signed, id.as_str()), Presented::Invalid);
+        let other = cookies(&format!("[cookie]\nsecret = \"{}\"", "b".repeat(32)));
+        assert_eq!(presented(&other, &value), Presented::Invalid);
+
+        let plain = cookies("");
+        assert_eq!(set_value(&plain, &id), id.as_str());
+        assert_eq!(presented(&plain, id.as_str()), Presented::Valid(id));
+        assert_eq!(
+            format!("{plain:?}"),
+            "Cookies { name: \"session_id\", signed: false }"
+        );
     }
 }

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, DurationSpec, RawConfig, parse_duration_arg};
+use crate::config::validate::Kind;
+use crate::config::{Config, ConfigError, DurationSpec, RawConfig, Secret, parse_duration_arg};
 
 /// An HTTP reverse proxy that gives server-side sessions to a web app that has none.
 ///
@@ -87,7 +88,7 @@ pub struct Options {
         hide_env_values = true,
         value_name = "SECRET"
     )]
-    pub cookie_secret: Option<String>,
+    pub cookie_secret: Option<Secret>,
     /// Prefix of the protocol headers (default X-Session).
     #[arg(long, global = true, value_name = "PREFIX")]
     pub header_prefix: Option<String>,
@@ -136,25 +137,14 @@ impl Options {
         set(&mut raw.session.touch_interval, &self.touch_interval);
         if let Some(spec) = &self.store {
             let st = &mut raw.store;
-            // The flag chooses the store outright: settings of other kinds from the file go.
-            let keep_timeouts = (st.timeout.take(), st.sweep_interval.take());
-            let mut fresh = crate::config::RawStore {
-                timeout: keep_timeouts.0,
-                sweep_interval: keep_timeouts.1,
-                ..Default::default()
-            };
             if spec == "memory" {
-                fresh.kind = Some("memory".to_owned());
+                st.choose(Kind::Memory);
             } else if let Some(dir) = spec.strip_prefix("fs:") {
-                fresh.kind = Some("fs".to_owned());
-                fresh.path = Some(PathBuf::from(dir));
-                fresh.filename_template = st.filename_template.take();
-                fresh.mode = st.mode.take();
-                fresh.fsync = st.fsync.take();
+                st.choose(Kind::Fs);
+                st.path = Some(PathBuf::from(dir));
             } else if spec.starts_with("redis://") || spec.starts_with("rediss://") {
-                fresh.kind = Some("redis".to_owned());
-                fresh.url = Some(spec.clone());
-                fresh.key_prefix = st.key_prefix.take();
+                st.choose(Kind::Redis);
+                st.url = Some(spec.clone());
             } else {
                 return Err(ConfigError::Invalid {
                     file: origin.to_owned(),
@@ -162,8 +152,93 @@ impl Options {
                     message: format!("{spec:?} is not `memory`, `fs:<dir>` or `redis://...`"),
                 });
             }
-            *st = fresh;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::config::StoreKind;
+
+    /// `[store]` of the file after the `--store` flag, and the validated result.
+    fn with_flag(file: &str, flag: &str) -> (crate::config::RawStore, Result<Config, String>) {
+        let cli = Cli::try_parse_from(["session-proxy", "--store", flag]).unwrap();
+        let mut raw = RawConfig::from_toml("t.toml", file).unwrap();
+        cli.options.apply(&mut raw, "t.toml").unwrap();
+        let store = raw.store.clone();
+        (store, raw.validate("t.toml").map_err(|e| e.to_string()))
+    }
+
+    const FS_FILE: &str = "[store]\nkind = \"fs\"\ntimeout = \"3s\"\nsweep_interval = \"1m\"\n\
+        path = \"a\"\nfilename_template = \"s_%s\"\nmode = 0o640\nfsync = false\n";
+    const REDIS_FILE: &str = "[store]\nkind = \"redis\"\ntimeout = \"3s\"\nsweep_interval = \"1m\"\n\
+        key_prefix = \"p:\"\ncluster = true\nnodes = [\"redis://n1\", \"redis://n2\"]\n";
+
+    #[test]
+    fn the_secret_flag_never_shows_in_debug_output() {
+        let secret = "0123456789abcdef0123456789abcdef-flag";
+        let cli = Cli::try_parse_from(["session-proxy", "--cookie-secret", secret]).unwrap();
+        assert!(!format!("{cli:?}").contains(secret), "{cli:?}");
+        let mut raw = RawConfig::default();
+        cli.options.apply(&mut raw, "t.toml").unwrap();
+        assert_eq!(raw.cookie.secret.as_ref().map(Secret::as_str), Some(secret));
+        assert!(raw.validate("t.toml").unwrap().cookie.key.is_some());
+    }
+
+    /// The flag chooses the store outright: the file's settings of other kinds, and where its
+    /// store was, go; settings of the chosen kind and the timeouts stay.
+    #[test]
+    fn the_store_flag_keeps_only_settings_of_its_kind() {
+        let (st, config) = with_flag(FS_FILE, "fs:/b");
+        assert_eq!(st.path.as_deref(), Some(std::path::Path::new("/b")));
+        assert_eq!(
+            (st.filename_template.as_deref(), st.mode, st.fsync),
+            (Some("s_%s"), Some(0o640), Some(false))
+        );
+        let config = config.unwrap();
+        assert_eq!(config.store.timeout, std::time::Duration::from_secs(3));
+        assert_eq!(
+            config.store.sweep_interval,
+            std::time::Duration::from_secs(60)
+        );
+
+        let (st, config) = with_flag(FS_FILE, "memory");
+        assert_eq!(st.kind.as_deref(), Some("memory"));
+        assert!(st.timeout.is_some() && st.sweep_interval.is_some());
+        assert!(st.path.is_none() && st.filename_template.is_none());
+        assert!(st.mode.is_none() && st.fsync.is_none());
+        assert!(matches!(config.unwrap().store.kind, StoreKind::Memory));
+
+        let (st, config) = with_flag(REDIS_FILE, "fs:/b");
+        assert_eq!(st.kind.as_deref(), Some("fs"));
+        assert!(st.key_prefix.is_none() && st.cluster.is_none() && st.nodes.is_none());
+        assert!(st.timeout.is_some() && st.sweep_interval.is_some());
+        assert!(matches!(config.unwrap().store.kind, StoreKind::Fs(_)));
+
+        let (st, _) = with_flag(FS_FILE, "redis://h");
+        assert_eq!(st.kind.as_deref(), Some("redis"));
+        assert_eq!(st.url.as_deref(), Some("redis://h"));
+        assert!(st.path.is_none() && st.filename_template.is_none());
+        assert!(st.mode.is_none() && st.fsync.is_none());
+
+        // The flag's URL replaces the file's nodes (and the cluster switch); the prefix stays.
+        let (st, config) = with_flag(REDIS_FILE, "rediss://h");
+        assert_eq!(st.url.as_deref(), Some("rediss://h"));
+        assert_eq!(st.key_prefix.as_deref(), Some("p:"));
+        assert!(st.cluster.is_none() && st.nodes.is_none());
+        if cfg!(feature = "redis") {
+            match config.unwrap().store.kind {
+                StoreKind::Redis(r) => {
+                    assert_eq!(r.urls, ["rediss://h"]);
+                    assert!(!r.cluster);
+                    assert_eq!(r.key_prefix, "p:");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }

@@ -57,6 +57,19 @@ fn bad_config_names_the_file_and_the_key_and_exits_2() {
 }
 
 #[test]
+fn a_store_key_of_another_kind_is_named_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("memory.toml");
+    std::fs::write(&path, "[store]\nkind = \"memory\"\nmode = 0o600\n").unwrap();
+    let (code, _, err) = run(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("memory.toml") && err.contains("`store.mode`"),
+        "{err}"
+    );
+}
+
+#[test]
 fn flags_override_the_file() {
     let (code, _, err) = run(&[
         "check",

@@ -1,0 +1,231 @@
+//! The config file as written: every field optional, unknown keys refused. Flags overwrite these
+//! fields before validation, so a flag and a file value get the same checks.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::{ConfigError, DurationSpec};
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub shutdown_timeout: Option<DurationSpec>,
+    pub trust_forwarded_headers: Option<bool>,
+    #[serde(default)]
+    pub cookie: RawCookie,
+    #[serde(default)]
+    pub session: RawSession,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub upstream_timeouts: RawTimeouts,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCookie {
+    pub name: Option<String>,
+    pub max_age: Option<DurationSpec>,
+    pub expires: Option<String>,
+    pub path: Option<String>,
+    pub domain: Option<String>,
+    pub secure: Option<bool>,
+    pub http_only: Option<bool>,
+    pub same_site: Option<String>,
+    pub secret: Option<Secret>,
+}
+
+/// The cookie secret as given: it signs every cookie, so `Debug` never shows it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(text: String) -> Self {
+        Secret(text)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSession {
+    pub header_prefix: Option<String>,
+    pub renew_missing: Option<bool>,
+    pub max_size: Option<u64>,
+    pub idle_timeout: Option<DurationSpec>,
+    pub absolute_timeout: Option<DurationSpec>,
+    pub touch_interval: Option<DurationSpec>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    pub kind: Option<String>,
+    pub timeout: Option<DurationSpec>,
+    pub sweep_interval: Option<DurationSpec>,
+    // fs
+    pub path: Option<PathBuf>,
+    pub filename_template: Option<String>,
+    pub mode: Option<u32>,
+    pub fsync: Option<bool>,
+    // redis
+    pub url: Option<String>,
+    pub key_prefix: Option<String>,
+    pub cluster: Option<bool>,
+    pub nodes: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<DurationSpec>,
+    pub response: Option<DurationSpec>,
+}
+
+/// Every key of the file, as errors name it: what a value of the wrong type is reported against
+/// (a test holds this list to the structs' fields).
+pub(crate) const KEYS: [&str; 32] = [
+    "listen",
+    "upstream",
+    "shutdown_timeout",
+    "trust_forwarded_headers",
+    "cookie.name",
+    "cookie.max_age",
+    "cookie.expires",
+    "cookie.path",
+    "cookie.domain",
+    "cookie.secure",
+    "cookie.http_only",
+    "cookie.same_site",
+    "cookie.secret",
+    "session.header_prefix",
+    "session.renew_missing",
+    "session.max_size",
+    "session.idle_timeout",
+    "session.absolute_timeout",
+    "session.touch_interval",
+    "store.kind",
+    "store.timeout",
+    "store.sweep_interval",
+    "store.path",
+    "store.filename_template",
+    "store.mode",
+    "store.fsync",
+    "store.url",
+    "store.key_prefix",
+    "store.cluster",
+    "store.nodes",
+    "upstream_timeouts.connect",
+    "upstream_timeouts.response",
+];
+
+impl RawConfig {
+    /// Reads and parses a TOML file (no validation yet).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
+        Self::from_toml(&file, &text)
+    }
+
+    pub fn from_toml(file: &str, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| match key_of(&e, text) {
+            // A value of the wrong type is a bad value like any other: name its key.
+            Some((key, at)) => ConfigError::Invalid {
+                file: file.to_owned(),
+                key,
+                message: format!("{} ({at})", e.message().trim_end()),
+            },
+            None => ConfigError::Parse {
+                file: file.to_owned(),
+                message: e.to_string().trim_end().to_owned(),
+            },
+        })
+    }
+}
+
+/// The key (one of [`KEYS`]) whose value `error` is about, and where it is. toml reports a wrong
+/// type by position only, so the position is looked up in the document's spans.
+fn key_of(error: &toml::de::Error, text: &str) -> Option<(&'static str, String)> {
+    let span = error.span()?;
+    let document = toml::de::DeTable::parse(text).ok()?;
+    let path = key_at(document.get_ref(), &span, "")?;
+    let key = KEYS.into_iter().find(|k| *k == path)?;
+    let before = text.get(..span.start)?;
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    Some((key, format!("line {line}, column {column}")))
+}
+
+/// The dotted path of the innermost key whose name or value contains `span`.
+fn key_at(table: &toml::de::DeTable<'_>, span: &Range<usize>, prefix: &str) -> Option<String> {
+    let contains = |outer: Range<usize>| outer.start <= span.start && span.end <= outer.end;
+    table.iter().find_map(|(key, value)| {
+        let path = if prefix.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", key.get_ref())
+        };
+        if let toml::de::DeValue::Table(inner) = value.get_ref()
+            && let Some(found) = key_at(inner, span, &path)
+        {
+            return Some(found);
+        }
+        (contains(key.span()) || contains(value.span())).then_some(path)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names of a struct's fields, from a pattern without `..`: a field added to the
+    /// struct and not here fails to compile.
+    macro_rules! fields {
+        ($ty:ident $prefix:literal { $($field:ident),* } $(sections { $($section:ident),* })?) => {{
+            let $ty { $($field: _,)* $($($section: _,)*)? } = $ty::default();
+            [$(concat!($prefix, stringify!($field))),*]
+        }};
+    }
+
+    #[test]
+    fn keys_lists_every_field_of_the_file() {
+        let every: Vec<&str> = [
+            &fields!(RawConfig "" {
+                listen, upstream, shutdown_timeout, trust_forwarded_headers
+            } sections { cookie, session, store, upstream_timeouts })[..],
+            &fields!(RawCookie "cookie." {
+                name, max_age, expires, path, domain, secure, http_only, same_site, secret
+            }),
+            &fields!(RawSession "session." {
+                header_prefix, renew_missing, max_size, idle_timeout, absolute_timeout,
+                touch_interval
+            }),
+            &fields!(RawStore "store." {
+                kind, timeout, sweep_interval, path, filename_template, mode, fsync, url,
+                key_prefix, cluster, nodes
+            }),
+            &fields!(RawTimeouts "upstream_timeouts." { connect, response }),
+        ]
+        .concat();
+        assert_eq!(every, KEYS);
+    }
+}

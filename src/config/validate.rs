@@ -1,0 +1,763 @@
+//! `RawConfig` → `Config`: the only place a setting is checked, one function per section, so
+//! each error can name the file and the key it is about.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use cookie::{Key, SameSite};
+use http::uri::{Authority, Scheme, Uri};
+use time::OffsetDateTime;
+
+use super::raw::{RawCookie, RawSession, RawStore, RawTimeouts};
+use super::{
+    Config, ConfigError, CookieConfig, DEFAULT_LISTEN, DEFAULT_UPSTREAM, DurationSpec, FsConfig,
+    Lifetime, RawConfig, RedisConfig, SessionConfig, StoreConfig, StoreKind, UpstreamTimeouts,
+};
+use crate::protocol::ProtocolHeaders;
+
+const DEFAULT_MAX_SIZE: u64 = 16 * 1024;
+const MAX_MAX_SIZE: u64 = 1024 * 1024;
+
+/// The file being validated, so that every error can say where it came from.
+struct Origin<'a>(&'a str);
+
+impl Origin<'_> {
+    fn bad(&self, key: &'static str, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.0.to_owned(),
+            key,
+            message: message.into(),
+        }
+    }
+
+    fn duration(
+        &self,
+        key: &'static str,
+        spec: &Option<DurationSpec>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        Ok(self.optional_duration(key, spec)?.unwrap_or(default))
+    }
+
+    /// A zero timeout or interval would fail every call or spin.
+    fn positive(&self, key: &'static str, value: Duration) -> Result<(), ConfigError> {
+        if value.is_zero() {
+            Err(self.bad(key, "must be positive"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn optional_duration(
+        &self,
+        key: &'static str,
+        spec: &Option<DurationSpec>,
+    ) -> Result<Option<Duration>, ConfigError> {
+        spec.as_ref()
+            .map(DurationSpec::parse)
+            .transpose()
+            .map_err(|m| self.bad(key, m))
+    }
+}
+
+impl RawConfig {
+    /// Validates every value and applies defaults. `file` names the origin in errors.
+    pub fn validate(self, file: &str) -> Result<Config, ConfigError> {
+        let at = Origin(file);
+        // Checked in the order of proxy.toml: of several bad keys, the first is reported.
+        Ok(Config {
+            listen: listen(&at, self.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?,
+            upstream: parse_upstream(self.upstream.as_deref().unwrap_or(DEFAULT_UPSTREAM))
+                .map_err(|m| at.bad("upstream", m))?,
+            shutdown_timeout: at.duration(
+                "shutdown_timeout",
+                &self.shutdown_timeout,
+                Duration::from_secs(30),
+            )?,
+            trust_forwarded_headers: self.trust_forwarded_headers.unwrap_or(false),
+            cookie: cookie(&at, self.cookie)?,
+            session: session(&at, self.session)?,
+            store: store(&at, self.store)?,
+            upstream_timeouts: upstream_timeouts(&at, self.upstream_timeouts)?,
+        })
+    }
+}
+
+fn listen(at: &Origin, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.parse()
+        .map_err(|e| at.bad("listen", format!("{text:?} is not an ip:port address: {e}")))
+}
+
+fn parse_upstream(text: &str) -> Result<Authority, String> {
+    let uri: Uri = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if uri.scheme() != Some(&Scheme::HTTP) {
+        return Err(format!(
+            "{text:?} must be an http:// URL (TLS to the upstream is not supported)"
+        ));
+    }
+    if uri
+        .path_and_query()
+        .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+    {
+        return Err(format!(
+            "{text:?} must not have a path: requests keep their own path"
+        ));
+    }
+    uri.authority()
+        .cloned()
+        .ok_or_else(|| format!("{text:?} has no host"))
+}
+
+fn cookie(at: &Origin, c: RawCookie) -> Result<CookieConfig, ConfigError> {
+    let name = c.name.unwrap_or_else(|| "session_id".to_owned());
+    if name.is_empty() || !name.bytes().all(is_token_byte) {
+        return Err(at.bad(
+            "cookie.name",
+            format!("{name:?} is not a valid cookie name"),
+        ));
+    }
+    let max_age = at.optional_duration("cookie.max_age", &c.max_age)?;
+    let expires = c
+        .expires
+        .as_deref()
+        .map(|t| {
+            OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).map_err(|e| {
+                at.bad(
+                    "cookie.expires",
+                    format!("{t:?} is not an RFC 3339 date-time: {e}"),
+                )
+            })
+        })
+        .transpose()?;
+    let path = c.path.unwrap_or_else(|| "/".to_owned());
+    if !path.starts_with('/') || path.bytes().any(|b| b == b';' || b.is_ascii_control()) {
+        return Err(at.bad(
+            "cookie.path",
+            format!("{path:?} must start with / and contain no ; or control characters"),
+        ));
+    }
+    if let Some(d) = &c.domain
+        && (d.is_empty()
+            || d.bytes()
+                .any(|b| b == b';' || b.is_ascii_whitespace() || b.is_ascii_control()))
+    {
+        return Err(at.bad("cookie.domain", format!("{d:?} is not a domain")));
+    }
+    let secure = c.secure.unwrap_or(false);
+    let same_site = match c
+        .same_site
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        None | Some("lax") => SameSite::Lax,
+        Some("strict") => SameSite::Strict,
+        Some("none") => SameSite::None,
+        Some(other) => {
+            return Err(at.bad(
+                "cookie.same_site",
+                format!("{other:?} is not one of \"lax\", \"strict\", \"none\""),
+            ));
+        }
+    };
+    if same_site == SameSite::None && !secure {
+        return Err(at.bad(
+            "cookie.same_site",
+            "\"none\" requires cookie.secure = true (browsers drop SameSite=None cookies that are not Secure)",
+        ));
+    }
+    // `derive_from` needs 32 bytes; checking here, next to it, is the only check.
+    let key = match c.secret {
+        Some(s) if s.as_str().len() < 32 => {
+            return Err(at.bad(
+                "cookie.secret",
+                format!(
+                    "must be at least 32 bytes of random text, got {}",
+                    s.as_str().len()
+                ),
+            ));
+        }
+        Some(s) => Some(Key::derive_from(s.as_str().as_bytes())),
+        None => None,
+    };
+    Ok(CookieConfig {
+        name,
+        max_age,
+        expires,
+        path,
+        domain: c.domain,
+        secure,
+        http_only: c.http_only.unwrap_or(true),
+        same_site,
+        key,
+    })
+}
+
+/// RFC 6265 cookie-name is an RFC 2616 token.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, ConfigError> {
+    let header_prefix = s.header_prefix.unwrap_or_else(|| "X-Session".to_owned());
+    let headers = ProtocolHeaders::new(&header_prefix)
+        .map_err(|e| at.bad("session.header_prefix", e.to_string()))?;
+    if header_prefix
+        .to_ascii_lowercase()
+        .starts_with("x-forwarded")
+    {
+        return Err(at.bad(
+            "session.header_prefix",
+            "must not overlap the X-Forwarded-* headers",
+        ));
+    }
+    let max_size = s.max_size.unwrap_or(DEFAULT_MAX_SIZE);
+    if !(2..=MAX_MAX_SIZE).contains(&max_size) {
+        return Err(at.bad(
+            "session.max_size",
+            format!("{max_size} is outside 2..={MAX_MAX_SIZE} bytes"),
+        ));
+    }
+    let idle_timeout = at.duration(
+        "session.idle_timeout",
+        &s.idle_timeout,
+        Duration::from_secs(24 * 3600),
+    )?;
+    if idle_timeout < Duration::from_secs(1) {
+        return Err(at.bad("session.idle_timeout", "must be at least 1s"));
+    }
+    let absolute_timeout = at.optional_duration("session.absolute_timeout", &s.absolute_timeout)?;
+    if absolute_timeout.is_some_and(|a| a < Duration::from_secs(1)) {
+        return Err(at.bad(
+            "session.absolute_timeout",
+            "must be at least 1s (leave it out to turn it off)",
+        ));
+    }
+    let touch_interval = at.duration(
+        "session.touch_interval",
+        &s.touch_interval,
+        idle_timeout / 10,
+    )?;
+    if touch_interval > idle_timeout {
+        return Err(at.bad(
+            "session.touch_interval",
+            "must not exceed session.idle_timeout, or idle sessions would die while in use",
+        ));
+    }
+    Ok(SessionConfig {
+        header_prefix,
+        headers,
+        renew_missing: s.renew_missing.unwrap_or(true),
+        max_size: max_size as usize,
+        lifetime: Lifetime {
+            idle_timeout,
+            absolute_timeout,
+            touch_interval,
+        },
+    })
+}
+
+/// The store kinds, as `store.kind` and the `--store` flag name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Fs,
+    Memory,
+    Redis,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::Fs, Kind::Memory, Kind::Redis];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kind::Fs => "fs",
+            Kind::Memory => "memory",
+            Kind::Redis => "redis",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// What a `[store]` key is to the `--store` flag, which names a kind and where the store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A setting of the kinds it applies to: a flag choosing one of them keeps the file's value.
+    Setting,
+    /// Says where the store is (which directory, server or cluster): the flag says that itself,
+    /// so the file's value goes.
+    Location,
+}
+
+/// One `[store]` key besides `kind`, with how to see and drop it in a [`RawStore`].
+struct StoreKey {
+    name: &'static str,
+    kinds: &'static [Kind],
+    role: Role,
+    is_set: fn(&RawStore) -> bool,
+    clear: fn(&mut RawStore),
+}
+
+/// The key's name comes from the field itself, so an error can never name a neighbour.
+macro_rules! store_key {
+    ($field:ident, $kinds:expr, $role:expr) => {
+        StoreKey {
+            name: concat!("store.", stringify!($field)),
+            kinds: $kinds,
+            role: $role,
+            is_set: |s| s.$field.is_some(),
+            clear: |s| s.$field = None,
+        }
+    };
+}
+
+/// Which `[store]` keys belong to which kind. File validation and the `--store` flag both go by
+/// this one list, so a new kind or key is added here and nowhere else.
+const STORE_KEYS: [StoreKey; 10] = [
+    store_key!(timeout, &Kind::ALL, Role::Setting),
+    store_key!(sweep_interval, &Kind::ALL, Role::Setting),
+    store_key!(path, &[Kind::Fs], Role::Location),
+    store_key!(filename_template, &[Kind::Fs], Role::Setting),
+    store_key!(mode, &[Kind::Fs], Role::Setting),
+    store_key!(fsync, &[Kind::Fs], Role::Setting),
+    store_key!(url, &[Kind::Redis], Role::Location),
+    store_key!(key_prefix, &[Kind::Redis], Role::Setting),
+    store_key!(cluster, &[Kind::Redis], Role::Location),
+    store_key!(nodes, &[Kind::Redis], Role::Location),
+];
+
+impl RawStore {
+    /// Makes this a `kind` store for a `--store` flag, which chooses the store outright: the
+    /// settings of other kinds and where the store was go, the settings of `kind` stay. The
+    /// caller then sets where the store is, from the flag.
+    pub(crate) fn choose(&mut self, kind: Kind) {
+        self.kind = Some(kind.name().to_owned());
+        for key in &STORE_KEYS {
+            if key.role == Role::Location || !key.kinds.contains(&kind) {
+                (key.clear)(self);
+            }
+        }
+    }
+}
+
+fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigError> {
+    let store_timeout = at.duration("store.timeout", &st.timeout, Duration::from_secs(2))?;
+    at.positive("store.timeout", store_timeout)?;
+    let kind_name = st.kind.as_deref().unwrap_or(Kind::Fs.name());
+    let Some(kind) = Kind::from_name(kind_name) else {
+        let names: Vec<String> = Kind::ALL
+            .iter()
+            .map(|k| format!("{:?}", k.name()))
+            .collect();
+        return Err(at.bad(
+            "store.kind",
+            format!("{kind_name:?} is not one of {}", names.join(", ")),
+        ));
+    };
+    if let Some(key) = STORE_KEYS
+        .iter()
+        .find(|key| (key.is_set)(&st) && !key.kinds.contains(&kind))
+    {
+        return Err(at.bad(
+            key.name,
+            format!("does not apply to store.kind = {:?}", kind.name()),
+        ));
+    }
+    let kind = match kind {
+        Kind::Memory => StoreKind::Memory,
+        Kind::Fs => {
+            let filename_template = st
+                .filename_template
+                .unwrap_or_else(|| "session_%s.json".to_owned());
+            if filename_template.matches("%s").count() != 1
+                || filename_template.contains(['/', '\\', '\0'])
+                || filename_template.starts_with('.')
+            {
+                return Err(at.bad(
+                    "store.filename_template",
+                    format!(
+                        "{filename_template:?} must contain %s exactly once, no path separator, and not start with a dot"
+                    ),
+                ));
+            }
+            let mode = st.mode.unwrap_or(0o600);
+            if mode > 0o777 || mode & 0o600 != 0o600 {
+                return Err(at.bad(
+                    "store.mode",
+                    format!(
+                        "{mode:#o} must be a file mode within 0o777 that lets the owner read and write"
+                    ),
+                ));
+            }
+            StoreKind::Fs(FsConfig {
+                path: st.path.unwrap_or_else(|| PathBuf::from("sessions")),
+                filename_template,
+                mode,
+                fsync: st.fsync.unwrap_or(true),
+            })
+        }
+        Kind::Redis => {
+            if !cfg!(feature = "redis") {
+                return Err(at.bad(
+                    "store.kind",
+                    "this binary was built without the `redis` feature",
+                ));
+            }
+            let cluster = st.cluster.unwrap_or(false) || st.nodes.is_some();
+            // The key the URLs came from, for an error about one of them.
+            let (urls_key, urls) = match (st.url, st.nodes) {
+                (Some(_), Some(_)) => {
+                    return Err(at.bad(
+                        "store.nodes",
+                        "give either store.url or store.nodes, not both",
+                    ));
+                }
+                (Some(u), None) => ("store.url", vec![u]),
+                (None, Some(n)) if !n.is_empty() => ("store.nodes", n),
+                (None, Some(_)) => {
+                    return Err(at.bad("store.nodes", "must list at least one node"));
+                }
+                (None, None) => ("store.url", vec!["redis://127.0.0.1:6379/0".to_owned()]),
+            };
+            for u in &urls {
+                if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                    return Err(at.bad(
+                        urls_key,
+                        format!("{u:?} must start with redis:// or rediss://"),
+                    ));
+                }
+            }
+            StoreKind::Redis(RedisConfig {
+                urls,
+                timeout: store_timeout,
+                key_prefix: st.key_prefix.unwrap_or_else(|| "session:".to_owned()),
+                cluster,
+            })
+        }
+    };
+    let sweep_interval = at.duration(
+        "store.sweep_interval",
+        &st.sweep_interval,
+        Duration::from_secs(300),
+    )?;
+    at.positive("store.sweep_interval", sweep_interval)?;
+    Ok(StoreConfig {
+        kind,
+        timeout: store_timeout,
+        sweep_interval,
+    })
+}
+
+fn upstream_timeouts(at: &Origin, t: RawTimeouts) -> Result<UpstreamTimeouts, ConfigError> {
+    let connect = at.duration(
+        "upstream_timeouts.connect",
+        &t.connect,
+        Duration::from_secs(5),
+    )?;
+    at.positive("upstream_timeouts.connect", connect)?;
+    let response = at.duration(
+        "upstream_timeouts.response",
+        &t.response,
+        Duration::from_secs(60),
+    )?;
+    at.positive("upstream_timeouts.response", response)?;
+    Ok(UpstreamTimeouts { connect, response })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KEYS;
+
+    fn check(text: &str) -> Result<Config, String> {
+        RawConfig::from_toml("t.toml", text)
+            .and_then(|r| r.validate("t.toml"))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = check("").unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.cookie.name, "session_id");
+        assert!(c.cookie.http_only);
+        assert_eq!(c.session.max_size, 16384);
+        assert_eq!(c.session.lifetime.touch_interval, Duration::from_secs(8640));
+        assert!(matches!(c.store.kind, StoreKind::Fs(ref f) if f.mode == 0o600 && f.fsync));
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let cases = [
+            ("bogus = 1", "unknown field"),
+            ("[cookie]\nsame_site = \"none\"", "`cookie.same_site`"),
+            ("[cookie]\nsame_site = \"sometimes\"", "`cookie.same_site`"),
+            ("[cookie]\nsecret = \"short\"", "`cookie.secret`"),
+            ("[cookie]\nmax_age = \"12 parsecs\"", "`cookie.max_age`"),
+            (
+                "[session]\nidle_timeout = \"soon\"",
+                "`session.idle_timeout`",
+            ),
+            ("[session]\nmax_size = 0", "`session.max_size`"),
+            ("[store]\nkind = \"tape\"", "`store.kind`"),
+            (
+                "[store]\nfilename_template = \"../%s\"",
+                "`store.filename_template`",
+            ),
+            ("[store]\nkind = \"memory\"\npath = \"x\"", "`store.path`"),
+            ("[store]\nmode = 0o1777", "`store.mode`"),
+            ("listen = \"nowhere\"", "`listen`"),
+            ("upstream = \"https://x\"", "`upstream`"),
+            ("upstream = \"http://x/app\"", "`upstream`"),
+            (
+                "[upstream_timeouts]\nconnect = \"0s\"",
+                "`upstream_timeouts.connect`",
+            ),
+        ];
+        for (text, want) in cases {
+            let err = check(text).unwrap_err();
+            assert!(err.starts_with("t.toml"), "{err}");
+            assert!(err.contains(want), "{text:?}: {err}");
+        }
+    }
+
+    /// The README's promise: a bad value of any key is refused with an error naming that key.
+    #[test]
+    fn a_bad_value_of_every_key_names_that_key() {
+        let cases = [
+            ("listen", "listen = \"nowhere\""),
+            ("upstream", "upstream = \"https://x\""),
+            ("shutdown_timeout", "shutdown_timeout = \"soon\""),
+            (
+                "trust_forwarded_headers",
+                "trust_forwarded_headers = \"yes\"",
+            ),
+            ("cookie.name", "[cookie]\nname = \"a b\""),
+            ("cookie.max_age", "[cookie]\nmax_age = true"),
+            ("cookie.expires", "[cookie]\nexpires = \"tomorrow\""),
+            ("cookie.path", "[cookie]\npath = \"app\""),
+            ("cookie.domain", "[cookie]\ndomain = \"\""),
+            ("cookie.secure", "[cookie]\nsecure = 1"),
+            ("cookie.http_only", "[cookie]\nhttp_only = \"no\""),
+            ("cookie.same_site", "[cookie]\nsame_site = \"sometimes\""),
+            ("cookie.secret", "[cookie]\nsecret = \"short\""),
+            (
+                "session.header_prefix",
+                "[session]\nheader_prefix = \"X Session\"",
+            ),
+            (
+                "session.renew_missing",
+                "[session]\nrenew_missing = \"yes\"",
+            ),
+            ("session.max_size", "[session]\nmax_size = 0"),
+            ("session.idle_timeout", "[session]\nidle_timeout = \"soon\""),
+            (
+                "session.absolute_timeout",
+                "[session]\nabsolute_timeout = \"0s\"",
+            ),
+            (
+                "session.touch_interval",
+                "[session]\nidle_timeout = \"1h\"\ntouch_interval = \"2h\"",
+            ),
+            ("store.kind", "[store]\nkind = \"tape\""),
+            ("store.timeout", "[store]\ntimeout = \"0s\""),
+            ("store.sweep_interval", "[store]\nsweep_interval = \"0s\""),
+            ("store.path", "[store]\nkind = \"memory\"\npath = \"x\""),
+            (
+                "store.filename_template",
+                "[store]\nfilename_template = \"../%s\"",
+            ),
+            ("store.mode", "[store]\nmode = 0o1777"),
+            ("store.fsync", "[store]\nfsync = \"always\""),
+            ("store.url", "[store]\nurl = 6379"),
+            (
+                "store.key_prefix",
+                "[store]\nkind = \"fs\"\nkey_prefix = \"s:\"",
+            ),
+            ("store.cluster", "[store]\ncluster = \"yes\""),
+            ("store.nodes", "[store]\nnodes = \"redis://x\""),
+            (
+                "upstream_timeouts.connect",
+                "[upstream_timeouts]\nconnect = \"0s\"",
+            ),
+            (
+                "upstream_timeouts.response",
+                "[upstream_timeouts]\nresponse = \"soon\"",
+            ),
+        ];
+        let covered: Vec<&str> = cases.iter().map(|(key, _)| *key).collect();
+        assert_eq!(covered, KEYS, "one case per key, in file order");
+        for (want, text) in cases {
+            let err = RawConfig::from_toml("t.toml", text)
+                .and_then(|r| r.validate("t.toml"))
+                .unwrap_err();
+            let shown = err.to_string();
+            match err {
+                ConfigError::Invalid { file, key, .. } => {
+                    assert_eq!((file.as_str(), key), ("t.toml", want), "{text}: {shown}");
+                }
+                other => panic!("{text}: not an error about `{want}`: {other}"),
+            }
+            assert!(shown.starts_with(&format!("t.toml: `{want}`: ")), "{shown}");
+        }
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_key_and_where_it_is() {
+        let cases = [
+            (
+                "[cookie]\nsecure = 1",
+                "t.toml: `cookie.secure`: invalid type: integer `1`, expected a boolean (line 2, column 10)",
+            ),
+            (
+                "cookie = { max_age = true }",
+                "t.toml: `cookie.max_age`: expected a duration like \"30s\", \"5m\", \"24h\" or \"7d\", or whole seconds (line 1, column 22)",
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(check(text).unwrap_err(), want);
+        }
+        // Not a key's value: toml's own message, with the line shown.
+        let err = check("cookie = 3").unwrap_err();
+        assert!(
+            err.starts_with("t.toml: TOML parse error at line 1"),
+            "{err}"
+        );
+    }
+
+    /// The key that is set where it does not belong, not some other key of its kind.
+    #[test]
+    fn a_key_of_another_store_kind_names_itself() {
+        let cases = [
+            ("memory", "path = \"x\"", "store.path"),
+            (
+                "memory",
+                "filename_template = \"s_%s\"",
+                "store.filename_template",
+            ),
+            ("memory", "mode = 0o600", "store.mode"),
+            ("memory", "fsync = true", "store.fsync"),
+            ("memory", "url = \"redis://x\"", "store.url"),
+            ("memory", "key_prefix = \"s:\"", "store.key_prefix"),
+            ("memory", "cluster = true", "store.cluster"),
+            ("memory", "nodes = [\"redis://x\"]", "store.nodes"),
+            ("fs", "url = \"redis://x\"", "store.url"),
+            ("fs", "key_prefix = \"s:\"", "store.key_prefix"),
+            ("fs", "cluster = false", "store.cluster"),
+            ("fs", "nodes = [\"redis://x\"]", "store.nodes"),
+            ("redis", "path = \"x\"", "store.path"),
+            (
+                "redis",
+                "filename_template = \"s_%s\"",
+                "store.filename_template",
+            ),
+            ("redis", "mode = 0o600", "store.mode"),
+            ("redis", "fsync = false", "store.fsync"),
+        ];
+        for (kind, line, want) in cases {
+            let text = format!("[store]\nkind = \"{kind}\"\n{line}\n");
+            let err = check(&text).unwrap_err();
+            assert_eq!(
+                err,
+                format!("t.toml: `{want}`: does not apply to store.kind = \"{kind}\""),
+                "{text}"
+            );
+        }
+    }
+
+    /// Checks that look at two keys blame the one that is wrong.
+    #[test]
+    fn a_check_of_two_keys_names_the_bad_one() {
+        let mut cases = vec![
+            ("[store]\ntimeout = \"0s\"", "store.timeout"),
+            ("[store]\nsweep_interval = \"0s\"", "store.sweep_interval"),
+            (
+                "[upstream_timeouts]\nconnect = \"0s\"",
+                "upstream_timeouts.connect",
+            ),
+            (
+                "[upstream_timeouts]\nresponse = \"0s\"",
+                "upstream_timeouts.response",
+            ),
+        ];
+        if cfg!(feature = "redis") {
+            cases.push(("[store]\nkind = \"redis\"\nurl = \"http://x\"", "store.url"));
+            cases.push((
+                "[store]\nkind = \"redis\"\nnodes = [\"redis://a\", \"http://b\"]",
+                "store.nodes",
+            ));
+        }
+        for (text, want) in cases {
+            let err = check(text).unwrap_err();
+            assert!(
+                err.starts_with(&format!("t.toml: `{want}`: ")),
+                "{text}: {err}"
+            );
+        }
+    }
+
+    /// The secret signs every cookie: logging a config must not leak it.
+    #[test]
+    fn the_cookie_secret_never_shows_in_debug_output() {
+        let secret = "0123456789abcdef0123456789abcdef-secret";
+        let text = format!("[cookie]\nsecret = \"{secret}\"");
+        let raw = RawConfig::from_toml("t.toml", &text).unwrap();
+        assert!(!format!("{raw:?}").contains(secret), "{raw:?}");
+        let config = raw.validate("t.toml").unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains(secret), "{shown}");
+        assert!(shown.contains("signed: true"), "{shown}");
+        assert!(format!("{:?}", check("").unwrap()).contains("signed: false"));
+    }
+
+    /// What later code would otherwise rebuild per use is built once, here.
+    #[test]
+    fn the_signing_key_and_the_header_names_are_built_once() {
+        let secret = "k".repeat(32);
+        let c = check(&format!(
+            "[cookie]\nsecret = \"{secret}\"\n[session]\nheader_prefix = \"X-App\""
+        ))
+        .unwrap();
+        assert!(c.cookie.key == Some(Key::derive_from(secret.as_bytes())));
+        assert_eq!(c.session.headers.session, "x-app");
+        assert_eq!(c.session.headers.id, "x-app-id");
+        let c = check("").unwrap();
+        assert!(c.cookie.key.is_none());
+        assert_eq!(c.session.headers.session, "x-session");
+    }
+
+    #[test]
+    fn durations_and_options() {
+        let c = check(
+            "[cookie]\nmax_age = \"12h\"\nsame_site = \"none\"\nsecure = true\nexpires = \"2030-01-01T00:00:00Z\"\n\
+             [session]\nidle_timeout = \"7d\"\nabsolute_timeout = 60\ntouch_interval = \"500ms\"",
+        )
+        .unwrap();
+        assert_eq!(c.cookie.max_age, Some(Duration::from_secs(12 * 3600)));
+        assert_eq!(
+            c.session.lifetime.idle_timeout,
+            Duration::from_secs(7 * 86400)
+        );
+        assert_eq!(
+            c.session.lifetime.absolute_timeout,
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            c.session.lifetime.touch_interval,
+            Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn the_shipped_proxy_toml_is_the_defaults() {
+        let text = include_str!("../../proxy.toml");
+        let shipped = check(text).unwrap();
+        let defaults = check("").unwrap();
+        assert_eq!(format!("{shipped:?}"), format!("{defaults:?}"));
+    }
+}
