@@ -5,6 +5,7 @@
 //! `127.0.0.1:0` and learn the port before any request is sent.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod admin;
 pub mod config;
 pub mod cookie;
 pub mod downstream;
@@ -31,8 +32,6 @@ use store::SessionStore;
 pub enum StartError {
     #[error("cannot open the session store: {0}")]
     Store(#[from] store::StoreError),
-    #[error(transparent)]
-    Header(#[from] protocol::InvalidPrefix),
 }
 
 /// A proxy ready to serve: config validated, store open.
@@ -49,7 +48,7 @@ impl Proxy {
             opened.store.count().is_some(),
         ));
         Ok(Proxy {
-            state: Arc::new(proxy::State::new(config, opened.store, metrics)?),
+            state: Arc::new(proxy::State::new(config, opened.store, metrics)),
             sweeper: opened.sweeper,
         })
     }
@@ -65,9 +64,42 @@ impl Proxy {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()>,
     ) {
+        self.serve_with_admin(listener, None, shutdown).await;
+    }
+
+    /// [`serve`](Self::serve), plus the admin routes on `admin` (bound by the caller from
+    /// `[admin] listen`). The admin listener outlives the public one's drain, so `/readyz`
+    /// can say "draining" while in-flight requests finish.
+    pub async fn serve_with_admin(
+        self,
+        listener: tokio::net::TcpListener,
+        admin: Option<tokio::net::TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         let sweeper = self.sweeper.map(|s| tokio::spawn(s.run()));
-        let deadline = self.state.config.shutdown_timeout;
-        downstream::serve(listener, self.state, shutdown, deadline).await;
+        let state = self.state;
+        let routes = Arc::new(admin::Admin::new(
+            state.store.clone(),
+            state.metrics.clone(),
+            state.config.clone(),
+        ));
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin_task = admin.map(|l| {
+            tokio::spawn(admin::serve(l, routes.clone(), async {
+                let _ = admin_stopped.await;
+            }))
+        });
+        let deadline = state.config.shutdown_timeout;
+        let draining = async {
+            shutdown.await;
+            routes.start_draining();
+        };
+        downstream::serve(listener, state, draining, deadline).await;
+        let _ = stop_admin.send(());
+        if let Some(task) = admin_task {
+            // Admin requests are short; one that hangs does not hold the exit.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
+        }
         if let Some(sweeper) = sweeper {
             sweeper.abort();
         }

@@ -54,21 +54,48 @@ fn main() -> ExitCode {
 async fn run(config: session_proxy::config::Config) -> anyhow::Result<()> {
     let listen = config.listen;
     let upstream = config.upstream.clone();
+    let admin_listen = config.admin.as_ref().map(|a| a.listen);
     let proxy = Proxy::open(config).await?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
-    let addr = listener.local_addr()?;
-    // One line on stdout, so scripts and tests learn the port when listening on :0.
-    println!("session-proxy listening on http://{addr} -> http://{upstream}");
-    proxy.serve(listener, downstream::shutdown_signal()).await;
+    let bind = |addr| async move {
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+    };
+    let listener = bind(listen).await?;
+    let admin = match admin_listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
+    // One line on stdout per listener, so scripts and tests learn the ports when listening on
+    // :0. The proxy's comes first.
+    println!(
+        "session-proxy listening on http://{} -> http://{upstream}",
+        listener.local_addr()?
+    );
+    if let Some(admin) = &admin {
+        println!("session-proxy admin on http://{}", admin.local_addr()?);
+    }
+    proxy
+        .serve_with_admin(listener, admin, downstream::shutdown_signal())
+        .await;
     Ok(())
+}
+
+fn parse_id(text: &str) -> anyhow::Result<session_proxy::session::SessionId> {
+    session_proxy::session::SessionId::parse(text)
+        .ok_or_else(|| anyhow::anyhow!("{text:?} is not a session id (32 characters of base64url)"))
 }
 
 async fn sessions(
     config: session_proxy::config::Config,
     command: SessionsCommand,
 ) -> anyhow::Result<()> {
+    if matches!(config.store.kind, session_proxy::config::StoreKind::Memory) {
+        anyhow::bail!(
+            "the memory store lives inside the running proxy; there is nothing to reach from \
+             here. Use the admin API (`[admin] listen`) or a persistent store (fs, redis)"
+        );
+    }
     let store = store::open(&config.store).await?.store;
     match command {
         SessionsCommand::Prune => {
@@ -82,6 +109,19 @@ async fn sessions(
                 Ok(())
             })
             .await?;
+        }
+        SessionsCommand::Show { id } => {
+            let id = parse_id(&id)?;
+            match store.load(&id).await? {
+                Some(record) => println!("{}", store::session_json(&id, &record)?),
+                None => anyhow::bail!("no live session with this id"),
+            }
+        }
+        SessionsCommand::Delete { id } => {
+            if !store.delete(&parse_id(&id)?).await? {
+                anyhow::bail!("no live session with this id");
+            }
+            println!("deleted");
         }
     }
     Ok(())

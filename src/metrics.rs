@@ -211,10 +211,12 @@ impl Metrics {
         );
         let regenerated = counter("sessions_regenerated", "Sessions moved to a new id");
         let rejected_family = Family::<ReasonLabel, Counter>::default();
-        let rejected_malformed =
-            rejected_family.get_or_create_owned(&ReasonLabel { reason: "malformed" });
-        let rejected_too_large =
-            rejected_family.get_or_create_owned(&ReasonLabel { reason: "too_large" });
+        let rejected_malformed = rejected_family.get_or_create_owned(&ReasonLabel {
+            reason: "malformed",
+        });
+        let rejected_too_large = rejected_family.get_or_create_owned(&ReasonLabel {
+            reason: "too_large",
+        });
         registry.register(
             "session_instructions_rejected",
             "Session instructions from the app that were ignored, by reason",

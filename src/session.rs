@@ -15,7 +15,6 @@ use rand::TryRngCore as _;
 use serde_json::value::{RawValue, to_raw_value};
 use serde_json::{Map, Value};
 
-use crate::config::Lifetime;
 use crate::store::Record;
 
 /// Random bytes per id: 192 bits, well past the 128 that makes guessing hopeless.
@@ -139,6 +138,14 @@ impl DataChange {
         }
         serde_json::to_string(&members)
     }
+}
+
+/// How long sessions live. Expiry is a property of the record, checked on every load.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Lifetime {
+    pub idle_timeout: Duration,
+    pub absolute_timeout: Option<Duration>,
+    pub touch_interval: Duration,
 }
 
 /// Milliseconds since the Unix epoch: the clock every record uses.

@@ -40,11 +40,22 @@ pub enum Command {
 pub enum SessionsCommand {
     /// Remove expired sessions now and print how many were removed (for cron users).
     Prune,
-    /// Print live sessions as JSON lines: {"id", "data", "created_at", ...}.
+    /// Print live sessions as JSON lines: {"id", "data", "created_at", "updated_at",
+    /// "expires_at", "version"}.
     List {
         /// Stop after this many sessions.
         #[arg(long, default_value_t = 1000)]
         limit: usize,
+    },
+    /// Print one session as JSON (the same shape as a `list` line); exit 1 if it is unknown.
+    Show {
+        /// The session id (the cookie's value, without a signature).
+        id: String,
+    },
+    /// Delete one session: its user's next request starts a fresh one. Exit 1 if unknown.
+    Delete {
+        /// The session id (the cookie's value, without a signature).
+        id: String,
     },
 }
 
@@ -101,6 +112,12 @@ pub struct Options {
     /// An unmodified session is written to extend its life at most this often (default idle/10).
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration_arg)]
     pub touch_interval: Option<DurationSpec>,
+    /// Serve the admin API, page and metrics on this address, e.g. 127.0.0.1:9090.
+    #[arg(long, global = true, value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// File holding the admin token (needed when --admin-listen is not a loopback address).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Options {
@@ -135,6 +152,12 @@ impl Options {
         set(&mut raw.session.idle_timeout, &self.idle_timeout);
         set(&mut raw.session.absolute_timeout, &self.absolute_timeout);
         set(&mut raw.session.touch_interval, &self.touch_interval);
+        set(&mut raw.admin.listen, &self.admin_listen);
+        if let Some(file) = &self.admin_token_file {
+            // The flag replaces whichever token the file configured.
+            raw.admin.token = None;
+            raw.admin.token_file = Some(file.clone());
+        }
         if let Some(spec) = &self.store {
             let st = &mut raw.store;
             if spec == "memory" {

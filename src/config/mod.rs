@@ -19,6 +19,9 @@ use time::OffsetDateTime;
 use crate::protocol::ProtocolHeaders;
 
 pub mod cli;
+
+/// Lives with the session rules it drives; configured here.
+pub use crate::session::Lifetime;
 mod raw;
 mod validate;
 
@@ -89,6 +92,27 @@ pub struct Config {
     pub session: SessionConfig,
     pub store: StoreConfig,
     pub upstream_timeouts: UpstreamTimeouts,
+    /// The admin listener; `None` (no `[admin] listen`) means there is none.
+    pub admin: Option<AdminConfig>,
+}
+
+/// The admin listener: its own address, and the token its routes require.
+#[derive(Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Required as `Authorization: Bearer` when set. Without one, `listen` is a loopback
+    /// address (checked here): only this machine's users reach it.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    /// Never prints the token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 #[derive(Clone)]
@@ -144,14 +168,6 @@ pub struct SessionConfig {
     /// Upper bound on the session's JSON text, in bytes.
     pub max_size: usize,
     pub lifetime: Lifetime,
-}
-
-/// How long sessions live. Expiry is a property of the record, checked on every load.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Lifetime {
-    pub idle_timeout: Duration,
-    pub absolute_timeout: Option<Duration>,
-    pub touch_interval: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -23,6 +23,8 @@ pub struct RawConfig {
     pub store: RawStore,
     #[serde(default)]
     pub upstream_timeouts: RawTimeouts,
+    #[serde(default)]
+    pub admin: RawAdmin,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -100,7 +102,15 @@ pub struct RawTimeouts {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 32] = [
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+    pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+}
+
+pub(crate) const KEYS: [&str; 35] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -133,6 +143,9 @@ pub(crate) const KEYS: [&str; 32] = [
     "store.nodes",
     "upstream_timeouts.connect",
     "upstream_timeouts.response",
+    "admin.listen",
+    "admin.token",
+    "admin.token_file",
 ];
 
 impl RawConfig {
@@ -211,7 +224,7 @@ mod tests {
         let every: Vec<&str> = [
             &fields!(RawConfig "" {
                 listen, upstream, shutdown_timeout, trust_forwarded_headers
-            } sections { cookie, session, store, upstream_timeouts })[..],
+            } sections { cookie, session, store, upstream_timeouts, admin })[..],
             &fields!(RawCookie "cookie." {
                 name, max_age, expires, path, domain, secure, http_only, same_site, secret
             }),
@@ -224,6 +237,7 @@ mod tests {
                 key_prefix, cluster, nodes
             }),
             &fields!(RawTimeouts "upstream_timeouts." { connect, response }),
+            &fields!(RawAdmin "admin." { listen, token, token_file }),
         ]
         .concat();
         assert_eq!(every, KEYS);

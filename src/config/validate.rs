@@ -9,10 +9,11 @@ use cookie::{Key, SameSite};
 use http::uri::{Authority, Scheme, Uri};
 use time::OffsetDateTime;
 
-use super::raw::{RawCookie, RawSession, RawStore, RawTimeouts};
+use super::raw::{RawAdmin, RawCookie, RawSession, RawStore, RawTimeouts};
 use super::{
-    Config, ConfigError, CookieConfig, DEFAULT_LISTEN, DEFAULT_UPSTREAM, DurationSpec, FsConfig,
-    Lifetime, RawConfig, RedisConfig, SessionConfig, StoreConfig, StoreKind, UpstreamTimeouts,
+    AdminConfig, Config, ConfigError, CookieConfig, DEFAULT_LISTEN, DEFAULT_UPSTREAM, DurationSpec,
+    FsConfig, Lifetime, RawConfig, RedisConfig, SessionConfig, StoreConfig, StoreKind,
+    UpstreamTimeouts,
 };
 use crate::protocol::ProtocolHeaders;
 
@@ -80,6 +81,7 @@ impl RawConfig {
             session: session(&at, self.session)?,
             store: store(&at, self.store)?,
             upstream_timeouts: upstream_timeouts(&at, self.upstream_timeouts)?,
+            admin: admin(&at, self.admin)?,
         })
     }
 }
@@ -469,6 +471,72 @@ fn upstream_timeouts(at: &Origin, t: RawTimeouts) -> Result<UpstreamTimeouts, Co
     Ok(UpstreamTimeouts { connect, response })
 }
 
+/// Shortest token accepted: a guessable token on a network-facing admin listener would hand
+/// every session to whoever guesses it.
+const MIN_TOKEN: usize = 16;
+
+fn admin(at: &Origin, a: RawAdmin) -> Result<Option<AdminConfig>, ConfigError> {
+    let Some(text) = a.listen else {
+        if a.token.is_some() || a.token_file.is_some() {
+            let key = if a.token.is_some() {
+                "admin.token"
+            } else {
+                "admin.token_file"
+            };
+            return Err(at.bad(key, "has no effect without admin.listen"));
+        }
+        return Ok(None);
+    };
+    let listen: SocketAddr = text.parse().map_err(|e| {
+        at.bad(
+            "admin.listen",
+            format!("{text:?} is not an ip:port address: {e}"),
+        )
+    })?;
+    let token = match (a.token, a.token_file) {
+        (Some(_), Some(_)) => {
+            return Err(at.bad(
+                "admin.token_file",
+                "give either admin.token or admin.token_file, not both",
+            ));
+        }
+        (Some(t), None) => Some(("admin.token", t.as_str().to_owned())),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                at.bad(
+                    "admin.token_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            Some(("admin.token_file", text.trim().to_owned()))
+        }
+        (None, None) => None,
+    };
+    if let Some((key, t)) = &token
+        && (t.len() < MIN_TOKEN || t.bytes().any(|b| !b.is_ascii_graphic()))
+    {
+        return Err(at.bad(
+            key,
+            format!(
+                "the token must be at least {MIN_TOKEN} printable characters without spaces, got {}",
+                t.len()
+            ),
+        ));
+    }
+    if token.is_none() && !listen.ip().is_loopback() {
+        return Err(at.bad(
+            "admin.listen",
+            format!(
+                "{listen} is not a loopback address: an admin listener reachable from the network needs admin.token or admin.token_file"
+            ),
+        ));
+    }
+    Ok(Some(AdminConfig {
+        listen,
+        token: token.map(|(_, t)| t),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -588,6 +656,15 @@ mod tests {
             (
                 "upstream_timeouts.response",
                 "[upstream_timeouts]\nresponse = \"soon\"",
+            ),
+            ("admin.listen", "[admin]\nlisten = \"0.0.0.0:9090\""),
+            (
+                "admin.token",
+                "[admin]\nlisten = \"127.0.0.1:9090\"\ntoken = \"short\"",
+            ),
+            (
+                "admin.token_file",
+                "[admin]\nlisten = \"127.0.0.1:9090\"\ntoken_file = \"/nonexistent/token\"",
             ),
         ];
         let covered: Vec<&str> = cases.iter().map(|(key, _)| *key).collect();

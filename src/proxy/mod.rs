@@ -45,19 +45,15 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(
-        config: Config,
-        store: Arc<dyn SessionStore>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, crate::protocol::InvalidPrefix> {
-        Ok(State {
-            headers: ProtocolHeaders::new(&config.session.header_prefix)?,
+    pub fn new(config: Config, store: Arc<dyn SessionStore>, metrics: Arc<Metrics>) -> Self {
+        State {
+            headers: config.session.headers.clone(),
             cookies: Cookies::new(config.cookie.clone()),
             upstream: Upstream::new(&config),
             store,
             metrics,
             config,
-        })
+        }
     }
 }
 

@@ -52,11 +52,13 @@ impl<S: SessionStore> SessionStore for Timed<S> {
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
-        self.run(StoreOp::Create, self.inner.create(id, record)).await
+        self.run(StoreOp::Create, self.inner.create(id, record))
+            .await
     }
 
     async fn update(&self, id: &SessionId, update: &Update) -> Result<Option<Record>> {
-        self.run(StoreOp::Update, self.inner.update(id, update)).await
+        self.run(StoreOp::Update, self.inner.update(id, update))
+            .await
     }
 
     async fn delete(&self, id: &SessionId) -> Result<bool> {
@@ -70,11 +72,13 @@ impl<S: SessionStore> SessionStore for Timed<S> {
         new: &SessionId,
         update: &Update,
     ) -> Result<Option<Record>> {
-        self.run(StoreOp::Regenerate, self.inner.regenerate(old, new, update)).await
+        self.run(StoreOp::Regenerate, self.inner.regenerate(old, new, update))
+            .await
     }
 
     async fn list(&self, cursor: Option<&str>, limit: usize) -> Result<Page> {
-        self.run(StoreOp::List, self.inner.list(cursor, limit)).await
+        self.run(StoreOp::List, self.inner.list(cursor, limit))
+            .await
     }
 
     /// Unbounded: a sweep of a large store legitimately takes longer than one request's

@@ -5,8 +5,7 @@
 use std::sync::Arc;
 
 use super::{Record, Result, StoreError};
-use crate::config::Lifetime;
-use crate::session::DataChange;
+use crate::session::{DataChange, Lifetime};
 
 /// A write to an existing session: an optional data change plus the refreshed expiry.
 #[derive(Debug, Clone)]

@@ -36,6 +36,9 @@ mod cli;
 /// Idle/absolute timeouts, coalesced touches, the sweeper, `sessions prune`.
 mod lifetime;
 
+/// The admin listener: the JSON API on every store, the token, probes, metrics, the CLI.
+mod admin;
+
 /// The `SessionStore` contract, expanded for every store (memory, fs, Redis, Redis Cluster).
 mod store_contract;
 

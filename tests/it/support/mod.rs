@@ -34,6 +34,8 @@ pub use app::App;
 /// The proxy served in this process, on 127.0.0.1:0.
 pub struct TestProxy {
     pub addr: SocketAddr,
+    /// The admin listener, when the config has `[admin] listen` (bound on 127.0.0.1:0).
+    pub admin: Option<SocketAddr>,
     pub store: Arc<dyn SessionStore>,
     pub config: Config,
     shutdown: Option<oneshot::Sender<()>>,
@@ -65,17 +67,29 @@ impl TestProxy {
         let store = proxy.store();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let admin_listener = match &config.admin {
+            Some(_) => Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            None => None,
+        };
+        let admin = admin_listener.as_ref().map(|l| l.local_addr().unwrap());
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(proxy.serve(listener, async {
+        let task = tokio::spawn(proxy.serve_with_admin(listener, admin_listener, async {
             let _ = rx.await;
         }));
         TestProxy {
             addr,
+            admin,
             store,
             config,
             shutdown: Some(tx),
             task,
         }
+    }
+
+    /// The admin listener's address; panics if the config has no `[admin]`.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .expect("this proxy was started without [admin] listen")
     }
 
     pub fn client(&self) -> Browser {
@@ -368,6 +382,8 @@ impl Browser {
 pub struct ProxyProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener, when started with `--admin-listen`.
+    pub admin: Option<SocketAddr>,
 }
 
 impl ProxyProcess {
@@ -387,17 +403,20 @@ impl ProxyProcess {
             .stderr(stderr)
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no listening line from the proxy: {line:?}"))
-            .parse()
-            .unwrap();
-        ProxyProcess { child, addr }
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut next_addr = || {
+            let mut line = String::new();
+            stdout.read_line(&mut line).unwrap();
+            line.split("http://")
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .unwrap_or_else(|| panic!("no listening line from the proxy: {line:?}"))
+                .parse()
+                .unwrap()
+        };
+        let addr = next_addr();
+        let admin = args.contains(&"--admin-listen").then(&mut next_addr);
+        ProxyProcess { child, addr, admin }
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,283 @@
+//! The JSON API: list, show, patch and delete sessions; the probes; `/metrics`.
+//!
+//! Every answer is JSON (never HTML: session data is user-controlled), every bad input a 4xx
+//! with `{"error": "..."}`, a store that is down a 503 with the reason. An admin read never
+//! counts as activity: it neither touches nor extends a session.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::Admin;
+use crate::session::{DataChange, SessionId};
+use crate::store::{self, Fault, StoreError, Update};
+
+/// The most sessions one page may hold, and how many it holds when the caller does not say.
+pub const MAX_LIMIT: usize = 1000;
+pub const DEFAULT_LIMIT: usize = 50;
+
+pub(super) fn routes() -> Router<Arc<Admin>> {
+    Router::new()
+        .route("/sessions", get(list))
+        .route("/sessions/{id}", get(show).patch(patch).delete(delete))
+}
+
+/// An admin request that failed, and whose fault it was (the status says).
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match (&e, e.fault()) {
+            (StoreError::TooLarge { .. }, _) => StatusCode::PAYLOAD_TOO_LARGE,
+            (_, Fault::Caller) => StatusCode::BAD_REQUEST,
+            (_, Fault::Store) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.message }).to_string();
+        json_response(self.status, body)
+    }
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn json_ok<T: Serialize>(value: &T) -> Result<Response, ApiError> {
+    let body = serde_json::to_string(value).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the answer: {e}"),
+        )
+    })?;
+    Ok(json_response(StatusCode::OK, body))
+}
+
+fn parse_id(text: &str) -> Result<SessionId, ApiError> {
+    SessionId::parse(text).ok_or_else(|| ApiError::bad(format!("{text:?} is not a session id")))
+}
+
+#[derive(Serialize)]
+struct Listed<'a> {
+    id: &'a str,
+    created_at: u64,
+    updated_at: u64,
+    expires_at: u64,
+    /// Bytes of the session's JSON text.
+    size: usize,
+}
+
+#[derive(Serialize)]
+struct ListPage<'a> {
+    sessions: Vec<Listed<'a>>,
+    next_cursor: Option<String>,
+}
+
+/// `GET /sessions?limit=N&cursor=C`.
+async fn list(
+    State(admin): State<Arc<Admin>>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(pairs) = query.map_err(|e| ApiError::bad(e.body_text()))?;
+    let mut limit = DEFAULT_LIMIT;
+    let mut cursor: Option<String> = None;
+    for (key, value) in pairs {
+        match key.as_str() {
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad(format!(
+                            "limit {value:?} is not a whole number from 1 to {MAX_LIMIT}"
+                        ))
+                    })?;
+            }
+            "cursor" => cursor = Some(value),
+            other => return Err(ApiError::bad(format!("unknown parameter {other:?}"))),
+        }
+    }
+    let page = admin.store.list(cursor.as_deref(), limit).await?;
+    let ids: Vec<String> = page.sessions.iter().map(|(id, _)| id.to_string()).collect();
+    let sessions = page
+        .sessions
+        .iter()
+        .zip(&ids)
+        .map(|((_, r), id)| Listed {
+            id,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            expires_at: r.expires_at,
+            size: r.data.len(),
+        })
+        .collect();
+    json_ok(&ListPage {
+        sessions,
+        next_cursor: page.next,
+    })
+}
+
+/// `GET /sessions/{id}`: the whole record, data included.
+async fn show(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let record = admin
+        .store
+        .load(&id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no live session with this id"))?;
+    Ok(json_response(
+        StatusCode::OK,
+        store::session_json(&id, &record)?,
+    ))
+}
+
+/// `PATCH /sessions/{id}`: a JSON merge patch, applied exactly as `X-Session-Update` is (same
+/// code, same size limit, atomic against concurrent requests). An operator's edit is not the
+/// user's activity, so the session's deadline stays where it was.
+async fn patch(
+    State(admin): State<Arc<Admin>>,
+    ConnectInfo(operator): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let patch = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => {
+            return Err(ApiError::bad(
+                "the body must be a JSON object (a merge patch)",
+            ));
+        }
+        Err(e) => return Err(ApiError::bad(format!("the body is not JSON: {e}"))),
+    };
+    let session = &admin.config.session;
+    let update = Update {
+        change: Some(DataChange::Patch(patch)),
+        base: None,
+        now: store::now_ms(),
+        lifetime: session.lifetime,
+        max_size: session.max_size,
+        extends: false,
+    };
+    let record = admin
+        .store
+        .update(&id, &update)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no live session with this id"))?;
+    tracing::info!(%operator, ?id, "admin patched a session");
+    Ok(json_response(
+        StatusCode::OK,
+        store::session_json(&id, &record)?,
+    ))
+}
+
+/// `DELETE /sessions/{id}`: the user's next request starts a fresh session.
+async fn delete(
+    State(admin): State<Arc<Admin>>,
+    ConnectInfo(operator): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    if !admin.store.delete(&id).await? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no live session with this id",
+        ));
+    }
+    tracing::info!(%operator, ?id, "admin deleted a session");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Liveness: the process serves. Checks nothing else, on purpose: a store outage must not get
+/// a healthy proxy restarted.
+pub(super) async fn healthz() -> Response {
+    json_response(StatusCode::OK, r#"{"status":"ok"}"#.to_owned())
+}
+
+/// Readiness: the store answers a probe within `store.timeout`, and no drain has started.
+pub(super) async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
+    if admin.is_draining() {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down")
+            .into_response();
+    }
+    // A load of an id nobody holds: reads the store, touches no session.
+    let probe = match SessionId::generate() {
+        Ok(id) => admin.store.load(&id).await.map(|_| ()),
+        Err(e) => Err(StoreError::Backend(Box::new(e))),
+    };
+    match probe {
+        Ok(()) => json_response(StatusCode::OK, r#"{"status":"ready"}"#.to_owned()),
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the session store is not answering: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+/// `GET /metrics`: the Prometheus (OpenMetrics) text exposition.
+pub(super) async fn metrics(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
+    let text = admin.metrics.encode(admin.store.count()).map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode the metrics: {e}"),
+        )
+    })?;
+    let mut resp = (StatusCode::OK, text).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    Ok(resp)
+}
+
+pub(super) async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such admin route")
+}
+
+pub(super) async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this admin route",
+    )
+}

@@ -1,0 +1,1 @@
+// the admin page's script
