@@ -148,6 +148,18 @@ pub struct Lifetime {
     pub touch_interval: Duration,
 }
 
+#[cfg(test)]
+impl Lifetime {
+    /// A lifetime in milliseconds, for tests that step the clock by hand.
+    pub(crate) fn in_ms(idle: u64, absolute: Option<u64>, touch: u64) -> Self {
+        Lifetime {
+            idle_timeout: Duration::from_millis(idle),
+            absolute_timeout: absolute.map(Duration::from_millis),
+            touch_interval: Duration::from_millis(touch),
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch: the clock every record uses.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -184,12 +196,18 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    use serde_json::json;
+
     fn lifetime(idle: u64, abs: Option<u64>, touch: u64) -> Lifetime {
-        Lifetime {
-            idle_timeout: Duration::from_millis(idle),
-            absolute_timeout: abs.map(Duration::from_millis),
-            touch_interval: Duration::from_millis(touch),
-        }
+        Lifetime::in_ms(idle, abs, touch)
+    }
+
+    #[test]
+    fn merge_patch_semantics() {
+        let mut data = json!({"a":1,"b":{"c":1,"d":2}});
+        let patch = json!({"a":null,"b":{"c":null,"e":3},"f":[1]});
+        DataChange::Patch(patch.as_object().unwrap().clone()).apply_to(&mut data);
+        assert_eq!(data, json!({"b":{"d":2,"e":3},"f":[1]}));
     }
 
     #[test]

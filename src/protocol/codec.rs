@@ -63,15 +63,7 @@ pub fn parse_object(header: &'static str, value: &[u8]) -> Result<Map<String, Va
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::DataChange;
     use serde_json::json;
-
-    fn obj(v: Value) -> Map<String, Value> {
-        match v {
-            Value::Object(m) => m,
-            _ => panic!("not an object"),
-        }
-    }
 
     #[test]
     fn session_round_trip() {
@@ -109,12 +101,5 @@ mod tests {
                 (got, expect) => panic!("{:?}: got {got:?}, want {expect:?}", input),
             }
         }
-    }
-
-    #[test]
-    fn merge_patch_semantics() {
-        let mut data = json!({"a":1,"b":{"c":1,"d":2}});
-        DataChange::Patch(obj(json!({"a":null,"b":{"c":null,"e":3},"f":[1]}))).apply_to(&mut data);
-        assert_eq!(data, json!({"b":{"d":2,"e":3},"f":[1]}));
     }
 }

@@ -81,14 +81,9 @@ fn apply_change(data: &str, change: &DataChange, max: usize) -> Result<String> {
 mod tests {
     use super::*;
     use serde_json::json;
-    use std::time::Duration;
 
     fn lifetime(idle: u64, abs: Option<u64>, touch: u64) -> Lifetime {
-        Lifetime {
-            idle_timeout: Duration::from_millis(idle),
-            absolute_timeout: abs.map(Duration::from_millis),
-            touch_interval: Duration::from_millis(touch),
-        }
+        Lifetime::in_ms(idle, abs, touch)
     }
 
     #[test]

@@ -48,6 +48,17 @@ fn assert_json_error(r: &Resp, status: u16) {
     );
 }
 
+/// A proxy with an admin listener (no token) and one session, `{"a":1}`, made through it.
+async fn proxy_with_one_session() -> (App, TestProxy, Browser) {
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, &admin_toml("")).await;
+    let mut b = proxy.client();
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
+        .await;
+    (app, proxy, b)
+}
+
 /// Three sessions made through the proxy, as a user's browser would.
 async fn three_browsers(proxy: &TestProxy) -> Vec<Browser> {
     let mut browsers = Vec::new();
@@ -183,13 +194,8 @@ async fn the_api_on_the_redis_store() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_is_a_4xx_with_a_json_error() {
-    let app = App::start().await;
-    let proxy = TestProxy::start(&app, &admin_toml("")).await;
+    let (_app, proxy, b) = proxy_with_one_session().await;
     let admin = proxy.admin_addr();
-    let mut b = proxy.client();
-    b.get("/")
-        .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
-        .await;
     let id = b.cookie.clone().unwrap();
     let one = format!("/sessions/{id}");
     let cases: Vec<(Method, String, &str, u16)> = vec![
@@ -349,13 +355,8 @@ async fn admin_responses_cannot_be_sniffed_framed_or_cached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_and_session_writes() {
-    let app = App::start().await;
-    let proxy = TestProxy::start(&app, &admin_toml("")).await;
+    let (_app, proxy, mut b) = proxy_with_one_session().await;
     let admin = proxy.admin_addr();
-    let mut b = proxy.client();
-    b.get("/")
-        .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
-        .await;
     b.get("/")
         .app_responds_with(&[("X-Session-Update", r#"{"a":2}"#)])
         .await;
