@@ -39,6 +39,9 @@ mod lifetime;
 /// The admin listener: the JSON API on every store, the token, probes, metrics, the CLI.
 mod admin;
 
+/// The Python WSGI adapter with the real interpreter, behind the real proxy.
+mod python;
+
 /// The `SessionStore` contract, expanded for every store (memory, fs, Redis, Redis Cluster).
 mod store_contract;
 
