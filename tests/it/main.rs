@@ -42,6 +42,9 @@ mod admin;
 /// The Python WSGI adapter with the real interpreter, behind the real proxy.
 mod python;
 
+/// The deploy files, checked by their own tools (systemd-analyze, nginx -t).
+mod deploy;
+
 /// The `SessionStore` contract, expanded for every store (memory, fs, Redis, Redis Cluster).
 mod store_contract;
 
