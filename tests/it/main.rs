@@ -39,6 +39,9 @@ mod lifetime;
 /// The admin listener: the JSON API on every store, the token, probes, metrics, the CLI.
 mod admin;
 
+/// The admin web page in a real headless Chromium over WebDriver: token, list, patch, delete, XSS.
+mod admin_page;
+
 /// The `SessionStore` contract, expanded for every store (memory, fs, Redis, Redis Cluster).
 mod store_contract;
 
