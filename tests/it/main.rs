@@ -45,6 +45,9 @@ mod python;
 /// The deploy files, checked by their own tools (systemd-analyze, nginx -t).
 mod deploy;
 
+/// The admin web page in a real headless Chromium over WebDriver: token, list, patch, delete, XSS.
+mod admin_page;
+
 /// The `SessionStore` contract, expanded for every store (memory, fs, Redis, Redis Cluster).
 mod store_contract;
 

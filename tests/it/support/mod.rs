@@ -7,6 +7,7 @@
 pub mod app;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod webdriver;
 
 use std::future::{Future, IntoFuture};
 use std::io::{BufRead as _, BufReader};
