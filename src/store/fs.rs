@@ -12,16 +12,26 @@
 //! Each file's mtime is set to the session's expiry, so the sweeper finds dead sessions with a
 //! `stat` per file instead of a read, and a cron job can too (`find DIR -mmin +0`).
 //!
+//! One directory belongs to one proxy process, so the store keeps the ordered set of ids it
+//! holds in memory ([`Index`]): built once at open by streaming the directory (names only, no
+//! file is read), then changed by create, delete and prune under the id's stripe, so a listing
+//! page reads only the files it returns instead of listing and sorting the whole directory. A
+//! file removed behind the store's back (an operator's `find -delete`, `sessions prune` from
+//! another process) is skipped by the next listing that meets it and dropped from the index; a
+//! file added behind its back is listed after the next open.
+//!
 //! Every filesystem call runs on the blocking pool (`spawn_blocking`), never on an async worker.
 //! Writes are capped at a few in flight (`writers`): every create and rename takes the
 //! directory's inode lock, so dozens of concurrent writers only queue in the kernel, on more
 //! threads, and were measured many times slower than a short queue (bench/PROFILE.md).
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write as _};
+use std::ops::Bound;
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -52,6 +62,45 @@ struct Inner {
     /// Bounds the writes in flight across all ids; taken after the id's stripe, so a writer
     /// queued behind its own session holds no permit.
     writers: Arc<tokio::sync::Semaphore>,
+    index: Index,
+}
+
+/// The ids that have a file, in order. A `BTreeSet` (about 50 bytes an id: 50 MB at a million)
+/// behind a std lock, which is only ever held by synchronous code on the blocking pool for a
+/// lookup or a copy of at most one page of ids, never while a file is read or written.
+///
+/// Invariant: an id is added or removed only by a thread holding its stripe, right after its
+/// file was written or removed; so a listing that finds a file missing can take the stripe,
+/// see the file still missing, and drop the id without racing a create of the same id.
+#[derive(Debug, Default)]
+struct Index(RwLock<BTreeSet<SessionId>>);
+
+impl Index {
+    fn insert(&self, id: SessionId) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id);
+    }
+
+    fn remove(&self, id: &SessionId) {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+    }
+
+    /// Up to `n` ids strictly after `after`, copied out so the lock is released at once.
+    fn after(&self, after: Option<&SessionId>, n: usize) -> Vec<SessionId> {
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .range((lower, Bound::Unbounded))
+            .take(n)
+            .copied()
+            .collect()
+    }
 }
 
 impl FsStore {
@@ -78,6 +127,7 @@ impl FsStore {
             writers: Arc::new(tokio::sync::Semaphore::new(
                 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
             )),
+            index: Index::default(),
         });
         let check = inner.clone();
         blocking(move || {
@@ -91,7 +141,7 @@ impl FsStore {
                 .join(format!("{TEMP_PREFIX}probe-{}", std::process::id()));
             File::create(&probe)?;
             fs::remove_file(&probe)?;
-            Ok(())
+            check.build_index()
         })
         .await
         .map_err(|e| match e {
@@ -191,6 +241,34 @@ impl Inner {
         result
     }
 
+    /// The index from the directory's names alone: `read_dir` streams, so at a million files
+    /// memory holds the ids (sorted once, in bulk) and nothing else; no file is opened.
+    fn build_index(&self) -> Result<()> {
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            if let Some(id) = entry?.file_name().to_str().and_then(|n| self.id_of(n)) {
+                ids.push(id);
+            }
+        }
+        let ids: BTreeSet<SessionId> = ids.into_iter().collect();
+        *self.index.0.write().unwrap_or_else(PoisonError::into_inner) = ids;
+        Ok(())
+    }
+
+    /// Drops `id` from the index if its file is really gone: checked under its stripe, so a
+    /// create of the same id that ran since the file was found missing keeps its entry.
+    fn forget_if_gone(&self, id: &SessionId) -> Result<()> {
+        let _guard = self.locks.blocking_lock(id);
+        match fs::symlink_metadata(self.path(id)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.index.remove(id);
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+            Ok(_) => Ok(()),
+        }
+    }
+
     fn prune(&self, now: u64) -> Result<u64> {
         let now_time = UNIX_EPOCH + Duration::from_millis(now);
         let mut removed = 0;
@@ -219,8 +297,11 @@ impl Inner {
             // Re-check under the lock: the file may have been touched since the stat.
             match self.read(&id)? {
                 Some(r) if !r.is_live(now) => match fs::remove_file(entry.path()) {
-                    Ok(()) => removed += 1,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Ok(()) => {
+                        self.index.remove(&id);
+                        removed += 1;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => self.index.remove(&id),
                     Err(e) => return Err(e.into()),
                 },
                 _ => {}
@@ -229,27 +310,42 @@ impl Inner {
         Ok(removed)
     }
 
+    /// Takes ids after the cursor from the index, a page's worth at a time, and reads only
+    /// their files; dead, unreadable and missing ones are skipped (missing ones also leave the
+    /// index), and the next ids are taken until the page is full or the index ends. No lock is
+    /// held while a file is read.
     fn list(&self, after: Option<SessionId>, limit: usize) -> Result<Page> {
         let now = now_ms();
-        let mut ids: Vec<SessionId> = Vec::new();
-        for entry in fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            if let Some(id) = entry.file_name().to_str().and_then(|n| self.id_of(n))
-                && after.is_none_or(|c| id > c)
-            {
-                ids.push(id);
-            }
-        }
-        ids.sort_unstable();
         let mut page = Page::default();
-        for id in ids {
-            if page.sessions.len() == limit {
-                page.next = page.sessions.last().map(|(id, _)| id.to_string());
-                break;
+        if limit == 0 {
+            return Ok(page);
+        }
+        let mut cursor = after;
+        while page.sessions.len() < limit {
+            let ids = self
+                .index
+                .after(cursor.as_ref(), limit - page.sessions.len());
+            let Some(last) = ids.last().copied() else {
+                return Ok(page);
+            };
+            for id in ids {
+                match fs::read(self.path(&id)) {
+                    Ok(bytes) => {
+                        if let Some(r) = Record::from_stored(&bytes, &id).filter(|r| r.is_live(now))
+                        {
+                            page.sessions.push((id, r));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => self.forget_if_gone(&id)?,
+                    Err(e) => return Err(e.into()),
+                }
             }
-            if let Some(r) = self.read_live(&id, now)? {
-                page.sessions.push((id, r));
-            }
+            cursor = Some(last);
+        }
+        // Full: more may follow if the index has an id after the page's last one (which is
+        // `cursor`, since a batch fills the page only when every one of its ids was listed).
+        if !self.index.after(cursor.as_ref(), 1).is_empty() {
+            page.next = cursor.map(|id| id.to_string());
         }
         Ok(page)
     }
@@ -270,6 +366,7 @@ impl SessionStore for FsStore {
                 return Ok(false);
             }
             inner.write(&path, &record)?;
+            inner.index.insert(*id);
             Ok(true)
         })
         .await
@@ -292,8 +389,14 @@ impl SessionStore for FsStore {
         self.write(*id, |inner, id, path| {
             let live = inner.read_live(id, now_ms())?.is_some();
             match fs::remove_file(&path) {
-                Ok(()) => Ok(live),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Ok(()) => {
+                    inner.index.remove(id);
+                    Ok(live)
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    inner.index.remove(id);
+                    Ok(false)
+                }
                 Err(e) => Err(e.into()),
             }
         })
