@@ -30,6 +30,9 @@ mod lifetime;
 /// The `SessionStore` contract, expanded for every store (memory, fs, Redis, Redis Cluster).
 mod store_contract;
 
+/// The fs store's listing index: files removed behind its back, a reopened directory.
+mod listing;
+
 /// The Redis store on real `redis-server` processes (one server, and a three-node cluster).
 #[cfg(feature = "redis")]
 mod redis;
