@@ -24,7 +24,7 @@
 # under test (upstream, the proxy, the benches) to core $SERVER_CPU. All traffic goes to
 # 127.0.0.1. Every process started here is stopped by its PID on exit (bench/common.sh).
 #
-# Environment (defaults in brackets): SESSIONS [1000000], SAMPLES [200] pages per position,
+# Environment (defaults in brackets): SESSIONS [1000000] (at least 5000), SAMPLES [200] pages per position,
 # DURATION [10] and WARMUP [1] seconds per load run, CONNECTIONS [64], STORES ["memory fs"],
 # DESIGNS [1] (0 skips step 1), LOADGEN_CPU [0], SERVER_CPU [1], OUT [bench/LISTING.md].
 set -euo pipefail

@@ -310,45 +310,45 @@ impl Inner {
         Ok(removed)
     }
 
-    /// Takes ids after the cursor from the index, a page's worth at a time, and reads only
-    /// their files; dead, unreadable and missing ones are skipped (missing ones also leave the
-    /// index), and the next ids are taken until the page is full or the index ends. No lock is
-    /// held while a file is read.
-    fn list(&self, after: Option<SessionId>, limit: usize) -> Result<Page> {
-        let now = now_ms();
-        let mut page = Page::default();
-        if limit == 0 {
-            return Ok(page);
-        }
-        let mut cursor = after;
-        while page.sessions.len() < limit {
-            let ids = self
-                .index
-                .after(cursor.as_ref(), limit - page.sessions.len());
-            let Some(last) = ids.last().copied() else {
-                return Ok(page);
-            };
-            for id in ids {
-                match fs::read(self.path(&id)) {
-                    Ok(bytes) => {
-                        if let Some(r) = Record::from_stored(&bytes, &id).filter(|r| r.is_live(now))
-                        {
-                            page.sessions.push((id, r));
-                        }
+    /// One chunk of a listing: up to `n` ids after `after` from the index, and the live
+    /// sessions among their files; dead and unreadable ones are skipped, missing ones also
+    /// leave the index. No lock is held while a file is read. `last` is the last id visited
+    /// (`None`: the index has nothing after `after`), `more` whether the index has ids after it.
+    fn list_chunk(&self, after: Option<SessionId>, n: usize, now: u64) -> Result<Chunk> {
+        let ids = self.index.after(after.as_ref(), n);
+        let last = ids.last().copied();
+        let mut sessions = Vec::with_capacity(ids.len());
+        for id in ids {
+            match fs::read(self.path(&id)) {
+                Ok(bytes) => {
+                    if let Some(r) = Record::from_stored(&bytes, &id).filter(|r| r.is_live(now)) {
+                        sessions.push((id, r));
                     }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => self.forget_if_gone(&id)?,
-                    Err(e) => return Err(e.into()),
                 }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => self.forget_if_gone(&id)?,
+                Err(e) => return Err(e.into()),
             }
-            cursor = Some(last);
         }
-        // Full: more may follow if the index has an id after the page's last one (which is
-        // `cursor`, since a batch fills the page only when every one of its ids was listed).
-        if !self.index.after(cursor.as_ref(), 1).is_empty() {
-            page.next = cursor.map(|id| id.to_string());
-        }
-        Ok(page)
+        let more = last.is_some() && !self.index.after(last.as_ref(), 1).is_empty();
+        Ok(Chunk {
+            sessions,
+            last,
+            more,
+        })
     }
+}
+
+/// Files one blocking task of a listing reads (well under a millisecond of work). A page is
+/// read as a run of such tasks, the async side taking its turn on the worker between them,
+/// so a walk in pages of 1000 never becomes a thread that is always runnable: on a machine
+/// with few cores such a thread delays every request's hand-offs between the worker and the
+/// blocking pool (measured: bench/LISTING.md).
+const READ_CHUNK: usize = 32;
+
+struct Chunk {
+    sessions: Vec<(SessionId, Record)>,
+    last: Option<SessionId>,
+    more: bool,
 }
 
 #[async_trait]
@@ -403,9 +403,34 @@ impl SessionStore for FsStore {
         .await
     }
 
+    /// Reads only the page's files (the ids come from the index), chunk by chunk, until the
+    /// page is full or the index ends.
     async fn list(&self, cursor: Option<&str>, limit: usize) -> Result<Page> {
-        let (inner, after) = (self.inner.clone(), super::id_cursor(cursor)?);
-        blocking(move || inner.list(after, limit)).await
+        let mut after = super::id_cursor(cursor)?;
+        let mut page = Page::default();
+        if limit == 0 {
+            return Ok(page);
+        }
+        let now = now_ms();
+        while page.sessions.len() < limit {
+            let (inner, n) = (
+                self.inner.clone(),
+                (limit - page.sessions.len()).min(READ_CHUNK),
+            );
+            let chunk = blocking(move || inner.list_chunk(after, n, now)).await?;
+            page.sessions.extend(chunk.sessions);
+            let Some(last) = chunk.last else {
+                return Ok(page);
+            };
+            after = Some(last);
+            if !chunk.more {
+                return Ok(page);
+            }
+        }
+        // Full. A chunk fills the page only when every id it visited was listed, so `after`
+        // is the page's last id, and the last chunk said an id follows it.
+        page.next = after.map(|id| id.to_string());
+        Ok(page)
     }
 
     async fn prune(&self, now: u64) -> Result<u64> {

@@ -207,8 +207,10 @@ async fn pages(a: &Args) -> anyhow::Result<()> {
         format!("fill_secs={fill_secs:.1}"),
     ];
     // The ids are base64url: in byte order '-' < digits < 'A'..'Z' < '_' < 'a'..'z'. 'V' is
-    // the 33rd of the 64 characters (the middle); after "zz…" about n/4096 ids remain.
-    for (name, cursor) in [("start", None), ("middle", Some("V")), ("end", Some("zz"))] {
+    // the 33rd of the 64 characters (the middle); after "zz…" about n/4096 ids remain, after
+    // "z…" about n/64 (enough for a full page from 5,000 sessions on).
+    let end = if a.sessions >= 400_000 { "zz" } else { "z" };
+    for (name, cursor) in [("start", None), ("middle", Some("V")), ("end", Some(end))] {
         let cursor = cursor.map(|p| format!("{p}{}", "-".repeat(32 - p.len())));
         let mut times = Vec::with_capacity(a.samples);
         for _ in 0..a.samples {
