@@ -338,11 +338,13 @@ impl Inner {
     }
 }
 
-/// Files one blocking task of a listing reads (well under a millisecond of work). A page is
+/// Files one blocking task of a listing reads (about half a millisecond of work). A page is
 /// read as a run of such tasks, the async side taking its turn on the worker between them,
-/// so a walk in pages of 1000 never becomes a thread that is always runnable: on a machine
-/// with few cores such a thread delays every request's hand-offs between the worker and the
-/// blocking pool (measured: bench/LISTING.md).
+/// so a walk in pages of 1000 is not one thread that stays runnable for 20 ms a page,
+/// competing with every request's hand-offs between the worker and the blocking pool. The
+/// evidence is weak on this shared machine: at a million files, proxy and walker on one core,
+/// the p99 while walking was 0.6–1.1× the idle p99 in three runs with chunks, 0.7–2.6× in
+/// three with one task per page (bench/LISTING.md has the chunked runs).
 const READ_CHUNK: usize = 32;
 
 struct Chunk {
