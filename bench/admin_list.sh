@@ -2,14 +2,13 @@
 # Listing at scale (issue [admin]): the session listing of the memory and fs stores at a million
 # sessions, and what paging through the whole store does to the proxy's own requests.
 #
-#   bench/admin_list.sh                         # everything (about 6 minutes), writes bench/LISTING.md
+#   bench/admin_list.sh                         # everything, writes bench/LISTING.md
 #   SESSIONS=100000 DURATION=3 bench/admin_list.sh   # a quick run
 #
 # Steps (all through bench/tools/src/bin/list_bench.rs unless said otherwise):
 # 1. designs: the memory-store layouts considered, side by side (index_designs).
 # 2. memory per session of the memory store (mem_bench, as bench/load.sh runs it).
-# 3. fs fill: SESSIONS files written straight into a fresh directory in the store's format
-#    (about a minute for a million on this machine; removing them at the end takes about as long).
+# 3. fs fill: SESSIONS files written straight into a fresh directory in the store's format.
 # 4. pages: for each store, opened through session_proxy::store::open (fs: on the filled
 #    directory, timing the open, which builds the index from the names; memory: filled through
 #    the store), SAMPLES pages of 50 after cursors at the start, middle and end of the id space,
@@ -20,13 +19,20 @@
 #    seconds: idle, while a task in the proxy's runtime walks the whole store over and over in
 #    pages of 1000 (where an admin API handler would run), idle again.
 #
+# A run at a million sessions took 14 minutes here: 1.5 to 4 minutes to write the files
+# (depending on what else the machine does), 9 to remove them at the end; FS_DIR (below) keeps
+# them for the next run instead.
+#
 # On a machine with 2+ cores the load generator is pinned to core $LOADGEN_CPU and everything
 # under test (upstream, the proxy, the benches) to core $SERVER_CPU. All traffic goes to
 # 127.0.0.1. Every process started here is stopped by its PID on exit (bench/common.sh).
 #
 # Environment (defaults in brackets): SESSIONS [1000000] (at least 5000), SAMPLES [200] pages per position,
 # DURATION [10] and WARMUP [1] seconds per load run, CONNECTIONS [64], STORES ["memory fs"],
-# DESIGNS [1] (0 skips step 1), LOADGEN_CPU [0], SERVER_CPU [1], OUT [bench/LISTING.md].
+# DESIGNS [1] (0 skips step 1), LOADGEN_CPU [0], SERVER_CPU [1], OUT [bench/LISTING.md],
+# FS_DIR [a fresh directory, removed at the end]: set it to keep the filled directory for the
+# next run; one that already holds at least SESSIONS session files is used as it is (each run
+# adds CONNECTIONS sessions per load run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -98,14 +104,24 @@ echo "== memory per session: $SESSIONS sessions in the memory store"
 bench_line "$BIN/mem_bench" --sessions "$SESSIONS" --data-bytes 200
 MEM_LINE=$LAST_LINE
 
-FS_DIR="$WORK/sessions"
+FS_DIR=${FS_DIR:-$WORK/sessions}
 FILL_LINE=
 case " $STORES " in
   *" fs "*)
-    echo "== fs fill: $SESSIONS files"
-    # Not pinned: the fill writes on two threads.
-    NOPIN=1 bench_line "$BIN/list_bench" fill-fs --dir "$FS_DIR" --sessions "$SESSIONS"
-    FILL_LINE=$LAST_LINE
+    have=0
+    [ -d "$FS_DIR" ] && have=$(find "$FS_DIR" -maxdepth 1 -name 'session_*.json' | wc -l)
+    if [ "$have" -ge "$SESSIONS" ]; then
+      echo "== fs fill: reusing $FS_DIR ($have files)"
+      FILL_LINE=$(printf 'fill=fs\tsessions=%s\tfill_secs=reused' "$have")
+    elif [ "$have" -gt 0 ]; then
+      echo "FS_DIR $FS_DIR holds $have session files, fewer than SESSIONS=$SESSIONS" >&2
+      exit 2
+    else
+      echo "== fs fill: $SESSIONS files"
+      # Not pinned: the fill writes on two threads.
+      NOPIN=1 bench_line "$BIN/list_bench" fill-fs --dir "$FS_DIR" --sessions "$SESSIONS"
+      FILL_LINE=$LAST_LINE
+    fi
     ;;
 esac
 
@@ -202,17 +218,19 @@ mean() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (a + b) / 2 }'; }
   echo
   echo "idle, then walking (a task in the proxy's runtime pages through the whole store in pages of"
   echo "1000, back to back, for the whole run), then idle again. \"× idle\" is the walking p99 over the"
-  echo "mean of the two idle p99s; the requirement is at most 2."
+  echo "mean of the two idle p99s; the requirement is at most 2. \"load avg\" is \`/proc/loadavg\` (1 min)"
+  echo "as each run started: the benchmark itself adds about 2, so more means other work shared the"
+  echo "$(nproc) cores, and the figures are that noisy."
   echo
-  echo "| store | phase | req/s | p50 ms | p99 ms | p99.9 ms | errors | proxy CPU s | × idle (p99) |"
-  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| store | phase | req/s | p50 ms | p99 ms | p99.9 ms | errors | proxy CPU s | load avg | × idle (p99) |"
+  echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
   for store in $STORES; do
     idle=$(mean "$(field "${LOAD[$store-idle]}" p99_ms)" "$(field "${LOAD[$store-idle2]}" p99_ms)")
     for phase in idle walking idle2; do
       l=${LOAD[$store-$phase]}
       x=
       [ "$phase" = walking ] && x=$(ratio "$(field "$l" p99_ms)" "$idle")
-      echo "| $store | $phase | $(field "$l" rps) | $(field "$l" p50_ms) | $(field "$l" p99_ms) | $(field "$l" p999_ms) | $(field "$l" errors) | $(field "$l" cpu_proxy) | $x |"
+      echo "| $store | $phase | $(field "$l" rps) | $(field "$l" p50_ms) | $(field "$l" p99_ms) | $(field "$l" p999_ms) | $(field "$l" errors) | $(field "$l" cpu_proxy) | $(field "$l" load1) | $x |"
     done
   done
   echo
