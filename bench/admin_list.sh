@@ -197,13 +197,13 @@ mean() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (a + b) / 2 }'; }
   echo "Pages of 50 (p50 / max of $SAMPLES each) after a cursor at the start, the middle and the end of the"
   echo "id space, and one walk of the whole store in pages of 1000 (every session seen once, in order)."
   echo
-  echo "| store | open s | fill s | start p50 / max ms | middle p50 / max ms | end p50 / max ms | walk s | walk page p50 / p99 / max ms |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| store | open s | open RSS MiB | fill s | start p50 / max ms | middle p50 / max ms | end p50 / max ms | walk s | walk page p50 / p99 / max ms |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
   for store in $STORES; do
     l=${PAGES[$store]}
     fill=$(field "$l" fill_secs)
     [ "$store" = fs ] && fill="$(field "$FILL_LINE" fill_secs) (files)"
-    echo "| $store | $(field "$l" open_secs) | $fill \
+    echo "| $store | $(field "$l" open_secs) | $(field "$l" open_rss_mib) | $fill \
 | $(field "$l" page50_start_p50_ms) / $(field "$l" page50_start_max_ms) \
 | $(field "$l" page50_middle_p50_ms) / $(field "$l" page50_middle_max_ms) \
 | $(field "$l" page50_end_p50_ms) / $(field "$l" page50_end_max_ms) \
@@ -212,7 +212,8 @@ mean() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", (a + b) / 2 }'; }
   done
   echo
   echo "\"open s\" for fs is \`store::open\` on the full directory: the index is built there from the"
-  echo "names alone. Before this change that scan (and a sort) was paid on every page."
+  echo "names alone (\"open RSS\": what it added to the process, i.e. the index). Before this change that"
+  echo "scan (and a sort) was paid on every page."
   echo
   echo "## The proxy's latency while the store is paged"
   echo

@@ -165,16 +165,41 @@ fn fill_fs(a: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Opens the store as the proxy would; returns it, the open time (fs: the index is built
-/// here) and the fill time (memory: creates through the store).
-async fn open(a: &Args) -> anyhow::Result<(Arc<dyn SessionStore>, f64, f64)> {
+fn rss_bytes() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/self/status"))?;
+    Ok(kib * 1024)
+}
+
+struct OpenedStore {
+    store: Arc<dyn SessionStore>,
+    /// fs: the index is built here.
+    open_secs: f64,
+    /// What the open added to the RSS (fs: the index).
+    open_rss: u64,
+    /// memory: creates through the store.
+    fill_secs: f64,
+}
+
+/// Opens the store as the proxy would, then fills a memory store.
+async fn open(a: &Args) -> anyhow::Result<OpenedStore> {
     let config =
         RawConfig::from_toml("list_bench.toml", &store_toml(a))?.validate("list_bench.toml")?;
-    let start = Instant::now();
+    let (start, rss) = (Instant::now(), rss_bytes()?);
     let store = store::open(&config.store).await?.store;
     let open_secs = start.elapsed().as_secs_f64();
+    let open_rss = rss_bytes()?.saturating_sub(rss);
     let fill_secs = fill_memory(a, &*store).await?;
-    Ok((store, open_secs, fill_secs))
+    Ok(OpenedStore {
+        store,
+        open_secs,
+        open_rss,
+        fill_secs,
+    })
 }
 
 async fn fill_memory(a: &Args, store: &dyn SessionStore) -> anyhow::Result<f64> {
@@ -218,12 +243,14 @@ fn expected(a: &Args) -> anyhow::Result<u64> {
 
 async fn pages(a: &Args) -> anyhow::Result<()> {
     let want = expected(a)?;
-    let (store, open_secs, fill_secs) = open(a).await?;
+    let opened = open(a).await?;
+    let store = opened.store;
     let mut fields = vec![
         format!("store={}", a.store),
         format!("sessions={want}"),
-        format!("open_secs={open_secs:.2}"),
-        format!("fill_secs={fill_secs:.1}"),
+        format!("open_secs={:.2}", opened.open_secs),
+        format!("open_rss_mib={:.1}", opened.open_rss as f64 / 1048576.0),
+        format!("fill_secs={:.1}", opened.fill_secs),
     ];
     // The ids are base64url: in byte order '-' < digits < 'A'..'Z' < '_' < 'a'..'z'. 'V' is
     // the 33rd of the 64 characters (the middle); after "zz…" about n/4096 ids remain, after
