@@ -51,6 +51,9 @@ mod admin_page;
 /// The `SessionStore` contract, expanded for every store (memory, fs, Redis, Redis Cluster).
 mod store_contract;
 
+/// The fs store's listing index: files removed behind its back, a reopened directory.
+mod listing;
+
 /// The Redis store on real `redis-server` processes (one server, and a three-node cluster).
 #[cfg(feature = "redis")]
 mod redis;
