@@ -39,7 +39,7 @@ mod lifetime;
 /// The admin listener: the JSON API on every store, the token, probes, metrics, the CLI.
 mod admin;
 
-/// The `SessionStore` contract, expanded for every store (memory, fs, Redis, Redis Cluster).
+/// The `SessionStore` contract, expanded for every store (memory, fs, sqlite, Redis, Redis Cluster).
 mod store_contract;
 
 /// The Redis store on real `redis-server` processes (one server, and a three-node cluster).

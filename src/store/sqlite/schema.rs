@@ -1,0 +1,175 @@
+//! Opening the database file: its mode, the connections' settings, and the schema version
+//! (`PRAGMA user_version`) with the migrations that bring an older file up to date.
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::SqliteError;
+use crate::config::SqliteConfig;
+use crate::store::{Result, StoreError};
+
+/// `MIGRATIONS[v]` brings a file from schema version `v` to `v + 1`; the version this binary
+/// writes is their count. A migration only ever adds a step at the end: a file is never
+/// migrated down, and one newer than the binary is refused.
+const MIGRATIONS: [&str; 1] = [
+    // 0 → 1: the sessions, expiry-indexed for the sweeper, and a row count kept by triggers
+    // in the same transaction as the change, so `sessions_live` is exact across every process
+    // writing the file and costs no scan.
+    "CREATE TABLE sessions (
+        id TEXT PRIMARY KEY NOT NULL,
+        data TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        version INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX sessions_expires_at ON sessions (expires_at);
+    CREATE TABLE session_count (n INTEGER NOT NULL);
+    INSERT INTO session_count (n) SELECT count(*) FROM sessions;
+    CREATE TRIGGER session_inserted AFTER INSERT ON sessions
+        BEGIN UPDATE session_count SET n = n + 1; END;
+    CREATE TRIGGER session_deleted AFTER DELETE ON sessions
+        BEGIN UPDATE session_count SET n = n - 1; END;",
+];
+
+/// The schema version this binary reads and writes.
+pub(super) const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The WAL is truncated back to this after a checkpoint: one burst of writes must not leave a
+/// file of that size behind for good.
+const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// Creates the file (and its directory) if missing, opens the writer's connection, and brings
+/// the schema up to date. Every failure names the file.
+pub(super) fn open_writer(config: &SqliteConfig) -> Result<Connection> {
+    let path = &config.path;
+    create_file(path, config.mode).map_err(|e| {
+        StoreError::Io(io::Error::new(
+            e.kind(),
+            format!("session database {}: {e}", path.display()),
+        ))
+    })?;
+    let fail =
+        |doing: &'static str| move |source: rusqlite::Error| SqliteError::wrap(path, doing, source);
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(fail("cannot open"))?;
+    // SQLite quietly opens a file it may not write read-only; every write would then fail.
+    if conn
+        .is_readonly(rusqlite::MAIN_DB)
+        .map_err(fail("cannot open"))?
+    {
+        return Err(StoreError::Io(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("session database {}: not writable", path.display()),
+        )));
+    }
+    // Another process's write lock is waited for this long, then the batch fails (503).
+    conn.busy_timeout(config.timeout)
+        .map_err(fail("cannot set the busy timeout"))?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(fail("cannot switch to WAL mode"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Unexpected(format!(
+            "session database {}: the journal mode stays {mode:?}, not WAL",
+            path.display()
+        )));
+    }
+    let synchronous = if config.fsync { "FULL" } else { "NORMAL" };
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(fail("cannot set synchronous"))?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)
+        .map_err(fail("cannot set journal_size_limit"))?;
+    migrate(&conn, path)?;
+    Ok(conn)
+}
+
+/// A read connection: it never writes (`query_only`), and waits at most `busy` for the rare
+/// lock a reader meets in WAL mode (another connection's recovery or last-close checkpoint).
+pub(super) fn open_reader(path: &Path, busy: Duration) -> Result<Connection> {
+    let fail =
+        |doing: &'static str| move |source: rusqlite::Error| SqliteError::wrap(path, doing, source);
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(fail("cannot open a reader"))?;
+    conn.pragma_update(None, "query_only", true)
+        .map_err(fail("cannot make a reader read-only"))?;
+    conn.busy_timeout(busy)
+        .map_err(fail("cannot set the busy timeout"))?;
+    Ok(conn)
+}
+
+/// A new file gets `mode` before SQLite sees it: SQLite would create it 0644, readable by
+/// every local user, and gives the `-wal` and `-shm` files the database file's mode.
+fn create_file(path: &Path, mode: u32) -> io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Checks the file's schema version and migrates an older one, under the write lock: two
+/// processes opening one new file at once migrate it once.
+fn migrate(conn: &Connection, path: &Path) -> Result<()> {
+    let fail =
+        |doing: &'static str| move |source: rusqlite::Error| SqliteError::wrap(path, doing, source);
+    let version = user_version(conn).map_err(fail("cannot read the schema version"))?;
+    if version == VERSION {
+        return Ok(());
+    }
+    check_version(version, path)?;
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(fail("cannot lock for the schema migration"))?;
+    let result = (|| {
+        // Read again under the lock: another process may have migrated meanwhile.
+        let version = user_version(conn).map_err(fail("cannot read the schema version"))?;
+        check_version(version, path)?;
+        let from = usize::try_from(version).unwrap_or(0);
+        for (step, sql) in MIGRATIONS.iter().enumerate().skip(from) {
+            conn.execute_batch(sql)
+                .map_err(fail("cannot migrate the schema"))?;
+            tracing::info!(path = %path.display(), to = step + 1, "migrated the session database");
+        }
+        conn.pragma_update(None, "user_version", VERSION)
+            .map_err(fail("cannot write the schema version"))?;
+        conn.execute_batch("COMMIT")
+            .map_err(fail("cannot commit the schema migration"))
+    })();
+    if result.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    result
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+}
+
+/// A file written by a newer binary may hold what this one would misread or destroy.
+fn check_version(version: i64, path: &Path) -> Result<()> {
+    if (0..=VERSION).contains(&version) {
+        return Ok(());
+    }
+    Err(StoreError::Unexpected(format!(
+        "session database {}: schema version {version} is newer than this binary knows \
+         ({VERSION}); run the session-proxy that wrote it (or a newer one), or point \
+         store.path at another file",
+        path.display()
+    )))
+}
