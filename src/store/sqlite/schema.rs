@@ -89,16 +89,16 @@ pub(super) fn open_writer(config: &SqliteConfig) -> Result<Connection> {
     Ok(conn)
 }
 
-/// A read connection: it never writes (`query_only`), and waits at most `busy` for the rare
-/// lock a reader meets in WAL mode (another connection's recovery or last-close checkpoint).
-pub(super) fn open_reader(path: &Path, busy: Duration) -> Result<Connection> {
+/// A read connection: it never writes (`query_only`). Its busy timeout is zero: the caller
+/// sets one for a query that may wait (see `Reads`).
+pub(super) fn open_reader(path: &Path) -> Result<Connection> {
     let fail =
         |doing: &'static str| move |source: rusqlite::Error| SqliteError::wrap(path, doing, source);
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
         .map_err(fail("cannot open a reader"))?;
     conn.pragma_update(None, "query_only", true)
         .map_err(fail("cannot make a reader read-only"))?;
-    conn.busy_timeout(busy)
+    conn.busy_timeout(Duration::ZERO)
         .map_err(fail("cannot set the busy timeout"))?;
     Ok(conn)
 }
