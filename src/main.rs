@@ -156,12 +156,14 @@ fn copy_stores(
     let (from, to) = (options.store_for(from)?, options.store_for(to)?);
     if matches!(from.kind, StoreKind::Memory) {
         anyhow::bail!(
-            "--from memory: the memory store lives inside a running proxy, so there is nothing              to copy from here; copy from a persistent store (sqlite:, fs:, redis://)"
+            "--from memory: the memory store lives inside a running proxy, so there is nothing \
+             to copy from here; copy from a persistent store (sqlite:, fs:, redis://)"
         );
     }
     if matches!(to.kind, StoreKind::Memory) {
         anyhow::bail!(
-            "--to memory: sessions copied into a memory store die with this command; copy to              a persistent store (sqlite:, fs:, redis://)"
+            "--to memory: sessions copied into a memory store die with this command; copy to \
+             a persistent store (sqlite:, fs:, redis://)"
         );
     }
     Ok((from, to))
@@ -170,9 +172,11 @@ fn copy_stores(
 /// Streams every live session of `from` into `to`, one page at a time (never the whole store
 /// in memory). Create-if-absent: a session `to` already has is left as it is, so a re-run
 /// copies nothing new and an interrupted copy can simply be run again. A page's creates run
-/// concurrently, so a store that commits in groups (sqlite) writes a page per commit.
+/// a few dozen at a time: a store that commits in groups (sqlite) then writes dozens per commit,
+/// and none waits in a queue long enough to hit `store.timeout`.
 async fn copy_sessions(from: &StoreConfig, to: &StoreConfig) -> anyhow::Result<()> {
     const PAGE: usize = 500;
+    const IN_FLIGHT: usize = 64;
     let source = store::open(from).await?.store;
     let target = store::open(to).await?.store;
     let (mut copied, mut present) = (0u64, 0u64);
@@ -180,11 +184,17 @@ async fn copy_sessions(from: &StoreConfig, to: &StoreConfig) -> anyhow::Result<(
     loop {
         let page = source.list(cursor.as_deref(), PAGE).await?;
         let mut creates = tokio::task::JoinSet::new();
-        for (id, record) in page.sessions {
-            let target = target.clone();
-            creates.spawn(async move { target.create(&id, &record).await });
-        }
-        while let Some(created) = creates.join_next().await {
+        let mut sessions = page.sessions.into_iter();
+        loop {
+            while creates.len() < IN_FLIGHT
+                && let Some((id, record)) = sessions.next()
+            {
+                let target = target.clone();
+                creates.spawn(async move { target.create(&id, &record).await });
+            }
+            let Some(created) = creates.join_next().await else {
+                break;
+            };
             if created?? {
                 copied += 1;
             } else {

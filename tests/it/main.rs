@@ -42,6 +42,13 @@ mod admin;
 /// The `SessionStore` contract, expanded for every store (memory, fs, sqlite, Redis, Redis Cluster).
 mod store_contract;
 
+/// The sqlite store through the binary: SIGKILL mid-storm, schema version, two processes on
+/// one file, unwritable paths, a full disk, the sweeper and `sessions prune`.
+mod sqlite;
+
+/// `sessions copy` between every pair of persistent stores; memory refused.
+mod copy;
+
 /// The Redis store on real `redis-server` processes (one server, and a three-node cluster).
 #[cfg(feature = "redis")]
 mod redis;

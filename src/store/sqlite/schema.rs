@@ -107,10 +107,19 @@ pub(super) fn open_reader(path: &Path) -> Result<Connection> {
 /// every local user, and gives the `-wal` and `-shm` files the database file's mode.
 fn create_file(path: &Path, mode: u32) -> io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
+        match fs::metadata(dir) {
+            Ok(meta) if !meta.is_dir() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
+            Ok(_) => {}
+            Err(_) => fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?,
+        }
     }
     match OpenOptions::new()
         .write(true)
