@@ -211,9 +211,15 @@ fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-const COLUMNS: &str = "data, created_at, updated_at, expires_at, version";
+/// The record's columns, in the order [`record`] reads them. A macro, so the statements below
+/// are `concat!`ed constants: the statement cache is looked up by text, once per call.
+macro_rules! columns {
+    () => {
+        "data, created_at, updated_at, expires_at, version"
+    };
+}
 
-/// The record of a row selected as `COLUMNS`, starting at column `at`; an unreadable one is
+/// The record of a row selected as `columns!()`, starting at column `at`; an unreadable one is
 /// `None`, by the one rule of [`Record::readable`].
 fn record(row: &Row, at: usize, id: &SessionId) -> rusqlite::Result<Option<Record>> {
     let data: String = row.get(at)?;
@@ -244,8 +250,10 @@ fn record(row: &Row, at: usize, id: &SessionId) -> rusqlite::Result<Option<Recor
 }
 
 fn select_live(conn: &Connection, id: &SessionId, now: u64) -> rusqlite::Result<Option<Record>> {
-    conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM sessions WHERE id = ?1 AND expires_at > ?2"
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM sessions WHERE id = ?1 AND expires_at > ?2"
     ))?
     .query_row(params![id.as_str(), int(now)], |row| record(row, 0, id))
     .optional()
@@ -264,9 +272,10 @@ fn create(conn: &Connection, id: &SessionId, r: &Record, now: u64) -> rusqlite::
         int(now),
     ];
     let inserted = conn
-        .prepare_cached(&format!(
-            "INSERT INTO sessions (id, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-             ON CONFLICT (id) DO NOTHING"
+        .prepare_cached(concat!(
+            "INSERT INTO sessions (id, ",
+            columns!(),
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING"
         ))?
         .execute(&values[..6])?;
     if inserted == 1 {
@@ -309,9 +318,10 @@ fn delete(conn: &Connection, id: &SessionId, now: u64) -> rusqlite::Result<bool>
 fn list(conn: &Connection, after: Option<SessionId>, limit: usize, now: u64) -> Result<Page> {
     let fail = |e| StoreError::Backend(Box::new(e));
     let mut stmt = conn
-        .prepare_cached(&format!(
-            "SELECT id, {COLUMNS} FROM sessions WHERE id > ?1 AND expires_at > ?2 \
-             ORDER BY id LIMIT ?3"
+        .prepare_cached(concat!(
+            "SELECT id, ",
+            columns!(),
+            " FROM sessions WHERE id > ?1 AND expires_at > ?2 ORDER BY id LIMIT ?3"
         ))
         .map_err(fail)?;
     // One row past the page tells whether there is a next one.
