@@ -19,6 +19,9 @@ SESSIONS=${SESSIONS:-1000000}
 SECONDS_PER_MODE=${SECONDS_PER_MODE:-5}
 OUT=${OUT:-bench/SQLITE.md}
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain --untracked-files=no -- src bench/tools Cargo.toml Cargo.lock 2>/dev/null)" ]; then
+  COMMIT="$COMMIT (with uncommitted changes to src/, bench/tools or Cargo.*)"
+fi
 
 cargo build --release --quiet -p bench-tools --bin sqlite_bench
 mkdir -p target
