@@ -68,7 +68,8 @@ wait_line() {
 
 # upstream_and_config MIX STORE: for the single-case scripts (profile.sh, instructions.sh).
 # Starts the bench upstream for MIX (read: 10 % of responses update, write: all) on the server
-# core and writes $WORK/proxy.toml for STORE (memory, fs-fsync or fs-nofsync). Sets UP_PID and
+# core and writes $WORK/proxy.toml for STORE (memory, sqlite-fsync, sqlite-nofsync, fs-fsync or
+# fs-nofsync). Sets UP_PID and
 # UP (its address). Exits 2 on an unknown MIX or STORE.
 upstream_and_config() {
   local mix=$1 store=$2 percent
@@ -79,11 +80,15 @@ upstream_and_config() {
   esac
   case $store in
     memory) printf 'shutdown_timeout = "1s"\n[store]\nkind = "memory"\n' ;;
+    sqlite-fsync | sqlite-nofsync)
+      printf 'shutdown_timeout = "1s"\n[store]\nkind = "sqlite"\npath = "%s"\nfsync = %s\n' \
+        "$WORK/sessions.db" "$([ "$store" = sqlite-fsync ] && echo true || echo false)"
+      ;;
     fs-fsync | fs-nofsync)
       printf 'shutdown_timeout = "1s"\n[store]\nkind = "fs"\npath = "%s"\nfsync = %s\n' \
         "$WORK/sessions" "$([ "$store" = fs-fsync ] && echo true || echo false)"
       ;;
-    *) echo "STORE is memory, fs-fsync or fs-nofsync" >&2; exit 2 ;;
+    *) echo "STORE is memory, sqlite-fsync, sqlite-nofsync, fs-fsync or fs-nofsync" >&2; exit 2 ;;
   esac >"$WORK/proxy.toml"
   start upstream "$WORK/up.log" target/release/bench_upstream --listen 127.0.0.1:0 \
     --update-percent "$percent"

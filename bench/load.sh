@@ -9,7 +9,8 @@
 # bench/tools/src/bin/loadgen.rs: 64 keep-alive connections, each with its own cookie jar, so sessions are
 # real and reused. Cases: direct to the upstream (the limit), then the proxy with the memory store,
 # the memory store again with the default log level (memory-info: one access-log line per request
-# to stderr, which goes to a file), the fs store with fsync on and off, and the Redis store (on a
+# to stderr, which goes to a file), the sqlite store (the default) with fsync on and off, the fs
+# store with fsync on and off, and the Redis store (on a
 # redis-server of our own); each for
 # a read-heavy mix (10 % of requests update the session), a write-heavy mix (every request
 # updates) and "new" (cookie-less clients, every request creates a session). A reference row,
@@ -22,7 +23,8 @@
 # Every process started here is stopped by its PID on exit, however the script ends.
 #
 # Environment (defaults in brackets): DURATION [10] and WARMUP [1] seconds per case,
-# CONNECTIONS [64], TARGETS ["direct nginx memory memory-info fs-fsync fs-nofsync redis"], MIXES ["read write new"],
+# CONNECTIONS [64], TARGETS ["direct nginx memory memory-info sqlite-fsync sqlite-nofsync fs-fsync fs-nofsync redis"],
+# MIXES ["read write new"],
 # MEM_SESSIONS [1000000] (0 skips the memory benchmark), LOADGEN_CPU [0], SERVER_CPU [1],
 # OUT [bench/RESULTS.md].
 set -euo pipefail
@@ -31,7 +33,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-64}
-TARGETS=${TARGETS:-direct nginx memory memory-info fs-fsync fs-nofsync redis}
+TARGETS=${TARGETS:-direct nginx memory memory-info sqlite-fsync sqlite-nofsync fs-fsync fs-nofsync redis}
 MIXES=${MIXES:-read write new}
 MEM_SESSIONS=${MEM_SESSIONS:-1000000}
 LOADGEN_CPU=${LOADGEN_CPU:-0}
@@ -145,6 +147,11 @@ config() {
     echo '[store]'
     case $target in
       memory | memory-info) echo 'kind = "memory"' ;;
+      sqlite-fsync | sqlite-nofsync)
+        echo 'kind = "sqlite"'
+        echo "path = \"$WORK/sessions-$target.db\""
+        [ "$target" = sqlite-fsync ] && echo 'fsync = true' || echo 'fsync = false'
+        ;;
       fs-fsync | fs-nofsync)
         echo 'kind = "fs"'
         echo "path = \"$WORK/sessions-$target\""
@@ -236,7 +243,8 @@ run_case() {
     tail -3 "$WORK/proxy.log.err" | sed 's/^/   /'
     : >"$WORK/proxy.log.err"
   fi
-  rm -rf "$WORK/sessions-$target"
+  rm -rf "$WORK/sessions-$target" "$WORK/sessions-$target.db" "$WORK/sessions-$target.db-wal" \
+    "$WORK/sessions-$target.db-shm"
   : >"$WORK/proxy.log.err"
   if [ "$target" = redis ] && command -v redis-cli >/dev/null; then
     redis-cli -p "$REDIS_PORT" flushall >/dev/null || true
@@ -274,7 +282,7 @@ FS_TYPE=$(df -T "$WORK" | awk 'NR == 2 { print $2 }')
   echo "- $(rustc --version)"
   echo "- per case: ${WARMUP} s warm-up, then ${DURATION} s measured; $CONNECTIONS keep-alive connections, each with its own cookie jar; closed loop (each connection sends its next request when the last answer is in)"
   echo "- pinning: $PINNING"
-  echo "- fs store directory on $FS_TYPE; proxy with \`RUST_LOG=warn\` (memory-info: \`RUST_LOG=info\`, the default, stderr to a file), default config otherwise"
+  echo "- fs store directory and sqlite file on $FS_TYPE; proxy with \`RUST_LOG=warn\` (memory-info: \`RUST_LOG=info\`, the default, stderr to a file), default config otherwise"
   echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //' || echo "not installed"), one worker, keep-alive to the upstream, no access log: a plain proxy hop with no session work, for reference"
   echo "- \"load avg\" is \`/proc/loadavg\` (1 min) as each case started; the benchmark itself adds about 2, so a higher value means other processes competed for the $(nproc) cores"
   echo

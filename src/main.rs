@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use session_proxy::config::cli::{Cli, Command, SessionsCommand};
+use session_proxy::config::{StoreConfig, StoreKind};
 use session_proxy::{Proxy, downstream, store};
 
 fn main() -> ExitCode {
@@ -20,6 +21,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // `sessions copy` names its two stores on the command line: refused like a config.
+    let copy = match &cli.command {
+        Some(Command::Sessions {
+            command: SessionsCommand::Copy { from, to },
+        }) => match copy_stores(&cli.options, from, to) {
+            Ok(stores) => Some(stores),
+            Err(e) => {
+                eprintln!("session-proxy: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -31,6 +45,9 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        if let Some((from, to)) = copy {
+            return copy_sessions(&from, &to).await;
+        }
         match cli.command {
             None | Some(Command::Run) => run(config).await,
             Some(Command::Check) => {
@@ -93,7 +110,7 @@ async fn sessions(
     if matches!(config.store.kind, session_proxy::config::StoreKind::Memory) {
         anyhow::bail!(
             "the memory store lives inside the running proxy; there is nothing to reach from \
-             here. Use the admin API (`[admin] listen`) or a persistent store (fs, redis)"
+             here. Use the admin API (`[admin] listen`) or a persistent store (sqlite, fs, redis)"
         );
     }
     let store = store::open(&config.store).await?.store;
@@ -123,6 +140,72 @@ async fn sessions(
             }
             println!("deleted");
         }
+        // Handled before the configured store is opened: it names its own two.
+        SessionsCommand::Copy { .. } => {}
     }
+    Ok(())
+}
+
+/// The two stores of `sessions copy`. The memory store is refused on either side: a new
+/// process's is empty, and what is copied into it is gone when the command exits.
+fn copy_stores(
+    options: &session_proxy::config::cli::Options,
+    from: &str,
+    to: &str,
+) -> anyhow::Result<(StoreConfig, StoreConfig)> {
+    let (from, to) = (options.store_for(from)?, options.store_for(to)?);
+    if matches!(from.kind, StoreKind::Memory) {
+        anyhow::bail!(
+            "--from memory: the memory store lives inside a running proxy, so there is nothing \
+             to copy from here; copy from a persistent store (sqlite:, fs:, redis://)"
+        );
+    }
+    if matches!(to.kind, StoreKind::Memory) {
+        anyhow::bail!(
+            "--to memory: sessions copied into a memory store die with this command; copy to \
+             a persistent store (sqlite:, fs:, redis://)"
+        );
+    }
+    Ok((from, to))
+}
+
+/// Streams every live session of `from` into `to`, one page at a time (never the whole store
+/// in memory). Create-if-absent: a session `to` already has is left as it is, so a re-run
+/// copies nothing new and an interrupted copy can simply be run again. A page's creates run
+/// a few dozen at a time: a store that commits in groups (sqlite) then writes dozens per commit,
+/// and none waits in a queue long enough to hit `store.timeout`.
+async fn copy_sessions(from: &StoreConfig, to: &StoreConfig) -> anyhow::Result<()> {
+    const PAGE: usize = 500;
+    const IN_FLIGHT: usize = 64;
+    let source = store::open(from).await?.store;
+    let target = store::open(to).await?.store;
+    let (mut copied, mut present) = (0u64, 0u64);
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = source.list(cursor.as_deref(), PAGE).await?;
+        let mut creates = tokio::task::JoinSet::new();
+        let mut sessions = page.sessions.into_iter();
+        loop {
+            while creates.len() < IN_FLIGHT
+                && let Some((id, record)) = sessions.next()
+            {
+                let target = target.clone();
+                creates.spawn(async move { target.create(&id, &record).await });
+            }
+            let Some(created) = creates.join_next().await else {
+                break;
+            };
+            if created?? {
+                copied += 1;
+            } else {
+                present += 1;
+            }
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    println!("copied {copied} sessions ({present} already there)");
     Ok(())
 }

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config::validate::Kind;
-use crate::config::{Config, ConfigError, DurationSpec, RawConfig, Secret, parse_duration_arg};
+use crate::config::{
+    Config, ConfigError, DurationSpec, RawConfig, RawStore, Secret, StoreConfig, parse_duration_arg,
+};
 
 /// An HTTP reverse proxy that gives server-side sessions to a web app that has none.
 ///
@@ -57,6 +59,18 @@ pub enum SessionsCommand {
         /// The session id (the cookie's value, without a signature).
         id: String,
     },
+    /// Copy every live session from one store to another, page by page, and print how many
+    /// were copied. A session the destination already has is left alone, so a second run
+    /// copies nothing new. The stores' other settings (timeout, fsync, ...) come from the
+    /// config file's `[store]` where they apply.
+    Copy {
+        /// The store to read: `fs:<dir>`, `sqlite:<file>` or `redis://host:port/db`.
+        #[arg(long, value_name = "STORE")]
+        from: String,
+        /// The store to write, in the same syntax.
+        #[arg(long, value_name = "STORE")]
+        to: String,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,7 +84,8 @@ pub struct Options {
     /// The app to proxy to, e.g. http://127.0.0.1:3000.
     #[arg(long, global = true, value_name = "URL")]
     pub upstream: Option<String>,
-    /// Session store: `memory`, `fs:<dir>`, or `redis://host:port/db` (also rediss://).
+    /// Session store: `sqlite:<file>`, `fs:<dir>`, `memory`, or `redis://host:port/db` (also
+    /// rediss://).
     #[arg(long, global = true, value_name = "STORE")]
     pub store: Option<String>,
     /// Session cookie name.
@@ -123,12 +138,25 @@ pub struct Options {
 impl Options {
     /// The file (or defaults) with the flags applied, validated.
     pub fn load(&self) -> Result<Config, ConfigError> {
-        let (mut raw, origin) = match &self.config {
-            Some(path) => (RawConfig::from_file(path)?, path.display().to_string()),
-            None => (RawConfig::default(), "(defaults)".to_owned()),
-        };
+        let (mut raw, origin) = self.raw()?;
         self.apply(&mut raw, &origin)?;
         raw.validate(&origin)
+    }
+
+    /// The store that `spec` (in the `--store` syntax) names, with the file's and the flags'
+    /// other store settings where they apply to its kind: for `sessions copy`, which opens two.
+    pub fn store_for(&self, spec: &str) -> Result<StoreConfig, ConfigError> {
+        let (mut raw, origin) = self.raw()?;
+        self.apply(&mut raw, &origin)?;
+        set_store(&mut raw.store, spec, &origin, "--from/--to")?;
+        raw.validate(&origin).map(|c| c.store)
+    }
+
+    fn raw(&self) -> Result<(RawConfig, String), ConfigError> {
+        Ok(match &self.config {
+            Some(path) => (RawConfig::from_file(path)?, path.display().to_string()),
+            None => (RawConfig::default(), "(defaults)".to_owned()),
+        })
     }
 
     fn apply(&self, raw: &mut RawConfig, origin: &str) -> Result<(), ConfigError> {
@@ -159,25 +187,40 @@ impl Options {
             raw.admin.token_file = Some(file.clone());
         }
         if let Some(spec) = &self.store {
-            let st = &mut raw.store;
-            if spec == "memory" {
-                st.choose(Kind::Memory);
-            } else if let Some(dir) = spec.strip_prefix("fs:") {
-                st.choose(Kind::Fs);
-                st.path = Some(PathBuf::from(dir));
-            } else if spec.starts_with("redis://") || spec.starts_with("rediss://") {
-                st.choose(Kind::Redis);
-                st.url = Some(spec.clone());
-            } else {
-                return Err(ConfigError::Invalid {
-                    file: origin.to_owned(),
-                    key: "--store",
-                    message: format!("{spec:?} is not `memory`, `fs:<dir>` or `redis://...`"),
-                });
-            }
+            set_store(&mut raw.store, spec, origin, "--store")?;
         }
         Ok(())
     }
+}
+
+/// Makes `st` the store `spec` names (the `--store` syntax); `flag` names the flag in errors.
+fn set_store(
+    st: &mut RawStore,
+    spec: &str,
+    origin: &str,
+    flag: &'static str,
+) -> Result<(), ConfigError> {
+    if spec == "memory" {
+        st.choose(Kind::Memory);
+    } else if let Some(file) = spec.strip_prefix("sqlite:") {
+        st.choose(Kind::Sqlite);
+        st.path = Some(PathBuf::from(file));
+    } else if let Some(dir) = spec.strip_prefix("fs:") {
+        st.choose(Kind::Fs);
+        st.path = Some(PathBuf::from(dir));
+    } else if spec.starts_with("redis://") || spec.starts_with("rediss://") {
+        st.choose(Kind::Redis);
+        st.url = Some(spec.to_owned());
+    } else {
+        return Err(ConfigError::Invalid {
+            file: origin.to_owned(),
+            key: flag,
+            message: format!(
+                "{spec:?} is not `sqlite:<file>`, `fs:<dir>`, `memory` or `redis://...`"
+            ),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -241,6 +284,21 @@ mod tests {
         assert!(st.key_prefix.is_none() && st.cluster.is_none() && st.nodes.is_none());
         assert!(st.timeout.is_some() && st.sweep_interval.is_some());
         assert!(matches!(config.unwrap().store.kind, StoreKind::Fs(_)));
+
+        // fs and sqlite share fsync and mode; the directory goes, sqlite's file comes.
+        let (st, config) = with_flag(FS_FILE, "sqlite:/c.db");
+        assert_eq!(st.kind.as_deref(), Some("sqlite"));
+        assert_eq!(st.path.as_deref(), Some(std::path::Path::new("/c.db")));
+        assert_eq!((st.mode, st.fsync), (Some(0o640), Some(false)));
+        assert!(st.filename_template.is_none());
+        match config.unwrap().store.kind {
+            StoreKind::Sqlite(s) => {
+                assert_eq!(s.path, std::path::Path::new("/c.db"));
+                assert!(!s.fsync);
+                assert_eq!(s.timeout, std::time::Duration::from_secs(3));
+            }
+            other => panic!("{other:?}"),
+        }
 
         let (st, _) = with_flag(FS_FILE, "redis://h");
         assert_eq!(st.kind.as_deref(), Some("redis"));

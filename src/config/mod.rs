@@ -175,7 +175,7 @@ pub struct StoreConfig {
     pub kind: StoreKind,
     /// Upper bound on one store call made on behalf of a request.
     pub timeout: Duration,
-    /// How often the background sweeper removes expired sessions (memory and fs stores).
+    /// How often the background sweeper removes expired sessions (memory, fs and sqlite stores).
     pub sweep_interval: Duration,
 }
 
@@ -183,6 +183,7 @@ pub struct StoreConfig {
 pub enum StoreKind {
     Memory,
     Fs(FsConfig),
+    Sqlite(SqliteConfig),
     Redis(RedisConfig),
 }
 
@@ -193,6 +194,21 @@ pub struct FsConfig {
     pub filename_template: String,
     pub mode: u32,
     pub fsync: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteConfig {
+    /// The database file; created (with `mode`) if missing. Its `-wal` and `-shm` files live
+    /// beside it, so the directory must be writable.
+    pub path: PathBuf,
+    /// The mode a new database file is created with (SQLite gives its `-wal` and `-shm` files
+    /// the same one); an existing file keeps its own.
+    pub mode: u32,
+    /// `true`: `synchronous = FULL`, a commit survives power loss. `false`: `NORMAL`, which in
+    /// WAL mode may lose the last commits on power loss but never corrupts the file.
+    pub fsync: bool,
+    /// `store.timeout`: how long a write waits for another process's write lock (busy timeout).
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

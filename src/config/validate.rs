@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 use super::raw::{RawAdmin, RawCookie, RawSession, RawStore, RawTimeouts};
 use super::{
     AdminConfig, Config, ConfigError, CookieConfig, DEFAULT_LISTEN, DEFAULT_UPSTREAM, DurationSpec,
-    FsConfig, Lifetime, RawConfig, RedisConfig, SessionConfig, StoreConfig, StoreKind,
-    UpstreamTimeouts,
+    FsConfig, Lifetime, RawConfig, RedisConfig, SessionConfig, SqliteConfig, StoreConfig,
+    StoreKind, UpstreamTimeouts,
 };
 use crate::protocol::ProtocolHeaders;
 
@@ -265,16 +265,20 @@ fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, ConfigError> {
 /// The store kinds, as `store.kind` and the `--store` flag name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
+    Sqlite,
     Fs,
     Memory,
     Redis,
 }
 
 impl Kind {
-    const ALL: [Kind; 3] = [Kind::Fs, Kind::Memory, Kind::Redis];
+    const ALL: [Kind; 4] = [Kind::Sqlite, Kind::Fs, Kind::Memory, Kind::Redis];
+    /// The embedded store that survives restarts and needs nothing installed.
+    const DEFAULT: Kind = Kind::Sqlite;
 
     pub(crate) fn name(self) -> &'static str {
         match self {
+            Kind::Sqlite => "sqlite",
             Kind::Fs => "fs",
             Kind::Memory => "memory",
             Kind::Redis => "redis",
@@ -323,10 +327,10 @@ macro_rules! store_key {
 const STORE_KEYS: [StoreKey; 10] = [
     store_key!(timeout, &Kind::ALL, Role::Setting),
     store_key!(sweep_interval, &Kind::ALL, Role::Setting),
-    store_key!(path, &[Kind::Fs], Role::Location),
+    store_key!(path, &[Kind::Sqlite, Kind::Fs], Role::Location),
     store_key!(filename_template, &[Kind::Fs], Role::Setting),
-    store_key!(mode, &[Kind::Fs], Role::Setting),
-    store_key!(fsync, &[Kind::Fs], Role::Setting),
+    store_key!(mode, &[Kind::Sqlite, Kind::Fs], Role::Setting),
+    store_key!(fsync, &[Kind::Sqlite, Kind::Fs], Role::Setting),
     store_key!(url, &[Kind::Redis], Role::Location),
     store_key!(key_prefix, &[Kind::Redis], Role::Setting),
     store_key!(cluster, &[Kind::Redis], Role::Location),
@@ -350,7 +354,7 @@ impl RawStore {
 fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigError> {
     let store_timeout = at.duration("store.timeout", &st.timeout, Duration::from_secs(2))?;
     at.positive("store.timeout", store_timeout)?;
-    let kind_name = st.kind.as_deref().unwrap_or(Kind::Fs.name());
+    let kind_name = st.kind.as_deref().unwrap_or(Kind::DEFAULT.name());
     let Some(kind) = Kind::from_name(kind_name) else {
         let names: Vec<String> = Kind::ALL
             .iter()
@@ -370,8 +374,23 @@ fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigError> {
             format!("does not apply to store.kind = {:?}", kind.name()),
         ));
     }
+    let mode = st.mode.unwrap_or(0o600);
+    if mode > 0o777 || mode & 0o600 != 0o600 {
+        return Err(at.bad(
+            "store.mode",
+            format!(
+                "{mode:#o} must be a file mode within 0o777 that lets the owner read and write"
+            ),
+        ));
+    }
     let kind = match kind {
         Kind::Memory => StoreKind::Memory,
+        Kind::Sqlite => StoreKind::Sqlite(SqliteConfig {
+            path: st.path.unwrap_or_else(|| PathBuf::from("sessions.db")),
+            mode,
+            fsync: st.fsync.unwrap_or(true),
+            timeout: store_timeout,
+        }),
         Kind::Fs => {
             let filename_template = st
                 .filename_template
@@ -384,15 +403,6 @@ fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigError> {
                     "store.filename_template",
                     format!(
                         "{filename_template:?} must contain %s exactly once, no path separator, and not start with a dot"
-                    ),
-                ));
-            }
-            let mode = st.mode.unwrap_or(0o600);
-            if mode > 0o777 || mode & 0o600 != 0o600 {
-                return Err(at.bad(
-                    "store.mode",
-                    format!(
-                        "{mode:#o} must be a file mode within 0o777 that lets the owner read and write"
                     ),
                 ));
             }
@@ -556,7 +566,11 @@ mod tests {
         assert!(c.cookie.http_only);
         assert_eq!(c.session.max_size, 16384);
         assert_eq!(c.session.lifetime.touch_interval, Duration::from_secs(8640));
-        assert!(matches!(c.store.kind, StoreKind::Fs(ref f) if f.mode == 0o600 && f.fsync));
+        assert!(matches!(
+            c.store.kind,
+            StoreKind::Sqlite(ref s) if s.path == std::path::Path::new("sessions.db")
+                && s.mode == 0o600 && s.fsync
+        ));
     }
 
     #[test]
@@ -574,7 +588,7 @@ mod tests {
             ("[session]\nmax_size = 0", "`session.max_size`"),
             ("[store]\nkind = \"tape\"", "`store.kind`"),
             (
-                "[store]\nfilename_template = \"../%s\"",
+                "[store]\nkind = \"fs\"\nfilename_template = \"../%s\"",
                 "`store.filename_template`",
             ),
             ("[store]\nkind = \"memory\"\npath = \"x\"", "`store.path`"),
@@ -638,7 +652,7 @@ mod tests {
             ("store.path", "[store]\nkind = \"memory\"\npath = \"x\""),
             (
                 "store.filename_template",
-                "[store]\nfilename_template = \"../%s\"",
+                "[store]\nkind = \"fs\"\nfilename_template = \"../%s\"",
             ),
             ("store.mode", "[store]\nmode = 0o1777"),
             ("store.fsync", "[store]\nfsync = \"always\""),
@@ -723,6 +737,15 @@ mod tests {
             ("memory", "key_prefix = \"s:\"", "store.key_prefix"),
             ("memory", "cluster = true", "store.cluster"),
             ("memory", "nodes = [\"redis://x\"]", "store.nodes"),
+            (
+                "sqlite",
+                "filename_template = \"s_%s\"",
+                "store.filename_template",
+            ),
+            ("sqlite", "url = \"redis://x\"", "store.url"),
+            ("sqlite", "key_prefix = \"s:\"", "store.key_prefix"),
+            ("sqlite", "cluster = false", "store.cluster"),
+            ("sqlite", "nodes = [\"redis://x\"]", "store.nodes"),
             ("fs", "url = \"redis://x\"", "store.url"),
             ("fs", "key_prefix = \"s:\"", "store.key_prefix"),
             ("fs", "cluster = false", "store.cluster"),

@@ -21,6 +21,7 @@ pub mod lock;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod sqlite;
 mod timed;
 mod update;
 
@@ -129,11 +130,27 @@ impl Record {
     /// (they get a fresh session); it is left where it is for inspection. The log names the id
     /// by its prefix only: the whole id is a bearer credential.
     pub fn from_stored(bytes: &[u8], id: &SessionId) -> Option<Record> {
-        Record::from_json(bytes)
+        Record::readable(Record::from_json(bytes), id)
+    }
+
+    /// The one rule for a record a backend could not read back, however it keeps records
+    /// (whole JSON, or columns): logged, and treated as missing.
+    pub(crate) fn readable(record: Result<Record>, id: &SessionId) -> Option<Record> {
+        record
             .inspect_err(|error| {
                 tracing::error!(%error, ?id, "unreadable stored session treated as missing")
             })
             .ok()
+    }
+
+    /// `data` as a backend that keeps it apart from the times holds it: valid JSON and an
+    /// object, or the record is [`StoreError::Corrupt`].
+    pub(crate) fn check_data(data: &str) -> Result<()> {
+        serde_json::from_str::<&RawValue>(data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if !data.starts_with('{') {
+            return Err(StoreError::Corrupt("data is not a JSON object".to_owned()));
+        }
+        Ok(())
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Record> {
@@ -270,6 +287,7 @@ pub async fn open(config: &StoreConfig) -> Result<Opened> {
     Ok(match &config.kind {
         StoreKind::Memory => wrap(memory::MemoryStore::default(), config),
         StoreKind::Fs(fs) => wrap(fs::FsStore::open(fs.clone()).await?, config),
+        StoreKind::Sqlite(s) => wrap(sqlite::SqliteStore::open(s.clone()).await?, config),
         #[cfg(feature = "redis")]
         StoreKind::Redis(r) => wrap(redis::RedisStore::open(r.clone()).await?, config),
         #[cfg(not(feature = "redis"))]
@@ -298,8 +316,9 @@ fn wrap<S: SessionStore>(backend: S, config: &StoreConfig) -> Opened {
 }
 
 /// Removes expired sessions every `interval`. Only housekeeping: loads already treat an
-/// expired session as missing. A prune runs on the blocking pool (fs) or under short shard
-/// locks (memory), so requests never wait for it.
+/// expired session as missing. A prune runs on the blocking pool (fs), under short shard
+/// locks (memory) or in chunks through the writer thread (sqlite), so requests never wait long
+/// for it.
 pub struct Sweeper {
     store: Arc<dyn SessionStore>,
     interval: Duration,

@@ -48,11 +48,18 @@ mod deploy;
 /// The admin web page in a real headless Chromium over WebDriver: token, list, patch, delete, XSS.
 mod admin_page;
 
-/// The `SessionStore` contract, expanded for every store (memory, fs, Redis, Redis Cluster).
-mod store_contract;
-
 /// The fs store's listing index: files removed behind its back, a reopened directory.
 mod listing;
+
+/// The `SessionStore` contract, expanded for every store (memory, fs, sqlite, Redis, Redis Cluster).
+mod store_contract;
+
+/// The sqlite store through the binary: SIGKILL mid-storm, schema version, two processes on
+/// one file, unwritable paths, a full disk, the sweeper and `sessions prune`.
+mod sqlite;
+
+/// `sessions copy` between every pair of persistent stores; memory refused.
+mod copy;
 
 /// The Redis store on real `redis-server` processes (one server, and a three-node cluster).
 #[cfg(feature = "redis")]

@@ -1,7 +1,7 @@
 //! The `SessionStore` contract, one set of tests expanded for every store (tower-sessions-stores'
 //! per-backend test macro is the model). Each store is opened the way the proxy opens it
-//! (`store::open`, so through `Timed`), on a real backend: memory, an fs directory, a real
-//! `redis-server`, and a three-node Redis Cluster.
+//! (`store::open`, so through `Timed`), on a real backend: memory, an fs directory, an SQLite
+//! file, a real `redis-server`, and a three-node Redis Cluster.
 //!
 //! A store added later gets the whole contract by one more `contract!` line.
 
@@ -45,6 +45,15 @@ pub async fn fs() -> Opened {
     let toml = format!(
         "[store]\nkind = \"fs\"\npath = \"{}\"\nfsync = false",
         dir.path().display()
+    );
+    open(&toml, Box::new(dir)).await
+}
+
+pub async fn sqlite() -> Opened {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[store]\nkind = \"sqlite\"\npath = \"{}\"\nfsync = false",
+        dir.path().join("sessions.db").display()
     );
     open(&toml, Box::new(dir)).await
 }
@@ -354,6 +363,7 @@ macro_rules! contract {
 
 contract!(memory, super::memory);
 contract!(fs, super::fs);
+contract!(sqlite, super::sqlite);
 #[cfg(feature = "redis")]
 contract!(redis, super::redis);
 #[cfg(feature = "redis")]

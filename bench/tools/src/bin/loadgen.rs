@@ -494,6 +494,48 @@ fn report(file: &str, mem: Option<&str>) -> anyhow::Result<String> {
         fmt_opt(fs_write, 2),
         verdict(fs_write.map(|r| r >= 0.25))
     )?;
+    // The sqlite store (fsync on) against the memory store, same mix, same run.
+    let vs_memory = |mix: &str, key: &str| -> Option<f64> {
+        Some(num(find("sqlite-fsync", mix)?, key)? / num(find("memory", mix)?, key)?)
+    };
+    for (mix, what, key, limit, at_least) in [
+        (
+            "write",
+            "every request updates: ≥ 0.5× memory req/s",
+            "rps",
+            0.5,
+            true,
+        ),
+        (
+            "write",
+            "every request updates: p99 ≤ 3× memory p99",
+            "p99_ms",
+            3.0,
+            false,
+        ),
+        (
+            "read",
+            "10 % updates: ≥ 0.85× memory req/s",
+            "rps",
+            0.85,
+            true,
+        ),
+        (
+            "new",
+            "every request creates: ≥ 0.5× memory req/s",
+            "rps",
+            0.5,
+            true,
+        ),
+    ] {
+        let r = vs_memory(mix, key);
+        writeln!(
+            out,
+            "| sqlite (fsync = true), {what} | {}× | {} |",
+            fmt_opt(r, 2),
+            verdict(r.map(|r| if at_least { r >= limit } else { r <= limit }))
+        )?;
+    }
     let overhead = mem_row.as_ref().and_then(|m| num(m, "overhead_bytes"));
     writeln!(
         out,

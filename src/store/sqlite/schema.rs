@@ -1,0 +1,272 @@
+//! Opening the database file: its mode, the connections' settings, and the schema version
+//! (`PRAGMA user_version`) with the migrations that bring an older file up to date.
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::SqliteError;
+use crate::config::SqliteConfig;
+use crate::store::{Result, StoreError};
+
+/// `MIGRATIONS[v]` brings a file from schema version `v` to `v + 1`; the version this binary
+/// writes is their count. A migration only ever adds a step at the end: a file is never
+/// migrated down, and one newer than the binary is refused.
+const MIGRATIONS: [&str; 1] = [
+    // 0 → 1: the sessions, expiry-indexed for the sweeper, and a row count kept by triggers
+    // in the same transaction as the change, so `sessions_live` is exact across every process
+    // writing the file and costs no scan.
+    "CREATE TABLE sessions (
+        id TEXT PRIMARY KEY NOT NULL,
+        data TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        version INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX sessions_expires_at ON sessions (expires_at);
+    CREATE TABLE session_count (n INTEGER NOT NULL);
+    INSERT INTO session_count (n) SELECT count(*) FROM sessions;
+    CREATE TRIGGER session_inserted AFTER INSERT ON sessions
+        BEGIN UPDATE session_count SET n = n + 1; END;
+    CREATE TRIGGER session_deleted AFTER DELETE ON sessions
+        BEGIN UPDATE session_count SET n = n - 1; END;",
+];
+
+/// The schema version this binary reads and writes.
+pub(super) const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// The WAL is truncated back to this after a checkpoint: one burst of writes must not leave a
+/// file of that size behind for good.
+const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// The writer's page cache, in KiB as `cache_size` takes a negative number. Each write of a
+/// session reads and dirties its b-tree leaf and index pages; with SQLite's default 2 MiB a file
+/// of a million sessions (~370 MB) re-reads nearly every page from the OS on every write. Used
+/// only as the file grows to fill it.
+const WRITER_CACHE_KIB: i64 = -64 * 1024;
+
+/// Creates the file (and its directory) if missing, opens the writer's connection, and brings
+/// the schema up to date. Every failure names the file.
+pub(super) fn open_writer(config: &SqliteConfig) -> Result<Connection> {
+    let path = &config.path;
+    create_file(path, config.mode).map_err(|e| {
+        StoreError::Io(io::Error::new(
+            e.kind(),
+            format!("session database {}: {e}", path.display()),
+        ))
+    })?;
+    let fail =
+        |doing: &'static str| move |source: rusqlite::Error| SqliteError::wrap(path, doing, source);
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(fail("cannot open"))?;
+    // SQLite quietly opens a file it may not write read-only; every write would then fail.
+    if conn
+        .is_readonly(rusqlite::MAIN_DB)
+        .map_err(fail("cannot open"))?
+    {
+        return Err(StoreError::Io(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!("session database {}: not writable", path.display()),
+        )));
+    }
+    // Another process's write lock is waited for this long, then the batch fails (503).
+    conn.busy_timeout(config.timeout)
+        .map_err(fail("cannot set the busy timeout"))?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+        .map_err(fail("cannot switch to WAL mode"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Unexpected(format!(
+            "session database {}: the journal mode stays {mode:?}, not WAL",
+            path.display()
+        )));
+    }
+    let synchronous = if config.fsync { "FULL" } else { "NORMAL" };
+    conn.pragma_update(None, "synchronous", synchronous)
+        .map_err(fail("cannot set synchronous"))?;
+    conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)
+        .map_err(fail("cannot set journal_size_limit"))?;
+    conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)
+        .map_err(fail("cannot set cache_size"))?;
+    migrate(&conn, path)?;
+    Ok(conn)
+}
+
+/// A read connection: it never writes (`query_only`). Its busy timeout is zero: the caller
+/// sets one for a query that may wait (see `Reads`).
+pub(super) fn open_reader(path: &Path) -> Result<Connection> {
+    let fail =
+        |doing: &'static str| move |source: rusqlite::Error| SqliteError::wrap(path, doing, source);
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(fail("cannot open a reader"))?;
+    conn.pragma_update(None, "query_only", true)
+        .map_err(fail("cannot make a reader read-only"))?;
+    conn.busy_timeout(Duration::ZERO)
+        .map_err(fail("cannot set the busy timeout"))?;
+    Ok(conn)
+}
+
+/// A new file gets `mode` before SQLite sees it: SQLite would create it 0644, readable by
+/// every local user, and gives the `-wal` and `-shm` files the database file's mode.
+fn create_file(path: &Path, mode: u32) -> io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        match fs::metadata(dir) {
+            Ok(meta) if !meta.is_dir() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotADirectory,
+                    format!("{} is not a directory", dir.display()),
+                ));
+            }
+            Ok(_) => {}
+            Err(_) => fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?,
+        }
+    }
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Checks the file's schema version and migrates an older one, under the write lock: two
+/// processes opening one new file at once migrate it once.
+fn migrate(conn: &Connection, path: &Path) -> Result<()> {
+    let fail =
+        |doing: &'static str| move |source: rusqlite::Error| SqliteError::wrap(path, doing, source);
+    let version = user_version(conn).map_err(fail("cannot read the schema version"))?;
+    if version == VERSION {
+        return Ok(());
+    }
+    check_version(version, path)?;
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(fail("cannot lock for the schema migration"))?;
+    let result = (|| {
+        // Read again under the lock: another process may have migrated meanwhile.
+        let version = user_version(conn).map_err(fail("cannot read the schema version"))?;
+        check_version(version, path)?;
+        let from = usize::try_from(version).unwrap_or(0);
+        for (step, sql) in MIGRATIONS.iter().enumerate().skip(from) {
+            conn.execute_batch(sql)
+                .map_err(fail("cannot migrate the schema"))?;
+            tracing::info!(path = %path.display(), to = step + 1, "migrated the session database");
+        }
+        conn.pragma_update(None, "user_version", VERSION)
+            .map_err(fail("cannot write the schema version"))?;
+        conn.execute_batch("COMMIT")
+            .map_err(fail("cannot commit the schema migration"))
+    })();
+    if result.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    result
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |row| row.get(0))
+}
+
+/// A file written by a newer binary may hold what this one would misread or destroy.
+fn check_version(version: i64, path: &Path) -> Result<()> {
+    if (0..=VERSION).contains(&version) {
+        return Ok(());
+    }
+    let what = if version > VERSION {
+        "is newer than this binary knows"
+    } else {
+        "is not one this binary knows"
+    };
+    Err(StoreError::Unexpected(format!(
+        "session database {}: schema version {version} {what} ({VERSION}); run the \
+         session-proxy that wrote it (or a newer one), or point store.path at another file",
+        path.display()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(path: &Path) -> SqliteConfig {
+        SqliteConfig {
+            path: path.to_owned(),
+            mode: 0o600,
+            fsync: false,
+            timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Several processes starting on one new file at once: one migrates, the others find it
+    /// done under the lock, and none fails.
+    #[test]
+    fn concurrent_opens_of_a_new_file_migrate_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("s.db");
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || open_writer(&config(&path)).map(|_| ()))
+            })
+            .collect();
+        for open in opens {
+            open.join().unwrap().unwrap();
+        }
+        let conn = open_writer(&config(&path)).unwrap();
+        assert_eq!(user_version(&conn).unwrap(), VERSION);
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let n: i64 = conn
+            .query_row("SELECT n FROM session_count", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0, "the count row was inserted more than once");
+    }
+
+    #[test]
+    fn an_unknown_schema_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (version, want) in [(7, "is newer than"), (-1, "is not one")] {
+            let path = dir.path().join(format!("v{version}.db"));
+            Connection::open(&path)
+                .unwrap()
+                .pragma_update(None, "user_version", version)
+                .unwrap();
+            let err = open_writer(&config(&path)).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("schema version {version} {want}")),
+                "{err}"
+            );
+        }
+    }
+
+    /// The triggers keep the count through inserts, deletes and an upsert over a dead row.
+    #[test]
+    fn the_count_follows_inserts_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(&config(&dir.path().join("c.db"))).unwrap();
+        conn.execute_batch(
+            "INSERT INTO sessions VALUES ('a', '{}', 1, 1, 1, 1);
+             INSERT INTO sessions VALUES ('b', '{}', 1, 1, 1, 1);
+             UPDATE sessions SET expires_at = 5 WHERE id = 'a';
+             DELETE FROM sessions WHERE id = 'b';",
+        )
+        .unwrap();
+        let n: i64 = conn
+            .query_row("SELECT n FROM session_count", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+}
