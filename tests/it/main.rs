@@ -42,6 +42,9 @@ mod admin;
 /// The `SessionStore` contract, expanded for every store (memory, fs, Redis, Redis Cluster).
 mod store_contract;
 
+/// `[limits]`: connections that send no request are closed, the connection cap.
+mod limits;
+
 /// The Redis store on real `redis-server` processes (one server, and a three-node cluster).
 #[cfg(feature = "redis")]
 mod redis;

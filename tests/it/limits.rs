@@ -1,0 +1,142 @@
+//! `[limits]`: connections that send nothing are closed, the connection count is capped.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+
+use crate::support::raw::{closed_within, exchange, status_of};
+use crate::support::{App, ProxyProcess, TestProxy, get, write_config};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Connections that never complete a request: a silent one, half an HTTP/2 preface, a whole
+/// preface and then silence, and half an HTTP/1.1 head. Each is closed by the proxy soon after
+/// `handshake_timeout`, never left open.
+#[tokio::test]
+async fn connections_that_send_no_request_are_closed_after_the_handshake_timeout() {
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, "[limits]\nhandshake_timeout = \"500ms\"").await;
+    let starts: [&[u8]; 4] = [
+        b"",
+        &PREFACE[..16],
+        PREFACE,
+        b"GET / HTTP/1.1\r\nHost: t\r\n",
+    ];
+    let mut waits = Vec::new();
+    for start in starts {
+        let addr = proxy.addr;
+        waits.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(start).await.unwrap();
+            let t = Instant::now();
+            let closed = closed_within(&mut s, Duration::from_secs(5)).await;
+            (
+                String::from_utf8_lossy(start).into_owned(),
+                closed,
+                t.elapsed(),
+            )
+        }));
+    }
+    for w in waits {
+        let (start, closed, took) = w.await.unwrap();
+        assert!(closed, "{start:?}: still open after 5 s");
+        assert!(
+            took >= Duration::from_millis(400),
+            "{start:?}: closed too early ({took:?})"
+        );
+    }
+    assert_eq!(app.hits(), 0);
+    // The proxy still serves.
+    assert_eq!(get(proxy.addr, "/").await.status, 200);
+}
+
+/// An HTTP/1.1 connection on which one request was made.
+async fn open_h1(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn status_on(send: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>) -> u16 {
+    let req = Request::get("/")
+        .header("host", "t")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    resp.into_body().collect().await.unwrap();
+    status
+}
+
+#[tokio::test]
+async fn the_connection_after_max_connections_is_refused_and_the_first_ones_still_served() {
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, "[limits]\nmax_connections = 2").await;
+    let mut first = open_h1(proxy.addr).await;
+    let mut second = open_h1(proxy.addr).await;
+    assert_eq!(status_on(&mut first).await, 200);
+    assert_eq!(status_on(&mut second).await, 200);
+
+    let (text, closed) = exchange(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(
+        closed && text.is_empty(),
+        "a third connection was served: {text:?}"
+    );
+    assert_eq!(
+        status_on(&mut first).await,
+        200,
+        "the first ones are still served"
+    );
+    assert_eq!(status_on(&mut second).await, 200);
+
+    // One closes: a new one is served again.
+    drop(first);
+    let start = Instant::now();
+    loop {
+        let (text, _) = exchange(
+            proxy.addr,
+            b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(3),
+        )
+        .await;
+        if status_of(&text) == Some(200) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "never served again: {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The cap is also in the config file the binary reads (`[limits]` keys reach the listener).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_applies_limits_from_its_config_file() {
+    let app = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "proxy.toml",
+        "[limits]\nhandshake_timeout = \"300ms\"\n[store]\nkind = \"memory\"\n",
+    );
+    let app_url = format!("http://{}", app.addr);
+    let proxy = ProxyProcess::spawn(&["--config", &config, "--upstream", &app_url]);
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(3)).await);
+}
