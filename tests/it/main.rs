@@ -45,6 +45,9 @@ mod store_contract;
 /// `[limits]`: connections that send no request are closed, the connection cap.
 mod limits;
 
+/// The reserved prefix in every spelling (`_` for `-`), both ways, HTTP/1.1 and HTTP/2.
+mod reserved;
+
 /// The Redis store on real `redis-server` processes (one server, and a three-node cluster).
 #[cfg(feature = "redis")]
 mod redis;
