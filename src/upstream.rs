@@ -15,11 +15,12 @@ use crate::config::Config;
 use crate::downstream::Peer;
 use crate::error::ProxyError;
 use crate::http::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use crate::proxy::body::{RequestBody, client_fault};
 
 /// `Client` is cheap to clone; its pool is shared by every request.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, RequestBody>,
     authority: Authority,
     response_timeout: Duration,
     trust_forwarded: bool,
@@ -46,7 +47,7 @@ impl Upstream {
     /// kept (an HTTP/2 request's `:authority` becomes `Host`), so the app sees the name it was
     /// called by. `X-Forwarded-Proto`/`-Host` are overwritten with what this hop saw, unless
     /// `trust_forwarded_headers` says a front proxy (TLS terminator) set them.
-    pub fn rewrite(&self, req: &mut Request<Incoming>, peer: &Peer) {
+    pub fn rewrite<B>(&self, req: &mut Request<B>, peer: &Peer) {
         let host = match req.headers().get(HOST) {
             Some(host) => Some(host.clone()),
             None => req
@@ -99,11 +100,15 @@ impl Upstream {
     }
 
     /// Sends the request; the response body streams, only the wait for headers is bounded.
-    pub async fn send(&self, req: Request<Incoming>) -> Result<Response<Incoming>, ProxyError> {
+    /// A failure caused by the client's body is the client's error, not the app's.
+    pub async fn send(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, ProxyError> {
         match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
             Err(_) => Err(ProxyError::UpstreamTimeout(self.response_timeout)),
-            Ok(Err(e)) if e.is_connect() => Err(ProxyError::UpstreamConnect(e)),
-            Ok(Err(e)) => Err(ProxyError::Upstream(e)),
+            Ok(Err(e)) => Err(match client_fault(&e) {
+                Some(kind) => ProxyError::Client(kind),
+                None if e.is_connect() => ProxyError::UpstreamConnect(e),
+                None => ProxyError::Upstream(e),
+            }),
             Ok(Ok(resp)) => Ok(resp),
         }
     }

@@ -48,6 +48,7 @@ fn builder(limits: &Limits) -> ServerBuilder {
     builder
         .http2()
         .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
         .keep_alive_interval(limits.h2_keep_alive_interval)
         .keep_alive_timeout(limits.h2_keep_alive_timeout);
     builder

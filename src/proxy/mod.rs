@@ -26,9 +26,12 @@ use crate::protocol::{Instructions, ProtocolHeaders, codec, parse_instructions};
 use crate::store::{self, SessionStore};
 use crate::upstream::Upstream;
 
+pub mod body;
 mod ctx;
 mod log;
 mod session;
+
+use body::RequestBody;
 
 pub use ctx::{RequestCtx, SessionState, StoreWrite};
 use session::Current;
@@ -88,6 +91,7 @@ async fn pipeline(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let presented = request_filter(state, &mut req);
     let current = session::load(state, presented, ctx).await?;
+    let mut req = req.map(|b| RequestBody::new(b, &state.config.limits));
     upstream_request_filter(state, peer, &mut req, &current);
     let sent = Instant::now();
     let answer = state.upstream.send(req).await;
@@ -120,7 +124,7 @@ fn request_filter(state: &State, req: &mut Request<Incoming>) -> Presented {
 fn upstream_request_filter(
     state: &State,
     peer: &Peer,
-    req: &mut Request<Incoming>,
+    req: &mut Request<RequestBody>,
     current: &Current,
 ) {
     let now = store::now_ms();

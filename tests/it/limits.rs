@@ -1,4 +1,6 @@
-//! `[limits]`: connections that send nothing are closed, the connection count is capped.
+//! `[limits]`: connections that send nothing are closed, the connection count is capped, slow
+//! or broken request bodies are the client's 408/400 (and logged as the client's fault), HTTP/2
+//! streams per connection are capped.
 
 use std::time::{Duration, Instant};
 
@@ -9,8 +11,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
 
-use crate::support::raw::{closed_within, exchange, status_of};
-use crate::support::{App, ProxyProcess, TestProxy, get, write_config};
+use crate::support::raw::{closed_within, exchange, read_until_closed, status_of};
+use crate::support::{App, ProxyProcess, TestProxy, get, h2_client, write_config};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -123,6 +125,121 @@ async fn the_connection_after_max_connections_is_refused_and_the_first_ones_stil
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A body that stops half-way, and one that trickles for longer than the whole-body limit: both
+/// are answered 408 within the limits, and the app (reading the body) is let go.
+#[tokio::test]
+async fn a_request_body_that_stalls_or_trickles_is_a_408() {
+    let app = App::start().await;
+    let proxy = TestProxy::start(
+        &app,
+        "[limits]\nbody_idle_timeout = \"300ms\"\nbody_timeout = \"1500ms\"",
+    )
+    .await;
+    let started = Instant::now();
+    let (text, closed) = exchange(
+        proxy.addr,
+        b"POST /sink HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly ten b",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(status_of(&text), Some(408), "{text:?}");
+    assert!(closed);
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"POST /sink HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let trickle = async {
+        for _ in 0..50 {
+            if s.write_all(b"x").await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), trickle)
+        .await
+        .ok();
+    let (out, _) = read_until_closed(&mut s, Duration::from_secs(3)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(status_of(&text), Some(408), "{text:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(get(proxy.addr, "/").await.status, 200);
+}
+
+/// A malformed chunked body is the client's error: 400, and the log line says so (not an
+/// upstream failure, not a 502).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_chunked_body_is_a_400_logged_as_the_clients_fault() {
+    let app = App::start().await;
+    let app_url = format!("http://{}", app.addr);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut proxy = ProxyProcess::spawn_logging(
+        &["--store", "memory", "--upstream", app_url.as_str()],
+        "info",
+        log.reopen().unwrap(),
+    );
+    let (text, closed) = exchange(
+        proxy.addr,
+        b"POST /sink HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(status_of(&text), Some(400), "{text:?}");
+    assert!(closed);
+    proxy.signal("TERM");
+    let code = tokio::task::spawn_blocking(move || proxy.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    let logged = std::fs::read_to_string(log.path()).unwrap();
+    let line = logged
+        .lines()
+        .find(|l| l.contains("path=/sink"))
+        .unwrap_or_else(|| panic!("no access line: {logged}"));
+    assert!(
+        line.contains("status=400") && line.contains("fault=client"),
+        "{line}"
+    );
+    assert!(!line.contains("upstream"), "{line}");
+}
+
+/// `h2_max_concurrent_streams = 2`: four slow requests on one HTTP/2 connection run two at a
+/// time, so they take two rounds of the app's time, not one.
+#[tokio::test]
+async fn http2_streams_per_connection_are_capped() {
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, "[limits]\nh2_max_concurrent_streams = 2").await;
+    let client = h2_client();
+    // One request first, so the client has the proxy's SETTINGS (with the cap) before the rest.
+    let warm = Request::get(format!("http://{}/", proxy.addr))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(client.request(warm).await.unwrap().status(), 200);
+    let started = Instant::now();
+    let mut all = Vec::new();
+    for _ in 0..4 {
+        let req = Request::get(format!("http://{}/", proxy.addr))
+            .header(crate::support::app::DELAY_MS, "500")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let client = client.clone();
+        all.push(tokio::spawn(async move {
+            client.request(req).await.unwrap().status()
+        }));
+    }
+    for r in all {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "more than two streams ran at once: {:?}",
+        started.elapsed()
+    );
 }
 
 /// The cap is also in the config file the binary reads (`[limits]` keys reach the listener).
