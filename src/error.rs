@@ -36,6 +36,10 @@ pub enum ProxyError {
 /// What the client did wrong. Each maps to the status RFC 9110 names for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
+    #[error("request target longer than limits.max_uri_length")]
+    UriTooLong,
+    #[error("more header fields than limits.max_headers")]
+    TooManyHeaders,
     #[error("request body malformed or cut off")]
     BodyMalformed,
     #[error("request body not received within the limits.body_* timeouts")]
@@ -90,6 +94,8 @@ impl ClientError {
     pub fn status(self) -> StatusCode {
         match self {
             ClientError::BodyMalformed => StatusCode::BAD_REQUEST,
+            ClientError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ClientError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ClientError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }

@@ -41,14 +41,21 @@ const SPARE_FDS: u64 = 64;
 /// One builder for every connection, configured once from `[limits]`.
 fn builder(limits: &Limits) -> ServerBuilder {
     let mut builder = ServerBuilder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
+    let mut h1 = builder.http1();
+    // A head that does not fit the read buffer is answered 431 by hyper; bodies stream through
+    // the same buffer piece by piece, so its size is the head limit and nothing more.
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_head_size.max(8192));
+    // hyper keeps 100 header slots on the stack; any other count moves them to the heap.
+    if limits.max_headers != 100 {
+        h1.max_headers(limits.max_headers);
+    }
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_head_size).unwrap_or(u32::MAX))
         .keep_alive_interval(limits.h2_keep_alive_interval)
         .keep_alive_timeout(limits.h2_keep_alive_timeout);
     builder

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use crate::config::Config;
 use crate::cookie::{Cookies, Presented};
 use crate::downstream::Peer;
-use crate::error::{self, ProxyError};
+use crate::error::{self, ClientError, ProxyError};
 use crate::http::{ProxyBody, strip_hop_by_hop};
 use crate::metrics::{Metrics, Rejected};
 use crate::protocol::{Instructions, ProtocolHeaders, codec, parse_instructions};
@@ -89,7 +89,7 @@ async fn pipeline(
     mut req: Request<Incoming>,
     ctx: &mut RequestCtx,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let presented = request_filter(state, &mut req);
+    let presented = request_filter(state, &mut req)?;
     let current = session::load(state, presented, ctx).await?;
     let mut req = req.map(|b| RequestBody::new(b, &state.config.limits));
     upstream_request_filter(state, peer, &mut req, &current);
@@ -110,14 +110,26 @@ async fn pipeline(
     Ok(resp.map(http_body_util::Either::Left))
 }
 
-/// Strips what a client may not send, then takes the session cookie out of the request.
-fn request_filter(state: &State, req: &mut Request<Incoming>) -> Presented {
+/// Refuses targets and header lists over `[limits]` (before the app or the store is asked),
+/// strips what a client may not send, then takes the session cookie out of the request.
+fn request_filter(state: &State, req: &mut Request<Incoming>) -> Result<Presented, ClientError> {
+    let limits = &state.config.limits;
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    if target > limits.max_uri_length {
+        return Err(ClientError::UriTooLong);
+    }
+    // hyper counts HTTP/1.1 fields itself (`max_headers`); HTTP/2 header lists only in bytes.
+    if req.headers().len() > limits.max_headers {
+        return Err(ClientError::TooManyHeaders);
+    }
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     if state.headers.strip_reserved(headers) > 0 {
         tracing::debug!("stripped client-supplied session protocol headers");
     }
-    state.cookies.take(headers)
+    Ok(state.cookies.take(headers))
 }
 
 /// Adds the session headers and points the request at the upstream.

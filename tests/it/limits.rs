@@ -1,6 +1,6 @@
-//! `[limits]`: connections that send nothing are closed, the connection count is capped, slow
-//! or broken request bodies are the client's 408/400 (and logged as the client's fault), HTTP/2
-//! streams per connection are capped.
+//! `[limits]`: connections that send nothing are closed, the connection count is capped, heads
+//! and targets over their limits get 431/414, slow or broken request bodies are the client's
+//! 408/400 (and logged as the client's fault), HTTP/2 streams per connection are capped.
 
 use std::time::{Duration, Instant};
 
@@ -125,6 +125,43 @@ async fn the_connection_after_max_connections_is_refused_and_the_first_ones_stil
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn heads_targets_and_header_counts_over_the_limits_are_431_and_414() {
+    let app = App::start().await;
+    let proxy = TestProxy::start(
+        &app,
+        "[limits]\nmax_head_size = 16384\nmax_uri_length = 1000\nmax_headers = 20",
+    )
+    .await;
+    let big = "v".repeat(20_000);
+    let r = get(proxy.addr, "/").client_sends(&[("x-big", &big)]).await;
+    assert_eq!(r.status, 431, "head over max_head_size");
+    let r = get(proxy.addr, &format!("/{}", "a".repeat(1001))).await;
+    assert_eq!(r.status, 414, "target over max_uri_length");
+    let names: Vec<String> = (0..30).map(|i| format!("x-h{i}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+    let r = get(proxy.addr, "/").client_sends(&many).await;
+    assert_eq!(r.status, 431, "more fields than max_headers");
+    assert_eq!(app.hits(), 0, "none of them reached the app");
+
+    // HTTP/2: the same limits, the same answers.
+    let mut req = Request::get(format!("http://{}/", proxy.addr));
+    for n in &names {
+        req = req.header(n, "1");
+    }
+    let resp = h2_client()
+        .request(req.body(Full::new(Bytes::new())).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 431);
+    let req = Request::get(format!("http://{}/{}", proxy.addr, "a".repeat(1001)))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(h2_client().request(req).await.unwrap().status(), 414);
+    assert_eq!(app.hits(), 0);
+    assert_eq!(get(proxy.addr, "/").await.status, 200);
 }
 
 /// A body that stops half-way, and one that trickles for longer than the whole-body limit: both

@@ -42,8 +42,8 @@ mod admin;
 /// The `SessionStore` contract, expanded for every store (memory, fs, Redis, Redis Cluster).
 mod store_contract;
 
-/// `[limits]`: connections that send no request are closed, the connection cap, body timeouts
-/// (408), a malformed body as the client's 400, HTTP/2 streams per connection.
+/// `[limits]`: silent connections closed, the connection cap, 431/414, body timeouts (408), a
+/// malformed body as the client's 400, HTTP/2 streams per connection.
 mod limits;
 
 /// The reserved prefix in every spelling (`_` for `-`), both ways, HTTP/1.1 and HTTP/2.
