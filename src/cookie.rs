@@ -148,6 +148,13 @@ impl Cookies {
         presented
     }
 
+    /// Whether a write that keeps the id must re-send the cookie: only when the browser's
+    /// expiry slides with it (`max_age`). Otherwise the client already holds exactly this
+    /// cookie, and re-sending it could undo a concurrent Regenerate's new one in the browser.
+    pub fn resend_on_write(&self) -> bool {
+        self.rolling_expiry.is_some()
+    }
+
     fn verify(&self, value: &[u8]) -> Option<SessionId> {
         let value = std::str::from_utf8(value).ok()?;
         match &self.config.key {

@@ -49,6 +49,9 @@ mod limits;
 /// The reserved prefix in every spelling (`_` for `-`), both ways, HTTP/1.1 and HTTP/2.
 mod reserved;
 
+/// Concurrent regenerates of one session leave one new id; racing updates never set a dead id.
+mod regenerate;
+
 /// The Redis store on real `redis-server` processes (one server, and a three-node cluster).
 #[cfg(feature = "redis")]
 mod redis;
