@@ -1,7 +1,7 @@
 //! The proxy's request errors and the one place that turns them into responses.
 //!
 //! Each variant records which side failed (pingora's `ErrorSource`, here [`Fault`]): the client
-//! (4xx: a body too slow or malformed), the upstream (502/504), the store (503),
+//! (4xx: a bad request, a body too slow or malformed), the upstream (502/504), the store (503),
 //! or the proxy itself (500). The client gets a short body and no detail; the detail goes to the
 //! request's log line, which names the fault, so a client's garbage is never reported as the
 //! app failing.
@@ -36,6 +36,14 @@ pub enum ProxyError {
 /// What the client did wrong. Each maps to the status RFC 9110 names for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
+    #[error("no Host header")]
+    MissingHost,
+    #[error("more than one Host header")]
+    DuplicateHost,
+    #[error("the Host header is not a valid host[:port]")]
+    InvalidHost,
+    #[error("method CONNECT is not supported")]
+    Connect,
     #[error("request target longer than limits.max_uri_length")]
     UriTooLong,
     #[error("more header fields than limits.max_headers")]
@@ -93,7 +101,11 @@ impl ProxyError {
 impl ClientError {
     pub fn status(self) -> StatusCode {
         match self {
-            ClientError::BodyMalformed => StatusCode::BAD_REQUEST,
+            ClientError::MissingHost
+            | ClientError::DuplicateHost
+            | ClientError::InvalidHost
+            | ClientError::BodyMalformed => StatusCode::BAD_REQUEST,
+            ClientError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ClientError::UriTooLong => StatusCode::URI_TOO_LONG,
             ClientError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ClientError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -137,14 +149,22 @@ pub fn response(error: &ProxyError) -> Response<ProxyBody> {
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
     );
-    if let ProxyError::Client(e) = error
-        && e.closes()
-    {
-        // hyper closes an HTTP/1.1 connection after a response that says so.
-        h.insert(
-            header::CONNECTION,
-            header::HeaderValue::from_static("close"),
-        );
+    if let ProxyError::Client(e) = error {
+        if e.closes() {
+            // hyper closes an HTTP/1.1 connection after a response that says so.
+            h.insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+        }
+        if *e == ClientError::Connect {
+            h.insert(
+                header::ALLOW,
+                header::HeaderValue::from_static(
+                    "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE",
+                ),
+            );
+        }
     }
     resp
 }

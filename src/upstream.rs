@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::Config;
 use crate::downstream::Peer;
-use crate::error::ProxyError;
+use crate::error::{ClientError, ProxyError};
 use crate::http::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::proxy::body::{RequestBody, client_fault};
 
@@ -24,6 +24,29 @@ pub struct Upstream {
     authority: Authority,
     response_timeout: Duration,
     trust_forwarded: bool,
+}
+
+/// The `Host` a request names, judged by RFC 9112 §3.2: exactly one, and a valid
+/// `uri-host [":" port]` (no userinfo, no path). HTTP/1.0 may leave it out.
+pub fn check_host(req: &Request<Incoming>) -> Result<(), ClientError> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ClientError::DuplicateHost);
+    }
+    match first {
+        None if req.version() == Version::HTTP_11 => Err(ClientError::MissingHost),
+        // HTTP/2 carries the host in `:authority`, which hyper puts in the URI.
+        None if req.version() == Version::HTTP_2 && req.uri().authority().is_none() => {
+            Err(ClientError::MissingHost)
+        }
+        None => Ok(()),
+        Some(v) if v.is_empty() => Ok(()),
+        Some(v) => match Authority::try_from(v.as_bytes()) {
+            Ok(a) if !a.as_str().contains('@') => Ok(()),
+            _ => Err(ClientError::InvalidHost),
+        },
+    }
 }
 
 impl Upstream {
@@ -43,17 +66,16 @@ impl Upstream {
         }
     }
 
-    /// Points the request at the upstream and adds `X-Forwarded-*`. The client's `Host` is
-    /// kept (an HTTP/2 request's `:authority` becomes `Host`), so the app sees the name it was
-    /// called by. `X-Forwarded-Proto`/`-Host` are overwritten with what this hop saw, unless
-    /// `trust_forwarded_headers` says a front proxy (TLS terminator) set them.
+    /// Points the request at the upstream and adds `X-Forwarded-*`.
+    ///
+    /// `Host` is the name the client called: the request target's authority when it has one
+    /// (an HTTP/2 `:authority`, RFC 9113 §8.3.1, or an absolute-form target, RFC 9112 §3.2.2),
+    /// else the client's `Host`. `X-Forwarded-Proto`/`-Host` are overwritten with what this hop
+    /// saw, unless `trust_forwarded_headers` says a front proxy (TLS terminator) set them.
     pub fn rewrite<B>(&self, req: &mut Request<B>, peer: &Peer) {
-        let host = match req.headers().get(HOST) {
-            Some(host) => Some(host.clone()),
-            None => req
-                .uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        let host = match req.uri().authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => req.headers().get(HOST).cloned(),
         };
         let path = req
             .uri()

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{HeaderValue, SET_COOKIE};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::config::Config;
@@ -24,7 +24,7 @@ use crate::http::{ProxyBody, strip_hop_by_hop};
 use crate::metrics::{Metrics, Rejected};
 use crate::protocol::{Instructions, ProtocolHeaders, codec, parse_instructions};
 use crate::store::{self, SessionStore};
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, check_host};
 
 pub mod body;
 mod ctx;
@@ -110,10 +110,14 @@ async fn pipeline(
     Ok(resp.map(http_body_util::Either::Left))
 }
 
-/// Refuses targets and header lists over `[limits]` (before the app or the store is asked),
-/// strips what a client may not send, then takes the session cookie out of the request.
+/// Refuses what no app should be handed (RFC 9112 §3.2's Host rules, CONNECT, targets and
+/// header lists over `[limits]`) before the store or the app is asked, strips what a client
+/// may not send, then takes the session cookie out of the request.
 fn request_filter(state: &State, req: &mut Request<Incoming>) -> Result<Presented, ClientError> {
     let limits = &state.config.limits;
+    if req.method() == Method::CONNECT {
+        return Err(ClientError::Connect);
+    }
     let uri = req.uri();
     let target = uri.path_and_query().map_or(0, |p| p.as_str().len())
         + uri.authority().map_or(0, |a| a.as_str().len());
@@ -124,6 +128,7 @@ fn request_filter(state: &State, req: &mut Request<Incoming>) -> Result<Presente
     if req.headers().len() > limits.max_headers {
         return Err(ClientError::TooManyHeaders);
     }
+    check_host(req)?;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     if state.headers.strip_reserved(headers) > 0 {
