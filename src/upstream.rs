@@ -1,9 +1,9 @@
 //! The upstream side: one pooled keep-alive HTTP/1.1 client, the request rewrite
-//! (URI, Host, X-Forwarded-*), and the connect/response timeouts.
+//! (URI, Host, forwarding headers), and the connect/response timeouts.
 
 use std::time::Duration;
 
-use http::header::{HOST, HeaderValue};
+use http::header::{HOST, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
 use hyper::body::Incoming;
@@ -17,6 +17,33 @@ use crate::error::{ClientError, ProxyError};
 use crate::http::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::proxy::body::{RequestBody, client_fault};
 
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+
+/// Headers an app (or its framework) may take as the client's address, scheme, host, port or
+/// path, besides the three `X-Forwarded-*` this hop sets. Clients that reach the proxy directly
+/// could set any of them, so without a trusted front proxy they are removed (or, for
+/// `X-Real-IP` and `X-Forwarded-Port`, overwritten with what this hop saw). Compared with `_`
+/// read as `-`, as CGI-style servers read them.
+const FORWARDING: [&str; 16] = [
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+    "x-proxyuser-ip",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-host",
+    "x-host",
+    "x-url-scheme",
+    "front-end-https",
+];
+
 /// `Client` is cheap to clone; its pool is shared by every request.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -24,6 +51,54 @@ pub struct Upstream {
     authority: Authority,
     response_timeout: Duration,
     trust_forwarded: bool,
+}
+
+/// Whether `name`, with `_` read as `-`, equals `want` (lowercase, written with `-`).
+fn same_name(name: &str, want: &str) -> bool {
+    name.len() == want.len()
+        && name
+            .bytes()
+            .zip(want.bytes())
+            .all(|(n, w)| n == w || (n == b'_' && w == b'-'))
+}
+
+/// Whether `name` (with `_` read as `-`) starts with `prefix`.
+fn starts_with_name(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len() && same_name(&name[..prefix.len()], prefix)
+}
+
+/// A forwarding header the client may not set unless a trusted front proxy vouches for it.
+fn is_forwarding(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    starts_with_name(name, "x-forwarded-") || FORWARDING.iter().any(|f| same_name(name, f))
+}
+
+/// A spelling with `_` of a header this hop sets: never a real front proxy's, always a trick
+/// on servers that read `_` and `-` alike.
+fn is_underscore_alias(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name.contains('_')
+        && [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "x-forwarded-port",
+            "x-real-ip",
+            "host",
+        ]
+        .iter()
+        .any(|f| same_name(name, f))
+}
+
+/// Removes every header `pred` picks, allocating only if there is one.
+fn remove_where(headers: &mut HeaderMap, pred: impl Fn(&HeaderName) -> bool) {
+    if !headers.keys().any(&pred) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers.keys().filter(|n| pred(n)).cloned().collect();
+    for name in names {
+        headers.remove(name);
+    }
 }
 
 /// The `Host` a request names, judged by RFC 9112 §3.2: exactly one, and a valid
@@ -66,12 +141,14 @@ impl Upstream {
         }
     }
 
-    /// Points the request at the upstream and adds `X-Forwarded-*`.
+    /// Points the request at the upstream and sets the forwarding headers.
     ///
     /// `Host` is the name the client called: the request target's authority when it has one
     /// (an HTTP/2 `:authority`, RFC 9113 §8.3.1, or an absolute-form target, RFC 9112 §3.2.2),
-    /// else the client's `Host`. `X-Forwarded-Proto`/`-Host` are overwritten with what this hop
-    /// saw, unless `trust_forwarded_headers` says a front proxy (TLS terminator) set them.
+    /// else the client's `Host`. Without a trusted front proxy, every forwarding header the
+    /// client sent is removed or overwritten with what this hop saw (`X-Forwarded-For`,
+    /// `-Proto`, `-Host`, `-Port`, `X-Real-IP`); with `trust_forwarded_headers`, a front proxy's
+    /// values are kept and this hop's address is appended to `X-Forwarded-For`.
     pub fn rewrite<B>(&self, req: &mut Request<B>, peer: &Peer) {
         let host = match req.uri().authority() {
             Some(a) => HeaderValue::from_str(a.as_str()).ok(),
@@ -91,18 +168,25 @@ impl Upstream {
         }
         *req.version_mut() = Version::HTTP_11;
 
-        let keep = |headers: &http::HeaderMap, name: &http::HeaderName| {
-            self.trust_forwarded && headers.contains_key(name)
-        };
+        let trust = self.trust_forwarded;
         let headers = req.headers_mut();
+        if trust {
+            remove_where(headers, is_underscore_alias);
+        } else {
+            remove_where(headers, |n| {
+                is_forwarding(n) && n != X_FORWARDED_FOR || is_underscore_alias(n)
+            });
+        }
+        let keep = |headers: &HeaderMap, name: &HeaderName| trust && headers.contains_key(name);
         if let Some(host) = host {
             if !keep(headers, &X_FORWARDED_HOST) {
                 headers.insert(X_FORWARDED_HOST, host.clone());
             }
             headers.insert(HOST, host);
         }
-        // Append to a chain a front proxy may have started (RFC 7239 §5.2 style).
-        let xff = if headers.contains_key(&X_FORWARDED_FOR) {
+        // A trusted front proxy's chain is extended (RFC 7239 §5.2 style); an untrusted
+        // client's is not believed at all.
+        let xff = if trust && headers.contains_key(&X_FORWARDED_FOR) {
             let mut joined = Vec::new();
             for hop in headers.get_all(&X_FORWARDED_FOR) {
                 joined.extend_from_slice(hop.as_bytes());
@@ -119,6 +203,12 @@ impl Upstream {
         if !keep(headers, &X_FORWARDED_PROTO) {
             headers.insert(X_FORWARDED_PROTO, peer.proto.clone());
         }
+        if !trust {
+            headers.insert(X_REAL_IP, peer.forwarded_for.clone());
+            if let Some(port) = &peer.port {
+                headers.insert(X_FORWARDED_PORT, port.clone());
+            }
+        }
     }
 
     /// Sends the request; the response body streams, only the wait for headers is bounded.
@@ -133,5 +223,36 @@ impl Upstream {
             }),
             Ok(Ok(resp)) => Ok(resp),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarding_names_match_in_every_spelling() {
+        for name in [
+            "forwarded",
+            "x-real-ip",
+            "x_real_ip",
+            "x-forwarded-port",
+            "x_forwarded_for",
+            "x-forwarded-anything",
+            "true-client-ip",
+        ] {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert!(is_forwarding(&name), "{name}");
+        }
+        for name in ["x-forwarder", "accept", "x-really"] {
+            let name = HeaderName::from_bytes(name.as_bytes()).unwrap();
+            assert!(!is_forwarding(&name), "{name}");
+        }
+        assert!(is_underscore_alias(&HeaderName::from_static(
+            "x_forwarded_for"
+        )));
+        assert!(!is_underscore_alias(&HeaderName::from_static(
+            "x-forwarded-for"
+        )));
     }
 }

@@ -94,7 +94,7 @@ pub async fn serve(
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    let peer = Peer::plain(remote);
+                    let peer = Peer::new(remote, stream.local_addr().ok());
                     let conn = Connection {
                         builder: builder.clone(),
                         state: state.clone(),

@@ -1,5 +1,5 @@
 //! What the app is told about the request's origin: `Host` by RFC 9112 §3.2 and RFC 9113
-//! §8.3.1, and CONNECT refused.
+//! §8.3.1, CONNECT refused, and forwarding headers a client might forge removed or overwritten.
 
 use std::time::Duration;
 
@@ -87,5 +87,51 @@ async fn a_missing_repeated_or_invalid_host_is_a_400_and_connect_a_405() {
             .await
             .status,
         200
+    );
+}
+
+#[tokio::test]
+async fn forwarding_headers_a_client_sends_are_not_believed() {
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, "").await;
+    let forged = [
+        ("forwarded", "for=203.0.113.9;proto=https"),
+        ("x-real-ip", "203.0.113.9"),
+        ("x-forwarded-port", "443"),
+        ("x-forwarded-for", "203.0.113.9"),
+        ("x_forwarded_for", "203.0.113.9"),
+        ("x-forwarded-ssl", "on"),
+        ("x-forwarded-scheme", "https"),
+        ("true-client-ip", "203.0.113.9"),
+        ("x-original-url", "/admin"),
+    ];
+    let seen = get(proxy.addr, "/").client_sends(&forged).await.app_saw();
+    for gone in [
+        "forwarded",
+        "x_forwarded_for",
+        "x-forwarded-ssl",
+        "x-forwarded-scheme",
+        "true-client-ip",
+        "x-original-url",
+    ] {
+        assert!(!seen.has_header(gone), "{gone} reached the app");
+    }
+    assert_eq!(seen.headers("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(seen.headers("x-real-ip"), ["127.0.0.1"]);
+    assert_eq!(
+        seen.headers("x-forwarded-port"),
+        [proxy.addr.port().to_string()]
+    );
+    assert_eq!(seen.headers("x-forwarded-proto"), ["http"]);
+
+    // Behind a trusted front proxy its values stay, and this hop extends the chain.
+    let proxy = TestProxy::start(&app, "trust_forwarded_headers = true").await;
+    let seen = get(proxy.addr, "/").client_sends(&forged).await.app_saw();
+    assert_eq!(seen.headers("forwarded"), ["for=203.0.113.9;proto=https"]);
+    assert_eq!(seen.headers("x-forwarded-for"), ["203.0.113.9, 127.0.0.1"]);
+    assert_eq!(seen.headers("x-real-ip"), ["203.0.113.9"]);
+    assert!(
+        !seen.has_header("x_forwarded_for"),
+        "an underscore alias is never a front proxy's"
     );
 }

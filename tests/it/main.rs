@@ -52,8 +52,7 @@ mod reserved;
 /// Concurrent regenerates of one session leave one new id; racing updates never set a dead id.
 mod regenerate;
 
-/// Host by RFC 9112/9113 (`:authority` and absolute-form win; none, two or a bad one: 400),
-/// CONNECT refused (405).
+/// Host by RFC 9112/9113, CONNECT refused, forged forwarding headers removed or overwritten.
 mod forwarding;
 
 /// The Redis store on real `redis-server` processes (one server, and a three-node cluster).
