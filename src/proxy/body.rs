@@ -1,5 +1,5 @@
-//! The client's request body on its way to the app: bounded in time, and its failures marked
-//! as the client's.
+//! The client's request body on its way to the app: bounded in time, its trailers filtered, and
+//! its failures marked as the client's.
 //!
 //! Without a deadline a client that sends half a body and stops holds one of the app's workers
 //! (which is reading it) for as long as the client likes. Two limits apply: the longest pause
@@ -12,6 +12,7 @@
 //! "the app broke" (502).
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,10 +22,13 @@ use tokio::time::{Instant, Sleep};
 
 use crate::config::Limits;
 use crate::error::ClientError;
+use crate::http::filter_trailers;
+use crate::protocol::ProtocolHeaders;
 
 /// The request body the upstream client sends.
 pub struct RequestBody {
     inner: Incoming,
+    reserved: Arc<ProtocolHeaders>,
     idle: Duration,
     /// When the whole body must be in.
     total: Instant,
@@ -44,9 +48,10 @@ pub struct BodyError {
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, limits: &Limits) -> Self {
+    pub fn new(inner: Incoming, reserved: Arc<ProtocolHeaders>, limits: &Limits) -> Self {
         RequestBody {
             inner,
+            reserved,
             idle: limits.body_idle_timeout,
             total: Instant::now() + limits.body_timeout,
             timer: None,
@@ -67,11 +72,12 @@ impl Body for RequestBody {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.waiting = false;
-                return Poll::Ready(frame.map(|f| {
-                    f.map_err(|e| BodyError {
+                return Poll::Ready(frame.map(|f| match f {
+                    Ok(f) => Ok(filter_trailers(f, &this.reserved)),
+                    Err(e) => Err(BodyError {
                         kind: ClientError::BodyMalformed,
                         source: Some(e),
-                    })
+                    }),
                 }));
             }
             Poll::Pending => {}

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::cookie::{Cookies, Presented};
 use crate::downstream::Peer;
 use crate::error::{self, ClientError, ProxyError};
-use crate::http::{ProxyBody, strip_hop_by_hop};
+use crate::http::{ProxyBody, Trailers, strip_hop_by_hop};
 use crate::metrics::{Metrics, Rejected};
 use crate::protocol::{Instructions, ProtocolHeaders, codec, parse_instructions};
 use crate::store::{self, SessionStore};
@@ -39,7 +39,8 @@ use session::Current;
 /// Everything a request needs, built once at start and shared by every connection.
 pub struct State {
     pub config: Config,
-    pub headers: ProtocolHeaders,
+    /// Shared with every body that filters trailers.
+    pub headers: Arc<ProtocolHeaders>,
     pub cookies: Cookies,
     /// Behind `store::Timed`: every call is bounded by `store.timeout`.
     pub store: Arc<dyn SessionStore>,
@@ -50,7 +51,7 @@ pub struct State {
 impl State {
     pub fn new(config: Config, store: Arc<dyn SessionStore>, metrics: Arc<Metrics>) -> Self {
         State {
-            headers: config.session.headers.clone(),
+            headers: Arc::new(config.session.headers.clone()),
             cookies: Cookies::new(config.cookie.clone()),
             upstream: Upstream::new(&config),
             store,
@@ -91,7 +92,8 @@ async fn pipeline(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let presented = request_filter(state, &mut req)?;
     let current = session::load(state, presented, ctx).await?;
-    let mut req = req.map(|b| RequestBody::new(b, &state.config.limits));
+    let limits = &state.config.limits;
+    let mut req = req.map(|b| RequestBody::new(b, state.headers.clone(), limits));
     upstream_request_filter(state, peer, &mut req, &current);
     let sent = Instant::now();
     let answer = state.upstream.send(req).await;
@@ -107,7 +109,8 @@ async fn pipeline(
     {
         resp.headers_mut().append(SET_COOKIE, cookie);
     }
-    Ok(resp.map(http_body_util::Either::Left))
+    let reserved = state.headers.clone();
+    Ok(resp.map(|b| http_body_util::Either::Left(Trailers::new(b, reserved))))
 }
 
 /// Refuses what no app should be handed (RFC 9112 §3.2's Host rules, CONNECT, targets and

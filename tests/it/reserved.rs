@@ -1,12 +1,13 @@
 //! The reserved namespace in every spelling (`_` for `-`, any case), both ways, HTTP/1.1 and
-//! HTTP/2.
+//! HTTP/2, headers and trailers.
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use serde_json::json;
 
-use crate::support::{App, TestProxy, app, get, h2_send};
+use crate::support::raw::RawApp;
+use crate::support::{App, TestProxy, app, config, get, h2_send};
 
 /// Names the app saw that a server reading `_` as `-` would take for a reserved header.
 fn reserved_aliases(seen: &serde_json::Value) -> Vec<String> {
@@ -77,4 +78,28 @@ async fn underscore_spellings_of_reserved_response_headers_never_reach_the_clien
         .filter(|k| k.replace('_', "-").starts_with("x-session"))
         .collect();
     assert!(leaked.is_empty(), "h2: {leaked:?}");
+}
+
+/// The app's trailers go through the same filter as its headers: an HTTP/2 client that asked
+/// for trailers gets the app's own, never a reserved one.
+#[tokio::test]
+async fn reserved_trailers_never_reach_an_http2_client() {
+    let raw = RawApp::start(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Session-Id, X-Session-Update, X-App\r\n\r\n\
+          5\r\nhello\r\n0\r\nX-Session-Id: leaked\r\nX-Session-Update: {\"a\":1}\r\nX_Session_Other: 1\r\nX-App: kept\r\n\r\n",
+    )
+    .await;
+    let proxy = TestProxy::with_config(config(raw.addr, "[store]\nkind = \"memory\"")).await;
+    let req = Request::get(format!("http://{}/", proxy.addr))
+        .header("te", "trailers")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (resp, trailers) = h2_send(req).await;
+    assert_eq!(resp.status, 200);
+    assert_eq!(&resp.body[..], b"hello");
+    let trailers = trailers.expect("the app's trailers arrive");
+    let names: Vec<&str> = trailers.keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["x-app"], "{trailers:?}");
+    // A trailer is never an instruction: nothing was stored.
+    assert!(proxy.sessions().await.is_empty());
 }
