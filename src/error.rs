@@ -27,6 +27,9 @@ pub enum ProxyError {
     Upstream(#[source] hyper_util::client::legacy::Error),
     #[error("upstream sent no response within {0:?}")]
     UpstreamTimeout(Duration),
+    /// The app answered, but in a form that cannot be forwarded safely.
+    #[error("upstream sent a bad response: {0}")]
+    BadUpstreamResponse(&'static str),
     #[error("session store failed: {0}")]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -81,7 +84,8 @@ impl ProxyError {
             ProxyError::Client(_) => Fault::Client,
             ProxyError::UpstreamConnect(_)
             | ProxyError::Upstream(_)
-            | ProxyError::UpstreamTimeout(_) => Fault::Upstream,
+            | ProxyError::UpstreamTimeout(_)
+            | ProxyError::BadUpstreamResponse(_) => Fault::Upstream,
             ProxyError::Store(_) => Fault::Store,
             ProxyError::Random(_) => Fault::Proxy,
         }
@@ -92,7 +96,9 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamConnect(_) => Some(UpstreamFailure::Connect),
             ProxyError::UpstreamTimeout(_) => Some(UpstreamFailure::Timeout),
-            ProxyError::Upstream(_) => Some(UpstreamFailure::Failed),
+            ProxyError::Upstream(_) | ProxyError::BadUpstreamResponse(_) => {
+                Some(UpstreamFailure::Failed)
+            }
             ProxyError::Client(_) | ProxyError::Store(_) | ProxyError::Random(_) => None,
         }
     }
@@ -123,7 +129,9 @@ impl ClientError {
 pub fn status(error: &ProxyError) -> StatusCode {
     match error {
         ProxyError::Client(e) => e.status(),
-        ProxyError::UpstreamConnect(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
+        ProxyError::UpstreamConnect(_)
+        | ProxyError::Upstream(_)
+        | ProxyError::BadUpstreamResponse(_) => StatusCode::BAD_GATEWAY,
         ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         ProxyError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         ProxyError::Random(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use http::header::{HOST, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HOST, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use http::{Request, Response, Version};
+use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -214,16 +214,41 @@ impl Upstream {
     /// Sends the request; the response body streams, only the wait for headers is bounded.
     /// A failure caused by the client's body is the client's error, not the app's.
     pub async fn send(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, ProxyError> {
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
-            Err(_) => Err(ProxyError::UpstreamTimeout(self.response_timeout)),
-            Ok(Err(e)) => Err(match client_fault(&e) {
-                Some(kind) => ProxyError::Client(kind),
-                None if e.is_connect() => ProxyError::UpstreamConnect(e),
-                None => ProxyError::Upstream(e),
-            }),
-            Ok(Ok(resp)) => Ok(resp),
-        }
+        let resp = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await
+        {
+            Err(_) => return Err(ProxyError::UpstreamTimeout(self.response_timeout)),
+            Ok(Err(e)) => {
+                return Err(match client_fault(&e) {
+                    Some(kind) => ProxyError::Client(kind),
+                    None if e.is_connect() => ProxyError::UpstreamConnect(e),
+                    None => ProxyError::Upstream(e),
+                });
+            }
+            Ok(Ok(resp)) => resp,
+        };
+        check_framing(&resp)?;
+        Ok(resp)
     }
+}
+
+/// Refuses responses whose framing this hop cannot forward faithfully. hyper reads a response
+/// with both `Content-Length` and `Transfer-Encoding` by the latter, but the length would go on
+/// to the client and cut the body short (RFC 9112 §6.3: a message with both is a smuggling
+/// attempt or an error); and a `101` answers an upgrade this proxy never asks for, since it
+/// removes `Upgrade` from every request.
+fn check_framing<B>(resp: &Response<B>) -> Result<(), ProxyError> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(ProxyError::BadUpstreamResponse(
+            "101 Switching Protocols to a request that asked for no upgrade",
+        ));
+    }
+    let h = resp.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::BadUpstreamResponse(
+            "both Content-Length and Transfer-Encoding",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -56,6 +56,9 @@ mod regenerate;
 /// Host by RFC 9112/9113, CONNECT refused, forged forwarding headers removed or overwritten.
 mod forwarding;
 
+/// A raw-TCP app whose response framing is ambiguous (CL+TE, an unasked 101): a 502.
+mod upstream_framing;
+
 /// The Redis store on real `redis-server` processes (one server, and a three-node cluster).
 #[cfg(feature = "redis")]
 mod redis;
