@@ -2,7 +2,7 @@
 //! checking its signature, and building the `Set-Cookie` that sets or expires it.
 
 use cookie::{Cookie, CookieJar};
-use http::header::{COOKIE, HeaderMap, HeaderValue};
+use http::header::{COOKIE, HeaderMap, HeaderValue, SET_COOKIE};
 
 use crate::config::CookieConfig;
 use crate::session::SessionId;
@@ -47,6 +47,11 @@ fn cookie_name(pair: &[u8]) -> &[u8] {
         .position(|b| *b == b'=')
         .map_or(pair, |i| &pair[..i]);
     name.trim_ascii()
+}
+
+/// The `name=value` part of a `Set-Cookie` line (before the first `;`).
+fn set_cookie_pair(line: &[u8]) -> &[u8] {
+    line.split(|b| *b == b';').next().unwrap_or(line)
 }
 
 /// `now + age`, if an HTTP date can say it (up to the end of year 9999); a longer `max_age`
@@ -148,6 +153,28 @@ impl Cookies {
         presented
     }
 
+    /// Removes every `Set-Cookie` (from the app's response) that sets the session cookie;
+    /// `true` if there was one. Other `Set-Cookie` lines stay, in order. Allocates only when
+    /// there is something to remove.
+    pub fn strip_set_cookie(&self, headers: &mut HeaderMap) -> bool {
+        let name = self.config.name.as_bytes();
+        let ours = |v: &HeaderValue| cookie_name(set_cookie_pair(v.as_bytes())) == name;
+        if !headers.get_all(SET_COOKIE).iter().any(ours) {
+            return false;
+        }
+        let kept: Vec<HeaderValue> = headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter(|v| !ours(v))
+            .cloned()
+            .collect();
+        headers.remove(SET_COOKIE);
+        for v in kept {
+            headers.append(SET_COOKIE, v);
+        }
+        true
+    }
+
     /// Whether a write that keeps the id must re-send the cookie: only when the browser's
     /// expiry slides with it (`max_age`). Otherwise the client already holds exactly this
     /// cookie, and re-sending it could undo a concurrent Regenerate's new one in the browser.
@@ -239,6 +266,28 @@ mod tests {
         let line = cookies.set(id).unwrap();
         let line = line.to_str().unwrap();
         line["session_id=".len()..line.find(';').unwrap()].to_owned()
+    }
+
+    #[test]
+    fn only_the_session_cookie_is_dropped_from_the_apps_set_cookie() {
+        let c = cookies("");
+        let mut h = HeaderMap::new();
+        for line in [
+            "a=1; Path=/",
+            " session_id=EVIL; Path=/",
+            "session_idx=2",
+            "b=3",
+        ] {
+            h.append(SET_COOKIE, HeaderValue::from_static(line));
+        }
+        assert!(c.strip_set_cookie(&mut h));
+        let left: Vec<&str> = h
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(left, ["a=1; Path=/", "session_idx=2", "b=3"]);
+        assert!(!c.strip_set_cookie(&mut h));
     }
 
     #[test]

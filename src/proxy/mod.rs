@@ -168,9 +168,17 @@ fn upstream_request_filter(
     state.upstream.rewrite(req, peer);
 }
 
-/// Takes every reserved header off the response and parses the instructions among them.
+/// Takes every reserved header off the response and parses the instructions among them. An
+/// app's `Set-Cookie` for the session cookie goes too: only the proxy sets that cookie, so an
+/// app (buggy, or made to echo input) can never fix a client's session id.
 fn upstream_response_filter(state: &State, resp: &mut Response<Incoming>) -> Instructions {
     strip_hop_by_hop(resp.headers_mut());
+    if state.cookies.strip_set_cookie(resp.headers_mut()) {
+        tracing::warn!(
+            cookie = state.cookies.name(),
+            "dropped the upstream's Set-Cookie for the session cookie"
+        );
+    }
     let raw = state.headers.take_instructions(resp.headers_mut());
     let (instructions, errors) = parse_instructions(&raw);
     for e in errors {

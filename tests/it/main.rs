@@ -46,8 +46,8 @@ mod store_contract;
 /// malformed body as the client's 400, HTTP/2 streams per connection.
 mod limits;
 
-/// The reserved prefix in every spelling (`_` for `-`), both ways, in headers and trailers, h1
-/// and h2.
+/// The reserved prefix in every spelling, both ways, in headers and trailers, h1 and h2; the
+/// session cookie only the proxy may set.
 mod reserved;
 
 /// Concurrent regenerates of one session leave one new id; racing updates never set a dead id.

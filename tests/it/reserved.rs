@@ -1,5 +1,5 @@
 //! The reserved namespace in every spelling (`_` for `-`, any case), both ways, HTTP/1.1 and
-//! HTTP/2, headers and trailers.
+//! HTTP/2, headers and trailers; and the session cookie, which only the proxy may set.
 
 use bytes::Bytes;
 use http::Request;
@@ -102,4 +102,30 @@ async fn reserved_trailers_never_reach_an_http2_client() {
     assert_eq!(names, ["x-app"], "{trailers:?}");
     // A trailer is never an instruction: nothing was stored.
     assert!(proxy.sessions().await.is_empty());
+}
+
+/// Only the proxy sets the session cookie: the app's `Set-Cookie` for that name is dropped (the
+/// app's other cookies pass), so an app cannot fix a client's session id.
+#[tokio::test]
+async fn the_apps_set_cookie_for_the_session_cookie_is_dropped() {
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, "").await;
+    let forced = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let r = get(proxy.addr, "/")
+        .app_responds_with(&[
+            ("Set-Cookie", &format!("session_id={forced}; Path=/")),
+            ("Set-Cookie", "app=1; Path=/"),
+        ])
+        .await;
+    assert_eq!(r.set_cookies(), ["app=1; Path=/"]);
+
+    let r = get(proxy.addr, "/")
+        .app_responds_with(&[
+            ("Set-Cookie", &format!("session_id={forced}")),
+            ("X-Session-Update", r#"{"a":1}"#),
+        ])
+        .await;
+    let ours = r.set_cookies();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert!(!ours[0].contains(forced), "{ours:?}");
 }
