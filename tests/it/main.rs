@@ -59,6 +59,9 @@ mod forwarding;
 /// A raw-TCP app whose response framing is ambiguous (CL+TE, an unasked 101): a 502.
 mod upstream_framing;
 
+/// Integers beyond 64 bits and long decimals survive Update and Replace digit for digit.
+mod numbers;
+
 /// The Redis store on real `redis-server` processes (one server, and a three-node cluster).
 #[cfg(feature = "redis")]
 mod redis;
