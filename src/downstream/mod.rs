@@ -1,6 +1,6 @@
 //! The accept loop: one task per connection, HTTP/1.1 and HTTP/2 (h2c prior knowledge) on the
-//! same port, every connection bounded in number and in time, and graceful shutdown with a
-//! stated deadline.
+//! same port, every connection bounded in number and in time, and a shutdown that closes what
+//! is idle at once and gives in-flight requests a stated deadline.
 //!
 //! A connection's error stays in its own task. An accept error (EMFILE, say) is logged and the
 //! loop goes on after a pause that doubles up to a cap, so a persistent error costs little CPU
@@ -61,8 +61,9 @@ fn builder(limits: &Limits) -> ServerBuilder {
     builder
 }
 
-/// Serves until `shutdown` completes, then stops accepting and gives open connections
-/// `deadline` to finish their requests (whose sessions are saved as usual).
+/// Serves until `shutdown` completes, then stops accepting, closes every connection that has
+/// nothing in flight, and gives the others `deadline` to finish their requests (whose sessions
+/// are saved as usual).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<State>,
@@ -169,8 +170,8 @@ enum Wake {
 impl Connection {
     /// Serves one connection and watches it: no first request within `handshake_timeout`
     /// (nothing sent, half an HTTP/2 preface, a preface and then silence), or nothing in flight
-    /// for `keep_alive_timeout`, closes it. hyper alone would wait for a request head that
-    /// never comes.
+    /// for `keep_alive_timeout`, closes it; so does shutdown, at once when nothing is in flight.
+    /// hyper alone would wait for a request head that never comes.
     async fn run(mut self, stream: TcpStream, peer: Peer) {
         let remote = peer.addr;
         let activity = Arc::new(Activity::default());
@@ -193,6 +194,11 @@ impl Connection {
         let mut deadline = Some(Instant::now() + self.limits.handshake_timeout);
         let mut served_one = false;
         loop {
+            if draining && activity.idle() {
+                // Nothing in flight: nothing to wait for but hyper's last flush.
+                let _ = tokio::time::timeout(FLUSH_GRACE, conn.as_mut()).await;
+                return;
+            }
             let wake = tokio::select! {
                 result = conn.as_mut() => {
                     if let Err(error) = result {

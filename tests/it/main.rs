@@ -62,6 +62,9 @@ mod upstream_framing;
 /// Integers beyond 64 bits and long decimals survive Update and Replace digit for digit.
 mod numbers;
 
+/// SIGTERM closes connections with nothing in flight at once (h2 that never reads, half a head).
+mod drain;
+
 /// The Redis store on real `redis-server` processes (one server, and a three-node cluster).
 #[cfg(feature = "redis")]
 mod redis;
