@@ -65,6 +65,9 @@ mod numbers;
 /// SIGTERM closes connections with nothing in flight at once (h2 that never reads, half a head).
 mod drain;
 
+/// Raw-TCP request smuggling attempts: 400, connection closed, nothing smuggled reaches the app.
+mod smuggling;
+
 /// The Redis store on real `redis-server` processes (one server, and a three-node cluster).
 #[cfg(feature = "redis")]
 mod redis;
