@@ -311,3 +311,75 @@ mod tests {
         );
     }
 }
+
+/// Properties of the cookie parser over generated `Cookie` headers.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::config::RawConfig;
+    use proptest::prelude::*;
+
+    fn cookies(toml: &str) -> Cookies {
+        let raw = RawConfig::from_toml("t.toml", toml).unwrap();
+        Cookies::new(raw.validate("t.toml").unwrap().cookie)
+    }
+
+    /// Any visible ASCII and spaces: every byte a `Cookie` header value can hold as text.
+    fn header_text() -> impl Strategy<Value = String> {
+        "[ -~]{0,120}"
+    }
+
+    proptest! {
+        #[test]
+        fn take_never_panics_and_leaves_no_session_cookie(text in header_text(), other in header_text()) {
+            let c = cookies("");
+            let mut h = HeaderMap::new();
+            h.append(COOKIE, HeaderValue::from_str(&text).unwrap());
+            h.append(COOKIE, HeaderValue::from_str(&other).unwrap());
+            let presented = c.take(&mut h);
+            // What is left for the app never holds a session cookie.
+            for v in h.get_all(COOKIE) {
+                prop_assert!(
+                    !v.as_bytes().split(|b| *b == b';').any(|p| cookie_name(p) == b"session_id"),
+                    "{v:?}"
+                );
+            }
+            // A valid presentation is exactly a well-formed id the client sent.
+            if let Presented::Valid(id) = presented {
+                let sent = format!("{text};{other}");
+                prop_assert!(sent.contains(id.as_str()), "{:?} not in {:?}", id, sent);
+            }
+        }
+
+        #[test]
+        fn what_is_set_is_taken_back(signed in any::<bool>()) {
+            let id = SessionId::generate().unwrap();
+            let c = if signed {
+                cookies(&format!("[cookie]\nsecret = \"{}\"", "s".repeat(32)))
+            } else {
+                cookies("")
+            };
+            let line = c.set(&id).unwrap();
+            let pair = line.to_str().unwrap().split(';').next().unwrap().to_owned();
+            let mut h = HeaderMap::new();
+            h.insert(COOKIE, HeaderValue::from_str(&format!("a=1; {pair}; b=2")).unwrap());
+            prop_assert_eq!(c.take(&mut h), Presented::Valid(id));
+            prop_assert_eq!(h.get(COOKIE).unwrap(), "a=1; b=2");
+        }
+
+        #[test]
+        fn a_tampered_signed_value_is_never_valid(flip in 0usize..64) {
+            let c = cookies(&format!("[cookie]\nsecret = \"{}\"", "s".repeat(32)));
+            let id = SessionId::generate().unwrap();
+            let line = c.set(&id).unwrap();
+            let value = line.to_str().unwrap()["session_id=".len()..].split(';').next().unwrap().to_owned();
+            let mut bytes = value.into_bytes();
+            let at = flip % bytes.len();
+            bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+            let tampered = String::from_utf8(bytes).unwrap();
+            let mut h = HeaderMap::new();
+            h.insert(COOKIE, HeaderValue::from_str(&format!("session_id={tampered}")).unwrap());
+            prop_assert_eq!(c.take(&mut h), Presented::Invalid);
+        }
+    }
+}
