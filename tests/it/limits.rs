@@ -294,3 +294,33 @@ async fn the_binary_applies_limits_from_its_config_file() {
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     assert!(closed_within(&mut s, Duration::from_secs(3)).await);
 }
+
+/// An HTTP/2 client that made a request and then stops answering the proxy's PINGs (a dead peer,
+/// or one that holds the connection without reading) is closed after
+/// `h2_keep_alive_interval` + `h2_keep_alive_timeout`, long before `keep_alive_timeout`.
+#[tokio::test]
+async fn an_http2_connection_that_stops_answering_pings_is_closed() {
+    let app = App::start().await;
+    let proxy = TestProxy::start(
+        &app,
+        "[limits]\nkeep_alive_timeout = \"60s\"\nh2_keep_alive_interval = \"300ms\"\nh2_keep_alive_timeout = \"300ms\"",
+    )
+    .await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut frames = PREFACE.to_vec();
+    // SETTINGS (empty), then HEADERS on stream 1 (END_STREAM | END_HEADERS) for GET http://t/,
+    // written in HPACK by hand: :method GET, :scheme http, :path /, :authority "t".
+    frames.extend_from_slice(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00");
+    frames.extend_from_slice(b"\x00\x00\x06\x01\x05\x00\x00\x00\x01\x82\x86\x84\x41\x01t");
+    s.write_all(&frames).await.unwrap();
+    let started = Instant::now();
+    let (out, closed) = read_until_closed(&mut s, Duration::from_secs(5)).await;
+    assert!(closed, "still open after 5 s");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!out.is_empty(), "the request was answered first");
+    assert_eq!(app.hits(), 1);
+}
