@@ -30,8 +30,10 @@ pub struct RequestBody {
     inner: Incoming,
     reserved: Arc<ProtocolHeaders>,
     idle: Duration,
-    /// When the whole body must be in.
-    total: Instant,
+    total: Duration,
+    /// When the whole body must be in: set on the first poll, so a request whose body is never
+    /// read (a GET) costs no clock read.
+    deadline: Option<Instant>,
     /// Armed while waiting on the client; made on the first wait only (a body that is already
     /// there, or a request without one, allocates nothing).
     timer: Option<Pin<Box<Sleep>>>,
@@ -53,7 +55,8 @@ impl RequestBody {
             inner,
             reserved,
             idle: limits.body_idle_timeout,
-            total: Instant::now() + limits.body_timeout,
+            total: limits.body_timeout,
+            deadline: None,
             timer: None,
             waiting: false,
         }
@@ -69,6 +72,9 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        let deadline = *this
+            .deadline
+            .get_or_insert_with(|| Instant::now() + this.total);
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.waiting = false;
@@ -86,7 +92,7 @@ impl Body for RequestBody {
         // the whole body's deadline).
         if !this.waiting {
             this.waiting = true;
-            let at = (Instant::now() + this.idle).min(this.total);
+            let at = (Instant::now() + this.idle).min(deadline);
             match &mut this.timer {
                 Some(timer) => timer.as_mut().reset(at),
                 None => this.timer = Some(Box::pin(tokio::time::sleep_until(at))),
