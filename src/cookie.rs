@@ -2,7 +2,7 @@
 //! checking its signature, and building the `Set-Cookie` that sets or expires it.
 
 use cookie::{Cookie, CookieJar};
-use http::header::{COOKIE, HeaderMap, HeaderValue};
+use http::header::{COOKIE, HeaderMap, HeaderValue, SET_COOKIE};
 
 use crate::config::CookieConfig;
 use crate::session::SessionId;
@@ -47,6 +47,11 @@ fn cookie_name(pair: &[u8]) -> &[u8] {
         .position(|b| *b == b'=')
         .map_or(pair, |i| &pair[..i]);
     name.trim_ascii()
+}
+
+/// The `name=value` part of a `Set-Cookie` line (before the first `;`).
+fn set_cookie_pair(line: &[u8]) -> &[u8] {
+    line.split(|b| *b == b';').next().unwrap_or(line)
 }
 
 /// `now + age`, if an HTTP date can say it (up to the end of year 9999); a longer `max_age`
@@ -148,6 +153,35 @@ impl Cookies {
         presented
     }
 
+    /// Removes every `Set-Cookie` (from the app's response) that sets the session cookie;
+    /// `true` if there was one. Other `Set-Cookie` lines stay, in order. Allocates only when
+    /// there is something to remove.
+    pub fn strip_set_cookie(&self, headers: &mut HeaderMap) -> bool {
+        let name = self.config.name.as_bytes();
+        let ours = |v: &HeaderValue| cookie_name(set_cookie_pair(v.as_bytes())) == name;
+        if !headers.get_all(SET_COOKIE).iter().any(ours) {
+            return false;
+        }
+        let kept: Vec<HeaderValue> = headers
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter(|v| !ours(v))
+            .cloned()
+            .collect();
+        headers.remove(SET_COOKIE);
+        for v in kept {
+            headers.append(SET_COOKIE, v);
+        }
+        true
+    }
+
+    /// Whether a write that keeps the id must re-send the cookie: only when the browser's
+    /// expiry slides with it (`max_age`). Otherwise the client already holds exactly this
+    /// cookie, and re-sending it could undo a concurrent Regenerate's new one in the browser.
+    pub fn resend_on_write(&self) -> bool {
+        self.rolling_expiry.is_some()
+    }
+
     fn verify(&self, value: &[u8]) -> Option<SessionId> {
         let value = std::str::from_utf8(value).ok()?;
         match &self.config.key {
@@ -235,6 +269,28 @@ mod tests {
     }
 
     #[test]
+    fn only_the_session_cookie_is_dropped_from_the_apps_set_cookie() {
+        let c = cookies("");
+        let mut h = HeaderMap::new();
+        for line in [
+            "a=1; Path=/",
+            " session_id=EVIL; Path=/",
+            "session_idx=2",
+            "b=3",
+        ] {
+            h.append(SET_COOKIE, HeaderValue::from_static(line));
+        }
+        assert!(c.strip_set_cookie(&mut h));
+        let left: Vec<&str> = h
+            .get_all(SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(left, ["a=1; Path=/", "session_idx=2", "b=3"]);
+        assert!(!c.strip_set_cookie(&mut h));
+    }
+
+    #[test]
     fn signs_with_the_configured_key_and_accepts_only_its_own_signature() {
         let id = SessionId::generate().unwrap();
         let signed = cookies(&format!("[cookie]\nsecret = \"{}\"", "a".repeat(32)));
@@ -253,5 +309,77 @@ mod tests {
             format!("{plain:?}"),
             "Cookies { name: \"session_id\", signed: false }"
         );
+    }
+}
+
+/// Properties of the cookie parser over generated `Cookie` headers.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::config::RawConfig;
+    use proptest::prelude::*;
+
+    fn cookies(toml: &str) -> Cookies {
+        let raw = RawConfig::from_toml("t.toml", toml).unwrap();
+        Cookies::new(raw.validate("t.toml").unwrap().cookie)
+    }
+
+    /// Any visible ASCII and spaces: every byte a `Cookie` header value can hold as text.
+    fn header_text() -> impl Strategy<Value = String> {
+        "[ -~]{0,120}"
+    }
+
+    proptest! {
+        #[test]
+        fn take_never_panics_and_leaves_no_session_cookie(text in header_text(), other in header_text()) {
+            let c = cookies("");
+            let mut h = HeaderMap::new();
+            h.append(COOKIE, HeaderValue::from_str(&text).unwrap());
+            h.append(COOKIE, HeaderValue::from_str(&other).unwrap());
+            let presented = c.take(&mut h);
+            // What is left for the app never holds a session cookie.
+            for v in h.get_all(COOKIE) {
+                prop_assert!(
+                    !v.as_bytes().split(|b| *b == b';').any(|p| cookie_name(p) == b"session_id"),
+                    "{v:?}"
+                );
+            }
+            // A valid presentation is exactly a well-formed id the client sent.
+            if let Presented::Valid(id) = presented {
+                let sent = format!("{text};{other}");
+                prop_assert!(sent.contains(id.as_str()), "{:?} not in {:?}", id, sent);
+            }
+        }
+
+        #[test]
+        fn what_is_set_is_taken_back(signed in any::<bool>()) {
+            let id = SessionId::generate().unwrap();
+            let c = if signed {
+                cookies(&format!("[cookie]\nsecret = \"{}\"", "s".repeat(32)))
+            } else {
+                cookies("")
+            };
+            let line = c.set(&id).unwrap();
+            let pair = line.to_str().unwrap().split(';').next().unwrap().to_owned();
+            let mut h = HeaderMap::new();
+            h.insert(COOKIE, HeaderValue::from_str(&format!("a=1; {pair}; b=2")).unwrap());
+            prop_assert_eq!(c.take(&mut h), Presented::Valid(id));
+            prop_assert_eq!(h.get(COOKIE).unwrap(), "a=1; b=2");
+        }
+
+        #[test]
+        fn a_tampered_signed_value_is_never_valid(flip in 0usize..64) {
+            let c = cookies(&format!("[cookie]\nsecret = \"{}\"", "s".repeat(32)));
+            let id = SessionId::generate().unwrap();
+            let line = c.set(&id).unwrap();
+            let value = line.to_str().unwrap()["session_id=".len()..].split(';').next().unwrap().to_owned();
+            let mut bytes = value.into_bytes();
+            let at = flip % bytes.len();
+            bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+            let tampered = String::from_utf8(bytes).unwrap();
+            let mut h = HeaderMap::new();
+            h.insert(COOKIE, HeaderValue::from_str(&format!("session_id={tampered}")).unwrap());
+            prop_assert_eq!(c.take(&mut h), Presented::Invalid);
+        }
     }
 }

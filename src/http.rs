@@ -1,10 +1,16 @@
 //! HTTP facts every side of the proxy shares: hop-by-hop headers and their stripping, the
 //! forwarding header names, and the one body type of every response the proxy sends.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::protocol::ProtocolHeaders;
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies still see. "Intermediaries
 /// MUST parse a received Connection header field before a message is forwarded and, for each
@@ -49,7 +55,60 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Every response the proxy sends has this body type: the upstream's body streaming through, or
 /// one the proxy wrote. An enum, not a boxed body: no allocation and no dynamic call per frame.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<Trailers<Incoming>, Full<Bytes>>;
+
+pin_project_lite::pin_project! {
+    /// A body whose trailers are held to the same rules as headers: trailers are headers sent
+    /// late (HTTP/1.1 chunked, HTTP/2 HEADERS after DATA), so a reserved name or a hop-by-hop
+    /// one in them is stripped exactly as it would be at the top. Data frames pass untouched.
+    pub struct Trailers<B> {
+        #[pin]
+        inner: B,
+        reserved: Arc<ProtocolHeaders>,
+    }
+}
+
+impl<B> Trailers<B> {
+    pub fn new(inner: B, reserved: Arc<ProtocolHeaders>) -> Self {
+        Trailers { inner, reserved }
+    }
+}
+
+impl<B: Body> Body for Trailers<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        Poll::Ready(frame.map(|f| f.map(|f| filter_trailers(f, this.reserved))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A trailers frame without hop-by-hop or reserved fields; any other frame as it is.
+pub fn filter_trailers<D>(frame: Frame<D>, reserved: &ProtocolHeaders) -> Frame<D> {
+    match frame.into_trailers() {
+        Ok(mut trailers) => {
+            strip_hop_by_hop(&mut trailers);
+            if reserved.strip_reserved(&mut trailers) > 0 {
+                tracing::debug!("stripped session protocol fields from trailers");
+            }
+            Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    }
+}
 
 /// A body built by the proxy itself.
 pub fn full(body: impl Into<Bytes>) -> ProxyBody {

@@ -263,3 +263,47 @@ mod tests {
         assert!(!format!("{id:?}").contains(id.as_str()));
     }
 }
+
+/// Properties of the one parser of client-supplied ids.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn well_formed(text: &str) -> bool {
+        text.len() == ID_LEN
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    }
+
+    proptest! {
+        #[test]
+        fn parse_accepts_exactly_the_well_formed(text in ".{0,40}") {
+            let parsed = SessionId::parse(&text);
+            prop_assert_eq!(parsed.is_some(), well_formed(&text));
+            if let Some(id) = parsed {
+                prop_assert_eq!(id.as_str(), text.as_str());
+            }
+        }
+
+        #[test]
+        fn every_id_of_the_alphabet_parses_back_to_itself(text in "[A-Za-z0-9_-]{32}") {
+            let id = SessionId::parse(&text).unwrap();
+            prop_assert_eq!(id.to_string(), text);
+        }
+
+        #[test]
+        fn near_misses_are_refused(text in "[A-Za-z0-9_-]{31}", bad in "[^A-Za-z0-9_-]") {
+            let refused = [
+                text.clone(),
+                format!("{text}{bad}"),
+                format!("{bad}{text}"),
+                format!("{text}AA"),
+            ];
+            for candidate in refused {
+                prop_assert!(SessionId::parse(&candidate).is_none(), "{candidate:?}");
+            }
+        }
+    }
+}

@@ -27,7 +27,7 @@ mod validate;
 
 #[cfg(test)]
 pub(crate) use raw::KEYS;
-pub use raw::{RawConfig, RawCookie, RawSession, RawStore, RawTimeouts, Secret};
+pub use raw::{RawConfig, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts, Secret};
 
 /// A config problem, always naming where it came from.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +94,38 @@ pub struct Config {
     pub upstream_timeouts: UpstreamTimeouts,
     /// The admin listener; `None` (no `[admin] listen`) means there is none.
     pub admin: Option<AdminConfig>,
+    pub limits: Limits,
+}
+
+/// `[limits]`: every resource a client can make the proxy hold is bounded here, so that slow,
+/// silent or numerous clients cost a known amount and are answered clearly (408, 414, 431) or
+/// disconnected, instead of holding sockets, memory or app workers without end.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Connections served at once; one more is accepted and closed at once.
+    pub max_connections: usize,
+    /// From accept to the first request head (HTTP/1.1 and HTTP/2 alike).
+    pub handshake_timeout: Duration,
+    /// HTTP/1.1: the time a client has to send one request head.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub keep_alive_timeout: Duration,
+    /// Bytes of one request head: HTTP/1.1 request line and headers, or an HTTP/2 header list.
+    pub max_head_size: usize,
+    /// Bytes of the request target.
+    pub max_uri_length: usize,
+    /// Header fields in one request.
+    pub max_headers: usize,
+    /// The longest wait for the next piece of a request body.
+    pub body_idle_timeout: Duration,
+    /// The time a client has to send a whole request body.
+    pub body_timeout: Duration,
+    /// HTTP/2 streams one connection may have open at once.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: a PING after this long without a frame from the client.
+    pub h2_keep_alive_interval: Duration,
+    /// HTTP/2: a PING not answered within this closes the connection.
+    pub h2_keep_alive_timeout: Duration,
 }
 
 /// The admin listener: its own address, and the token its routes require.

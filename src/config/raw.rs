@@ -25,6 +25,8 @@ pub struct RawConfig {
     pub upstream_timeouts: RawTimeouts,
     #[serde(default)]
     pub admin: RawAdmin,
+    #[serde(default)]
+    pub limits: RawLimits,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -100,8 +102,6 @@ pub struct RawTimeouts {
     pub response: Option<DurationSpec>,
 }
 
-/// Every key of the file, as errors name it: what a value of the wrong type is reported against
-/// (a test holds this list to the structs' fields).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
@@ -110,7 +110,27 @@ pub struct RawAdmin {
     pub token_file: Option<PathBuf>,
 }
 
-pub(crate) const KEYS: [&str; 35] = [
+/// `[limits]`: what one client may cost the proxy (connections, time, bytes).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_connections: Option<u64>,
+    pub handshake_timeout: Option<DurationSpec>,
+    pub header_read_timeout: Option<DurationSpec>,
+    pub keep_alive_timeout: Option<DurationSpec>,
+    pub max_head_size: Option<u64>,
+    pub max_uri_length: Option<u64>,
+    pub max_headers: Option<u64>,
+    pub body_idle_timeout: Option<DurationSpec>,
+    pub body_timeout: Option<DurationSpec>,
+    pub h2_max_concurrent_streams: Option<u64>,
+    pub h2_keep_alive_interval: Option<DurationSpec>,
+    pub h2_keep_alive_timeout: Option<DurationSpec>,
+}
+
+/// Every key of the file, as errors name it: what a value of the wrong type is reported against
+/// (a test holds this list to the structs' fields).
+pub(crate) const KEYS: [&str; 47] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -146,6 +166,18 @@ pub(crate) const KEYS: [&str; 35] = [
     "admin.listen",
     "admin.token",
     "admin.token_file",
+    "limits.max_connections",
+    "limits.handshake_timeout",
+    "limits.header_read_timeout",
+    "limits.keep_alive_timeout",
+    "limits.max_head_size",
+    "limits.max_uri_length",
+    "limits.max_headers",
+    "limits.body_idle_timeout",
+    "limits.body_timeout",
+    "limits.h2_max_concurrent_streams",
+    "limits.h2_keep_alive_interval",
+    "limits.h2_keep_alive_timeout",
 ];
 
 impl RawConfig {
@@ -224,7 +256,7 @@ mod tests {
         let every: Vec<&str> = [
             &fields!(RawConfig "" {
                 listen, upstream, shutdown_timeout, trust_forwarded_headers
-            } sections { cookie, session, store, upstream_timeouts, admin })[..],
+            } sections { cookie, session, store, upstream_timeouts, admin, limits })[..],
             &fields!(RawCookie "cookie." {
                 name, max_age, expires, path, domain, secure, http_only, same_site, secret
             }),
@@ -238,6 +270,11 @@ mod tests {
             }),
             &fields!(RawTimeouts "upstream_timeouts." { connect, response }),
             &fields!(RawAdmin "admin." { listen, token, token_file }),
+            &fields!(RawLimits "limits." {
+                max_connections, handshake_timeout, header_read_timeout, keep_alive_timeout,
+                max_head_size, max_uri_length, max_headers, body_idle_timeout, body_timeout,
+                h2_max_concurrent_streams, h2_keep_alive_interval, h2_keep_alive_timeout
+            }),
         ]
         .concat();
         assert_eq!(every, KEYS);

@@ -9,10 +9,10 @@ use cookie::{Key, SameSite};
 use http::uri::{Authority, Scheme, Uri};
 use time::OffsetDateTime;
 
-use super::raw::{RawAdmin, RawCookie, RawSession, RawStore, RawTimeouts};
+use super::raw::{RawAdmin, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts};
 use super::{
     AdminConfig, Config, ConfigError, CookieConfig, DEFAULT_LISTEN, DEFAULT_UPSTREAM, DurationSpec,
-    FsConfig, Lifetime, RawConfig, RedisConfig, SessionConfig, SqliteConfig, StoreConfig,
+    FsConfig, Lifetime, Limits, RawConfig, RedisConfig, SessionConfig, SqliteConfig, StoreConfig,
     StoreKind, UpstreamTimeouts,
 };
 use crate::protocol::ProtocolHeaders;
@@ -82,6 +82,7 @@ impl RawConfig {
             store: store(&at, self.store)?,
             upstream_timeouts: upstream_timeouts(&at, self.upstream_timeouts)?,
             admin: admin(&at, self.admin)?,
+            limits: limits(&at, self.limits)?,
         })
     }
 }
@@ -547,6 +548,144 @@ fn admin(at: &Origin, a: RawAdmin) -> Result<Option<AdminConfig>, ConfigError> {
     }))
 }
 
+/// A whole number of `key` within `range`.
+fn count(
+    at: &Origin,
+    key: &'static str,
+    value: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let value = value.unwrap_or(default);
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(at.bad(
+            key,
+            format!("{value} is outside {}..={}", range.start(), range.end()),
+        ))
+    }
+}
+
+/// A positive duration of `key`, at most `max` (a longer wait would undo the limit).
+fn bounded(
+    at: &Origin,
+    key: &'static str,
+    spec: &Option<DurationSpec>,
+    default: Duration,
+    max: Duration,
+) -> Result<Duration, ConfigError> {
+    let value = at.duration(key, spec, default)?;
+    at.positive(key, value)?;
+    if value > max {
+        return Err(at.bad(
+            key,
+            format!("must be at most {}", humantime::format_duration(max)),
+        ));
+    }
+    Ok(value)
+}
+
+fn limits(at: &Origin, l: RawLimits) -> Result<Limits, ConfigError> {
+    const MINUTE: Duration = Duration::from_secs(60);
+    const HOUR: Duration = Duration::from_secs(3600);
+    let max_connections = count(
+        at,
+        "limits.max_connections",
+        l.max_connections,
+        4096,
+        1..=1_000_000,
+    )?;
+    let handshake_timeout = bounded(
+        at,
+        "limits.handshake_timeout",
+        &l.handshake_timeout,
+        Duration::from_secs(10),
+        MINUTE,
+    )?;
+    let header_read_timeout = bounded(
+        at,
+        "limits.header_read_timeout",
+        &l.header_read_timeout,
+        Duration::from_secs(10),
+        MINUTE,
+    )?;
+    let keep_alive_timeout = bounded(
+        at,
+        "limits.keep_alive_timeout",
+        &l.keep_alive_timeout,
+        Duration::from_secs(15),
+        HOUR,
+    )?;
+    // hyper's HTTP/1.1 buffer must hold one head, and it is at least 8 KiB.
+    let max_head_size = count(
+        at,
+        "limits.max_head_size",
+        l.max_head_size,
+        64 * 1024,
+        8192..=1024 * 1024,
+    )?;
+    let max_uri_length = count(
+        at,
+        "limits.max_uri_length",
+        l.max_uri_length,
+        8192,
+        16..=max_head_size,
+    )?;
+    let max_headers = count(at, "limits.max_headers", l.max_headers, 100, 8..=10_000)?;
+    let body_idle_timeout = bounded(
+        at,
+        "limits.body_idle_timeout",
+        &l.body_idle_timeout,
+        Duration::from_secs(30),
+        HOUR,
+    )?;
+    let body_timeout = bounded(
+        at,
+        "limits.body_timeout",
+        &l.body_timeout,
+        Duration::from_secs(300),
+        Duration::from_secs(24 * 3600),
+    )?;
+    let h2_max_concurrent_streams = count(
+        at,
+        "limits.h2_max_concurrent_streams",
+        l.h2_max_concurrent_streams,
+        100,
+        1..=10_000,
+    )?;
+    let h2_keep_alive_interval = bounded(
+        at,
+        "limits.h2_keep_alive_interval",
+        &l.h2_keep_alive_interval,
+        Duration::from_secs(20),
+        HOUR,
+    )?;
+    let h2_keep_alive_timeout = bounded(
+        at,
+        "limits.h2_keep_alive_timeout",
+        &l.h2_keep_alive_timeout,
+        Duration::from_secs(20),
+        HOUR,
+    )?;
+    // Every value is range-checked above, within usize and u32 on any platform this builds for.
+    let usize_of = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
+    Ok(Limits {
+        max_connections: usize_of(max_connections),
+        handshake_timeout,
+        header_read_timeout,
+        keep_alive_timeout,
+        max_head_size: usize_of(max_head_size),
+        max_uri_length: usize_of(max_uri_length),
+        max_headers: usize_of(max_headers),
+        body_idle_timeout,
+        body_timeout,
+        h2_max_concurrent_streams: u32::try_from(h2_max_concurrent_streams).unwrap_or(u32::MAX),
+        h2_keep_alive_interval,
+        h2_keep_alive_timeout,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -679,6 +818,39 @@ mod tests {
             (
                 "admin.token_file",
                 "[admin]\nlisten = \"127.0.0.1:9090\"\ntoken_file = \"/nonexistent/token\"",
+            ),
+            ("limits.max_connections", "[limits]\nmax_connections = 0"),
+            (
+                "limits.handshake_timeout",
+                "[limits]\nhandshake_timeout = \"0s\"",
+            ),
+            (
+                "limits.header_read_timeout",
+                "[limits]\nheader_read_timeout = \"2m\"",
+            ),
+            (
+                "limits.keep_alive_timeout",
+                "[limits]\nkeep_alive_timeout = \"soon\"",
+            ),
+            ("limits.max_head_size", "[limits]\nmax_head_size = 100"),
+            ("limits.max_uri_length", "[limits]\nmax_uri_length = 1"),
+            ("limits.max_headers", "[limits]\nmax_headers = -1"),
+            (
+                "limits.body_idle_timeout",
+                "[limits]\nbody_idle_timeout = \"0s\"",
+            ),
+            ("limits.body_timeout", "[limits]\nbody_timeout = true"),
+            (
+                "limits.h2_max_concurrent_streams",
+                "[limits]\nh2_max_concurrent_streams = 0",
+            ),
+            (
+                "limits.h2_keep_alive_interval",
+                "[limits]\nh2_keep_alive_interval = \"0s\"",
+            ),
+            (
+                "limits.h2_keep_alive_timeout",
+                "[limits]\nh2_keep_alive_timeout = \"never\"",
             ),
         ];
         let covered: Vec<&str> = cases.iter().map(|(key, _)| *key).collect();

@@ -1,8 +1,10 @@
 //! The accept loop: one task per connection, HTTP/1.1 and HTTP/2 (h2c prior knowledge) on the
-//! same port, and graceful shutdown with a stated deadline.
+//! same port, every connection bounded in number and in time, and a shutdown that closes what
+//! is idle at once and gives in-flight requests a stated deadline.
 //!
-//! A connection's error stays in its own task; an accept error (EMFILE, say) is logged and the
-//! loop goes on after a short pause, never exits.
+//! A connection's error stays in its own task. An accept error (EMFILE, say) is logged and the
+//! loop goes on after a pause that doubles up to a cap, so a persistent error costs little CPU
+//! and log volume while a passing one costs little latency.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -11,61 +13,241 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 
+use crate::config::Limits;
 use crate::proxy::{self, State};
 
+mod activity;
 mod peer;
+mod rlimit;
+
+use activity::Activity;
+pub use activity::Tracked;
 pub use peer::Peer;
 
 type ServerBuilder = auto::Builder<TokioExecutor>;
 
-/// Serves until `shutdown` completes, then stops accepting and gives open connections
-/// `deadline` to finish their requests (whose sessions are saved as usual).
+/// The first pause after a failed accept, and the longest.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_secs(1));
+/// How long a connection that has nothing in flight gets to finish writing before it is
+/// dropped: hyper may still hold the tail of the last response in its buffer.
+const FLUSH_GRACE: Duration = Duration::from_millis(200);
+/// File descriptors kept free of connections: the upstream pool, the store, logs.
+const SPARE_FDS: u64 = 64;
+
+/// One builder for every connection, configured once from `[limits]`.
+fn builder(limits: &Limits) -> ServerBuilder {
+    let mut builder = ServerBuilder::new(TokioExecutor::new());
+    let mut h1 = builder.http1();
+    // A head that does not fit the read buffer is answered 431 by hyper; bodies stream through
+    // the same buffer piece by piece, so its size is the head limit and nothing more.
+    h1.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_head_size.max(8192));
+    // hyper keeps 100 header slots on the stack; any other count moves them to the heap.
+    if limits.max_headers != 100 {
+        h1.max_headers(limits.max_headers);
+    }
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_head_size).unwrap_or(u32::MAX))
+        .keep_alive_interval(limits.h2_keep_alive_interval)
+        .keep_alive_timeout(limits.h2_keep_alive_timeout);
+    builder
+}
+
+/// Serves until `shutdown` completes, then stops accepting, closes every connection that has
+/// nothing in flight, and gives the others `deadline` to finish their requests (whose sessions
+/// are saved as usual).
 pub async fn serve(
     listener: TcpListener,
     state: Arc<State>,
     shutdown: impl Future<Output = ()>,
     deadline: Duration,
 ) {
-    let mut builder = ServerBuilder::new(TokioExecutor::new());
-    // Slowloris guard: a client gets 30 s to send its request head.
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    let graceful = GracefulShutdown::new();
+    let limits = state.config.limits;
+    let max_connections = connection_cap(limits.max_connections);
+    let builder = Arc::new(builder(&limits));
+    let slots = Arc::new(Semaphore::new(max_connections));
+    // Every connection task holds a receiver: `closed()` says when the last one has ended.
+    let (stop, stopped) = watch::channel(false);
+    let mut backoff = ACCEPT_BACKOFF.0;
+    let mut last_refusal_log: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
-                    let _ = stream.set_nodelay(true);
-                    let state = state.clone();
-                    let peer = Peer::plain(remote);
-                    let service = service_fn(move |req| proxy::handle(state.clone(), peer.clone(), req));
-                    let conn = builder.serve_connection(TokioIo::new(stream), service);
-                    let conn = graceful.watch(conn.into_owned());
-                    tokio::spawn(async move {
-                        if let Err(error) = conn.await {
-                            tracing::debug!(%error, %remote, "connection closed with an error");
+                    backoff = ACCEPT_BACKOFF.0;
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        // Closed at once: the client learns now, instead of waiting in a queue
+                        // while its socket holds a descriptor.
+                        drop(stream);
+                        if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                            last_refusal_log = Some(Instant::now());
+                            tracing::warn!(max_connections, "connection limit reached; refusing new connections");
                         }
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let peer = Peer::new(remote, stream.local_addr().ok());
+                    let conn = Connection {
+                        builder: builder.clone(),
+                        state: state.clone(),
+                        stop: stopped.clone(),
+                        limits,
+                    };
+                    tokio::spawn(async move {
+                        conn.run(stream, peer).await;
+                        drop(slot);
                     });
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "accept failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    tracing::warn!(%error, pause = ?backoff, "accept failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF.1);
                 }
             },
             () = &mut shutdown => break,
         }
     }
     drop(listener);
+    drop(stopped);
     tracing::info!(deadline = ?deadline, "shutting down: no new connections; waiting for open requests");
+    let _ = stop.send(true);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = stop.closed() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(deadline) => tracing::warn!("shutdown deadline passed; closing the remaining connections"),
+    }
+}
+
+/// The connection cap in force: the configured one, lowered if the process may not open that
+/// many descriptors (each connection may need a second one, to the app), so that accepting
+/// never fails with EMFILE.
+fn connection_cap(configured: usize) -> usize {
+    let Some(fds) = rlimit::raise_nofile() else {
+        return configured;
+    };
+    let affordable = usize::try_from(fds.saturating_sub(SPARE_FDS) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if affordable < configured {
+        tracing::warn!(
+            configured,
+            affordable,
+            open_files = fds,
+            "limits.max_connections lowered to what the open-file limit (RLIMIT_NOFILE) allows"
+        );
+        affordable
+    } else {
+        configured
+    }
+}
+
+/// What one connection task needs.
+struct Connection {
+    builder: Arc<ServerBuilder>,
+    state: Arc<State>,
+    stop: watch::Receiver<bool>,
+    limits: Limits,
+}
+
+/// Why a connection's driver stops waiting.
+enum Wake {
+    /// hyper finished the connection.
+    Done,
+    /// Shutdown began.
+    Stop,
+    /// A request ended, or a deadline passed: look again.
+    Check,
+}
+
+impl Connection {
+    /// Serves one connection and watches it: no first request within `handshake_timeout`
+    /// (nothing sent, half an HTTP/2 preface, a preface and then silence), or nothing in flight
+    /// for `keep_alive_timeout`, closes it; so does shutdown, at once when nothing is in flight.
+    /// hyper alone would wait for a request head that never comes.
+    async fn run(mut self, stream: TcpStream, peer: Peer) {
+        let remote = peer.addr;
+        let activity = Arc::new(Activity::default());
+        let service = {
+            let (state, activity) = (self.state.clone(), activity.clone());
+            service_fn(move |req| {
+                let in_flight = activity.enter();
+                let handled = proxy::handle(state.clone(), peer.clone(), req);
+                async move {
+                    let resp = handled.await?;
+                    Ok::<_, std::convert::Infallible>(
+                        resp.map(|body| Tracked::new(body, in_flight)),
+                    )
+                }
+            })
+        };
+        let conn = self.builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        let mut draining = *self.stop.borrow();
+        let mut deadline = Some(Instant::now() + self.limits.handshake_timeout);
+        let mut served_one = false;
+        loop {
+            if draining && activity.idle() {
+                // Nothing in flight: nothing to wait for but hyper's last flush.
+                let _ = tokio::time::timeout(FLUSH_GRACE, conn.as_mut()).await;
+                return;
+            }
+            let wake = tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%error, %remote, "connection closed with an error");
+                    }
+                    Wake::Done
+                }
+                changed = self.stop.changed(), if !draining => match changed {
+                    Ok(()) | Err(_) => Wake::Stop,
+                },
+                () = activity.ended() => Wake::Check,
+                () = sleep_until(deadline) => Wake::Check,
+            };
+            match wake {
+                Wake::Done => return,
+                Wake::Stop => {
+                    draining = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                Wake::Check => {}
+            }
+            if !activity.idle() {
+                // The request's end wakes this loop; until then no idle deadline runs.
+                deadline = None;
+                continue;
+            }
+            if activity.take_ended() {
+                served_one = true;
+                deadline = Some(Instant::now() + self.limits.keep_alive_timeout);
+                continue;
+            }
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                if served_one {
+                    tracing::debug!(%remote, "closing an idle connection");
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(FLUSH_GRACE, conn.as_mut()).await;
+                } else {
+                    tracing::debug!(%remote, "closing a connection that sent no request in time");
+                }
+                return;
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -9,15 +9,17 @@ use http::HeaderValue;
 #[derive(Debug, Clone)]
 pub struct Peer {
     pub addr: SocketAddr,
-    /// The client's IP as `X-Forwarded-For` names it.
+    /// The client's IP as `X-Forwarded-For` and `X-Real-IP` name it.
     pub forwarded_for: HeaderValue,
     /// The scheme the client used to reach this hop, as `X-Forwarded-Proto` says it.
     pub proto: HeaderValue,
+    /// The port the client connected to, as `X-Forwarded-Port` says it.
+    pub port: Option<HeaderValue>,
 }
 
 impl Peer {
-    /// A client on a plain-HTTP connection.
-    pub fn plain(addr: SocketAddr) -> Self {
+    /// A client on a plain-HTTP connection to `local`.
+    pub fn new(addr: SocketAddr, local: Option<SocketAddr>) -> Self {
         let ip = addr.ip().to_string();
         Peer {
             addr,
@@ -25,6 +27,12 @@ impl Peer {
             forwarded_for: HeaderValue::from_maybe_shared(bytes::Bytes::from(ip))
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             proto: HeaderValue::from_static("http"),
+            port: local.map(|l| HeaderValue::from(l.port())),
         }
+    }
+
+    /// A client on a plain-HTTP connection whose local end is unknown.
+    pub fn plain(addr: SocketAddr) -> Self {
+        Self::new(addr, None)
     }
 }

@@ -103,3 +103,69 @@ mod tests {
         }
     }
 }
+
+/// Properties over generated input: whatever a client or an app sends, the codec neither panics
+/// nor accepts anything but an object, and what it encodes it decodes back exactly.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// JSON values of every kind, numbers beyond 64 bits among them.
+    fn value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            "[1-9][0-9]{0,60}".prop_map(|d| serde_json::from_str(&d).unwrap_or(Value::Null)),
+            "-?0\\.[0-9]{1,40}".prop_map(|d| serde_json::from_str(&d).unwrap_or(Value::Null)),
+            ".{0,20}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,8}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn object() -> impl Strategy<Value = Map<String, Value>> {
+        prop::collection::btree_map(".{0,8}", value(), 0..8).prop_map(|m| m.into_iter().collect())
+    }
+
+    proptest! {
+        #[test]
+        fn what_is_encoded_decodes_back_exactly(text in ".*") {
+            prop_assert_eq!(decode_session(encode_session(&text).as_bytes()), Some(text));
+        }
+
+        #[test]
+        fn an_object_reads_the_same_raw_and_in_either_base64(map in object()) {
+            let text = serde_json::to_string(&map).unwrap();
+            let raw = parse_object("X-Session-Update", text.as_bytes());
+            prop_assert_eq!(raw.as_ref(), Ok(&map));
+            let unpadded = URL_SAFE_NO_PAD.encode(text.as_bytes());
+            let from_unpadded = parse_object("X-Session-Update", unpadded.as_bytes());
+            prop_assert_eq!(from_unpadded.as_ref(), Ok(&map));
+            let padded = URL_SAFE.encode(text.as_bytes());
+            let from_padded = parse_object("X-Session-Update", padded.as_bytes());
+            prop_assert_eq!(from_padded.as_ref(), Ok(&map));
+            // And its text survives a round trip digit for digit.
+            prop_assert_eq!(serde_json::to_string(&raw.unwrap()).unwrap(), text);
+        }
+
+        #[test]
+        fn any_bytes_are_an_object_or_an_error_never_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_object("X-Session-Replace", &bytes);
+            let _ = decode_session(&bytes);
+        }
+
+        #[test]
+        fn only_objects_are_accepted(v in value()) {
+            let text = serde_json::to_string(&v).unwrap();
+            let parsed = parse_object("X-Session-Replace", text.as_bytes());
+            prop_assert_eq!(parsed.is_ok(), v.is_object());
+        }
+    }
+}

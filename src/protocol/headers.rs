@@ -5,6 +5,10 @@
 //! inbound, every client header that starts with it is removed before ours are added (so a client
 //! can never forge session data); outbound, every upstream header that starts with it is removed
 //! before the client sees the response (linkerd's strip-then-set rule).
+//!
+//! "Starts with" reads `_` as `-`: many app servers (CGI, WSGI, Rack, PHP) turn both into the
+//! same `HTTP_X_SESSION_ID` variable, so `X_Session_Id` would otherwise reach the app as the
+//! real thing.
 
 use http::header::{HeaderMap, HeaderName};
 
@@ -13,7 +17,7 @@ use super::instructions::RawInstructions;
 /// The protocol's header names, derived once from `[session] header_prefix`.
 #[derive(Debug, Clone)]
 pub struct ProtocolHeaders {
-    /// Lowercase, as `HeaderName`s are.
+    /// Lowercase, as `HeaderName`s are, with every `_` written `-`.
     prefix: String,
     pub session: HeaderName,
     pub id: HeaderName,
@@ -49,16 +53,27 @@ impl ProtocolHeaders {
             replace: name("-replace")?,
             destroy: name("-destroy")?,
             regenerate: name("-regenerate")?,
-            prefix: lower,
+            prefix: lower.replace('_', "-"),
         })
     }
 
-    fn reserved(&self, name: &HeaderName) -> bool {
-        name.as_str().starts_with(&self.prefix)
+    /// Whether `name` is in the reserved namespace: it starts with the prefix, `_` read as `-`
+    /// (names are lowercase already). One pass over the prefix's bytes, no allocation.
+    pub fn reserved(&self, name: &HeaderName) -> bool {
+        let name = name.as_str().as_bytes();
+        name.len() >= self.prefix.len()
+            && name
+                .iter()
+                .zip(self.prefix.as_bytes())
+                .all(|(n, p)| n == p || (*n == b'_' && *p == b'-'))
     }
 
     /// Removes every header in the reserved namespace; returns how many distinct names went.
     pub fn strip_reserved(&self, headers: &mut HeaderMap) -> usize {
+        // Most messages carry none: look before collecting anything.
+        if !headers.keys().any(|n| self.reserved(n)) {
+            return 0;
+        }
         let names: Vec<HeaderName> = headers
             .keys()
             .filter(|n| self.reserved(n))
@@ -141,6 +156,28 @@ mod tests {
         h.append("x-session-destroy", HeaderValue::from_static("1"));
         let raw = p.take_instructions(&mut h);
         assert!(raw.destroy && raw.update.is_none() && h.is_empty());
+    }
+
+    #[test]
+    fn underscore_spellings_are_reserved_too() {
+        for prefix in ["X-Session", "x_session"] {
+            let p = ProtocolHeaders::new(prefix).unwrap();
+            let mut h = HeaderMap::new();
+            for n in [
+                "x_session",
+                "x_session_id",
+                "x-session_update",
+                "X_SESSION-NEW",
+                "x_other",
+            ] {
+                h.insert(
+                    HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    HeaderValue::from_static("1"),
+                );
+            }
+            assert_eq!(p.strip_reserved(&mut h), 4, "{prefix}");
+            assert!(h.contains_key("x_other"));
+        }
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! The logging phase: one access-log line per request, at `info` when it was served and at
-//! `warn` with the error when the proxy answered for it.
+//! The logging phase: one access-log line per request, at `info` when it was served or the
+//! client was refused (a client's garbage is routine, not an alarm), and at `warn` when the
+//! proxy answered for a failure of its own side; every failure names whose fault it was.
 
 use http::StatusCode;
 
 use super::ctx::RequestCtx;
+use crate::error::Fault;
 
 pub fn logging(ctx: &RequestCtx, status: StatusCode) {
     // Whole microseconds: an integer field costs a fraction of `Duration`'s decimal `Debug`.
@@ -13,6 +15,17 @@ pub fn logging(ctx: &RequestCtx, status: StatusCode) {
     let (session, saved) = (ctx.session.as_str(), ctx.write.as_str());
     match &ctx.error {
         None => tracing::info!(method, path, status, latency_us, session, saved, "request"),
+        Some(e) if e.fault() == Fault::Client => tracing::info!(
+            method,
+            path,
+            status,
+            latency_us,
+            session,
+            saved,
+            fault = Fault::Client.as_str(),
+            error = %e,
+            "request refused"
+        ),
         Some(e) => tracing::warn!(
             method,
             path,
@@ -20,6 +33,7 @@ pub fn logging(ctx: &RequestCtx, status: StatusCode) {
             latency_us,
             session,
             saved,
+            fault = e.fault().as_str(),
             error = %e,
             "request failed"
         ),

@@ -13,22 +13,25 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{HeaderValue, SET_COOKIE};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::config::Config;
 use crate::cookie::{Cookies, Presented};
 use crate::downstream::Peer;
-use crate::error::{self, ProxyError};
-use crate::http::{ProxyBody, strip_hop_by_hop};
+use crate::error::{self, ClientError, ProxyError};
+use crate::http::{ProxyBody, Trailers, strip_hop_by_hop};
 use crate::metrics::{Metrics, Rejected};
 use crate::protocol::{Instructions, ProtocolHeaders, codec, parse_instructions};
 use crate::store::{self, SessionStore};
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, check_host};
 
+pub mod body;
 mod ctx;
 mod log;
 mod session;
+
+use body::RequestBody;
 
 pub use ctx::{RequestCtx, SessionState, StoreWrite};
 use session::Current;
@@ -36,7 +39,8 @@ use session::Current;
 /// Everything a request needs, built once at start and shared by every connection.
 pub struct State {
     pub config: Config,
-    pub headers: ProtocolHeaders,
+    /// Shared with every body that filters trailers.
+    pub headers: Arc<ProtocolHeaders>,
     pub cookies: Cookies,
     /// Behind `store::Timed`: every call is bounded by `store.timeout`.
     pub store: Arc<dyn SessionStore>,
@@ -47,7 +51,7 @@ pub struct State {
 impl State {
     pub fn new(config: Config, store: Arc<dyn SessionStore>, metrics: Arc<Metrics>) -> Self {
         State {
-            headers: config.session.headers.clone(),
+            headers: Arc::new(config.session.headers.clone()),
             cookies: Cookies::new(config.cookie.clone()),
             upstream: Upstream::new(&config),
             store,
@@ -86,8 +90,10 @@ async fn pipeline(
     mut req: Request<Incoming>,
     ctx: &mut RequestCtx,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let presented = request_filter(state, &mut req);
+    let presented = request_filter(state, &mut req)?;
     let current = session::load(state, presented, ctx).await?;
+    let limits = &state.config.limits;
+    let mut req = req.map(|b| RequestBody::new(b, state.headers.clone(), limits));
     upstream_request_filter(state, peer, &mut req, &current);
     let sent = Instant::now();
     let answer = state.upstream.send(req).await;
@@ -103,24 +109,42 @@ async fn pipeline(
     {
         resp.headers_mut().append(SET_COOKIE, cookie);
     }
-    Ok(resp.map(http_body_util::Either::Left))
+    let reserved = state.headers.clone();
+    Ok(resp.map(|b| http_body_util::Either::Left(Trailers::new(b, reserved))))
 }
 
-/// Strips what a client may not send, then takes the session cookie out of the request.
-fn request_filter(state: &State, req: &mut Request<Incoming>) -> Presented {
+/// Refuses what no app should be handed (RFC 9112 §3.2's Host rules, CONNECT, targets and
+/// header lists over `[limits]`) before the store or the app is asked, strips what a client
+/// may not send, then takes the session cookie out of the request.
+fn request_filter(state: &State, req: &mut Request<Incoming>) -> Result<Presented, ClientError> {
+    let limits = &state.config.limits;
+    if req.method() == Method::CONNECT {
+        return Err(ClientError::Connect);
+    }
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    if target > limits.max_uri_length {
+        return Err(ClientError::UriTooLong);
+    }
+    // hyper counts HTTP/1.1 fields itself (`max_headers`); HTTP/2 header lists only in bytes.
+    if req.headers().len() > limits.max_headers {
+        return Err(ClientError::TooManyHeaders);
+    }
+    check_host(req)?;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
     if state.headers.strip_reserved(headers) > 0 {
         tracing::debug!("stripped client-supplied session protocol headers");
     }
-    state.cookies.take(headers)
+    Ok(state.cookies.take(headers))
 }
 
 /// Adds the session headers and points the request at the upstream.
 fn upstream_request_filter(
     state: &State,
     peer: &Peer,
-    req: &mut Request<Incoming>,
+    req: &mut Request<RequestBody>,
     current: &Current,
 ) {
     let now = store::now_ms();
@@ -144,9 +168,17 @@ fn upstream_request_filter(
     state.upstream.rewrite(req, peer);
 }
 
-/// Takes every reserved header off the response and parses the instructions among them.
+/// Takes every reserved header off the response and parses the instructions among them. An
+/// app's `Set-Cookie` for the session cookie goes too: only the proxy sets that cookie, so an
+/// app (buggy, or made to echo input) can never fix a client's session id.
 fn upstream_response_filter(state: &State, resp: &mut Response<Incoming>) -> Instructions {
     strip_hop_by_hop(resp.headers_mut());
+    if state.cookies.strip_set_cookie(resp.headers_mut()) {
+        tracing::warn!(
+            cookie = state.cookies.name(),
+            "dropped the upstream's Set-Cookie for the session cookie"
+        );
+    }
     let raw = state.headers.take_instructions(resp.headers_mut());
     let (instructions, errors) = parse_instructions(&raw);
     for e in errors {

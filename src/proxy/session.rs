@@ -90,6 +90,9 @@ pub async fn save(
         return Ok(cookies.expire());
     }
 
+    // Create and Regenerate hand out an id; a write that keeps it re-sends the cookie only
+    // when its expiry slides (see `Cookies::resend_on_write`).
+    let mut hands_out_id = true;
     let result = match &current.record {
         // werkzeug's should_save: a new session is stored only when modified.
         None if !modifies => return Ok(None),
@@ -112,6 +115,7 @@ pub async fn save(
                 .map(|r| r.map(|_| new_id))
         }
         Some(record) if update.change.is_some() || update.lifetime.needs_touch(record, now) => {
+            hands_out_id = false;
             ctx.write = if update.change.is_some() {
                 StoreWrite::Updated
             } else {
@@ -125,7 +129,8 @@ pub async fn save(
         Some(_) => return Ok(None),
     };
     match result {
-        Ok(Some(id)) => Ok(cookies.set(&id)),
+        Ok(Some(id)) if hands_out_id || cookies.resend_on_write() => Ok(cookies.set(&id)),
+        Ok(Some(_)) => Ok(None),
         Ok(None) => {
             // Destroyed or expired by another request meanwhile: nothing is resurrected.
             tracing::debug!("session vanished before it could be saved");

@@ -217,6 +217,12 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Moves a session to a new id (against fixation), applying `update` on the way. `None` if
     /// the old session is gone. A change racing with a regenerate on the old id may be lost;
     /// the old id is dead either way.
+    ///
+    /// Atomic among concurrent regenerates of one id: of all of them, exactly one new id
+    /// survives. Whoever deletes the old id wins (a delete reports whether it found the
+    /// session, and finds it once); every other one removes the copy it wrote and answers
+    /// `None`, as if the session had already gone. A failure after the copy was written removes
+    /// it too, so a failed regenerate leaves no second session behind.
     async fn regenerate(
         &self,
         old: &SessionId,
@@ -230,8 +236,20 @@ pub trait SessionStore: Send + Sync + 'static {
         if !self.create(new, &record).await? {
             return Err(StoreError::IdCollision);
         }
-        self.delete(old).await?;
-        Ok(Some(record))
+        match self.delete(old).await {
+            Ok(true) => Ok(Some(record)),
+            Ok(false) => {
+                // Another regenerate (or a destroy) took the old id first.
+                self.delete(new).await?;
+                Ok(None)
+            }
+            Err(e) => {
+                if let Err(cleanup) = self.delete(new).await {
+                    tracing::warn!(error = %cleanup, "could not remove a failed regenerate's copy");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Live sessions in id order (see [`Capabilities::lists_in_order`]), starting after
@@ -396,6 +414,80 @@ struct ShownSession<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The memory store, with a delete of one chosen id that fails: a regenerate that fails
+    /// after writing its new copy must not leave that copy behind.
+    struct FailingDelete {
+        inner: memory::MemoryStore,
+        fails: SessionId,
+    }
+
+    #[async_trait::async_trait]
+    impl SessionStore for FailingDelete {
+        async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
+            self.inner.load(id).await
+        }
+        async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
+            self.inner.create(id, record).await
+        }
+        async fn update(&self, id: &SessionId, update: &Update) -> Result<Option<Record>> {
+            self.inner.update(id, update).await
+        }
+        async fn delete(&self, id: &SessionId) -> Result<bool> {
+            if *id == self.fails {
+                return Err(StoreError::Unexpected("delete failed".to_owned()));
+            }
+            self.inner.delete(id).await
+        }
+        async fn list(&self, cursor: Option<&str>, limit: usize) -> Result<Page> {
+            self.inner.list(cursor, limit).await
+        }
+        async fn prune(&self, now: u64) -> Result<u64> {
+            self.inner.prune(now).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_regenerate_removes_the_copy_it_wrote() {
+        let (old, new) = (
+            SessionId::generate().unwrap(),
+            SessionId::generate().unwrap(),
+        );
+        let store = FailingDelete {
+            inner: memory::MemoryStore::default(),
+            fails: old,
+        };
+        let now = now_ms();
+        let record = Record {
+            data: Arc::from("{}"),
+            created_at: now,
+            updated_at: now,
+            expires_at: now + 60_000,
+            version: 1,
+        };
+        assert!(store.create(&old, &record).await.unwrap());
+        let update = Update {
+            change: None,
+            base: None,
+            now,
+            lifetime: crate::session::Lifetime {
+                idle_timeout: Duration::from_secs(60),
+                absolute_timeout: None,
+                touch_interval: Duration::from_secs(6),
+            },
+            max_size: 1024,
+            extends: true,
+        };
+        assert!(store.regenerate(&old, &new, &update).await.is_err());
+        assert!(
+            store.load(&new).await.unwrap().is_none(),
+            "the copy was left"
+        );
+        assert!(
+            store.load(&old).await.unwrap().is_some(),
+            "the old id is intact"
+        );
+    }
 
     #[test]
     fn record_json_round_trip() {

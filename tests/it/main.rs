@@ -61,6 +61,32 @@ mod sqlite;
 /// `sessions copy` between every pair of persistent stores; memory refused.
 mod copy;
 
+/// `[limits]`: silent connections closed, the connection cap, 431/414, body timeouts (408), a
+/// malformed body as the client's 400, HTTP/2 streams per connection.
+mod limits;
+
+/// The reserved prefix in every spelling, both ways, in headers and trailers, h1 and h2; the
+/// session cookie only the proxy may set.
+mod reserved;
+
+/// Concurrent regenerates of one session leave one new id; racing updates never set a dead id.
+mod regenerate;
+
+/// Host by RFC 9112/9113, CONNECT refused, forged forwarding headers removed or overwritten.
+mod forwarding;
+
+/// A raw-TCP app whose response framing is ambiguous (CL+TE, an unasked 101): a 502.
+mod upstream_framing;
+
+/// Integers beyond 64 bits and long decimals survive Update and Replace digit for digit.
+mod numbers;
+
+/// SIGTERM closes connections with nothing in flight at once (h2 that never reads, half a head).
+mod drain;
+
+/// Raw-TCP request smuggling attempts: 400, connection closed, nothing smuggled reaches the app.
+mod smuggling;
+
 /// The Redis store on real `redis-server` processes (one server, and a three-node cluster).
 #[cfg(feature = "redis")]
 mod redis;

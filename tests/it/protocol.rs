@@ -273,10 +273,8 @@ async fn forwarded_headers_and_host() {
         .client_sends(&[("host", "app.example"), ("x-forwarded-for", "203.0.113.9")])
         .await;
     let seen = r.app_saw();
-    assert_eq!(
-        seen.header("x-forwarded-for").as_deref(),
-        Some("203.0.113.9, 127.0.0.1")
-    );
+    // Without a trusted front proxy, the client's chain is not believed (see forwarding.rs).
+    assert_eq!(seen.header("x-forwarded-for").as_deref(), Some("127.0.0.1"));
     assert_eq!(seen.header("x-forwarded-proto").as_deref(), Some("http"));
     assert_eq!(
         seen.header("x-forwarded-host").as_deref(),

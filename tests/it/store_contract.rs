@@ -257,6 +257,45 @@ pub async fn regenerate_moves_the_data_and_kills_the_old_id(s: Opened) {
     assert!(store.load(&other).await.unwrap().is_none());
 }
 
+/// Twelve regenerates of one session at once (a login submitted from several tabs): exactly one
+/// moves the session; every other finds it gone, and leaves no copy under its new id.
+pub async fn concurrent_regenerates_leave_one_new_id(s: Opened) {
+    let old = id();
+    s.store
+        .create(&old, &live(json!({"user":"ada"})))
+        .await
+        .unwrap();
+    let news: Vec<SessionId> = (0..12).map(|_| id()).collect();
+    let tasks: Vec<_> = news
+        .iter()
+        .map(|new| {
+            let (store, new) = (s.store.clone(), *new);
+            tokio::spawn(async move {
+                store
+                    .regenerate(&old, &new, &patch(json!({"role":"admin"})))
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for (new, task) in news.iter().zip(tasks) {
+        if let Some(record) = task.await.unwrap() {
+            assert_eq!(data(&record), json!({"user":"ada","role":"admin"}));
+            winners.push(*new);
+        }
+    }
+    assert_eq!(winners.len(), 1, "{} regenerates succeeded", winners.len());
+    let mut alive = Vec::new();
+    for new in &news {
+        if s.store.load(new).await.unwrap().is_some() {
+            alive.push(*new);
+        }
+    }
+    assert_eq!(alive, winners, "copies left under the losers' ids");
+    assert!(s.store.load(&old).await.unwrap().is_none(), "old id alive");
+}
+
 pub async fn list_pages_through_every_live_session(s: Opened) {
     let store = &s.store;
     let mut want = BTreeSet::new();
@@ -345,6 +384,7 @@ macro_rules! contract {
                 update_never_resurrects_a_deleted_session,
                 update_applies_the_change_and_bumps_the_version,
                 regenerate_moves_the_data_and_kills_the_old_id,
+                concurrent_regenerates_leave_one_new_id,
                 list_pages_through_every_live_session,
                 a_bad_cursor_is_the_callers_fault,
                 prune_removes_only_expired_sessions,

@@ -72,6 +72,8 @@ pub fn decode_x_session(value: &[u8]) -> Result<Value, String> {
 pub struct App {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// The path of every request the app received, in order of arrival.
+    paths: Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -89,15 +91,18 @@ impl App {
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
+        let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = paths.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let counter = counter.clone();
+                let (counter, seen) = (counter.clone(), seen.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
+                    let svc = service_fn(move |req: Request<Incoming>| {
                         counter.fetch_add(1, Ordering::SeqCst);
+                        seen.lock().unwrap().push(req.uri().path().to_owned());
                         handle(req)
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -106,11 +111,21 @@ impl App {
                 });
             }
         });
-        App { addr, hits, task }
+        App {
+            addr,
+            hits,
+            paths,
+            task,
+        }
     }
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// The path of every request the app has received so far.
+    pub fn paths(&self) -> Vec<String> {
+        self.paths.lock().unwrap().clone()
     }
 }
 

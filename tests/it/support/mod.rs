@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod app;
+pub mod raw;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod webdriver;
@@ -200,6 +201,28 @@ impl Seen {
 
 fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An HTTP/2 (prior knowledge) client, as `curl --http2-prior-knowledge` is.
+pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// Sends `req` over HTTP/2 and returns the response with its body (and trailers, if any).
+pub async fn h2_send(req: Request<Full<Bytes>>) -> (Resp, Option<HeaderMap>) {
+    let resp = h2_client().request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let (parts, body) = resp.into_parts();
+    let collected = body.collect().await.unwrap();
+    let trailers = collected.trailers().cloned();
+    let resp = Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body: collected.to_bytes(),
+    };
+    (resp, trailers)
 }
 
 /// A GET of `path` from a client with no cookie jar; add to it, then `.await` it.
