@@ -181,6 +181,17 @@ async fn the_api_on_the_fs_store() {
     api_on(&fs_store(dir.path())).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_on_the_sqlite_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sessions.db");
+    api_on(&format!(
+        "[store]\nkind = \"sqlite\"\npath = \"{}\"",
+        db.display()
+    ))
+    .await;
+}
+
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_on_the_redis_store() {
