@@ -4,7 +4,8 @@
 //! only from the `X-Session` request header and changes it only with response headers:
 //! `GET /` counts visits (`X-Session-Update`), `GET /login?user=NAME` logs in
 //! (`X-Session-Regenerate` plus an update, against session fixation), `GET /logout` ends the
-//! session (`X-Session-Destroy`). The proxy runs in the same process on the embedded fs store.
+//! session (`X-Session-Destroy`). The proxy runs in the same process on the embedded sqlite
+//! store (`sessions.db`).
 //!
 //! Run with
 //! ```not_rust

@@ -1,6 +1,6 @@
 //! The embedded default store: every session a row of one SQLite file, in WAL mode.
 //!
-//! Writes go through one writer thread ([`writer`]), which commits everything queued in one
+//! Writes go through one writer thread (`writer.rs`), which commits everything queued in one
 //! transaction and answers each write only after the commit: with `fsync = true`
 //! (`synchronous = FULL`) an answered write survives power loss, and one fsync covers a whole
 //! batch. An update is the read-merge-write of [`Update::apply`] inside that transaction, so it
@@ -211,7 +211,7 @@ fn int(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The record's columns, in the order [`record`] reads them. A macro, so the statements below
+/// The record's columns, in the order `record` reads them. A macro, so the statements below
 /// are `concat!`ed constants: the statement cache is looked up by text, once per call.
 macro_rules! columns {
     () => {
@@ -220,7 +220,7 @@ macro_rules! columns {
 }
 
 /// The record of a row selected as `columns!()`, starting at column `at`; an unreadable one is
-/// `None`, by the one rule of [`Record::readable`].
+/// `None`, by the one rule of `Record::readable`.
 fn record(row: &Row, at: usize, id: &SessionId) -> rusqlite::Result<Option<Record>> {
     let data: String = row.get(at)?;
     let mut times = [0u64; 4];
