@@ -1,4 +1,5 @@
-//! The sqlite store through the real binary: the default store, a SIGKILL in a storm of writes,
+//! The sqlite store through the real binary: the default store, a SIGKILL in a storm of writes
+//! (and the same storm for the fs store),
 //! a schema from a newer binary, two processes on one file, unwritable paths, a full disk, and
 //! the sweeper and `sessions prune`. The database is checked with the rusqlite crate directly.
 
@@ -100,19 +101,20 @@ fn the_default_store_is_sqlite_in_the_working_directory() {
     assert_eq!(mode, 0o600, "the database holds every session: owner only");
 }
 
-/// SIGKILL in the middle of a storm of concurrent updates: after a restart, every update whose
-/// response reached its client is there (the one in flight may be too), and the file is intact.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_storm_keeps_every_answered_write() {
-    const CLIENTS: usize = 32;
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("sessions.db");
-    let app = App::start().await;
-    let upstream = format!("http://{}", app.addr);
-    let store = sqlite_flag(&db);
-    let args = ["--store", store.as_str(), "--upstream", upstream.as_str()];
-    let proxy = ProxyProcess::spawn(&args);
+/// Clients in a storm of updates, each to its own session, one request at a time.
+const CLIENTS: usize = 32;
 
+/// What a storm left: each client's cookie and the last update answered 200 to it.
+struct Storm {
+    cookies: Vec<String>,
+    acked: Vec<u64>,
+    answered: u64,
+}
+
+/// Starts the binary with `args`, makes a session per client, sends a storm of concurrent
+/// updates, and SIGKILLs the proxy once 500 were answered.
+async fn storm_then_sigkill(args: &[&str]) -> Storm {
+    let proxy = ProxyProcess::spawn(args);
     let mut cookies = Vec::new();
     for c in 0..CLIENTS {
         let (status, cookie) = try_update(proxy.addr, None, &json!({"c": c, "n": 0}).to_string())
@@ -121,8 +123,8 @@ async fn sigkill_mid_storm_keeps_every_answered_write() {
         assert_eq!(status, 200);
         cookies.push(cookie.unwrap());
     }
-    // Each client updates its own session, one request at a time, and remembers the last
-    // update answered 200: that one was committed before the answer left the proxy.
+    // Each client remembers the last update answered 200: that one was stored before the
+    // answer left the proxy.
     let acked: Arc<Vec<AtomicU64>> = Arc::new((0..CLIENTS).map(|_| AtomicU64::new(0)).collect());
     let total = Arc::new(AtomicU64::new(0));
     let dead = Arc::new(AtomicBool::new(false));
@@ -158,7 +160,43 @@ async fn sigkill_mid_storm_keeps_every_answered_write() {
         client.await.unwrap();
     }
     drop(proxy);
-    let answered = total.load(Ordering::SeqCst);
+    Storm {
+        cookies,
+        acked: acked.iter().map(|a| a.load(Ordering::SeqCst)).collect(),
+        answered: total.load(Ordering::SeqCst),
+    }
+}
+
+/// Restarts the binary with `args`: every session is there, holding its last answered update
+/// (or the one in flight at the kill).
+async fn every_answered_write_survived(args: &[&str], storm: &Storm) {
+    let proxy = ProxyProcess::spawn(args);
+    for (c, cookie) in storm.cookies.iter().enumerate() {
+        let (new, data) = seen(proxy.addr, cookie).await;
+        assert!(!new, "client {c}: its session is gone");
+        let n = data["n"].as_u64().unwrap();
+        let last = storm.acked[c];
+        assert!(
+            n == last || n == last + 1,
+            "client {c}: stored n={n}, but the last answered update was n={last} \
+             ({} updates were answered in all)",
+            storm.answered
+        );
+        assert_eq!(data["c"], c, "client {c}: another session's data");
+    }
+}
+
+/// SIGKILL in the middle of a storm of concurrent updates: after a restart, every update whose
+/// response reached its client is there (the one in flight may be too), and the file is intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_storm_keeps_every_answered_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("sessions.db");
+    let app = App::start().await;
+    let upstream = format!("http://{}", app.addr);
+    let store = sqlite_flag(&db);
+    let args = ["--store", store.as_str(), "--upstream", upstream.as_str()];
+    let storm = storm_then_sigkill(&args).await;
 
     let (check, rows) = tokio::task::spawn_blocking({
         let db = db.clone();
@@ -168,20 +206,33 @@ async fn sigkill_mid_storm_keeps_every_answered_write() {
     .unwrap();
     assert_eq!(check, "ok");
     assert_eq!(rows, CLIENTS as i64);
+    every_answered_write_survived(&args, &storm).await;
+}
 
-    let proxy = ProxyProcess::spawn(&args);
-    for (c, cookie) in cookies.iter().enumerate() {
-        let (new, data) = seen(proxy.addr, cookie).await;
-        assert!(!new, "client {c}: its session is gone");
-        let n = data["n"].as_u64().unwrap();
-        let last = acked[c].load(Ordering::SeqCst);
-        assert!(
-            n == last || n == last + 1,
-            "client {c}: stored n={n}, but the last answered update was n={last} \
-             ({answered} updates were answered in all)"
-        );
-        assert_eq!(data["c"], c, "client {c}: another session's data");
+/// The same for the fs store (fsync on, its default): after the kill every session file
+/// parses (temp + fsync + rename never leaves a torn one) and no answered write is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_storm_on_the_fs_store_keeps_every_answered_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::start().await;
+    let upstream = format!("http://{}", app.addr);
+    let store = format!("fs:{}", dir.path().display());
+    let args = ["--store", store.as_str(), "--upstream", upstream.as_str()];
+    let storm = storm_then_sigkill(&args).await;
+
+    let mut sessions = 0;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("session_") {
+            let bytes = std::fs::read(&path).unwrap();
+            session_proxy::store::Record::from_json(&bytes)
+                .unwrap_or_else(|e| panic!("{name} is torn: {e}"));
+            sessions += 1;
+        }
     }
+    assert_eq!(sessions, CLIENTS, "one file per session");
+    every_answered_write_survived(&args, &storm).await;
 }
 
 /// A file whose schema is newer than the binary knows is refused at start, with the reason.
