@@ -157,6 +157,11 @@ pub fn response(error: &ProxyError) -> Response<ProxyBody> {
         header::CACHE_CONTROL,
         header::HeaderValue::from_static("no-store"),
     );
+    if let ProxyError::Store(_) = error {
+        // The store is expected back: a well-behaved client or load balancer retries later
+        // instead of at once.
+        h.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    }
     if let ProxyError::Client(e) = error {
         if e.closes() {
             // hyper closes an HTTP/1.1 connection after a response that says so.

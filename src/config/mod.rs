@@ -209,6 +209,19 @@ pub struct StoreConfig {
     pub timeout: Duration,
     /// How often the background sweeper removes expired sessions (memory, fs and sqlite stores).
     pub sweep_interval: Duration,
+    /// What a request gets while the store fails.
+    pub on_error: OnStoreError,
+}
+
+/// The store-down policy (`store.on_error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnStoreError {
+    /// A 503 with `Retry-After`; the app is not called when the session cannot be loaded.
+    FailClosed,
+    /// The request goes to the app without a session and with `X-Session-Unavailable: 1`; no
+    /// cookie is set or cleared and nothing stored is written, so the session is intact when
+    /// the store is back.
+    FailOpen,
 }
 
 #[derive(Debug, Clone)]

@@ -83,6 +83,7 @@ pub struct RawStore {
     pub kind: Option<String>,
     pub timeout: Option<DurationSpec>,
     pub sweep_interval: Option<DurationSpec>,
+    pub on_error: Option<String>,
     // fs
     pub path: Option<PathBuf>,
     pub filename_template: Option<String>,
@@ -130,7 +131,7 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 47] = [
+pub(crate) const KEYS: [&str; 48] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -153,6 +154,7 @@ pub(crate) const KEYS: [&str; 47] = [
     "store.kind",
     "store.timeout",
     "store.sweep_interval",
+    "store.on_error",
     "store.path",
     "store.filename_template",
     "store.mode",
@@ -265,8 +267,8 @@ mod tests {
                 touch_interval
             }),
             &fields!(RawStore "store." {
-                kind, timeout, sweep_interval, path, filename_template, mode, fsync, url,
-                key_prefix, cluster, nodes
+                kind, timeout, sweep_interval, on_error, path, filename_template, mode, fsync,
+                url, key_prefix, cluster, nodes
             }),
             &fields!(RawTimeouts "upstream_timeouts." { connect, response }),
             &fields!(RawAdmin "admin." { listen, token, token_file }),

@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 use super::raw::{RawAdmin, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts};
 use super::{
     AdminConfig, Config, ConfigError, CookieConfig, DEFAULT_LISTEN, DEFAULT_UPSTREAM, DurationSpec,
-    FsConfig, Lifetime, Limits, RawConfig, RedisConfig, SessionConfig, SqliteConfig, StoreConfig,
-    StoreKind, UpstreamTimeouts,
+    FsConfig, Lifetime, Limits, OnStoreError, RawConfig, RedisConfig, SessionConfig, SqliteConfig,
+    StoreConfig, StoreKind, UpstreamTimeouts,
 };
 use crate::protocol::ProtocolHeaders;
 
@@ -325,9 +325,10 @@ macro_rules! store_key {
 
 /// Which `[store]` keys belong to which kind. File validation and the `--store` flag both go by
 /// this one list, so a new kind or key is added here and nowhere else.
-const STORE_KEYS: [StoreKey; 10] = [
+const STORE_KEYS: [StoreKey; 11] = [
     store_key!(timeout, &Kind::ALL, Role::Setting),
     store_key!(sweep_interval, &Kind::ALL, Role::Setting),
+    store_key!(on_error, &Kind::ALL, Role::Setting),
     store_key!(path, &[Kind::Sqlite, Kind::Fs], Role::Location),
     store_key!(filename_template, &[Kind::Fs], Role::Setting),
     store_key!(mode, &[Kind::Sqlite, Kind::Fs], Role::Setting),
@@ -459,10 +460,21 @@ fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigError> {
         Duration::from_secs(300),
     )?;
     at.positive("store.sweep_interval", sweep_interval)?;
+    let on_error = match st.on_error.as_deref() {
+        None | Some("fail_closed") => OnStoreError::FailClosed,
+        Some("fail_open") => OnStoreError::FailOpen,
+        Some(other) => {
+            return Err(at.bad(
+                "store.on_error",
+                format!("{other:?} is not one of \"fail_closed\", \"fail_open\""),
+            ));
+        }
+    };
     Ok(StoreConfig {
         kind,
         timeout: store_timeout,
         sweep_interval,
+        on_error,
     })
 }
 
@@ -788,6 +800,7 @@ mod tests {
             ("store.kind", "[store]\nkind = \"tape\""),
             ("store.timeout", "[store]\ntimeout = \"0s\""),
             ("store.sweep_interval", "[store]\nsweep_interval = \"0s\""),
+            ("store.on_error", "[store]\non_error = \"fail_sometimes\""),
             ("store.path", "[store]\nkind = \"memory\"\npath = \"x\""),
             (
                 "store.filename_template",

@@ -23,6 +23,9 @@ pub struct ProtocolHeaders {
     pub id: HeaderName,
     pub new: HeaderName,
     pub expires: HeaderName,
+    /// Sent instead of the session headers when the store failed and `store.on_error =
+    /// "fail_open"` let the request through without a session.
+    pub unavailable: HeaderName,
     update: HeaderName,
     replace: HeaderName,
     destroy: HeaderName,
@@ -49,6 +52,7 @@ impl ProtocolHeaders {
             id: name("-id")?,
             new: name("-new")?,
             expires: name("-expires")?,
+            unavailable: name("-unavailable")?,
             update: name("-update")?,
             replace: name("-replace")?,
             destroy: name("-destroy")?,

@@ -17,6 +17,8 @@ pub enum SessionState {
     New,
     /// The cookie named a live session.
     Existing,
+    /// The store failed and `store.on_error = "fail_open"` sent the request on without one.
+    Unavailable,
 }
 
 impl SessionState {
@@ -25,6 +27,7 @@ impl SessionState {
             SessionState::Unloaded => "",
             SessionState::New => "new",
             SessionState::Existing => "existing",
+            SessionState::Unavailable => "unavailable",
         }
     }
 }

@@ -16,7 +16,7 @@ use http::header::{HeaderValue, SET_COOKIE};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
-use crate::config::Config;
+use crate::config::{Config, OnStoreError};
 use crate::cookie::{Cookies, Presented};
 use crate::downstream::Peer;
 use crate::error::{self, ClientError, ProxyError};
@@ -91,10 +91,26 @@ async fn pipeline(
     ctx: &mut RequestCtx,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let presented = request_filter(state, &mut req)?;
-    let current = session::load(state, presented, ctx).await?;
+    let current = match session::load(state, presented, ctx).await {
+        Ok(current) => Some(current),
+        Err(ProxyError::Store(error)) if fail_open(state) => {
+            tracing::warn!(%error, "session store failed; forwarding without a session (store.on_error = \"fail_open\")");
+            ctx.session = SessionState::Unavailable;
+            None
+        }
+        Err(e) => return Err(e),
+    };
     let limits = &state.config.limits;
     let mut req = req.map(|b| RequestBody::new(b, state.headers.clone(), limits));
-    upstream_request_filter(state, peer, &mut req, &current);
+    match &current {
+        Some(current) => upstream_request_filter(state, peer, &mut req, current),
+        None => {
+            let unavailable = state.headers.unavailable.clone();
+            req.headers_mut()
+                .insert(unavailable, HeaderValue::from_static("1"));
+            state.upstream.rewrite(&mut req, peer);
+        }
+    }
     let sent = Instant::now();
     let answer = state.upstream.send(req).await;
     state.metrics.upstream(sent.elapsed());
@@ -104,13 +120,29 @@ async fn pipeline(
         }
     })?;
     let instructions = upstream_response_filter(state, &mut resp);
-    // The clock as of saving: the app may have taken a while, and expiry is judged now.
-    if let Some(cookie) = session::save(state, &current, instructions, store::now_ms(), ctx).await?
-    {
-        resp.headers_mut().append(SET_COOKIE, cookie);
+    // Without a session (fail_open) nothing is saved: the stored one stays as it was.
+    if let Some(current) = &current {
+        // The clock as of saving: the app may have taken a while, and expiry is judged now.
+        match session::save(state, current, instructions, store::now_ms(), ctx).await {
+            Ok(Some(cookie)) => {
+                resp.headers_mut().append(SET_COOKIE, cookie);
+            }
+            Ok(None) => {}
+            Err(ProxyError::Store(error)) if fail_open(state) => {
+                // The app's answer goes out as it is; the cookie is neither set nor cleared.
+                tracing::warn!(%error, "saving the session failed; answering without it (store.on_error = \"fail_open\")");
+                ctx.write = StoreWrite::None;
+            }
+            Err(e) => return Err(e),
+        }
     }
     let reserved = state.headers.clone();
     Ok(resp.map(|b| http_body_util::Either::Left(Trailers::new(b, reserved))))
+}
+
+/// Whether a store failure lets the request through without a session (`store.on_error`).
+fn fail_open(state: &State) -> bool {
+    state.config.store.on_error == OnStoreError::FailOpen
 }
 
 /// Refuses what no app should be handed (RFC 9112 §3.2's Host rules, CONNECT, targets and

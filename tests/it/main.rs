@@ -87,6 +87,11 @@ mod drain;
 /// Raw-TCP request smuggling attempts: 400, connection closed, nothing smuggled reaches the app.
 mod smuggling;
 
+/// `store.on_error`: fail_closed (503 + Retry-After, app not called) and fail_open, on a
+/// Redis that is stopped under the proxy.
+#[cfg(feature = "redis")]
+mod store_down;
+
 /// The Redis store on real `redis-server` processes (one server, and a three-node cluster).
 #[cfg(feature = "redis")]
 mod redis;
