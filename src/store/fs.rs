@@ -13,7 +13,7 @@
 //! `stat` per file instead of a read, and a cron job can too (`find DIR -mmin +0`).
 //!
 //! One directory belongs to one proxy process, so the store keeps the ordered set of ids it
-//! holds in memory ([`Index`]): built once at open by streaming the directory (names only, no
+//! holds in memory (`Index`): built once at open by streaming the directory (names only, no
 //! file is read), then changed by create, delete and prune under the id's stripe, so a listing
 //! page reads only the files it returns instead of listing and sorting the whole directory. A
 //! file removed behind the store's back (an operator's `find -delete`, `sessions prune` from
