@@ -200,6 +200,30 @@ pub struct SessionConfig {
     /// Upper bound on the session's JSON text, in bytes.
     pub max_size: usize,
     pub lifetime: Lifetime,
+    /// Paths that get no session (static assets): see [`SkipRules`].
+    pub skip: SkipRules,
+}
+
+/// `session.skip`: request paths the proxy passes through without touching the store. An
+/// entry ending in `/` matches every path under it, any other entry only that exact path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SkipRules {
+    prefixes: Vec<String>,
+    exact: Vec<String>,
+}
+
+impl SkipRules {
+    pub(crate) fn new(entries: Vec<String>) -> Self {
+        let (prefixes, exact) = entries.into_iter().partition(|e| e.ends_with('/'));
+        SkipRules { prefixes, exact }
+    }
+
+    /// Whether a request for `path` skips the session. Checked on every request: a few string
+    /// comparisons, no allocation.
+    pub fn matches(&self, path: &str) -> bool {
+        self.exact.iter().any(|e| e == path)
+            || self.prefixes.iter().any(|p| path.starts_with(p.as_str()))
+    }
 }
 
 #[derive(Debug, Clone)]

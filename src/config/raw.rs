@@ -75,6 +75,7 @@ pub struct RawSession {
     pub idle_timeout: Option<DurationSpec>,
     pub absolute_timeout: Option<DurationSpec>,
     pub touch_interval: Option<DurationSpec>,
+    pub skip: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -131,7 +132,7 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 48] = [
+pub(crate) const KEYS: [&str; 49] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -151,6 +152,7 @@ pub(crate) const KEYS: [&str; 48] = [
     "session.idle_timeout",
     "session.absolute_timeout",
     "session.touch_interval",
+    "session.skip",
     "store.kind",
     "store.timeout",
     "store.sweep_interval",
@@ -264,7 +266,7 @@ mod tests {
             }),
             &fields!(RawSession "session." {
                 header_prefix, renew_missing, max_size, idle_timeout, absolute_timeout,
-                touch_interval
+                touch_interval, skip
             }),
             &fields!(RawStore "store." {
                 kind, timeout, sweep_interval, on_error, path, filename_template, mode, fsync,

@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 use super::raw::{RawAdmin, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts};
 use super::{
     AdminConfig, Config, ConfigError, CookieConfig, DEFAULT_LISTEN, DEFAULT_UPSTREAM, DurationSpec,
-    FsConfig, Lifetime, Limits, OnStoreError, RawConfig, RedisConfig, SessionConfig, SqliteConfig,
-    StoreConfig, StoreKind, UpstreamTimeouts,
+    FsConfig, Lifetime, Limits, OnStoreError, RawConfig, RedisConfig, SessionConfig, SkipRules,
+    SqliteConfig, StoreConfig, StoreKind, UpstreamTimeouts,
 };
 use crate::protocol::ProtocolHeaders;
 
@@ -250,7 +250,19 @@ fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, ConfigError> {
             "must not exceed session.idle_timeout, or idle sessions would die while in use",
         ));
     }
+    let skip = s.skip.unwrap_or_default();
+    if let Some(bad) = skip.iter().find(|e| {
+        !e.starts_with('/')
+            || e.bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    }) {
+        return Err(at.bad(
+            "session.skip",
+            format!("{bad:?} is not a path: entries start with / (end one with / to skip everything under it)"),
+        ));
+    }
     Ok(SessionConfig {
+        skip: SkipRules::new(skip),
         header_prefix,
         headers,
         renew_missing: s.renew_missing.unwrap_or(true),
@@ -797,6 +809,7 @@ mod tests {
                 "session.touch_interval",
                 "[session]\nidle_timeout = \"1h\"\ntouch_interval = \"2h\"",
             ),
+            ("session.skip", "[session]\nskip = [\"static/\"]"),
             ("store.kind", "[store]\nkind = \"tape\""),
             ("store.timeout", "[store]\ntimeout = \"0s\""),
             ("store.sweep_interval", "[store]\nsweep_interval = \"0s\""),

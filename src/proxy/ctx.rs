@@ -19,6 +19,8 @@ pub enum SessionState {
     Existing,
     /// The store failed and `store.on_error = "fail_open"` sent the request on without one.
     Unavailable,
+    /// The path is in `session.skip`: no session was loaded or offered.
+    Skipped,
 }
 
 impl SessionState {
@@ -28,6 +30,7 @@ impl SessionState {
             SessionState::New => "new",
             SessionState::Existing => "existing",
             SessionState::Unavailable => "unavailable",
+            SessionState::Skipped => "skipped",
         }
     }
 }

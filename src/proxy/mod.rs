@@ -91,23 +91,31 @@ async fn pipeline(
     ctx: &mut RequestCtx,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let presented = request_filter(state, &mut req)?;
-    let current = match session::load(state, presented, ctx).await {
-        Ok(current) => Some(current),
-        Err(ProxyError::Store(error)) if fail_open(state) => {
-            tracing::warn!(%error, "session store failed; forwarding without a session (store.on_error = \"fail_open\")");
-            ctx.session = SessionState::Unavailable;
-            None
+    // A skipped path (static assets) costs no store call; the cookie was still taken out.
+    let current = if state.config.session.skip.matches(&ctx.path) {
+        ctx.session = SessionState::Skipped;
+        None
+    } else {
+        match session::load(state, presented, ctx).await {
+            Ok(current) => Some(current),
+            Err(ProxyError::Store(error)) if fail_open(state) => {
+                tracing::warn!(%error, "session store failed; forwarding without a session (store.on_error = \"fail_open\")");
+                ctx.session = SessionState::Unavailable;
+                None
+            }
+            Err(e) => return Err(e),
         }
-        Err(e) => return Err(e),
     };
     let limits = &state.config.limits;
     let mut req = req.map(|b| RequestBody::new(b, state.headers.clone(), limits));
     match &current {
         Some(current) => upstream_request_filter(state, peer, &mut req, current),
         None => {
-            let unavailable = state.headers.unavailable.clone();
-            req.headers_mut()
-                .insert(unavailable, HeaderValue::from_static("1"));
+            if ctx.session == SessionState::Unavailable {
+                let unavailable = state.headers.unavailable.clone();
+                req.headers_mut()
+                    .insert(unavailable, HeaderValue::from_static("1"));
+            }
             state.upstream.rewrite(&mut req, peer);
         }
     }
@@ -120,7 +128,7 @@ async fn pipeline(
         }
     })?;
     let instructions = upstream_response_filter(state, &mut resp);
-    // Without a session (fail_open) nothing is saved: the stored one stays as it was.
+    // Without a session (skipped, or fail_open) nothing is saved: the stored one stays as it was.
     if let Some(current) = &current {
         // The clock as of saving: the app may have taken a while, and expiry is judged now.
         match session::save(state, current, instructions, store::now_ms(), ctx).await {

@@ -39,6 +39,9 @@ mod lifetime;
 /// The admin listener: the JSON API on every store, the token, probes, metrics, the CLI.
 mod admin;
 
+/// `session.skip`: static paths with no store call and no session headers.
+mod skip;
+
 /// The Python WSGI adapter with the real interpreter, behind the real proxy.
 mod python;
 
