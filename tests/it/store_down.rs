@@ -4,9 +4,10 @@
 //! and sets or clears no cookie; the app's instructions (even a Destroy) are stripped and ignored.
 
 use crate::support::redis::RedisServer;
-use crate::support::{App, TestProxy};
+use crate::support::{App, Browser, TestProxy};
 
-async fn setup(on_error: &str) -> (RedisServer, App, TestProxy) {
+/// A proxy on a live Redis with `on_error`, and a browser whose session holds `{"user":"ada"}`.
+async fn setup(on_error: &str) -> (RedisServer, App, TestProxy, Browser, String) {
     let redis = RedisServer::start().await;
     let app = App::start().await;
     let toml = format!(
@@ -14,17 +15,17 @@ async fn setup(on_error: &str) -> (RedisServer, App, TestProxy) {
         redis.url()
     );
     let proxy = TestProxy::start(&app, &toml).await;
-    (redis, app, proxy)
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fail_closed_is_a_503_with_retry_after_and_the_app_is_not_called() {
-    let (mut redis, app, proxy) = setup("").await;
     let mut b = proxy.client();
     b.get("/")
         .app_responds_with(&[("X-Session-Update", r#"{"user":"ada"}"#)])
         .await;
     let cookie = b.cookie.clone().unwrap();
+    (redis, app, proxy, b, cookie)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_is_a_503_with_retry_after_and_the_app_is_not_called() {
+    let (mut redis, app, _proxy, mut b, cookie) = setup("").await;
     redis.stop();
     let hits = app.hits();
     let r = b
@@ -43,12 +44,7 @@ async fn fail_closed_is_a_503_with_retry_after_and_the_app_is_not_called() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_open_forwards_without_a_session_and_touches_no_cookie() {
-    let (mut redis, _app, proxy) = setup("on_error = \"fail_open\"").await;
-    let mut b = proxy.client();
-    b.get("/")
-        .app_responds_with(&[("X-Session-Update", r#"{"user":"ada"}"#)])
-        .await;
-    let cookie = b.cookie.clone().unwrap();
+    let (mut redis, _app, _proxy, mut b, cookie) = setup("on_error = \"fail_open\"").await;
     // Redis is down: the app is still called, told there is no session, and its session
     // instructions (even a Destroy) are stripped and ignored.
     redis.stop();
