@@ -30,6 +30,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// One id per request, in every log line, passed to the app and returned to the client.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names.
 /// `Upgrade` goes too: this proxy does not tunnel protocol upgrades.

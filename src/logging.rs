@@ -17,7 +17,7 @@ use tracing_subscriber::fmt::format::{DefaultVisitor, FormatFields, Writer};
 /// Keep the guard until exit: dropping it flushes the lines still queued.
 ///
 /// Not lossy: if the writer falls behind, requests wait rather than lines being dropped.
-pub fn init() -> tracing_appender::non_blocking::WorkerGuard {
+pub fn init(format: crate::config::LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
@@ -25,12 +25,14 @@ pub fn init() -> tracing_appender::non_blocking::WorkerGuard {
         .lossy(false)
         .thread_name("session-proxy-log")
         .finish(std::io::BufWriter::new(std::io::stderr()));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(ansi)
-        .fmt_fields(PlainFields)
-        .init();
+        .with_writer(writer);
+    match format {
+        crate::config::LogFormat::Text => builder.with_ansi(ansi).fmt_fields(PlainFields).init(),
+        // tracing-subscriber's own JSON: the event's fields at the top level of each object.
+        crate::config::LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
     guard
 }
 

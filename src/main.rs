@@ -12,8 +12,8 @@ use session_proxy::{Proxy, downstream, store};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Flushes the last log lines when main returns, on every path.
-    let _log = session_proxy::logging::init();
+    // The config decides the log's format, so it is read first; its errors go to stderr as
+    // they always did.
     let config = match cli.options.load() {
         Ok(c) => c,
         Err(e) => {
@@ -21,6 +21,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Flushes the last log lines when main returns, on every path.
+    let _log = session_proxy::logging::init(config.log_format);
     // `sessions copy` names its two stores on the command line: refused like a config.
     let copy = match &cli.command {
         Some(Command::Sessions {

@@ -127,6 +127,9 @@ pub struct Options {
     /// An unmodified session is written to extend its life at most this often (default idle/10).
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration_arg)]
     pub touch_interval: Option<DurationSpec>,
+    /// Log lines as `text` (key=value) or `json` (one object per line).
+    #[arg(long, global = true, value_name = "FORMAT")]
+    pub log_format: Option<String>,
     /// Serve the admin API, page and metrics on this address, e.g. 127.0.0.1:9090.
     #[arg(long, global = true, value_name = "ADDR")]
     pub admin_listen: Option<String>,
@@ -181,6 +184,7 @@ impl Options {
         set(&mut raw.session.absolute_timeout, &self.absolute_timeout);
         set(&mut raw.session.touch_interval, &self.touch_interval);
         set(&mut raw.admin.listen, &self.admin_listen);
+        set(&mut raw.log.format, &self.log_format);
         if let Some(file) = &self.admin_token_file {
             // The flag replaces whichever token the file configured.
             raw.admin.token = None;

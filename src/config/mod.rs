@@ -95,6 +95,17 @@ pub struct Config {
     /// The admin listener; `None` (no `[admin] listen`) means there is none.
     pub admin: Option<AdminConfig>,
     pub limits: Limits,
+    /// How log lines are written (`[log] format`).
+    pub log_format: LogFormat,
+}
+
+/// `text` (`key=value`, for people) or `json` (one object per line, for collectors): the same
+/// events and fields either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// `[limits]`: every resource a client can make the proxy hold is bounded here, so that slow,

@@ -27,6 +27,14 @@ pub struct RawConfig {
     pub admin: RawAdmin,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -132,7 +140,7 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 49] = [
+pub(crate) const KEYS: [&str; 50] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -182,6 +190,7 @@ pub(crate) const KEYS: [&str; 49] = [
     "limits.h2_max_concurrent_streams",
     "limits.h2_keep_alive_interval",
     "limits.h2_keep_alive_timeout",
+    "log.format",
 ];
 
 impl RawConfig {
@@ -260,7 +269,7 @@ mod tests {
         let every: Vec<&str> = [
             &fields!(RawConfig "" {
                 listen, upstream, shutdown_timeout, trust_forwarded_headers
-            } sections { cookie, session, store, upstream_timeouts, admin, limits })[..],
+            } sections { cookie, session, store, upstream_timeouts, admin, limits, log })[..],
             &fields!(RawCookie "cookie." {
                 name, max_age, expires, path, domain, secure, http_only, same_site, secret
             }),
@@ -279,6 +288,7 @@ mod tests {
                 max_head_size, max_uri_length, max_headers, body_idle_timeout, body_timeout,
                 h2_max_concurrent_streams, h2_keep_alive_interval, h2_keep_alive_timeout
             }),
+            &fields!(RawLog "log." { format }),
         ]
         .concat();
         assert_eq!(every, KEYS);

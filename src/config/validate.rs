@@ -12,8 +12,8 @@ use time::OffsetDateTime;
 use super::raw::{RawAdmin, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts};
 use super::{
     AdminConfig, Config, ConfigError, CookieConfig, DEFAULT_LISTEN, DEFAULT_UPSTREAM, DurationSpec,
-    FsConfig, Lifetime, Limits, OnStoreError, RawConfig, RedisConfig, SessionConfig, SkipRules,
-    SqliteConfig, StoreConfig, StoreKind, UpstreamTimeouts,
+    FsConfig, Lifetime, Limits, LogFormat, OnStoreError, RawConfig, RedisConfig, SessionConfig,
+    SkipRules, SqliteConfig, StoreConfig, StoreKind, UpstreamTimeouts,
 };
 use crate::protocol::ProtocolHeaders;
 
@@ -83,6 +83,16 @@ impl RawConfig {
             upstream_timeouts: upstream_timeouts(&at, self.upstream_timeouts)?,
             admin: admin(&at, self.admin)?,
             limits: limits(&at, self.limits)?,
+            log_format: match self.log.format.as_deref() {
+                None | Some("text") => LogFormat::Text,
+                Some("json") => LogFormat::Json,
+                Some(other) => {
+                    return Err(at.bad(
+                        "log.format",
+                        format!("{other:?} is not one of \"text\", \"json\""),
+                    ));
+                }
+            },
         })
     }
 }
@@ -878,6 +888,7 @@ mod tests {
                 "limits.h2_keep_alive_timeout",
                 "[limits]\nh2_keep_alive_timeout = \"never\"",
             ),
+            ("log.format", "[log]\nformat = \"xml\""),
         ];
         let covered: Vec<&str> = cases.iter().map(|(key, _)| *key).collect();
         assert_eq!(covered, KEYS, "one case per key, in file order");

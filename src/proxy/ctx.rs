@@ -4,7 +4,9 @@
 
 use std::time::Instant;
 
-use http::Method;
+use http::{HeaderValue, Method};
+
+use crate::http::X_REQUEST_ID;
 
 use crate::error::ProxyError;
 
@@ -66,9 +68,30 @@ impl StoreWrite {
     }
 }
 
+/// The client's `X-Request-Id` when it is well formed (1 to 64 characters of `A-Z a-z 0-9 - _ .`,
+/// so it cannot break a log line or smuggle anything to the app), else a fresh one: 32 hex
+/// digits from the thread's generator (an id to correlate lines, not a secret).
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    let mut values = headers.get_all(X_REQUEST_ID).iter();
+    if let (Some(v), None) = (values.next(), values.next()) {
+        let b = v.as_bytes();
+        if (1..=64).contains(&b.len())
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        {
+            return v.clone();
+        }
+    }
+    let id = format!("{:032x}", rand::random::<u128>());
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
 /// Filled in as the phases run; read once by the logging phase.
 #[derive(Debug)]
 pub struct RequestCtx {
+    /// Sent to the app and back to the client, and in the access line.
+    pub request_id: HeaderValue,
     pub start: Instant,
     pub method: Method,
     /// The path only: a query string may carry secrets.
@@ -82,6 +105,7 @@ pub struct RequestCtx {
 impl RequestCtx {
     pub fn new<B>(req: &http::Request<B>) -> Self {
         RequestCtx {
+            request_id: request_id(req.headers()),
             start: Instant::now(),
             method: req.method().clone(),
             path: req.uri().path().to_owned(),

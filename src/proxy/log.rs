@@ -13,8 +13,12 @@ pub fn logging(ctx: &RequestCtx, status: StatusCode) {
     let status = status.as_u16();
     let (method, path) = (ctx.method.as_str(), ctx.path.as_str());
     let (session, saved) = (ctx.session.as_str(), ctx.write.as_str());
+    // Well formed by construction (ctx.rs): plain ASCII, written as it is.
+    let request_id = ctx.request_id.to_str().unwrap_or("-");
     match &ctx.error {
-        None => tracing::info!(method, path, status, latency_us, session, saved, "request"),
+        None => tracing::info!(
+            method, path, status, latency_us, session, saved, request_id, "request"
+        ),
         Some(e) if e.fault() == Fault::Client => tracing::info!(
             method,
             path,
@@ -22,6 +26,7 @@ pub fn logging(ctx: &RequestCtx, status: StatusCode) {
             latency_us,
             session,
             saved,
+            request_id,
             fault = Fault::Client.as_str(),
             error = %e,
             "request refused"
@@ -33,6 +38,7 @@ pub fn logging(ctx: &RequestCtx, status: StatusCode) {
             latency_us,
             session,
             saved,
+            request_id,
             fault = e.fault().as_str(),
             error = %e,
             "request failed"

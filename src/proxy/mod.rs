@@ -20,7 +20,7 @@ use crate::config::{Config, OnStoreError};
 use crate::cookie::{Cookies, Presented};
 use crate::downstream::Peer;
 use crate::error::{self, ClientError, ProxyError};
-use crate::http::{ProxyBody, Trailers, strip_hop_by_hop};
+use crate::http::{ProxyBody, Trailers, X_REQUEST_ID, strip_hop_by_hop};
 use crate::metrics::{Metrics, Rejected};
 use crate::protocol::{Instructions, ProtocolHeaders, codec, parse_instructions};
 use crate::store::{self, SessionStore};
@@ -68,7 +68,7 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut ctx = RequestCtx::new(&req);
-    let resp = match pipeline(&state, &peer, req, &mut ctx).await {
+    let mut resp = match pipeline(&state, &peer, req, &mut ctx).await {
         Ok(resp) => resp,
         Err(e) => {
             let resp = error::response(&e);
@@ -76,6 +76,8 @@ pub async fn handle(
             resp
         }
     };
+    resp.headers_mut()
+        .insert(X_REQUEST_ID, ctx.request_id.clone());
     let status = resp.status();
     state
         .metrics
@@ -91,6 +93,8 @@ async fn pipeline(
     ctx: &mut RequestCtx,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let presented = request_filter(state, &mut req)?;
+    req.headers_mut()
+        .insert(X_REQUEST_ID, ctx.request_id.clone());
     // A skipped path (static assets) costs no store call; the cookie was still taken out.
     let current = if state.config.session.skip.matches(&ctx.path) {
         ctx.session = SessionState::Skipped;

@@ -70,8 +70,10 @@ async fn the_access_log_has_one_line_per_request_and_is_flushed_at_exit() {
         .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
         .await;
     assert_eq!(r.status, 200);
+    let mut ids = vec![r.headers["x-request-id"].to_str().unwrap().to_owned()];
     let r = get(proxy.addr, "/missing").app_status(404).await;
     assert_eq!(r.status, 404);
+    ids.push(r.headers["x-request-id"].to_str().unwrap().to_owned());
     proxy.signal("TERM");
     let code = tokio::task::spawn_blocking(move || proxy.wait_exit(Duration::from_secs(10)))
         .await
@@ -86,7 +88,7 @@ async fn the_access_log_has_one_line_per_request_and_is_flushed_at_exit() {
             .nth(1)
             .unwrap()
             .split(' ')
-            .filter(|f| !f.starts_with("latency_us="))
+            .filter(|f| !f.starts_with("latency_us=") && !f.starts_with("request_id="))
             .map(str::to_owned)
             .collect()
     };
@@ -111,6 +113,14 @@ async fn the_access_log_has_one_line_per_request_and_is_flushed_at_exit() {
             "saved=none"
         ],
     );
+    // The request id the client got back is the one in the line: 32 hex digits, made here.
+    for (line, id) in requests.iter().zip(&ids) {
+        assert!(line.contains(&format!(" request_id={id}")), "{line}");
+        assert!(
+            id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{id}"
+        );
+    }
     for line in &requests {
         let us = line
             .split(' ')
@@ -119,4 +129,71 @@ async fn the_access_log_has_one_line_per_request_and_is_flushed_at_exit() {
         assert!(us.parse::<u64>().is_ok(), "{line}");
     }
     assert!(text.contains("all connections closed"), "{text}");
+}
+
+/// `--log-format json`: the same access line as one JSON object; the request id is the
+/// client's when well formed (passed to the app and returned), a fresh one otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_json_log_has_the_same_fields_and_the_request_id() {
+    let app = App::start().await;
+    let app_url = format!("http://{}", app.addr);
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut proxy = ProxyProcess::spawn_logging(
+        &[
+            "--store",
+            "memory",
+            "--upstream",
+            app_url.as_str(),
+            "--log-format",
+            "json",
+        ],
+        "info",
+        log.reopen().unwrap(),
+    );
+    let kept = get(proxy.addr, "/a")
+        .client_sends(&[("x-request-id", "req-42.A_b")])
+        .await;
+    assert_eq!(kept.headers["x-request-id"], "req-42.A_b");
+    assert_eq!(
+        kept.app_saw().header("x-request-id").as_deref(),
+        Some("req-42.A_b")
+    );
+    let replaced = get(proxy.addr, "/b")
+        .client_sends(&[("x-request-id", "two words\" x=1")])
+        .await;
+    let fresh = replaced.headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(fresh.len(), 32, "{fresh}");
+    assert_eq!(
+        replaced.app_saw().header("x-request-id"),
+        Some(fresh.clone())
+    );
+    proxy.signal("TERM");
+    let code = tokio::task::spawn_blocking(move || proxy.wait_exit(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let requests: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l["message"] == "request").collect();
+    assert_eq!(requests.len(), 2, "{text}");
+    for (line, (path, id)) in requests
+        .iter()
+        .zip([("/a", "req-42.A_b"), ("/b", fresh.as_str())])
+    {
+        assert_eq!(line["method"], "GET");
+        assert_eq!(line["path"], path);
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["session"], "new");
+        assert_eq!(line["saved"], "none");
+        assert_eq!(line["request_id"], id);
+        assert!(line["latency_us"].is_u64(), "{line}");
+    }
 }
