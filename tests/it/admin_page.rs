@@ -56,6 +56,19 @@ async fn text_of(chrome: &Chrome, css: &str) -> String {
         .unwrap()
 }
 
+/// Whether the element `css` carries the `hidden` attribute.
+async fn is_hidden(chrome: &Chrome, css: &str) -> bool {
+    chrome
+        .client()
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("no {css}: {e}"))
+        .attr("hidden")
+        .await
+        .unwrap()
+        .is_some()
+}
+
 async fn click(chrome: &Chrome, css: &str) {
     chrome
         .client()
@@ -198,16 +211,7 @@ async fn the_admin_page_in_a_real_browser() {
         )
         .await;
     assert_eq!(wait_message(&chrome, "admin token").await, "message error");
-    assert!(
-        client
-            .find(Locator::Css("#app"))
-            .await
-            .unwrap()
-            .attr("hidden")
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(is_hidden(&chrome, "#app").await);
 
     // A wrong token is refused and the form stays.
     type_into(&chrome, "#token-input", "not-the-token").await;
@@ -353,16 +357,7 @@ async fn the_admin_page_in_a_real_browser() {
     assert_eq!(wait_message(&chrome, "Deleted session").await, "message ok");
     wait_rows(&chrome, all.len() - 1).await;
     assert!(!listed_ids(&chrome).await.contains(&guest_id));
-    assert!(
-        client
-            .find(Locator::Css("#detail"))
-            .await
-            .unwrap()
-            .attr("hidden")
-            .await
-            .unwrap()
-            .is_some()
-    );
+    assert!(is_hidden(&chrome, "#detail").await);
     assert_eq!(api_session(&proxy, &guest_id).await.0, 404);
     let seen = guest.get("/").await.app_saw();
     assert!(seen.is_new(), "the deleted session's user starts fresh");

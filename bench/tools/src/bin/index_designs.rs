@@ -23,6 +23,7 @@
 //! ```
 //! One line of tab-separated `key=value` fields per run.
 
+use bench_tools::rss_bytes;
 use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, RwLock};
@@ -285,16 +286,6 @@ fn data(i: u64, len: usize) -> String {
     let head = format!("{{\"visits\":{i},\"profile\":\"");
     let pad = len.saturating_sub(head.len() + 2);
     format!("{head}{}\"}}", "p".repeat(pad))
-}
-
-fn rss_bytes() -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/self/status"))?;
-    Ok(kib * 1024)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

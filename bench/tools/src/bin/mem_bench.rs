@@ -11,21 +11,12 @@
 //! ```
 //! It prints one line of tab-separated `key=value` fields (read by `loadgen report`).
 
+use bench_tools::rss_bytes;
 use std::sync::Arc;
 
 use session_proxy::session::SessionId;
 use session_proxy::store::memory::MemoryStore;
 use session_proxy::store::{Record, SessionStore as _, now_ms};
-
-fn rss_bytes() -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/self/status"))?;
-    Ok(kib * 1024)
-}
 
 /// A JSON object of exactly `len` bytes (for `len >= 32`), different for every `i`.
 fn data(i: u64, len: usize) -> String {
