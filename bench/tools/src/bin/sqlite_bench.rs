@@ -6,6 +6,8 @@
 //! - `scale`: a file of `--sessions` sessions (default 1,000,000, a tenth of them expired):
 //!   how long the store takes to open, a page of 50 (the first and at random cursors), a point
 //!   read, and the prune of the expired ones.
+//! - `fill`: only the file of `scale` (`--sessions`, a tenth expired), left at `--path` for a
+//!   proxy to open: `bench/sqlite_prune.sh` measures requests while the sweeper prunes it.
 //!
 //! ```not_rust
 //! cargo run --release -p bench-tools --bin sqlite_bench -- reads --seconds 5
@@ -152,6 +154,19 @@ async fn reads(dir: &Path, seconds: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Leaves a file of `sessions` sessions, a tenth of them expired, at `path`.
+async fn fill_file(path: &Path, sessions: u64) -> anyhow::Result<()> {
+    let store = Arc::new(SqliteStore::open(config(path)).await?);
+    let start = Instant::now();
+    let live = fill(&store, sessions, 10).await?;
+    println!(
+        "bench=fill\tsessions={sessions}\texpired={}\tsecs={:.1}",
+        sessions - live.len() as u64,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 async fn scale(dir: &Path, sessions: u64) -> anyhow::Result<()> {
     let path = dir.join("scale.db");
     let store = Arc::new(SqliteStore::open(config(&path)).await?);
@@ -216,6 +231,7 @@ fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let what = args.next().unwrap_or_default();
     let (mut sessions, mut seconds, mut dir) = (1_000_000u64, 5u64, None::<PathBuf>);
+    let mut path = None::<PathBuf>;
     while let Some(arg) = args.next() {
         let value = args
             .next()
@@ -224,6 +240,7 @@ fn main() -> anyhow::Result<()> {
             "--sessions" => sessions = value.parse()?,
             "--seconds" => seconds = value.parse()?,
             "--dir" => dir = Some(PathBuf::from(value)),
+            "--path" => path = Some(PathBuf::from(value)),
             _ => anyhow::bail!("unknown flag {arg}"),
         }
     }
@@ -240,8 +257,12 @@ fn main() -> anyhow::Result<()> {
         match what.as_str() {
             "reads" => reads(&work, seconds).await,
             "scale" => scale(&work, sessions).await,
+            "fill" => match &path {
+                Some(path) => fill_file(path, sessions).await,
+                None => anyhow::bail!("fill needs --path FILE"),
+            },
             _ => anyhow::bail!(
-                "usage: sqlite_bench reads|scale [--sessions N] [--seconds N] [--dir DIR]"
+                "usage: sqlite_bench reads|scale|fill [--sessions N] [--seconds N] [--dir DIR] [--path FILE]"
             ),
         }
     });
