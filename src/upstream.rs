@@ -261,14 +261,14 @@ fn trusted_chains(
                 None
             }
         });
-    let new_xff = match (&xff, &forwarded) {
-        (Some(list), _) => extended(list.clone(), peer.forwarded_for.as_bytes()),
-        (None, Some((_, nodes))) => extended(xff_from_nodes(nodes), peer.forwarded_for.as_bytes()),
+    let new_forwarded = match (&forwarded, &xff) {
+        (Some((list, _)), _) => extended(list.clone(), element.as_bytes()),
+        (None, Some(list)) => extended(forwarded_from_xff(list), element.as_bytes()),
         (None, None) => None,
     };
-    let new_forwarded = match (forwarded, &xff) {
-        (Some((list, _)), _) => extended(list, element.as_bytes()),
-        (None, Some(list)) => extended(forwarded_from_xff(list), element.as_bytes()),
+    let new_xff = match (xff, forwarded) {
+        (Some(list), _) => extended(list, peer.forwarded_for.as_bytes()),
+        (None, Some((_, nodes))) => extended(xff_from_nodes(&nodes), peer.forwarded_for.as_bytes()),
         (None, None) => None,
     };
     (
@@ -366,11 +366,11 @@ fn forwarded_for_values(list: &[u8]) -> Option<Vec<Option<Vec<u8>>>> {
                 while list.get(i).copied().is_some_and(is_tchar) {
                     i += 1;
                 }
+                if i == start {
+                    return None;
+                }
                 list[start..i].to_vec()
             };
-            if value.is_empty() && list.get(i - 1) != Some(&b'"') {
-                return None;
-            }
             if name == b"for" {
                 for_value = Some(value);
             }
