@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Load benchmark of session-proxy (issue [perf]): one command, from a clean checkout.
 #
-#   bench/load.sh                  # every case, 10 s each (about 4 minutes), writes bench/RESULTS.md
+#   bench/load.sh                  # every case, 10 s each (about 6 minutes), writes bench/RESULTS.md
 #   DURATION=3 bench/load.sh       # a quick run
 #
 # It builds in release, then for each case starts a fresh upstream (bench/tools/src/bin/bench_upstream.rs)
@@ -9,7 +9,9 @@
 # bench/tools/src/bin/loadgen.rs: 64 keep-alive connections, each with its own cookie jar, so sessions are
 # real and reused. Cases: direct to the upstream (the limit), then the proxy with the memory store,
 # the memory store again with the default log level (memory-info: one access-log line per request
-# to stderr, which goes to a file), the sqlite store (the default) with fsync on and off, the fs
+# to stderr, which goes to a file), the memory store asked for a path that `[session] skip` lists
+# (memory-skip: `skip = ["/static/"]`, every request to /static/x, so no store call and no session
+# headers; its rows against the memory rows of the same run show what a skipped path saves), the sqlite store (the default) with fsync on and off, the fs
 # store with fsync on and off, and the Redis store (on a
 # redis-server of our own); each for
 # a read-heavy mix (10 % of requests update the session), a write-heavy mix (every request
@@ -23,7 +25,7 @@
 # Every process started here is stopped by its PID on exit, however the script ends.
 #
 # Environment (defaults in brackets): DURATION [10] and WARMUP [1] seconds per case,
-# CONNECTIONS [64], TARGETS ["direct nginx memory memory-info sqlite-fsync sqlite-nofsync fs-fsync fs-nofsync redis"],
+# CONNECTIONS [64], TARGETS ["direct nginx memory memory-info memory-skip sqlite-fsync sqlite-nofsync fs-fsync fs-nofsync redis"],
 # MIXES ["read write new"],
 # MEM_SESSIONS [1000000] (0 skips the memory benchmark), LOADGEN_CPU [0], SERVER_CPU [1],
 # OUT [bench/RESULTS.md].
@@ -33,7 +35,7 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-64}
-TARGETS=${TARGETS:-direct nginx memory memory-info sqlite-fsync sqlite-nofsync fs-fsync fs-nofsync redis}
+TARGETS=${TARGETS:-direct nginx memory memory-info memory-skip sqlite-fsync sqlite-nofsync fs-fsync fs-nofsync redis}
 MIXES=${MIXES:-read write new}
 MEM_SESSIONS=${MEM_SESSIONS:-1000000}
 LOADGEN_CPU=${LOADGEN_CPU:-0}
@@ -146,7 +148,7 @@ config() {
     echo 'shutdown_timeout = "1s"'
     echo '[store]'
     case $target in
-      memory | memory-info) echo 'kind = "memory"' ;;
+      memory | memory-info | memory-skip) echo 'kind = "memory"' ;;
       sqlite-fsync | sqlite-nofsync)
         echo 'kind = "sqlite"'
         echo "path = \"$WORK/sessions-$target.db\""
@@ -162,6 +164,10 @@ config() {
         echo "url = \"redis://127.0.0.1:$REDIS_PORT/0\""
         ;;
     esac
+    if [ "$target" = memory-skip ]; then
+      echo '[session]'
+      echo 'skip = ["/static/"]'
+    fi
   } >"$file"
   echo "$file"
 }
@@ -226,6 +232,7 @@ run_case() {
       return
     fi
     url="http://$proxy_addr/"
+    [ "$target" = memory-skip ] && url="http://$proxy_addr/static/x"
     pids+=(--pid "proxy=$proxy_pid")
   fi
   [ "$target" = redis ] && pids+=(--pid "redis=$REDIS_PID")

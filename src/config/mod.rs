@@ -86,8 +86,8 @@ pub struct Config {
     /// Scheme and authority of the upstream (always `http`).
     pub upstream: Authority,
     pub shutdown_timeout: Duration,
-    /// Keep a front proxy's `X-Forwarded-Proto`/`-Host` instead of overwriting them.
-    pub trust_forwarded_headers: bool,
+    /// The peers whose forwarding headers are believed (`trusted_proxies`).
+    pub trusted_proxies: TrustedProxies,
     pub cookie: CookieConfig,
     pub session: SessionConfig,
     pub store: StoreConfig,
@@ -97,6 +97,57 @@ pub struct Config {
     pub limits: Limits,
     /// How log lines are written (`[log] format`).
     pub log_format: LogFormat,
+}
+
+/// The networks of the front proxies whose forwarding headers (`X-Forwarded-*`, `Forwarded`,
+/// `X-Real-IP`, …) are passed on and extended; from any other peer they are replaced. Matched
+/// once per connection, against the peer's address with an IPv4-mapped IPv6 address read as
+/// the IPv4 address it is (a dual-stack listener reports IPv4 clients that way).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedProxies(Vec<ipnet::IpNet>);
+
+impl TrustedProxies {
+    /// Parses one entry: a network (`10.0.0.0/8`, `fd00::/8`) or a bare address (a /32 or a
+    /// /128). A network with host bits set (`10.0.0.1/8`) is refused: it is more often a typo
+    /// for one address than a wish to trust the whole network.
+    pub fn parse_entry(text: &str) -> Result<ipnet::IpNet, String> {
+        let text = text.trim();
+        if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+            return Ok(ipnet::IpNet::from(ip.to_canonical()));
+        }
+        let net: ipnet::IpNet = text.parse().map_err(|_| {
+            format!("{text:?} is not an IP address or a network like \"10.0.0.0/8\"")
+        })?;
+        if net.trunc() != net {
+            return Err(format!(
+                "{text:?} has host bits set: write the network ({:?}) or the address alone",
+                net.trunc().to_string()
+            ));
+        }
+        // Peers are matched as IPv4 when they are IPv4-mapped, so a mapped network must be too.
+        if let ipnet::IpNet::V6(v6) = net
+            && let Some(v4) = v6.network().to_ipv4_mapped()
+            && v6.prefix_len() >= 96
+            && let Ok(v4) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+        {
+            return Ok(ipnet::IpNet::V4(v4));
+        }
+        Ok(net)
+    }
+
+    pub fn new(nets: Vec<ipnet::IpNet>) -> Self {
+        TrustedProxies(nets)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether a peer at `ip` is one of the trusted proxies.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.0.iter().any(|net| net.contains(&ip))
+    }
 }
 
 /// `text` (`key=value`, for people) or `json` (one object per line, for collectors): the same

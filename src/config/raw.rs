@@ -14,7 +14,10 @@ pub struct RawConfig {
     pub listen: Option<String>,
     pub upstream: Option<String>,
     pub shutdown_timeout: Option<DurationSpec>,
-    pub trust_forwarded_headers: Option<bool>,
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Replaced by `trusted_proxies`: kept only so that any value of it is refused with the
+    /// migration, rather than as an unknown key.
+    pub trust_forwarded_headers: Option<toml::Value>,
     #[serde(default)]
     pub cookie: RawCookie,
     #[serde(default)]
@@ -140,10 +143,11 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 50] = [
+pub(crate) const KEYS: [&str; 51] = [
     "listen",
     "upstream",
     "shutdown_timeout",
+    "trusted_proxies",
     "trust_forwarded_headers",
     "cookie.name",
     "cookie.max_age",
@@ -268,7 +272,7 @@ mod tests {
     fn keys_lists_every_field_of_the_file() {
         let every: Vec<&str> = [
             &fields!(RawConfig "" {
-                listen, upstream, shutdown_timeout, trust_forwarded_headers
+                listen, upstream, shutdown_timeout, trusted_proxies, trust_forwarded_headers
             } sections { cookie, session, store, upstream_timeouts, admin, limits, log })[..],
             &fields!(RawCookie "cookie." {
                 name, max_age, expires, path, domain, secure, http_only, same_site, secret

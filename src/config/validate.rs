@@ -13,7 +13,7 @@ use super::raw::{RawAdmin, RawCookie, RawLimits, RawSession, RawStore, RawTimeou
 use super::{
     AdminConfig, Config, ConfigError, CookieConfig, DEFAULT_LISTEN, DEFAULT_UPSTREAM, DurationSpec,
     FsConfig, Lifetime, Limits, LogFormat, OnStoreError, RawConfig, RedisConfig, SessionConfig,
-    SkipRules, SqliteConfig, StoreConfig, StoreKind, UpstreamTimeouts,
+    SkipRules, SqliteConfig, StoreConfig, StoreKind, TrustedProxies, UpstreamTimeouts,
 };
 use crate::protocol::ProtocolHeaders;
 
@@ -76,7 +76,11 @@ impl RawConfig {
                 &self.shutdown_timeout,
                 Duration::from_secs(30),
             )?,
-            trust_forwarded_headers: self.trust_forwarded_headers.unwrap_or(false),
+            trusted_proxies: trusted_proxies(
+                &at,
+                self.trusted_proxies,
+                self.trust_forwarded_headers,
+            )?,
             cookie: cookie(&at, self.cookie)?,
             session: session(&at, self.session)?,
             store: store(&at, self.store)?,
@@ -100,6 +104,34 @@ impl RawConfig {
 fn listen(at: &Origin, text: &str) -> Result<SocketAddr, ConfigError> {
     text.parse()
         .map_err(|e| at.bad("listen", format!("{text:?} is not an ip:port address: {e}")))
+}
+
+/// `trusted_proxies`, and the key it replaced. `trust_forwarded_headers` trusted every peer or
+/// none; whatever it was set to is refused with what to write instead, so that no upgrade
+/// silently starts (or stops) believing a front proxy.
+fn trusted_proxies(
+    at: &Origin,
+    list: Option<Vec<String>>,
+    old: Option<toml::Value>,
+) -> Result<TrustedProxies, ConfigError> {
+    if let Some(old) = old {
+        let instead = if old.as_bool() == Some(false) {
+            "delete the line: without `trusted_proxies` no peer is trusted, as with false"
+        } else {
+            "list the addresses of your front proxies, e.g. trusted_proxies = [\"127.0.0.1\"]"
+        };
+        return Err(at.bad(
+            "trust_forwarded_headers",
+            format!("was replaced by `trusted_proxies`: {instead}"),
+        ));
+    }
+    let nets = list
+        .unwrap_or_default()
+        .iter()
+        .map(|entry| TrustedProxies::parse_entry(entry))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|m| at.bad("trusted_proxies", m))?;
+    Ok(TrustedProxies::new(nets))
 }
 
 fn parse_upstream(text: &str) -> Result<Authority, String> {
@@ -788,10 +820,8 @@ mod tests {
             ("listen", "listen = \"nowhere\""),
             ("upstream", "upstream = \"https://x\""),
             ("shutdown_timeout", "shutdown_timeout = \"soon\""),
-            (
-                "trust_forwarded_headers",
-                "trust_forwarded_headers = \"yes\"",
-            ),
+            ("trusted_proxies", "trusted_proxies = [\"10.0.0.0/33\"]"),
+            ("trust_forwarded_headers", "trust_forwarded_headers = true"),
             ("cookie.name", "[cookie]\nname = \"a b\""),
             ("cookie.max_age", "[cookie]\nmax_age = true"),
             ("cookie.expires", "[cookie]\nexpires = \"tomorrow\""),
@@ -1059,6 +1089,97 @@ mod tests {
         assert_eq!(
             c.session.lifetime.touch_interval,
             Duration::from_millis(500)
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_match_networks_and_bare_addresses() {
+        let c = check(
+            "trusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\", \"::1\", \"fd00::/8\", \"::ffff:198.51.100.0/120\"]",
+        )
+        .unwrap();
+        let trusted = |ip: &str| c.trusted_proxies.contains(ip.parse().unwrap());
+        for ip in [
+            "10.0.0.1",
+            "10.255.255.255",
+            "192.0.2.7",
+            "::1",
+            "fd12:3456::1",
+            // IPv4-mapped peers (a dual-stack listener) are the IPv4 address they carry.
+            "::ffff:10.1.2.3",
+            "::ffff:192.0.2.7",
+            // A mapped network is an IPv4 one.
+            "198.51.100.9",
+            "::ffff:198.51.100.200",
+        ] {
+            assert!(trusted(ip), "{ip}");
+        }
+        for ip in [
+            "11.0.0.1",
+            "192.0.2.8",
+            "127.0.0.1",
+            "::2",
+            "fe80::1",
+            "::ffff:11.0.0.1",
+            "198.51.101.1",
+        ] {
+            assert!(!trusted(ip), "{ip}");
+        }
+        assert!(check("").unwrap().trusted_proxies.is_empty());
+        assert!(
+            !check("")
+                .unwrap()
+                .trusted_proxies
+                .contains("127.0.0.1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_bad_trusted_proxy_names_the_key_and_the_value() {
+        for (entry, want) in [
+            (
+                "10.0.0.0/33",
+                "\"10.0.0.0/33\" is not an IP address or a network",
+            ),
+            (
+                "localhost",
+                "\"localhost\" is not an IP address or a network",
+            ),
+            (
+                "10.0.0.1/8",
+                "\"10.0.0.1/8\" has host bits set: write the network (\"10.0.0.0/8\")",
+            ),
+            ("", "\"\" is not an IP address"),
+        ] {
+            let err =
+                check(&format!("trusted_proxies = [\"127.0.0.1\", \"{entry}\"]")).unwrap_err();
+            assert!(err.starts_with("t.toml: `trusted_proxies`: "), "{err}");
+            assert!(err.contains(want), "{entry:?}: {err}");
+        }
+        let err = check("trusted_proxies = \"10.0.0.0/8\"").unwrap_err();
+        assert!(err.starts_with("t.toml: `trusted_proxies`: "), "{err}");
+    }
+
+    /// The old all-or-nothing key is refused, whatever its value, with what to write instead.
+    #[test]
+    fn trust_forwarded_headers_is_refused_with_its_replacement() {
+        assert_eq!(
+            check("trust_forwarded_headers = true").unwrap_err(),
+            "t.toml: `trust_forwarded_headers`: was replaced by `trusted_proxies`: list the \
+             addresses of your front proxies, e.g. trusted_proxies = [\"127.0.0.1\"]"
+        );
+        assert_eq!(
+            check("trust_forwarded_headers = false").unwrap_err(),
+            "t.toml: `trust_forwarded_headers`: was replaced by `trusted_proxies`: delete the \
+             line: without `trusted_proxies` no peer is trusted, as with false"
+        );
+        let err =
+            check("trust_forwarded_headers = \"yes\"\ntrusted_proxies = [\"::1\"]").unwrap_err();
+        assert!(
+            err.starts_with(
+                "t.toml: `trust_forwarded_headers`: was replaced by `trusted_proxies`: list"
+            ),
+            "{err}"
         );
     }
 

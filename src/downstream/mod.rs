@@ -95,7 +95,8 @@ pub async fn serve(
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    let peer = Peer::new(remote, stream.local_addr().ok());
+                    let peer = Peer::new(remote, stream.local_addr().ok())
+                        .trusting(&state.config.trusted_proxies);
                     let conn = Connection {
                         builder: builder.clone(),
                         state: state.clone(),

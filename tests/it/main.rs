@@ -75,7 +75,8 @@ mod reserved;
 /// Concurrent regenerates of one session leave one new id; racing updates never set a dead id.
 mod regenerate;
 
-/// Host by RFC 9112/9113, CONNECT refused, forged forwarding headers removed or overwritten.
+/// Host by RFC 9112/9113, CONNECT refused, forged forwarding headers removed or overwritten;
+/// `trusted_proxies`: a listed peer's X-Forwarded-For and Forwarded chains kept and extended.
 mod forwarding;
 
 /// A raw-TCP app whose response framing is ambiguous (CL+TE, an unasked 101): a 502.

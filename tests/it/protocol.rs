@@ -303,7 +303,7 @@ async fn forwarded_proto_and_host_from_a_front_proxy_are_kept_only_when_trusted(
     assert_eq!(seen.headers("x-forwarded-proto"), vec!["http"]);
     assert_ne!(seen.headers("x-forwarded-host"), vec!["www.example"]);
 
-    let (_app, trusted, _b) = setup("trust_forwarded_headers = true").await;
+    let (_app, trusted, _b) = setup("trusted_proxies = [\"127.0.0.1\"]").await;
     let seen = get(trusted.addr, "/").client_sends(&front).await.app_saw();
     assert_eq!(seen.headers("x-forwarded-proto"), vec!["https"]);
     assert_eq!(seen.headers("x-forwarded-host"), vec!["www.example"]);
