@@ -205,6 +205,14 @@ impl Options {
                     .filter(|s| !s.is_empty())
                     .map(|s| Secret::from(s.to_owned()))
                     .collect();
+                if secrets.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        file: origin.to_owned(),
+                        key: "--cookie-secret",
+                        message: "holds no secret (is SESSION_PROXY_COOKIE_SECRET empty?)"
+                            .to_owned(),
+                    });
+                }
                 raw.cookie.secret = Some(Secrets::Many(secrets));
                 raw.cookie.secret_file = None;
             }
@@ -364,6 +372,17 @@ mod tests {
         assert!(
             err.to_string()
                 .starts_with("t.toml: `--cookie-secret-file`: give either"),
+            "{err}"
+        );
+
+        let cli = Cli::try_parse_from(["session-proxy", "--cookie-secret", "\n \n"]).unwrap();
+        let err = cli
+            .options
+            .apply(&mut RawConfig::default(), "t.toml")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("t.toml: `--cookie-secret`: holds no secret"),
             "{err}"
         );
     }

@@ -171,7 +171,8 @@ pub struct CookieConfig {
     pub http_only: bool,
     pub same_site: SameSite,
     /// The signing keys (HMAC-SHA256), in the configured order: the first signs, every one
-    /// verifies; empty, cookies are not signed. Derived here, from secrets checked to be long
+    /// verifies; empty, cookies are not signed. As loaded at start: the keys in use, which a
+    /// SIGHUP may replace, are the `Cookies`' `KeyRing`'s. Derived here, from secrets checked to be long
     /// enough, so the cookie code has no weak or missing key to fall back from.
     pub keys: Vec<::cookie::Key>,
     /// Where the secrets were read from (`cookie.secret_file`), if from a file: its mode is
