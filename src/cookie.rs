@@ -1,17 +1,23 @@
 //! The session cookie: finding it in a request (and taking it out of what the upstream sees),
 //! checking its signature, and building the `Set-Cookie` that sets or expires it.
 
+use std::sync::Arc;
+
 use cookie::{Cookie, CookieJar};
 use http::header::{COOKIE, HeaderMap, HeaderValue, SET_COOKIE};
 
 use crate::config::CookieConfig;
+use crate::metrics::{CookieMetrics, Metrics};
+use crate::secrets::{KeyRing, KeySet};
 use crate::session::SessionId;
 
-/// The configured cookie (its signing key derived once, by the config), with its `Set-Cookie`
-/// attributes rendered once: a proxy sets this cookie on every write, so only the value and a
-/// max-age-based `Expires` are formatted per response.
+/// The configured cookie, with its `Set-Cookie` attributes rendered once: a proxy sets this
+/// cookie on every write, so only the value and a max-age-based `Expires` are formatted per
+/// response. The keys (derived once, by the config) live in a [`KeyRing`], replaceable while
+/// serving.
 pub struct Cookies {
     config: CookieConfig,
+    keys: Arc<KeyRing>,
     /// `name=`, then everything after the value that never changes: `; Path=/; HttpOnly; ...`.
     prefix: String,
     suffix: String,
@@ -24,7 +30,7 @@ impl std::fmt::Debug for Cookies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cookies")
             .field("name", &self.config.name)
-            .field("signed", &self.config.key.is_some())
+            .field("signed", &self.keys.current().is_signed())
             .finish()
     }
 }
@@ -34,8 +40,12 @@ impl std::fmt::Debug for Cookies {
 pub enum Presented {
     /// No session cookie at all.
     None,
-    /// A cookie with a valid, correctly signed id.
+    /// A cookie with a valid id, signed with the key that signs (or not signed, when cookies
+    /// are not).
     Valid(SessionId),
+    /// A cookie with a valid id signed with an older key, still accepted (key rotation): the
+    /// response re-sets it, signed with the current key.
+    OldKey(SessionId),
     /// A cookie was sent but no value was a valid (signed) id: possibly tampering.
     Invalid,
 }
@@ -64,7 +74,18 @@ fn expires_at(age: std::time::Duration) -> Option<std::time::SystemTime> {
 }
 
 impl Cookies {
+    /// The cookie, its verifications counted nowhere (for tests and tools).
     pub fn new(config: CookieConfig) -> Self {
+        Self::with_metrics(config, CookieMetrics::default())
+    }
+
+    /// The cookie, counting its verifications per key into the proxy's metrics.
+    pub fn metered(config: CookieConfig, metrics: &Metrics) -> Self {
+        Self::with_metrics(config, metrics.cookie())
+    }
+
+    fn with_metrics(config: CookieConfig, metrics: CookieMetrics) -> Self {
+        let keys = Arc::new(KeyRing::new(config.keys.clone(), metrics));
         // The cookie crate renders the attributes (so their syntax is its, not ours), once.
         let mut fixed = Self::base(&config, String::new());
         if let Some(age) = config
@@ -87,6 +108,7 @@ impl Cookies {
         let rolling_expiry = config.max_age.filter(|_| config.expires.is_none());
         Cookies {
             config,
+            keys,
             prefix,
             suffix,
             rolling_expiry,
@@ -95,6 +117,11 @@ impl Cookies {
 
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// The keys, for whoever reloads them (the binary, on SIGHUP).
+    pub fn keys(&self) -> Arc<KeyRing> {
+        self.keys.clone()
     }
 
     /// Removes every session cookie from the request's `Cookie` headers and returns what it
@@ -117,8 +144,11 @@ impl Cookies {
             return Presented::None;
         }
         // One pass: the first of our values that verifies wins (checked as it is met, so
-        // nothing is copied); the other cookies are kept in order.
+        // nothing is copied); the other cookies are kept in order. One key set for the request,
+        // even if a reload swaps it meanwhile.
+        let keys = self.keys.current();
         let mut presented = Presented::None;
+        let mut verified_by = None;
         let mut kept: Vec<u8> = Vec::new();
         for header in headers.get_all(COOKIE) {
             for pair in header.as_bytes().split(|b| *b == b';') {
@@ -127,14 +157,18 @@ impl Cookies {
                     continue;
                 }
                 if cookie_name(pair) == name {
-                    if !matches!(presented, Presented::Valid(_)) {
+                    if !matches!(presented, Presented::Valid(_) | Presented::OldKey(_)) {
                         let v = pair
                             .iter()
                             .position(|b| *b == b'=')
                             .map_or(&b""[..], |i| &pair[i + 1..]);
-                        presented = self
-                            .verify(v.trim_ascii())
-                            .map_or(Presented::Invalid, Presented::Valid);
+                        let verified = self.verify(&keys, v.trim_ascii());
+                        verified_by = verified.as_ref().and_then(|(_, i)| *i);
+                        presented = match verified {
+                            None => Presented::Invalid,
+                            Some((id, None | Some(0))) => Presented::Valid(id),
+                            Some((id, Some(_))) => Presented::OldKey(id),
+                        };
                     }
                 } else {
                     if !kept.is_empty() {
@@ -143,6 +177,13 @@ impl Cookies {
                     kept.extend_from_slice(pair);
                 }
             }
+        }
+        match presented {
+            Presented::Invalid => keys.count(None),
+            Presented::Valid(_) | Presented::OldKey(_) if verified_by.is_some() => {
+                keys.count(verified_by);
+            }
+            _ => {}
         }
         headers.remove(COOKIE);
         if !kept.is_empty()
@@ -182,22 +223,19 @@ impl Cookies {
         self.rolling_expiry.is_some()
     }
 
-    fn verify(&self, value: &[u8]) -> Option<SessionId> {
+    /// The id `value` carries, and the index of the key that verified it (`None`: unsigned).
+    fn verify(&self, keys: &KeySet, value: &[u8]) -> Option<(SessionId, Option<usize>)> {
         let value = std::str::from_utf8(value).ok()?;
-        match &self.config.key {
-            None => SessionId::parse(value),
-            Some(key) => {
-                let mut jar = CookieJar::new();
-                jar.add_original(Cookie::new(self.config.name.clone(), value.to_owned()));
-                let verified = jar.signed(key).get(&self.config.name)?;
-                SessionId::parse(verified.value())
-            }
+        if !keys.is_signed() {
+            return SessionId::parse(value).map(|id| (id, None));
         }
+        let (plain, index) = keys.verify(&self.config.name, value)?;
+        SessionId::parse(&plain).map(|id| (id, Some(index)))
     }
 
     /// The cookie value for `id`: the id itself, or the id with its HMAC when signing.
     fn value(&self, id: &SessionId) -> String {
-        match &self.config.key {
+        match self.keys.current().signing() {
             None => id.to_string(),
             Some(key) => {
                 let mut jar = CookieJar::new();
@@ -288,6 +326,38 @@ mod tests {
             .collect();
         assert_eq!(left, ["a=1; Path=/", "session_idx=2", "b=3"]);
         assert!(!c.strip_set_cookie(&mut h));
+    }
+
+    /// The first key signs; a value signed with a later one is accepted as an old key's; a
+    /// key removed from the list no longer verifies. Each verification counts for its key.
+    #[test]
+    fn the_first_key_signs_and_every_key_verifies() {
+        let (a, b) = ("a".repeat(32), "b".repeat(32));
+        let id = SessionId::generate().unwrap();
+        let old = cookies(&format!("[cookie]\nsecret = \"{a}\""));
+        let by_a = set_value(&old, &id);
+        let metrics = CookieMetrics::default();
+        let raw = RawConfig::from_toml("t.toml", &format!("[cookie]\nsecret = [\"{b}\", \"{a}\"]"))
+            .unwrap();
+        let rotated =
+            Cookies::with_metrics(raw.validate("t.toml").unwrap().cookie, metrics.clone());
+        let by_b = set_value(&rotated, &id);
+        assert_ne!(by_a, by_b);
+        assert_eq!(presented(&rotated, &by_b), Presented::Valid(id));
+        assert_eq!(presented(&rotated, &by_a), Presented::OldKey(id));
+        assert_eq!(presented(&rotated, &by_a), Presented::OldKey(id));
+        assert_eq!(presented(&rotated, "garbage"), Presented::Invalid);
+        assert_eq!((metrics.key(0).get(), metrics.key(1).get()), (1, 2));
+        assert_eq!(metrics.failed().get(), 1);
+
+        // After a reload to [b] alone, a's signature is refused.
+        rotated
+            .keys()
+            .replace(vec![cookie::Key::derive_from(b.as_bytes())])
+            .unwrap();
+        assert_eq!(presented(&rotated, &by_a), Presented::Invalid);
+        assert_eq!(presented(&rotated, &by_b), Presented::Valid(id));
+        assert_eq!(set_value(&rotated, &id), by_b);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod protocol;
 pub mod proxy;
 #[cfg(test)]
 mod robustness;
+pub mod secrets;
 pub mod session;
 pub mod store;
 pub mod upstream;
@@ -55,6 +56,11 @@ impl Proxy {
 
     pub fn store(&self) -> Arc<dyn SessionStore> {
         self.state.store.clone()
+    }
+
+    /// The cookie keys in use, replaceable while serving (the binary reloads them on SIGHUP).
+    pub fn cookie_keys(&self) -> Arc<secrets::KeyRing> {
+        self.state.cookies.keys()
     }
 
     /// Serves on `listener` until `shutdown` completes, then drains (see [`downstream::serve`]).

@@ -51,7 +51,7 @@ fn main() -> ExitCode {
             return copy_sessions(&from, &to).await;
         }
         match cli.command {
-            None | Some(Command::Run) => run(config).await,
+            None | Some(Command::Run) => run(config, cli.options).await,
             Some(Command::Check) => {
                 // Also opens the store, so a bad directory or unreachable Redis shows now.
                 store::open(&config.store).await?;
@@ -70,11 +70,25 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: session_proxy::config::Config) -> anyhow::Result<()> {
+async fn run(
+    config: session_proxy::config::Config,
+    options: session_proxy::config::cli::Options,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    // First, before the store opens or a port is bound: from here on a SIGHUP reloads the
+    // cookie keys instead of ending the process (the signal's default action).
+    let hangup = signal(SignalKind::hangup())
+        .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
+    session_proxy::secrets::warn_if_world_readable(&config.cookie);
     let listen = config.listen;
     let upstream = config.upstream.clone();
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
     let proxy = Proxy::open(config).await?;
+    tokio::spawn(session_proxy::secrets::reload_on_hangup(
+        hangup,
+        options,
+        proxy.cookie_keys(),
+    ));
     let bind = |addr| async move {
         tokio::net::TcpListener::bind(addr)
             .await

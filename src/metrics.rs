@@ -37,6 +37,72 @@ struct KindLabel {
     kind: &'static str,
 }
 
+/// A cookie key's position in the configured list (`"0"` signs).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabel {
+    key: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// The cookie keys' share. The key ring resolves one child per key when its keys are set (at
+/// start and on each reload), so a request increments a plain atomic. A proxy made without
+/// [`Metrics`] (unit tests) gets one whose counters nobody reads.
+#[derive(Clone)]
+pub struct CookieMetrics {
+    verified: Family<KeyLabel, Counter>,
+    failed: Counter,
+    reloads: Family<ResultLabel, Counter>,
+    reload_applied: Counter,
+    reload_refused: Counter,
+}
+
+impl Default for CookieMetrics {
+    fn default() -> Self {
+        let reloads = Family::<ResultLabel, Counter>::default();
+        let result = |result| ResultLabel { result };
+        CookieMetrics {
+            verified: Family::default(),
+            failed: Counter::default(),
+            reload_applied: reloads.get_or_create_owned(&result("applied")),
+            reload_refused: reloads.get_or_create_owned(&result("refused")),
+            reloads,
+        }
+    }
+}
+
+impl std::fmt::Debug for CookieMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CookieMetrics")
+    }
+}
+
+impl CookieMetrics {
+    /// The counter of cookies verified by the key at `index` of the list.
+    pub fn key(&self, index: usize) -> Counter {
+        self.verified.get_or_create_owned(&KeyLabel {
+            key: index.to_string(),
+        })
+    }
+
+    /// Counts a session cookie that was sent but did not verify (bad signature, or no valid id).
+    pub fn failed(&self) -> Counter {
+        self.failed.clone()
+    }
+
+    /// Counts one reload of the keys (SIGHUP), applied or refused.
+    pub fn reload(&self, applied: bool) {
+        if applied {
+            self.reload_applied.inc();
+        } else {
+            self.reload_refused.inc();
+        }
+    }
+}
+
 /// Why an instruction from the app was not carried out.
 #[derive(Debug, Clone, Copy)]
 pub enum Rejected {
@@ -161,6 +227,7 @@ pub struct Metrics {
     ///
     /// [`SessionStore::count`]: crate::store::SessionStore::count
     sessions_live: Option<Gauge>,
+    cookie: CookieMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -242,6 +309,23 @@ impl Metrics {
             Unit::Seconds,
             store.duration_family.clone(),
         );
+        let cookie = CookieMetrics::default();
+        registry.register(
+            "cookie_verifications",
+            "Signed session cookies that verified, by the index of the key that verified them \
+             (0 is the key that signs; a rotated-out key's count stops rising when no client holds it)",
+            cookie.verified.clone(),
+        );
+        registry.register(
+            "cookie_verification_failures",
+            "Session cookies that were sent and refused: a bad or unknown signature, or no valid id",
+            cookie.failed.clone(),
+        );
+        registry.register(
+            "cookie_key_reloads",
+            "Reloads of the cookie keys (SIGHUP): applied, or refused with the old keys kept",
+            cookie.reloads.clone(),
+        );
         let sessions_live = store_counts.then(|| {
             let gauge = Gauge::default();
             registry.register(
@@ -267,7 +351,13 @@ impl Metrics {
             upstream_timeout,
             upstream_failed,
             sessions_live,
+            cookie,
         }
+    }
+
+    /// The cookie keys' counters, for the key ring (shared: clones count into the same ones).
+    pub fn cookie(&self) -> CookieMetrics {
+        self.cookie.clone()
     }
 
     /// One answered request: its status, its total time, and the store write it made.

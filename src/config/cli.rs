@@ -9,7 +9,8 @@ use clap::{Parser, Subcommand};
 
 use crate::config::validate::Kind;
 use crate::config::{
-    Config, ConfigError, DurationSpec, RawConfig, RawStore, Secret, StoreConfig, parse_duration_arg,
+    Config, ConfigError, DurationSpec, RawConfig, RawStore, Secret, Secrets, StoreConfig,
+    parse_duration_arg,
 };
 
 /// An HTTP reverse proxy that gives server-side sessions to a web app that has none.
@@ -106,15 +107,23 @@ pub struct Options {
     /// Cookie SameSite: lax, strict or none (none needs --cookie-secure).
     #[arg(long, global = true, value_name = "MODE")]
     pub cookie_same_site: Option<String>,
-    /// Secret (>= 32 bytes) to sign the cookie with; prefer the environment variable.
+    /// Secret (>= 32 bytes) to sign the cookie with; prefer the environment variable or
+    /// --cookie-secret-file. Repeat it (or put one secret per line in the variable) to rotate:
+    /// the first signs, every one verifies.
     #[arg(
         long,
         global = true,
         env = "SESSION_PROXY_COOKIE_SECRET",
         hide_env_values = true,
-        value_name = "SECRET"
+        value_name = "SECRET",
+        action = clap::ArgAction::Append,
+        value_delimiter = '\n'
     )]
-    pub cookie_secret: Option<Secret>,
+    pub cookie_secret: Vec<Secret>,
+    /// File of cookie secrets, one per line (the first signs, every one verifies); re-read on
+    /// SIGHUP.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub cookie_secret_file: Option<PathBuf>,
     /// Prefix of the protocol headers (default X-Session).
     #[arg(long, global = true, value_name = "PREFIX")]
     pub header_prefix: Option<String>,
@@ -175,7 +184,43 @@ impl Options {
         set(&mut raw.cookie.domain, &self.cookie_domain);
         set(&mut raw.cookie.path, &self.cookie_path);
         set(&mut raw.cookie.same_site, &self.cookie_same_site);
-        set(&mut raw.cookie.secret, &self.cookie_secret);
+        // Either flag (or the variable) replaces whichever secrets the file configured.
+        match (&self.cookie_secret[..], &self.cookie_secret_file) {
+            ([], None) => {}
+            ([_, ..], Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    file: origin.to_owned(),
+                    key: "--cookie-secret-file",
+                    message: "give either --cookie-secret (or SESSION_PROXY_COOKIE_SECRET) or \
+                              --cookie-secret-file, not both"
+                        .to_owned(),
+                });
+            }
+            (secrets, None) => {
+                // Lines of the variable are trimmed like the lines of a file, so a trailing
+                // newline (`$(cat file)` keeps none, `export` of a heredoc does) is no secret.
+                let secrets: Vec<Secret> = secrets
+                    .iter()
+                    .map(|s| s.as_str().trim())
+                    .filter(|s| !s.is_empty())
+                    .map(|s| Secret::from(s.to_owned()))
+                    .collect();
+                if secrets.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        file: origin.to_owned(),
+                        key: "--cookie-secret",
+                        message: "holds no secret (is SESSION_PROXY_COOKIE_SECRET empty?)"
+                            .to_owned(),
+                    });
+                }
+                raw.cookie.secret = Some(Secrets::Many(secrets));
+                raw.cookie.secret_file = None;
+            }
+            ([], Some(file)) => {
+                raw.cookie.secret = None;
+                raw.cookie.secret_file = Some(file.clone());
+            }
+        }
         if self.cookie_secure {
             raw.cookie.secure = Some(true);
         }
@@ -255,8 +300,91 @@ mod tests {
         assert!(!format!("{cli:?}").contains(secret), "{cli:?}");
         let mut raw = RawConfig::default();
         cli.options.apply(&mut raw, "t.toml").unwrap();
-        assert_eq!(raw.cookie.secret.as_ref().map(Secret::as_str), Some(secret));
-        assert!(raw.validate("t.toml").unwrap().cookie.key.is_some());
+        let given: Vec<String> = raw
+            .cookie
+            .secret
+            .clone()
+            .unwrap()
+            .into_vec()
+            .iter()
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        assert_eq!(given, [secret]);
+        assert!(!format!("{raw:?}").contains(secret), "{raw:?}");
+        assert_eq!(raw.validate("t.toml").unwrap().cookie.keys.len(), 1);
+    }
+
+    /// Repeated, the flag is a list (the first signs); either secrets flag replaces what the
+    /// file configured, and both at once are refused.
+    #[test]
+    fn the_secret_flags_replace_the_files_secrets() {
+        let (a, b) = ("a".repeat(32), "b".repeat(32));
+        let file = "[cookie]\nsecret_file = \"/nonexistent\"";
+        let cli = Cli::try_parse_from([
+            "session-proxy",
+            "--cookie-secret",
+            &a,
+            "--cookie-secret",
+            &b,
+        ])
+        .unwrap();
+        let mut raw = RawConfig::from_toml("t.toml", file).unwrap();
+        cli.options.apply(&mut raw, "t.toml").unwrap();
+        let keys = raw.validate("t.toml").unwrap().cookie.keys;
+        assert!(
+            keys == [
+                cookie::Key::derive_from(a.as_bytes()),
+                cookie::Key::derive_from(b.as_bytes())
+            ]
+        );
+
+        // One value with a secret per line, as the environment variable holds them.
+        let lines = format!("{a}\n{b}\n");
+        let cli = Cli::try_parse_from(["session-proxy", "--cookie-secret", &lines]).unwrap();
+        let mut raw = RawConfig::default();
+        cli.options.apply(&mut raw, "t.toml").unwrap();
+        assert_eq!(raw.validate("t.toml").unwrap().cookie.keys.len(), 2);
+
+        let cli =
+            Cli::try_parse_from(["session-proxy", "--cookie-secret-file", "/nonexistent"]).unwrap();
+        let mut raw =
+            RawConfig::from_toml("t.toml", &format!("[cookie]\nsecret = \"{a}\"")).unwrap();
+        cli.options.apply(&mut raw, "t.toml").unwrap();
+        assert!(raw.cookie.secret.is_none());
+        let err = raw.validate("t.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("t.toml: `cookie.secret_file`: cannot read /nonexistent"),
+            "{err}"
+        );
+
+        let cli = Cli::try_parse_from([
+            "session-proxy",
+            "--cookie-secret",
+            &a,
+            "--cookie-secret-file",
+            "/x",
+        ])
+        .unwrap();
+        let err = cli
+            .options
+            .apply(&mut RawConfig::default(), "t.toml")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("t.toml: `--cookie-secret-file`: give either"),
+            "{err}"
+        );
+
+        let cli = Cli::try_parse_from(["session-proxy", "--cookie-secret", "\n \n"]).unwrap();
+        let err = cli
+            .options
+            .apply(&mut RawConfig::default(), "t.toml")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("t.toml: `--cookie-secret`: holds no secret"),
+            "{err}"
+        );
     }
 
     /// The flag chooses the store outright: the file's settings of other kinds, and where its

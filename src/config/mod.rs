@@ -27,7 +27,9 @@ mod validate;
 
 #[cfg(test)]
 pub(crate) use raw::KEYS;
-pub use raw::{RawConfig, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts, Secret};
+pub use raw::{
+    RawConfig, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts, Secret, Secrets,
+};
 
 /// A config problem, always naming where it came from.
 #[derive(Debug, thiserror::Error)]
@@ -219,9 +221,14 @@ pub struct CookieConfig {
     pub secure: bool,
     pub http_only: bool,
     pub same_site: SameSite,
-    /// Signs the cookie value (HMAC-SHA256) when set. Derived here, from a secret checked to be
-    /// long enough, so the cookie code has no weak or missing key to fall back from.
-    pub key: Option<::cookie::Key>,
+    /// The signing keys (HMAC-SHA256), in the configured order: the first signs, every one
+    /// verifies; empty, cookies are not signed. As loaded at start: the keys in use, which a
+    /// SIGHUP may replace, are the `Cookies`' `KeyRing`'s. Derived here, from secrets checked to be long
+    /// enough, so the cookie code has no weak or missing key to fall back from.
+    pub keys: Vec<::cookie::Key>,
+    /// Where the secrets were read from (`cookie.secret_file`), if from a file: its mode is
+    /// checked (world-readable is warned about) at start and on each reload.
+    pub secret_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for CookieConfig {
@@ -237,7 +244,8 @@ impl std::fmt::Debug for CookieConfig {
             secure,
             http_only,
             same_site,
-            key,
+            keys,
+            secret_file,
         } = self;
         f.debug_struct("CookieConfig")
             .field("name", name)
@@ -248,7 +256,9 @@ impl std::fmt::Debug for CookieConfig {
             .field("secure", secure)
             .field("http_only", http_only)
             .field("same_site", same_site)
-            .field("signed", &key.is_some())
+            .field("signed", &!keys.is_empty())
+            .field("keys", &keys.len())
+            .field("secret_file", secret_file)
             .finish()
     }
 }

@@ -51,7 +51,48 @@ pub struct RawCookie {
     pub secure: Option<bool>,
     pub http_only: Option<bool>,
     pub same_site: Option<String>,
-    pub secret: Option<Secret>,
+    pub secret: Option<Secrets>,
+    pub secret_file: Option<PathBuf>,
+}
+
+/// `cookie.secret` as written: one secret, or a list of them (the first signs, all verify).
+#[derive(Clone, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "expected a secret (a string) or a list of secrets (strings), the first of which signs"
+)]
+pub enum Secrets {
+    One(Secret),
+    Many(Vec<Secret>),
+}
+
+impl Secrets {
+    /// The secrets in order: the first signs.
+    pub fn into_vec(self) -> Vec<Secret> {
+        match self {
+            Secrets::One(s) => vec![s],
+            Secrets::Many(list) => list,
+        }
+    }
+}
+
+impl From<Secret> for Secrets {
+    fn from(secret: Secret) -> Self {
+        Secrets::One(secret)
+    }
+}
+
+impl From<String> for Secrets {
+    fn from(text: String) -> Self {
+        Secrets::One(Secret(text))
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    /// Never prints a secret, nor how many there are of each length.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// The cookie secret as given: it signs every cookie, so `Debug` never shows it.
@@ -158,6 +199,7 @@ pub(crate) const KEYS: [&str; 51] = [
     "cookie.http_only",
     "cookie.same_site",
     "cookie.secret",
+    "cookie.secret_file",
     "session.header_prefix",
     "session.renew_missing",
     "session.max_size",
@@ -275,7 +317,8 @@ mod tests {
                 listen, upstream, shutdown_timeout, trusted_proxies, trust_forwarded_headers
             } sections { cookie, session, store, upstream_timeouts, admin, limits, log })[..],
             &fields!(RawCookie "cookie." {
-                name, max_age, expires, path, domain, secure, http_only, same_site, secret
+                name, max_age, expires, path, domain, secure, http_only, same_site, secret,
+                secret_file
             }),
             &fields!(RawSession "session." {
                 header_prefix, renew_missing, max_size, idle_timeout, absolute_timeout,

@@ -214,20 +214,7 @@ fn cookie(at: &Origin, c: RawCookie) -> Result<CookieConfig, ConfigError> {
             "\"none\" requires cookie.secure = true (browsers drop SameSite=None cookies that are not Secure)",
         ));
     }
-    // `derive_from` needs 32 bytes; checking here, next to it, is the only check.
-    let key = match c.secret {
-        Some(s) if s.as_str().len() < 32 => {
-            return Err(at.bad(
-                "cookie.secret",
-                format!(
-                    "must be at least 32 bytes of random text, got {}",
-                    s.as_str().len()
-                ),
-            ));
-        }
-        Some(s) => Some(Key::derive_from(s.as_str().as_bytes())),
-        None => None,
-    };
+    let keys = cookie_keys(at, c.secret, c.secret_file.as_deref())?;
     Ok(CookieConfig {
         name,
         max_age,
@@ -237,8 +224,90 @@ fn cookie(at: &Origin, c: RawCookie) -> Result<CookieConfig, ConfigError> {
         secure,
         http_only: c.http_only.unwrap_or(true),
         same_site,
-        key,
+        keys,
+        secret_file: c.secret_file,
     })
+}
+
+/// A secret's least length: `Key::derive_from` needs 32 bytes, and checking here, next to the
+/// derivation, is the only check.
+const MIN_SECRET: usize = 32;
+
+/// The signing keys from `cookie.secret` (one or a list) or `cookie.secret_file` (one secret a
+/// line; blank lines and `#` comments skipped; each line trimmed). Each secret is checked, and
+/// an error says which one (by position, or by line) without showing it.
+fn cookie_keys(
+    at: &Origin,
+    secret: Option<super::Secrets>,
+    file: Option<&std::path::Path>,
+) -> Result<Vec<Key>, ConfigError> {
+    let (key, secrets): (&'static str, Vec<(String, String)>) = match (secret, file) {
+        (None, None) => return Ok(Vec::new()),
+        (Some(_), Some(_)) => {
+            return Err(at.bad(
+                "cookie.secret_file",
+                "give either cookie.secret or cookie.secret_file, not both",
+            ));
+        }
+        (Some(secrets), None) => {
+            let list = matches!(secrets, super::Secrets::Many(_));
+            let secrets = secrets.into_vec();
+            let n = secrets.len();
+            let named = secrets.into_iter().enumerate().map(|(i, s)| {
+                let name = if list {
+                    format!("secret {i} (of {n}, counting from 0)")
+                } else {
+                    "the secret".to_owned()
+                };
+                (name, s.as_str().to_owned())
+            });
+            ("cookie.secret", named.collect())
+        }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                at.bad(
+                    "cookie.secret_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let named = text.lines().enumerate().filter_map(|(i, line)| {
+                let line = line.trim();
+                (!line.is_empty() && !line.starts_with('#')).then(|| {
+                    (
+                        format!("{} line {}", path.display(), i + 1),
+                        line.to_owned(),
+                    )
+                })
+            });
+            ("cookie.secret_file", named.collect())
+        }
+    };
+    if secrets.is_empty() {
+        let why = match file {
+            Some(path) => format!("{} holds no secret", path.display()),
+            None => "the list is empty: give at least one secret, or remove the key to leave cookies unsigned".to_owned(),
+        };
+        return Err(at.bad(key, why));
+    }
+    for (i, (name, text)) in secrets.iter().enumerate() {
+        if text.len() < MIN_SECRET {
+            return Err(at.bad(
+                key,
+                format!(
+                    "{name}: must be at least {MIN_SECRET} bytes of random text, got {}",
+                    text.len()
+                ),
+            ));
+        }
+        if let Some((first, _)) = secrets[..i].iter().find(|(_, t)| t == text) {
+            // A repeat would make the per-key metric say an old key is still in use.
+            return Err(at.bad(key, format!("{name} repeats {first}")));
+        }
+    }
+    Ok(secrets
+        .iter()
+        .map(|(_, text)| Key::derive_from(text.as_bytes()))
+        .collect())
 }
 
 /// RFC 6265 cookie-name is an RFC 2616 token.
@@ -832,6 +901,10 @@ mod tests {
             ("cookie.same_site", "[cookie]\nsame_site = \"sometimes\""),
             ("cookie.secret", "[cookie]\nsecret = \"short\""),
             (
+                "cookie.secret_file",
+                "[cookie]\nsecret_file = \"/nonexistent/secrets\"",
+            ),
+            (
                 "session.header_prefix",
                 "[session]\nheader_prefix = \"X Session\"",
             ),
@@ -1044,14 +1117,90 @@ mod tests {
     #[test]
     fn the_cookie_secret_never_shows_in_debug_output() {
         let secret = "0123456789abcdef0123456789abcdef-secret";
-        let text = format!("[cookie]\nsecret = \"{secret}\"");
+        let old = "0123456789abcdef0123456789abcdef-old";
+        let text = format!("[cookie]\nsecret = [\"{secret}\", \"{old}\"]");
         let raw = RawConfig::from_toml("t.toml", &text).unwrap();
-        assert!(!format!("{raw:?}").contains(secret), "{raw:?}");
+        let shown = format!("{raw:?}");
+        assert!(!shown.contains(secret) && !shown.contains(old), "{shown}");
         let config = raw.validate("t.toml").unwrap();
         let shown = format!("{config:?}");
-        assert!(!shown.contains(secret), "{shown}");
-        assert!(shown.contains("signed: true"), "{shown}");
+        assert!(!shown.contains(secret) && !shown.contains(old), "{shown}");
+        assert!(shown.contains("signed: true, keys: 2"), "{shown}");
         assert!(format!("{:?}", check("").unwrap()).contains("signed: false"));
+    }
+
+    /// A list of secrets and a secrets file give the same keys, in order; every bad secret
+    /// is named by its position (or line) and key, never shown.
+    #[test]
+    fn cookie_secrets_as_a_list_or_a_file() {
+        let (a, b) = ("a".repeat(32), "b".repeat(40));
+        let c = check(&format!("[cookie]\nsecret = [\"{a}\", \"{b}\"]")).unwrap();
+        let want = [
+            Key::derive_from(a.as_bytes()),
+            Key::derive_from(b.as_bytes()),
+        ];
+        assert!(c.cookie.keys == want);
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secrets");
+        std::fs::write(&file, format!("# newest first\n{a}\n\n  {b}  \n")).unwrap();
+        let text = format!("[cookie]\nsecret_file = \"{}\"", file.display());
+        let c = check(&text).unwrap();
+        assert!(c.cookie.keys == want);
+        assert_eq!(c.cookie.secret_file.as_deref(), Some(file.as_path()));
+        assert!(!format!("{c:?}").contains(&a), "{c:?}");
+
+        let short = "s".repeat(31);
+        std::fs::write(&file, format!("{a}\n{short}\n")).unwrap();
+        let err = check(&text).unwrap_err();
+        let where_ = format!("{} line 2", file.display());
+        assert_eq!(
+            err,
+            format!(
+                "t.toml: `cookie.secret_file`: {where_}: must be at least 32 bytes of random text, got 31"
+            )
+        );
+        std::fs::write(&file, "# only a comment\n\n").unwrap();
+        let err = check(&text).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "t.toml: `cookie.secret_file`: {} holds no secret",
+                file.display()
+            )
+        );
+
+        let cases = [
+            (
+                format!("[cookie]\nsecret = [\"{a}\", \"{short}\"]"),
+                "t.toml: `cookie.secret`: secret 1 (of 2, counting from 0): must be at least 32 bytes of random text, got 31".to_owned(),
+            ),
+            (
+                format!("[cookie]\nsecret = \"{short}\""),
+                "t.toml: `cookie.secret`: the secret: must be at least 32 bytes of random text, got 31".to_owned(),
+            ),
+            (
+                "[cookie]\nsecret = []".to_owned(),
+                "t.toml: `cookie.secret`: the list is empty: give at least one secret, or remove the key to leave cookies unsigned".to_owned(),
+            ),
+            (
+                format!("[cookie]\nsecret = [\"{a}\", \"{b}\", \"{a}\"]"),
+                "t.toml: `cookie.secret`: secret 2 (of 3, counting from 0) repeats secret 0 (of 3, counting from 0)".to_owned(),
+            ),
+            (
+                format!("[cookie]\nsecret = \"{a}\"\nsecret_file = \"{}\"", file.display()),
+                "t.toml: `cookie.secret_file`: give either cookie.secret or cookie.secret_file, not both".to_owned(),
+            ),
+        ];
+        for (text, want) in cases {
+            assert_eq!(check(&text).unwrap_err(), want, "{text}");
+        }
+        // Not a string nor a list of strings: the key, and no value, in the message.
+        let err = check("[cookie]\nsecret = [1]").unwrap_err();
+        assert!(
+            err.starts_with("t.toml: `cookie.secret`: expected a secret"),
+            "{err}"
+        );
     }
 
     /// What later code would otherwise rebuild per use is built once, here.
@@ -1062,11 +1211,11 @@ mod tests {
             "[cookie]\nsecret = \"{secret}\"\n[session]\nheader_prefix = \"X-App\""
         ))
         .unwrap();
-        assert!(c.cookie.key == Some(Key::derive_from(secret.as_bytes())));
+        assert!(c.cookie.keys == [Key::derive_from(secret.as_bytes())]);
         assert_eq!(c.session.headers.session, "x-app");
         assert_eq!(c.session.headers.id, "x-app-id");
         let c = check("").unwrap();
-        assert!(c.cookie.key.is_none());
+        assert!(c.cookie.keys.is_empty());
         assert_eq!(c.session.headers.session, "x-session");
     }
 

@@ -52,7 +52,7 @@ impl State {
     pub fn new(config: Config, store: Arc<dyn SessionStore>, metrics: Arc<Metrics>) -> Self {
         State {
             headers: Arc::new(config.session.headers.clone()),
-            cookies: Cookies::new(config.cookie.clone()),
+            cookies: Cookies::metered(config.cookie.clone(), &metrics),
             upstream: Upstream::new(&config),
             store,
             metrics,

@@ -16,6 +16,9 @@ pub struct Current {
     pub id: SessionId,
     /// `None` for a session this request started.
     pub record: Option<Record>,
+    /// The cookie kept this id but was signed with an older key: the response re-sets it,
+    /// signed with the current one, even when nothing else would set it.
+    pub resign: bool,
 }
 
 /// Loads the presented session, or starts a new one. A client never chooses its id unless
@@ -26,17 +29,25 @@ pub async fn load(
     ctx: &mut RequestCtx,
 ) -> Result<Current, ProxyError> {
     let current = match presented {
-        Presented::Valid(id) => match state.store.load(&id).await? {
-            Some(record) => Current {
-                id,
-                record: Some(record),
-            },
-            None if !state.config.session.renew_missing => Current { id, record: None },
-            None => {
-                tracing::debug!("unknown or expired session id; starting a new session");
-                fresh()?
+        Presented::Valid(id) | Presented::OldKey(id) => {
+            let resign = matches!(presented, Presented::OldKey(_));
+            match state.store.load(&id).await? {
+                Some(record) => Current {
+                    id,
+                    record: Some(record),
+                    resign,
+                },
+                None if !state.config.session.renew_missing => Current {
+                    id,
+                    record: None,
+                    resign,
+                },
+                None => {
+                    tracing::debug!("unknown or expired session id; starting a new session");
+                    fresh()?
+                }
             }
-        },
+        }
         Presented::Invalid => {
             tracing::warn!(
                 cookie = state.cookies.name(),
@@ -58,11 +69,13 @@ fn fresh() -> Result<Current, ProxyError> {
     Ok(Current {
         id: SessionId::generate()?,
         record: None,
+        resign: false,
     })
 }
 
 /// Carries out the instructions with exactly one store operation (or none), and returns the
-/// `Set-Cookie` to send, if any.
+/// `Set-Cookie` to send, if any. A cookie signed with an older key is re-set whenever the id
+/// stays (no store write for that alone); a destroyed, regenerated or vanished session is not.
 pub async fn save(
     state: &State,
     current: &Current,
@@ -95,7 +108,7 @@ pub async fn save(
     let mut hands_out_id = true;
     let result = match &current.record {
         // werkzeug's should_save: a new session is stored only when modified.
-        None if !modifies => return Ok(None),
+        None if !modifies => return Ok(resign(state, current)),
         None => {
             // Regenerate always yields a server-made id, even for a session that adopted a
             // client's id under `renew_missing = false`.
@@ -126,11 +139,11 @@ pub async fn save(
                 .await
                 .map(|r| r.map(|_| current.id))
         }
-        Some(_) => return Ok(None),
+        Some(_) => return Ok(resign(state, current)),
     };
     match result {
         Ok(Some(id)) if hands_out_id || cookies.resend_on_write() => Ok(cookies.set(&id)),
-        Ok(Some(_)) => Ok(None),
+        Ok(Some(_)) => Ok(resign(state, current)),
         Ok(None) => {
             // Destroyed or expired by another request meanwhile: nothing is resurrected.
             tracing::debug!("session vanished before it could be saved");
@@ -140,10 +153,19 @@ pub async fn save(
         Err(e @ StoreError::TooLarge { .. }) => {
             tracing::warn!(error = %e, "ignored a session change from the upstream");
             ctx.write = StoreWrite::Refused;
-            Ok(None)
+            Ok(resign(state, current))
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The cookie for the kept id, signed with the current key, when the request's was signed
+/// with an older one.
+fn resign(state: &State, current: &Current) -> Option<HeaderValue> {
+    current
+        .resign
+        .then(|| state.cookies.set(&current.id))
+        .flatten()
 }
 
 /// Stores a new session; on the (astronomically unlikely) id collision, retries with a new id.

@@ -18,6 +18,10 @@ mod fixtures;
 /// Every cookie option, renew_missing, signed cookies, several session cookies in one request.
 mod cookies;
 
+/// Cookie key rotation: lists of secrets, re-signing, secret_file and the environment variable,
+/// SIGHUP reloads in the binary (a keep-alive connection open throughout), the per-key metric.
+mod keys;
+
 /// 502 (app down), 504 (app too slow), 503 (store failing at load or at save), hostile cookies.
 mod errors;
 
