@@ -184,7 +184,7 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 51] = [
+pub(crate) const KEYS: [&str; 52] = [
     "listen",
     "upstream",
     "shutdown_timeout",
