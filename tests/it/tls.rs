@@ -43,7 +43,13 @@ async fn https_serves_http1_and_h2_as_alpn_chose_and_tells_the_app_https() {
     let app = App::start().await;
     let proxy = TestProxy::start(&app, &section).await;
 
-    let cases: [(&[&[u8]], Option<&[u8]>, http::Version); 4] = [
+    // What the client offers, what ALPN chooses, what the response comes back as.
+    type Case = (
+        &'static [&'static [u8]],
+        Option<&'static [u8]>,
+        http::Version,
+    );
+    let cases: [Case; 4] = [
         (&[b"h2", b"http/1.1"], Some(b"h2"), http::Version::HTTP_2),
         (&[b"http/1.1"], Some(b"http/1.1"), http::Version::HTTP_11),
         (&[b"http/1.1", b"h2"], Some(b"h2"), http::Version::HTTP_2),
