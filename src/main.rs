@@ -83,6 +83,16 @@ async fn run(
     let listen = config.listen;
     let upstream = config.upstream.clone();
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    if let Some(tls) = &config.tls {
+        // Before the listening line: a SIGHUP sent once the port is known must find it.
+        downstream::tls::reload_on_hangup(tls.certs.clone())
+            .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
+    }
     let proxy = Proxy::open(config).await?;
     tokio::spawn(session_proxy::secrets::reload_on_hangup(
         hangup,
@@ -102,7 +112,7 @@ async fn run(
     // One line on stdout per listener, so scripts and tests learn the ports when listening on
     // :0. The proxy's comes first.
     println!(
-        "session-proxy listening on http://{} -> http://{upstream}",
+        "session-proxy listening on {scheme}://{} -> http://{upstream}",
         listener.local_addr()?
     );
     if let Some(admin) = &admin {

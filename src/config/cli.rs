@@ -136,6 +136,12 @@ pub struct Options {
     /// An unmodified session is written to extend its life at most this often (default idle/10).
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration_arg)]
     pub touch_interval: Option<DurationSpec>,
+    /// Serve HTTPS: the PEM certificate chain (server certificate first); needs --tls-key.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key (PKCS#8, RSA or EC) of --tls-cert.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
     /// Log lines as `text` (key=value) or `json` (one object per line).
     #[arg(long, global = true, value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -228,6 +234,8 @@ impl Options {
         set(&mut raw.session.idle_timeout, &self.idle_timeout);
         set(&mut raw.session.absolute_timeout, &self.absolute_timeout);
         set(&mut raw.session.touch_interval, &self.touch_interval);
+        set(&mut raw.tls.cert, &self.tls_cert);
+        set(&mut raw.tls.key, &self.tls_key);
         set(&mut raw.admin.listen, &self.admin_listen);
         set(&mut raw.log.format, &self.log_format);
         if let Some(file) = &self.admin_token_file {

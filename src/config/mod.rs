@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cookie::SameSite;
@@ -16,6 +17,7 @@ use http::uri::Authority;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
+use crate::downstream::tls::Certs;
 use crate::protocol::ProtocolHeaders;
 
 pub mod cli;
@@ -28,7 +30,7 @@ mod validate;
 #[cfg(test)]
 pub(crate) use raw::KEYS;
 pub use raw::{
-    RawConfig, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts, Secret, Secrets,
+    RawConfig, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts, RawTls, Secret, Secrets,
 };
 
 /// A config problem, always naming where it came from.
@@ -94,6 +96,8 @@ pub struct Config {
     pub session: SessionConfig,
     pub store: StoreConfig,
     pub upstream_timeouts: UpstreamTimeouts,
+    /// TLS on the client listener; `None` (no `[tls]`) serves plain HTTP.
+    pub tls: Option<TlsConfig>,
     /// The admin listener; `None` (no `[admin] listen`) means there is none.
     pub admin: Option<AdminConfig>,
     pub limits: Limits,
@@ -190,6 +194,19 @@ pub struct Limits {
     pub h2_keep_alive_interval: Duration,
     /// HTTP/2: a PING not answered within this closes the connection.
     pub h2_keep_alive_timeout: Duration,
+}
+
+/// `[tls]`: the files were read and checked during validation, so a bad certificate or a key
+/// that does not match it stops the start (exit 2) instead of failing every handshake.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// The certificate in use, shared with the listener and swapped on SIGHUP.
+    pub certs: Arc<Certs>,
+    /// The listener's rustls config, built once over `certs`.
+    pub server: Arc<rustls::ServerConfig>,
+    /// `cookie.secure` was left out (its default is `false`): warned about at start, since the
+    /// session cookie would then also go out over plain HTTP to the same host.
+    pub cookie_secure_unset: bool,
 }
 
 /// The admin listener: its own address, and the token its routes require.

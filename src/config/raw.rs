@@ -27,6 +27,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub upstream_timeouts: RawTimeouts,
     #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
     pub admin: RawAdmin,
     #[serde(default)]
     pub limits: RawLimits,
@@ -156,6 +158,14 @@ pub struct RawTimeouts {
     pub response: Option<DurationSpec>,
 }
 
+/// `[tls]`: TLS on the client listener; both files or neither.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAdmin {
@@ -184,7 +194,7 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 52] = [
+pub(crate) const KEYS: [&str; 54] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -221,6 +231,8 @@ pub(crate) const KEYS: [&str; 52] = [
     "store.nodes",
     "upstream_timeouts.connect",
     "upstream_timeouts.response",
+    "tls.cert",
+    "tls.key",
     "admin.listen",
     "admin.token",
     "admin.token_file",
@@ -315,7 +327,7 @@ mod tests {
         let every: Vec<&str> = [
             &fields!(RawConfig "" {
                 listen, upstream, shutdown_timeout, trusted_proxies, trust_forwarded_headers
-            } sections { cookie, session, store, upstream_timeouts, admin, limits, log })[..],
+            } sections { cookie, session, store, upstream_timeouts, tls, admin, limits, log })[..],
             &fields!(RawCookie "cookie." {
                 name, max_age, expires, path, domain, secure, http_only, same_site, secret,
                 secret_file
@@ -329,6 +341,7 @@ mod tests {
                 url, key_prefix, cluster, nodes
             }),
             &fields!(RawTimeouts "upstream_timeouts." { connect, response }),
+            &fields!(RawTls "tls." { cert, key }),
             &fields!(RawAdmin "admin." { listen, token, token_file }),
             &fields!(RawLimits "limits." {
                 max_connections, handshake_timeout, header_read_timeout, keep_alive_timeout,

@@ -9,12 +9,13 @@ use cookie::{Key, SameSite};
 use http::uri::{Authority, Scheme, Uri};
 use time::OffsetDateTime;
 
-use super::raw::{RawAdmin, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts};
+use super::raw::{RawAdmin, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts, RawTls};
 use super::{
     AdminConfig, Config, ConfigError, CookieConfig, DEFAULT_LISTEN, DEFAULT_UPSTREAM, DurationSpec,
     FsConfig, Lifetime, Limits, LogFormat, OnStoreError, RawConfig, RedisConfig, SessionConfig,
-    SkipRules, SqliteConfig, StoreConfig, StoreKind, TrustedProxies, UpstreamTimeouts,
+    SkipRules, SqliteConfig, StoreConfig, StoreKind, TlsConfig, TrustedProxies, UpstreamTimeouts,
 };
+use crate::downstream::tls::Certs;
 use crate::protocol::ProtocolHeaders;
 
 const DEFAULT_MAX_SIZE: u64 = 16 * 1024;
@@ -66,6 +67,7 @@ impl RawConfig {
     /// Validates every value and applies defaults. `file` names the origin in errors.
     pub fn validate(self, file: &str) -> Result<Config, ConfigError> {
         let at = Origin(file);
+        let cookie_secure_unset = self.cookie.secure.is_none();
         // Checked in the order of proxy.toml: of several bad keys, the first is reported.
         Ok(Config {
             listen: listen(&at, self.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?,
@@ -85,6 +87,7 @@ impl RawConfig {
             session: session(&at, self.session)?,
             store: store(&at, self.store)?,
             upstream_timeouts: upstream_timeouts(&at, self.upstream_timeouts)?,
+            tls: tls(&at, self.tls, cookie_secure_unset)?,
             admin: admin(&at, self.admin)?,
             limits: limits(&at, self.limits)?,
             log_format: match self.log.format.as_deref() {
@@ -617,6 +620,38 @@ fn upstream_timeouts(at: &Origin, t: RawTimeouts) -> Result<UpstreamTimeouts, Co
     Ok(UpstreamTimeouts { connect, response })
 }
 
+/// Both files or neither; both are read and checked now (see [`Certs::open`]).
+fn tls(
+    at: &Origin,
+    t: RawTls,
+    cookie_secure_unset: bool,
+) -> Result<Option<TlsConfig>, ConfigError> {
+    let (cert, key) = match (t.cert, t.key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(_), None) => {
+            return Err(at.bad(
+                "tls.key",
+                "is required with tls.cert: the PEM file of the certificate's private key",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(at.bad(
+                "tls.cert",
+                "is required with tls.key: the PEM file of the certificate chain",
+            ));
+        }
+    };
+    let bad = |e: crate::downstream::tls::TlsError| at.bad(e.key(), e.to_string());
+    let certs = std::sync::Arc::new(Certs::open(cert, key).map_err(bad)?);
+    let server = certs.server_config().map_err(bad)?;
+    Ok(Some(TlsConfig {
+        certs,
+        server,
+        cookie_secure_unset,
+    }))
+}
+
 /// Shortest token accepted: a guessable token on a network-facing admin listener would hand
 /// every session to whoever guesses it.
 const MIN_TOKEN: usize = 16;
@@ -949,6 +984,8 @@ mod tests {
                 "upstream_timeouts.response",
                 "[upstream_timeouts]\nresponse = \"soon\"",
             ),
+            ("tls.cert", "[tls]\nkey = \"key.pem\""),
+            ("tls.key", "[tls]\ncert = \"cert.pem\""),
             ("admin.listen", "[admin]\nlisten = \"0.0.0.0:9090\""),
             (
                 "admin.token",

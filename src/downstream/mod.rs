@@ -1,6 +1,10 @@
-//! The accept loop: one task per connection, HTTP/1.1 and HTTP/2 (h2c prior knowledge) on the
-//! same port, every connection bounded in number and in time, and a shutdown that closes what
-//! is idle at once and gives in-flight requests a stated deadline.
+//! The accept loop: one task per connection, HTTP/1.1 and HTTP/2 (h2c prior knowledge, or
+//! ALPN under TLS) on the same port, every connection bounded in number and in time, and a
+//! shutdown that closes what is idle at once and gives in-flight requests a stated deadline.
+//!
+//! With `[tls]`, the TLS handshake runs in the connection's task, inside the same
+//! `handshake_timeout` as the first request and under the same connection slot: a client that
+//! opens TCP and never says hello costs what a silent plain-HTTP one does.
 //!
 //! A connection's error stays in its own task. An accept error (EMFILE, say) is logged and the
 //! loop goes on after a pause that doubles up to a cap, so a persistent error costs little CPU
@@ -13,9 +17,11 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
 use crate::proxy::{self, State};
@@ -23,6 +29,7 @@ use crate::proxy::{self, State};
 mod activity;
 mod peer;
 mod rlimit;
+pub mod tls;
 
 use activity::Activity;
 pub use activity::Tracked;
@@ -38,7 +45,34 @@ const FLUSH_GRACE: Duration = Duration::from_millis(200);
 /// File descriptors kept free of connections: the upstream pool, the store, logs.
 const SPARE_FDS: u64 = 64;
 
-/// One builder for every connection, configured once from `[limits]`.
+/// The builders, configured once from `[limits]`: plain TCP detects h2c prior knowledge;
+/// under TLS, ALPN has already said which protocol the client speaks, and only that one is
+/// served (a client that chose `http/1.1` cannot switch to HTTP/2 by sending its preface).
+struct Builders {
+    auto: ServerBuilder,
+    http1: ServerBuilder,
+    http2: ServerBuilder,
+}
+
+impl Builders {
+    fn new(limits: &Limits) -> Self {
+        Builders {
+            auto: builder(limits),
+            http1: builder(limits).http1_only(),
+            http2: builder(limits).http2_only(),
+        }
+    }
+}
+
+/// Which of the [`Builders`] serves a connection.
+#[derive(Debug, Clone, Copy)]
+enum Protocol {
+    Detect,
+    Http1,
+    Http2,
+}
+
+/// One builder's settings, from `[limits]`.
 fn builder(limits: &Limits) -> ServerBuilder {
     let mut builder = ServerBuilder::new(TokioExecutor::new());
     let mut h1 = builder.http1();
@@ -72,7 +106,16 @@ pub async fn serve(
 ) {
     let limits = state.config.limits;
     let max_connections = connection_cap(limits.max_connections);
-    let builder = Arc::new(builder(&limits));
+    let builders = Arc::new(Builders::new(&limits));
+    let tls = state.config.tls.as_ref().map(|t| {
+        if t.cookie_secure_unset {
+            tracing::warn!(
+                "tls is on but cookie.secure is not set: browsers will also send the session \
+                 cookie over plain HTTP to this host; set cookie.secure = true"
+            );
+        }
+        TlsAcceptor::from(t.server.clone())
+    });
     let slots = Arc::new(Semaphore::new(max_connections));
     // Every connection task holds a receiver: `closed()` says when the last one has ended.
     let (stop, stopped) = watch::channel(false);
@@ -98,7 +141,8 @@ pub async fn serve(
                     let peer = Peer::new(remote, stream.local_addr().ok())
                         .trusting(&state.config.trusted_proxies);
                     let conn = Connection {
-                        builder: builder.clone(),
+                        builders: builders.clone(),
+                        tls: tls.clone(),
                         state: state.clone(),
                         stop: stopped.clone(),
                         limits,
@@ -152,7 +196,9 @@ fn connection_cap(configured: usize) -> usize {
 
 /// What one connection task needs.
 struct Connection {
-    builder: Arc<ServerBuilder>,
+    builders: Arc<Builders>,
+    /// `Some` with `[tls]`: every connection starts with a TLS handshake.
+    tls: Option<TlsAcceptor>,
     state: Arc<State>,
     stop: watch::Receiver<bool>,
     limits: Limits,
@@ -169,11 +215,50 @@ enum Wake {
 }
 
 impl Connection {
-    /// Serves one connection and watches it: no first request within `handshake_timeout`
-    /// (nothing sent, half an HTTP/2 preface, a preface and then silence), or nothing in flight
-    /// for `keep_alive_timeout`, closes it; so does shutdown, at once when nothing is in flight.
-    /// hyper alone would wait for a request head that never comes.
+    /// Serves one connection: plain, or after its TLS handshake. The handshake shares the
+    /// first request's deadline, and shutdown ends it at once (it has nothing in flight).
     async fn run(mut self, stream: TcpStream, peer: Peer) {
+        let deadline = Instant::now() + self.limits.handshake_timeout;
+        let Some(acceptor) = self.tls.take() else {
+            return self.serve(stream, peer, Protocol::Detect, deadline).await;
+        };
+        if *self.stop.borrow() {
+            return;
+        }
+        let remote = peer.addr;
+        let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream));
+        let stream = tokio::select! {
+            done = handshake => match done {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, %remote, "tls handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "closing a connection that finished no tls handshake in time");
+                    return;
+                }
+            },
+            _ = self.stop.changed() => return,
+        };
+        let protocol = if tls::chose_h2(stream.get_ref().1) {
+            Protocol::Http2
+        } else {
+            Protocol::Http1
+        };
+        self.serve(stream, peer.over_tls(), protocol, deadline)
+            .await;
+    }
+
+    /// Serves one connection and watches it: no first request by `deadline` (nothing sent,
+    /// half an HTTP/2 preface, a preface and then silence), or nothing in flight for
+    /// `keep_alive_timeout`, closes it; so does shutdown, at once when nothing is in flight.
+    /// hyper alone would wait for a request head that never comes. Generic over the stream, so
+    /// plain TCP and TLS are served by the same code.
+    async fn serve<I>(mut self, io: I, peer: Peer, protocol: Protocol, deadline: Instant)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let remote = peer.addr;
         let activity = Arc::new(Activity::default());
         let service = {
@@ -189,10 +274,16 @@ impl Connection {
                 }
             })
         };
-        let conn = self.builder.serve_connection(TokioIo::new(stream), service);
+        let builders = self.builders.clone();
+        let builder = match protocol {
+            Protocol::Detect => &builders.auto,
+            Protocol::Http1 => &builders.http1,
+            Protocol::Http2 => &builders.http2,
+        };
+        let conn = builder.serve_connection(TokioIo::new(io), service);
         tokio::pin!(conn);
         let mut draining = *self.stop.borrow();
-        let mut deadline = Some(Instant::now() + self.limits.handshake_timeout);
+        let mut deadline = Some(deadline);
         let mut served_one = false;
         loop {
             if draining && activity.idle() {

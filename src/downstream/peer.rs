@@ -53,6 +53,12 @@ impl Peer {
         self
     }
 
+    /// The same client, on a connection whose TLS this hop terminated: the app is told `https`.
+    pub fn over_tls(mut self) -> Self {
+        self.proto = HeaderValue::from_static("https");
+        self
+    }
+
     /// A client on a plain-HTTP connection whose local end is unknown.
     pub fn plain(addr: SocketAddr) -> Self {
         Self::new(addr, None)

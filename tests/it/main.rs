@@ -92,6 +92,10 @@ mod numbers;
 /// SIGTERM closes connections with nothing in flight at once (h2 that never reads, half a head).
 mod drain;
 
+/// `[tls]`: HTTPS with ALPN h2/http1.1, Secure cookies, X-Forwarded-Proto, bad files (exit 2),
+/// SIGHUP certificate reload, silent TLS clients cut by the handshake timeout.
+mod tls;
+
 /// Raw-TCP request smuggling attempts: 400, connection closed, nothing smuggled reaches the app.
 mod smuggling;
 

@@ -8,6 +8,7 @@ pub mod app;
 pub mod raw;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod tls;
 pub mod webdriver;
 
 use std::future::{Future, IntoFuture};
