@@ -6,6 +6,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod cookie;
 pub mod downstream;
@@ -32,12 +33,24 @@ use store::SessionStore;
 pub enum StartError {
     #[error("cannot open the session store: {0}")]
     Store(#[from] store::StoreError),
+    /// The audit log cannot be opened: a setting to fix, like a bad config.
+    #[error(transparent)]
+    Audit(#[from] audit::OpenError),
+}
+
+impl StartError {
+    /// Whether the operator's configuration is at fault (exit code 2).
+    pub fn is_config(&self) -> bool {
+        matches!(self, StartError::Audit(_))
+    }
 }
 
 /// A proxy ready to serve: config validated, store open.
 pub struct Proxy {
     state: Arc<proxy::State>,
     sweeper: Option<store::Sweeper>,
+    /// The audit log's writer, run while serving; `None` with `[audit]` off.
+    audit: Option<audit::Writer>,
 }
 
 impl Proxy {
@@ -47,9 +60,14 @@ impl Proxy {
             &opened.metrics,
             opened.store.count().is_some(),
         ));
+        let (audit, writer) =
+            audit::Audit::open(config.audit.as_ref(), metrics.audit_dropped()).await?;
+        let mut state = proxy::State::new(config, opened.store, metrics);
+        state.audit = audit;
         Ok(Proxy {
-            state: Arc::new(proxy::State::new(config, opened.store, metrics)),
+            state: Arc::new(state),
             sweeper: opened.sweeper,
+            audit: writer,
         })
     }
 
@@ -58,7 +76,7 @@ impl Proxy {
     }
 
     /// Serves on `listener` until `shutdown` completes, then drains (see [`downstream::serve`]).
-    /// Also runs the expiry sweeper for stores that need one.
+    /// Also runs the expiry sweeper for stores that need one, and the audit log's writer.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -77,12 +95,17 @@ impl Proxy {
         shutdown: impl Future<Output = ()>,
     ) {
         let sweeper = self.sweeper.map(|s| tokio::spawn(s.run()));
+        let (stop_audit, audit_stopped) = tokio::sync::oneshot::channel::<()>();
+        let audit = self.audit.map(|w| tokio::spawn(w.run(audit_stopped)));
         let state = self.state;
-        let routes = Arc::new(admin::Admin::new(
-            state.store.clone(),
-            state.metrics.clone(),
-            state.config.clone(),
-        ));
+        let routes = Arc::new(
+            admin::Admin::new(
+                state.store.clone(),
+                state.metrics.clone(),
+                state.config.clone(),
+            )
+            .with_audit(state.audit.clone()),
+        );
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = admin.map(|l| {
             tokio::spawn(admin::serve(l, routes.clone(), async {
@@ -102,6 +125,11 @@ impl Proxy {
         }
         if let Some(sweeper) = sweeper {
             sweeper.abort();
+        }
+        // Last: every event the requests and admin calls above queued is written and fsynced.
+        let _ = stop_audit.send(());
+        if let Some(writer) = audit {
+            let _ = writer.await;
         }
     }
 }

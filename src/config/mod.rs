@@ -27,7 +27,9 @@ mod validate;
 
 #[cfg(test)]
 pub(crate) use raw::KEYS;
-pub use raw::{RawConfig, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts, Secret};
+pub use raw::{
+    RawAudit, RawConfig, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts, Secret,
+};
 
 /// A config problem, always naming where it came from.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +99,17 @@ pub struct Config {
     pub limits: Limits,
     /// How log lines are written (`[log] format`).
     pub log_format: LogFormat,
+    /// The audit log of session events; `None` (no `[audit] path`) means off.
+    pub audit: Option<AuditConfig>,
+}
+
+/// `[audit]`: where the audit log goes and how many events may wait for the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Appended to; created with mode 0600; reopened on SIGHUP.
+    pub path: PathBuf,
+    /// Events queued for the writer at most; one more is dropped and counted, never waited for.
+    pub queue: usize,
 }
 
 /// `text` (`key=value`, for people) or `json` (one object per line, for collectors): the same

@@ -29,6 +29,16 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub audit: RawAudit,
+}
+
+/// `[audit]`: the audit log of session events; off without `path`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub path: Option<PathBuf>,
+    pub queue: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -140,7 +150,7 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 50] = [
+pub(crate) const KEYS: [&str; 52] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -191,6 +201,8 @@ pub(crate) const KEYS: [&str; 50] = [
     "limits.h2_keep_alive_interval",
     "limits.h2_keep_alive_timeout",
     "log.format",
+    "audit.path",
+    "audit.queue",
 ];
 
 impl RawConfig {
@@ -269,7 +281,7 @@ mod tests {
         let every: Vec<&str> = [
             &fields!(RawConfig "" {
                 listen, upstream, shutdown_timeout, trust_forwarded_headers
-            } sections { cookie, session, store, upstream_timeouts, admin, limits, log })[..],
+            } sections { cookie, session, store, upstream_timeouts, admin, limits, log, audit })[..],
             &fields!(RawCookie "cookie." {
                 name, max_age, expires, path, domain, secure, http_only, same_site, secret
             }),
@@ -289,6 +301,7 @@ mod tests {
                 h2_max_concurrent_streams, h2_keep_alive_interval, h2_keep_alive_timeout
             }),
             &fields!(RawLog "log." { format }),
+            &fields!(RawAudit "audit." { path, queue }),
         ]
         .concat();
         assert_eq!(every, KEYS);
