@@ -87,6 +87,10 @@ mod numbers;
 /// SIGTERM closes connections with nothing in flight at once (h2 that never reads, half a head).
 mod drain;
 
+/// The audit log: exact lines for a scripted sequence, no id or value in it, logrotate's SIGHUP,
+/// nothing lost at SIGTERM, a full queue dropping and counting, an unopenable path refused.
+mod audit;
+
 /// Raw-TCP request smuggling attempts: 400, connection closed, nothing smuggled reaches the app.
 mod smuggling;
 
