@@ -28,6 +28,9 @@ use std::sync::Arc;
 use config::Config;
 use store::SessionStore;
 
+/// How long the exit waits for the audit log's last batch to be written and fsynced.
+const AUDIT_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -127,9 +130,17 @@ impl Proxy {
             sweeper.abort();
         }
         // Last: every event the requests and admin calls above queued is written and fsynced.
+        // Bounded, so a disk that hangs in fsync cannot hold the exit for ever.
         let _ = stop_audit.send(());
-        if let Some(writer) = audit {
-            let _ = writer.await;
+        if let Some(writer) = audit
+            && tokio::time::timeout(AUDIT_FLUSH_LIMIT, writer)
+                .await
+                .is_err()
+        {
+            tracing::error!(
+                limit = ?AUDIT_FLUSH_LIMIT,
+                "the audit log did not finish writing in time; its last events may be lost"
+            );
         }
     }
 }
