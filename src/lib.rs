@@ -6,6 +6,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod admin;
+pub mod audit;
 pub mod config;
 pub mod cookie;
 pub mod downstream;
@@ -28,17 +29,32 @@ use std::sync::Arc;
 use config::Config;
 use store::SessionStore;
 
+/// How long the exit waits for the audit log's last batch to be written and fsynced.
+const AUDIT_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot open the session store: {0}")]
     Store(#[from] store::StoreError),
+    /// The audit log cannot be opened: a setting to fix, like a bad config.
+    #[error(transparent)]
+    Audit(#[from] audit::OpenError),
+}
+
+impl StartError {
+    /// Whether the operator's configuration is at fault (exit code 2).
+    pub fn is_config(&self) -> bool {
+        matches!(self, StartError::Audit(_))
+    }
 }
 
 /// A proxy ready to serve: config validated, store open.
 pub struct Proxy {
     state: Arc<proxy::State>,
     sweeper: Option<store::Sweeper>,
+    /// The audit log's writer, run while serving; `None` with `[audit]` off.
+    audit: Option<audit::Writer>,
 }
 
 impl Proxy {
@@ -48,9 +64,14 @@ impl Proxy {
             &opened.metrics,
             opened.store.count().is_some(),
         ));
+        let (audit, writer) =
+            audit::Audit::open(config.audit.as_ref(), metrics.audit_dropped()).await?;
+        let mut state = proxy::State::new(config, opened.store, metrics);
+        state.audit = audit;
         Ok(Proxy {
-            state: Arc::new(proxy::State::new(config, opened.store, metrics)),
+            state: Arc::new(state),
             sweeper: opened.sweeper,
+            audit: writer,
         })
     }
 
@@ -64,7 +85,7 @@ impl Proxy {
     }
 
     /// Serves on `listener` until `shutdown` completes, then drains (see [`downstream::serve`]).
-    /// Also runs the expiry sweeper for stores that need one.
+    /// Also runs the expiry sweeper for stores that need one, and the audit log's writer.
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -83,12 +104,17 @@ impl Proxy {
         shutdown: impl Future<Output = ()>,
     ) {
         let sweeper = self.sweeper.map(|s| tokio::spawn(s.run()));
+        let (stop_audit, audit_stopped) = tokio::sync::oneshot::channel::<()>();
+        let audit = self.audit.map(|w| tokio::spawn(w.run(audit_stopped)));
         let state = self.state;
-        let routes = Arc::new(admin::Admin::new(
-            state.store.clone(),
-            state.metrics.clone(),
-            state.config.clone(),
-        ));
+        let routes = Arc::new(
+            admin::Admin::new(
+                state.store.clone(),
+                state.metrics.clone(),
+                state.config.clone(),
+            )
+            .with_audit(state.audit.clone()),
+        );
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = admin.map(|l| {
             tokio::spawn(admin::serve(l, routes.clone(), async {
@@ -108,6 +134,19 @@ impl Proxy {
         }
         if let Some(sweeper) = sweeper {
             sweeper.abort();
+        }
+        // Last: every event the requests and admin calls above queued is written and fsynced.
+        // Bounded, so a disk that hangs in fsync cannot hold the exit for ever.
+        let _ = stop_audit.send(());
+        if let Some(writer) = audit
+            && tokio::time::timeout(AUDIT_FLUSH_LIMIT, writer)
+                .await
+                .is_err()
+        {
+            tracing::error!(
+                limit = ?AUDIT_FLUSH_LIMIT,
+                "the audit log did not finish writing in time; its last events may be lost"
+            );
         }
     }
 }

@@ -55,6 +55,9 @@ fn main() -> ExitCode {
             Some(Command::Check) => {
                 // Also opens the store, so a bad directory or unreachable Redis shows now.
                 store::open(&config.store).await?;
+                if let Some(audit) = &config.audit {
+                    session_proxy::audit::open_file(&audit.path).await?;
+                }
                 println!("configuration ok");
                 Ok(())
             }
@@ -63,11 +66,23 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // Refused for a setting (an unopenable audit log): the same exit as a bad config.
+        Err(e) if is_config_error(&e) => {
+            eprintln!("session-proxy: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("session-proxy: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_config_error(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<session_proxy::StartError>()
+        .is_some_and(session_proxy::StartError::is_config)
+        || e.downcast_ref::<session_proxy::audit::OpenError>()
+            .is_some()
 }
 
 async fn run(

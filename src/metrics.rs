@@ -223,6 +223,8 @@ pub struct Metrics {
     upstream_connect: Counter,
     upstream_timeout: Counter,
     upstream_failed: Counter,
+    /// Audit events that are not in the audit log (queue full, or a failed write).
+    audit_dropped: Counter,
     /// Registered only for a store that counts cheaply ([`SessionStore::count`]).
     ///
     /// [`SessionStore::count`]: crate::store::SessionStore::count
@@ -277,6 +279,10 @@ impl Metrics {
             "Sessions destroyed by the app (X-Session-Destroy)",
         );
         let regenerated = counter("sessions_regenerated", "Sessions moved to a new id");
+        let audit_dropped = counter(
+            "audit_dropped",
+            "Audit events not in the audit log: the queue was full, or writing failed",
+        );
         let rejected_family = Family::<ReasonLabel, Counter>::default();
         let rejected_malformed = rejected_family.get_or_create_owned(&ReasonLabel {
             reason: "malformed",
@@ -350,6 +356,7 @@ impl Metrics {
             upstream_connect,
             upstream_timeout,
             upstream_failed,
+            audit_dropped,
             sessions_live,
             cookie,
         }
@@ -396,6 +403,11 @@ impl Metrics {
             Rejected::TooLarge => &self.rejected_too_large,
         }
         .inc();
+    }
+
+    /// The audit log's drop counter, handed to its senders and writer at start.
+    pub fn audit_dropped(&self) -> Counter {
+        self.audit_dropped.clone()
     }
 
     /// The text exposition, with `sessions_live` set from `live` (when the store can count).

@@ -18,6 +18,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::Admin;
+use crate::audit::{Event, Reason};
 use crate::session::{DataChange, SessionId};
 use crate::store::{self, Fault, StoreError, Update};
 
@@ -111,6 +112,7 @@ struct ListPage<'a> {
 /// `GET /sessions?limit=N&cursor=C`.
 async fn list(
     State(admin): State<Arc<Admin>>,
+    ConnectInfo(operator): ConnectInfo<SocketAddr>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(pairs) = query.map_err(|e| ApiError::bad(e.body_text()))?;
@@ -134,6 +136,9 @@ async fn list(
         }
     }
     let page = admin.store.list(cursor.as_deref(), limit).await?;
+    admin
+        .audit
+        .admin(operator, "GET /sessions", None, || Event::Read);
     let ids: Vec<String> = page.sessions.iter().map(|(id, _)| id.to_string()).collect();
     let sessions = page
         .sessions
@@ -156,6 +161,7 @@ async fn list(
 /// `GET /sessions/{id}`: the whole record, data included.
 async fn show(
     State(admin): State<Arc<Admin>>,
+    ConnectInfo(operator): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
@@ -164,6 +170,9 @@ async fn show(
         .load(&id)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no live session with this id"))?;
+    admin
+        .audit
+        .admin(operator, "GET /sessions/{id}", Some(&id), || Event::Read);
     Ok(json_response(
         StatusCode::OK,
         store::session_json(&id, &record)?,
@@ -205,6 +214,11 @@ async fn patch(
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no live session with this id"))?;
     tracing::info!(%operator, ?id, "admin patched a session");
+    admin
+        .audit
+        .admin(operator, "PATCH /sessions/{id}", Some(&id), || {
+            Event::of_change(update.change.as_ref())
+        });
     Ok(json_response(
         StatusCode::OK,
         store::session_json(&id, &record)?,
@@ -225,6 +239,11 @@ async fn delete(
         ));
     }
     tracing::info!(%operator, ?id, "admin deleted a session");
+    admin
+        .audit
+        .admin(operator, "DELETE /sessions/{id}", Some(&id), || {
+            Event::Destroyed(Reason::Admin)
+        });
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

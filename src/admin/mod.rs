@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use subtle::ConstantTimeEq as _;
 
+use crate::audit::Audit;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::SessionStore;
@@ -41,6 +42,8 @@ pub struct Admin {
     /// Set when SIGTERM starts the drain: `/readyz` answers 503 from then on, so a load
     /// balancer stops sending before connections close.
     draining: AtomicBool,
+    /// Every admin action is an audit line with the operator's address.
+    pub(crate) audit: Audit,
 }
 
 impl Admin {
@@ -52,7 +55,14 @@ impl Admin {
             config,
             token,
             draining: AtomicBool::new(false),
+            audit: Audit::off(),
         }
+    }
+
+    /// The audit log the admin actions go to (off unless set).
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
+        self
     }
 
     /// From now on `/readyz` says the process is going away.

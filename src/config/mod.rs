@@ -30,7 +30,8 @@ mod validate;
 #[cfg(test)]
 pub(crate) use raw::KEYS;
 pub use raw::{
-    RawConfig, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts, RawTls, Secret, Secrets,
+    RawAudit, RawConfig, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts, RawTls, Secret,
+    Secrets,
 };
 
 /// A config problem, always naming where it came from.
@@ -103,6 +104,17 @@ pub struct Config {
     pub limits: Limits,
     /// How log lines are written (`[log] format`).
     pub log_format: LogFormat,
+    /// The audit log of session events; `None` (no `[audit] path`) means off.
+    pub audit: Option<AuditConfig>,
+}
+
+/// `[audit]`: where the audit log goes and how many events may wait for the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Appended to; created with mode 0600; reopened on SIGHUP.
+    pub path: PathBuf,
+    /// Events queued for the writer at most; one more is dropped and counted, never waited for.
+    pub queue: usize,
 }
 
 /// The networks of the front proxies whose forwarding headers (`X-Forwarded-*`, `Forwarded`,

@@ -34,6 +34,16 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub audit: RawAudit,
+}
+
+/// `[audit]`: the audit log of session events; off without `path`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub path: Option<PathBuf>,
+    pub queue: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -194,7 +204,7 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 54] = [
+pub(crate) const KEYS: [&str; 56] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -249,6 +259,8 @@ pub(crate) const KEYS: [&str; 54] = [
     "limits.h2_keep_alive_interval",
     "limits.h2_keep_alive_timeout",
     "log.format",
+    "audit.path",
+    "audit.queue",
 ];
 
 impl RawConfig {
@@ -327,7 +339,7 @@ mod tests {
         let every: Vec<&str> = [
             &fields!(RawConfig "" {
                 listen, upstream, shutdown_timeout, trusted_proxies, trust_forwarded_headers
-            } sections { cookie, session, store, upstream_timeouts, tls, admin, limits, log })[..],
+            } sections { cookie, session, store, upstream_timeouts, tls, admin, limits, log, audit })[..],
             &fields!(RawCookie "cookie." {
                 name, max_age, expires, path, domain, secure, http_only, same_site, secret,
                 secret_file
@@ -349,6 +361,7 @@ mod tests {
                 h2_max_concurrent_streams, h2_keep_alive_interval, h2_keep_alive_timeout
             }),
             &fields!(RawLog "log." { format }),
+            &fields!(RawAudit "audit." { path, queue }),
         ]
         .concat();
         assert_eq!(every, KEYS);

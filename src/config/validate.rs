@@ -9,11 +9,14 @@ use cookie::{Key, SameSite};
 use http::uri::{Authority, Scheme, Uri};
 use time::OffsetDateTime;
 
-use super::raw::{RawAdmin, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts, RawTls};
+use super::raw::{
+    RawAdmin, RawAudit, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts, RawTls,
+};
 use super::{
-    AdminConfig, Config, ConfigError, CookieConfig, DEFAULT_LISTEN, DEFAULT_UPSTREAM, DurationSpec,
-    FsConfig, Lifetime, Limits, LogFormat, OnStoreError, RawConfig, RedisConfig, SessionConfig,
-    SkipRules, SqliteConfig, StoreConfig, StoreKind, TlsConfig, TrustedProxies, UpstreamTimeouts,
+    AdminConfig, AuditConfig, Config, ConfigError, CookieConfig, DEFAULT_LISTEN, DEFAULT_UPSTREAM,
+    DurationSpec, FsConfig, Lifetime, Limits, LogFormat, OnStoreError, RawConfig, RedisConfig,
+    SessionConfig, SkipRules, SqliteConfig, StoreConfig, StoreKind, TlsConfig, TrustedProxies,
+    UpstreamTimeouts,
 };
 use crate::downstream::tls::Certs;
 use crate::protocol::ProtocolHeaders;
@@ -100,8 +103,28 @@ impl RawConfig {
                     ));
                 }
             },
+            audit: audit(&at, self.audit)?,
         })
     }
+}
+
+/// `[audit]`: off without `path`. Whether the file can be opened is checked at start, where it
+/// is opened (and by `check`).
+fn audit(at: &Origin, a: RawAudit) -> Result<Option<AuditConfig>, ConfigError> {
+    let Some(path) = a.path else {
+        if a.queue.is_some() {
+            return Err(at.bad("audit.queue", "has no effect without audit.path"));
+        }
+        return Ok(None);
+    };
+    if path.as_os_str().is_empty() {
+        return Err(at.bad("audit.path", "must not be empty"));
+    }
+    let queue = count(at, "audit.queue", a.queue, 16_384, 1..=1_000_000)?;
+    Ok(Some(AuditConfig {
+        path,
+        queue: usize::try_from(queue).unwrap_or(usize::MAX),
+    }))
 }
 
 fn listen(at: &Origin, text: &str) -> Result<SocketAddr, ConfigError> {
@@ -1029,6 +1052,8 @@ mod tests {
                 "[limits]\nh2_keep_alive_timeout = \"never\"",
             ),
             ("log.format", "[log]\nformat = \"xml\""),
+            ("audit.path", "[audit]\npath = \"\""),
+            ("audit.queue", "[audit]\npath = \"a.log\"\nqueue = 0"),
         ];
         let covered: Vec<&str> = cases.iter().map(|(key, _)| *key).collect();
         assert_eq!(covered, KEYS, "one case per key, in file order");

@@ -16,6 +16,7 @@ use http::header::{HeaderValue, SET_COOKIE};
 use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
+use crate::audit::Audit;
 use crate::config::{Config, OnStoreError};
 use crate::cookie::{Cookies, Presented};
 use crate::downstream::Peer;
@@ -46,6 +47,8 @@ pub struct State {
     pub store: Arc<dyn SessionStore>,
     pub upstream: Upstream,
     pub metrics: Arc<Metrics>,
+    /// Off unless `[audit] path` is set ([`Proxy::open`](crate::Proxy::open) sets it).
+    pub audit: Audit,
 }
 
 impl State {
@@ -57,6 +60,7 @@ impl State {
             store,
             metrics,
             config,
+            audit: Audit::off(),
         }
     }
 }

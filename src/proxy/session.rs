@@ -5,6 +5,7 @@ use http::HeaderValue;
 
 use super::State;
 use super::ctx::{RequestCtx, SessionState, StoreWrite};
+use crate::audit::Reason;
 use crate::cookie::Presented;
 use crate::error::ProxyError;
 use crate::protocol::Instructions;
@@ -96,8 +97,8 @@ pub async fn save(
     };
 
     if instructions.destroy {
-        if current.record.is_some() {
-            store.delete(&current.id).await?;
+        if current.record.is_some() && store.delete(&current.id).await? {
+            state.audit.destroyed(ctx, &current.id, Reason::App);
         }
         ctx.write = StoreWrite::Destroyed;
         return Ok(cookies.expire());
@@ -141,6 +142,11 @@ pub async fn save(
         }
         Some(_) => return Ok(resign(state, current)),
     };
+    if let Ok(Some(id)) = &result {
+        state
+            .audit
+            .saved(ctx, &current.id, id, update.change.as_ref());
+    }
     match result {
         Ok(Some(id)) if hands_out_id || cookies.resend_on_write() => Ok(cookies.set(&id)),
         Ok(Some(_)) => Ok(resign(state, current)),

@@ -1,0 +1,591 @@
+//! The audit log (`[audit] path`): one JSON line per session event (created, updated,
+//! replaced, regenerated, destroyed, expired) and per admin action, appended to a file an
+//! operator can keep, rotate and ship.
+//!
+//! Why a queue: the request path must not wait on a disk. A hook builds an [`Entry`] and
+//! `try_send`s it into a bounded channel; one [`Writer`] task turns batches into lines, writes
+//! them on the blocking pool and fsyncs once per batch. When the channel is full the event is
+//! dropped, counted (`audit_dropped_total`) and warned about once per burst: a slow disk costs
+//! audit lines, never latency. With `[audit]` off, [`Audit`] is `None` inside and every hook is
+//! one branch.
+//!
+//! What must never happen: a session id, or any session data value, in the file. An id is a
+//! bearer secret, so a line names the session by [`sid_hash`] (a SHA-256 prefix, computed on
+//! the writer, off the request path); a change names its top-level keys, never their values.
+//!
+//! SIGHUP reopens the file (logrotate's `postrotate`); shutdown closes the channel, writes what
+//! it holds and fsyncs, so every event the channel accepted is in the file.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::HeaderValue;
+use prometheus_client::metrics::counter::Counter;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::AuditConfig;
+use crate::proxy::{RequestCtx, StoreWrite};
+use crate::session::{DataChange, SessionId, now_ms};
+
+/// Hex digits of the SHA-256 of an id that a line keeps: 64 bits tell a day's sessions apart
+/// and correlate lines, and give nothing towards the id's 192 random bits.
+pub const SID_HASH_LEN: usize = 16;
+
+/// Lines written (and fsynced) together at most; a longer queue is written in several batches.
+const BATCH: usize = 1024;
+
+/// The audit name of a session id: the first [`SID_HASH_LEN`] hex digits of SHA-256 of its text.
+pub fn sid_hash(id: &SessionId) -> String {
+    let digest = Sha256::digest(id.as_str().as_bytes());
+    let mut out = String::with_capacity(SID_HASH_LEN);
+    for byte in &digest[..SID_HASH_LEN / 2] {
+        let _ = write!(out, "{byte:02x}");
+    }
+    out
+}
+
+/// Why a session was destroyed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The app sent `X-Session-Destroy`.
+    App,
+    /// An operator deleted it through the admin API.
+    Admin,
+    /// A revocation of the user's sessions (`X-Session-Revoke`, or the admin's per-user delete).
+    Revoked,
+    /// The user went over `session.max_per_user`; the least recently used session went.
+    Evicted,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::App => "app",
+            Reason::Admin => "admin",
+            Reason::Revoked => "revoked",
+            Reason::Evicted => "evicted",
+        }
+    }
+}
+
+/// What happened. Keys are the top-level names of session data, never values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A new session was stored, with these keys set.
+    Created {
+        keys: Vec<String>,
+    },
+    /// A merge patch: the keys it set or removed.
+    Updated {
+        keys: Vec<String>,
+    },
+    /// The whole data was replaced; the keys of the new data.
+    Replaced {
+        keys: Vec<String>,
+    },
+    /// The session moved to a new id (the entry's `sid`) from `old`, with the keys a change
+    /// made on the way (empty without one).
+    Regenerated {
+        old: SessionId,
+        keys: Vec<String>,
+    },
+    Destroyed(Reason),
+    /// The proxy saw the session dead by its expiry (at a load, or sweeping).
+    Expired,
+    /// An operator read session data or the listing through the admin API.
+    Read,
+}
+
+impl Event {
+    fn name(&self) -> &'static str {
+        match self {
+            Event::Created { .. } => "created",
+            Event::Updated { .. } => "updated",
+            Event::Replaced { .. } => "replaced",
+            Event::Regenerated { .. } => "regenerated",
+            Event::Destroyed(_) => "destroyed",
+            Event::Expired => "expired",
+            Event::Read => "read",
+        }
+    }
+
+    /// The event of a data change (an update or a replace) with its key names.
+    pub fn of_change(change: Option<&DataChange>) -> Event {
+        match change {
+            Some(DataChange::Replace(map)) => Event::Replaced {
+                keys: map.keys().cloned().collect(),
+            },
+            Some(DataChange::Patch(map)) => Event::Updated {
+                keys: map.keys().cloned().collect(),
+            },
+            None => Event::Updated { keys: Vec::new() },
+        }
+    }
+}
+
+fn keys_of(change: Option<&DataChange>) -> Vec<String> {
+    match change {
+        Some(DataChange::Replace(map) | DataChange::Patch(map)) => map.keys().cloned().collect(),
+        None => Vec::new(),
+    }
+}
+
+/// One line of the log, as a hook hands it over. The id travels in memory to the writer,
+/// which hashes it; it is never written.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Unix milliseconds, taken when the hook ran.
+    pub at: u64,
+    pub event: Event,
+    pub sid: Option<SessionId>,
+    /// The session's user, when the user index knows it.
+    pub user: Option<String>,
+    pub request_id: Option<HeaderValue>,
+    /// The admin caller's address, for an admin action.
+    pub operator: Option<SocketAddr>,
+    /// The admin route of an admin action, e.g. `DELETE /sessions/{id}`.
+    pub action: Option<&'static str>,
+}
+
+impl Entry {
+    pub fn new(event: Event, sid: Option<&SessionId>) -> Self {
+        Entry {
+            at: now_ms(),
+            event,
+            sid: sid.copied(),
+            user: None,
+            request_id: None,
+            operator: None,
+            action: None,
+        }
+    }
+
+    pub fn request_id(mut self, id: &HeaderValue) -> Self {
+        self.request_id = Some(id.clone());
+        self
+    }
+
+    pub fn user(mut self, user: Option<String>) -> Self {
+        self.user = user;
+        self
+    }
+
+    pub fn admin(mut self, operator: SocketAddr, action: &'static str) -> Self {
+        self.operator = Some(operator);
+        self.action = Some(action);
+        self
+    }
+}
+
+/// The handle every hook holds: cheap to clone, and a no-op when `[audit]` is off.
+#[derive(Clone, Default)]
+pub struct Audit {
+    inner: Option<Arc<Sender>>,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.inner.is_some() {
+            "Audit(on)"
+        } else {
+            "Audit(off)"
+        })
+    }
+}
+
+struct Sender {
+    tx: mpsc::Sender<Entry>,
+    shared: Arc<Shared>,
+}
+
+/// What the senders and the writer both see.
+struct Shared {
+    /// `audit_dropped_total`: events that are not in the file (queue full, writer gone, or a
+    /// failed write).
+    dropped: Counter,
+    /// Set at the first drop of a burst (one warning), cleared once the writer empties the queue.
+    overflowing: AtomicBool,
+}
+
+impl Audit {
+    /// The handle for `[audit]` off.
+    pub fn off() -> Self {
+        Audit::default()
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Opens (creates, mode 0600) the log for appending and returns the handle and the writer
+    /// that must run for lines to reach the file. `None` config: off, no writer.
+    pub async fn open(
+        config: Option<&AuditConfig>,
+        dropped: Counter,
+    ) -> Result<(Audit, Option<Writer>), OpenError> {
+        let Some(config) = config else {
+            return Ok((Audit::off(), None));
+        };
+        let file = open_file(&config.path).await?;
+        let (tx, rx) = mpsc::channel(config.queue);
+        let shared = Arc::new(Shared {
+            dropped,
+            overflowing: AtomicBool::new(false),
+        });
+        let writer = Writer {
+            rx,
+            file,
+            path: config.path.clone(),
+            shared: shared.clone(),
+        };
+        Ok((
+            Audit {
+                inner: Some(Arc::new(Sender { tx, shared })),
+            },
+            Some(writer),
+        ))
+    }
+
+    /// Queues the entry `make` builds (only built when the log is on). Never waits: a full
+    /// queue drops the entry and counts it.
+    pub fn emit(&self, make: impl FnOnce() -> Entry) {
+        let Some(sender) = &self.inner else {
+            return;
+        };
+        if let Err(e) = sender.tx.try_send(make()) {
+            sender.shared.dropped.inc();
+            if !sender.shared.overflowing.swap(true, Ordering::Relaxed) {
+                match e {
+                    mpsc::error::TrySendError::Full(_) => tracing::warn!(
+                        "the audit log queue is full: dropping audit events (counted in audit_dropped_total) until it drains"
+                    ),
+                    mpsc::error::TrySendError::Closed(_) => tracing::warn!(
+                        "the audit log writer has stopped: dropping audit events (counted in audit_dropped_total)"
+                    ),
+                }
+            }
+        }
+    }
+
+    /// The proxy's hook after a successful store write: the event follows from the write the
+    /// request made (`ctx.write`) and the change it carried. `old` is the id the request came
+    /// with, `id` the one the session has now. A touch (no data change) is not an event.
+    pub fn saved(
+        &self,
+        ctx: &RequestCtx,
+        old: &SessionId,
+        id: &SessionId,
+        change: Option<&DataChange>,
+    ) {
+        let event = || match ctx.write {
+            StoreWrite::Created => Some(Event::Created {
+                keys: keys_of(change),
+            }),
+            StoreWrite::Updated => Some(Event::of_change(change)),
+            StoreWrite::Regenerated => Some(Event::Regenerated {
+                old: *old,
+                keys: keys_of(change),
+            }),
+            _ => None,
+        };
+        if self.is_on()
+            && let Some(event) = event()
+        {
+            self.emit(|| Entry::new(event, Some(id)).request_id(&ctx.request_id));
+        }
+    }
+
+    /// A session destroyed on a request (`reason` app, or later revoked / evicted).
+    pub fn destroyed(&self, ctx: &RequestCtx, id: &SessionId, reason: Reason) {
+        self.emit(|| Entry::new(Event::Destroyed(reason), Some(id)).request_id(&ctx.request_id));
+    }
+
+    /// A request found its session dead by expiry.
+    pub fn expired(&self, ctx: &RequestCtx, id: &SessionId) {
+        self.emit(|| Entry::new(Event::Expired, Some(id)).request_id(&ctx.request_id));
+    }
+
+    /// An admin action by `operator` on route `action`, about session `id` (none for a listing).
+    pub fn admin(
+        &self,
+        operator: SocketAddr,
+        action: &'static str,
+        id: Option<&SessionId>,
+        event: impl FnOnce() -> Event,
+    ) {
+        self.emit(|| Entry::new(event(), id).admin(operator, action));
+    }
+}
+
+/// The log file could not be opened: the operator's to fix, so the proxy refuses to start
+/// (exit 2, like a bad config).
+#[derive(Debug, thiserror::Error)]
+#[error("`audit.path`: cannot open {path} for appending: {source}")]
+pub struct OpenError {
+    pub path: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Opens `path` for appending, creating it with mode 0600 (session events are nobody else's
+/// business); an existing file keeps its mode.
+pub async fn open_file(path: &Path) -> Result<Arc<std::fs::File>, OpenError> {
+    let owned = path.to_owned();
+    let opened = tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&owned)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    opened.map(Arc::new).map_err(|source| OpenError {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// The task that owns the file: run it with [`Writer::run`] for as long as the proxy serves.
+pub struct Writer {
+    rx: mpsc::Receiver<Entry>,
+    file: Arc<std::fs::File>,
+    path: PathBuf,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    /// Writes batches as they come, reopens the file on SIGHUP, and when `stop` fires (or every
+    /// handle is gone) writes whatever the queue accepted, fsyncs and returns.
+    pub async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+        // Its own SIGHUP stream: other parts of the proxy may listen for SIGHUP too, and each
+        // stream gets every signal.
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            Ok(s) => Some(s),
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGHUP; the audit log will not be reopened on rotation");
+                None
+            }
+        };
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                n = self.rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    self.write(&mut batch).await;
+                }
+                Some(()) = async {
+                    match &mut hangup {
+                        Some(s) => s.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => self.reopen().await,
+                _ = &mut stop => break,
+            }
+        }
+        // Nothing is accepted from now on; what was accepted is written.
+        self.rx.close();
+        while self.rx.recv_many(&mut batch, BATCH).await > 0 {
+            self.write(&mut batch).await;
+        }
+    }
+
+    /// Formats `batch` into one buffer, appends it with one write and fsyncs, on the blocking
+    /// pool. A failed write loses its lines (counted as dropped) and the next batch tries again.
+    async fn write(&mut self, batch: &mut Vec<Entry>) {
+        let n = batch.len();
+        let mut buf = Vec::with_capacity(n * 160);
+        for entry in batch.drain(..) {
+            line(&entry, &mut buf);
+        }
+        let file = self.file.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let mut f = &*file;
+            f.write_all(&buf)?;
+            f.sync_data()
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        if let Err(error) = written {
+            self.shared.dropped.inc_by(n as u64);
+            tracing::error!(%error, lost = n, path = %self.path.display(), "writing the audit log failed");
+        }
+        if self.rx.is_empty() {
+            self.shared.overflowing.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// logrotate moved the file away: continue in a new one at the configured path. If that
+    /// fails, the old file (wherever it now is) keeps receiving lines.
+    async fn reopen(&mut self) {
+        match open_file(&self.path).await {
+            Ok(file) => {
+                self.file = file;
+                tracing::info!(path = %self.path.display(), "reopened the audit log (SIGHUP)");
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot reopen the audit log; still writing to the old file");
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: &'a str,
+    event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    old_sid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new_sid: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    keys: Option<&'a [String]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    operator: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    action: Option<&'static str>,
+}
+
+/// Appends the JSON line of `entry` (with its newline) to `out`.
+fn line(entry: &Entry, out: &mut Vec<u8>) {
+    let time = rfc3339_ms(entry.at);
+    let sid = entry.sid.as_ref().map(sid_hash);
+    let old = match &entry.event {
+        Event::Regenerated { old, .. } => Some(sid_hash(old)),
+        _ => None,
+    };
+    let keys = match &entry.event {
+        Event::Created { keys }
+        | Event::Updated { keys }
+        | Event::Replaced { keys }
+        | Event::Regenerated { keys, .. } => Some(keys.as_slice()),
+        _ => None,
+    };
+    let reason = match entry.event {
+        Event::Destroyed(r) => Some(r.as_str()),
+        _ => None,
+    };
+    let line = Line {
+        time: &time,
+        event: entry.event.name(),
+        sid: sid.as_deref(),
+        old_sid: old.as_deref(),
+        new_sid: old.as_ref().and(sid.as_deref()),
+        keys,
+        reason,
+        user: entry.user.as_deref(),
+        // A request id is checked to be printable ASCII (or made by the proxy).
+        request_id: entry.request_id.as_ref().and_then(|v| v.to_str().ok()),
+        operator: entry.operator.map(|a| a.to_string()),
+        action: entry.action,
+    };
+    // Only strings and string lists: serializing cannot fail.
+    if serde_json::to_writer(&mut *out, &line).is_ok() {
+        out.push(b'\n');
+    }
+}
+
+/// `2026-12-01T22:30:00.123Z`: RFC 3339, UTC, milliseconds.
+fn rfc3339_ms(ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_hash_is_a_sha256_prefix_and_the_line_holds_no_id() {
+        let id = SessionId::parse("abcdefghijklmnopqrstuvwxyz012345").unwrap();
+        // sha256("abcdefghijklmnopqrstuvwxyz012345"), by coreutils' sha256sum.
+        assert_eq!(sid_hash(&id), "653bb1245e828fcd");
+        let new = SessionId::generate().unwrap();
+        let mut entry = Entry::new(
+            Event::Regenerated {
+                old: id,
+                keys: vec!["cart".to_owned()],
+            },
+            Some(&new),
+        )
+        .request_id(&HeaderValue::from_static("req-1"));
+        entry.at = 1_764_628_200_123;
+        let mut out = Vec::new();
+        line(&entry, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with('\n'));
+        assert!(!text.contains(id.as_str()) && !text.contains(new.as_str()));
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "time": "2025-12-01T22:30:00.123Z",
+                "event": "regenerated",
+                "sid": sid_hash(&new),
+                "old_sid": sid_hash(&id),
+                "new_sid": sid_hash(&new),
+                "keys": ["cart"],
+                "request_id": "req-1",
+            })
+        );
+    }
+
+    #[test]
+    fn an_admin_line_names_the_operator_and_the_route() {
+        let id = SessionId::generate().unwrap();
+        let operator: SocketAddr = "127.0.0.1:4242".parse().unwrap();
+        let mut entry = Entry::new(Event::Destroyed(Reason::Admin), Some(&id))
+            .admin(operator, "DELETE /sessions/{id}");
+        entry.at = 0;
+        let mut out = Vec::new();
+        line(&entry, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "time": "1970-01-01T00:00:00.000Z",
+                "event": "destroyed",
+                "sid": sid_hash(&id),
+                "reason": "admin",
+                "operator": "127.0.0.1:4242",
+                "action": "DELETE /sessions/{id}",
+            })
+        );
+    }
+
+    #[test]
+    fn off_is_a_no_op_that_never_builds_the_entry() {
+        let audit = Audit::off();
+        assert!(!audit.is_on());
+        audit.emit(|| panic!("built an entry with the log off"));
+    }
+}
