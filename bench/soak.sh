@@ -122,6 +122,7 @@ echo "|---|---:|---:|---:|---:|"
 sample baseline
 BASE_FDS=$(fds)
 
+LOAD_START=$(date +%s)
 client loadgen "$BIN/loadgen" run --url "http://$PROXY/" --connections "$CONNECTIONS" \
   --warmup 0 --duration "$SOAK_SECS"
 LOADGEN_PID=$STARTED_PID
@@ -134,9 +135,12 @@ BURST_PIDS=()
 next_burst=$BURST_EVERY
 next_sample=30
 warm_rss=
-for ((t = 1; t <= SOAK_SECS; t++)); do
-  sleep 1
-  if [ "$t" -eq "$next_burst" ] && [ $((t + BURST_SECS)) -lt "$SOAK_SECS" ]; then
+# On the clock, not by counting sleeps (sampling takes time); the last sample is taken 3 s
+# before the clients stop, while every part of the load still runs.
+while sleep 1; do
+  t=$(($(date +%s) - LOAD_START))
+  [ "$t" -lt $((SOAK_SECS - 3)) ] || break
+  if [ "$t" -ge "$next_burst" ] && [ $((t + BURST_SECS)) -lt "$SOAK_SECS" ]; then
     # Cookie-less: every request is a new session (10 % of them stored).
     "${PIN_LOAD[@]}" "$BIN/loadgen" run --url "http://$PROXY/burst" --no-cookies \
       --connections "$BURST_CONNECTIONS" --warmup 0 --duration "$BURST_SECS" \
@@ -145,13 +149,14 @@ for ((t = 1; t <= SOAK_SECS; t++)); do
     BURST_PIDS+=("$!")
     next_burst=$((next_burst + BURST_EVERY))
   fi
-  if [ "$t" -eq "$WARMUP" ]; then
+  if [ -z "$warm_rss" ] && [ "$t" -ge "$WARMUP" ]; then
     sample "warm (after ${WARMUP}s)"
     warm_rss=$(rss_kib)
-  elif [ "$t" -eq "$next_sample" ] && [ "$t" -lt "$SOAK_SECS" ]; then
+    next_sample=$((WARMUP + 30))
+  elif [ "$t" -ge "$next_sample" ]; then
     sample load
+    next_sample=$((next_sample + 30))
   fi
-  [ "$t" -eq "$next_sample" ] && next_sample=$((next_sample + 30))
 done
 sample "end of load"
 end_rss=$(rss_kib)
