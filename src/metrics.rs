@@ -161,6 +161,8 @@ pub struct Metrics {
     ///
     /// [`SessionStore::count`]: crate::store::SessionStore::count
     sessions_live: Option<Gauge>,
+    /// Upgraded connections (WebSockets) passing bytes now.
+    tunnels_open: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -251,6 +253,12 @@ impl Metrics {
             );
             gauge
         });
+        let tunnels_open = Gauge::default();
+        registry.register(
+            "tunnels_open",
+            "Upgraded connections (WebSocket or other Upgrade) open now",
+            tunnels_open.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -267,6 +275,7 @@ impl Metrics {
             upstream_timeout,
             upstream_failed,
             sessions_live,
+            tunnels_open,
         }
     }
 
@@ -306,6 +315,14 @@ impl Metrics {
             Rejected::TooLarge => &self.rejected_too_large,
         }
         .inc();
+    }
+
+    pub fn tunnel_opened(&self) {
+        self.tunnels_open.inc();
+    }
+
+    pub fn tunnel_closed(&self) {
+        self.tunnels_open.dec();
     }
 
     /// The text exposition, with `sessions_live` set from `live` (when the store can count).

@@ -137,6 +137,9 @@ pub struct Limits {
     pub h2_keep_alive_interval: Duration,
     /// HTTP/2: a PING not answered within this closes the connection.
     pub h2_keep_alive_timeout: Duration,
+    /// An upgraded connection (a WebSocket) that moves no byte either way for this long is
+    /// closed. Its own limit: a socket waits far longer than a keep-alive connection does.
+    pub upgrade_idle_timeout: Duration,
 }
 
 /// The admin listener: its own address, and the token its routes require.
