@@ -11,7 +11,7 @@
 //!
 //! Run with
 //! ```not_rust
-//! cargo run --release --example counter                        # uses ./proxy.toml
+//! cargo run --release --example counter                        # uses ./proxy.toml (or the file named)
 //! curl -c jar -b jar http://127.0.0.1:8080/                     # visits: 1
 //! curl -c jar -b jar http://127.0.0.1:8080/                     # visits: 2
 //! curl -c jar -b jar 'http://127.0.0.1:8080/login?user=ada'
@@ -153,15 +153,21 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let file = Path::new("proxy.toml");
-    let config = if file.exists() {
-        RawConfig::from_file(file)?.validate("proxy.toml")?
+    // A config file may be named as the one argument (the browser test gives one whose
+    // addresses end in port 0); otherwise ./proxy.toml, if there is one.
+    let named = std::env::args().nth(1);
+    let file = Path::new(named.as_deref().unwrap_or("proxy.toml"));
+    let mut config = if file.exists() {
+        RawConfig::from_file(file)?.validate(&file.display().to_string())?
     } else {
         RawConfig::default().validate("(defaults)")?
     };
 
     let app_listener = tokio::net::TcpListener::bind(config.upstream.as_str()).await?;
-    println!("example app on http://{}", app_listener.local_addr()?);
+    let app_addr = app_listener.local_addr()?;
+    // The address bound, so an `upstream` on port 0 works too.
+    config.upstream = http::uri::Authority::try_from(app_addr.to_string())?;
+    println!("example app on http://{app_addr}");
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = app_listener.accept().await else {

@@ -85,6 +85,10 @@ mod upstream_framing;
 /// refused upgrades, bad 101s, closes from either side, idle tunnels, SIGTERM with one open.
 mod upgrade;
 
+/// The quickstart (examples/counter.rs) in headless Chromium: counter, login, logout, HttpOnly,
+/// a WebSocket from the page.
+mod e2e;
+
 /// Integers beyond 64 bits and long decimals survive Update and Replace digit for digit.
 mod numbers;
 
