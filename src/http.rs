@@ -61,7 +61,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The protocols an HTTP/1.1 request asks to switch to (RFC 9110 §7.8): its one `Upgrade`
 /// value, when `Connection` lists `upgrade` and the value is a list of `protocol[/version]`
 /// tokens. HTTP/1.0 has no upgrade and HTTP/2 forbids it (RFC 9113 §8.2.2; extended CONNECT,
-/// RFC 8441, is not supported), so theirs is stripped like any hop-by-hop header.
+/// RFC 8441, is not supported), so theirs is stripped like any hop-by-hop header. So is an
+/// upgrade to HTTP itself (`h2c`, `HTTP/2.0`...): the client would then speak HTTP straight to
+/// the app, past the proxy's stripping of reserved headers ("h2c smuggling").
 pub fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
     if req.version() != Version::HTTP_11 {
         return None;
@@ -74,8 +76,18 @@ pub fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
         .flat_map(|v| v.split(','))
         .any(|option| option.trim().eq_ignore_ascii_case("upgrade"));
     let mut values = h.get_all(header::UPGRADE).iter();
-    match (asks, values.next(), values.next()) {
-        (true, Some(v), None) if protocols(v).is_some() => Some(v.clone()),
+    let value = match (asks, values.next(), values.next()) {
+        (true, Some(v), None) => v,
+        _ => return None,
+    };
+    let http = |p: &&str| {
+        let name = p.split('/').next().unwrap_or(p);
+        ["h2c", "h2", "http"]
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h))
+    };
+    match protocols(value) {
+        Some(list) if !list.iter().any(http) => Some(value.clone()),
         _ => None,
     }
 }
@@ -214,7 +226,16 @@ mod tests {
             upgrade_of(Version::HTTP_11, &[("upgrade", "websocket")]),
             None
         );
-        for bad in ["", "web socket", "a/b/c", "ws,", "/1"] {
+        for bad in [
+            "",
+            "web socket",
+            "a/b/c",
+            "ws,",
+            "/1",
+            "h2c",
+            "websocket, H2C",
+            "HTTP/2.0",
+        ] {
             let h = [("connection", "upgrade"), ("upgrade", bad)];
             assert_eq!(upgrade_of(Version::HTTP_11, &h), None, "{bad:?}");
         }

@@ -304,6 +304,21 @@ async fn a_101_to_another_protocol_than_asked_is_a_502() {
 }
 
 #[tokio::test]
+async fn an_upgrade_to_http_itself_is_forwarded_as_an_ordinary_request() {
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, "").await;
+    // An upgrade to HTTP itself would let the client talk to the app past the proxy (h2c
+    // smuggling): the request goes as an ordinary one, without its `Upgrade`.
+    for protocol in ["h2c", "websocket, h2c", "HTTP/2.0"] {
+        let (mut s, head) = raw_upgrade(proxy.addr, "/raw-upgrade", protocol).await;
+        assert_eq!(status_of(&head), Some(200), "{protocol}: {head}");
+        let (body, _) = read_until_closed(&mut s, Duration::from_millis(500)).await;
+        let body = String::from_utf8_lossy(&body);
+        assert!(!body.contains("\"upgrade\""), "{protocol}: {body}");
+    }
+}
+
+#[tokio::test]
 async fn a_forged_session_header_in_the_handshake_is_stripped() {
     let app = App::start().await;
     let proxy = TestProxy::start(&app, "").await;
