@@ -4,22 +4,26 @@
 //! only from the `X-Session` request header and changes it only with response headers:
 //! `GET /` counts visits (`X-Session-Update`), `GET /login?user=NAME` logs in
 //! (`X-Session-Regenerate` plus an update, against session fixation), `GET /logout` ends the
-//! session (`X-Session-Destroy`). The proxy runs in the same process on the embedded sqlite
-//! store (`sessions.db`).
+//! session (`X-Session-Destroy`). `GET /chat` is a page whose script opens the WebSocket
+//! `/ws`, which echoes each message prefixed with the user's name: the app read it from the
+//! session on the handshake, the one request of the socket the proxy sees. The proxy runs in
+//! the same process on the embedded sqlite store (`sessions.db`).
 //!
 //! Run with
 //! ```not_rust
-//! cargo run --release --example counter                        # uses ./proxy.toml
+//! cargo run --release --example counter                        # uses ./proxy.toml (or the file named)
 //! curl -c jar -b jar http://127.0.0.1:8080/                     # visits: 1
 //! curl -c jar -b jar http://127.0.0.1:8080/                     # visits: 2
 //! curl -c jar -b jar 'http://127.0.0.1:8080/login?user=ada'
 //! curl -c jar -b jar http://127.0.0.1:8080/logout
+//! # and open http://127.0.0.1:8080/chat in a browser (after /login?user=ada there)
 //! ```
 
 use std::convert::Infallible;
 use std::path::Path;
 
 use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -29,6 +33,31 @@ use serde_json::{Value, json};
 use session_proxy::config::RawConfig;
 use session_proxy::protocol::codec;
 use session_proxy::{Proxy, downstream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+/// The page of `/chat`: its script talks to `/ws` on the same origin (so through the proxy,
+/// with the session cookie), and shows what comes back.
+const CHAT: &str = r#"<!doctype html>
+<meta charset="utf-8">
+<title>counter: chat</title>
+<p>Messages go to the app over a WebSocket; it answers with your name from the session.</p>
+<form id="form"><input id="message" value="hello"> <button>Send</button></form>
+<pre id="echo"></pre>
+<script>
+const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
+const echo = document.getElementById("echo");
+ws.onopen = () => { document.body.dataset.ws = "open"; };
+ws.onmessage = (event) => { echo.textContent += event.data + "\n"; };
+ws.onclose = () => { document.body.dataset.ws = "closed"; };
+document.getElementById("form").onsubmit = (event) => {
+  event.preventDefault();
+  ws.send(document.getElementById("message").value);
+};
+</script>
+"#;
 
 /// The app: everything it knows about sessions is in these headers.
 async fn app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -39,6 +68,9 @@ async fn app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible
         .and_then(|text| serde_json::from_str(&text).ok())
         .unwrap_or_else(|| json!({}));
     let user = session["user"].as_str().unwrap_or("stranger").to_owned();
+    if req.uri().path() == "/ws" {
+        return Ok(websocket(req, user));
+    }
     let visits = session["visits"].as_u64().unwrap_or(0) + 1;
     let query = req.uri().query().unwrap_or("");
     let builder = Response::builder().header("content-type", "text/plain; charset=utf-8");
@@ -57,6 +89,9 @@ async fn app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible
                 .header("x-session-update", json!({ "user": name }).to_string())
                 .body(format!("Logged in as {name} (new session id issued)\n"))
         }
+        "/chat" => Response::builder()
+            .header("content-type", "text/html; charset=utf-8")
+            .body(CHAT.to_owned()),
         "/logout" => builder
             .header("x-session-destroy", "1")
             .body("Logged out; session destroyed\n".to_owned()),
@@ -65,6 +100,47 @@ async fn app(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible
     Ok(resp
         .map(|r| r.map(|s| Full::new(Bytes::from(s))))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"error\n")))))
+}
+
+/// `/ws`: answers the handshake (RFC 6455 §4.2.2) and then echoes each text message as
+/// `"{user}: {message}"`. `user` was read from the session on the handshake: nothing of the
+/// session travels on the socket itself.
+fn websocket(mut req: Request<Incoming>, user: String) -> Response<Full<Bytes>> {
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .filter(|_| req.headers().contains_key("upgrade"));
+    let Some(key) = key else {
+        let mut refused = Response::new(Full::new(Bytes::from_static(b"a WebSocket only\n")));
+        *refused.status_mut() = http::StatusCode::UPGRADE_REQUIRED;
+        return refused;
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let io = TokioIo::new(upgraded);
+        let mut ws = WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Text(text) = message {
+                let reply = Message::text(format!("{user}: {}", text.as_str()));
+                if ws.send(reply).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert("connection", http::HeaderValue::from_static("upgrade"));
+    h.insert("upgrade", http::HeaderValue::from_static("websocket"));
+    if let Ok(accept) = http::HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", accept);
+    }
+    resp
 }
 
 #[tokio::main]
@@ -77,15 +153,21 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let file = Path::new("proxy.toml");
-    let config = if file.exists() {
-        RawConfig::from_file(file)?.validate("proxy.toml")?
+    // A config file may be named as the one argument (the browser test gives one whose
+    // addresses end in port 0); otherwise ./proxy.toml, if there is one.
+    let named = std::env::args().nth(1);
+    let file = Path::new(named.as_deref().unwrap_or("proxy.toml"));
+    let mut config = if file.exists() {
+        RawConfig::from_file(file)?.validate(&file.display().to_string())?
     } else {
         RawConfig::default().validate("(defaults)")?
     };
 
     let app_listener = tokio::net::TcpListener::bind(config.upstream.as_str()).await?;
-    println!("example app on http://{}", app_listener.local_addr()?);
+    let app_addr = app_listener.local_addr()?;
+    // The address bound, so an `upstream` on port 0 works too.
+    config.upstream = http::uri::Authority::try_from(app_addr.to_string())?;
+    println!("example app on http://{app_addr}");
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = app_listener.accept().await else {
@@ -93,7 +175,7 @@ async fn main() -> anyhow::Result<()> {
             };
             tokio::spawn(async move {
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service_fn(app))
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(app))
                     .await;
             });
         }

@@ -230,6 +230,8 @@ pub struct Metrics {
     /// [`SessionStore::count`]: crate::store::SessionStore::count
     sessions_live: Option<Gauge>,
     cookie: CookieMetrics,
+    /// Upgraded connections (WebSockets) passing bytes now.
+    tunnels_open: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -341,6 +343,12 @@ impl Metrics {
             );
             gauge
         });
+        let tunnels_open = Gauge::default();
+        registry.register(
+            "tunnels_open",
+            "Upgraded connections (WebSocket or other Upgrade) open now",
+            tunnels_open.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -359,6 +367,7 @@ impl Metrics {
             audit_dropped,
             sessions_live,
             cookie,
+            tunnels_open,
         }
     }
 
@@ -408,6 +417,14 @@ impl Metrics {
     /// The audit log's drop counter, handed to its senders and writer at start.
     pub fn audit_dropped(&self) -> Counter {
         self.audit_dropped.clone()
+    }
+
+    pub fn tunnel_opened(&self) {
+        self.tunnels_open.inc();
+    }
+
+    pub fn tunnel_closed(&self) {
+        self.tunnels_open.dec();
     }
 
     /// The text exposition, with `sessions_live` set from `live` (when the store can count).

@@ -1,5 +1,7 @@
 //! The upstream side: one pooled keep-alive HTTP/1.1 client, the request rewrite
-//! (URI, Host, forwarding headers), and the connect/response timeouts.
+//! (URI, Host, forwarding headers), the connect/response timeouts, and the check that a 101
+//! answers an upgrade the request asked for (the connection then leaves the pool for the
+//! tunnel, `proxy::tunnel`).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -15,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use crate::config::Config;
 use crate::downstream::Peer;
 use crate::error::{ClientError, ProxyError};
-use crate::http::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use crate::http::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, upgrade_agreed};
 use crate::proxy::body::{RequestBody, client_fault};
 
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -202,8 +204,11 @@ impl Upstream {
     }
 
     /// Sends the request; the response body streams, only the wait for headers is bounded.
-    /// A failure caused by the client's body is the client's error, not the app's.
+    /// A failure caused by the client's body is the client's error, not the app's. The request
+    /// asks for an upgrade when it still carries `Upgrade` (the pipeline keeps it only for one
+    /// it tunnels); a 101 is accepted only for such a request.
     pub async fn send(&self, req: Request<RequestBody>) -> Result<Response<Incoming>, ProxyError> {
+        let asked = req.headers().get(header::UPGRADE).cloned();
         let resp = match tokio::time::timeout(self.response_timeout, self.client.request(req)).await
         {
             Err(_) => return Err(ProxyError::UpstreamTimeout(self.response_timeout)),
@@ -216,7 +221,7 @@ impl Upstream {
             }
             Ok(Ok(resp)) => resp,
         };
-        check_framing(&resp)?;
+        check_framing(&resp, asked.as_ref())?;
         Ok(resp)
     }
 }
@@ -483,13 +488,22 @@ fn forwarded_from_xff(xff: &[u8]) -> Vec<u8> {
 /// Refuses responses whose framing this hop cannot forward faithfully. hyper reads a response
 /// with both `Content-Length` and `Transfer-Encoding` by the latter, but the length would go on
 /// to the client and cut the body short (RFC 9112 §6.3: a message with both is a smuggling
-/// attempt or an error); and a `101` answers an upgrade this proxy never asks for, since it
-/// removes `Upgrade` from every request.
-fn check_framing<B>(resp: &Response<B>) -> Result<(), ProxyError> {
+/// attempt or an error); and a `101` is a switch only to a protocol the request offered in
+/// `asked`: to any other request, or to another protocol, the client could not be told what
+/// the connection now speaks.
+fn check_framing<B>(resp: &Response<B>, asked: Option<&HeaderValue>) -> Result<(), ProxyError> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(ProxyError::BadUpstreamResponse(
-            "101 Switching Protocols to a request that asked for no upgrade",
-        ));
+        return match asked {
+            None => Err(ProxyError::BadUpstreamResponse(
+                "101 Switching Protocols to a request that asked for no upgrade",
+            )),
+            Some(asked) if !upgrade_agreed(asked, resp.headers().get(header::UPGRADE)) => {
+                Err(ProxyError::BadUpstreamResponse(
+                    "101 Switching Protocols to a protocol the request did not offer",
+                ))
+            }
+            Some(_) => Ok(()),
+        };
     }
     let h = resp.headers();
     if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {

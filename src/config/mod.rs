@@ -206,6 +206,9 @@ pub struct Limits {
     pub h2_keep_alive_interval: Duration,
     /// HTTP/2: a PING not answered within this closes the connection.
     pub h2_keep_alive_timeout: Duration,
+    /// An upgraded connection (a WebSocket) that moves no byte either way for this long is
+    /// closed. Its own limit: a socket waits far longer than a keep-alive connection does.
+    pub upgrade_idle_timeout: Duration,
 }
 
 /// `[tls]`: the files were read and checked during validation, so a bad certificate or a key

@@ -200,11 +200,12 @@ pub struct RawLimits {
     pub h2_max_concurrent_streams: Option<u64>,
     pub h2_keep_alive_interval: Option<DurationSpec>,
     pub h2_keep_alive_timeout: Option<DurationSpec>,
+    pub upgrade_idle_timeout: Option<DurationSpec>,
 }
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 56] = [
+pub(crate) const KEYS: [&str; 57] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -258,6 +259,7 @@ pub(crate) const KEYS: [&str; 56] = [
     "limits.h2_max_concurrent_streams",
     "limits.h2_keep_alive_interval",
     "limits.h2_keep_alive_timeout",
+    "limits.upgrade_idle_timeout",
     "log.format",
     "audit.path",
     "audit.queue",
@@ -358,7 +360,8 @@ mod tests {
             &fields!(RawLimits "limits." {
                 max_connections, handshake_timeout, header_read_timeout, keep_alive_timeout,
                 max_head_size, max_uri_length, max_headers, body_idle_timeout, body_timeout,
-                h2_max_concurrent_streams, h2_keep_alive_interval, h2_keep_alive_timeout
+                h2_max_concurrent_streams, h2_keep_alive_interval, h2_keep_alive_timeout,
+                upgrade_idle_timeout
             }),
             &fields!(RawLog "log." { format }),
             &fields!(RawAudit "audit." { path, queue }),

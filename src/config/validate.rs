@@ -861,6 +861,13 @@ fn limits(at: &Origin, l: RawLimits) -> Result<Limits, ConfigError> {
         Duration::from_secs(20),
         HOUR,
     )?;
+    let upgrade_idle_timeout = bounded(
+        at,
+        "limits.upgrade_idle_timeout",
+        &l.upgrade_idle_timeout,
+        Duration::from_secs(300),
+        Duration::from_secs(24 * 3600),
+    )?;
     // Every value is range-checked above, within usize and u32 on any platform this builds for.
     let usize_of = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     Ok(Limits {
@@ -876,6 +883,7 @@ fn limits(at: &Origin, l: RawLimits) -> Result<Limits, ConfigError> {
         h2_max_concurrent_streams: u32::try_from(h2_max_concurrent_streams).unwrap_or(u32::MAX),
         h2_keep_alive_interval,
         h2_keep_alive_timeout,
+        upgrade_idle_timeout,
     })
 }
 
@@ -1050,6 +1058,10 @@ mod tests {
             (
                 "limits.h2_keep_alive_timeout",
                 "[limits]\nh2_keep_alive_timeout = \"never\"",
+            ),
+            (
+                "limits.upgrade_idle_timeout",
+                "[limits]\nupgrade_idle_timeout = \"0s\"",
             ),
             ("log.format", "[log]\nformat = \"xml\""),
             ("audit.path", "[audit]\npath = \"\""),

@@ -6,12 +6,16 @@
 //! `handshake_timeout` as the first request and under the same connection slot: a client that
 //! opens TCP and never says hello costs what a silent plain-HTTP one does.
 //!
+//! An upgraded connection (a WebSocket) stays in the task that served its handshake: it keeps
+//! its connection slot, and at shutdown it gets the same deadline as a request in flight and is
+//! then closed.
+//!
 //! A connection's error stays in its own task. An accept error (EMFILE, say) is logged and the
 //! loop goes on after a pause that doubles up to a cap, so a persistent error costs little CPU
 //! and log volume while a passing one costs little latency.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -24,7 +28,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
-use crate::proxy::{self, State};
+use crate::proxy::{self, State, Tunnel};
 
 mod activity;
 mod peer;
@@ -146,6 +150,7 @@ pub async fn serve(
                         state: state.clone(),
                         stop: stopped.clone(),
                         limits,
+                        deadline,
                     };
                     tokio::spawn(async move {
                         conn.run(stream, peer).await;
@@ -202,6 +207,8 @@ struct Connection {
     state: Arc<State>,
     stop: watch::Receiver<bool>,
     limits: Limits,
+    /// The shutdown deadline, which a tunnel also gets.
+    deadline: Duration,
 }
 
 /// Why a connection's driver stops waiting.
@@ -261,13 +268,22 @@ impl Connection {
     {
         let remote = peer.addr;
         let activity = Arc::new(Activity::default());
+        // Where a 101 leaves its tunnel, run here once hyper has handed the connection over.
+        let switched: Arc<Mutex<Option<Tunnel>>> = Arc::default();
         let service = {
             let (state, activity) = (self.state.clone(), activity.clone());
+            let switched = switched.clone();
             service_fn(move |req| {
                 let in_flight = activity.enter();
                 let handled = proxy::handle(state.clone(), peer.clone(), req);
+                let switched = switched.clone();
                 async move {
-                    let resp = handled.await?;
+                    let mut resp = handled.await?;
+                    if let Some(tunnel) = resp.extensions_mut().remove::<Tunnel>()
+                        && let Ok(mut slot) = switched.lock()
+                    {
+                        *slot = Some(tunnel);
+                    }
                     Ok::<_, std::convert::Infallible>(
                         resp.map(|body| Tracked::new(body, in_flight)),
                     )
@@ -280,7 +296,7 @@ impl Connection {
             Protocol::Http1 => &builders.http1,
             Protocol::Http2 => &builders.http2,
         };
-        let conn = builder.serve_connection(TokioIo::new(io), service);
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         tokio::pin!(conn);
         let mut draining = *self.stop.borrow();
         let mut deadline = Some(deadline);
@@ -289,7 +305,7 @@ impl Connection {
             if draining && activity.idle() {
                 // Nothing in flight: nothing to wait for but hyper's last flush.
                 let _ = tokio::time::timeout(FLUSH_GRACE, conn.as_mut()).await;
-                return;
+                return self.tunnel(&switched, true).await;
             }
             let wake = tokio::select! {
                 result = conn.as_mut() => {
@@ -305,7 +321,7 @@ impl Connection {
                 () = sleep_until(deadline) => Wake::Check,
             };
             match wake {
-                Wake::Done => return,
+                Wake::Done => return self.tunnel(&switched, draining).await,
                 Wake::Stop => {
                     draining = true;
                     conn.as_mut().graceful_shutdown();
@@ -332,6 +348,27 @@ impl Connection {
                 }
                 return;
             }
+        }
+    }
+}
+
+impl Connection {
+    /// Runs the tunnel a 101 left, if any: until it ends, or, once shutdown has begun, for at
+    /// most the shutdown deadline (then both sides are closed).
+    async fn tunnel(&mut self, switched: &Mutex<Option<Tunnel>>, draining: bool) {
+        let Some(tunnel) = switched.lock().ok().and_then(|mut slot| slot.take()) else {
+            return;
+        };
+        let run = tunnel.run();
+        tokio::pin!(run);
+        if !draining {
+            tokio::select! {
+                () = &mut run => return,
+                _ = self.stop.changed() => {}
+            }
+        }
+        if tokio::time::timeout(self.deadline, run).await.is_err() {
+            tracing::debug!("shutdown deadline passed; closing a tunnel");
         }
     }
 }

@@ -2,7 +2,8 @@
 //! after pingora's: `request_filter` (strip, take the cookie), `session::load`,
 //! `upstream_request_filter` (add the session headers, rewrite for the upstream), the upstream
 //! call, `upstream_response_filter` (take the instructions), `session::save` (the one store
-//! call, the cookie), and `log::logging` (one line per request).
+//! call, the cookie), and `log::logging` (one line per request). An agreed upgrade ends in a
+//! 101 that carries a `tunnel::Tunnel` for the connection task to run.
 //!
 //! Architecture invariant: at most one store operation per request, made only after the
 //! upstream has answered; a failed save turns the response into a 503, so a client never gets a
@@ -12,8 +13,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderValue, SET_COOKIE};
-use http::{Method, Request, Response};
+use http::header::{HeaderValue, SET_COOKIE, UPGRADE};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::audit::Audit;
@@ -21,7 +22,9 @@ use crate::config::{Config, OnStoreError};
 use crate::cookie::{Cookies, Presented};
 use crate::downstream::Peer;
 use crate::error::{self, ClientError, ProxyError};
-use crate::http::{ProxyBody, Trailers, X_REQUEST_ID, strip_hop_by_hop};
+use crate::http::{
+    ProxyBody, Trailers, X_REQUEST_ID, keep_upgrade, requested_upgrade, strip_hop_by_hop,
+};
 use crate::metrics::{Metrics, Rejected};
 use crate::protocol::{Instructions, ProtocolHeaders, codec, parse_instructions};
 use crate::store::{self, SessionStore};
@@ -31,8 +34,11 @@ pub mod body;
 mod ctx;
 mod log;
 mod session;
+mod tunnel;
 
 use body::RequestBody;
+
+pub use tunnel::Tunnel;
 
 pub use ctx::{RequestCtx, SessionState, StoreWrite};
 use session::Current;
@@ -96,9 +102,16 @@ async fn pipeline(
     mut req: Request<Incoming>,
     ctx: &mut RequestCtx,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    let upgrade = requested_upgrade(&req);
     let presented = request_filter(state, &mut req)?;
     req.headers_mut()
         .insert(X_REQUEST_ID, ctx.request_id.clone());
+    // Asked for in HTTP/1.1: forwarded with its `Upgrade`, and the client's side taken now,
+    // before the request is handed on.
+    let client_upgrade = upgrade.map(|protocols| {
+        keep_upgrade(req.headers_mut(), protocols);
+        hyper::upgrade::on(&mut req)
+    });
     // A skipped path (static assets) costs no store call; the cookie was still taken out.
     let current = if state.config.session.skip.matches(&ctx.path) {
         ctx.session = SessionState::Skipped;
@@ -135,6 +148,15 @@ async fn pipeline(
             state.metrics.upstream_failed(how);
         }
     })?;
+    // `send` let a 101 through only for an upgrade the request offered.
+    let switched = match client_upgrade {
+        Some(client) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => resp
+            .headers()
+            .get(UPGRADE)
+            .cloned()
+            .map(|protocols| (client, hyper::upgrade::on(&mut resp), protocols)),
+        _ => None,
+    };
     let instructions = upstream_response_filter(state, &mut resp);
     // Without a session (skipped, or fail_open) nothing is saved: the stored one stays as it was.
     if let Some(current) = &current {
@@ -151,6 +173,14 @@ async fn pipeline(
             }
             Err(e) => return Err(e),
         }
+    }
+    // The session work is done (a failed save above answered 503 and dropped the app's side).
+    if let Some((client, upstream, protocols)) = switched {
+        let idle = state.config.limits.upgrade_idle_timeout;
+        let metrics = state.metrics.clone();
+        return Ok(tunnel::switch(
+            resp, client, upstream, protocols, idle, metrics,
+        ));
     }
     let reserved = state.headers.clone();
     Ok(resp.map(|b| http_body_util::Either::Left(Trailers::new(b, reserved))))

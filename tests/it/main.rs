@@ -86,6 +86,14 @@ mod forwarding;
 /// A raw-TCP app whose response framing is ambiguous (CL+TE, an unasked 101): a 502.
 mod upstream_framing;
 
+/// WebSocket and raw `Upgrade` pass-through: session work on the handshake, bytes both ways,
+/// refused upgrades, bad 101s, closes from either side, idle tunnels, SIGTERM with one open.
+mod upgrade;
+
+/// The quickstart (examples/counter.rs) in headless Chromium: counter, login, logout, HttpOnly,
+/// a WebSocket from the page.
+mod e2e;
+
 /// Integers beyond 64 bits and long decimals survive Update and Replace digit for digit.
 mod numbers;
 

@@ -6,6 +6,16 @@
 //!   (`"session"`, or `"session_error"` when the header is there but does not decode).
 //! - `/stream/N` answers with N bytes, generated chunk by chunk (never held in memory).
 //! - `/sink` reads the request body and answers `{"received": bytes}`.
+//! - `/ws` is a WebSocket (the handshake done by hand, as an app behind hyper does it): each
+//!   text message is answered with `"{user}: {message}"`, `user` taken from the session on the
+//!   handshake (`stranger` without one); `seen` is answered with the JSON description of the
+//!   handshake request (as `/echo` gives), and `bye` makes the app close the socket.
+//! - `/raw-upgrade` takes any other `Upgrade`: a 101 naming the asked protocol (or the one in
+//!   `?as=`), then every byte is echoed back until EOF; a read that holds `quit` makes the app
+//!   close the connection.
+//!
+//! Either upgrade path answers as an ordinary request when [`STATUS`] is given (a refused
+//! upgrade), and its 101 carries the [`RESPOND_WITH`] headers too (session instructions).
 //!
 //! # Its control channel
 //!
@@ -106,7 +116,7 @@ impl App {
                         handle(req)
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .await;
                 });
             }
@@ -129,7 +139,7 @@ impl App {
     }
 }
 
-async fn handle(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
+async fn handle(mut req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
     let h = req.headers();
     let delay = h
         .get(DELAY_MS)
@@ -146,6 +156,17 @@ async fn handle(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible
     };
     if let Some(ms) = delay {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if h.get(STATUS).is_none()
+        && let Some(mut resp) = upgrade(&mut req)
+    {
+        for (name, value) in respond_with {
+            resp.headers_mut().append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(&value).unwrap(),
+            );
+        }
+        return Ok(resp);
     }
 
     let path = req.uri().path().to_owned();
@@ -165,34 +186,7 @@ async fn handle(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible
         }
         full(json!({ "received": received }).to_string())
     } else {
-        let mut headers: Map<String, Value> = Map::new();
-        for name in req.headers().keys() {
-            let values: Vec<Value> = req
-                .headers()
-                .get_all(name)
-                .iter()
-                .map(|v| Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
-                .collect();
-            headers.insert(name.as_str().to_owned(), Value::Array(values));
-        }
-        let mut echo = json!({
-            "method": req.method().as_str(),
-            "path": path,
-            "query": req.uri().query(),
-            "version": format!("{:?}", req.version()),
-            "headers": headers,
-            "session": null,
-        });
-        match req
-            .headers()
-            .get("x-session")
-            .map(|v| decode_x_session(v.as_bytes()))
-        {
-            Some(Ok(data)) => echo["session"] = data,
-            Some(Err(e)) => echo["session_error"] = Value::String(e),
-            None => {}
-        }
-        full(echo.to_string())
+        full(describe(&req).to_string())
     };
 
     let mut resp = Response::new(body);
@@ -207,6 +201,130 @@ async fn handle(req: Request<Incoming>) -> Result<Response<TestBody>, Infallible
         resp.headers_mut().append(name, value);
     }
     Ok(resp)
+}
+
+/// The JSON description of a request that `/echo` answers with.
+fn describe<B>(req: &Request<B>) -> Value {
+    let path = req.uri().path();
+    let mut headers: Map<String, Value> = Map::new();
+    for name in req.headers().keys() {
+        let values: Vec<Value> = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        headers.insert(name.as_str().to_owned(), Value::Array(values));
+    }
+    let mut echo = json!({
+        "method": req.method().as_str(),
+        "path": path,
+        "query": req.uri().query(),
+        "version": format!("{:?}", req.version()),
+        "headers": headers,
+        "session": null,
+    });
+    match req
+        .headers()
+        .get("x-session")
+        .map(|v| decode_x_session(v.as_bytes()))
+    {
+        Some(Ok(data)) => echo["session"] = data,
+        Some(Err(e)) => echo["session_error"] = Value::String(e),
+        None => {}
+    }
+    echo
+}
+
+/// The 101 for `/ws` or `/raw-upgrade` when the request asks to upgrade, with the connection's
+/// new protocol spawned to run once hyper hands it over; `None` for any other request.
+fn upgrade(req: &mut Request<Incoming>) -> Option<Response<TestBody>> {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+    use tokio_tungstenite::tungstenite::protocol::Role;
+
+    let h = req.headers();
+    let asked = h.get("upgrade")?.to_str().ok()?.to_owned();
+    let seen = describe(req);
+    let on_upgrade = hyper::upgrade::on(&mut *req);
+    let resp = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "upgrade");
+    match req.uri().path() {
+        "/ws" if asked.eq_ignore_ascii_case("websocket") => {
+            let key = req.headers().get("sec-websocket-key")?;
+            let accept = derive_accept_key(key.as_bytes());
+            let user = seen["session"]["user"]
+                .as_str()
+                .unwrap_or("stranger")
+                .to_owned();
+            tokio::spawn(async move {
+                let Ok(upgraded) = on_upgrade.await else {
+                    return;
+                };
+                let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    None,
+                )
+                .await;
+                while let Some(Ok(msg)) = ws.next().await {
+                    let reply = match msg {
+                        Message::Text(t) if t.as_str() == "bye" => {
+                            let _ = ws.close(None).await;
+                            return;
+                        }
+                        Message::Text(t) if t.as_str() == "seen" => seen.to_string(),
+                        Message::Text(t) => format!("{user}: {}", t.as_str()),
+                        Message::Close(_) => return,
+                        _ => continue,
+                    };
+                    if ws.send(Message::text(reply)).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Some(
+                resp.header("upgrade", "websocket")
+                    .header("sec-websocket-accept", accept)
+                    .body(full(String::new()))
+                    .unwrap(),
+            )
+        }
+        "/raw-upgrade" => {
+            let answer = req
+                .uri()
+                .query()
+                .and_then(|q| q.strip_prefix("as="))
+                .map_or(asked, str::to_owned);
+            tokio::spawn(async move {
+                let Ok(upgraded) = on_upgrade.await else {
+                    return;
+                };
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 16 * 1024];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) if buf[..n].windows(4).any(|w| w == b"quit") => return,
+                        Ok(n) => {
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+            Some(
+                resp.header("upgrade", answer)
+                    .body(full(String::new()))
+                    .unwrap(),
+            )
+        }
+        _ => None,
+    }
 }
 
 fn full(s: String) -> TestBody {
