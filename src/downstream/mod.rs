@@ -15,7 +15,9 @@
 //! and log volume while a passing one costs little latency.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -52,19 +54,104 @@ const SPARE_FDS: u64 = 64;
 /// The builders, configured once from `[limits]`: plain TCP detects h2c prior knowledge;
 /// under TLS, ALPN has already said which protocol the client speaks, and only that one is
 /// served (a client that chose `http/1.1` cannot switch to HTTP/2 by sending its preface).
+///
+/// HTTP/1.1 under TLS is hyper's own HTTP/1 builder, not the auto builder with `http1_only`:
+/// hyper-util's `serve_connection_with_upgrades`, which a WebSocket needs, ignores
+/// `http1_only` and detects the version again.
 struct Builders {
     auto: ServerBuilder,
-    http1: ServerBuilder,
+    http1: hyper::server::conn::http1::Builder,
     http2: ServerBuilder,
 }
 
 impl Builders {
     fn new(limits: &Limits) -> Self {
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_head_size.max(8192));
+        if limits.max_headers != 100 {
+            http1.max_headers(limits.max_headers);
+        }
         Builders {
             auto: builder(limits),
-            http1: builder(limits).http1_only(),
+            http1,
             http2: builder(limits).http2_only(),
         }
+    }
+}
+
+type ConnError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The connection's end as a future, borrowed for one wait.
+fn served<'c>(
+    conn: &'c mut Pin<Box<dyn Served + '_>>,
+) -> impl Future<Output = Result<(), ConnError>> + 'c {
+    std::future::poll_fn(move |cx| conn.as_mut().poll_served(cx))
+}
+
+/// A connection as the driver loop sees it, whichever builder serves it: polled to its end,
+/// or asked to finish gracefully.
+trait Served: Send {
+    fn poll_served(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>>;
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> Served for auto::UpgradeableConnection<'_, I, S, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Send,
+    S::Future: Send + 'static,
+    S::Error: Into<ConnError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<ConnError>,
+    Self: Future<Output = Result<(), ConnError>> + Send,
+{
+    fn poll_served(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
+        self.poll(cx)
+    }
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        auto::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, B> Served for auto::Connection<'_, I, S, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Send,
+    S::Future: Send + 'static,
+    S::Error: Into<ConnError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<ConnError>,
+    Self: Future<Output = Result<(), ConnError>> + Send,
+{
+    fn poll_served(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
+        self.poll(cx)
+    }
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        auto::Connection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, B> Served for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = B> + Send,
+    S::Future: Send,
+    S::Error: Into<ConnError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<ConnError>,
+    Self: Future<Output = hyper::Result<()>> + Send,
+{
+    fn poll_served(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
+        self.poll(cx).map_err(Into::into)
+    }
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self);
     }
 }
 
@@ -291,24 +378,26 @@ impl Connection {
             })
         };
         let builders = self.builders.clone();
-        let builder = match protocol {
-            Protocol::Detect => &builders.auto,
-            Protocol::Http1 => &builders.http1,
-            Protocol::Http2 => &builders.http2,
+        let io = TokioIo::new(io);
+        let mut conn: Pin<Box<dyn Served + '_>> = match protocol {
+            Protocol::Detect => Box::pin(builders.auto.serve_connection_with_upgrades(io, service)),
+            Protocol::Http1 => {
+                Box::pin(builders.http1.serve_connection(io, service).with_upgrades())
+            }
+            // HTTP/2 has no upgrade.
+            Protocol::Http2 => Box::pin(builders.http2.serve_connection(io, service)),
         };
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        tokio::pin!(conn);
         let mut draining = *self.stop.borrow();
         let mut deadline = Some(deadline);
         let mut served_one = false;
         loop {
             if draining && activity.idle() {
                 // Nothing in flight: nothing to wait for but hyper's last flush.
-                let _ = tokio::time::timeout(FLUSH_GRACE, conn.as_mut()).await;
+                let _ = tokio::time::timeout(FLUSH_GRACE, served(&mut conn)).await;
                 return self.tunnel(&switched, true).await;
             }
             let wake = tokio::select! {
-                result = conn.as_mut() => {
+                result = served(&mut conn) => {
                     if let Err(error) = result {
                         tracing::debug!(%error, %remote, "connection closed with an error");
                     }
@@ -342,7 +431,7 @@ impl Connection {
                 if served_one {
                     tracing::debug!(%remote, "closing an idle connection");
                     conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(FLUSH_GRACE, conn.as_mut()).await;
+                    let _ = tokio::time::timeout(FLUSH_GRACE, served(&mut conn)).await;
                 } else {
                     tracing::debug!(%remote, "closing a connection that sent no request in time");
                 }

@@ -100,12 +100,12 @@ mod numbers;
 /// SIGTERM closes connections with nothing in flight at once (h2 that never reads, half a head).
 mod drain;
 
-/// `[tls]`: HTTPS with ALPN h2/http1.1, Secure cookies, X-Forwarded-Proto, bad files (exit 2),
-/// SIGHUP certificate reload, silent TLS clients cut by the handshake timeout.
-mod tls;
 /// The audit log: exact lines for a scripted sequence, no id or value in it, logrotate's SIGHUP,
 /// nothing lost at SIGTERM, a full queue dropping and counting, an unopenable path refused.
 mod audit;
+/// `[tls]`: HTTPS with ALPN h2/http1.1, Secure cookies, X-Forwarded-Proto, bad files (exit 2),
+/// SIGHUP certificate reload, silent TLS clients cut by the handshake timeout.
+mod tls;
 
 /// Raw-TCP request smuggling attempts: 400, connection closed, nothing smuggled reaches the app.
 mod smuggling;
