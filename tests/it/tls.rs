@@ -499,3 +499,43 @@ async fn tls_without_cookie_secure_warns_at_start() {
         assert_eq!(log.count(WARN), 0, "{extra:?}");
     }
 }
+
+/// A WebSocket through the TLS listener (ALPN `http/1.1`): the handshake carries the session
+/// like any request, then the echo flows; the tunnel is the same as on plain TCP.
+#[tokio::test]
+async fn a_websocket_passes_through_tls_with_the_user_from_the_session() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, section) = tls_setup(dir.path());
+    let app = App::start().await;
+    let proxy = TestProxy::start(&app, &format!("[cookie]\nsecure = true\n{section}")).await;
+    let mut conn = Https::over(connect(proxy.addr, &ca, &[b"http/1.1"]).await).await;
+    let (name, value) = app_responds_with(&[("X-Session-Update", r#"{"user":"ada"}"#)]);
+    let (r, _) = conn.get("/login", &[(name, value.as_str())]).await;
+    let pair = r.set_cookie("session_id").expect("a session cookie");
+    let pair = pair.split(';').next().unwrap().to_owned();
+
+    let stream = connect(proxy.addr, &ca, &[b"http/1.1"]).await;
+    assert_eq!(alpn(&stream).as_deref(), Some(&b"http/1.1"[..]));
+    let mut req = "wss://localhost/ws".into_client_request().unwrap();
+    req.headers_mut()
+        .insert("cookie", http::HeaderValue::from_str(&pair).unwrap());
+    let (mut ws, handshake) = tokio_tungstenite::client_async(req, stream).await.unwrap();
+    assert_eq!(handshake.status(), 101);
+    ws.send(Message::text("hello")).await.unwrap();
+    let echo = loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("no echo over TLS")
+        {
+            Some(Ok(Message::Text(t))) => break t.as_str().to_owned(),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("the socket ended instead of answering: {other:?}"),
+        }
+    };
+    assert_eq!(echo, "ada: hello");
+    ws.close(None).await.unwrap();
+}
