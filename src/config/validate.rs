@@ -275,12 +275,22 @@ fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, ConfigError> {
     }
     let user_key = match s.user_key.as_deref() {
         None => None,
-        Some("") => return Err(at.bad("session.user_key", "must not be empty (leave it out to turn the user index off)")),
+        Some("") => {
+            return Err(at.bad(
+                "session.user_key",
+                "must not be empty (leave it out to turn the user index off)",
+            ));
+        }
         Some(key) => Some(crate::store::UserKey::new(key)),
     };
     let max_per_user = match s.max_per_user {
         None => None,
-        Some(0) => return Err(at.bad("session.max_per_user", "must be at least 1 (leave it out for no limit)")),
+        Some(0) => {
+            return Err(at.bad(
+                "session.max_per_user",
+                "must be at least 1 (leave it out for no limit)",
+            ));
+        }
         Some(_) if user_key.is_none() => {
             return Err(at.bad(
                 "session.max_per_user",

@@ -88,14 +88,18 @@ pub async fn save(
     let (cookie, after) = write(state, current, instructions, now, ctx).await?;
     let Some(key) = &state.config.session.user_key else {
         if revoke.is_some() {
-            tracing::warn!("ignored X-Session-Revoke: session.user_key is not set, so no session has a user");
+            tracing::warn!(
+                "ignored X-Session-Revoke: session.user_key is not set, so no session has a user"
+            );
         }
         return Ok(cookie);
     };
     let loaded = current.record.as_ref();
     let before = loaded.and_then(|r| key.user_of(&r.data));
     let (user, id) = match &after {
-        After::Stored(id, r) if loaded.is_some_and(|l| std::sync::Arc::ptr_eq(&l.data, &r.data)) => {
+        After::Stored(id, r)
+            if loaded.is_some_and(|l| std::sync::Arc::ptr_eq(&l.data, &r.data)) =>
+        {
             (before.clone(), Some(*id))
         }
         After::Stored(id, r) => (key.user_of(&r.data), Some(*id)),

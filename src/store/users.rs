@@ -180,14 +180,15 @@ impl Default for UserIndex {
 }
 
 impl UserIndex {
-    fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<Box<str>, BTreeSet<SessionId>>> {
+    fn shard(
+        &self,
+        user: &str,
+    ) -> std::sync::MutexGuard<'_, HashMap<Box<str>, BTreeSet<SessionId>>> {
         // FNV-1a: cheap, and a user name is not chosen to collide (a bad spread costs only
         // contention, never correctness).
-        let hash = user
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-            });
+        let hash = user.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
         self.shards[(hash % USER_SHARDS as u64) as usize]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -320,7 +321,10 @@ mod tests {
     #[test]
     fn the_index_drops_a_user_with_no_ids_left() {
         let index = UserIndex::default();
-        let (a, b) = (SessionId::generate().unwrap(), SessionId::generate().unwrap());
+        let (a, b) = (
+            SessionId::generate().unwrap(),
+            SessionId::generate().unwrap(),
+        );
         index.change(&a, None, Some("u"));
         index.change(&b, None, Some("u"));
         index.change(&a, Some("u"), Some("v"));

@@ -64,7 +64,10 @@ pub async fn sqlite() -> Opened {
 #[cfg(feature = "redis")]
 pub async fn redis() -> Opened {
     let server = crate::support::redis::RedisServer::start().await;
-    let toml = format!("{USERS}[store]\nkind = \"redis\"\nurl = \"{}\"", server.url());
+    let toml = format!(
+        "{USERS}[store]\nkind = \"redis\"\nurl = \"{}\"",
+        server.url()
+    );
     open(&toml, Box::new(server)).await
 }
 
@@ -409,34 +412,65 @@ fn replace(v: Value) -> Update {
 pub async fn the_user_index_follows_every_change_of_the_key(s: Opened) {
     let store = &*s.store;
     let (a, b) = (id(), id());
-    assert!(store.create(&a, &live(json!({"user":"ada"}))).await.unwrap());
-    assert!(store.create(&b, &live(json!({"user":"ada","n":1}))).await.unwrap());
+    assert!(
+        store
+            .create(&a, &live(json!({"user":"ada"})))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .create(&b, &live(json!({"user":"ada","n":1})))
+            .await
+            .unwrap()
+    );
     assert_eq!(of(store, "ada").await, sorted(vec![a, b]));
     assert!(of(store, "bob").await.is_empty());
 
-    store.update(&a, &patch(json!({"user":"bob"}))).await.unwrap();
+    store
+        .update(&a, &patch(json!({"user":"bob"})))
+        .await
+        .unwrap();
     assert_eq!(of(store, "ada").await, vec![b]);
     assert_eq!(of(store, "bob").await, vec![a]);
 
     // A change of another key, and a touch, keep the user.
     store.update(&a, &patch(json!({"cart":[1]}))).await.unwrap();
     store
-        .update(&a, &Update { change: None, ..patch(json!({})) })
+        .update(
+            &a,
+            &Update {
+                change: None,
+                ..patch(json!({}))
+            },
+        )
         .await
         .unwrap();
     assert_eq!(of(store, "bob").await, vec![a]);
 
-    store.update(&a, &patch(json!({"user":null}))).await.unwrap();
+    store
+        .update(&a, &patch(json!({"user":null})))
+        .await
+        .unwrap();
     assert!(of(store, "bob").await.is_empty());
 
     store.update(&a, &patch(json!({"user":42}))).await.unwrap();
     assert_eq!(of(store, "42").await, vec![a]);
-    store.update(&a, &patch(json!({"user":{"id":42}}))).await.unwrap();
+    store
+        .update(&a, &patch(json!({"user":{"id":42}})))
+        .await
+        .unwrap();
     assert!(of(store, "42").await.is_empty());
 
-    store.update(&b, &replace(json!({"other":"ada"}))).await.unwrap();
+    store
+        .update(&b, &replace(json!({"other":"ada"})))
+        .await
+        .unwrap();
     assert!(of(store, "ada").await.is_empty());
-    store.update(&b, &replace(json!({"user":"ada"}))).await.unwrap();
+    store
+        .update(&b, &replace(json!({"user":"ada"})))
+        .await
+        .unwrap();
     assert_eq!(of(store, "ada").await, vec![b]);
 }
 
@@ -445,7 +479,10 @@ pub async fn the_user_index_follows_every_change_of_the_key(s: Opened) {
 pub async fn the_user_index_follows_regenerate_and_destroy(s: Opened) {
     let store = &*s.store;
     let (old, new) = (id(), id());
-    store.create(&old, &live(json!({"user":"ada"}))).await.unwrap();
+    store
+        .create(&old, &live(json!({"user":"ada"})))
+        .await
+        .unwrap();
     let moved = store
         .regenerate(&old, &new, &patch(json!({"user":"ada","mfa":true})))
         .await
@@ -457,7 +494,10 @@ pub async fn the_user_index_follows_regenerate_and_destroy(s: Opened) {
 
     // Regenerate at login: the session gets its user on the way to the new id.
     let (anon, signed) = (id(), id());
-    store.create(&anon, &live(json!({"cart":[]}))).await.unwrap();
+    store
+        .create(&anon, &live(json!({"cart":[]})))
+        .await
+        .unwrap();
     store
         .regenerate(&anon, &signed, &patch(json!({"user":"bob"})))
         .await
@@ -469,8 +509,14 @@ pub async fn the_user_index_follows_regenerate_and_destroy(s: Opened) {
         .create(&c, &record(json!({"user":"eve"}), now_ms() - 1))
         .await
         .unwrap();
-    assert!(of(store, "eve").await.is_empty(), "a dead session was listed");
-    store.create(&c, &live(json!({"user":"mallory"}))).await.unwrap();
+    assert!(
+        of(store, "eve").await.is_empty(),
+        "a dead session was listed"
+    );
+    store
+        .create(&c, &live(json!({"user":"mallory"})))
+        .await
+        .unwrap();
     assert!(of(store, "eve").await.is_empty());
     assert_eq!(of(store, "mallory").await, vec![c]);
 }
@@ -484,7 +530,10 @@ pub async fn the_user_index_never_lists_an_expired_session(s: Opened) {
         .create(&short, &record(json!({"user":"ada"}), now_ms() + 400))
         .await
         .unwrap();
-    store.create(&long, &live(json!({"user":"ada"}))).await.unwrap();
+    store
+        .create(&long, &live(json!({"user":"ada"})))
+        .await
+        .unwrap();
     assert_eq!(of(store, "ada").await, sorted(vec![short, long]));
     tokio::time::sleep(std::time::Duration::from_millis(600)).await;
     assert_eq!(of(store, "ada").await, vec![long]);

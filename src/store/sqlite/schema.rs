@@ -11,9 +11,9 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::SqliteError;
 use crate::config::SqliteConfig;
-use crate::store::{Result, StoreError};
 #[cfg(doc)]
 use crate::store::UserKey;
+use crate::store::{Result, StoreError};
 
 /// `MIGRATIONS[v]` brings a file from schema version `v` to `v + 1`; the version this binary
 /// writes is their count. A migration only ever adds a step at the end: a file is never
