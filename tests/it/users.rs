@@ -144,7 +144,7 @@ async fn revoke_composes_with_update_and_destroy() {
         ])
         .await;
     assert_eq!(session_of(&mut b).await.0, json!({"user":"eve","n":1}));
-    assert_eq!(session_of(&mut keep).await.1, false);
+    assert!(!session_of(&mut keep).await.1);
 }
 
 /// The admin lists one user's sessions (the listing's shape, with the user) and signs the user
@@ -191,14 +191,14 @@ async fn admin_lists_and_revokes_a_users_sessions() {
     .await;
     assert_eq!(r.status, 200);
     assert_eq!(r.json(), json!({"revoked": 2}));
-    assert_eq!(session_of(&mut a1).await.1, true);
-    assert_eq!(session_of(&mut a3).await.1, true);
+    assert!(session_of(&mut a1).await.1);
+    assert!(session_of(&mut a3).await.1);
     assert_eq!(session_of(&mut a2).await, (json!({"user":"ada"}), false));
 
     let r = admin(addr, Method::DELETE, "/users/ada/sessions").await;
     assert_eq!(r.json(), json!({"revoked": 1}));
-    assert_eq!(session_of(&mut a2).await.1, true);
-    assert_eq!(session_of(&mut bob).await.1, false);
+    assert!(session_of(&mut a2).await.1);
+    assert!(!session_of(&mut bob).await.1);
     let r = admin(addr, Method::GET, "/users/ada/sessions").await;
     assert_eq!(ids(&r.json()), Vec::<String>::new());
 
@@ -210,9 +210,8 @@ async fn admin_lists_and_revokes_a_users_sessions() {
         assert_eq!(r.status, 400, "{bad}");
         assert!(r.json()["error"].is_string());
     }
-    assert_eq!(
-        session_of(&mut bob).await.1,
-        false,
+    assert!(
+        !session_of(&mut bob).await.1,
         "a bad call revoked something"
     );
 }
@@ -237,8 +236,8 @@ async fn without_a_user_key_there_is_nothing_to_revoke() {
         .app_responds_with(&[("X-Session-Revoke", "all")])
         .await;
     assert!(!r.headers.contains_key("x-session-revoke"));
-    assert_eq!(session_of(&mut a).await.1, false);
-    assert_eq!(session_of(&mut b).await.1, false);
+    assert!(!session_of(&mut a).await.1);
+    assert!(!session_of(&mut b).await.1);
 }
 
 /// `max_per_user = 2`: a third sign-in ends the least recently used of the other two, which is
@@ -260,15 +259,15 @@ async fn max_per_user_evicts_the_least_recently_used() {
         (json!({}), true),
         "not evicted"
     );
-    assert_eq!(session_of(&mut first).await.1, false);
-    assert_eq!(session_of(&mut third).await.1, false);
-    assert_eq!(session_of(&mut bob).await.1, false);
+    assert!(!session_of(&mut first).await.1);
+    assert!(!session_of(&mut third).await.1);
+    assert!(!session_of(&mut bob).await.1);
     // Re-saving a signed-in session is no new sign-in: nothing more is evicted.
     third
         .get("/")
         .app_responds_with(&[("X-Session-Update", r#"{"user":"ada","n":1}"#)])
         .await;
-    assert_eq!(session_of(&mut first).await.1, false);
+    assert!(!session_of(&mut first).await.1);
     let live: Vec<_> = proxy
         .sessions()
         .await
@@ -299,11 +298,7 @@ async fn a_revoke_takes_effect_on_every_proxy_sharing_the_store() {
         addr: one.addr,
         ..phone.clone()
     };
-    assert_eq!(
-        session_of(&mut also).await.1,
-        false,
-        "the proxies share sessions"
-    );
+    assert!(!session_of(&mut also).await.1, "the proxies share sessions");
     laptop
         .get("/password")
         .app_responds_with(&[("X-Session-Revoke", "others")])
@@ -547,8 +542,8 @@ async fn the_cli_lists_and_revokes_a_user() {
     want.sort();
     assert_eq!(ids, want);
     assert_eq!(run(&["revoke", "ada"]).trim(), "revoked 2 sessions");
-    assert_eq!(session_of(&mut a).await.1, true);
-    assert_eq!(session_of(&mut b).await.1, true);
-    assert_eq!(session_of(&mut bob).await.1, false);
+    assert!(session_of(&mut a).await.1);
+    assert!(session_of(&mut b).await.1);
+    assert!(!session_of(&mut bob).await.1);
     assert_eq!(run(&["user", "ada"]), "");
 }
