@@ -307,8 +307,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = open_writer(&config(&dir.path().join("c.db"))).unwrap();
         conn.execute_batch(
-            "INSERT INTO sessions VALUES ('a', '{}', 1, 1, 1, 1);
-             INSERT INTO sessions VALUES ('b', '{}', 1, 1, 1, 1);
+            "INSERT INTO sessions (id, data, created_at, updated_at, expires_at, version) VALUES ('a', '{}', 1, 1, 1, 1);
+             INSERT INTO sessions (id, data, created_at, updated_at, expires_at, version) VALUES ('b', '{}', 1, 1, 1, 1);
              UPDATE sessions SET expires_at = 5 WHERE id = 'a';
              DELETE FROM sessions WHERE id = 'b';",
         )
