@@ -94,6 +94,10 @@ pub async fn save(
         }
         return Ok(cookie);
     };
+    // Most responses neither revoke nor can evict: the user is not even looked up.
+    if revoke.is_none() && state.config.session.max_per_user.is_none() {
+        return Ok(cookie);
+    }
     let loaded = current.record.as_ref();
     let before = loaded.and_then(|r| key.user_of(&r.data));
     let (user, id) = match &after {
