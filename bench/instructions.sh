@@ -4,6 +4,7 @@
 #
 #   bench/instructions.sh                 # memory store, every request updates its session
 #   MIX=read STORE=fs-nofsync bench/instructions.sh
+#   USER_KEY=profile bench/instructions.sh  # with a user index (session.user_key)
 #
 # Throughput on a shared VM swings by ±20 % between runs of the same binary, so a change worth
 # 5 % cannot be seen in bench/load.sh. This runs the proxy under valgrind's callgrind (user-space
@@ -14,7 +15,10 @@
 #
 # Needs valgrind (apt-get install -y valgrind). Traffic goes only to 127.0.0.1; every process is
 # stopped by its PID on exit. Environment: DURATION [8], MIX [write], STORE [memory], TOP [30],
-# LOG [warn] (the proxy's RUST_LOG; info, the default level, adds the access-log line's cost).
+# LOG [warn] (the proxy's RUST_LOG; info, the default level, adds the access-log line's cost),
+# USER_KEY [unset] (`session.user_key`; the bench app's sessions hold `visits`, an integer that
+# every update changes, so every write moves the session to another user: the worst case, and
+# `profile`, a string set once, so the user never changes: the common case).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +40,9 @@ WORK=$(mktemp -d "$PWD/target/bench-instructions.XXXXXX")
 source bench/common.sh
 
 upstream_and_config "$MIX" "$STORE"
+if [ -n "${USER_KEY:-}" ]; then
+  printf '[session]\nuser_key = "%s"\n' "$USER_KEY" >>"$WORK/proxy.toml"
+fi
 # RUST_LOG is set outside valgrind: under `env`, valgrind would instrument env, not the proxy.
 export RUST_LOG=$LOG
 start proxy "$WORK/proxy.log" valgrind --tool=callgrind \
@@ -48,7 +55,7 @@ for _ in 1 2 3; do
 done
 [ -n "${PROXY:-}" ] || { echo "the proxy did not start:" >&2; cat "$WORK/proxy.log.err" >&2; exit 1; }
 
-echo "== callgrind on the proxy, store=$STORE, mix=$MIX, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
+echo "== callgrind on the proxy, store=$STORE, mix=$MIX, user_key=${USER_KEY:-off}, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
 LINE=$("${PIN_LOAD[@]}" target/release/loadgen run --url "http://$PROXY/" \
   --connections 16 --warmup 0 --duration "$DURATION")
 REQUESTS=$(echo "$LINE" | tr '\t' '\n' | sed -n 's/^requests=//p')

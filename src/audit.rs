@@ -282,6 +282,7 @@ impl Audit {
         old: &SessionId,
         id: &SessionId,
         change: Option<&DataChange>,
+        user: impl FnOnce() -> Option<String>,
     ) {
         let event = || match ctx.write {
             StoreWrite::Created => Some(Event::Created {
@@ -297,13 +298,38 @@ impl Audit {
         if self.is_on()
             && let Some(event) = event()
         {
-            self.emit(|| Entry::new(event, Some(id)).request_id(&ctx.request_id));
+            self.emit(|| {
+                Entry::new(event, Some(id))
+                    .request_id(&ctx.request_id)
+                    .user(user())
+            });
         }
     }
 
-    /// A session destroyed on a request (`reason` app, or later revoked / evicted).
-    pub fn destroyed(&self, ctx: &RequestCtx, id: &SessionId, reason: Reason) {
-        self.emit(|| Entry::new(Event::Destroyed(reason), Some(id)).request_id(&ctx.request_id));
+    /// A session destroyed on a request: by the app, or as one of `user`'s sessions revoked
+    /// (`X-Session-Revoke`) or evicted (`session.max_per_user`).
+    pub fn destroyed(&self, ctx: &RequestCtx, id: &SessionId, reason: Reason, user: Option<&str>) {
+        self.emit(|| {
+            Entry::new(Event::Destroyed(reason), Some(id))
+                .request_id(&ctx.request_id)
+                .user(user.map(str::to_owned))
+        });
+    }
+
+    /// An admin action by `operator` on a session of `user`.
+    pub fn admin_on_user(
+        &self,
+        operator: SocketAddr,
+        action: &'static str,
+        id: &SessionId,
+        user: &str,
+        event: impl FnOnce() -> Event,
+    ) {
+        self.emit(|| {
+            Entry::new(event(), Some(id))
+                .admin(operator, action)
+                .user(Some(user.to_owned()))
+        });
     }
 
     /// A request found its session dead by expiry.

@@ -181,6 +181,18 @@ async fn sessions(
             }
             println!("deleted");
         }
+        SessionsCommand::User { user } => {
+            let mut found = store.user_sessions(&user).await?;
+            found.sort_by_key(|(id, r)| (r.created_at, *id));
+            let mut out = std::io::stdout().lock();
+            for (id, record) in found {
+                writeln!(out, "{}", store::session_json(&id, &record)?)?;
+            }
+        }
+        SessionsCommand::Revoke { user } => {
+            let destroyed = store::users::revoke(&*store, &user, None).await?;
+            println!("revoked {} sessions", destroyed.len());
+        }
         // Handled before the configured store is opened: it names its own two.
         SessionsCommand::Copy { .. } => {}
     }

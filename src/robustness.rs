@@ -114,6 +114,7 @@ fn parsers_never_panic_on_random_input() {
             replace: rng.random_bool(0.5).then(|| input(&mut rng)),
             destroy: rng.random_bool(0.1),
             regenerate: rng.random_bool(0.1),
+            revoke: rng.random_bool(0.2).then(|| input(&mut rng)),
         };
         let _ = parse_instructions(&raw);
 

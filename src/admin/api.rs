@@ -1,4 +1,5 @@
-//! The JSON API: list, show, patch and delete sessions; the probes; `/metrics`.
+//! The JSON API: list, show, patch and delete sessions; a user's sessions (list, revoke); the
+//! probes; `/metrics`.
 //!
 //! Every answer is JSON (never HTML: session data is user-controlled), every bad input a 4xx
 //! with `{"error": "..."}`, a store that is down a 503 with the reason. An admin read never
@@ -20,7 +21,7 @@ use serde_json::Value;
 use super::Admin;
 use crate::audit::{Event, Reason};
 use crate::session::{DataChange, SessionId};
-use crate::store::{self, Fault, StoreError, Update};
+use crate::store::{self, Fault, Record, StoreError, Update, UserKey};
 
 /// The most sessions one page may hold, and how many it holds when the caller does not say.
 pub const MAX_LIMIT: usize = 1000;
@@ -30,6 +31,10 @@ pub(super) fn routes() -> Router<Arc<Admin>> {
     Router::new()
         .route("/sessions", get(list))
         .route("/sessions/{id}", get(show).patch(patch).delete(delete))
+        .route(
+            "/users/{user}/sessions",
+            get(user_sessions).delete(revoke_user),
+        )
 }
 
 /// An admin request that failed, and whose fault it was (the status says).
@@ -96,11 +101,27 @@ fn parse_id(text: &str) -> Result<SessionId, ApiError> {
 #[derive(Serialize)]
 struct Listed<'a> {
     id: &'a str,
+    /// The session's user under `session.user_key` (absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
     created_at: u64,
     updated_at: u64,
     expires_at: u64,
     /// Bytes of the session's JSON text.
     size: usize,
+}
+
+impl<'a> Listed<'a> {
+    fn new(id: &'a str, r: &Record, key: Option<&UserKey>) -> Self {
+        Listed {
+            id,
+            user: key.and_then(|k| k.user_of(&r.data)),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            expires_at: r.expires_at,
+            size: r.data.len(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -139,23 +160,99 @@ async fn list(
     admin
         .audit
         .admin(operator, "GET /sessions", None, || Event::Read);
+    let key = admin.config.session.user_key.as_ref();
     let ids: Vec<String> = page.sessions.iter().map(|(id, _)| id.to_string()).collect();
     let sessions = page
         .sessions
         .iter()
         .zip(&ids)
-        .map(|((_, r), id)| Listed {
-            id,
-            created_at: r.created_at,
-            updated_at: r.updated_at,
-            expires_at: r.expires_at,
-            size: r.data.len(),
-        })
+        .map(|((_, r), id)| Listed::new(id, r, key))
         .collect();
     json_ok(&ListPage {
         sessions,
         next_cursor: page.next,
     })
+}
+
+/// The user named in a `/users/{user}/...` path, on a proxy that has a user index.
+fn user_index(admin: &Admin, user: &str) -> Result<(), ApiError> {
+    if admin.config.session.user_key.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "there is no user index: set session.user_key",
+        ));
+    }
+    if user.is_empty() {
+        return Err(ApiError::bad("the user is empty"));
+    }
+    Ok(())
+}
+
+/// `GET /users/{user}/sessions`: every live session of one user, in the shape of a
+/// `GET /sessions` page (never a next page), oldest first.
+async fn user_sessions(
+    State(admin): State<Arc<Admin>>,
+    Path(user): Path<String>,
+) -> Result<Response, ApiError> {
+    user_index(&admin, &user)?;
+    let mut found = admin.store.user_sessions(&user).await?;
+    found.sort_by_key(|(id, r)| (r.created_at, *id));
+    let key = admin.config.session.user_key.as_ref();
+    let ids: Vec<String> = found.iter().map(|(id, _)| id.to_string()).collect();
+    let sessions = found
+        .iter()
+        .zip(&ids)
+        .map(|((_, r), id)| Listed::new(id, r, key))
+        .collect();
+    json_ok(&ListPage {
+        sessions,
+        next_cursor: None,
+    })
+}
+
+#[derive(Serialize)]
+struct Revoked {
+    revoked: usize,
+}
+
+/// `DELETE /users/{user}/sessions[?except=ID]`: signs the user out everywhere (but `except`,
+/// say the operator's own session or the one the user is on). Answers how many were destroyed.
+async fn revoke_user(
+    State(admin): State<Arc<Admin>>,
+    ConnectInfo(operator): ConnectInfo<SocketAddr>,
+    Path(user): Path<String>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    user_index(&admin, &user)?;
+    let Query(pairs) = query.map_err(|e| ApiError::bad(e.body_text()))?;
+    let mut except = None;
+    for (key, value) in pairs {
+        match key.as_str() {
+            "except" => except = Some(parse_id(&value)?),
+            other => return Err(ApiError::bad(format!("unknown parameter {other:?}"))),
+        }
+    }
+    let destroyed = revoke(&admin, &user, except.as_ref()).await?;
+    tracing::info!(%operator, revoked = destroyed.len(), "admin revoked a user's sessions");
+    for id in &destroyed {
+        admin
+            .audit
+            .admin_on_user(operator, "DELETE /users/{user}/sessions", id, &user, || {
+                Event::Destroyed(Reason::Revoked)
+            });
+    }
+    json_ok(&Revoked {
+        revoked: destroyed.len(),
+    })
+}
+
+/// The admin's one way to revoke a user's sessions; returns the ids destroyed.
+async fn revoke(
+    admin: &Admin,
+    user: &str,
+    except: Option<&SessionId>,
+) -> Result<Vec<SessionId>, StoreError> {
+    store::users::revoke(&*admin.store, user, except).await
 }
 
 /// `GET /sessions/{id}`: the whole record, data included.

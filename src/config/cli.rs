@@ -60,6 +60,16 @@ pub enum SessionsCommand {
         /// The session id (the cookie's value, without a signature).
         id: String,
     },
+    /// Print the live sessions of one user (`session.user_key`) as JSON lines, oldest first.
+    User {
+        /// The user, as the session data names it.
+        user: String,
+    },
+    /// Sign one user out everywhere: delete every live session of the user, print how many.
+    Revoke {
+        /// The user, as the session data names it.
+        user: String,
+    },
     /// Copy every live session from one store to another, page by page, and print how many
     /// were copied. A session the destination already has is left alone, so a second run
     /// copies nothing new. The stores' other settings (timeout, fsync, ...) come from the

@@ -306,6 +306,10 @@ pub struct SessionConfig {
     pub lifetime: Lifetime,
     /// Paths that get no session (static assets): see [`SkipRules`].
     pub skip: SkipRules,
+    /// `session.user_key`: the data key that names a session's user; `None`, no user index.
+    pub user_key: Option<crate::store::UserKey>,
+    /// `session.max_per_user`: live sessions one user may hold (only with `user_key`).
+    pub max_per_user: Option<usize>,
 }
 
 /// `session.skip`: request paths the proxy passes through without touching the store. An
@@ -339,6 +343,9 @@ pub struct StoreConfig {
     pub sweep_interval: Duration,
     /// What a request gets while the store fails.
     pub on_error: OnStoreError,
+    /// `session.user_key`, copied here so every opener of the store (the proxy, the CLI,
+    /// `sessions copy`) keeps the same user index without passing it along.
+    pub users: Option<crate::store::UserKey>,
 }
 
 /// The store-down policy (`store.on_error`).

@@ -140,6 +140,8 @@ pub struct RawSession {
     pub absolute_timeout: Option<DurationSpec>,
     pub touch_interval: Option<DurationSpec>,
     pub skip: Option<Vec<String>>,
+    pub user_key: Option<String>,
+    pub max_per_user: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -205,7 +207,7 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 57] = [
+pub(crate) const KEYS: [&str; 59] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -228,6 +230,8 @@ pub(crate) const KEYS: [&str; 57] = [
     "session.absolute_timeout",
     "session.touch_interval",
     "session.skip",
+    "session.user_key",
+    "session.max_per_user",
     "store.kind",
     "store.timeout",
     "store.sweep_interval",
@@ -348,7 +352,7 @@ mod tests {
             }),
             &fields!(RawSession "session." {
                 header_prefix, renew_missing, max_size, idle_timeout, absolute_timeout,
-                touch_interval, skip
+                touch_interval, skip, user_key, max_per_user
             }),
             &fields!(RawStore "store." {
                 kind, timeout, sweep_interval, on_error, path, filename_template, mode, fsync,

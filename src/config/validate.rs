@@ -72,7 +72,7 @@ impl RawConfig {
         let at = Origin(file);
         let cookie_secure_unset = self.cookie.secure.is_none();
         // Checked in the order of proxy.toml: of several bad keys, the first is reported.
-        Ok(Config {
+        let mut config = Config {
             listen: listen(&at, self.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?,
             upstream: parse_upstream(self.upstream.as_deref().unwrap_or(DEFAULT_UPSTREAM))
                 .map_err(|m| at.bad("upstream", m))?,
@@ -104,7 +104,9 @@ impl RawConfig {
                 }
             },
             audit: audit(&at, self.audit)?,
-        })
+        };
+        config.store.users = config.session.user_key.clone();
+        Ok(config)
     }
 }
 
@@ -398,7 +400,35 @@ fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, ConfigError> {
             format!("{bad:?} is not a path: entries start with / (end one with / to skip everything under it)"),
         ));
     }
+    let user_key = match s.user_key.as_deref() {
+        None => None,
+        Some("") => {
+            return Err(at.bad(
+                "session.user_key",
+                "must not be empty (leave it out to turn the user index off)",
+            ));
+        }
+        Some(key) => Some(crate::store::UserKey::new(key)),
+    };
+    let max_per_user = match s.max_per_user {
+        None => None,
+        Some(0) => {
+            return Err(at.bad(
+                "session.max_per_user",
+                "must be at least 1 (leave it out for no limit)",
+            ));
+        }
+        Some(_) if user_key.is_none() => {
+            return Err(at.bad(
+                "session.max_per_user",
+                "needs session.user_key: without it no session has a user",
+            ));
+        }
+        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+    };
     Ok(SessionConfig {
+        user_key,
+        max_per_user,
         skip: SkipRules::new(skip),
         header_prefix,
         headers,
@@ -624,6 +654,7 @@ fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigError> {
         timeout: store_timeout,
         sweep_interval,
         on_error,
+        users: None,
     })
 }
 
@@ -989,6 +1020,11 @@ mod tests {
                 "[session]\nidle_timeout = \"1h\"\ntouch_interval = \"2h\"",
             ),
             ("session.skip", "[session]\nskip = [\"static/\"]"),
+            ("session.user_key", "[session]\nuser_key = \"\""),
+            (
+                "session.max_per_user",
+                "[session]\nuser_key = \"user\"\nmax_per_user = 0",
+            ),
             ("store.kind", "[store]\nkind = \"tape\""),
             ("store.timeout", "[store]\ntimeout = \"0s\""),
             ("store.sweep_interval", "[store]\nsweep_interval = \"0s\""),

@@ -30,6 +30,7 @@ pub struct ProtocolHeaders {
     replace: HeaderName,
     destroy: HeaderName,
     regenerate: HeaderName,
+    revoke: HeaderName,
 }
 
 /// The configured prefix cannot start a valid header name.
@@ -57,6 +58,7 @@ impl ProtocolHeaders {
             replace: name("-replace")?,
             destroy: name("-destroy")?,
             regenerate: name("-regenerate")?,
+            revoke: name("-revoke")?,
             prefix: lower.replace('_', "-"),
         })
     }
@@ -107,6 +109,8 @@ impl ProtocolHeaders {
                 raw.destroy = true;
             } else if *name == self.regenerate {
                 raw.regenerate = true;
+            } else if *name == self.revoke {
+                raw.revoke = Some(value.as_bytes().to_vec());
             }
         }
         self.strip_reserved(headers);
@@ -148,8 +152,11 @@ mod tests {
         h.append("x-session-update", HeaderValue::from_static(r#"{"a":2}"#));
         h.append("x-session-replace", HeaderValue::from_static(r#"{"r":1}"#));
         h.append("x-session-regenerate", HeaderValue::from_static("1"));
+        h.append("x-session-revoke", HeaderValue::from_static("all"));
+        h.append("x-session-revoke", HeaderValue::from_static("others"));
         h.append("x-session-other", HeaderValue::from_static("x"));
         let raw = p.take_instructions(&mut h);
+        assert_eq!(raw.revoke.as_deref(), Some(&b"others"[..]));
         assert_eq!(raw.update.as_deref(), Some(&br#"{"a":2}"#[..]));
         assert_eq!(raw.replace.as_deref(), Some(&br#"{"r":1}"#[..]));
         assert!(raw.regenerate && !raw.destroy);

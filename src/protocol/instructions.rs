@@ -1,6 +1,7 @@
 //! The upstream's session instructions and their precedence: Destroy beats everything, Replace
 //! beats Update, Regenerate composes with the data change (the changed data moves to the new
-//! id). A malformed value is dropped and reported, never a failed request.
+//! id), Revoke comes after all of them (see [`Revoke`]). A malformed value is dropped and
+//! reported, never a failed request.
 
 use super::codec::{CodecError, parse_object};
 use crate::session::DataChange;
@@ -14,6 +15,28 @@ pub struct Instructions {
     pub destroy: bool,
     pub regenerate: bool,
     pub change: Option<DataChange>,
+    pub revoke: Option<Revoke>,
+}
+
+/// `X-Session-Revoke`: sign the session's user out of other sessions. It runs after the
+/// session's own write, against the user the session has then: `others` with an Update that
+/// sets the user revokes that user's other sessions; with Destroy (which beats every data
+/// change) it is the user the session had. A session with no user revokes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoke {
+    /// Every other session of the user (after a password change, say).
+    Others,
+    /// Every session of the user, this one included: the response also clears the cookie.
+    All,
+}
+
+/// An instruction the proxy could not read; it is dropped and counted, the others still apply.
+#[derive(Debug, thiserror::Error)]
+pub enum InstructionError {
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error("revoke: {0:?} is not \"others\" or \"all\"")]
+    Revoke(String),
 }
 
 impl Instructions {
@@ -30,17 +53,27 @@ pub struct RawInstructions {
     pub replace: Option<Vec<u8>>,
     pub destroy: bool,
     pub regenerate: bool,
+    pub revoke: Option<Vec<u8>>,
 }
 
 /// Applies precedence and parsing. A malformed Update/Replace is dropped and reported; the rest
 /// of the instructions still apply (a bad Update must not also cancel a Destroy).
-pub fn parse_instructions(raw: &RawInstructions) -> (Instructions, Vec<CodecError>) {
+pub fn parse_instructions(raw: &RawInstructions) -> (Instructions, Vec<InstructionError>) {
     let mut errors = Vec::new();
     let mut out = Instructions {
         destroy: raw.destroy,
         regenerate: raw.regenerate,
         change: None,
+        revoke: None,
     };
+    if let Some(value) = &raw.revoke {
+        match parse_revoke(value) {
+            Some(revoke) => out.revoke = Some(revoke),
+            None => errors.push(InstructionError::Revoke(
+                String::from_utf8_lossy(value).into_owned(),
+            )),
+        }
+    }
     if raw.destroy {
         // Destroy beats everything: nothing else is even parsed.
         out.regenerate = false;
@@ -49,7 +82,7 @@ pub fn parse_instructions(raw: &RawInstructions) -> (Instructions, Vec<CodecErro
     if let Some(value) = &raw.replace {
         match parse_object("replace", value) {
             Ok(map) => out.change = Some(DataChange::Replace(map)),
-            Err(e) => errors.push(e),
+            Err(e) => errors.push(e.into()),
         }
     }
     if out.change.is_none()
@@ -57,10 +90,22 @@ pub fn parse_instructions(raw: &RawInstructions) -> (Instructions, Vec<CodecErro
     {
         match parse_object("update", value) {
             Ok(map) => out.change = Some(DataChange::Patch(map)),
-            Err(e) => errors.push(e),
+            Err(e) => errors.push(e.into()),
         }
     }
     (out, errors)
+}
+
+/// `others` or `all`, any case, blanks around ignored.
+fn parse_revoke(value: &[u8]) -> Option<Revoke> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    if text.eq_ignore_ascii_case("others") {
+        Some(Revoke::Others)
+    } else if text.eq_ignore_ascii_case("all") {
+        Some(Revoke::All)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -82,6 +127,7 @@ mod tests {
             replace: Some(br#"{"r":1}"#.to_vec()),
             destroy: true,
             regenerate: true,
+            revoke: Some(b" Others ".to_vec()),
         };
         let (i, e) = parse_instructions(&raw);
         assert!(e.is_empty());
@@ -90,7 +136,8 @@ mod tests {
             Instructions {
                 destroy: true,
                 regenerate: false,
-                change: None
+                change: None,
+                revoke: Some(Revoke::Others),
             }
         );
 
@@ -109,5 +156,34 @@ mod tests {
         let (i, e) = parse_instructions(&raw);
         assert_eq!(i.change, Some(DataChange::Patch(obj(json!({"u":1})))));
         assert_eq!(e.len(), 1);
+    }
+
+    /// A bad Revoke is dropped and reported; it cancels nothing else.
+    #[test]
+    fn revoke_is_others_or_all() {
+        for (value, want) in [
+            (&b"all"[..], Some(Revoke::All)),
+            (b"ALL", Some(Revoke::All)),
+            (b"others", Some(Revoke::Others)),
+        ] {
+            let raw = RawInstructions {
+                revoke: Some(value.to_vec()),
+                ..Default::default()
+            };
+            let (i, e) = parse_instructions(&raw);
+            assert!(e.is_empty());
+            assert_eq!(i.revoke, want);
+        }
+        for bad in [&b"everyone"[..], b"", b"\xff", b"others,all"] {
+            let raw = RawInstructions {
+                revoke: Some(bad.to_vec()),
+                update: Some(br#"{"u":1}"#.to_vec()),
+                ..Default::default()
+            };
+            let (i, e) = parse_instructions(&raw);
+            assert_eq!(e.len(), 1, "{bad:?}");
+            assert!(matches!(e[0], InstructionError::Revoke(_)));
+            assert_eq!((i.revoke, i.change.is_some()), (None, true));
+        }
     }
 }

@@ -7,4 +7,6 @@ pub mod instructions;
 
 pub use codec::{decode_session, encode_session};
 pub use headers::{InvalidPrefix, ProtocolHeaders};
-pub use instructions::{Instructions, RawInstructions, parse_instructions};
+pub use instructions::{
+    InstructionError, Instructions, RawInstructions, Revoke, parse_instructions,
+};

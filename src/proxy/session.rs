@@ -1,5 +1,8 @@
 //! The session phases: `load` before the upstream call, `save` after it. `save` makes at most
-//! one store call, so a request's effect on its session is one atomic step in the store.
+//! one store call on the session, so a request's effect on its session is one atomic step in
+//! the store. With `session.user_key`, that write may be followed by the user's: the app's
+//! `X-Session-Revoke` ([`revoke`]) or the `session.max_per_user` eviction ([`evict`]), each
+//! the one place the proxy destroys other sessions of a user.
 
 use http::HeaderValue;
 
@@ -8,9 +11,9 @@ use super::ctx::{RequestCtx, SessionState, StoreWrite};
 use crate::audit::Reason;
 use crate::cookie::Presented;
 use crate::error::ProxyError;
-use crate::protocol::Instructions;
+use crate::protocol::{Instructions, Revoke};
 use crate::session::SessionId;
-use crate::store::{Record, StoreError, Update};
+use crate::store::{Record, StoreError, Update, users};
 
 /// The session as the request found it.
 pub struct Current {
@@ -74,9 +77,21 @@ fn fresh() -> Result<Current, ProxyError> {
     })
 }
 
-/// Carries out the instructions with exactly one store operation (or none), and returns the
-/// `Set-Cookie` to send, if any. A cookie signed with an older key is re-set whenever the id
-/// stays (no store write for that alone); a destroyed, regenerated or vanished session is not.
+/// The session after the request's write.
+enum After {
+    /// Left as it was loaded (no write, a refused change, a session never stored).
+    Unchanged,
+    /// Written: its id (a new one after a regenerate) and record.
+    Stored(SessionId, Record),
+    Destroyed,
+    /// Gone before it could be saved.
+    Vanished,
+}
+
+/// Carries out the instructions with exactly one store operation on the session (or none),
+/// then the user's revoke or eviction, and returns the `Set-Cookie` to send, if any. A cookie
+/// signed with an older key is re-set whenever the id stays (no store write for that alone); a
+/// destroyed, regenerated or vanished session is not.
 pub async fn save(
     state: &State,
     current: &Current,
@@ -84,6 +99,110 @@ pub async fn save(
     now: u64,
     ctx: &mut RequestCtx,
 ) -> Result<Option<HeaderValue>, ProxyError> {
+    let revoke = instructions.revoke;
+    let (cookie, after) = write(state, current, instructions, now, ctx).await?;
+    let Some(key) = &state.config.session.user_key else {
+        if revoke.is_some() {
+            tracing::warn!(
+                "ignored X-Session-Revoke: session.user_key is not set, so no session has a user"
+            );
+        }
+        return Ok(cookie);
+    };
+    // Most responses neither revoke nor can evict: the user is not even looked up.
+    if revoke.is_none() && state.config.session.max_per_user.is_none() {
+        return Ok(cookie);
+    }
+    let loaded = current.record.as_ref();
+    let before = loaded.and_then(|r| key.user_of(&r.data));
+    let (user, id) = match &after {
+        After::Stored(id, r)
+            if loaded.is_some_and(|l| std::sync::Arc::ptr_eq(&l.data, &r.data)) =>
+        {
+            (before.clone(), Some(*id))
+        }
+        After::Stored(id, r) => (key.user_of(&r.data), Some(*id)),
+        After::Unchanged => (before.clone(), loaded.map(|_| current.id)),
+        // Destroy beats data changes: the user is the one the session had.
+        After::Destroyed => (before.clone(), None),
+        After::Vanished => (None, None),
+    };
+    if let Some(revoke) = revoke {
+        let Some(user) = user else {
+            tracing::debug!("X-Session-Revoke on a session with no user: nothing to revoke");
+            return Ok(cookie);
+        };
+        let except = match revoke {
+            Revoke::Others => id,
+            Revoke::All => None,
+        };
+        self::revoke(state, &user, except.as_ref(), ctx).await?;
+        if revoke == Revoke::All {
+            ctx.write = StoreWrite::Destroyed;
+            return Ok(state.cookies.expire());
+        }
+        return Ok(cookie);
+    }
+    if let (Some(max), Some(user), Some(id), After::Stored(..)) =
+        (state.config.session.max_per_user, &user, id, &after)
+        && Some(user.as_str()) != before.as_deref()
+        && let Err(error) = evict(state, user, &id, max, ctx).await
+    {
+        // The session itself was saved; the limit is enforced at the user's next sign-in.
+        tracing::warn!(%error, "could not evict a user's oldest sessions (session.max_per_user)");
+    }
+    Ok(cookie)
+}
+
+/// `X-Session-Revoke`: destroys the sessions of `user` but `except`; returns their ids.
+async fn revoke(
+    state: &State,
+    user: &str,
+    except: Option<&SessionId>,
+    ctx: &RequestCtx,
+) -> Result<Vec<SessionId>, StoreError> {
+    let destroyed = users::revoke(&*state.store, user, except).await?;
+    for id in &destroyed {
+        state.audit.destroyed(ctx, id, Reason::Revoked, Some(user));
+    }
+    tracing::info!(
+        revoked = destroyed.len(),
+        "the app revoked its user's sessions (X-Session-Revoke)"
+    );
+    Ok(destroyed)
+}
+
+/// `session.max_per_user`: `keep` was just given to `user`; destroys the user's least recently
+/// used other sessions over `max`; returns their ids.
+async fn evict(
+    state: &State,
+    user: &str,
+    keep: &SessionId,
+    max: usize,
+    ctx: &RequestCtx,
+) -> Result<Vec<SessionId>, StoreError> {
+    let destroyed = users::evict(&*state.store, user, keep, max).await?;
+    for id in &destroyed {
+        state.audit.destroyed(ctx, id, Reason::Evicted, Some(user));
+    }
+    if !destroyed.is_empty() {
+        tracing::info!(
+            evicted = destroyed.len(),
+            max,
+            "evicted a user's least recently used sessions (session.max_per_user)"
+        );
+    }
+    Ok(destroyed)
+}
+
+/// The one store operation on the session; the cookie to send and what the session is now.
+async fn write(
+    state: &State,
+    current: &Current,
+    instructions: Instructions,
+    now: u64,
+    ctx: &mut RequestCtx,
+) -> Result<(Option<HeaderValue>, After), ProxyError> {
     let cookies = &state.cookies;
     let store = &state.store;
     let modifies = instructions.modifies();
@@ -98,10 +217,16 @@ pub async fn save(
 
     if instructions.destroy {
         if current.record.is_some() && store.delete(&current.id).await? {
-            state.audit.destroyed(ctx, &current.id, Reason::App);
+            let user = state
+                .audit
+                .is_on()
+                .then(|| user_of(state, current.record.as_ref()));
+            state
+                .audit
+                .destroyed(ctx, &current.id, Reason::App, user.flatten().as_deref());
         }
         ctx.write = StoreWrite::Destroyed;
-        return Ok(cookies.expire());
+        return Ok((cookies.expire(), After::Destroyed));
     }
 
     // Create and Regenerate hand out an id; a write that keeps it re-sends the cookie only
@@ -109,7 +234,7 @@ pub async fn save(
     let mut hands_out_id = true;
     let result = match &current.record {
         // werkzeug's should_save: a new session is stored only when modified.
-        None if !modifies => return Ok(resign(state, current)),
+        None if !modifies => return Ok((resign(state, current), After::Unchanged)),
         None => {
             // Regenerate always yields a server-made id, even for a session that adopted a
             // client's id under `renew_missing = false`.
@@ -126,7 +251,7 @@ pub async fn save(
             store
                 .regenerate(&current.id, &new_id, &update)
                 .await
-                .map(|r| r.map(|_| new_id))
+                .map(|r| r.map(|r| (new_id, r)))
         }
         Some(record) if update.change.is_some() || update.lifetime.needs_touch(record, now) => {
             hands_out_id = false;
@@ -138,31 +263,45 @@ pub async fn save(
             store
                 .update(&current.id, &update)
                 .await
-                .map(|r| r.map(|_| current.id))
+                .map(|r| r.map(|r| (current.id, r)))
         }
-        Some(_) => return Ok(resign(state, current)),
+        Some(_) => return Ok((resign(state, current), After::Unchanged)),
     };
-    if let Ok(Some(id)) = &result {
+    if let Ok(Some((id, r))) = &result {
         state
             .audit
-            .saved(ctx, &current.id, id, update.change.as_ref());
+            .saved(ctx, &current.id, id, update.change.as_ref(), || {
+                user_of(state, Some(r))
+            });
     }
     match result {
-        Ok(Some(id)) if hands_out_id || cookies.resend_on_write() => Ok(cookies.set(&id)),
-        Ok(Some(_)) => Ok(resign(state, current)),
+        Ok(Some((id, r))) => {
+            let cookie = if hands_out_id || cookies.resend_on_write() {
+                cookies.set(&id)
+            } else {
+                resign(state, current)
+            };
+            Ok((cookie, After::Stored(id, r)))
+        }
         Ok(None) => {
             // Destroyed or expired by another request meanwhile: nothing is resurrected.
             tracing::debug!("session vanished before it could be saved");
             ctx.write = StoreWrite::Vanished;
-            Ok(None)
+            Ok((None, After::Vanished))
         }
         Err(e @ StoreError::TooLarge { .. }) => {
             tracing::warn!(error = %e, "ignored a session change from the upstream");
             ctx.write = StoreWrite::Refused;
-            Ok(resign(state, current))
+            Ok((resign(state, current), After::Unchanged))
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The user `record` names, with `session.user_key`: for the audit log only.
+fn user_of(state: &State, record: Option<&Record>) -> Option<String> {
+    let key = state.config.session.user_key.as_ref()?;
+    key.user_of(&record?.data)
 }
 
 /// The cookie for the kept id, signed with the current key, when the request's was signed
@@ -180,13 +319,13 @@ async fn create(
     id: SessionId,
     update: &Update,
     ctx: &mut RequestCtx,
-) -> Result<Option<SessionId>, StoreError> {
+) -> Result<Option<(SessionId, Record)>, StoreError> {
     let record = update.create()?;
     let mut id = id;
     for _ in 0..4 {
         if state.store.create(&id, &record).await? {
             ctx.write = StoreWrite::Created;
-            return Ok(Some(id));
+            return Ok(Some((id, record)));
         }
         id = SessionId::generate().map_err(|e| StoreError::Backend(Box::new(e)))?;
     }

@@ -20,6 +20,12 @@
 //! another process) is skipped by the next listing that meets it and dropped from the index; a
 //! file added behind its back is listed after the next open.
 //!
+//! With `session.user_key`, a per-process [`UserIndex`] (user → ids) is rebuilt at open by
+//! reading every file (the one case where open reads them: a million files take a while), and
+//! kept by every write under the id's stripe, in the same blocking task as the file operation,
+//! from the record it replaced and the one it wrote. A user's listing reads each indexed file
+//! back, so one removed behind the store's back is dropped, never listed.
+//!
 //! Every filesystem call runs on the blocking pool (`spawn_blocking`), never on an async worker.
 //! Writes are capped at a few in flight (`writers`): every create and rename takes the
 //! directory's inode lock, so dozens of concurrent writers only queue in the kernel, on more
@@ -37,6 +43,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 
 use super::lock::StripedLock;
+use super::users::{UserIndex, UserKey};
 use super::{Page, Record, Result, SessionStore, StoreError, Update, now_ms};
 use crate::config::FsConfig;
 use crate::session::SessionId;
@@ -63,6 +70,73 @@ struct Inner {
     /// queued behind its own session holds no permit.
     writers: Arc<tokio::sync::Semaphore>,
     index: Index,
+    users: Option<Users>,
+}
+
+/// The user index and the key it is built from.
+#[derive(Debug)]
+struct Users {
+    key: UserKey,
+    index: UserIndex,
+}
+
+impl Inner {
+    /// `id`'s file went from `old` to `new`; called under the id's stripe.
+    fn reindex(&self, id: &SessionId, old: Option<&Record>, new: Option<&Record>) {
+        let Some(users) = &self.users else { return };
+        if let (Some(old), Some(new)) = (old, new)
+            && Arc::ptr_eq(&old.data, &new.data)
+        {
+            return;
+        }
+        let old = old.and_then(|r| users.key.user_of(&r.data));
+        let new = new.and_then(|r| users.key.user_of(&r.data));
+        users.index.change(id, old.as_deref(), new.as_deref());
+    }
+
+    /// The user index from every file the id index names (expired ones too, until swept).
+    fn build_user_index(&self) -> Result<()> {
+        let Some(users) = &self.users else {
+            return Ok(());
+        };
+        users.index.clear();
+        let mut after = None;
+        loop {
+            let ids = self.index.after(after.as_ref(), 1024);
+            let Some(last) = ids.last().copied() else {
+                return Ok(());
+            };
+            for id in ids {
+                if let Some(r) = self.read(&id)?
+                    && let Some(user) = users.key.user_of(&r.data)
+                {
+                    users.index.change(&id, None, Some(&user));
+                }
+            }
+            after = Some(last);
+        }
+    }
+
+    /// The live sessions of `user`; an indexed id whose file is gone leaves the index.
+    fn user_sessions(&self, user: &str, now: u64) -> Result<Vec<(SessionId, Record)>> {
+        let Some(users) = &self.users else {
+            return Err(StoreError::NoUserIndex);
+        };
+        let mut out = Vec::new();
+        for id in users.index.ids(user) {
+            match self.read(&id)? {
+                Some(r) if users.key.holds(&r, user, now) => out.push((id, r)),
+                Some(_) => {}
+                None => {
+                    let _guard = self.locks.blocking_lock(&id);
+                    if self.read(&id)?.is_none() {
+                        users.index.change(&id, Some(user), None);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// The ids that have a file, in order. A `BTreeSet` (about 50 bytes an id: 50 MB at a million)
@@ -110,6 +184,11 @@ impl Index {
 impl FsStore {
     /// Creates the directory (mode 0o700) if needed and checks that it is writable.
     pub async fn open(config: FsConfig) -> Result<Self> {
+        Self::open_indexed(config, None).await
+    }
+
+    /// [`FsStore::open`], keeping a user index on `users`.
+    pub async fn open_indexed(config: FsConfig, users: Option<UserKey>) -> Result<Self> {
         let (prefix, suffix) = config
             .filename_template
             .split_once("%s")
@@ -132,6 +211,10 @@ impl FsStore {
                 2 * std::thread::available_parallelism().map_or(1, |n| n.get()),
             )),
             index: Index::default(),
+            users: users.map(|key| Users {
+                key,
+                index: UserIndex::default(),
+            }),
         });
         let check = inner.clone();
         blocking(move || {
@@ -145,7 +228,8 @@ impl FsStore {
                 .join(format!("{TEMP_PREFIX}probe-{}", std::process::id()));
             File::create(&probe)?;
             fs::remove_file(&probe)?;
-            check.build_index()
+            check.build_index()?;
+            check.build_user_index()
         })
         .await
         .map_err(|e| match e {
@@ -303,9 +387,13 @@ impl Inner {
                 Some(r) if !r.is_live(now) => match fs::remove_file(entry.path()) {
                     Ok(()) => {
                         self.index.remove(&id);
+                        self.reindex(&id, Some(&r), None);
                         removed += 1;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => self.index.remove(&id),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        self.index.remove(&id);
+                        self.reindex(&id, Some(&r), None);
+                    }
                     Err(e) => return Err(e.into()),
                 },
                 _ => {}
@@ -368,11 +456,13 @@ impl SessionStore for FsStore {
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
         let record = record.clone();
         self.write(*id, move |inner, id, path| {
-            if inner.read_live(id, now_ms())?.is_some() {
+            let old = inner.read(id)?;
+            if old.as_ref().is_some_and(|r| r.is_live(now_ms())) {
                 return Ok(false);
             }
             inner.write(&path, &record)?;
             inner.index.insert(*id);
+            inner.reindex(id, old.as_ref(), Some(&record));
             Ok(true)
         })
         .await
@@ -386,6 +476,7 @@ impl SessionStore for FsStore {
             };
             let next = update.apply(&current)?;
             inner.write(&path, &next)?;
+            inner.reindex(id, Some(&current), Some(&next));
             Ok(Some(next))
         })
         .await
@@ -393,14 +484,17 @@ impl SessionStore for FsStore {
 
     async fn delete(&self, id: &SessionId) -> Result<bool> {
         self.write(*id, |inner, id, path| {
-            let live = inner.read_live(id, now_ms())?.is_some();
+            let old = inner.read(id)?;
+            let live = old.as_ref().is_some_and(|r| r.is_live(now_ms()));
             match fs::remove_file(&path) {
                 Ok(()) => {
                     inner.index.remove(id);
+                    inner.reindex(id, old.as_ref(), None);
                     Ok(live)
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     inner.index.remove(id);
+                    inner.reindex(id, old.as_ref(), None);
                     Ok(false)
                 }
                 Err(e) => Err(e.into()),
@@ -437,6 +531,11 @@ impl SessionStore for FsStore {
         // is the page's last id, and the last chunk said an id follows it.
         page.next = after.map(|id| id.to_string());
         Ok(page)
+    }
+
+    async fn user_sessions(&self, user: &str) -> Result<Vec<(SessionId, Record)>> {
+        let (inner, user) = (self.inner.clone(), user.to_owned());
+        blocking(move || inner.user_sessions(&user, now_ms())).await
     }
 
     /// The index's size: files on disk, expired ones included until swept.

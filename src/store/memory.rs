@@ -19,6 +19,11 @@
 //! Because the shards are ranges, walking them in order walks the ids in order, and every
 //! lock covers 1/4096 of the sessions: a listing slice, an update or a prune step makes only
 //! that sliver wait, and only for microseconds.
+//!
+//! With `session.user_key`, a [`UserIndex`] (its own shards, by user) is changed by every
+//! write while the session's shard is still write-locked: the session's shard first, then one
+//! user shard at a time, never the reverse, so the hot path takes no global lock and cannot
+//! deadlock. A write that leaves the data as it was (a touch) does not look at the index.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
@@ -27,6 +32,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 
+use super::users::{UserIndex, UserKey};
 use super::{Capabilities, Page, Record, Result, SessionStore, Update, now_ms};
 use crate::session::SessionId;
 
@@ -65,6 +71,32 @@ type Shard = RwLock<BTreeMap<SessionId, Record>>;
 pub struct MemoryStore {
     /// Shared with the sweeper's blocking task.
     shards: Arc<[Shard]>,
+    users: Option<Arc<Users>>,
+}
+
+/// The user index and the key it is built from.
+#[derive(Debug)]
+struct Users {
+    key: UserKey,
+    index: UserIndex,
+}
+
+impl Users {
+    fn user(&self, record: &Record) -> Option<String> {
+        self.key.user_of(&record.data)
+    }
+
+    /// `id`'s record went from `old` to `new` (either may be none); called under its shard lock.
+    fn change(&self, id: &SessionId, old: Option<&Record>, new: Option<&Record>) {
+        if let (Some(old), Some(new)) = (old, new)
+            && Arc::ptr_eq(&old.data, &new.data)
+        {
+            return;
+        }
+        let old = old.and_then(|r| self.user(r));
+        let new = new.and_then(|r| self.user(r));
+        self.index.change(id, old.as_deref(), new.as_deref());
+    }
 }
 
 /// By hand: a derived `Debug` would print every session, and their data is the users'.
@@ -78,9 +110,28 @@ impl std::fmt::Debug for MemoryStore {
 
 impl Default for MemoryStore {
     fn default() -> Self {
+        MemoryStore::new(None)
+    }
+}
+
+impl MemoryStore {
+    /// A store that keeps a user index when `users` names the user key.
+    pub fn new(users: Option<UserKey>) -> Self {
         MemoryStore {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            users: users.map(|key| {
+                Arc::new(Users {
+                    key,
+                    index: UserIndex::default(),
+                })
+            }),
         }
+    }
+
+    /// Entries of the user index (user, id), for the size measurement (bench/tools).
+    #[doc(hidden)]
+    pub fn user_entries(&self) -> usize {
+        self.users.as_ref().map_or(0, |u| u.index.entries())
     }
 }
 
@@ -186,14 +237,21 @@ impl SessionStore for MemoryStore {
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
         let now = now_ms();
-        match write(self.shard(id)).entry(*id) {
+        let mut map = write(self.shard(id));
+        match map.entry(*id) {
             Entry::Occupied(mut e) if !e.get().is_live(now) => {
-                e.insert(record.clone());
+                let old = e.insert(record.clone());
+                if let Some(users) = &self.users {
+                    users.change(id, Some(&old), Some(record));
+                }
                 Ok(true)
             }
             Entry::Occupied(_) => Ok(false),
             Entry::Vacant(e) => {
                 e.insert(record.clone());
+                if let Some(users) = &self.users {
+                    users.change(id, None, Some(record));
+                }
                 Ok(true)
             }
         }
@@ -208,15 +266,21 @@ impl SessionStore for MemoryStore {
             return Ok(None);
         }
         let next = update.apply(entry)?;
-        *entry = next.clone();
+        let old = std::mem::replace(entry, next.clone());
+        if let Some(users) = &self.users {
+            users.change(id, Some(&old), Some(&next));
+        }
         Ok(Some(next))
     }
 
     async fn delete(&self, id: &SessionId) -> Result<bool> {
         let now = now_ms();
-        Ok(write(self.shard(id))
-            .remove(id)
-            .is_some_and(|r| r.is_live(now)))
+        let mut map = write(self.shard(id));
+        let removed = map.remove(id);
+        if let (Some(users), Some(old)) = (&self.users, &removed) {
+            users.change(id, Some(old), None);
+        }
+        Ok(removed.is_some_and(|r| r.is_live(now)))
     }
 
     /// O(page + log n), on the async worker (it never waits on anything), yielding between
@@ -248,6 +312,24 @@ impl SessionStore for MemoryStore {
         }
     }
 
+    /// The index's ids, each read back under its shard lock and kept only if live and still
+    /// the user's.
+    async fn user_sessions(&self, user: &str) -> Result<Vec<(SessionId, Record)>> {
+        let Some(users) = &self.users else {
+            return Err(super::StoreError::NoUserIndex);
+        };
+        let now = now_ms();
+        Ok(users
+            .index
+            .ids(user)
+            .into_iter()
+            .filter_map(|id| {
+                let record = read(self.shard(&id)).get(&id).cloned()?;
+                users.key.holds(&record, user, now).then_some((id, record))
+            })
+            .collect())
+    }
+
     /// One read lock per shard, each held for a length read: cheap enough for a scrape.
     fn count(&self) -> Option<u64> {
         let n: usize = self.shards.iter().map(|s| read(s).len()).sum();
@@ -267,12 +349,19 @@ impl SessionStore for MemoryStore {
     /// each for a few microseconds.
     async fn prune(&self, now: u64) -> Result<u64> {
         let shards = self.shards.clone();
+        let users = self.users.clone();
         tokio::task::spawn_blocking(move || {
             let mut removed = 0u64;
             for shard in shards.iter() {
                 let mut map = write(shard);
                 let before = map.len();
-                map.retain(|_, r| r.is_live(now));
+                map.retain(|id, r| {
+                    let live = r.is_live(now);
+                    if !live && let Some(users) = &users {
+                        users.change(id, Some(r), None);
+                    }
+                    live
+                });
                 removed += (before - map.len()) as u64;
             }
             removed

@@ -24,10 +24,12 @@ pub mod redis;
 pub mod sqlite;
 mod timed;
 mod update;
+pub mod users;
 
 pub use crate::session::now_ms;
 pub use timed::Timed;
 pub use update::Update;
+pub use users::UserKey;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -61,6 +63,9 @@ pub enum StoreError {
     /// the store is broken, not bad luck.
     #[error("a freshly generated session id is already taken")]
     IdCollision,
+    /// A per-user call on a proxy without `session.user_key`: nothing to look a user up in.
+    #[error("there is no user index: session.user_key is not set")]
+    NoUserIndex,
 }
 
 /// Who has to act on a [`StoreError`].
@@ -75,7 +80,9 @@ pub enum Fault {
 impl StoreError {
     pub fn fault(&self) -> Fault {
         match self {
-            StoreError::TooLarge { .. } | StoreError::BadCursor(_) => Fault::Caller,
+            StoreError::TooLarge { .. } | StoreError::BadCursor(_) | StoreError::NoUserIndex => {
+                Fault::Caller
+            }
             StoreError::Io(_)
             | StoreError::Timeout(_)
             | StoreError::Backend(_)
@@ -258,7 +265,16 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn list(&self, cursor: Option<&str>, limit: usize) -> Result<Page>;
 
     /// Removes expired sessions; returns how many. Stores that expire by themselves return 0.
+    /// A removed session leaves the user index in the same write.
     async fn prune(&self, now: u64) -> Result<u64>;
+
+    /// The live sessions of `user` (see [`users`]), in no set order: never a dead one, nor one
+    /// whose data has since named another user. [`StoreError::NoUserIndex`] when the store was
+    /// opened without `session.user_key`.
+    async fn user_sessions(&self, user: &str) -> Result<Vec<(SessionId, Record)>> {
+        let _ = user;
+        Err(StoreError::NoUserIndex)
+    }
 
     /// How many sessions the backend holds, if it can tell without a scan (for
     /// `sessions_live`). Expired sessions count until they are swept.
@@ -302,12 +318,19 @@ pub struct Opened {
 
 /// Opens the configured store and wraps it in [`Timed`].
 pub async fn open(config: &StoreConfig) -> Result<Opened> {
+    let users = config.users.clone();
     Ok(match &config.kind {
-        StoreKind::Memory => wrap(memory::MemoryStore::default(), config),
-        StoreKind::Fs(fs) => wrap(fs::FsStore::open(fs.clone()).await?, config),
-        StoreKind::Sqlite(s) => wrap(sqlite::SqliteStore::open(s.clone()).await?, config),
+        StoreKind::Memory => wrap(memory::MemoryStore::new(users), config),
+        StoreKind::Fs(fs) => wrap(fs::FsStore::open_indexed(fs.clone(), users).await?, config),
+        StoreKind::Sqlite(s) => wrap(
+            sqlite::SqliteStore::open_indexed(s.clone(), sqlite::Reads::Inline, users).await?,
+            config,
+        ),
         #[cfg(feature = "redis")]
-        StoreKind::Redis(r) => wrap(redis::RedisStore::open(r.clone()).await?, config),
+        StoreKind::Redis(r) => wrap(
+            redis::RedisStore::open_indexed(r.clone(), users).await?,
+            config,
+        ),
         #[cfg(not(feature = "redis"))]
         StoreKind::Redis(_) => {
             return Err(StoreError::Backend(

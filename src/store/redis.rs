@@ -26,8 +26,20 @@
 //! version the data came from (else it carries the newer data over), so a failure in between
 //! leaves the old session intact and a change that raced in is not lost.
 //!
-//! Every script touches one key, so everything works unchanged on Redis Cluster (sessions are
-//! in different slots). Needs Redis 6.0 or later (`SCAN ... TYPE`).
+//! Every script touches one session key, so everything works unchanged on Redis Cluster
+//! (sessions are in different slots). Needs Redis 7.0 or later (`PEXPIREAT ... GT`).
+//!
+//! **The user index** (`session.user_key`): a set of ids per user at `{key_prefix}user:{user}`
+//! (`:` is not in the id alphabet, so it never meets a session key). Every script takes the
+//! old and the new user's set as `KEYS[2]`/`KEYS[3]` and changes them after its write, in the
+//! same script: on one server the index moves with the session atomically. A set's expiry is
+//! pushed out to its latest member's (`PEXPIREAT ... GT`), so a user's set dies with their last
+//! session; members that expired by TTL before it are removed (`SREM`) by the next read of the
+//! user. So a set holds at most the sessions the user was given within one session lifetime
+//! before its last read, and never outlives them. On Redis Cluster the user's set is in another
+//! slot than the session: the session's script runs with the index part turned off, and a second
+//! call changes the set; a proxy dying between the two leaves an entry naming a session that is
+//! not the user's, which every read drops by checking the record (live, and still this user's).
 
 use std::fmt;
 use std::time::Duration;
@@ -58,35 +70,78 @@ const MAX_ATTEMPTS: u32 = 32;
 /// the database holds many keys that are not sessions).
 const MAX_SCANS_PER_PAGE: usize = 64;
 
-/// `HSET` + `PEXPIREAT` if the key does not exist. KEYS[1]: the session; ARGV: version, record
-/// JSON, expiry (unix ms). Returns 1 if written, 0 if the key exists.
+/// The index part every script starts with. KEYS[2]: the old user's set, KEYS[3]: the new
+/// user's; ARGV[1] = '1': remove the id from KEYS[2]; ARGV[2] = '1': add it to KEYS[3] and push
+/// that set's expiry to ARGV[4] (unix ms) if later; ARGV[3]: the id. With both flags '0' (no
+/// user index, or Redis Cluster) it does nothing, and KEYS[2] and KEYS[3] repeat KEYS[1].
+const REINDEX: &str = r"
+local function reindex()
+  if ARGV[1] == '1' then redis.call('SREM', KEYS[2], ARGV[3]) end
+  if ARGV[2] == '1' then
+    redis.call('SADD', KEYS[3], ARGV[3])
+    if redis.call('PTTL', KEYS[3]) < 0 then
+      redis.call('PEXPIREAT', KEYS[3], ARGV[4])
+    else
+      redis.call('PEXPIREAT', KEYS[3], ARGV[4], 'GT')
+    end
+  end
+end
+";
+
+/// `HSET` + `PEXPIREAT` if the key does not exist. KEYS[1]: the session; ARGV[5..]: version,
+/// record JSON, expiry (unix ms). Returns 1 if written, 0 if the key exists.
 const CREATE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'v', ARGV[1], 'r', ARGV[2])
-redis.call('PEXPIREAT', KEYS[1], ARGV[3])
+redis.call('HSET', KEYS[1], 'v', ARGV[5], 'r', ARGV[6])
+redis.call('PEXPIREAT', KEYS[1], ARGV[7])
+reindex()
 return 1
 ";
 
-/// Compare-and-set. KEYS[1]: the session; ARGV: expected version, record JSON, its version, its
-/// expiry (unix ms). Returns 1 if written, nil if the key is gone, else the current record.
+/// Compare-and-set. KEYS[1]: the session; ARGV[5..]: expected version, record JSON, its
+/// version, its expiry (unix ms). Returns 1 if written, nil if the key is gone, else the
+/// current record.
 const CAS_SET: &str = r"
 local v = redis.call('HGET', KEYS[1], 'v')
 if not v then return false end
-if v ~= ARGV[1] then return redis.call('HGET', KEYS[1], 'r') end
-redis.call('HSET', KEYS[1], 'v', ARGV[3], 'r', ARGV[2])
-redis.call('PEXPIREAT', KEYS[1], ARGV[4])
+if v ~= ARGV[5] then return redis.call('HGET', KEYS[1], 'r') end
+redis.call('HSET', KEYS[1], 'v', ARGV[7], 'r', ARGV[6])
+redis.call('PEXPIREAT', KEYS[1], ARGV[8])
+reindex()
 return 1
 ";
 
-/// Compare-and-delete. KEYS[1]: the session; ARGV[1]: expected version. Returns 1 if deleted,
+/// Compare-and-delete. KEYS[1]: the session; ARGV[5]: expected version. Returns 1 if deleted,
 /// nil if the key is gone, else the current record.
 const CAS_DEL: &str = r"
 local v = redis.call('HGET', KEYS[1], 'v')
 if not v then return false end
-if v ~= ARGV[1] then return redis.call('HGET', KEYS[1], 'r') end
+if v ~= ARGV[5] then return redis.call('HGET', KEYS[1], 'r') end
 redis.call('DEL', KEYS[1])
+reindex()
 return 1
 ";
+
+/// Redis Cluster's second call: the index part alone, on one user's set (all three keys).
+const INDEX_ONLY: &str = r"
+reindex()
+return 1
+";
+
+/// How a write moves its id in the user index: out of `old`'s set, into `new`'s (whose
+/// expiry follows the session's).
+#[derive(Debug, Default)]
+struct Reindex {
+    old: Option<String>,
+    new: Option<String>,
+    expires_at: u64,
+}
+
+impl Reindex {
+    fn removes(&self) -> bool {
+        self.old.is_some() && self.old != self.new
+    }
+}
 
 /// A Redis call that failed, with what was being done (and never a key: keys hold session ids).
 #[derive(Debug, thiserror::Error)]
@@ -310,7 +365,9 @@ pub struct RedisStore {
     create: Script,
     cas_set: Script,
     cas_del: Script,
+    index_only: Script,
     locks: StripedLock,
+    users: Option<crate::store::UserKey>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -326,6 +383,14 @@ impl RedisStore {
     /// Connects (and for a cluster, learns the slot map), so a wrong URL, password or port
     /// fails at start, with the URL (password hidden) in the message.
     pub async fn open(config: RedisConfig) -> Result<Self> {
+        Self::open_indexed(config, None).await
+    }
+
+    /// [`RedisStore::open`], keeping a user index on `users`.
+    pub async fn open_indexed(
+        config: RedisConfig,
+        users: Option<crate::store::UserKey>,
+    ) -> Result<Self> {
         let shown = config
             .urls
             .iter()
@@ -358,10 +423,12 @@ impl RedisStore {
             conn,
             prefix: config.key_prefix,
             pattern,
-            create: Script::new(CREATE),
-            cas_set: Script::new(CAS_SET),
-            cas_del: Script::new(CAS_DEL),
+            create: Script::new(&format!("{REINDEX}{CREATE}")),
+            cas_set: Script::new(&format!("{REINDEX}{CAS_SET}")),
+            cas_del: Script::new(&format!("{REINDEX}{CAS_DEL}")),
+            index_only: Script::new(&format!("{REINDEX}{INDEX_ONLY}")),
             locks: StripedLock::default(),
+            users,
         })
     }
 
@@ -387,42 +454,180 @@ impl RedisStore {
         Ok(Record::from_stored(&bytes, id).filter(|r| r.is_live(now)))
     }
 
-    async fn create_key(&self, key: &str, record: &Record) -> Result<bool> {
+    fn user_set(&self, user: &str) -> String {
+        format!("{}user:{}", self.prefix, user)
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
+    }
+
+    /// How a write from `old` to `new` moves `id` in the index (nothing without a user key).
+    fn reindex(&self, old: Option<&Record>, new: Option<&Record>) -> Reindex {
+        let Some(key) = &self.users else {
+            return Reindex::default();
+        };
+        let new_user = new.and_then(|r| key.user_of(&r.data));
+        let old_user = match (old, new) {
+            // A touch keeps the data, and so the user.
+            (Some(o), Some(n)) if std::sync::Arc::ptr_eq(&o.data, &n.data) => new_user.clone(),
+            _ => old.and_then(|r| key.user_of(&r.data)),
+        };
+        Reindex {
+            old: old_user,
+            new: new_user,
+            expires_at: new.map_or(0, |r| r.expires_at),
+        }
+    }
+
+    /// A script's invocation with its index part: the sets and flags, or (on a cluster, whose
+    /// sets live in other slots) the session key three times and both flags off.
+    fn invocation<'a>(
+        &self,
+        script: &'a Script,
+        key: &str,
+        id: &SessionId,
+        plan: &Reindex,
+    ) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.key(key);
+        let inline = !self.is_cluster();
+        let (old, new) = (plan.old.as_deref(), plan.new.as_deref());
+        match (inline, old) {
+            (true, Some(u)) => inv.key(self.user_set(u)),
+            _ => inv.key(key),
+        };
+        match (inline, new) {
+            (true, Some(u)) => inv.key(self.user_set(u)),
+            _ => inv.key(key),
+        };
+        let flag = |on: bool| if inline && on { "1" } else { "0" };
+        inv.arg(flag(plan.removes()))
+            .arg(flag(new.is_some()))
+            .arg(id.as_str())
+            .arg(plan.expires_at);
+        inv
+    }
+
+    /// Redis Cluster's second call, after the session's script succeeded: the same index
+    /// change, one set at a time. A failure is logged, not returned: the session was written,
+    /// and every read of the index checks the records.
+    async fn reindex_cluster(&self, id: &SessionId, plan: &Reindex) {
+        if !self.is_cluster() {
+            return;
+        }
+        let mut steps = Vec::new();
+        if plan.removes()
+            && let Some(old) = &plan.old
+        {
+            steps.push((self.user_set(old), "1", "0"));
+        }
+        if let Some(new) = &plan.new {
+            steps.push((self.user_set(new), "0", "1"));
+        }
+        for (set, rem, add) in steps {
+            let result: Result<i64, RedisError> = self
+                .index_only
+                .key(&set)
+                .key(&set)
+                .key(&set)
+                .arg(rem)
+                .arg(add)
+                .arg(id.as_str())
+                .arg(plan.expires_at)
+                .invoke_async(&mut self.conn())
+                .await;
+            if let Err(error) = result {
+                tracing::warn!(%error, "could not change the user index (Redis Cluster's second call)");
+            }
+        }
+    }
+
+    async fn create_key(&self, key: &str, id: &SessionId, record: &Record) -> Result<bool> {
+        let plan = self.reindex(None, Some(record));
         let written: i64 = self
-            .create
-            .key(key)
+            .invocation(&self.create, key, id, &plan)
             .arg(record.version)
             .arg(record.to_json()?)
             .arg(record.expires_at)
             .invoke_async(&mut self.conn())
             .await
             .map_err(call_err("create script"))?;
+        if written == 1 {
+            self.reindex_cluster(id, &plan).await;
+        }
         Ok(written == 1)
     }
 
-    async fn cas_set(&self, key: &str, expected: u64, record: &Record) -> Result<Cas> {
+    /// Writes `record` over `base` (at `expected`, its version) if it is still there.
+    async fn cas_set(
+        &self,
+        key: &str,
+        id: &SessionId,
+        base: &Record,
+        record: &Record,
+    ) -> Result<Cas> {
+        let plan = self.reindex(Some(base), Some(record));
         let value: Value = self
-            .cas_set
-            .key(key)
-            .arg(expected)
+            .invocation(&self.cas_set, key, id, &plan)
+            .arg(base.version)
             .arg(record.to_json()?)
             .arg(record.version)
             .arg(record.expires_at)
             .invoke_async(&mut self.conn())
             .await
             .map_err(call_err("compare-and-set script"))?;
-        Cas::from_value(value)
+        let cas = Cas::from_value(value)?;
+        if let Cas::Done = cas {
+            self.reindex_cluster(id, &plan).await;
+        }
+        Ok(cas)
     }
 
-    async fn cas_del(&self, key: &str, expected: u64) -> Result<Cas> {
+    /// Deletes `current` if it is still there unchanged.
+    async fn cas_del(&self, key: &str, id: &SessionId, current: &Record) -> Result<Cas> {
+        let plan = self.reindex(Some(current), None);
         let value: Value = self
-            .cas_del
-            .key(key)
-            .arg(expected)
+            .invocation(&self.cas_del, key, id, &plan)
+            .arg(current.version)
             .invoke_async(&mut self.conn())
             .await
             .map_err(call_err("compare-and-delete script"))?;
-        Cas::from_value(value)
+        let cas = Cas::from_value(value)?;
+        if let Cas::Done = cas {
+            self.reindex_cluster(id, &plan).await;
+        }
+        Ok(cas)
+    }
+
+    /// A delete that takes the session out of its user's set: read, then compare-and-delete,
+    /// so the set changed is the user the deleted record named. Without a user index, `DEL`.
+    async fn delete_indexed(&self, id: &SessionId) -> Result<bool> {
+        let key = self.key(id);
+        if self.users.is_none() {
+            return self.del(&key).await;
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let bytes: Option<Vec<u8>> = redis::cmd("HGET")
+                .arg(&key)
+                .arg("r")
+                .query_async(&mut self.conn())
+                .await
+                .map_err(call_err("HGET"))?;
+            let Some(bytes) = bytes else { return Ok(false) };
+            let Some(current) = Record::from_stored(&bytes, id) else {
+                // Unreadable: its user is unknown; a read of the index drops the entry.
+                return self.del(&key).await;
+            };
+            match self.cas_del(&key, id, &current).await? {
+                Cas::Done => return Ok(true),
+                Cas::Gone => return Ok(false),
+                Cas::Changed(_) => {}
+            }
+        }
+        Err(StoreError::Backend(
+            format!("delete lost {MAX_ATTEMPTS} races with concurrent writes").into(),
+        ))
     }
 
     async fn del(&self, key: &str) -> Result<bool> {
@@ -442,17 +647,18 @@ impl RedisStore {
         old_key: &str,
         new_key: &str,
         update: &Update,
+        (old, new): (&SessionId, &SessionId),
         mut current: Record,
         mut record: Record,
     ) -> Result<Option<Record>> {
         for _ in 0..MAX_ATTEMPTS {
-            match self.cas_del(old_key, current.version).await? {
+            match self.cas_del(old_key, old, &current).await? {
                 Cas::Done => return Ok(Some(record)),
                 Cas::Changed(stored) if stored.is_live(update.now) => {
                     // Another write reached the old id first: carry it over. Nobody else knows
                     // the new id yet, so this compare-and-set only guards against a bug.
                     let next = update.apply(&stored)?;
-                    let Cas::Done = self.cas_set(new_key, record.version, &next).await? else {
+                    let Cas::Done = self.cas_set(new_key, new, &record, &next).await? else {
                         return Err(StoreError::Unexpected(
                             "regenerated session changed under its new id".to_owned(),
                         ));
@@ -461,7 +667,7 @@ impl RedisStore {
                 }
                 Cas::Gone | Cas::Changed(_) => {
                     // Destroyed or expired meanwhile: it must not live on under the new id.
-                    self.del(new_key).await?;
+                    self.delete_indexed(new).await?;
                     return Ok(None);
                 }
             }
@@ -563,7 +769,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
-        self.create_key(&self.key(id), record).await
+        self.create_key(&self.key(id), id, record).await
     }
 
     async fn update(&self, id: &SessionId, update: &Update) -> Result<Option<Record>> {
@@ -579,7 +785,7 @@ impl SessionStore for RedisStore {
                 },
             };
             let next = update.apply(&base)?;
-            match self.cas_set(&key, base.version, &next).await? {
+            match self.cas_set(&key, id, &base, &next).await? {
                 Cas::Done => return Ok(Some(next)),
                 Cas::Gone => return Ok(None),
                 Cas::Changed(stored) if stored.is_live(update.now) => {
@@ -596,7 +802,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn delete(&self, id: &SessionId) -> Result<bool> {
-        self.del(&self.key(id)).await
+        self.delete_indexed(id).await
     }
 
     /// Creates the new id, then deletes the old one only if it still holds the version the data
@@ -617,15 +823,15 @@ impl SessionStore for RedisStore {
             },
         };
         let record = update.apply(&current)?;
-        if !self.create_key(&new_key, &record).await? {
+        if !self.create_key(&new_key, new, &record).await? {
             return Err(StoreError::IdCollision);
         }
         let result = self
-            .finish_regenerate(&old_key, &new_key, update, current, record)
+            .finish_regenerate(&old_key, &new_key, update, (old, new), current, record)
             .await;
         if result.is_err() {
             // Best effort: the client keeps its old id, so the new one must not linger.
-            let _ = self.del(&new_key).await;
+            let _ = self.delete_indexed(new).await;
         }
         result
     }
@@ -711,6 +917,54 @@ impl SessionStore for RedisStore {
 
     async fn prune(&self, _now: u64) -> Result<u64> {
         Ok(0)
+    }
+
+    /// The user's set, each member read back: a live session of this user is returned; a
+    /// member whose key is gone (expired by TTL, or deleted between a cluster's two calls) or
+    /// expired leaves the set, which is what bounds it. A member naming another user now is
+    /// only skipped: on a cluster its move may still be under way.
+    async fn user_sessions(&self, user: &str) -> Result<Vec<(SessionId, Record)>> {
+        let Some(key) = &self.users else {
+            return Err(StoreError::NoUserIndex);
+        };
+        let set = self.user_set(user);
+        let members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(&set)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(call_err("SMEMBERS"))?;
+        let now = now_ms();
+        let (mut out, mut dead) = (Vec::new(), Vec::new());
+        for member in members {
+            let Some(id) = SessionId::parse(&member) else {
+                dead.push(member);
+                continue;
+            };
+            let bytes: Option<Vec<u8>> = redis::cmd("HGET")
+                .arg(self.key(&id))
+                .arg("r")
+                .query_async(&mut self.conn())
+                .await
+                .map_err(call_err("HGET"))?;
+            let Some(bytes) = bytes else {
+                dead.push(member);
+                continue;
+            };
+            match Record::from_stored(&bytes, &id) {
+                Some(r) if key.holds(&r, user, now) => out.push((id, r)),
+                Some(r) if !r.is_live(now) => dead.push(member),
+                _ => {}
+            }
+        }
+        if !dead.is_empty() {
+            redis::cmd("SREM")
+                .arg(&set)
+                .arg(&dead)
+                .query_async::<i64>(&mut self.conn())
+                .await
+                .map_err(call_err("SREM"))?;
+        }
+        Ok(out)
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -91,6 +91,12 @@ impl<S: SessionStore> SessionStore for Timed<S> {
         result
     }
 
+    /// Counted as a listing: it is one, of one user's sessions.
+    async fn user_sessions(&self, user: &str) -> Result<Vec<(SessionId, Record)>> {
+        self.run(StoreOp::List, self.inner.user_sessions(user))
+            .await
+    }
+
     fn count(&self) -> Option<u64> {
         self.inner.count()
     }

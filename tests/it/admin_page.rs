@@ -1,8 +1,8 @@
 //! The admin web page in a real headless Chromium (support/webdriver.rs): sessions made by
 //! proxied requests, then the token form, the counters, the list and its paging, the search,
 //! one session's data, a patch, a delete through the in-page confirmation, and hostile session
-//! data shown as text with no script run, no element made from it and no dialog. Saves the
-//! screenshot docs/admin.png.
+//! data shown as text with no script run, no element made from it and no dialog; the user
+//! column, the search by user and "sign out everywhere". Saves the screenshot docs/admin.png.
 
 use std::collections::BTreeSet;
 
@@ -146,7 +146,9 @@ async fn wait_open(chrome: &Chrome, id: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_page_in_a_real_browser() {
     let app = App::start().await;
-    let toml = format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n");
+    let toml = format!(
+        "[session]\nuser_key = \"user\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
+    );
     let proxy = TestProxy::start(&app, &toml).await;
     let admin = proxy.admin_addr();
 
@@ -417,6 +419,62 @@ async fn the_admin_page_in_a_real_browser() {
         alert.as_ref().is_err_and(|e| e.is_no_such_alert()),
         "a dialog fired: {alert:?}"
     );
+
+    // The user column names each session's user; a session without one shows a dash.
+    let users = client
+        .execute(
+            "return Object.fromEntries([...document.querySelectorAll('#session-rows tr')]\
+               .map(r => [r.dataset.id, r.querySelector('td.user').textContent]))",
+            Vec::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(users[&grace_id], "grace", "{users}");
+    assert_eq!(users[&hostile_id], "\u{2013}", "{users}");
+
+    // One user's sessions: ada signs in on a second device, the search by user shows both.
+    let (mut phone, phone_id) = session_with(&proxy, r#"{"user":"ada","device":"phone"}"#).await;
+    type_into(&chrome, "#user-input", "ada").await;
+    click(&chrome, "#user-go").await;
+    wait_rows(&chrome, 2).await;
+    let listed: BTreeSet<String> = listed_ids(&chrome).await.into_iter().collect();
+    assert_eq!(listed, BTreeSet::from([ada_id.clone(), phone_id.clone()]));
+    assert!(!is_hidden(&chrome, "#user-bar").await);
+    assert_eq!(text_of(&chrome, "#user-name").await, "ada");
+    assert_eq!(text_of(&chrome, "#page-info").await, "2 sessions");
+
+    // Sign out everywhere, through the in-page confirmation: Cancel keeps both.
+    click(&chrome, "#revoke-start").await;
+    assert!(
+        text_of(&chrome, "#revoke-confirm")
+            .await
+            .contains("End every session")
+    );
+    click(&chrome, "#revoke-no").await;
+    assert_eq!(api_session(&proxy, &ada_id).await.0, 200);
+    click(&chrome, "#revoke-start").await;
+    click(&chrome, "#revoke-yes").await;
+    assert_eq!(
+        wait_message(&chrome, "Signed ada out everywhere: 2 sessions").await,
+        "message ok"
+    );
+    wait_rows(&chrome, 0).await;
+    assert!(!is_hidden(&chrome, "#empty").await);
+    assert_eq!(api_session(&proxy, &ada_id).await.0, 404);
+    assert_eq!(api_session(&proxy, &phone_id).await.0, 404);
+    assert!(ada.get("/").await.app_saw().is_new());
+    assert!(phone.get("/").await.app_saw().is_new());
+
+    // Back to every session: ada's two and the deleted guest are gone, the rest are there.
+    click(&chrome, "#user-clear").await;
+    wait_rows(&chrome, all.len() - 2).await;
+    assert!(is_hidden(&chrome, "#user-bar").await);
+    let listed: BTreeSet<String> = listed_ids(&chrome).await.into_iter().collect();
+    let mut left = all.clone();
+    left.remove(&ada_id);
+    left.remove(&guest_id);
+    // The two browsers' requests above made fresh (empty, unstored) sessions only.
+    assert_eq!(listed, left);
 
     // Forget the token: the form is back, the tab holds no token, a reload asks again.
     click(&chrome, "#forget-token").await;

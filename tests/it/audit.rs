@@ -427,3 +427,45 @@ fn an_unopenable_audit_path_is_refused_at_start_with_exit_2() {
         }
     }
 }
+
+/// With the user index, each line names the session's user, and sessions the app revokes or
+/// `max_per_user` evicts are `destroyed` lines with that reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_and_evicted_sessions_are_destroyed_lines_with_their_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let app = App::start().await;
+    let proxy = TestProxy::start(
+        &app,
+        &format!(
+            "[session]\nuser_key = \"user\"\nmax_per_user = 2\n[audit]\npath = \"{}\"\n",
+            path.display()
+        ),
+    )
+    .await;
+    let login = [("X-Session-Update", r#"{"user":"ada"}"#)];
+    let (mut a, mut b, mut c) = (proxy.client(), proxy.client(), proxy.client());
+    step(&mut a, "a", &login).await;
+    step(&mut b, "b", &login).await;
+    // The third sign-in evicts the least recently used other one: a's.
+    step(&mut c, "c", &login).await;
+    step(&mut c, "revoke", &[("X-Session-Revoke", "others")]).await;
+    let (ida, idb, idc) = (
+        a.cookie.clone().unwrap(),
+        b.cookie.clone().unwrap(),
+        c.cookie.clone().unwrap(),
+    );
+    let got: Vec<Value> = wait_lines(&path, 5).await.iter().map(shape).collect();
+    let created = |id: &str, rid: &str| json!({"event": "created", "sid": hash(id), "keys": ["user"], "user": "ada", "request_id": rid});
+    assert_eq!(
+        got,
+        vec![
+            created(&ida, "a"),
+            created(&idb, "b"),
+            created(&idc, "c"),
+            json!({"event": "destroyed", "sid": hash(&ida), "reason": "evicted", "user": "ada", "request_id": "c"}),
+            json!({"event": "destroyed", "sid": hash(&idb), "reason": "revoked", "user": "ada", "request_id": "revoke"}),
+        ]
+    );
+    proxy.stop().await;
+}

@@ -61,6 +61,10 @@ mod listing;
 /// The `SessionStore` contract, expanded for every store (memory, fs, sqlite, Redis, Redis Cluster).
 mod store_contract;
 
+/// Sessions per user: revoke others/all, the admin's user routes, max_per_user, two proxies on
+/// one Redis, a dead id never listed, the index bounded and rebuilt, the CLI.
+mod users;
+
 /// The sqlite store through the binary: SIGKILL mid-storm, schema version, two processes on
 /// one file, unwritable paths, a full disk, the sweeper and `sessions prune`.
 mod sqlite;

@@ -36,14 +36,17 @@ pub async fn open(store_toml: &str, guard: Box<dyn std::any::Any + Send>) -> Ope
     }
 }
 
+/// Every contract store keeps a user index on `user`; the rest of the suite runs without one.
+const USERS: &str = "[session]\nuser_key = \"user\"\n";
+
 pub async fn memory() -> Opened {
-    open("[store]\nkind = \"memory\"", Box::new(())).await
+    open(&format!("{USERS}[store]\nkind = \"memory\""), Box::new(())).await
 }
 
 pub async fn fs() -> Opened {
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
-        "[store]\nkind = \"fs\"\npath = \"{}\"\nfsync = false",
+        "{USERS}[store]\nkind = \"fs\"\npath = \"{}\"\nfsync = false",
         dir.path().display()
     );
     open(&toml, Box::new(dir)).await
@@ -52,7 +55,7 @@ pub async fn fs() -> Opened {
 pub async fn sqlite() -> Opened {
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
-        "[store]\nkind = \"sqlite\"\npath = \"{}\"\nfsync = false",
+        "{USERS}[store]\nkind = \"sqlite\"\npath = \"{}\"\nfsync = false",
         dir.path().join("sessions.db").display()
     );
     open(&toml, Box::new(dir)).await
@@ -61,7 +64,10 @@ pub async fn sqlite() -> Opened {
 #[cfg(feature = "redis")]
 pub async fn redis() -> Opened {
     let server = crate::support::redis::RedisServer::start().await;
-    let toml = format!("[store]\nkind = \"redis\"\nurl = \"{}\"", server.url());
+    let toml = format!(
+        "{USERS}[store]\nkind = \"redis\"\nurl = \"{}\"",
+        server.url()
+    );
     open(&toml, Box::new(server)).await
 }
 
@@ -69,7 +75,10 @@ pub async fn redis() -> Opened {
 pub async fn redis_cluster() -> Opened {
     let cluster = crate::support::redis::RedisCluster::start().await;
     let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("{u:?}")).collect();
-    let toml = format!("[store]\nkind = \"redis\"\nnodes = [{}]", nodes.join(", "));
+    let toml = format!(
+        "{USERS}[store]\nkind = \"redis\"\nnodes = [{}]",
+        nodes.join(", ")
+    );
     open(&toml, Box::new(cluster)).await
 }
 
@@ -373,6 +382,167 @@ pub async fn prune_removes_only_expired_sessions(s: Opened) {
     }
 }
 
+/// The ids `user_sessions` returns for `user`, sorted.
+async fn of(store: &dyn SessionStore, user: &str) -> Vec<SessionId> {
+    let mut ids: Vec<SessionId> = store
+        .user_sessions(user)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+fn sorted(mut ids: Vec<SessionId>) -> Vec<SessionId> {
+    ids.sort();
+    ids
+}
+
+fn replace(v: Value) -> Update {
+    Update {
+        change: Some(DataChange::Replace(v.as_object().unwrap().clone())),
+        ..patch(json!({}))
+    }
+}
+
+/// The index follows create, an update that sets, changes or removes the key, a replace, and
+/// an update that leaves the key alone; a string and an integer are users, anything else not.
+pub async fn the_user_index_follows_every_change_of_the_key(s: Opened) {
+    let store = &*s.store;
+    let (a, b) = (id(), id());
+    assert!(
+        store
+            .create(&a, &live(json!({"user":"ada"})))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .create(&b, &live(json!({"user":"ada","n":1})))
+            .await
+            .unwrap()
+    );
+    assert_eq!(of(store, "ada").await, sorted(vec![a, b]));
+    assert!(of(store, "bob").await.is_empty());
+
+    store
+        .update(&a, &patch(json!({"user":"bob"})))
+        .await
+        .unwrap();
+    assert_eq!(of(store, "ada").await, vec![b]);
+    assert_eq!(of(store, "bob").await, vec![a]);
+
+    // A change of another key, and a touch, keep the user.
+    store.update(&a, &patch(json!({"cart":[1]}))).await.unwrap();
+    store
+        .update(
+            &a,
+            &Update {
+                change: None,
+                ..patch(json!({}))
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(of(store, "bob").await, vec![a]);
+
+    store
+        .update(&a, &patch(json!({"user":null})))
+        .await
+        .unwrap();
+    assert!(of(store, "bob").await.is_empty());
+
+    store.update(&a, &patch(json!({"user":42}))).await.unwrap();
+    assert_eq!(of(store, "42").await, vec![a]);
+    store
+        .update(&a, &patch(json!({"user":{"id":42}})))
+        .await
+        .unwrap();
+    assert!(of(store, "42").await.is_empty());
+
+    store
+        .update(&b, &replace(json!({"other":"ada"})))
+        .await
+        .unwrap();
+    assert!(of(store, "ada").await.is_empty());
+    store
+        .update(&b, &replace(json!({"user":"ada"})))
+        .await
+        .unwrap();
+    assert_eq!(of(store, "ada").await, vec![b]);
+}
+
+/// Regenerate moves the index entry to the new id; destroy removes it; a dead id's slot taken
+/// by a create leaves the old user's index.
+pub async fn the_user_index_follows_regenerate_and_destroy(s: Opened) {
+    let store = &*s.store;
+    let (old, new) = (id(), id());
+    store
+        .create(&old, &live(json!({"user":"ada"})))
+        .await
+        .unwrap();
+    let moved = store
+        .regenerate(&old, &new, &patch(json!({"user":"ada","mfa":true})))
+        .await
+        .unwrap();
+    assert!(moved.is_some());
+    assert_eq!(of(store, "ada").await, vec![new]);
+    assert!(store.delete(&new).await.unwrap());
+    assert!(of(store, "ada").await.is_empty());
+
+    // Regenerate at login: the session gets its user on the way to the new id.
+    let (anon, signed) = (id(), id());
+    store
+        .create(&anon, &live(json!({"cart":[]})))
+        .await
+        .unwrap();
+    store
+        .regenerate(&anon, &signed, &patch(json!({"user":"bob"})))
+        .await
+        .unwrap();
+    assert_eq!(of(store, "bob").await, vec![signed]);
+
+    let c = id();
+    store
+        .create(&c, &record(json!({"user":"eve"}), now_ms() - 1))
+        .await
+        .unwrap();
+    assert!(
+        of(store, "eve").await.is_empty(),
+        "a dead session was listed"
+    );
+    store
+        .create(&c, &live(json!({"user":"mallory"})))
+        .await
+        .unwrap();
+    assert!(of(store, "eve").await.is_empty());
+    assert_eq!(of(store, "mallory").await, vec![c]);
+}
+
+/// An expired session is never listed, from the instant it expires, whether or not anything
+/// swept it yet; and a sweep (or the TTL) leaves the live ones listed.
+pub async fn the_user_index_never_lists_an_expired_session(s: Opened) {
+    let store = &*s.store;
+    let (short, long) = (id(), id());
+    store
+        .create(&short, &record(json!({"user":"ada"}), now_ms() + 400))
+        .await
+        .unwrap();
+    store
+        .create(&long, &live(json!({"user":"ada"})))
+        .await
+        .unwrap();
+    assert_eq!(of(store, "ada").await, sorted(vec![short, long]));
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(of(store, "ada").await, vec![long]);
+    store.prune(now_ms()).await.unwrap();
+    assert_eq!(of(store, "ada").await, vec![long]);
+    assert!(store.delete(&long).await.unwrap());
+    assert!(of(store, "ada").await.is_empty());
+}
+
 /// Expands every contract test for one store: `contract!(name, opener)`.
 macro_rules! contract {
     ($store:ident, $open:path) => {
@@ -388,6 +558,9 @@ macro_rules! contract {
                 list_pages_through_every_live_session,
                 a_bad_cursor_is_the_callers_fault,
                 prune_removes_only_expired_sessions,
+                the_user_index_follows_every_change_of_the_key,
+                the_user_index_follows_regenerate_and_destroy,
+                the_user_index_never_lists_an_expired_session,
             );
         }
     };

@@ -23,6 +23,8 @@
     pageNumber: 1,
     // The id of the session open in the detail view.
     open: null,
+    // The user whose sessions the table shows (null: every session, paged).
+    user: null,
   };
 
   // ---- small DOM helpers: text only ----
@@ -66,6 +68,12 @@
   function formatTime(ms) {
     if (typeof ms !== "number") return "\u2013";
     return new Date(ms).toLocaleString();
+  }
+
+  // The table's times: short enough for a user column beside them (the title has the exact one).
+  function shortTime(ms) {
+    if (typeof ms !== "number") return "\u2013";
+    return new Date(ms).toLocaleString(undefined, { dateStyle: "short", timeStyle: "short" });
   }
 
   function isoTime(ms) {
@@ -248,6 +256,7 @@
   // ---- the list ----
 
   async function loadList() {
+    if (state.user !== null) return loadUser();
     let path = "/sessions?limit=" + encodeURIComponent(state.limit);
     if (state.cursor !== null) path += "&cursor=" + encodeURIComponent(state.cursor);
     const page = await api("GET", path);
@@ -268,9 +277,10 @@
       open.addEventListener("click", () => guarded(() => openSession(s.id)));
       const row = el("tr", null, [
         el("td", null, [open]),
-        el("td", { text: formatTime(s.created_at), title: isoTime(s.created_at) }),
-        el("td", { text: formatTime(s.updated_at), title: isoTime(s.updated_at) }),
-        el("td", { text: formatTime(s.expires_at), title: isoTime(s.expires_at) }),
+        el("td", { className: "user", text: typeof s.user === "string" ? s.user : "\u2013" }),
+        el("td", { text: shortTime(s.created_at), title: isoTime(s.created_at) }),
+        el("td", { text: shortTime(s.updated_at), title: isoTime(s.updated_at) }),
+        el("td", { text: shortTime(s.expires_at), title: isoTime(s.expires_at) }),
         el("td", { className: "num", text: formatSize(s.size), title: s.size + " bytes" }),
       ]);
       row.dataset.id = s.id;
@@ -278,7 +288,12 @@
       body.appendChild(row);
     }
     $("empty").hidden = sessions.length > 0;
-    $("empty").textContent = state.pageNumber > 1 ? "No more sessions." : "No live sessions.";
+    $("empty").textContent =
+      state.user !== null
+        ? "No live sessions of this user."
+        : state.pageNumber > 1
+          ? "No more sessions."
+          : "No live sessions.";
     $("next-page").disabled = state.next === null || state.next === undefined;
     $("first-page").disabled = state.cursor === null;
     const count = sessions.length === 1 ? "1 session" : sessions.length + " sessions";
@@ -338,6 +353,71 @@
         throw e;
       }
     });
+  }
+
+  // ---- one user ----
+
+  async function loadUser() {
+    const page = await api("GET", "/users/" + encodeURIComponent(state.user) + "/sessions");
+    state.next = null;
+    renderList(page.sessions || []);
+    const n = (page.sessions || []).length;
+    $("page-info").textContent = n === 1 ? "1 session" : n + " sessions";
+    $("first-page").disabled = true;
+  }
+
+  function showUser(event) {
+    event.preventDefault();
+    const text = $("user-input").value.trim();
+    clearMessage();
+    if (!text) return undefined;
+    return guarded(async () => {
+      const before = state.user;
+      state.user = text;
+      try {
+        await loadUser();
+      } catch (e) {
+        state.user = before;
+        throw e;
+      }
+      resetRevoke();
+      $("user-name").textContent = text;
+      $("user-bar").hidden = false;
+      $("user-input").value = "";
+    });
+  }
+
+  function allSessions() {
+    state.user = null;
+    $("user-bar").hidden = true;
+    resetRevoke();
+    return firstPage();
+  }
+
+  // Like delete, the sign-out asks once more inside the page.
+  function startRevoke() {
+    $("revoke-start").hidden = true;
+    $("revoke-confirm").hidden = false;
+    $("revoke-no").focus();
+  }
+
+  function resetRevoke() {
+    $("revoke-start").hidden = false;
+    $("revoke-confirm").hidden = true;
+  }
+
+  async function confirmRevoke() {
+    const user = state.user;
+    if (user === null) return;
+    const answer = await api("DELETE", "/users/" + encodeURIComponent(user) + "/sessions");
+    resetRevoke();
+    if (state.open) closeDetail();
+    const n = answer.revoked;
+    showMessage(
+      "Signed " + user + " out everywhere: " + (n === 1 ? "1 session" : n + " sessions") + " ended.",
+      "ok",
+    );
+    await Promise.all([loadList(), loadMetrics()]);
   }
 
   // ---- one session ----
@@ -448,6 +528,11 @@
     $("delete-start").addEventListener("click", startDelete);
     $("delete-no").addEventListener("click", resetDelete);
     $("delete-yes").addEventListener("click", () => guarded(confirmDelete));
+    $("user-form").addEventListener("submit", showUser);
+    $("user-clear").addEventListener("click", allSessions);
+    $("revoke-start").addEventListener("click", startRevoke);
+    $("revoke-no").addEventListener("click", resetRevoke);
+    $("revoke-yes").addEventListener("click", () => guarded(confirmRevoke));
     state.limit = Number($("page-size").value) || 25;
     start();
   });

@@ -11,6 +11,11 @@
 //! Reads run on a small pool of read-only connections; in WAL mode they never wait for the
 //! writer. A `load` is a point read of one row, and [`Reads`] says where it runs.
 //! Listings page by keyset (`id > cursor`), so a page costs the same at any depth.
+//!
+//! With `session.user_key`, each row's `user` column is set by the statement that writes its
+//! data (a touch leaves it), so the index is in the same transaction as the session; a delete
+//! or the sweeper's removal of the row removes its entry. All processes sharing a file must use
+//! the same `user_key`: opening with another one rebuilds the column (`schema::reindex_users`).
 
 mod schema;
 mod writer;
@@ -23,7 +28,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
-use super::{Page, Record, Result, SessionStore, StoreError, Update, now_ms};
+use super::{Page, Record, Result, SessionStore, StoreError, Update, UserKey, now_ms};
 use crate::config::SqliteConfig;
 use crate::session::SessionId;
 use writer::{OpError, Writer};
@@ -64,6 +69,7 @@ pub struct SqliteStore {
     reads: Reads,
     /// Rows in the file as of this process's last commit (expired ones until swept).
     count: Arc<AtomicU64>,
+    users: Option<UserKey>,
 }
 
 /// An error of the SQLite library, with the file and what was being done.
@@ -95,8 +101,18 @@ impl SqliteStore {
 
     #[doc(hidden)]
     pub async fn open_with(config: SqliteConfig, reads: Reads) -> Result<Self> {
+        Self::open_indexed(config, reads, None).await
+    }
+
+    /// [`SqliteStore::open_with`], keeping a user index on `users`.
+    pub async fn open_indexed(
+        config: SqliteConfig,
+        reads: Reads,
+        users: Option<UserKey>,
+    ) -> Result<Self> {
         tokio::task::spawn_blocking(move || {
             let conn = schema::open_writer(&config)?;
+            schema::reindex_users(&conn, users.as_ref().map(UserKey::name), &config.path)?;
             let n: i64 = conn
                 .query_row("SELECT n FROM session_count", [], |row| row.get(0))
                 .map_err(|e| SqliteError::wrap(&config.path, "cannot count the sessions", e))?;
@@ -108,6 +124,7 @@ impl SqliteStore {
                 readers: Arc::new(readers),
                 reads,
                 count,
+                users,
             })
         })
         .await
@@ -260,8 +277,19 @@ fn select_live(conn: &Connection, id: &SessionId, now: u64) -> rusqlite::Result<
     .map(Option::flatten)
 }
 
+/// The `user` column's value for `r`.
+fn user_of(users: Option<&UserKey>, r: &Record) -> Option<String> {
+    users.and_then(|k| k.user_of(&r.data))
+}
+
 /// Create-if-absent: a live session keeps its id; a dead one's id is free again.
-fn create(conn: &Connection, id: &SessionId, r: &Record, now: u64) -> rusqlite::Result<bool> {
+fn create(
+    conn: &Connection,
+    id: &SessionId,
+    r: &Record,
+    user: Option<&str>,
+    now: u64,
+) -> rusqlite::Result<bool> {
     let values = params![
         id.as_str(),
         &*r.data,
@@ -269,40 +297,59 @@ fn create(conn: &Connection, id: &SessionId, r: &Record, now: u64) -> rusqlite::
         int(r.updated_at),
         int(r.expires_at),
         int(r.version),
+        user,
         int(now),
     ];
     let inserted = conn
         .prepare_cached(concat!(
             "INSERT INTO sessions (id, ",
             columns!(),
-            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING"
+            ", user) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING"
         ))?
-        .execute(&values[..6])?;
+        .execute(&values[..7])?;
     if inserted == 1 {
         return Ok(true);
     }
     let replaced = conn
         .prepare_cached(
             "UPDATE sessions SET data = ?2, created_at = ?3, updated_at = ?4, expires_at = ?5, \
-             version = ?6 WHERE id = ?1 AND expires_at <= ?7",
+             version = ?6, user = ?7 WHERE id = ?1 AND expires_at <= ?8",
         )?
         .execute(values)?;
     Ok(replaced == 1)
 }
 
-fn write(conn: &Connection, id: &SessionId, r: &Record) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "UPDATE sessions SET data = ?2, created_at = ?3, updated_at = ?4, expires_at = ?5, \
-         version = ?6 WHERE id = ?1",
-    )?
-    .execute(params![
+/// Writes `r` over the row; `user` is the new `user` column, or `None` for a write that kept
+/// the data (a touch), which leaves it.
+fn write(
+    conn: &Connection,
+    id: &SessionId,
+    r: &Record,
+    user: Option<Option<&str>>,
+) -> rusqlite::Result<()> {
+    let values = params![
         id.as_str(),
         &*r.data,
         int(r.created_at),
         int(r.updated_at),
         int(r.expires_at),
         int(r.version),
-    ])?;
+        user.flatten(),
+    ];
+    match user {
+        None => conn
+            .prepare_cached(
+                "UPDATE sessions SET data = ?2, created_at = ?3, updated_at = ?4, \
+                 expires_at = ?5, version = ?6 WHERE id = ?1",
+            )?
+            .execute(&values[..6])?,
+        Some(_) => conn
+            .prepare_cached(
+                "UPDATE sessions SET data = ?2, created_at = ?3, updated_at = ?4, \
+                 expires_at = ?5, version = ?6, user = ?7 WHERE id = ?1",
+            )?
+            .execute(values)?,
+    };
     Ok(())
 }
 
@@ -367,20 +414,23 @@ impl SessionStore for SqliteStore {
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
         let (id, record) = (*id, record.clone());
+        let user = user_of(self.users.as_ref(), &record);
         self.writer
-            .run(move |conn| Ok(create(conn, &id, &record, now_ms())?))
+            .run(move |conn| Ok(create(conn, &id, &record, user.as_deref(), now_ms())?))
             .await
     }
 
     async fn update(&self, id: &SessionId, update: &Update) -> Result<Option<Record>> {
-        let (id, update) = (*id, update.clone());
+        let (id, update, users) = (*id, update.clone(), self.users.clone());
         self.writer
             .run(move |conn| {
                 let Some(current) = select_live(conn, &id, update.now)? else {
                     return Ok(None);
                 };
                 let next = update.apply(&current)?;
-                write(conn, &id, &next)?;
+                let user = (!Arc::ptr_eq(&current.data, &next.data))
+                    .then(|| user_of(users.as_ref(), &next));
+                write(conn, &id, &next, user.as_ref().map(Option::as_deref))?;
                 Ok(Some(next))
             })
             .await
@@ -401,14 +451,15 @@ impl SessionStore for SqliteStore {
         new: &SessionId,
         update: &Update,
     ) -> Result<Option<Record>> {
-        let (old, new, update) = (*old, *new, update.clone());
+        let (old, new, update, users) = (*old, *new, update.clone(), self.users.clone());
         self.writer
             .run(move |conn| {
                 let Some(current) = select_live(conn, &old, update.now)? else {
                     return Ok(None);
                 };
                 let next = update.apply(&current)?;
-                if !create(conn, &new, &next, update.now)? {
+                let user = user_of(users.as_ref(), &next);
+                if !create(conn, &new, &next, user.as_deref(), update.now)? {
                     return Err(OpError::Refused(StoreError::IdCollision));
                 }
                 delete(conn, &old, update.now)?;
@@ -448,6 +499,41 @@ impl SessionStore for SqliteStore {
                 return Ok(removed);
             }
         }
+    }
+
+    /// The partial index on `user`, on the blocking pool (a user may have many sessions).
+    async fn user_sessions(&self, user: &str) -> Result<Vec<(SessionId, Record)>> {
+        let Some(key) = self.users.clone() else {
+            return Err(StoreError::NoUserIndex);
+        };
+        let user = user.to_owned();
+        self.readers
+            .blocking(move |conn| {
+                let fail = |e| StoreError::Backend(Box::new(e));
+                let now = now_ms();
+                let mut stmt = conn
+                    .prepare_cached(concat!(
+                        "SELECT id, ",
+                        columns!(),
+                        " FROM sessions WHERE user = ?1 AND expires_at > ?2"
+                    ))
+                    .map_err(fail)?;
+                let mut rows = stmt.query(params![user, int(now)]).map_err(fail)?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next().map_err(fail)? {
+                    let text: String = row.get(0).map_err(fail)?;
+                    let Some(id) = SessionId::parse(&text) else {
+                        continue;
+                    };
+                    if let Some(r) = record(row, 1, &id).map_err(fail)?
+                        && key.holds(&r, &user, now)
+                    {
+                        out.push((id, r));
+                    }
+                }
+                Ok(out)
+            })
+            .await
     }
 
     /// Kept exact by triggers in every writer's transaction; this process reads it back after

@@ -11,12 +11,14 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::SqliteError;
 use crate::config::SqliteConfig;
+#[cfg(doc)]
+use crate::store::UserKey;
 use crate::store::{Result, StoreError};
 
 /// `MIGRATIONS[v]` brings a file from schema version `v` to `v + 1`; the version this binary
 /// writes is their count. A migration only ever adds a step at the end: a file is never
 /// migrated down, and one newer than the binary is refused.
-const MIGRATIONS: [&str; 1] = [
+const MIGRATIONS: [&str; 2] = [
     // 0 → 1: the sessions, expiry-indexed for the sweeper, and a row count kept by triggers
     // in the same transaction as the change, so `sessions_live` is exact across every process
     // writing the file and costs no scan.
@@ -35,7 +37,54 @@ const MIGRATIONS: [&str; 1] = [
         BEGIN UPDATE session_count SET n = n + 1; END;
     CREATE TRIGGER session_deleted AFTER DELETE ON sessions
         BEGIN UPDATE session_count SET n = n - 1; END;",
+    // 1 → 2: the user index: a column written by the same statement as the data, indexed only
+    // where set (a file without `session.user_key` pays nothing), and the key it was built
+    // from, so opening with another key rebuilds it (`reindex_users`).
+    "ALTER TABLE sessions ADD COLUMN user TEXT;
+    CREATE INDEX sessions_user ON sessions (user) WHERE user IS NOT NULL;
+    CREATE TABLE user_index (key TEXT);
+    INSERT INTO user_index (key) VALUES (NULL);",
 ];
+
+/// Makes the `user` column follow `key` (or clears it, for `None`) if the file's index was
+/// built from another key (or none): one statement, in one transaction, at open. The rule is
+/// [`UserKey::user_of`]'s, in SQL: a non-empty string or an integer, the last of a repeated
+/// key; every read checks the data again in Rust, so an edge where the two could differ (an
+/// integer past 2^63) is left out, never listed wrongly.
+pub(super) fn reindex_users(conn: &Connection, key: Option<&str>, path: &Path) -> Result<()> {
+    let fail =
+        |doing: &'static str| move |source: rusqlite::Error| SqliteError::wrap(path, doing, source);
+    let stored: Option<String> = conn
+        .query_row("SELECT key FROM user_index", [], |row| row.get(0))
+        .map_err(fail("cannot read the user index's key"))?;
+    if stored.as_deref() == key {
+        return Ok(());
+    }
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(fail("cannot lock to rebuild the user index"))?;
+    let result = (|| {
+        let n = conn
+            .execute(
+                "UPDATE sessions SET user = CASE WHEN ?1 IS NOT NULL AND json_valid(data) THEN
+                    (SELECT CASE type WHEN 'text' THEN nullif(value, '')
+                                      WHEN 'integer' THEN CAST(value AS TEXT) END
+                     FROM json_each(sessions.data) WHERE key = ?1 ORDER BY id DESC LIMIT 1)
+                 END",
+                [key],
+            )
+            .map_err(fail("cannot rebuild the user index"))?;
+        conn.execute("UPDATE user_index SET key = ?1", [key])
+            .map_err(fail("cannot record the user index's key"))?;
+        conn.execute_batch("COMMIT")
+            .map_err(fail("cannot commit the rebuilt user index"))?;
+        tracing::info!(path = %path.display(), sessions = n, key, "rebuilt the user index");
+        Ok(())
+    })();
+    if result.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    result
+}
 
 /// The schema version this binary reads and writes.
 pub(super) const VERSION: i64 = MIGRATIONS.len() as i64;
@@ -258,8 +307,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = open_writer(&config(&dir.path().join("c.db"))).unwrap();
         conn.execute_batch(
-            "INSERT INTO sessions VALUES ('a', '{}', 1, 1, 1, 1);
-             INSERT INTO sessions VALUES ('b', '{}', 1, 1, 1, 1);
+            "INSERT INTO sessions (id, data, created_at, updated_at, expires_at, version) VALUES ('a', '{}', 1, 1, 1, 1);
+             INSERT INTO sessions (id, data, created_at, updated_at, expires_at, version) VALUES ('b', '{}', 1, 1, 1, 1);
              UPDATE sessions SET expires_at = 5 WHERE id = 'a';
              DELETE FROM sessions WHERE id = 'b';",
         )

@@ -276,7 +276,7 @@ mod tests {
     ) -> impl FnOnce(&Connection) -> Result<(), OpError> {
         move |conn| {
             conn.execute(
-                "INSERT INTO sessions VALUES (?1, ?2, 0, 0, 9999999999999, 1)",
+                "INSERT INTO sessions (id, data, created_at, updated_at, expires_at, version) VALUES (?1, ?2, 0, 0, 9999999999999, 1)",
                 [id, data],
             )?;
             Ok(())
@@ -312,7 +312,7 @@ mod tests {
         let (_dir, batch) = open();
         let (a, a_answer) = task(insert("a", "1"));
         let (p, p_answer) = task(|conn| -> Result<(), OpError> {
-            conn.execute("INSERT INTO sessions VALUES ('p', '1', 0, 0, 1, 1)", [])?;
+            conn.execute("INSERT INTO sessions (id, data, created_at, updated_at, expires_at, version) VALUES ('p', '1', 0, 0, 1, 1)", [])?;
             panic!("an operation panicked")
         });
         let (b, b_answer) = task(insert("b", "1"));

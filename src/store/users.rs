@@ -1,0 +1,338 @@
+//! The user index: which live sessions belong to one user, so an operator or the app can sign
+//! a user out everywhere, and `session.max_per_user` can bound their sessions.
+//!
+//! **The seam.** The index is a pure function of the stored data: a session belongs to the
+//! user named by the top-level key `session.user_key` of its data ([`UserKey::user_of`]). No
+//! caller passes a user to the store; every backend derives the old and the new user from the
+//! records it already holds in its write, and changes the index in that same atomic step:
+//!
+//! - memory: under the session's shard lock ([`UserIndex`], its own 256 shards by user, each
+//!   locked after the session's shard and never the other way round, one at a time, so no
+//!   global lock and no deadlock);
+//! - fs: under the id's stripe, in the same blocking task as the file's rename ([`UserIndex`]
+//!   again, per process, rebuilt from the files at open);
+//! - sqlite: a `user` column of the row, written by the same statement;
+//! - Redis: the same Lua script (a set per user); on Redis Cluster a second call.
+//!
+//! Every read ([`SessionStore::user_sessions`]) also checks each session it returns against
+//! the record (live, and still this user's), so no backend ever lists a dead session, even
+//! where the index lags (Redis Cluster, a set entry whose session expired by TTL).
+//!
+//! Revocation and eviction are built on that read plus `delete`, here, once: [`revoke`] and
+//! [`evict`] return the ids they destroyed, for the caller to report.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde_json::Value;
+
+use super::{Record, Result, SessionStore};
+use crate::session::SessionId;
+
+/// `session.user_key`: the top-level key of the session data that names its user.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserKey(Arc<str>);
+
+impl fmt::Debug for UserKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UserKey({:?})", &*self.0)
+    }
+}
+
+/// Logged once per process: a session whose user key holds something else than a string or
+/// an integer is an app's bug, not worth a line per request.
+static NOT_INDEXED: AtomicBool = AtomicBool::new(false);
+
+impl UserKey {
+    pub fn new(key: &str) -> Self {
+        UserKey(Arc::from(key))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// The user `data` (a JSON object's text) belongs to: the value of the key, when it is a
+    /// non-empty string or an integer (as its decimal text: `42` and `"42"` are one user).
+    /// Anything else (absent, null, a float, an object) is no user. One pass over the text; only
+    /// the key's value is materialised. With the key repeated, the last one counts, as in every
+    /// other reading of the data.
+    pub fn user_of(&self, data: &str) -> Option<String> {
+        let mut de = serde_json::Deserializer::from_str(data);
+        match Find(&self.0).deserialize(&mut de) {
+            Ok(Found::User(user)) => Some(user),
+            Ok(Found::Absent) => None,
+            Ok(Found::Other) | Err(_) => {
+                if !NOT_INDEXED.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(
+                        key = &*self.0,
+                        "a session's user key is not a string or an integer: not indexed (logged once)"
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    /// Whether `record` is live at `now` and belongs to `user`: the check every read of an
+    /// index makes before it hands a session out.
+    pub(crate) fn holds(&self, record: &Record, user: &str, now: u64) -> bool {
+        record.is_live(now) && self.user_of(&record.data).as_deref() == Some(user)
+    }
+}
+
+enum Found {
+    Absent,
+    User(String),
+    Other,
+}
+
+struct Find<'k>(&'k str);
+
+impl<'de> DeserializeSeed<'de> for Find<'_> {
+    type Value = Found;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Found, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Find<'_> {
+    type Value = Found;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
+        let mut found = Found::Absent;
+        while let Some(is_key) = map.next_key_seed(KeyIs(self.0))? {
+            if !is_key {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            found = match map.next_value::<Value>()? {
+                Value::String(s) if !s.is_empty() => Found::User(s),
+                Value::Number(n) if n.is_i64() || n.is_u64() => Found::User(n.to_string()),
+                Value::Null => Found::Absent,
+                _ => Found::Other,
+            };
+        }
+        Ok(found)
+    }
+}
+
+/// Compares an object key with the user key without keeping it.
+struct KeyIs<'k>(&'k str);
+
+impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<bool, E> {
+        Ok(key == self.0)
+    }
+}
+
+/// One per user shard: enough that two requests rarely share one, few enough to cost nothing
+/// when empty.
+const USER_SHARDS: usize = 256;
+
+type UserShard = Mutex<HashMap<Box<str>, BTreeSet<SessionId>>>;
+
+/// user → ids, for the stores that keep their index in this process (memory, fs).
+///
+/// Invariant: the entries of an id change only while its writer holds the session's own lock
+/// (the memory shard, the fs stripe), and that lock is taken first; a user shard is locked
+/// alone, for one map operation. So an id's entries always match its record as of that lock,
+/// and a reader (which takes a user shard, copies the ids, lets go, then reads the records)
+/// can never deadlock with a writer.
+pub(crate) struct UserIndex {
+    shards: Box<[UserShard]>,
+}
+
+impl fmt::Debug for UserIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserIndex").finish_non_exhaustive()
+    }
+}
+
+impl Default for UserIndex {
+    fn default() -> Self {
+        UserIndex {
+            shards: (0..USER_SHARDS).map(|_| UserShard::default()).collect(),
+        }
+    }
+}
+
+impl UserIndex {
+    fn shard(
+        &self,
+        user: &str,
+    ) -> std::sync::MutexGuard<'_, HashMap<Box<str>, BTreeSet<SessionId>>> {
+        // FNV-1a: cheap, and a user name is not chosen to collide (a bad spread costs only
+        // contention, never correctness).
+        let hash = user.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        self.shards[(hash % USER_SHARDS as u64) as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `id` left `old` and now belongs to `new` (either may be none). A user with no ids left
+    /// leaves the map, so the index holds exactly the stored sessions that name a user.
+    pub(crate) fn change(&self, id: &SessionId, old: Option<&str>, new: Option<&str>) {
+        if old == new {
+            return;
+        }
+        if let Some(old) = old {
+            let mut map = self.shard(old);
+            if let Some(ids) = map.get_mut(old) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    map.remove(old);
+                }
+            }
+        }
+        if let Some(new) = new {
+            self.shard(new).entry(new.into()).or_default().insert(*id);
+        }
+    }
+
+    /// The ids indexed under `user`, copied out.
+    pub(crate) fn ids(&self, user: &str) -> Vec<SessionId> {
+        self.shard(user)
+            .get(user)
+            .map(|ids| ids.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every (user, id) entry: for tests and the size measurement.
+    pub(crate) fn entries(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .values()
+                    .map(BTreeSet::len)
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    pub(crate) fn clear(&self) {
+        for s in self.shards.iter() {
+            s.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        }
+    }
+}
+
+/// Destroys every live session of `user` but `except`; returns the ids it destroyed (a session
+/// that died meanwhile is not counted). Sessions given to the user while this runs may survive
+/// it: revocation covers the sessions the user had when it was asked for.
+pub async fn revoke(
+    store: &dyn SessionStore,
+    user: &str,
+    except: Option<&SessionId>,
+) -> Result<Vec<SessionId>> {
+    let mut destroyed = Vec::new();
+    for (id, _) in store.user_sessions(user).await? {
+        if Some(&id) == except {
+            continue;
+        }
+        if store.delete(&id).await? {
+            destroyed.push(id);
+        }
+    }
+    Ok(destroyed)
+}
+
+/// `session.max_per_user`: after `keep` was given to `user`, destroys the least recently used
+/// of the user's other sessions until the user holds at most `max`; returns the ids destroyed.
+///
+/// "Least recently used" is read off the record: the earliest idle deadline (`expires_at`,
+/// which every touch moves forward), then the oldest change. A session capped by
+/// `absolute_timeout` therefore counts as used as late as its deadline allows.
+pub async fn evict(
+    store: &dyn SessionStore,
+    user: &str,
+    keep: &SessionId,
+    max: usize,
+) -> Result<Vec<SessionId>> {
+    let sessions = store.user_sessions(user).await?;
+    let excess = sessions.len().saturating_sub(max);
+    if excess == 0 {
+        return Ok(Vec::new());
+    }
+    let mut others: Vec<(SessionId, Record)> =
+        sessions.into_iter().filter(|(id, _)| id != keep).collect();
+    others.sort_by_key(|(_, r)| (r.expires_at, r.updated_at, r.created_at));
+    let mut destroyed = Vec::new();
+    for (id, _) in others.into_iter().take(excess) {
+        if store.delete(&id).await? {
+            destroyed.push(id);
+        }
+    }
+    Ok(destroyed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_user_is_a_string_or_an_integer_at_the_top() {
+        let key = UserKey::new("user");
+        for (data, want) in [
+            (r#"{"user":"ada"}"#, Some("ada")),
+            (r#"{"a":[1,{"user":"x"}],"user":42}"#, Some("42")),
+            (r#"{"user":-7}"#, Some("-7")),
+            (r#"{"us\u0065r":"esc"}"#, Some("esc")),
+            (r#"{"user":"a","user":"b"}"#, Some("b")),
+            (r#"{"user":""}"#, None),
+            (r#"{"user":null}"#, None),
+            (r#"{"user":1.5}"#, None),
+            (r#"{"user":{"id":1}}"#, None),
+            (r#"{"user":true}"#, None),
+            (r#"{"other":{"user":"x"}}"#, None),
+            ("{}", None),
+            ("not json", None),
+        ] {
+            assert_eq!(key.user_of(data).as_deref(), want, "{data}");
+        }
+    }
+
+    #[test]
+    fn the_index_drops_a_user_with_no_ids_left() {
+        let index = UserIndex::default();
+        let (a, b) = (
+            SessionId::generate().unwrap(),
+            SessionId::generate().unwrap(),
+        );
+        index.change(&a, None, Some("u"));
+        index.change(&b, None, Some("u"));
+        index.change(&a, Some("u"), Some("v"));
+        assert_eq!(index.ids("u"), vec![b]);
+        assert_eq!(index.ids("v"), vec![a]);
+        index.change(&b, Some("u"), None);
+        index.change(&a, Some("v"), None);
+        assert_eq!(index.entries(), 0);
+        assert!(index.shards.iter().all(|s| s.lock().unwrap().is_empty()));
+    }
+}
