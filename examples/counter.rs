@@ -182,11 +182,14 @@ async fn main() -> anyhow::Result<()> {
     });
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    println!(
-        "session-proxy on http://{} (try: curl -c jar -b jar http://{}/)",
-        listener.local_addr()?,
-        listener.local_addr()?
-    );
+    // With `[tls]` in the config the proxy serves HTTPS (the browser test runs it so).
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let addr = listener.local_addr()?;
+    println!("session-proxy on {scheme}://{addr} (try: curl -c jar -b jar {scheme}://{addr}/)");
     Proxy::open(config)
         .await?
         .serve(listener, downstream::shutdown_signal())

@@ -1,15 +1,18 @@
 //! End to end: the quickstart (`examples/counter.rs`: the example app and the proxy on its
 //! default sqlite store, one process) in a real headless Chromium (support/webdriver.rs), over
-//! plain HTTP on 127.0.0.1. The counter rises across reloads, login regenerates the id, logout
-//! destroys the session, `HttpOnly` keeps the cookie out of `document.cookie`, and a WebSocket
-//! opened by the page gets its echo with the user's name from the session.
+//! HTTPS on 127.0.0.1 with a certificate made in the test (Chromium trusts exactly its key, by
+//! `--ignore-certificate-errors-spki-list`). The counter rises across reloads (the `Secure`
+//! cookie comes back over https), login regenerates the id, logout destroys the session,
+//! `HttpOnly` keeps the cookie out of `document.cookie`, and a WebSocket (`wss://`) opened by the
+//! page gets its echo with the user's name from the session.
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use crate::support::webdriver::{Chrome, Locator};
+use crate::support::tls::TestCa;
+use crate::support::webdriver::{Chrome, Locator, Options};
 
 /// The example's binary, run in a temporary directory (its `sessions.db` goes there) with a
 /// config whose addresses end in port 0. Killed by its PID when dropped.
@@ -20,7 +23,8 @@ struct Counter {
 }
 
 impl Counter {
-    fn start() -> Counter {
+    /// With the `[tls]` files `cert` and `key`, and `cookie.secure`.
+    fn start(cert: &std::path::Path, key: &std::path::Path) -> Counter {
         // `cargo test` builds the examples, `cargo test --test it` does not: make sure it is
         // there and current (a no-op when it is).
         let built = Command::new(env!("CARGO"))
@@ -41,7 +45,12 @@ impl Counter {
         std::fs::write(
             &config,
             // The store's timeout raised: a loaded test machine is not what this test is about.
-            "listen = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:0\"\n[store]\ntimeout = \"30s\"\n",
+            format!(
+                "listen = \"127.0.0.1:0\"\nupstream = \"http://127.0.0.1:0\"\n[store]\ntimeout = \"30s\"\n\
+                 [cookie]\nsecure = true\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+                cert.display(),
+                key.display()
+            ),
         )
         .unwrap();
         let mut child = Command::new(exe)
@@ -58,7 +67,7 @@ impl Counter {
                 stdout.read_line(&mut line).unwrap() > 0,
                 "the example exited"
             );
-            if let Some(rest) = line.strip_prefix("session-proxy on http://") {
+            if let Some(rest) = line.strip_prefix("session-proxy on https://") {
                 break rest.split_whitespace().next().unwrap().parse().unwrap();
             }
         };
@@ -92,15 +101,27 @@ async fn page_text(chrome: &Chrome) -> String {
 async fn session_cookie(chrome: &Chrome) -> Option<String> {
     let c = chrome.client().get_named_cookie("session_id").await.ok()?;
     assert_eq!(c.http_only(), Some(true), "{c}");
+    assert_eq!(c.secure(), Some(true), "{c}");
     Some(c.value().to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quickstart_in_a_browser_counts_logs_in_and_out_and_talks_over_a_websocket() {
-    let counter = Counter::start();
-    let chrome = Chrome::start().await;
+    let certs = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let leaf = ca.leaf("e2e");
+    let (cert, key) = leaf.write(certs.path(), "e2e", &ca);
+    let counter = Counter::start(&cert, &key);
+    let chrome = Chrome::start_with(Options {
+        args: vec![format!(
+            "--ignore-certificate-errors-spki-list={}",
+            leaf.spki_pin
+        )],
+        ..Options::default()
+    })
+    .await;
     let client = chrome.client();
-    let base = format!("http://{}", counter.addr);
+    let base = format!("https://localhost:{}", counter.addr.port());
 
     // The counter rises across reloads: one session, kept by its cookie.
     client.goto(&format!("{base}/")).await.unwrap();

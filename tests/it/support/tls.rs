@@ -30,6 +30,9 @@ pub struct Leaf {
     pub cert_pem: String,
     pub key_pem: String,
     pub der: CertificateDer<'static>,
+    /// base64(SHA-256(SubjectPublicKeyInfo)): what Chromium's
+    /// `--ignore-certificate-errors-spki-list` trusts, this one key and nothing else.
+    pub spki_pin: String,
 }
 
 impl Leaf {
@@ -72,10 +75,18 @@ impl TestCa {
         params.distinguished_name.push(DnType::CommonName, cn);
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let spki_pin = {
+            use base64::Engine as _;
+            use sha2::Digest as _;
+            base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(
+                rcgen::PublicKeyData::subject_public_key_info(&key),
+            ))
+        };
         Leaf {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
             der: cert.der().clone(),
+            spki_pin,
         }
     }
 }
