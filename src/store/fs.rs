@@ -20,7 +20,7 @@
 //! another process) is skipped by the next listing that meets it and dropped from the index; a
 //! file added behind its back is listed after the next open.
 //!
-//! With `session.user_key`, a per-process [`UserIndex`] (user → ids) is rebuilt at open by
+//! With `session.user_key`, a per-process `UserIndex` (user → ids) is rebuilt at open by
 //! reading every file (the one case where open reads them: a million files take a while), and
 //! kept by every write under the id's stripe, in the same blocking task as the file operation,
 //! from the record it replaced and the one it wrote. A user's listing reads each indexed file

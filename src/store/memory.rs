@@ -20,7 +20,7 @@
 //! lock covers 1/4096 of the sessions: a listing slice, an update or a prune step makes only
 //! that sliver wait, and only for microseconds.
 //!
-//! With `session.user_key`, a [`UserIndex`] (its own shards, by user) is changed by every
+//! With `session.user_key`, a `UserIndex` (its own shards, by user) is changed by every
 //! write while the session's shard is still write-locked: the session's shard first, then one
 //! user shard at a time, never the reverse, so the hot path takes no global lock and cannot
 //! deadlock. A write that leaves the data as it was (a touch) does not look at the index.

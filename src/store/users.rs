@@ -6,10 +6,10 @@
 //! caller passes a user to the store; every backend derives the old and the new user from the
 //! records it already holds in its write, and changes the index in that same atomic step:
 //!
-//! - memory: under the session's shard lock ([`UserIndex`], its own 256 shards by user, each
+//! - memory: under the session's shard lock (`UserIndex`, its own 256 shards by user, each
 //!   locked after the session's shard and never the other way round, one at a time, so no
 //!   global lock and no deadlock);
-//! - fs: under the id's stripe, in the same blocking task as the file's rename ([`UserIndex`]
+//! - fs: under the id's stripe, in the same blocking task as the file's rename (`UserIndex`
 //!   again, per process, rebuilt from the files at open);
 //! - sqlite: a `user` column of the row, written by the same statement;
 //! - Redis: the same Lua script (a set per user); on Redis Cluster a second call.
