@@ -37,8 +37,11 @@ use writer::{OpError, Writer};
 /// handle and a page cache.
 const READERS: usize = 4;
 /// Expired rows removed per writer operation by `prune`, so requests' writes queued meanwhile
-/// wait for one chunk, not for the whole sweep.
-const PRUNE_CHUNK: i64 = 1000;
+/// wait for one chunk, not for the whole sweep. Expired ids are scattered over the table, so a
+/// chunk dirties about one page per row, all of it written to the WAL and fsynced with the
+/// requests' writes of the same commit: at 1,000 a chunk held those writes ~45 ms and a prune
+/// of 100,000 under load raised the request p99 to 6x its baseline (bench/PRUNE.md).
+const PRUNE_CHUNK: i64 = 100;
 
 /// Where a `load` runs its query. The proxy uses [`Reads::Inline`]; the other is kept so the
 /// measurement can be re-run (`sqlite_bench reads`, bench/SQLITE.md).
