@@ -5,7 +5,7 @@ use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -126,9 +126,20 @@ pub(super) fn open_writer(config: &SqliteConfig) -> Result<Connection> {
     // Another process's write lock is waited for this long, then the batch fails (503).
     conn.busy_timeout(config.timeout)
         .map_err(fail("cannot set the busy timeout"))?;
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .map_err(fail("cannot switch to WAL mode"))?;
+    // Switching a new file to WAL needs it to itself for a moment, and SQLite answers BUSY at
+    // once, without its busy handler, when another process opening the same new file holds it:
+    // retried here within the same timeout.
+    let deadline = Instant::now() + config.timeout;
+    let mode: String = loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => break other.map_err(fail("cannot switch to WAL mode"))?,
+        }
+    };
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Unexpected(format!(
             "session database {}: the journal mode stays {mode:?}, not WAL",
