@@ -3,7 +3,6 @@
 //! environment variable; SIGHUP swapping the keys in the running binary while a keep-alive
 //! connection stays open, and refusing a bad new set; the per-key metric.
 
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -391,30 +390,13 @@ async fn sighup_never_ends_the_process() {
 
 /// The binary with `SESSION_PROXY_COOKIE_SECRET=env` and `args`: its address, once listening.
 fn spawn_with_env(env: &str, args: &[&str]) -> ProxyProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_session-proxy"))
-        .args(args)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("SESSION_PROXY_COOKIE_SECRET", env)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no listening line from the proxy: {line:?}"))
-        .parse()
-        .unwrap();
-    ProxyProcess {
-        child,
-        addr,
-        admin: None,
-    }
+    ProxyProcess::start(
+        args,
+        "warn",
+        Stdio::inherit(),
+        &[("SESSION_PROXY_COOKIE_SECRET", env)],
+        "http",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -420,27 +420,42 @@ impl ProxyProcess {
 
     /// [`spawn`](Self::spawn) with `RUST_LOG=level` and the log going to `stderr`.
     pub fn spawn_logging(args: &[&str], level: &str, stderr: impl Into<Stdio>) -> ProxyProcess {
+        Self::start(args, level, stderr, &[], "http")
+    }
+
+    /// The one way the tests run the binary: `args` plus `--listen 127.0.0.1:0`, `RUST_LOG=level`,
+    /// `env` set, stderr as given; waits for the listening line, which must name `scheme`
+    /// (`http`, or `https` with `[tls]`), and then for the admin line if `--admin-listen` is given.
+    pub fn start(
+        args: &[&str],
+        level: &str,
+        stderr: impl Into<Stdio>,
+        env: &[(&str, &str)],
+        scheme: &str,
+    ) -> ProxyProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_session-proxy"))
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", level)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
             .unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut next_addr = || {
+        let mut next_addr = |prefix: &str| {
             let mut line = String::new();
             stdout.read_line(&mut line).unwrap();
-            line.split("http://")
-                .nth(1)
+            line.strip_prefix(prefix)
                 .and_then(|s| s.split_whitespace().next())
-                .unwrap_or_else(|| panic!("no listening line from the proxy: {line:?}"))
+                .unwrap_or_else(|| panic!("no {prefix:?} line from the proxy: {line:?}"))
                 .parse()
                 .unwrap()
         };
-        let addr = next_addr();
-        let admin = args.contains(&"--admin-listen").then(&mut next_addr);
+        let addr = next_addr(&format!("session-proxy listening on {scheme}://"));
+        let admin = args
+            .contains(&"--admin-listen")
+            .then(|| next_addr("session-proxy admin on http://"));
         ProxyProcess { child, addr, admin }
     }
 

@@ -2,10 +2,9 @@
 //! 127.0.0.1 (written as PEM files the proxy reads), and a rustls client that trusts only that
 //! CA, speaking HTTP/1.1 or HTTP/2 as ALPN decides.
 
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -171,27 +170,5 @@ impl Https {
 /// The binary with `args` plus `--listen 127.0.0.1:0`, after its `https://` listening line;
 /// `RUST_LOG=level`, stderr as given.
 pub fn spawn_https(args: &[&str], level: &str, stderr: impl Into<Stdio>) -> ProxyProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_session-proxy"))
-        .args(args)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", level)
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .strip_prefix("session-proxy listening on https://")
-        .and_then(|s| s.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no https listening line from the proxy: {line:?}"))
-        .parse()
-        .unwrap();
-    ProxyProcess {
-        child,
-        addr,
-        admin: None,
-    }
+    ProxyProcess::start(args, level, stderr, &[], "https")
 }
