@@ -536,6 +536,53 @@ fn report(file: &str, mem: Option<&str>) -> anyhow::Result<String> {
             verdict(r.map(|r| if at_least { r >= limit } else { r <= limit }))
         )?;
     }
+    // Issue [perf] #15: the proxy at the default log level (memory-info) against nginx's plain
+    // hop in the same run, and the Redis store against the memory store (both at `warn`).
+    let vs = |a: &str, b: &str, mix: &str, key: &str| -> Option<f64> {
+        Some(num(find(a, mix)?, key)? / num(find(b, mix)?, key)?)
+    };
+    let cpu_vs = |a: &str, b: &str, mix: &str| -> Option<f64> {
+        Some(cpu_per_10k(find(a, mix)?, "proxy")? / cpu_per_10k(find(b, mix)?, "proxy")?)
+    };
+    for (what, r, limit, at_least) in [
+        (
+            "memory, default log level, every request updates: proxy CPU/request ≤ 1.5× nginx's",
+            cpu_vs("memory-info", "nginx", "write"),
+            1.5,
+            false,
+        ),
+        (
+            "memory, default log level, every request updates: ≥ 0.6× nginx req/s",
+            vs("memory-info", "nginx", "write", "rps"),
+            0.6,
+            true,
+        ),
+        (
+            "memory, default log level, 10 % updates: ≥ 0.65× nginx req/s",
+            vs("memory-info", "nginx", "read", "rps"),
+            0.65,
+            true,
+        ),
+        (
+            "memory, default log level, 10 % updates: p99 ≤ 2× nginx p99",
+            vs("memory-info", "nginx", "read", "p99_ms"),
+            2.0,
+            false,
+        ),
+        (
+            "redis, every request updates: proxy CPU/request ≤ 1.4× the memory store's",
+            cpu_vs("redis", "memory", "write"),
+            1.4,
+            false,
+        ),
+    ] {
+        writeln!(
+            out,
+            "| {what} | {}× | {} |",
+            fmt_opt(r, 2),
+            verdict(r.map(|r| if at_least { r >= limit } else { r <= limit }))
+        )?;
+    }
     let overhead = mem_row.as_ref().and_then(|m| num(m, "overhead_bytes"));
     writeln!(
         out,
