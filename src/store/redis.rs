@@ -7,10 +7,20 @@
 //! through [`SessionStore::create`].
 //!
 //! **Layout.** One hash per session at `{key_prefix}{id}`: field `v` is the record's version as
-//! decimal text, field `r` the whole record as [`Record::to_json`]. The version is kept apart so
-//! the scripts can compare it without parsing JSON in Lua (whose `cjson` would also not
-//! round-trip every number), and `r` stays exactly what the other stores write. Every write sets
-//! `PEXPIREAT` to the record's `expires_at`, so Redis removes dead sessions by itself: no sweeper.
+//! decimal text, field `r` the whole record as [`Record::to_json`], field `e` its `expires_at`.
+//! The version and expiry are kept apart so the scripts can compare them without parsing JSON in
+//! Lua (whose `cjson` would also not round-trip every number), and `r` stays exactly what the
+//! other stores write. Every write sets `PEXPIREAT` to [`GRACE`] past the record's `expires_at`,
+//! so Redis removes dead sessions by itself: no sweeper.
+//!
+//! **Why a grace.** A key gone by its TTL cannot be told from an id that never existed, so the
+//! audit log's `expired` event would be lost. For [`GRACE`] the dead record stays: a load that
+//! meets it removes it with the expire script (compare-and-delete on version and `e`), so of
+//! all loaders, in every proxy, exactly one reports it. Every other read checks `expires_at` as
+//! before (`get_live`, the listing, the user index), and every write script refuses a dead key
+//! (`CAS_SET` answers gone; `CREATE` writes over it, as over a missing one), so nothing dead is
+//! listed, returned or resurrected. Keyspace notifications were the other way: pub/sub, so at
+//! most once and lost while disconnected, a server setting, and every proxy would report.
 //!
 //! **Why compare-and-set.** [`Update::apply`] (merge patch, size limit, expiry) lives in Rust and
 //! must stay the one definition of a session's next state, so it cannot move into a script. An
