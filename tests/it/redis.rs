@@ -260,7 +260,10 @@ async fn expiry_is_a_redis_ttl() {
     assert_ne!(seen.session_id(), id);
     assert_eq!(seen.session(), json!({}));
     let exists: bool = conn.exists(&key).await.unwrap();
-    assert!(!exists, "the load that found the session expired left its key");
+    assert!(
+        !exists,
+        "the load that found the session expired left its key"
+    );
     assert_eq!(proxy.store.prune(now_ms()).await.unwrap(), 0);
 }
 
