@@ -714,3 +714,41 @@ async fn two_sweeping_proxies_on_one_sqlite_file_write_one_expired_line() {
 async fn two_proxies_on_one_redis_write_one_expired_line() {
     two_proxies_write_one_expired_line("redis", false).await;
 }
+
+/// The same through the built binary, on the default store (sqlite): the `Timed` wrapper the
+/// binary opens must forward `load_or_expired`, or the expiry would read as a missing session.
+#[test]
+fn the_binary_writes_an_expired_line_at_load_on_the_default_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let app = rt.block_on(App::start());
+    let config = write_config(
+        dir.path(),
+        "proxy.toml",
+        &format!(
+            "upstream = \"http://{}\"\n[session]\nidle_timeout = \"1s\"\n[store]\npath = \"{}\"\nfsync = false\n[audit]\npath = \"{}\"\n",
+            app.addr,
+            dir.path().join("sessions.db").display(),
+            path.display()
+        ),
+    );
+    let mut proxy = ProxyProcess::spawn(&["--config", &config]);
+    let mut b = Browser::new(proxy.addr, "session_id");
+    rt.block_on(async {
+        step(&mut b, "early", &[("X-Session-Update", r#"{"k":1}"#)]).await;
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert!(step(&mut b, "late", &[]).await.app_saw().is_new());
+    });
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    let id = b.cookie.clone().unwrap();
+    let got: Vec<Value> = read_lines(&path).iter().map(shape).collect();
+    assert_eq!(
+        got,
+        vec![
+            json!({"event":"created","sid":hash(&id),"keys":["k"],"request_id":"early"}),
+            json!({"event":"expired","sid":hash(&id),"request_id":"late"}),
+        ]
+    );
+}
