@@ -332,9 +332,18 @@ impl Audit {
         });
     }
 
-    /// A request found its session dead by expiry.
-    pub fn expired(&self, ctx: &RequestCtx, id: &SessionId) {
-        self.emit(|| Entry::new(Event::Expired, Some(id)).request_id(&ctx.request_id));
+    /// A request found its session dead by expiry (and its load removed it).
+    pub fn expired(&self, ctx: &RequestCtx, id: &SessionId, user: Option<String>) {
+        self.emit(|| {
+            Entry::new(Event::Expired, Some(id))
+                .request_id(&ctx.request_id)
+                .user(user)
+        });
+    }
+
+    /// The sweeper removed an expired session: no request, no operator.
+    pub fn swept(&self, id: &SessionId, user: Option<&str>) {
+        self.emit(|| Entry::new(Event::Expired, Some(id)).user(user.map(str::to_owned)));
     }
 
     /// An admin action by `operator` on route `action`, about session `id` (none for a listing).

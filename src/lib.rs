@@ -67,10 +67,12 @@ impl Proxy {
         let (audit, writer) =
             audit::Audit::open(config.audit.as_ref(), metrics.audit_dropped()).await?;
         let mut state = proxy::State::new(config, opened.store, metrics);
+        // The sweeper's removals are `expired` lines too.
+        let sweeper = opened.sweeper.map(|s| s.with_audit(audit.clone()));
         state.audit = audit;
         Ok(Proxy {
             state: Arc::new(state),
-            sweeper: opened.sweeper,
+            sweeper,
             audit: writer,
         })
     }

@@ -13,7 +13,7 @@ use crate::cookie::Presented;
 use crate::error::ProxyError;
 use crate::protocol::{Instructions, Revoke};
 use crate::session::SessionId;
-use crate::store::{Record, StoreError, Update, users};
+use crate::store::{Loaded, Record, StoreError, Update, users};
 
 /// The session as the request found it.
 pub struct Current {
@@ -35,7 +35,15 @@ pub async fn load(
     let current = match presented {
         Presented::Valid(id) | Presented::OldKey(id) => {
             let resign = matches!(presented, Presented::OldKey(_));
-            match state.store.load(&id).await? {
+            let record = match state.store.load_or_expired(&id).await? {
+                Loaded::Live(record) => Some(record),
+                Loaded::Expired { user } => {
+                    state.audit.expired(ctx, &id, user);
+                    None
+                }
+                Loaded::Missing => None,
+            };
+            match record {
                 Some(record) => Current {
                     id,
                     record: Some(record),

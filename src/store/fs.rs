@@ -44,7 +44,7 @@ use async_trait::async_trait;
 
 use super::lock::StripedLock;
 use super::users::{UserIndex, UserKey};
-use super::{Page, Record, Result, SessionStore, StoreError, Update, now_ms};
+use super::{ExpiredSink, Loaded, Page, Record, Result, SessionStore, StoreError, Update, now_ms};
 use crate::config::FsConfig;
 use crate::session::SessionId;
 
@@ -357,7 +357,12 @@ impl Inner {
         }
     }
 
-    fn prune(&self, now: u64) -> Result<u64> {
+    /// The user `r` names, for a report (with `session.user_key`).
+    fn user_of(&self, r: &Record) -> Option<String> {
+        self.users.as_ref().and_then(|u| u.key.user_of(&r.data))
+    }
+
+    fn prune(&self, now: u64, expired: Option<&ExpiredSink>) -> Result<u64> {
         let now_time = UNIX_EPOCH + Duration::from_millis(now);
         let mut removed = 0;
         // Streams the directory: memory stays flat at a million files, and only files whose
@@ -389,6 +394,9 @@ impl Inner {
                         self.index.remove(&id);
                         self.reindex(&id, Some(&r), None);
                         removed += 1;
+                        if let Some(report) = expired {
+                            report(&id, self.user_of(&r).as_deref());
+                        }
                     }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
                         self.index.remove(&id);
@@ -451,6 +459,39 @@ impl SessionStore for FsStore {
         let inner = self.inner.clone();
         let id = *id;
         blocking(move || inner.read_live(&id, now_ms())).await
+    }
+
+    /// A lock-free read, as `load`; a file found expired is removed under the id's stripe (the
+    /// writers' lock, so a create racing it wins or loses cleanly), after a read that shows it
+    /// is still the expired one.
+    async fn load_or_expired(&self, id: &SessionId) -> Result<Loaded> {
+        let now = now_ms();
+        let inner = self.inner.clone();
+        let id = *id;
+        match blocking(move || inner.read(&id)).await? {
+            None => return Ok(Loaded::Missing),
+            Some(r) if r.is_live(now) => return Ok(Loaded::Live(r)),
+            Some(_) => {}
+        }
+        self.write(id, move |inner, id, path| {
+            let Some(r) = inner.read(id)? else {
+                return Ok(Loaded::Missing);
+            };
+            if r.is_live(now) {
+                return Ok(Loaded::Live(r));
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::Missing),
+                Err(e) => return Err(e.into()),
+            }
+            inner.index.remove(id);
+            inner.reindex(id, Some(&r), None);
+            Ok(Loaded::Expired {
+                user: inner.user_of(&r),
+            })
+        })
+        .await
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
@@ -543,8 +584,8 @@ impl SessionStore for FsStore {
         u64::try_from(self.inner.index.len()).ok()
     }
 
-    async fn prune(&self, now: u64) -> Result<u64> {
-        let inner = self.inner.clone();
-        blocking(move || inner.prune(now)).await
+    async fn prune_reporting(&self, now: u64, expired: Option<&ExpiredSink>) -> Result<u64> {
+        let (inner, expired) = (self.inner.clone(), expired.cloned());
+        blocking(move || inner.prune(now, expired.as_ref())).await
     }
 }

@@ -33,7 +33,9 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use async_trait::async_trait;
 
 use super::users::{UserIndex, UserKey};
-use super::{Capabilities, Page, Record, Result, SessionStore, Update, now_ms};
+use super::{
+    Capabilities, ExpiredSink, Loaded, Page, Record, Result, SessionStore, Update, now_ms,
+};
 use crate::session::SessionId;
 
 /// The base64url alphabet of ids in byte order, so the rank of a character orders ids.
@@ -235,6 +237,33 @@ impl SessionStore for MemoryStore {
             .cloned())
     }
 
+    /// A read lock for the common case; only a record found expired takes the write lock,
+    /// and is removed under it if it is still the expired one.
+    async fn load_or_expired(&self, id: &SessionId) -> Result<Loaded> {
+        let now = now_ms();
+        match read(self.shard(id)).get(id) {
+            None => return Ok(Loaded::Missing),
+            Some(r) if r.is_live(now) => return Ok(Loaded::Live(r.clone())),
+            Some(_) => {}
+        }
+        let mut map = write(self.shard(id));
+        Ok(match map.entry(*id) {
+            Entry::Occupied(e) if !e.get().is_live(now) => {
+                let old = e.remove();
+                let users = self.users.as_deref();
+                if let Some(users) = users {
+                    users.change(id, Some(&old), None);
+                }
+                Loaded::Expired {
+                    user: users.and_then(|u| u.user(&old)),
+                }
+            }
+            // A create took the dead id between the two locks.
+            Entry::Occupied(e) => Loaded::Live(e.get().clone()),
+            Entry::Vacant(_) => Loaded::Missing,
+        })
+    }
+
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
         let now = now_ms();
         let mut map = write(self.shard(id));
@@ -347,9 +376,10 @@ impl SessionStore for MemoryStore {
     /// Walks the whole store, so it runs on the blocking pool: at a million sessions that is
     /// tens of milliseconds an async worker must not spend. Shards are locked one at a time,
     /// each for a few microseconds.
-    async fn prune(&self, now: u64) -> Result<u64> {
+    async fn prune_reporting(&self, now: u64, expired: Option<&ExpiredSink>) -> Result<u64> {
         let shards = self.shards.clone();
         let users = self.users.clone();
+        let expired = expired.cloned();
         tokio::task::spawn_blocking(move || {
             let mut removed = 0u64;
             for shard in shards.iter() {
@@ -357,8 +387,13 @@ impl SessionStore for MemoryStore {
                 let before = map.len();
                 map.retain(|id, r| {
                     let live = r.is_live(now);
-                    if !live && let Some(users) = &users {
-                        users.change(id, Some(r), None);
+                    if !live {
+                        if let Some(users) = &users {
+                            users.change(id, Some(r), None);
+                        }
+                        if let Some(report) = &expired {
+                            report(id, users.as_ref().and_then(|u| u.user(r)).as_deref());
+                        }
                     }
                     live
                 });

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::audit::Audit;
 use crate::config::{StoreConfig, StoreKind};
 use crate::metrics::StoreMetrics;
 use crate::session::SessionId;
@@ -201,6 +202,26 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+/// What [`SessionStore::load_or_expired`] found under an id.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Loaded {
+    Live(Record),
+    /// The id held a session that had expired, and this call removed it: of all the callers
+    /// that meet one expiry (loads in several proxies, a sweeper), exactly one is told, so the
+    /// audit log gets one `expired` line. `user` is the one its data named (with
+    /// `session.user_key`).
+    Expired {
+        user: Option<String>,
+    },
+    /// No session, or one that another caller already removed or saw expire.
+    Missing,
+}
+
+/// Where [`SessionStore::prune_reporting`] reports each session it removed: its id and the user
+/// its data named (with `session.user_key`). Called from whatever thread the backend prunes
+/// on (the blocking pool for memory and fs), so it must not wait.
+pub type ExpiredSink = Arc<dyn Fn(&SessionId, Option<&str>) + Send + Sync>;
+
 /// A session backend. Every method is safe to call concurrently from many requests.
 ///
 /// `load` never returns an expired record: expiry is checked on every read, so correctness
@@ -209,6 +230,18 @@ pub struct Page {
 pub trait SessionStore: Send + Sync + 'static {
     /// The live record for `id`, or `None` if it is missing or expired.
     async fn load(&self, id: &SessionId) -> Result<Option<Record>>;
+
+    /// [`load`](Self::load), telling an expired session from a missing one: a record found
+    /// past its expiry is removed here (a conditional delete, so of several callers exactly one
+    /// gets [`Loaded::Expired`]; the others get `Missing`), as the sweeper would have removed
+    /// it. This default cannot tell, and answers `Missing` for both; every backend that keeps
+    /// `expires_at` overrides it, and a wrapper must forward it.
+    async fn load_or_expired(&self, id: &SessionId) -> Result<Loaded> {
+        Ok(match self.load(id).await? {
+            Some(record) => Loaded::Live(record),
+            None => Loaded::Missing,
+        })
+    }
 
     /// Stores a brand-new session. Returns `false`, writing nothing, if a live session already
     /// has this id (the caller picks another id).
@@ -266,7 +299,14 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Removes expired sessions; returns how many. Stores that expire by themselves return 0.
     /// A removed session leaves the user index in the same write.
-    async fn prune(&self, now: u64) -> Result<u64>;
+    async fn prune(&self, now: u64) -> Result<u64> {
+        self.prune_reporting(now, None).await
+    }
+
+    /// [`prune`](Self::prune), handing each session this call removed to `expired` (the
+    /// sweeper's audit lines). With `None` no id or user is collected, so a prune nobody audits
+    /// costs what it always did. A session another caller removed first is not reported here.
+    async fn prune_reporting(&self, now: u64, expired: Option<&ExpiredSink>) -> Result<u64>;
 
     /// The live sessions of `user` (see [`users`]), in no set order: never a dead one, nor one
     /// whose data has since named another user. [`StoreError::NoUserIndex`] when the store was
@@ -348,6 +388,7 @@ fn wrap<S: SessionStore>(backend: S, config: &StoreConfig) -> Opened {
     let sweeper = (!caps.expires_by_itself).then(|| Sweeper {
         store: store.clone(),
         interval: config.sweep_interval,
+        audit: Audit::off(),
     });
     Opened {
         store,
@@ -360,20 +401,35 @@ fn wrap<S: SessionStore>(backend: S, config: &StoreConfig) -> Opened {
 /// expired session as missing. A prune runs on the blocking pool (fs), under short shard
 /// locks (memory) or in chunks through the writer thread (sqlite), so requests never wait long
 /// for it.
+///
+/// With the audit log on, each session it removes is one `expired` line, queued like every
+/// other event: a sweep of more sessions than the queue holds drops the lines that do not fit
+/// (counted in `audit_dropped_total`), it never waits for the disk.
 pub struct Sweeper {
     store: Arc<dyn SessionStore>,
     interval: Duration,
+    audit: Audit,
 }
 
 impl Sweeper {
+    /// Writes an `expired` line for every session this sweeper removes.
+    pub fn with_audit(mut self, audit: Audit) -> Self {
+        self.audit = audit;
+        self
+    }
+
     /// Runs until the task is aborted.
     pub async fn run(self) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
+        let sink: Option<ExpiredSink> = self.audit.is_on().then(|| {
+            let audit = self.audit.clone();
+            Arc::new(move |id: &SessionId, user: Option<&str>| audit.swept(id, user)) as ExpiredSink
+        });
         loop {
             ticker.tick().await;
-            match self.store.prune(now_ms()).await {
+            match self.store.prune_reporting(now_ms(), sink.as_ref()).await {
                 Ok(0) => {}
                 Ok(removed) => tracing::info!(removed, "swept expired sessions"),
                 Err(error) => tracing::warn!(%error, "sweeping expired sessions failed"),
@@ -465,8 +521,8 @@ mod tests {
         async fn list(&self, cursor: Option<&str>, limit: usize) -> Result<Page> {
             self.inner.list(cursor, limit).await
         }
-        async fn prune(&self, now: u64) -> Result<u64> {
-            self.inner.prune(now).await
+        async fn prune_reporting(&self, now: u64, expired: Option<&ExpiredSink>) -> Result<u64> {
+            self.inner.prune_reporting(now, expired).await
         }
     }
 

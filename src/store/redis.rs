@@ -7,10 +7,20 @@
 //! through [`SessionStore::create`].
 //!
 //! **Layout.** One hash per session at `{key_prefix}{id}`: field `v` is the record's version as
-//! decimal text, field `r` the whole record as [`Record::to_json`]. The version is kept apart so
-//! the scripts can compare it without parsing JSON in Lua (whose `cjson` would also not
-//! round-trip every number), and `r` stays exactly what the other stores write. Every write sets
-//! `PEXPIREAT` to the record's `expires_at`, so Redis removes dead sessions by itself: no sweeper.
+//! decimal text, field `r` the whole record as [`Record::to_json`], field `e` its `expires_at`.
+//! The version and expiry are kept apart so the scripts can compare them without parsing JSON in
+//! Lua (whose `cjson` would also not round-trip every number), and `r` stays exactly what the
+//! other stores write. Every write sets `PEXPIREAT` to [`GRACE`] past the record's `expires_at`,
+//! so Redis removes dead sessions by itself: no sweeper.
+//!
+//! **Why a grace.** A key gone by its TTL cannot be told from an id that never existed, so the
+//! audit log's `expired` event would be lost. For [`GRACE`] the dead record stays: a load that
+//! meets it removes it with the expire script (compare-and-delete on version and `e`), so of
+//! all loaders, in every proxy, exactly one reports it. Every other read checks `expires_at` as
+//! before (`get_live`, the listing, the user index), and every write script refuses a dead key
+//! (`CAS_SET` answers gone; `CREATE` writes over it, as over a missing one), so nothing dead is
+//! listed, returned or resurrected. Keyspace notifications were the other way: pub/sub, so at
+//! most once and lost while disconnected, a server setting, and every proxy would report.
 //!
 //! **Why compare-and-set.** [`Update::apply`] (merge patch, size limit, expiry) lives in Rust and
 //! must stay the one definition of a session's next state, so it cannot move into a script. An
@@ -52,7 +62,10 @@ use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 
 use super::lock::StripedLock;
-use super::{Capabilities, Page, Record, Result, SessionStore, StoreError, Update, now_ms};
+use super::{
+    Capabilities, ExpiredSink, Loaded, Page, Record, Result, SessionStore, StoreError, Update,
+    now_ms,
+};
 use crate::config::RedisConfig;
 use crate::session::SessionId;
 
@@ -88,25 +101,47 @@ local function reindex()
 end
 ";
 
-/// `HSET` + `PEXPIREAT` if the key does not exist. KEYS[1]: the session; ARGV[5..]: version,
-/// record JSON, expiry (unix ms). Returns 1 if written, 0 if the key exists.
+/// How long a session's key outlives its `expires_at`: for this long a load can still find the
+/// dead record, remove it and report it (`expired` in the audit log); after it Redis drops the
+/// key by itself, unreported. An hour covers a user who comes back after a short idle timeout
+/// (the common case worth a line) and bounds what dead keys cost: at most an hour's worth of
+/// the sessions that expired, every other read treating them as gone.
+pub const GRACE: Duration = Duration::from_secs(3600);
+
+/// The key's `PEXPIREAT`: [`GRACE`] past the record's expiry.
+fn key_expiry(record: &Record) -> u64 {
+    record.expires_at.saturating_add(GRACE.as_millis() as u64)
+}
+
+/// `HSET` + `PEXPIREAT` if no live session holds the key. KEYS[1]: the session; ARGV[5..]:
+/// version, record JSON, its expiry, the key's expiry (unix ms), now. A key whose field `e`
+/// (the record's expiry) has passed is dead and is written over; a key without `e` (written
+/// before it existed, expiring by its TTL) counts as live. Returns 1 if written, 0 if taken.
 const CREATE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'v', ARGV[5], 'r', ARGV[6])
-redis.call('PEXPIREAT', KEYS[1], ARGV[7])
+local e = redis.call('HGET', KEYS[1], 'e')
+if e then
+  if tonumber(e) > tonumber(ARGV[9]) then return 0 end
+elseif redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'v', ARGV[5], 'r', ARGV[6], 'e', ARGV[7])
+redis.call('PEXPIREAT', KEYS[1], ARGV[8])
 reindex()
 return 1
 ";
 
 /// Compare-and-set. KEYS[1]: the session; ARGV[5..]: expected version, record JSON, its
-/// version, its expiry (unix ms). Returns 1 if written, nil if the key is gone, else the
+/// version, its expiry, the key's expiry (unix ms), now. Returns 1 if written, nil if the key
+/// is gone or holds a dead session (never written over: that would resurrect it), else the
 /// current record.
 const CAS_SET: &str = r"
 local v = redis.call('HGET', KEYS[1], 'v')
 if not v then return false end
+local e = redis.call('HGET', KEYS[1], 'e')
+if e and tonumber(e) <= tonumber(ARGV[10]) then return false end
 if v ~= ARGV[5] then return redis.call('HGET', KEYS[1], 'r') end
-redis.call('HSET', KEYS[1], 'v', ARGV[7], 'r', ARGV[6])
-redis.call('PEXPIREAT', KEYS[1], ARGV[8])
+redis.call('HSET', KEYS[1], 'v', ARGV[7], 'r', ARGV[6], 'e', ARGV[8])
+redis.call('PEXPIREAT', KEYS[1], ARGV[9])
 reindex()
 return 1
 ";
@@ -119,6 +154,26 @@ if not v then return false end
 if v ~= ARGV[5] then return redis.call('HGET', KEYS[1], 'r') end
 redis.call('DEL', KEYS[1])
 reindex()
+return 1
+";
+
+/// The removal of an expired session by the load that found it. KEYS[1]: the session;
+/// ARGV[5..]: the version read, now. Deletes the key only if it still holds that version and
+/// its `e` has passed, so of several loaders (in any number of proxies) exactly one gets 1.
+const EXPIRE: &str = r"
+if redis.call('HGET', KEYS[1], 'v') ~= ARGV[5] then return 0 end
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e or tonumber(e) > tonumber(ARGV[6]) then return 0 end
+redis.call('DEL', KEYS[1])
+reindex()
+return 1
+";
+
+/// `DEL` that says whether it removed a live session. KEYS[1]: the session; ARGV[1]: now.
+const DEL_LIVE: &str = r"
+local e = redis.call('HGET', KEYS[1], 'e')
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+if e and tonumber(e) <= tonumber(ARGV[1]) then return 0 end
 return 1
 ";
 
@@ -365,6 +420,8 @@ pub struct RedisStore {
     create: Script,
     cas_set: Script,
     cas_del: Script,
+    expire: Script,
+    del_live: Script,
     index_only: Script,
     locks: StripedLock,
     users: Option<crate::store::UserKey>,
@@ -426,6 +483,8 @@ impl RedisStore {
             create: Script::new(&format!("{REINDEX}{CREATE}")),
             cas_set: Script::new(&format!("{REINDEX}{CAS_SET}")),
             cas_del: Script::new(&format!("{REINDEX}{CAS_DEL}")),
+            expire: Script::new(&format!("{REINDEX}{EXPIRE}")),
+            del_live: Script::new(DEL_LIVE),
             index_only: Script::new(&format!("{REINDEX}{INDEX_ONLY}")),
             locks: StripedLock::default(),
             users,
@@ -440,18 +499,38 @@ impl RedisStore {
         self.conn.clone()
     }
 
-    /// The record at `key` if it is live at `now`. A record that does not parse is logged and
-    /// treated as missing, so one bad value cannot lock a client out.
+    /// The record at `id`'s key if it is live at `now`.
     async fn get_live(&self, id: &SessionId, now: u64) -> Result<Option<Record>> {
-        let key = self.key(id);
+        Ok(self.get(id).await?.filter(|r| r.is_live(now)))
+    }
+
+    /// The record at `id`'s key, live or dead (kept for [`GRACE`]). A record that does not
+    /// parse is logged and treated as missing, so one bad value cannot lock a client out.
+    async fn get(&self, id: &SessionId) -> Result<Option<Record>> {
         let bytes: Option<Vec<u8>> = redis::cmd("HGET")
-            .arg(&key)
+            .arg(self.key(id))
             .arg("r")
             .query_async(&mut self.conn())
             .await
             .map_err(call_err("HGET"))?;
-        let Some(bytes) = bytes else { return Ok(None) };
-        Ok(Record::from_stored(&bytes, id).filter(|r| r.is_live(now)))
+        Ok(bytes.and_then(|bytes| Record::from_stored(&bytes, id)))
+    }
+
+    /// Removes `current`, found dead at `now`, if the key still holds it: `true` for the one
+    /// caller that did.
+    async fn expire(&self, id: &SessionId, current: &Record, now: u64) -> Result<bool> {
+        let plan = self.reindex(Some(current), None);
+        let removed: i64 = self
+            .invocation(&self.expire, &self.key(id), id, &plan)
+            .arg(current.version)
+            .arg(now)
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(call_err("expire script"))?;
+        if removed == 1 {
+            self.reindex_cluster(id, &plan).await;
+        }
+        Ok(removed == 1)
     }
 
     fn user_set(&self, user: &str) -> String {
@@ -550,6 +629,8 @@ impl RedisStore {
             .arg(record.version)
             .arg(record.to_json()?)
             .arg(record.expires_at)
+            .arg(key_expiry(record))
+            .arg(now_ms())
             .invoke_async(&mut self.conn())
             .await
             .map_err(call_err("create script"))?;
@@ -574,6 +655,8 @@ impl RedisStore {
             .arg(record.to_json()?)
             .arg(record.version)
             .arg(record.expires_at)
+            .arg(key_expiry(record))
+            .arg(now_ms())
             .invoke_async(&mut self.conn())
             .await
             .map_err(call_err("compare-and-set script"))?;
@@ -620,7 +703,8 @@ impl RedisStore {
                 return self.del(&key).await;
             };
             match self.cas_del(&key, id, &current).await? {
-                Cas::Done => return Ok(true),
+                // A dead session kept for its grace is removed, but was no longer there.
+                Cas::Done => return Ok(current.is_live(now_ms())),
                 Cas::Gone => return Ok(false),
                 Cas::Changed(_) => {}
             }
@@ -630,13 +714,16 @@ impl RedisStore {
         ))
     }
 
+    /// `DEL`; `true` if the key held a live session.
     async fn del(&self, key: &str) -> Result<bool> {
-        let removed: i64 = redis::cmd("DEL")
-            .arg(key)
-            .query_async(&mut self.conn())
+        let removed: i64 = self
+            .del_live
+            .key(key)
+            .arg(now_ms())
+            .invoke_async(&mut self.conn())
             .await
-            .map_err(call_err("DEL"))?;
-        Ok(removed > 0)
+            .map_err(call_err("delete script"))?;
+        Ok(removed == 1)
     }
 
     /// The second half of [`SessionStore::regenerate`], after the new id was created holding
@@ -766,6 +853,29 @@ fn redact(url: &str) -> String {
 impl SessionStore for RedisStore {
     async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
         self.get_live(id, now_ms()).await
+    }
+
+    /// One `HGET` for a live session, as `load`; a record past its expiry (its key kept for
+    /// [`GRACE`]) is removed by the expire script, whose compare-and-delete tells exactly one
+    /// loader, in whichever proxy, that it expired.
+    async fn load_or_expired(&self, id: &SessionId) -> Result<Loaded> {
+        let now = now_ms();
+        let Some(record) = self.get(id).await? else {
+            return Ok(Loaded::Missing);
+        };
+        if record.is_live(now) {
+            return Ok(Loaded::Live(record));
+        }
+        if self.expire(id, &record, now).await? {
+            return Ok(Loaded::Expired {
+                user: self.users.as_ref().and_then(|k| k.user_of(&record.data)),
+            });
+        }
+        // Another loader removed it, or a create took the id since the read.
+        Ok(self
+            .get_live(id, now)
+            .await?
+            .map_or(Loaded::Missing, Loaded::Live))
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
@@ -915,7 +1025,9 @@ impl SessionStore for RedisStore {
         Ok(page)
     }
 
-    async fn prune(&self, _now: u64) -> Result<u64> {
+    /// Nothing to do: keys expire by their TTL ([`GRACE`] after the session), and a dead
+    /// one met before that is removed by the load that meets it.
+    async fn prune_reporting(&self, _now: u64, _expired: Option<&ExpiredSink>) -> Result<u64> {
         Ok(0)
     }
 

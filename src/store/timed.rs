@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{Capabilities, Fault, Page, Record, Result, SessionStore, StoreError, Update};
+use super::{
+    Capabilities, ExpiredSink, Fault, Loaded, Page, Record, Result, SessionStore, StoreError,
+    Update,
+};
 use crate::metrics::{StoreMetrics, StoreOp};
 use crate::session::SessionId;
 
@@ -51,6 +54,13 @@ impl<S: SessionStore> SessionStore for Timed<S> {
         self.run(StoreOp::Load, self.inner.load(id)).await
     }
 
+    /// Counted as a load, the removal of an expired record included: it is the request's one
+    /// read, and `store.timeout` bounds both halves together.
+    async fn load_or_expired(&self, id: &SessionId) -> Result<Loaded> {
+        self.run(StoreOp::Load, self.inner.load_or_expired(id))
+            .await
+    }
+
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
         self.run(StoreOp::Create, self.inner.create(id, record))
             .await
@@ -83,9 +93,9 @@ impl<S: SessionStore> SessionStore for Timed<S> {
 
     /// Unbounded: a sweep of a large store legitimately takes longer than one request's
     /// budget, and nobody waits for it.
-    async fn prune(&self, now: u64) -> Result<u64> {
+    async fn prune_reporting(&self, now: u64, expired: Option<&ExpiredSink>) -> Result<u64> {
         let start = Instant::now();
-        let result = self.inner.prune(now).await;
+        let result = self.inner.prune_reporting(now, expired).await;
         self.metrics
             .observe(StoreOp::Prune, start.elapsed(), result.is_err());
         result
@@ -131,7 +141,7 @@ mod tests {
         async fn list(&self, _: Option<&str>, _: usize) -> Result<Page> {
             std::future::pending().await
         }
-        async fn prune(&self, _: u64) -> Result<u64> {
+        async fn prune_reporting(&self, _: u64, _: Option<&ExpiredSink>) -> Result<u64> {
             Ok(0)
         }
     }

@@ -12,7 +12,9 @@ use http::Method;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
-use crate::support::{App, Browser, ProxyProcess, Resp, TestProxy, get, request, write_config};
+use crate::support::{
+    App, Browser, ProxyProcess, Resp, TestProxy, fs_store, get, request, write_config,
+};
 
 /// The audit name of an id, computed here independently of the proxy's code.
 fn hash(id: &str) -> String {
@@ -226,11 +228,8 @@ async fn a_scripted_sequence_leaves_exactly_the_expected_lines_and_no_secret() {
     }
 }
 
-/// The issue's `expired` event at load. The store API answers `None` for a missing and for an
-/// expired session alike (`SessionStore::load`), so the proxy cannot tell them apart without a
-/// change to `src/store/`; this test is the target for that change and is not counted as passing.
+/// The issue's `expired` event at load (`SessionStore::load_or_expired`), on the memory store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs SessionStore::load to tell an expired session from a missing one"]
 async fn a_session_loaded_after_its_idle_timeout_is_an_expired_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.log");
@@ -468,4 +467,288 @@ async fn revoked_and_evicted_sessions_are_destroyed_lines_with_their_user() {
         ]
     );
     proxy.stop().await;
+}
+
+/// A `[store]` table for `kind` and whatever keeps its backend alive (a directory, a server).
+async fn store_for(kind: &str, dir: &Path) -> (String, Box<dyn std::any::Any + Send>) {
+    match kind {
+        "memory" => ("[store]\nkind = \"memory\"\n".to_owned(), Box::new(())),
+        "fs" => (
+            format!("{}\n", fs_store(&dir.join("sessions"))),
+            Box::new(()),
+        ),
+        "sqlite" => (
+            format!(
+                "[store]\nkind = \"sqlite\"\npath = \"{}\"\nfsync = false\n",
+                dir.join("sessions.db").display()
+            ),
+            Box::new(()),
+        ),
+        #[cfg(feature = "redis")]
+        "redis" => {
+            let server = crate::support::redis::RedisServer::start().await;
+            (
+                format!("[store]\nkind = \"redis\"\nurl = \"{}\"\n", server.url()),
+                Box::new(server),
+            )
+        }
+        #[cfg(feature = "redis")]
+        "redis_cluster" => {
+            let cluster = crate::support::redis::RedisCluster::start().await;
+            let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("{u:?}")).collect();
+            (
+                format!(
+                    "[store]\nkind = \"redis\"\nnodes = [{}]\n",
+                    nodes.join(", ")
+                ),
+                Box::new(cluster),
+            )
+        }
+        other => panic!("no store {other}"),
+    }
+}
+
+/// On `kind`, with the user index: a session found expired at its next request is one
+/// `expired` line naming its user and that request; the same dead cookie again is no line (the
+/// load that saw the expiry removed the session), and the app saw a new session both times.
+async fn expired_at_load_is_one_line_with_its_user(kind: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let (store, _guard) = store_for(kind, dir.path()).await;
+    let app = App::start().await;
+    let proxy = TestProxy::start(
+        &app,
+        &format!(
+            "[session]\nidle_timeout = \"1s\"\nuser_key = \"user\"\n[audit]\npath = \"{}\"\n{store}",
+            path.display()
+        ),
+    )
+    .await;
+    let mut b = proxy.client();
+    step(
+        &mut b,
+        "early",
+        &[("X-Session-Update", r#"{"user":"ada"}"#)],
+    )
+    .await;
+    let id = b.cookie.clone().unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert!(step(&mut b, "late", &[]).await.app_saw().is_new());
+    assert_eq!(
+        b.cookie.as_deref(),
+        Some(id.as_str()),
+        "the dead cookie was replaced"
+    );
+    assert!(step(&mut b, "again", &[]).await.app_saw().is_new());
+    proxy.stop().await;
+    let got: Vec<Value> = read_lines(&path).iter().map(shape).collect();
+    assert_eq!(
+        got,
+        vec![
+            json!({"event":"created","sid":hash(&id),"keys":["user"],"user":"ada","request_id":"early"}),
+            json!({"event":"expired","sid":hash(&id),"user":"ada","request_id":"late"}),
+        ],
+        "{kind}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_at_load_memory() {
+    expired_at_load_is_one_line_with_its_user("memory").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_at_load_fs() {
+    expired_at_load_is_one_line_with_its_user("fs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_at_load_sqlite() {
+    expired_at_load_is_one_line_with_its_user("sqlite").await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_at_load_redis() {
+    expired_at_load_is_one_line_with_its_user("redis").await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_at_load_redis_cluster() {
+    expired_at_load_is_one_line_with_its_user("redis_cluster").await;
+}
+
+/// On `kind`, a session left to expire with no request: the sweeper removes it and writes one
+/// `expired` line with its user and no request id; its cookie afterwards is no second line.
+async fn the_sweeper_writes_one_expired_line(kind: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let (store, _guard) = store_for(kind, dir.path()).await;
+    let app = App::start().await;
+    let proxy = TestProxy::start(
+        &app,
+        &format!(
+            "[session]\nidle_timeout = \"1s\"\nuser_key = \"user\"\n[audit]\npath = \"{}\"\n{store}sweep_interval = \"200ms\"\n",
+            path.display()
+        ),
+    )
+    .await;
+    let mut b = proxy.client();
+    step(
+        &mut b,
+        "early",
+        &[("X-Session-Update", r#"{"user":"ada"}"#)],
+    )
+    .await;
+    let id = b.cookie.clone().unwrap();
+    let got: Vec<Value> = wait_lines(&path, 2).await.iter().map(shape).collect();
+    assert_eq!(
+        got[1],
+        json!({"event":"expired","sid":hash(&id),"user":"ada"}),
+        "{kind}"
+    );
+    assert!(step(&mut b, "late", &[]).await.app_saw().is_new());
+    proxy.stop().await;
+    assert_eq!(
+        read_lines(&path).len(),
+        2,
+        "{kind}: {:?}",
+        read_lines(&path)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_writes_expired_lines_memory() {
+    the_sweeper_writes_one_expired_line("memory").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_writes_expired_lines_fs() {
+    the_sweeper_writes_one_expired_line("fs").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_writes_expired_lines_sqlite() {
+    the_sweeper_writes_one_expired_line("sqlite").await;
+}
+
+/// Two proxies on one store (an SQLite file, a Redis), each with its own audit log: one expired
+/// cookie sent to both at once, many times, is exactly one `expired` line across the two logs.
+/// With `sweep`, both proxies also sweep every 100 ms, racing the loads and each other.
+async fn two_proxies_write_one_expired_line(kind: &str, sweep: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _guard) = store_for(kind, dir.path()).await;
+    let app = App::start().await;
+    let sweep = if sweep {
+        "sweep_interval = \"100ms\"\n"
+    } else {
+        ""
+    };
+    let mut proxies = Vec::new();
+    let mut logs = Vec::new();
+    for n in 0..2 {
+        let path = dir.path().join(format!("audit-{n}.log"));
+        proxies.push(
+            TestProxy::start(
+                &app,
+                &format!(
+                    "[session]\nidle_timeout = \"1s\"\nuser_key = \"user\"\n[audit]\npath = \"{}\"\n{store}{sweep}",
+                    path.display()
+                ),
+            )
+            .await,
+        );
+        logs.push(path);
+    }
+    let mut b = proxies[0].client();
+    step(
+        &mut b,
+        "early",
+        &[("X-Session-Update", r#"{"user":"ada"}"#)],
+    )
+    .await;
+    let id = b.cookie.clone().unwrap();
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for round in 0..8 {
+        for proxy in &proxies {
+            let (addr, cookie) = (proxy.addr, format!("session_id={id}"));
+            tasks.spawn(async move {
+                get(addr, "/")
+                    .client_sends(&[("cookie", &cookie), ("x-request-id", &format!("r{round}"))])
+                    .await
+                    .status
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    for proxy in proxies {
+        proxy.stop().await;
+    }
+    let expired: Vec<Value> = logs
+        .iter()
+        .flat_map(|l| read_lines(l))
+        .filter(|l| l["event"] == "expired")
+        .collect();
+    assert_eq!(expired.len(), 1, "{kind}: {expired:?}");
+    assert_eq!(expired[0]["sid"], hash(&id).as_str());
+    assert_eq!(expired[0]["user"], "ada");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_on_one_sqlite_file_write_one_expired_line() {
+    two_proxies_write_one_expired_line("sqlite", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sweeping_proxies_on_one_sqlite_file_write_one_expired_line() {
+    two_proxies_write_one_expired_line("sqlite", true).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_proxies_on_one_redis_write_one_expired_line() {
+    two_proxies_write_one_expired_line("redis", false).await;
+}
+
+/// The same through the built binary, on the default store (sqlite): the `Timed` wrapper the
+/// binary opens must forward `load_or_expired`, or the expiry would read as a missing session.
+#[test]
+fn the_binary_writes_an_expired_line_at_load_on_the_default_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let app = rt.block_on(App::start());
+    let config = write_config(
+        dir.path(),
+        "proxy.toml",
+        &format!(
+            "upstream = \"http://{}\"\n[session]\nidle_timeout = \"1s\"\n[store]\npath = \"{}\"\nfsync = false\n[audit]\npath = \"{}\"\n",
+            app.addr,
+            dir.path().join("sessions.db").display(),
+            path.display()
+        ),
+    );
+    let mut proxy = ProxyProcess::spawn(&["--config", &config]);
+    let mut b = Browser::new(proxy.addr, "session_id");
+    rt.block_on(async {
+        step(&mut b, "early", &[("X-Session-Update", r#"{"k":1}"#)]).await;
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        assert!(step(&mut b, "late", &[]).await.app_saw().is_new());
+    });
+    proxy.signal("TERM");
+    assert_eq!(proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    let id = b.cookie.clone().unwrap();
+    let got: Vec<Value> = read_lines(&path).iter().map(shape).collect();
+    assert_eq!(
+        got,
+        vec![
+            json!({"event":"created","sid":hash(&id),"keys":["k"],"request_id":"early"}),
+            json!({"event":"expired","sid":hash(&id),"request_id":"late"}),
+        ]
+    );
 }

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use session_proxy::config::RawConfig;
 use session_proxy::session::{DataChange, SessionId};
-use session_proxy::store::{self, Fault, Record, SessionStore, StoreError, Update, now_ms};
+use session_proxy::store::{
+    self, ExpiredSink, Fault, Loaded, Record, SessionStore, StoreError, Update, now_ms,
+};
 
 /// An open store plus whatever keeps its backend alive (a directory, a server).
 pub struct Opened {
@@ -543,6 +545,146 @@ pub async fn the_user_index_never_lists_an_expired_session(s: Opened) {
     assert!(of(store, "ada").await.is_empty());
 }
 
+/// `load_or_expired` tells the three apart: a missing id, a live session (the record `load`
+/// returns), and one found past its expiry, which that call removes and reports with its user,
+/// so the next call, `load`, the listing and the user index all find nothing, and the id is
+/// free again.
+pub async fn load_or_expired_tells_an_expired_session_from_a_missing_one(s: Opened) {
+    let store = &*s.store;
+    let (gone, a, b) = (id(), id(), id());
+    assert_eq!(store.load_or_expired(&gone).await.unwrap(), Loaded::Missing);
+    store
+        .create(&a, &live(json!({"user":"ada"})))
+        .await
+        .unwrap();
+    let loaded = store.load(&a).await.unwrap().unwrap();
+    assert_eq!(
+        store.load_or_expired(&a).await.unwrap(),
+        Loaded::Live(loaded)
+    );
+    store
+        .create(&b, &record(json!({"user":"bob"}), now_ms() + 300))
+        .await
+        .unwrap();
+    let anon = id();
+    store
+        .create(&anon, &record(json!({"n":1}), now_ms() + 300))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(
+        store.load_or_expired(&b).await.unwrap(),
+        Loaded::Expired {
+            user: Some("bob".to_owned())
+        }
+    );
+    assert_eq!(
+        store.load_or_expired(&anon).await.unwrap(),
+        Loaded::Expired { user: None }
+    );
+    assert_eq!(
+        store.load_or_expired(&b).await.unwrap(),
+        Loaded::Missing,
+        "an expiry reported twice"
+    );
+    assert!(store.load(&b).await.unwrap().is_none());
+    assert!(
+        !store.delete(&b).await.unwrap(),
+        "an expired session deleted"
+    );
+    assert!(of(store, "bob").await.is_empty());
+    let listed: Vec<SessionId> = store
+        .list(None, 100)
+        .await
+        .unwrap()
+        .sessions
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(listed, vec![a]);
+    assert!(
+        store
+            .create(&b, &live(json!({"user":"eve"})))
+            .await
+            .unwrap()
+    );
+    assert_eq!(of(store, "eve").await, vec![b]);
+    assert!(of(store, "bob").await.is_empty());
+}
+
+/// Twelve loads of one expired session at once (a page's parallel requests): exactly one is
+/// told it expired.
+pub async fn concurrent_loads_see_one_expiry(s: Opened) {
+    let a = id();
+    s.store
+        .create(&a, &record(json!({"user":"ada"}), now_ms() + 300))
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let store = s.store.clone();
+            tokio::spawn(async move { store.load_or_expired(&a).await.unwrap() })
+        })
+        .collect();
+    let mut expired = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Loaded::Expired { user } => {
+                assert_eq!(user.as_deref(), Some("ada"));
+                expired += 1;
+            }
+            Loaded::Missing => {}
+            Loaded::Live(_) => panic!("an expired session loaded"),
+        }
+    }
+    assert_eq!(expired, 1, "one expiry seen {expired} times");
+}
+
+/// `prune_reporting` reports each session it removed, with its user, once; the live ones stay.
+/// A store that expires by itself removes (and reports) nothing.
+pub async fn prune_reports_each_session_it_removed(s: Opened) {
+    let store = &*s.store;
+    let keep = id();
+    store
+        .create(&keep, &live(json!({"user":"ada"})))
+        .await
+        .unwrap();
+    let mut dead = Vec::new();
+    for user in [json!("ada"), json!("bob"), json!(null)] {
+        let a = id();
+        store
+            .create(&a, &record(json!({ "user": user }), now_ms() - 1))
+            .await
+            .unwrap();
+        dead.push((a, user.as_str().map(str::to_owned)));
+    }
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink: ExpiredSink = {
+        let seen = seen.clone();
+        Arc::new(move |id: &SessionId, user: Option<&str>| {
+            seen.lock().unwrap().push((*id, user.map(str::to_owned)))
+        })
+    };
+    let removed = store.prune_reporting(now_ms(), Some(&sink)).await.unwrap();
+    let mut got = seen.lock().unwrap().clone();
+    got.sort();
+    dead.sort();
+    if s.expires_by_itself {
+        assert_eq!((removed, got), (0, vec![]));
+    } else {
+        assert_eq!(removed, 3);
+        assert_eq!(got, dead);
+    }
+    seen.lock().unwrap().clear();
+    assert_eq!(
+        store.prune_reporting(now_ms(), Some(&sink)).await.unwrap(),
+        0
+    );
+    assert!(seen.lock().unwrap().is_empty(), "a session reported twice");
+    assert!(store.load(&keep).await.unwrap().is_some());
+}
+
 /// Expands every contract test for one store: `contract!(name, opener)`.
 macro_rules! contract {
     ($store:ident, $open:path) => {
@@ -561,6 +703,9 @@ macro_rules! contract {
                 the_user_index_follows_every_change_of_the_key,
                 the_user_index_follows_regenerate_and_destroy,
                 the_user_index_never_lists_an_expired_session,
+                load_or_expired_tells_an_expired_session_from_a_missing_one,
+                concurrent_loads_see_one_expiry,
+                prune_reports_each_session_it_removed,
             );
         }
     };

@@ -28,7 +28,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
-use super::{Page, Record, Result, SessionStore, StoreError, Update, UserKey, now_ms};
+use super::{
+    ExpiredSink, Loaded, Page, Record, Result, SessionStore, StoreError, Update, UserKey, now_ms,
+};
 use crate::config::SqliteConfig;
 use crate::session::SessionId;
 use writer::{OpError, Writer};
@@ -280,6 +282,30 @@ fn select_live(conn: &Connection, id: &SessionId, now: u64) -> rusqlite::Result<
     .map(Option::flatten)
 }
 
+/// The row of `id` whatever its expiry, for the caller to tell live from expired.
+fn select_any(conn: &Connection, id: &SessionId) -> rusqlite::Result<Option<Record>> {
+    conn.prepare_cached(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM sessions WHERE id = ?1"
+    ))?
+    .query_row(params![id.as_str()], |row| record(row, 0, id))
+    .optional()
+    .map(Option::flatten)
+}
+
+/// Removes the row of `id` if it expired by `now`; its `user` column if it did. Run by the
+/// writer, so of several processes meeting one expiry exactly one removes the row.
+fn delete_expired(
+    conn: &Connection,
+    id: &SessionId,
+    now: u64,
+) -> rusqlite::Result<Option<Option<String>>> {
+    conn.prepare_cached("DELETE FROM sessions WHERE id = ?1 AND expires_at <= ?2 RETURNING user")?
+        .query_row(params![id.as_str(), int(now)], |row| row.get(0))
+        .optional()
+}
+
 /// The `user` column's value for `r`.
 fn user_of(users: Option<&UserKey>, r: &Record) -> Option<String> {
     users.and_then(|k| k.user_of(&r.data))
@@ -415,6 +441,42 @@ impl SessionStore for SqliteStore {
             .await
     }
 
+    /// The same point read as `load` (inline when it can be); only a row found expired costs a
+    /// writer operation, the conditional delete that decides who saw the expiry.
+    async fn load_or_expired(&self, id: &SessionId) -> Result<Loaded> {
+        let (id, now) = (*id, now_ms());
+        let query = move |conn: &Connection| select_any(conn, &id);
+        let found = match self.reads {
+            Reads::Inline => self.readers.inline(query).await?,
+            Reads::Blocking => None,
+        };
+        let found = match found {
+            Some(found) => found,
+            None => {
+                self.readers
+                    .blocking(move |conn| query(conn).map_err(|e| StoreError::Backend(Box::new(e))))
+                    .await?
+            }
+        };
+        match found {
+            None => return Ok(Loaded::Missing),
+            Some(r) if r.is_live(now) => return Ok(Loaded::Live(r)),
+            Some(_) => {}
+        }
+        let indexed = self.users.is_some();
+        self.writer
+            .run(move |conn| {
+                Ok(match delete_expired(conn, &id, now)? {
+                    Some(user) => Loaded::Expired {
+                        user: user.filter(|_| indexed),
+                    },
+                    // Removed by another caller, or created anew since the read.
+                    None => select_live(conn, &id, now)?.map_or(Loaded::Missing, Loaded::Live),
+                })
+            })
+            .await
+    }
+
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
         let (id, record) = (*id, record.clone());
         let user = user_of(self.users.as_ref(), &record);
@@ -482,21 +544,48 @@ impl SessionStore for SqliteStore {
             .await
     }
 
-    /// Chunk by chunk through the writer, so requests' writes interleave with the sweep.
-    async fn prune(&self, now: u64) -> Result<u64> {
+    /// Chunk by chunk through the writer, so requests' writes interleave with the sweep. With
+    /// `expired`, each chunk's delete returns its ids and users, reported once it is committed.
+    async fn prune_reporting(&self, now: u64, expired: Option<&ExpiredSink>) -> Result<u64> {
         let mut removed = 0;
         loop {
-            let n = self
-                .writer
-                .run(move |conn| {
-                    Ok(conn
-                        .prepare_cached(
-                            "DELETE FROM sessions WHERE id IN \
-                             (SELECT id FROM sessions WHERE expires_at <= ?1 LIMIT ?2)",
-                        )?
-                        .execute(params![int(now), PRUNE_CHUNK])?)
-                })
-                .await?;
+            let n = match expired {
+                None => {
+                    self.writer
+                        .run(move |conn| {
+                            Ok(conn
+                                .prepare_cached(
+                                    "DELETE FROM sessions WHERE id IN \
+                                 (SELECT id FROM sessions WHERE expires_at <= ?1 LIMIT ?2)",
+                                )?
+                                .execute(params![int(now), PRUNE_CHUNK])?)
+                        })
+                        .await?
+                }
+                Some(report) => {
+                    let indexed = self.users.is_some();
+                    let gone = self
+                        .writer
+                        .run(move |conn| {
+                            let mut stmt = conn.prepare_cached(
+                                "DELETE FROM sessions WHERE id IN \
+                                 (SELECT id FROM sessions WHERE expires_at <= ?1 LIMIT ?2) \
+                                 RETURNING id, user",
+                            )?;
+                            let rows = stmt.query_map(params![int(now), PRUNE_CHUNK], |row| {
+                                Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?))
+                            })?;
+                            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+                        })
+                        .await?;
+                    for (id, user) in &gone {
+                        if let Some(id) = SessionId::parse(id) {
+                            report(&id, user.as_deref().filter(|_| indexed));
+                        }
+                    }
+                    gone.len()
+                }
+            };
             removed += n as u64;
             if (n as i64) < PRUNE_CHUNK {
                 return Ok(removed);
