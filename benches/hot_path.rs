@@ -279,7 +279,12 @@ fn session_phase(c: &mut Criterion) {
         let id = SessionId::generate().unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(ready(store.create(&id, &record(&data))), Ok(true)));
         let set = cookies.set(&id).unwrap_or_else(|| panic!("no Set-Cookie"));
-        let pair = set.to_str().unwrap_or_default().split(';').next().unwrap_or_default();
+        let pair = set
+            .to_str()
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default();
         let mut request = HeaderMap::new();
         request.insert(
             COOKIE,
@@ -288,7 +293,10 @@ fn session_phase(c: &mut Criterion) {
         request.insert("accept", HeaderValue::from_static("text/html"));
         let mut response = HeaderMap::new();
         response.insert("content-type", HeaderValue::from_static("text/plain"));
-        response.insert("x-session-update", HeaderValue::from_static(r#"{"visits":42}"#));
+        response.insert(
+            "x-session-update",
+            HeaderValue::from_static(r#"{"visits":42}"#),
+        );
         g.bench_function(name, |b| {
             b.iter_batched_ref(
                 || (request.clone(), response.clone()),
@@ -298,9 +306,8 @@ fn session_phase(c: &mut Criterion) {
                     };
                     let record = ready(store.load(&id)).ok().flatten();
                     let text = record.as_ref().map_or("{}", |r| &r.data);
-                    let session = HeaderValue::from_maybe_shared(bytes::Bytes::from(
-                        encode_session(text),
-                    ));
+                    let session =
+                        HeaderValue::from_maybe_shared(bytes::Bytes::from(encode_session(text)));
                     request.insert("x-session", session.unwrap_or_else(|e| panic!("{e}")));
                     let raw = headers.take_instructions(response);
                     let (instructions, _) = parse_instructions(&raw);
@@ -331,14 +338,14 @@ fn access_line(c: &mut Criterion) {
         let ctx_path = String::from("/account/settings");
         tracing::info!(
             target: "session_proxy::proxy::log",
+            message = "request",
             method = "GET",
             path = ctx_path.as_str(),
             status = 200u16,
             latency_us = black_box(1234u64),
             session = "existing",
             saved = "updated",
-            request_id = "6f1c0e2b9a8d4f3e2d1c0b9a8f7e6d5c",
-            "request"
+            request_id = "6f1c0e2b9a8d4f3e2d1c0b9a8f7e6d5c"
         );
     };
     let mut g = c.benchmark_group("access_line");

@@ -605,6 +605,36 @@ mod tests {
         panic!("never the same second thrice");
     }
 
+    /// `proxy/log.rs` passes the message as a `message = "..."` string field: the text line and
+    /// the JSON object are those of a format-string message.
+    #[test]
+    fn a_message_field_writes_what_a_message_string_writes() {
+        let field = || tracing::info!(message = "request", a = 1u64, b = "x y");
+        let string = || tracing::info!(a = 1u64, b = "x y", "request");
+        let text = |event: &dyn Fn()| {
+            let (ours, theirs) = both_lines(event);
+            (ours[27..].to_owned(), theirs[27..].to_owned())
+        };
+        assert_eq!(text(&field), text(&string));
+        assert!(text(&field).0.ends_with(": request a=1 b=\"x y\"\n"));
+        let json = |event: &dyn Fn()| {
+            let out = Arc::new(Mutex::new(Vec::new()));
+            let sink = out.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || Sink(sink.clone()))
+                .json()
+                .flatten_event(true)
+                .finish();
+            tracing::subscriber::with_default(subscriber, event);
+            let bytes = out.lock().unwrap().clone();
+            let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            v.as_object_mut().unwrap().remove("timestamp");
+            v
+        };
+        assert_eq!(json(&field), json(&string));
+        assert_eq!(json(&field)["message"], "request");
+    }
+
     #[test]
     fn the_cached_second_is_the_default_timers() {
         for unix in [
