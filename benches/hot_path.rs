@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the pieces every proxied request runs through, in pipeline order:
-//! the session id, the cookie, the `X-Session` codec, the merge patch, and one store write.
+//! the session id, the cookie, the `X-Session` codec, the merge patch, one store write, the
+//! whole session phase of one request, and the access-log line.
 //! The load benchmark (`bench/load.sh`) measures the whole proxy; these say where its time goes.
 //!
 //! Run with `cargo bench` (about two minutes), or `cargo bench -- codec` for one group.
@@ -14,7 +15,9 @@ use http::header::{COOKIE, HeaderValue};
 use serde_json::{Value, json};
 use session_proxy::config::{Config, Lifetime, RawConfig};
 use session_proxy::cookie::{Cookies, Presented};
+use session_proxy::logging::{Batch, text_subscriber};
 use session_proxy::protocol::codec::{decode_session, encode_session, parse_object};
+use session_proxy::protocol::{ProtocolHeaders, parse_instructions};
 use session_proxy::session::{DataChange, SessionId};
 use session_proxy::store::fs::FsStore;
 use session_proxy::store::memory::MemoryStore;
@@ -245,9 +248,129 @@ fn stores(c: &mut Criterion) {
     g.finish();
 }
 
+/// A future that is ready at once (the memory store's), run without a runtime, so the phase
+/// bench below measures the session work and not `block_on`.
+fn ready<F: std::future::Future>(f: F) -> F::Output {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(f).poll(&mut cx) {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => panic!("the memory store never waits"),
+    }
+}
+
+/// The session work of one request that updates its ~200-byte session, as `proxy::pipeline`
+/// does it: take and check the cookie, load, encode `X-Session`, take and parse the app's
+/// instructions, merge and save, and build `Set-Cookie` (sent on every write here: `max_age`
+/// makes the expiry slide). Not in it: hyper, the upstream call, the access line.
+fn session_phase(c: &mut Criterion) {
+    let headers = ProtocolHeaders::new("X-Session").unwrap_or_else(|e| panic!("{e}"));
+    let data = session_json();
+    let mut g = c.benchmark_group("session_phase");
+    for (name, toml) in [
+        ("plain", ""),
+        (
+            "signed",
+            "[cookie]\nsecret = \"0123456789abcdef0123456789abcdef\"\nmax_age = \"12h\"\n",
+        ),
+    ] {
+        let cfg = config(toml);
+        let cookies = Cookies::new(cfg.cookie.clone());
+        let store = MemoryStore::default();
+        let id = SessionId::generate().unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(ready(store.create(&id, &record(&data))), Ok(true)));
+        let set = cookies.set(&id).unwrap_or_else(|| panic!("no Set-Cookie"));
+        let pair = set
+            .to_str()
+            .unwrap_or_default()
+            .split(';')
+            .next()
+            .unwrap_or_default();
+        let mut request = HeaderMap::new();
+        request.insert(
+            COOKIE,
+            HeaderValue::from_str(&format!("theme=dark; {pair}")).unwrap_or_else(|e| panic!("{e}")),
+        );
+        request.insert("accept", HeaderValue::from_static("text/html"));
+        let mut response = HeaderMap::new();
+        response.insert("content-type", HeaderValue::from_static("text/plain"));
+        response.insert(
+            "x-session-update",
+            HeaderValue::from_static(r#"{"visits":42}"#),
+        );
+        g.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || (request.clone(), response.clone()),
+                |(request, response)| {
+                    let Presented::Valid(id) = cookies.take(request) else {
+                        panic!("the cookie did not verify")
+                    };
+                    let record = ready(store.load(&id)).ok().flatten();
+                    let text = record.as_ref().map_or("{}", |r| &r.data);
+                    let session =
+                        HeaderValue::from_maybe_shared(bytes::Bytes::from(encode_session(text)));
+                    request.insert("x-session", session.unwrap_or_else(|e| panic!("{e}")));
+                    let raw = headers.take_instructions(response);
+                    let (instructions, _) = parse_instructions(&raw);
+                    let u = Update {
+                        change: instructions.change,
+                        base: record,
+                        now: now_ms(),
+                        lifetime: cfg.session.lifetime,
+                        max_size: cfg.session.max_size,
+                        extends: true,
+                    };
+                    let saved = ready(store.update(&id, &u));
+                    assert!(matches!(saved, Ok(Some(_))));
+                    cookies.set(&id)
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+/// One access-log line (the fields and target of `proxy/log.rs`'s `info` line) through the
+/// text subscriber `logging::init` installs: formatted only (written to `io::sink`), and
+/// formatted and queued for the background writer (which writes to `io::sink`).
+fn access_line(c: &mut Criterion) {
+    let line = || {
+        let ctx_path = String::from("/account/settings");
+        tracing::info!(
+            target: "session_proxy::proxy::log",
+            message = "request",
+            method = "GET",
+            path = ctx_path.as_str(),
+            status = 200u16,
+            latency_us = black_box(1234u64),
+            session = "existing",
+            saved = "updated",
+            request_id = "6f1c0e2b9a8d4f3e2d1c0b9a8f7e6d5c"
+        );
+    };
+    let mut g = c.benchmark_group("access_line");
+    let filter = || tracing_subscriber::EnvFilter::new("info");
+    let formatted = text_subscriber(filter(), std::io::sink);
+    tracing::subscriber::with_default(formatted, || {
+        g.bench_function("format", |b| b.iter(line));
+    });
+    let (batch, guard) = Batch::spawn(std::io::sink());
+    let queued = text_subscriber(filter(), batch);
+    tracing::subscriber::with_default(queued, || {
+        g.bench_function("format_and_queue", |b| b.iter(line));
+    });
+    drop(guard);
+    // What `RUST_LOG=warn` costs the line: the filtered-out event.
+    let filtered = text_subscriber(tracing_subscriber::EnvFilter::new("warn"), std::io::sink);
+    tracing::subscriber::with_default(filtered, || {
+        g.bench_function("filtered_out", |b| b.iter(line));
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = criterion();
-    targets = ids, cookies, codec, merge, stores
+    targets = ids, cookies, codec, merge, stores, session_phase, access_line
 }
 criterion_main!(benches);

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use cookie::{Cookie, CookieJar};
+use cookie::Cookie;
 use http::header::{COOKIE, HeaderMap, HeaderValue, SET_COOKIE};
 
 use crate::config::CookieConfig;
@@ -229,22 +229,8 @@ impl Cookies {
         if !keys.is_signed() {
             return SessionId::parse(value).map(|id| (id, None));
         }
-        let (plain, index) = keys.verify(&self.config.name, value)?;
-        SessionId::parse(&plain).map(|id| (id, Some(index)))
-    }
-
-    /// The cookie value for `id`: the id itself, or the id with its HMAC when signing.
-    fn value(&self, id: &SessionId) -> String {
-        match self.keys.current().signing() {
-            None => id.to_string(),
-            Some(key) => {
-                let mut jar = CookieJar::new();
-                jar.signed_mut(key)
-                    .add(Cookie::new(self.config.name.clone(), id.to_string()));
-                jar.get(&self.config.name)
-                    .map_or_else(|| id.to_string(), |c| c.value().to_owned())
-            }
-        }
+        let (plain, index) = keys.verify(value)?;
+        SessionId::parse(plain).map(|id| (id, Some(index)))
     }
 
     fn base(c: &CookieConfig, value: String) -> cookie::CookieBuilder<'static> {
@@ -260,18 +246,22 @@ impl Cookies {
     }
 
     /// `Set-Cookie` for `id`, with every configured attribute.
+    /// The value is the id itself, or the id with its HMAC when signing.
     pub fn set(&self, id: &SessionId) -> Option<HeaderValue> {
-        let value = self.value(id);
-        let mut line =
-            String::with_capacity(self.prefix.len() + value.len() + self.suffix.len() + 40);
+        let mut line = String::with_capacity(
+            self.prefix.len() + 44 + id.as_str().len() + self.suffix.len() + 40,
+        );
         line.push_str(&self.prefix);
-        line.push_str(&value);
+        if !self.keys.current().sign_into(id.as_str(), &mut line) {
+            line.push_str(id.as_str());
+        }
         line.push_str(&self.suffix);
         if let Some(at) = self.rolling_expiry.and_then(expires_at) {
             line.push_str("; Expires=");
             line.push_str(&httpdate::fmt_http_date(at));
         }
-        HeaderValue::from_str(&line).ok()
+        // Checked, as `from_str` would, but not copied again.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(line)).ok()
     }
 
     /// `Set-Cookie` that makes the browser drop the session cookie.

@@ -1,39 +1,191 @@
 //! The log: stderr through a background writer, one `key=value` line per event.
 //!
-//! The access log is `info`, the default level, so its cost is paid on every request. Two
-//! choices keep it low: the request path only queues a finished line (a background thread
-//! writes batches), and [`PlainFields`] writes a plain string or integer field as is, where
-//! tracing-subscriber's default formats every field through `Debug`, which on this path cost
-//! more than half of the line (bench/PROFILE.md).
+//! The access log is `info`, the default level, so its cost is paid on every request
+//! (bench/PROFILE.md, "[perf] log line and session work"). What keeps it low:
+//! - [`Line`] writes the text line itself: the timestamp's date and time formatted once per
+//!   second per thread, then level, target and fields straight into tracing-subscriber's
+//!   reused per-thread buffer. The line is byte for byte what tracing-subscriber's default
+//!   `Full` format writes without colours; anything that format would write differently (ANSI
+//!   colours on a terminal, a span around the event, a record from the `log` crate) is handed
+//!   to that format itself.
+//! - [`PlainFields`] writes a plain string or integer field as is, where tracing-subscriber's
+//!   default formats every field through `Debug`.
+//! - [`Batch`]: the request path appends the finished line to one shared buffer (no
+//!   allocation per line); a background thread writes the whole buffer with one `write` per
+//!   batch and lingers a millisecond before each, so a busy proxy wakes it about once per
+//!   millisecond rather than once per line.
 
 use std::fmt;
+use std::io::{self, Write as _};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_log::NormalizeEvent as _;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::{RecordFields, VisitOutput as _};
-use tracing_subscriber::fmt::format::{DefaultVisitor, FormatFields, Writer};
+use tracing_subscriber::fmt::format::{DefaultVisitor, Format, FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::time::FormatTime as _;
+use tracing_subscriber::fmt::{FmtContext, MakeWriter};
+use tracing_subscriber::registry::LookupSpan;
 
 /// Installs the global subscriber: `RUST_LOG` (default `info`), ANSI colours on a terminal only.
-/// Keep the guard until exit: dropping it flushes the lines still queued.
+/// Keep the guard until exit: dropping it writes the lines still queued.
 ///
-/// Not lossy: if the writer falls behind, requests wait rather than lines being dropped.
-pub fn init(format: crate::config::LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+/// Not lossy: if stderr falls behind, requests wait rather than lines being dropped.
+pub fn init(format: crate::config::LogFormat) -> LogGuard {
     use std::io::IsTerminal as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("session-proxy-log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer);
+    let (writer, guard) = Batch::spawn(std::io::stderr());
     match format {
-        crate::config::LogFormat::Text => builder.with_ansi(ansi).fmt_fields(PlainFields).init(),
+        crate::config::LogFormat::Text => {
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(writer)
+                .with_ansi(ansi)
+                .fmt_fields(PlainFields)
+                .event_format(Line::default())
+                .init();
+        }
         // tracing-subscriber's own JSON: the event's fields at the top level of each object.
-        crate::config::LogFormat::Json => builder.json().flatten_event(true).init(),
+        crate::config::LogFormat::Json => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .json()
+            .flatten_event(true)
+            .init(),
     }
     guard
+}
+
+/// The text subscriber [`init`] installs, writing to `writer` without colours: for benchmarks
+/// and tests that need the real line without a global subscriber.
+pub fn text_subscriber<W>(filter: EnvFilter, writer: W) -> impl Subscriber + Send + Sync
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(false)
+        .fmt_fields(PlainFields)
+        .event_format(Line::default())
+        .finish()
+}
+
+/// The text line of an event: `2026-01-02T03:04:05.678901Z  INFO target: message k=v ...`,
+/// exactly as tracing-subscriber's default (`Full`) format writes it without colours, but
+/// without formatting the date and time anew for every line. See the module doc.
+#[derive(Debug, Default)]
+pub struct Line {
+    /// For what this format does not write itself.
+    full: Format,
+}
+
+impl<S, N> FormatEvent<S, N> for Line
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        if writer.has_ansi_escapes() || event.is_log() || ctx.event_scope().is_some() {
+            return self.full.format_event(ctx, writer, event);
+        }
+        let meta = event.metadata();
+        timestamp(&mut writer)?;
+        writer.write_str(match *meta.level() {
+            Level::TRACE => "TRACE ",
+            Level::DEBUG => "DEBUG ",
+            Level::INFO => " INFO ",
+            Level::WARN => " WARN ",
+            Level::ERROR => "ERROR ",
+        })?;
+        writer.write_str(meta.target())?;
+        writer.write_str(": ")?;
+        ctx.format_fields(writer.by_ref(), event)?;
+        writer.write_char('\n')
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` of one second, as tracing-subscriber's `SystemTime` timer writes it.
+struct Second {
+    unix: u64,
+    text: String,
+}
+
+thread_local! {
+    /// The second this thread last logged in.
+    static SECOND: std::cell::RefCell<Second> = const {
+        std::cell::RefCell::new(Second { unix: u64::MAX, text: String::new() })
+    };
+}
+
+/// The date and time of `unix`, up to the seconds' `.`; `None` outside years 0 to 9999, which
+/// tracing-subscriber writes with a sign.
+fn second_text(unix: u64) -> Option<String> {
+    let t = time::OffsetDateTime::from_unix_timestamp(i64::try_from(unix).ok()?).ok()?;
+    if !(0..=9999).contains(&t.year()) {
+        return None;
+    }
+    Some(format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    ))
+}
+
+/// Writes the timestamp and the space after it: the cached second, then the microseconds.
+fn timestamp(writer: &mut Writer<'_>) -> fmt::Result {
+    let Ok(since) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) else {
+        return full_timestamp(writer);
+    };
+    let unix = since.as_secs();
+    let cached = SECOND.with(|cell| {
+        let Ok(mut second) = cell.try_borrow_mut() else {
+            return Ok(false);
+        };
+        if second.unix != unix {
+            let Some(text) = second_text(unix) else {
+                return Ok(false);
+            };
+            *second = Second { unix, text };
+        }
+        writer.write_str(&second.text).map(|()| true)
+    })?;
+    if !cached {
+        return full_timestamp(writer);
+    }
+    let micros = since.subsec_micros();
+    let mut digits = [b'0', b'0', b'0', b'0', b'0', b'0', b'Z', b' '];
+    let mut rest = micros;
+    for d in digits[..6].iter_mut().rev() {
+        // A digit: below 10, so the cast cannot truncate.
+        *d = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    writer.write_str(std::str::from_utf8(&digits).map_err(|_| fmt::Error)?)
+}
+
+/// The timestamp as tracing-subscriber writes it, for the cases the cache does not cover.
+fn full_timestamp(writer: &mut Writer<'_>) -> fmt::Result {
+    if tracing_subscriber::fmt::time::SystemTime
+        .format_time(writer)
+        .is_err()
+    {
+        writer.write_str("<unknown time>")?;
+    }
+    writer.write_char(' ')
 }
 
 /// The default field format (`name=value`, separated by spaces, the message first and bare),
@@ -73,15 +225,15 @@ fn is_bare(value: &str) -> bool {
 }
 
 impl PlainVisitor<'_> {
-    /// Writes ` name=` (or nothing before the message) and then `value`.
-    fn bare(&mut self, field: &Field, value: impl fmt::Display) {
+    /// Writes ` name=` (or nothing before the message) and then `value`, which needs no quoting.
+    fn bare(&mut self, field: &Field, value: &str) {
         if self.result.is_ok() {
             self.result = self.write_bare(field, value);
         }
         self.first = false;
     }
 
-    fn write_bare(&mut self, field: &Field, value: impl fmt::Display) -> fmt::Result {
+    fn write_bare(&mut self, field: &Field, value: &str) -> fmt::Result {
         if !self.first {
             self.writer.write_char(' ')?;
         }
@@ -89,7 +241,7 @@ impl PlainVisitor<'_> {
             self.writer.write_str(field.name())?;
             self.writer.write_char('=')?;
         }
-        write!(self.writer, "{value}")
+        self.writer.write_str(value)
     }
 
     /// Hands one field to tracing-subscriber's visitor, for its quoting and escaping.
@@ -114,15 +266,15 @@ impl Visit for PlainVisitor<'_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.bare(field, value);
+        self.bare(field, itoa::Buffer::new().format(value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.bare(field, value);
+        self.bare(field, itoa::Buffer::new().format(value));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.bare(field, value);
+        self.bare(field, if value { "true" } else { "false" });
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
@@ -131,6 +283,203 @@ impl Visit for PlainVisitor<'_> {
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.default(|v| v.record_debug(field, value));
+    }
+}
+
+/// Past this many bytes waiting, a line waits for the writer (the log is not lossy). About
+/// 5,000 access lines: a millisecond's linger at any rate a proxy serves.
+const MAX_PENDING: usize = 1 << 20;
+
+/// How long the writer lets lines gather after the first one of a batch.
+const LINGER: Duration = Duration::from_millis(1);
+
+/// A [`MakeWriter`] whose lines a background thread writes in batches (see the module doc).
+/// In order, never dropped; a line logged after the [`LogGuard`] is dropped is written at once.
+#[derive(Clone)]
+pub struct Batch {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Batch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Batch").finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    /// The writer waits here for a first line (or a full buffer, or the close).
+    ready: Condvar,
+    /// Lines wait here for room below [`MAX_PENDING`].
+    room: Condvar,
+    /// Where the lines go; held by whoever is writing to it.
+    out: Mutex<Box<dyn io::Write + Send>>,
+}
+
+struct Pending {
+    lines: Vec<u8>,
+    /// The writer is waiting for a first line: the line that ends that wait wakes it (and only
+    /// that one: a wake-up is a system call).
+    idle: bool,
+    /// Lines waiting for room.
+    blocked: usize,
+    /// The guard was dropped: the writer writes what is left and stops.
+    closed: bool,
+    /// The writer has stopped (or never started): lines are written by whoever logs them.
+    direct: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Nothing panics while these locks are held but a failed write, which leaves the state
+    // whole: use it.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Batch {
+    /// The writer and the guard that flushes it; the thread writes to `out`. If the thread
+    /// cannot be started, every line is written to `out` as it is logged.
+    pub fn spawn(out: impl io::Write + Send + 'static) -> (Batch, LogGuard) {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending {
+                lines: Vec::new(),
+                idle: false,
+                blocked: 0,
+                closed: false,
+                direct: false,
+            }),
+            ready: Condvar::new(),
+            room: Condvar::new(),
+            out: Mutex::new(Box::new(out)),
+        });
+        let worker = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("session-proxy-log".into())
+            .spawn(move || worker.run());
+        let thread = match thread {
+            Ok(thread) => Some(thread),
+            Err(e) => {
+                lock(&shared.pending).direct = true;
+                let _ = writeln!(
+                    lock(&shared.out),
+                    "session-proxy: no log writer thread ({e}); writing each line as it comes"
+                );
+                None
+            }
+        };
+        let guard = LogGuard {
+            shared: shared.clone(),
+            thread,
+        };
+        (Batch { shared }, guard)
+    }
+
+    fn push(&self, line: &[u8]) -> io::Result<()> {
+        let shared = &*self.shared;
+        let mut p = lock(&shared.pending);
+        while p.lines.len() >= MAX_PENDING && !p.direct {
+            p.blocked += 1;
+            shared.ready.notify_one();
+            p = shared.room.wait(p).unwrap_or_else(PoisonError::into_inner);
+            p.blocked -= 1;
+        }
+        if p.direct {
+            drop(p);
+            let mut out = lock(&shared.out);
+            return out.write_all(line).and_then(|()| out.flush());
+        }
+        p.lines.extend_from_slice(line);
+        let wake = std::mem::replace(&mut p.idle, false);
+        drop(p);
+        if wake {
+            shared.ready.notify_one();
+        }
+        Ok(())
+    }
+}
+
+impl Shared {
+    /// The writer thread: waits for a line, lets more gather for [`LINGER`], writes them all.
+    fn run(&self) {
+        let mut batch = Vec::new();
+        loop {
+            {
+                let mut p = lock(&self.pending);
+                while p.lines.is_empty() && !p.closed {
+                    p.idle = true;
+                    p = self.ready.wait(p).unwrap_or_else(PoisonError::into_inner);
+                }
+                p.idle = false;
+                if !p.closed && p.blocked == 0 {
+                    p = self
+                        .ready
+                        .wait_timeout(p, LINGER)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+                if p.lines.is_empty() && p.closed {
+                    // Under the lock: a line logged from now on is written by its caller,
+                    // after every line before it.
+                    p.direct = true;
+                    self.room.notify_all();
+                    break;
+                }
+                std::mem::swap(&mut p.lines, &mut batch);
+                if p.blocked > 0 {
+                    self.room.notify_all();
+                }
+            }
+            let mut out = lock(&self.out);
+            // A failed write (stderr closed) loses this batch, never the proxy's requests.
+            let _ = out.write_all(&batch).and_then(|()| out.flush());
+            drop(out);
+            batch.clear();
+            if batch.capacity() > 2 * MAX_PENDING {
+                batch = Vec::new();
+            }
+        }
+        let _ = lock(&self.out).flush();
+    }
+}
+
+impl io::Write for &Batch {
+    /// Takes the whole of `buf`: tracing-subscriber hands over one finished line per call.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.push(buf).map(|()| buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Batch {
+    type Writer = &'a Batch;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self
+    }
+}
+
+/// Writes the lines still queued, and stops the writer, when dropped.
+#[must_use = "dropping the guard stops the log's writer"]
+pub struct LogGuard {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl fmt::Debug for LogGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogGuard").finish_non_exhaustive()
+    }
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        lock(&self.shared.pending).closed = true;
+        self.shared.ready.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -172,6 +521,196 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// The lines `event` produces through the subscriber [`init`] installs (no colours), and
+    /// through tracing-subscriber's default format with the same fields, timestamps included.
+    fn both_lines(event: impl Fn()) -> (String, String) {
+        let ours = Arc::new(Mutex::new(Vec::new()));
+        let sink = ours.clone();
+        let subscriber = text_subscriber(EnvFilter::new("trace"), move || Sink(sink.clone()));
+        tracing::subscriber::with_default(subscriber, &event);
+        let theirs = Arc::new(Mutex::new(Vec::new()));
+        let sink = theirs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(Level::TRACE)
+            .with_writer(move || Sink(sink.clone()))
+            .with_ansi(false)
+            .fmt_fields(PlainFields)
+            .finish();
+        tracing::subscriber::with_default(subscriber, &event);
+        let text = |b: &Arc<Mutex<Vec<u8>>>| {
+            String::from_utf8(b.lock().map(|b| b.clone()).unwrap_or_default()).unwrap()
+        };
+        (text(&ours), text(&theirs))
+    }
+
+    /// `Line` writes what tracing-subscriber's own format writes, byte for byte but the
+    /// microseconds (taken a moment apart): every level, a span around the event (handed
+    /// over), a record of the `log` crate (handed over).
+    #[test]
+    fn the_line_is_the_default_formats_line() {
+        let _ = tracing_log::LogTracer::init();
+        let event = || {
+            tracing::info!(
+                method = "GET",
+                path = "/a",
+                status = 200u16,
+                latency_us = 17u64,
+                request_id = "0123abcd",
+                spaced = "two words",
+                "request"
+            );
+            tracing::trace!("t");
+            tracing::debug!(n = -1i64, "d");
+            tracing::warn!(error = %"x y", "request failed");
+            tracing::error!(ok = false, "e");
+            tracing::info_span!("conn", peer = "127.0.0.1")
+                .in_scope(|| tracing::info!(k = 1u64, "in a span"));
+            log::info!(target: "some::crate", "from log {}", 1);
+        };
+        // Retried when the two runs straddle a second.
+        for _ in 0..3 {
+            let (ours, theirs) = both_lines(event);
+            assert_eq!(ours.lines().count(), 7, "{ours}");
+            let mut same_second = true;
+            for (a, b) in ours.lines().zip(theirs.lines()) {
+                // `2026-01-02T03:04:05.` then six digits of microseconds and `Z `.
+                assert_eq!(a.len(), b.len(), "{a}\n{b}");
+                same_second &= a[..20] == b[..20];
+                assert!(a[20..26].bytes().all(|c| c.is_ascii_digit()), "{a}");
+                assert_eq!(a[26..], b[26..]);
+            }
+            if same_second {
+                let first = ours.lines().next().unwrap();
+                assert!(
+                    first.ends_with(
+                        "Z  INFO session_proxy::logging::tests: request method=GET path=/a \
+                         status=200 latency_us=17 request_id=0123abcd spaced=\"two words\""
+                    ),
+                    "{first}"
+                );
+                // As today: PlainFields writes the `log.` fields the default visitor would skip.
+                assert!(
+                    ours.contains("Z  INFO some::crate: from log 1 log.target="),
+                    "{ours}"
+                );
+                assert!(
+                    ours.contains("conn{peer=127.0.0.1}: session_proxy"),
+                    "{ours}"
+                );
+                return;
+            }
+        }
+        panic!("never the same second thrice");
+    }
+
+    /// `proxy/log.rs` passes the message as a `message = "..."` string field: the text line and
+    /// the JSON object are those of a format-string message.
+    #[test]
+    fn a_message_field_writes_what_a_message_string_writes() {
+        let field = || tracing::info!(message = "request", a = 1u64, b = "x y");
+        let string = || tracing::info!(a = 1u64, b = "x y", "request");
+        let text = |event: &dyn Fn()| {
+            let (ours, theirs) = both_lines(event);
+            (ours[27..].to_owned(), theirs[27..].to_owned())
+        };
+        assert_eq!(text(&field), text(&string));
+        assert!(text(&field).0.ends_with(": request a=1 b=\"x y\"\n"));
+        let json = |event: &dyn Fn()| {
+            let out = Arc::new(Mutex::new(Vec::new()));
+            let sink = out.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || Sink(sink.clone()))
+                .json()
+                .flatten_event(true)
+                .finish();
+            tracing::subscriber::with_default(subscriber, event);
+            let bytes = out.lock().unwrap().clone();
+            let mut v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+            v.as_object_mut().unwrap().remove("timestamp");
+            v
+        };
+        assert_eq!(json(&field), json(&string));
+        assert_eq!(json(&field)["message"], "request");
+    }
+
+    #[test]
+    fn the_cached_second_is_the_default_timers() {
+        for unix in [
+            0,
+            951_782_400,
+            1_767_225_599,
+            4_102_444_800,
+            253_402_300_799,
+        ] {
+            let at = std::time::UNIX_EPOCH + Duration::from_secs(unix);
+            let t = time::OffsetDateTime::from(at);
+            let expect = t
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap();
+            // RFC 3339 without fractions: `...:SSZ`; ours ends in the `.` before them.
+            assert_eq!(
+                second_text(unix).unwrap(),
+                format!("{}.", &expect[..19]),
+                "{unix}"
+            );
+        }
+        assert_eq!(second_text(253_402_300_800), None);
+    }
+
+    /// Writes that take a while: the log writer falls behind.
+    struct Slow(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Slow {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(2));
+            if let Ok(mut b) = self.0.lock() {
+                b.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Not lossy: more than `MAX_PENDING` bytes from four threads at once into a slow writer
+    /// all arrive, each thread's in order, whole lines; lines logged after the guard is
+    /// dropped are written too.
+    #[test]
+    fn the_batch_writer_loses_no_line_and_keeps_their_order() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let (batch, guard) = Batch::spawn(Slow(out.clone()));
+        let per_thread = 2 * MAX_PENDING / 100 / 4 + 1000;
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let batch = batch.clone();
+                std::thread::spawn(move || {
+                    for i in 0..per_thread {
+                        let line = format!("{t} {i:08} {}\n", "x".repeat(80));
+                        std::io::Write::write_all(&mut &batch, line.as_bytes()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(guard);
+        std::io::Write::write_all(&mut &batch, b"after\n").unwrap();
+        let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
+        let mut next = [0usize; 4];
+        let mut lines = text.lines();
+        for line in lines.by_ref().take(4 * per_thread) {
+            let (t, rest) = line.split_once(' ').unwrap();
+            let t: usize = t.parse().unwrap();
+            assert_eq!(rest[..8].parse::<usize>().unwrap(), next[t], "{line}");
+            assert_eq!(rest.len(), 8 + 1 + 80, "{line}");
+            next[t] += 1;
+        }
+        assert_eq!(next, [per_thread; 4]);
+        assert_eq!(lines.collect::<Vec<_>>(), ["after"]);
     }
 
     #[test]

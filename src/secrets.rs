@@ -13,8 +13,13 @@
 
 use std::sync::{Arc, PoisonError, RwLock};
 
-use cookie::{Cookie, CookieJar, Key};
+use base64::Engine as _;
+use base64::prelude::BASE64_STANDARD;
+use cookie::Key;
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac as _};
 use prometheus_client::metrics::counter::Counter;
+use sha2::Sha256;
 
 use crate::config::cli::Options;
 use crate::config::{ConfigError, CookieConfig};
@@ -23,7 +28,30 @@ use crate::metrics::CookieMetrics;
 /// One key and the counter of cookies it verified.
 struct Slot {
     key: Key,
+    /// HMAC-SHA256 keyed with the key's signing half, set up once: a request clones this state
+    /// instead of hashing the key's two pads again for every cookie it signs or checks.
+    mac: Hmac<Sha256>,
     verified: Counter,
+}
+
+/// Length of the base64 (standard, padded) HMAC-SHA256 that starts a signed value.
+const DIGEST_B64_LEN: usize = 44;
+
+impl Slot {
+    fn new(key: Key, verified: Counter) -> Self {
+        // HMAC pads a key shorter than SHA-256's 64-byte block with zeros, so this keyed state
+        // is the one `Hmac::new_from_slice(key.signing())` (the cookie crate's) makes, without
+        // its `Result`. The signing half is 32 bytes.
+        let signing = key.signing();
+        let mut block = hmac::digest::Key::<Hmac<Sha256>>::default();
+        let n = signing.len().min(block.len());
+        block[..n].copy_from_slice(&signing[..n]);
+        Slot {
+            mac: <Hmac<Sha256> as KeyInit>::new(&block),
+            key,
+            verified,
+        }
+    }
 }
 
 /// The keys in use at one moment: the first signs, each verifies, in order.
@@ -42,16 +70,38 @@ impl KeySet {
         !self.slots.is_empty()
     }
 
-    /// The value of the cookie `name` signed with one of the keys, and the index of the first
-    /// key that verifies it (not counted: see [`count`](Self::count)).
-    pub fn verify(&self, name: &str, value: &str) -> Option<(String, usize)> {
-        let jar = CookieJar::new();
+    /// The value inside `signed` (a cookie value signed with one of the keys) and the index of
+    /// the first key that verifies it (not counted: see [`count`](Self::count)).
+    ///
+    /// The cookie crate's signed format, `base64(HMAC-SHA256(value)) + value` (its `SignedJar`
+    /// made every cookie already out there), checked the way it checks it: the digest decoded
+    /// with the same engine, compared in constant time (`verify_slice`).
+    pub fn verify<'v>(&self, signed: &'v str) -> Option<(&'v str, usize)> {
+        if !signed.is_char_boundary(DIGEST_B64_LEN) {
+            return None;
+        }
+        let (digest_b64, value) = signed.split_at(DIGEST_B64_LEN);
+        let mut digest = [0u8; 48];
+        let n = BASE64_STANDARD.decode_slice(digest_b64, &mut digest).ok()?;
+        let digest = digest.get(..n)?;
         self.slots.iter().enumerate().find_map(|(i, slot)| {
-            let cookie = Cookie::new(name.to_owned(), value.to_owned());
-            jar.signed(&slot.key)
-                .verify(cookie)
-                .map(|plain| (plain.value().to_owned(), i))
+            let mut mac = slot.mac.clone();
+            mac.update(value.as_bytes());
+            mac.verify_slice(digest).ok().map(|()| (value, i))
         })
+    }
+
+    /// Appends `value` signed with the signing key to `out`, as the cookie crate's `SignedJar`
+    /// signs it; `false` (and nothing appended) when cookies are not signed.
+    pub fn sign_into(&self, value: &str, out: &mut String) -> bool {
+        let Some(slot) = self.slots.first() else {
+            return false;
+        };
+        let mut mac = slot.mac.clone();
+        mac.update(value.as_bytes());
+        BASE64_STANDARD.encode_string(mac.finalize().into_bytes(), out);
+        out.push_str(value);
+        true
     }
 
     /// Counts what one request's session cookie came to: verified by the key at `index`, or
@@ -121,10 +171,7 @@ impl KeyRing {
             slots: keys
                 .into_iter()
                 .enumerate()
-                .map(|(i, key)| Slot {
-                    key,
-                    verified: metrics.key(i),
-                })
+                .map(|(i, key)| Slot::new(key, metrics.key(i)))
                 .collect(),
             failed: metrics.failed(),
         }
@@ -224,6 +271,56 @@ mod tests {
 
     fn key(c: char) -> Key {
         Key::derive_from(c.to_string().repeat(32).as_bytes())
+    }
+
+    /// Every cookie signed so far was signed by the cookie crate's `SignedJar`: what ours signs
+    /// it accepts, and what it signs ours verifies, for several keys and values; a changed
+    /// digest or value, another key or a cut value is refused.
+    #[test]
+    fn signs_and_verifies_as_the_cookie_crates_signed_jar() {
+        use cookie::{Cookie, CookieJar};
+        for c in ['a', 'b', 'z'] {
+            let k = key(c);
+            let set = KeyRing::new(vec![key('q'), k.clone()], CookieMetrics::default()).current();
+            let only = KeyRing::new(vec![k.clone()], CookieMetrics::default()).current();
+            for value in [
+                "",
+                "x",
+                "abcdefghijklmnopqrstuvwxyz012345",
+                "é ü;=",
+                &"v".repeat(300),
+            ] {
+                let mut jar = CookieJar::new();
+                jar.signed_mut(&k).add(Cookie::new("n", value.to_owned()));
+                let theirs = jar.get("n").unwrap().value().to_owned();
+                let mut ours = String::from("prefix=");
+                assert!(only.sign_into(value, &mut ours));
+                assert_eq!(ours["prefix=".len()..], theirs);
+                assert_eq!(only.verify(&theirs), Some((value, 0)));
+                // The second key of a set verifies, as an old key.
+                assert_eq!(set.verify(&theirs), Some((value, 1)));
+                let mut back = CookieJar::new();
+                back.add_original(Cookie::new("n", ours["prefix=".len()..].to_owned()));
+                let got = back.signed(&k).get("n").map(|c| c.value().to_owned());
+                assert_eq!(got.as_deref(), Some(value));
+
+                let mut flipped = theirs.clone().into_bytes();
+                flipped[3] = if flipped[3] == b'A' { b'B' } else { b'A' };
+                assert_eq!(only.verify(std::str::from_utf8(&flipped).unwrap()), None);
+                let longer = format!("{theirs}x");
+                assert_eq!(only.verify(&longer), None);
+                assert_eq!(only.verify(&theirs[..theirs.len() - 1]), None);
+                assert_eq!(only.verify(&theirs[..43]), None);
+                let other = KeyRing::new(vec![key('q')], CookieMetrics::default()).current();
+                assert_eq!(other.verify(&theirs), None);
+            }
+            // A multi-byte character across the digest's end is refused, not a panic.
+            assert_eq!(only.verify(&format!("{}é", "A".repeat(43))), None);
+        }
+        let unsigned = KeyRing::new(Vec::new(), CookieMetrics::default()).current();
+        let mut out = String::new();
+        assert!(!unsigned.sign_into("x", &mut out));
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! or [`SessionId::parse`] (werkzeug's `is_valid_key`). Store paths and keys are built only from a
 //! `SessionId`, so a client-supplied value can never name a file or key of its choosing.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::TryRngCore as _;
-use serde_json::value::{RawValue, to_raw_value};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::store::Record;
@@ -105,38 +104,75 @@ impl DataChange {
     ///
     /// Why not parse, merge and print: every write does this, and a session mostly changes in a
     /// member or two. Only the top level is split here; the members the patch does not name are
-    /// copied as text, never parsed or re-escaped. A member the patch merges into is parsed
-    /// alone. Members come out sorted by key, as `serde_json::Map` prints them.
+    /// copied as text, never parsed or re-escaped, and the keys are borrowed from the text
+    /// (unless one has an escape). A value the patch sets is written straight from the patch; a
+    /// member the patch merges into is parsed alone. Members come out sorted by key, as
+    /// `serde_json::Map` prints them.
     pub fn apply_to_text(&self, data: &str) -> Result<String, serde_json::Error> {
         let patch = match self {
             DataChange::Replace(map) => return serde_json::to_string(map),
             DataChange::Patch(patch) => patch,
         };
-        let stored: BTreeMap<String, &RawValue> = serde_json::from_str(data)?;
-        let mut members: BTreeMap<String, Cow<'_, RawValue>> = stored
-            .into_iter()
-            .map(|(k, v)| (k, Cow::Borrowed(v)))
-            .collect();
+        let owned: BTreeMap<String, Member<'_>>;
+        let mut members: BTreeMap<&str, Member<'_>> = match serde_json::from_str(data) {
+            Ok(members) => members,
+            // A key with an escape cannot be borrowed: its unescaped text is made once here.
+            Err(_) => {
+                owned = serde_json::from_str(data)?;
+                owned.iter().map(|(k, v)| (k.as_str(), v.clone())).collect()
+            }
+        };
         for (key, change) in patch {
             match change {
                 Value::Null => {
-                    members.remove(key);
+                    members.remove(key.as_str());
                 }
                 Value::Object(_) => {
                     // RFC 7396: an object merges into the member (into `{}` if it is not one).
-                    let mut member = match members.get(key) {
-                        Some(raw) => serde_json::from_str(raw.get())?,
+                    let mut member = match members.get(key.as_str()) {
+                        Some(Member::Stored(raw)) => serde_json::from_str(raw.get())?,
+                        Some(Member::Set(value)) => (*value).clone(),
+                        Some(Member::Merged(value)) => value.clone(),
                         None => Value::Null,
                     };
                     json_patch::merge(&mut member, change);
-                    members.insert(key.clone(), Cow::Owned(to_raw_value(&member)?));
+                    members.insert(key, Member::Merged(member));
                 }
                 _ => {
-                    members.insert(key.clone(), Cow::Owned(to_raw_value(change)?));
+                    members.insert(key, Member::Set(change));
                 }
             }
         }
-        serde_json::to_string(&members)
+        let mut out = Vec::with_capacity(data.len() + 16);
+        serde_json::to_writer(&mut out, &members)?;
+        String::from_utf8(out).map_err(serde::ser::Error::custom)
+    }
+}
+
+/// One top-level member in [`DataChange::apply_to_text`].
+#[derive(Clone)]
+enum Member<'a> {
+    /// As stored, copied as text.
+    Stored(&'a RawValue),
+    /// Set by the patch, written from it.
+    Set(&'a Value),
+    /// The stored member with the patch's object merged in.
+    Merged(Value),
+}
+
+impl<'de: 'a, 'a> serde::Deserialize<'de> for Member<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <&'de RawValue>::deserialize(d).map(Member::Stored)
+    }
+}
+
+impl serde::Serialize for Member<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Member::Stored(raw) => raw.serialize(s),
+            Member::Set(value) => value.serialize(s),
+            Member::Merged(value) => value.serialize(s),
+        }
     }
 }
 
@@ -200,6 +236,21 @@ mod tests {
 
     fn lifetime(idle: u64, abs: Option<u64>, touch: u64) -> Lifetime {
         Lifetime::in_ms(idle, abs, touch)
+    }
+
+    /// Stored keys with escapes (which cannot be borrowed from the text) merge as parsed keys.
+    #[test]
+    fn escaped_stored_keys_merge_like_values() {
+        let data = r#"{"a\"b":1,"\u0063":2,"z":{"y":1},"n":3}"#;
+        let patch = json!({"c": 4, "z": {"x": 2}, "n": null, "new": [1]});
+        let change = DataChange::Patch(patch.as_object().unwrap().clone());
+        let mut expected: Value = serde_json::from_str(data).unwrap();
+        change.apply_to(&mut expected);
+        let text = change.apply_to_text(data).unwrap();
+        assert_eq!(text, serde_json::to_string(&expected).unwrap());
+        assert_eq!(text, r#"{"a\"b":1,"c":4,"new":[1],"z":{"x":2,"y":1}}"#);
+        assert!(change.apply_to_text("{not json").is_err());
+        assert!(change.apply_to_text("[1]").is_err());
     }
 
     #[test]

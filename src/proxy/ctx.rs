@@ -82,9 +82,15 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    let id = format!("{:032x}", rand::random::<u128>());
-    HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
-        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+    // Hex by hand: `format!("{:032x}")` went through `core::fmt` on every request.
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let random = rand::random::<u128>().to_be_bytes();
+    let mut id = [0u8; 32];
+    for (pair, byte) in id.chunks_exact_mut(2).zip(random) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// Filled in as the phases run; read once by the logging phase.
@@ -113,5 +119,29 @@ impl RequestCtx {
             write: StoreWrite::None,
             error: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fresh id is 32 lowercase hex digits, what `{:032x}` of a random `u128` gave; a well
+    /// formed client id is kept, anything else replaced.
+    #[test]
+    fn request_ids_are_the_clients_when_well_formed_else_fresh_hex() {
+        let fresh = request_id(&http::HeaderMap::new());
+        let text = fresh.to_str().unwrap();
+        assert_eq!(text.len(), 32, "{text}");
+        assert!(
+            text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+            "{text}"
+        );
+        assert_ne!(request_id(&http::HeaderMap::new()), fresh);
+        let mut h = http::HeaderMap::new();
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("req-1.A_b"));
+        assert_eq!(request_id(&h), "req-1.A_b");
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("two words"));
+        assert_eq!(request_id(&h).len(), 32);
     }
 }

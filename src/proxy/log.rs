@@ -15,11 +15,21 @@ pub fn logging(ctx: &RequestCtx, status: StatusCode) {
     let (session, saved) = (ctx.session.as_str(), ctx.write.as_str());
     // Well formed by construction (ctx.rs): plain ASCII, written as it is.
     let request_id = ctx.request_id.to_str().unwrap_or("-");
+    // The message as a `&str` field, not a format string: the line and the JSON object are the
+    // same (a field named `message` is the message), but a string needs no `core::fmt` pass.
     match &ctx.error {
         None => tracing::info!(
-            method, path, status, latency_us, session, saved, request_id, "request"
+            message = "request",
+            method,
+            path,
+            status,
+            latency_us,
+            session,
+            saved,
+            request_id
         ),
         Some(e) if e.fault() == Fault::Client => tracing::info!(
+            message = "request refused",
             method,
             path,
             status,
@@ -28,10 +38,10 @@ pub fn logging(ctx: &RequestCtx, status: StatusCode) {
             saved,
             request_id,
             fault = Fault::Client.as_str(),
-            error = %e,
-            "request refused"
+            error = %e
         ),
         Some(e) => tracing::warn!(
+            message = "request failed",
             method,
             path,
             status,
@@ -40,8 +50,7 @@ pub fn logging(ctx: &RequestCtx, status: StatusCode) {
             saved,
             request_id,
             fault = e.fault().as_str(),
-            error = %e,
-            "request failed"
+            error = %e
         ),
     }
 }
