@@ -17,6 +17,7 @@
 //! or the sweeper's removal of the row removes its entry. All processes sharing a file must use
 //! the same `user_key`: opening with another one rebuilds the column (`schema::reindex_users`).
 
+mod checkpoint;
 mod schema;
 mod writer;
 
@@ -121,7 +122,7 @@ impl SqliteStore {
                 .map_err(|e| SqliteError::wrap(&config.path, "cannot count the sessions", e))?;
             let count = Arc::new(AtomicU64::new(u64::try_from(n).unwrap_or(0)));
             let readers = Readers::open(&config.path, config.timeout)?;
-            let writer = Writer::start(conn, config.path.clone(), count.clone())?;
+            let writer = Writer::start(conn, config.path.clone(), config.fsync, count.clone())?;
             Ok(SqliteStore {
                 writer,
                 readers: Arc::new(readers),

@@ -146,8 +146,7 @@ pub(super) fn open_writer(config: &SqliteConfig) -> Result<Connection> {
             path.display()
         )));
     }
-    let synchronous = if config.fsync { "FULL" } else { "NORMAL" };
-    conn.pragma_update(None, "synchronous", synchronous)
+    conn.pragma_update(None, "synchronous", synchronous(config.fsync))
         .map_err(fail("cannot set synchronous"))?;
     conn.pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT)
         .map_err(fail("cannot set journal_size_limit"))?;
@@ -155,6 +154,10 @@ pub(super) fn open_writer(config: &SqliteConfig) -> Result<Connection> {
         .map_err(fail("cannot set cache_size"))?;
     migrate(&conn, path)?;
     Ok(conn)
+}
+
+fn synchronous(fsync: bool) -> &'static str {
+    if fsync { "FULL" } else { "NORMAL" }
 }
 
 /// A read connection: it never writes (`query_only`). Its busy timeout is zero: the caller
@@ -166,6 +169,20 @@ pub(super) fn open_reader(path: &Path) -> Result<Connection> {
         .map_err(fail("cannot open a reader"))?;
     conn.pragma_update(None, "query_only", true)
         .map_err(fail("cannot make a reader read-only"))?;
+    conn.busy_timeout(Duration::ZERO)
+        .map_err(fail("cannot set the busy timeout"))?;
+    Ok(conn)
+}
+
+/// The checkpoint helper's connection (`checkpoint.rs`). It never writes a row; its
+/// `synchronous` is the writer's, which a checkpoint's fsyncs follow.
+pub(super) fn open_checkpointer(path: &Path, fsync: bool) -> Result<Connection> {
+    let fail =
+        |doing: &'static str| move |source: rusqlite::Error| SqliteError::wrap(path, doing, source);
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE)
+        .map_err(fail("cannot open the checkpoint connection"))?;
+    conn.pragma_update(None, "synchronous", synchronous(fsync))
+        .map_err(fail("cannot set synchronous"))?;
     conn.busy_timeout(Duration::ZERO)
         .map_err(fail("cannot set the busy timeout"))?;
     Ok(conn)

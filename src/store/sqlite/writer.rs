@@ -13,17 +13,37 @@
 //!
 //! Waiters are answered only after the commit, so an answer means the write is in the file.
 //! Operations run in queue order: two updates of one session in a batch apply one after the
-//! other.
+//! other. Checkpoints run after the waiters are answered, mostly on a helper thread
+//! (`checkpoint.rs`), never inside a COMMIT.
 
+use std::cell::Cell;
+use std::ffi::c_int;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use rusqlite::Connection;
+use rusqlite::hooks::Wal;
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::{self, BACKSTOP, Checkpointer, NUDGE_EVERY, SLOW};
 use crate::store::{Result, StoreError};
+
+thread_local! {
+    /// Pages in the WAL after this thread's last commit, as SQLite's WAL hook reported them.
+    /// Thread-local because the hook is a plain function, and each writer commits on its own
+    /// thread.
+    static WAL_PAGES: Cell<c_int> = const { Cell::new(0) };
+}
+
+/// The writer connection's WAL hook. Setting it replaces SQLite's automatic checkpoint, which
+/// would run inside the COMMIT: the writer checkpoints after answering instead (`after_commit`).
+fn wal_pages(_: &Wal, pages: c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.set(pages);
+    Ok(())
+}
 
 /// Writes waiting for the writer. A full queue makes callers wait (async, holding no thread);
 /// a batch takes at most this many, so one commit stays short.
@@ -60,13 +80,15 @@ impl Writer {
     pub(super) fn start(
         conn: Connection,
         path: PathBuf,
+        fsync: bool,
         count: Arc<AtomicU64>,
-    ) -> std::io::Result<Writer> {
+    ) -> Result<Writer> {
+        let checkpointer = Checkpointer::start(&path, fsync)?;
         let (queue, mut rx) = mpsc::channel::<Box<dyn Work>>(QUEUE);
         std::thread::Builder::new()
             .name("sqlite-writer".to_owned())
             .spawn(move || {
-                let batch = Batch { conn, path, count };
+                let batch = Batch::new(conn, path, count, Some(checkpointer));
                 let mut works = Vec::with_capacity(QUEUE);
                 while let Some(first) = rx.blocking_recv() {
                     works.push(first);
@@ -175,12 +197,43 @@ struct Batch {
     conn: Connection,
     path: PathBuf,
     count: Arc<AtomicU64>,
+    /// `None` in unit tests of the batch alone.
+    checkpointer: Option<Checkpointer>,
+    /// The WAL's size in pages when the helper was last nudged.
+    nudged: Cell<c_int>,
 }
 
 impl Batch {
+    fn new(
+        conn: Connection,
+        path: PathBuf,
+        count: Arc<AtomicU64>,
+        checkpointer: Option<Checkpointer>,
+    ) -> Batch {
+        conn.wal_hook(Some(wal_pages));
+        Batch {
+            conn,
+            path,
+            count,
+            checkpointer,
+            nudged: Cell::new(0),
+        }
+    }
+
     /// Runs and commits `works`, answers each, and leaves `works` empty.
     fn run(&self, works: &mut Vec<Box<dyn Work>>) {
+        let start = Instant::now();
         let outcome = self.transaction(works);
+        let took = start.elapsed();
+        if took >= SLOW {
+            tracing::warn!(
+                path = %self.path.display(),
+                ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                writes = works.len(),
+                wal_pages = WAL_PAGES.get(),
+                "slow sqlite write batch (no checkpoint runs inside one)"
+            );
+        }
         let failed = match outcome {
             Ok(n) => {
                 self.count.store(n, Ordering::Relaxed);
@@ -201,6 +254,35 @@ impl Batch {
         };
         for work in works.drain(..) {
             work.answer(failed.as_ref());
+        }
+        self.after_commit(WAL_PAGES.replace(0));
+    }
+
+    /// Nudges the helper each [`NUDGE_EVERY`] pages the WAL grows, and past [`BACKSTOP`]
+    /// checkpoints here, so that the next commit can start the WAL over.
+    fn after_commit(&self, pages: c_int) {
+        if pages < self.nudged.get() {
+            // The WAL was started over.
+            self.nudged.set(0);
+        }
+        if pages >= BACKSTOP {
+            if let Some(helper) = &self.checkpointer {
+                helper.wait_idle();
+            }
+            // Busy (another process's checkpoint holds the lock) or failed: the next commit
+            // tries again.
+            if let Err(e) = checkpoint::passive(&self.conn, "writer") {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    error = %e,
+                    "sqlite checkpoint failed; the next commit tries again"
+                );
+            }
+        } else if pages >= self.nudged.get() + NUDGE_EVERY
+            && let Some(helper) = &self.checkpointer
+        {
+            self.nudged.set(pages);
+            helper.nudge();
         }
     }
 
@@ -250,11 +332,7 @@ mod tests {
             timeout: std::time::Duration::from_secs(1),
         })
         .unwrap();
-        let batch = Batch {
-            conn,
-            path,
-            count: Arc::default(),
-        };
+        let batch = Batch::new(conn, path, Arc::default(), None);
         (dir, batch)
     }
 
