@@ -15,7 +15,7 @@
 //! WAL holds [`BACKSTOP`] pages, run after it has answered the batch's waiters; by then the
 //! helper has copied all but the last few commits, and the writer's pass copies those.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -102,7 +102,7 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn run(&self, conn: &Connection, path: &PathBuf) {
+    fn run(&self, conn: &Connection, path: &Path) {
         loop {
             {
                 let mut state = self.lock();
