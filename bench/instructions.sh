@@ -4,6 +4,7 @@
 #
 #   bench/instructions.sh                 # memory store, every request updates its session
 #   MIX=read STORE=fs-nofsync bench/instructions.sh
+#   MIX=new STORE=sqlite-fsync bench/instructions.sh  # every request creates a session
 #   USER_KEY=profile bench/instructions.sh  # with a user index (session.user_key)
 #
 # Throughput on a shared VM swings by ±20 % between runs of the same binary, so a change worth
@@ -14,7 +15,7 @@
 # counted: bench/profile.sh (perf) shows that half.
 #
 # Needs valgrind (apt-get install -y valgrind). Traffic goes only to 127.0.0.1; every process is
-# stopped by its PID on exit. Environment: DURATION [8], MIX [write], STORE [memory], TOP [30],
+# stopped by its PID on exit. Environment: DURATION [8], MIX [write; read, new], STORE [memory], TOP [30],
 # LOG [warn] (the proxy's RUST_LOG; info, the default level, adds the access-log line's cost),
 # USER_KEY [unset] (`session.user_key`; the bench app's sessions hold `visits`, an integer that
 # every update changes, so every write moves the session to another user: the worst case, and
@@ -39,7 +40,14 @@ WORK=$(mktemp -d "$PWD/target/bench-instructions.XXXXXX")
 # shellcheck source=bench/common.sh
 source bench/common.sh
 
-upstream_and_config "$MIX" "$STORE"
+# "new": cookie-less clients, every response updates, so every request creates a session.
+COOKIES=()
+UP_MIX=$MIX
+if [ "$MIX" = new ]; then
+  COOKIES=(--no-cookies)
+  UP_MIX=write
+fi
+upstream_and_config "$UP_MIX" "$STORE"
 if [ -n "${USER_KEY:-}" ]; then
   printf '[session]\nuser_key = "%s"\n' "$USER_KEY" >>"$WORK/proxy.toml"
 fi
@@ -57,7 +65,7 @@ done
 
 echo "== callgrind on the proxy, store=$STORE, mix=$MIX, user_key=${USER_KEY:-off}, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
 LINE=$("${PIN_LOAD[@]}" target/release/loadgen run --url "http://$PROXY/" \
-  --connections 16 --warmup 0 --duration "$DURATION")
+  --connections 16 --warmup 0 --duration "$DURATION" "${COOKIES[@]}")
 REQUESTS=$(echo "$LINE" | tr '\t' '\n' | sed -n 's/^requests=//p')
 # SIGTERM: the proxy shuts down gracefully and callgrind writes its file on exit.
 stop_pid "$PROXY_PID"

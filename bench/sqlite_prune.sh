@@ -5,6 +5,7 @@
 #   bench/sqlite_prune.sh                    # 1,000,000 sessions, 100,000 expired; writes bench/PRUNE.md
 #   SESSIONS=200000 bench/sqlite_prune.sh    # a quick run
 #
+# The report quotes the store's warnings about commits and checkpoints of 100 ms or more.
 # Fills a sqlite file with SESSIONS sessions of ~200 bytes, a tenth of them already expired
 # (bench/tools/src/bin/sqlite_bench.rs `fill`), then starts the release proxy on it (fsync on,
 # the default) in front of bench_upstream (every response updates its session), with
@@ -88,6 +89,9 @@ for w in $(seq 1000); do
   fi
 done
 SWEPT_LINE=$(grep 'swept expired sessions' "$WORK/proxy.log.err" | head -1)
+# The store's own account of its slow moments (commits and checkpoints of 100 ms or more,
+# logged at warn with whether a checkpoint ran and how many pages it copied).
+SLOW_LINES=$(grep -E 'slow sqlite' "$WORK/proxy.log.err" | sed -E 's/^[^ ]+ +//' || true)
 COUNT=$(sqlite3 "$DB" 'select count(*) from sessions' 2>/dev/null || echo '?')
 
 field() { tr '\t' '\n' | sed -n "s/^$1=//p"; }
@@ -111,6 +115,16 @@ MET=$(awk -v r="$RATIO" 'BEGIN { print (r <= 3) ? "yes" : "**no**" }')
   echo "| p99 during prune ≤ 3× baseline | ${BASE} ms | ${WORST} ms | ${RATIO}× | $MET |"
   echo
   echo "The sweeper's line: \`${SWEPT_LINE#*INFO }\`; sessions left: $COUNT."
+  echo
+  if [ -n "$SLOW_LINES" ]; then
+    echo "The store's warnings (slow commits and checkpoints, 100 ms or more), $(echo "$SLOW_LINES" | wc -l) in all:"
+    echo
+    echo '```'
+    echo "$SLOW_LINES" | head -40
+    echo '```'
+  else
+    echo "No commit or checkpoint took 100 ms or more (the store logs each one that does)."
+  fi
   echo
   echo '```'
   cat "$WORK/fill.txt"

@@ -17,6 +17,7 @@
 //! or the sweeper's removal of the row removes its entry. All processes sharing a file must use
 //! the same `user_key`: opening with another one rebuilds the column (`schema::reindex_users`).
 
+mod checkpoint;
 mod schema;
 mod writer;
 
@@ -123,7 +124,7 @@ impl SqliteStore {
                 .map_err(|e| SqliteError::wrap(&config.path, "cannot count the sessions", e))?;
             let count = Arc::new(AtomicU64::new(u64::try_from(n).unwrap_or(0)));
             let readers = Readers::open(&config.path, config.timeout)?;
-            let writer = Writer::start(conn, config.path.clone(), count.clone())?;
+            let writer = Writer::start(conn, config.path.clone(), config.fsync, count.clone())?;
             Ok(SqliteStore {
                 writer,
                 readers: Arc::new(readers),
@@ -244,7 +245,10 @@ macro_rules! columns {
 /// The record of a row selected as `columns!()`, starting at column `at`; an unreadable one is
 /// `None`, by the one rule of `Record::readable`.
 fn record(row: &Row, at: usize, id: &SessionId) -> rusqlite::Result<Option<Record>> {
-    let data: String = row.get(at)?;
+    // Borrowed from the row, so the text is copied once, into the record's `Arc`.
+    let data = row.get_ref(at)?.as_str().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(at, rusqlite::types::Type::Text, Box::new(e))
+    })?;
     let mut times = [0u64; 4];
     let mut bad = None;
     for (i, slot) in times.iter_mut().enumerate() {
@@ -257,7 +261,7 @@ fn record(row: &Row, at: usize, id: &SessionId) -> rusqlite::Result<Option<Recor
     let [created_at, updated_at, expires_at, version] = times;
     let checked = match bad {
         Some(v) => Err(StoreError::Corrupt(format!("negative time or version {v}"))),
-        None => Record::check_data(&data),
+        None => Record::check_data(data),
     };
     Ok(Record::readable(
         checked.map(|()| Record {

@@ -3,7 +3,7 @@
 //!
 //! SQLite takes one writer at a time per file anyway; a single thread makes that explicit, lets
 //! one fsync cover every write that queued while the last commit ran, and keeps every blocking
-//! write off the async workers. Each operation runs under its own SAVEPOINT inside the batch's
+//! write off the async workers. The operations of a batch run inside its
 //! `BEGIN IMMEDIATE … COMMIT`:
 //!
 //! - a refusal (session gone, id taken, too large) rolls back that operation only;
@@ -11,19 +11,46 @@
 //! - an SQLite error (disk full, I/O, a lock held too long) rolls back the whole batch, and every
 //!   waiter in it gets that error: a later operation may have read what an earlier one wrote.
 //!
+//! Rolling back one operation needs a SAVEPOINT around it, which costs every operation two
+//! statements and a copy of each page it first touches (the sub-journal). The operations here
+//! refuse before they write, so a batch first runs without savepoints; only if an operation is
+//! refused or panics after it changed rows (`total_changes`) is the batch rolled back and run
+//! again with a savepoint around each operation. An operation is therefore a `Fn`: it may run
+//! twice, the first run undone.
+//!
 //! Waiters are answered only after the commit, so an answer means the write is in the file.
 //! Operations run in queue order: two updates of one session in a batch apply one after the
-//! other.
+//! other. Checkpoints run after the waiters are answered, mostly on a helper thread
+//! (`checkpoint.rs`), never inside a COMMIT.
 
+use std::cell::Cell;
+use std::ffi::c_int;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use rusqlite::Connection;
+use rusqlite::hooks::Wal;
 use tokio::sync::{mpsc, oneshot};
 
+use super::checkpoint::{self, BACKSTOP, Checkpointer, NUDGE_EVERY, SLOW};
 use crate::store::{Result, StoreError};
+
+thread_local! {
+    /// Pages in the WAL after this thread's last commit, as SQLite's WAL hook reported them.
+    /// Thread-local because the hook is a plain function, and each writer commits on its own
+    /// thread.
+    static WAL_PAGES: Cell<c_int> = const { Cell::new(0) };
+}
+
+/// The writer connection's WAL hook. Setting it replaces SQLite's automatic checkpoint, which
+/// would run inside the COMMIT: the writer checkpoints after answering instead (`after_commit`).
+fn wal_pages(_: &Wal, pages: c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.set(pages);
+    Ok(())
+}
 
 /// Writes waiting for the writer. A full queue makes callers wait (async, holding no thread);
 /// a batch takes at most this many, so one commit stays short.
@@ -60,13 +87,15 @@ impl Writer {
     pub(super) fn start(
         conn: Connection,
         path: PathBuf,
+        fsync: bool,
         count: Arc<AtomicU64>,
-    ) -> std::io::Result<Writer> {
+    ) -> Result<Writer> {
+        let checkpointer = Checkpointer::start(&path, fsync)?;
         let (queue, mut rx) = mpsc::channel::<Box<dyn Work>>(QUEUE);
         std::thread::Builder::new()
             .name("sqlite-writer".to_owned())
             .spawn(move || {
-                let batch = Batch { conn, path, count };
+                let batch = Batch::new(conn, path, count, Some(checkpointer));
                 let mut works = Vec::with_capacity(QUEUE);
                 while let Some(first) = rx.blocking_recv() {
                     works.push(first);
@@ -86,12 +115,12 @@ impl Writer {
     pub(super) async fn run<T, F>(&self, op: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, OpError> + Send + 'static,
+        F: Fn(&Connection) -> Result<T, OpError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Box::new(Task {
-                op: Some(op),
+                op,
                 result: None,
                 reply,
             }))
@@ -111,6 +140,7 @@ trait Work: Send {
     /// request that was answered 503 leaves nothing behind.
     fn abandoned(&self) -> bool;
     /// `Ok(true)`: keep its changes; `Ok(false)`: refused, roll them back; `Err`: fail the batch.
+    /// May be called again after its batch was rolled back; the last run's result counts.
     fn run(&mut self, conn: &Connection) -> Result<bool, rusqlite::Error>;
     fn panicked(&mut self);
     /// Sends the result, or `failed` if the batch was rolled back.
@@ -118,7 +148,7 @@ trait Work: Send {
 }
 
 struct Task<T, F> {
-    op: Option<F>,
+    op: F,
     result: Option<Result<T>>,
     reply: oneshot::Sender<Result<T>>,
 }
@@ -126,17 +156,15 @@ struct Task<T, F> {
 impl<T, F> Work for Task<T, F>
 where
     T: Send,
-    F: FnOnce(&Connection) -> Result<T, OpError> + Send,
+    F: Fn(&Connection) -> Result<T, OpError> + Send,
 {
     fn abandoned(&self) -> bool {
         self.reply.is_closed()
     }
 
     fn run(&mut self, conn: &Connection) -> Result<bool, rusqlite::Error> {
-        let Some(op) = self.op.take() else {
-            return Ok(false);
-        };
-        match op(conn) {
+        self.result = None;
+        match (self.op)(conn) {
             Ok(value) => {
                 self.result = Some(Ok(value));
                 Ok(true)
@@ -175,12 +203,43 @@ struct Batch {
     conn: Connection,
     path: PathBuf,
     count: Arc<AtomicU64>,
+    /// `None` in unit tests of the batch alone.
+    checkpointer: Option<Checkpointer>,
+    /// The WAL's size in pages when the helper was last nudged.
+    nudged: Cell<c_int>,
 }
 
 impl Batch {
+    fn new(
+        conn: Connection,
+        path: PathBuf,
+        count: Arc<AtomicU64>,
+        checkpointer: Option<Checkpointer>,
+    ) -> Batch {
+        conn.wal_hook(Some(wal_pages));
+        Batch {
+            conn,
+            path,
+            count,
+            checkpointer,
+            nudged: Cell::new(0),
+        }
+    }
+
     /// Runs and commits `works`, answers each, and leaves `works` empty.
     fn run(&self, works: &mut Vec<Box<dyn Work>>) {
+        let start = Instant::now();
         let outcome = self.transaction(works);
+        let took = start.elapsed();
+        if took >= SLOW {
+            tracing::warn!(
+                path = %self.path.display(),
+                ms = u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+                writes = works.len(),
+                wal_pages = WAL_PAGES.get(),
+                "slow sqlite write batch (no checkpoint runs inside one)"
+            );
+        }
         let failed = match outcome {
             Ok(n) => {
                 self.count.store(n, Ordering::Relaxed);
@@ -202,17 +261,66 @@ impl Batch {
         for work in works.drain(..) {
             work.answer(failed.as_ref());
         }
+        self.after_commit(WAL_PAGES.replace(0));
+    }
+
+    /// Nudges the helper each [`NUDGE_EVERY`] pages the WAL grows, and past [`BACKSTOP`]
+    /// checkpoints here, so that the next commit can start the WAL over.
+    fn after_commit(&self, pages: c_int) {
+        if pages < self.nudged.get() {
+            // The WAL was started over.
+            self.nudged.set(0);
+        }
+        if pages >= BACKSTOP {
+            if let Some(helper) = &self.checkpointer {
+                helper.wait_idle();
+            }
+            // Busy (another process's checkpoint holds the lock) or failed: the next commit
+            // tries again.
+            if let Err(e) = checkpoint::passive(&self.conn, "writer") {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    error = %e,
+                    "sqlite checkpoint failed; the next commit tries again"
+                );
+            }
+        } else if pages >= self.nudged.get() + NUDGE_EVERY
+            && let Some(helper) = &self.checkpointer
+        {
+            self.nudged.set(pages);
+            helper.nudge();
+        }
     }
 
     /// The batch's transaction; returns the session count it leaves.
     fn transaction(&self, works: &mut [Box<dyn Work>]) -> rusqlite::Result<u64> {
         let conn = &self.conn;
         conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        if !self.operations(works, false)? {
+            conn.prepare_cached("ROLLBACK")?.execute([])?;
+            conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+            self.operations(works, true)?;
+        }
+        let n: i64 = conn
+            .prepare_cached("SELECT n FROM session_count")?
+            .query_row([], |row| row.get(0))?;
+        conn.prepare_cached("COMMIT")?.execute([])?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Runs the operations, each under a SAVEPOINT if `savepoints`; `Ok(false)` (only without
+    /// them) if one was refused or panicked after it had changed rows: the caller rolls back
+    /// and runs them all again with savepoints.
+    fn operations(&self, works: &mut [Box<dyn Work>], savepoints: bool) -> rusqlite::Result<bool> {
+        let conn = &self.conn;
         for work in works.iter_mut() {
             if work.abandoned() {
                 continue;
             }
-            conn.prepare_cached("SAVEPOINT op")?.execute([])?;
+            if savepoints {
+                conn.prepare_cached("SAVEPOINT op")?.execute([])?;
+            }
+            let before = conn.total_changes();
             let keep = match catch_unwind(AssertUnwindSafe(|| work.run(conn))) {
                 Ok(Ok(keep)) => keep,
                 Ok(Err(e)) => return Err(e),
@@ -222,16 +330,16 @@ impl Batch {
                     false
                 }
             };
-            if !keep {
-                conn.prepare_cached("ROLLBACK TO op")?.execute([])?;
+            if savepoints {
+                if !keep {
+                    conn.prepare_cached("ROLLBACK TO op")?.execute([])?;
+                }
+                conn.prepare_cached("RELEASE op")?.execute([])?;
+            } else if !keep && conn.total_changes() != before {
+                return Ok(false);
             }
-            conn.prepare_cached("RELEASE op")?.execute([])?;
         }
-        let n: i64 = conn
-            .prepare_cached("SELECT n FROM session_count")?
-            .query_row([], |row| row.get(0))?;
-        conn.prepare_cached("COMMIT")?.execute([])?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        Ok(true)
     }
 }
 
@@ -250,30 +358,23 @@ mod tests {
             timeout: std::time::Duration::from_secs(1),
         })
         .unwrap();
-        let batch = Batch {
-            conn,
-            path,
-            count: Arc::default(),
-        };
+        let batch = Batch::new(conn, path, Arc::default(), None);
         (dir, batch)
     }
 
     fn task<T: Send + 'static>(
-        op: impl FnOnce(&Connection) -> Result<T, OpError> + Send + 'static,
+        op: impl Fn(&Connection) -> Result<T, OpError> + Send + 'static,
     ) -> (Box<dyn Work>, oneshot::Receiver<Result<T>>) {
         let (reply, answer) = oneshot::channel();
         let work: Box<dyn Work> = Box::new(Task {
-            op: Some(op),
+            op,
             result: None,
             reply,
         });
         (work, answer)
     }
 
-    fn insert(
-        id: &'static str,
-        data: &'static str,
-    ) -> impl FnOnce(&Connection) -> Result<(), OpError> {
+    fn insert(id: &'static str, data: &'static str) -> impl Fn(&Connection) -> Result<(), OpError> {
         move |conn| {
             conn.execute(
                 "INSERT INTO sessions (id, data, created_at, updated_at, expires_at, version) VALUES (?1, ?2, 0, 0, 9999999999999, 1)",
@@ -286,7 +387,7 @@ mod tests {
     fn append(
         id: &'static str,
         suffix: &'static str,
-    ) -> impl FnOnce(&Connection) -> Result<(), OpError> {
+    ) -> impl Fn(&Connection) -> Result<(), OpError> {
         move |conn| {
             conn.execute(
                 "UPDATE sessions SET data = data || ?2 WHERE id = ?1",
@@ -372,6 +473,51 @@ mod tests {
         let (c, c_answer) = task(insert("c", "1"));
         batch.run(&mut vec![c]);
         assert!(c_answer.blocking_recv().unwrap().is_ok());
+    }
+
+    /// A refusal before any write (the usual kind) costs no second run: the batch ran
+    /// without savepoints, once.
+    #[test]
+    fn a_refusal_before_any_write_runs_the_batch_once() {
+        let (_dir, batch) = open();
+        let runs = Arc::new(AtomicU64::new(0));
+        let counted = runs.clone();
+        let (a, a_answer) = task(move |conn| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            insert("a", "1")(conn)
+        });
+        let (r, r_answer) = task(|_: &Connection| -> Result<(), OpError> {
+            Err(StoreError::TooLarge { size: 2, max: 1 }.into())
+        });
+        batch.run(&mut vec![a, r]);
+        assert!(a_answer.blocking_recv().unwrap().is_ok());
+        assert!(r_answer.blocking_recv().unwrap().is_err());
+        assert_eq!(runs.load(Ordering::Relaxed), 1);
+        assert_eq!(data(&batch, "a").as_deref(), Some("1"));
+    }
+
+    /// A refusal after a write rolls the batch back and runs it again with savepoints: the
+    /// operations before it run twice, their first run undone, and commit once.
+    #[test]
+    fn a_refusal_after_a_write_reruns_the_batch_with_savepoints() {
+        let (_dir, batch) = open();
+        let runs = Arc::new(AtomicU64::new(0));
+        let counted = runs.clone();
+        let (a, a_answer) = task(insert("a", "x"));
+        let (b, b_answer) = task(move |conn| {
+            counted.fetch_add(1, Ordering::Relaxed);
+            append("a", "1")(conn)
+        });
+        let (r, r_answer) = task(|conn| -> Result<(), OpError> {
+            append("a", "bad")(conn)?;
+            Err(StoreError::TooLarge { size: 2, max: 1 }.into())
+        });
+        batch.run(&mut vec![a, b, r]);
+        assert!(a_answer.blocking_recv().unwrap().is_ok());
+        assert!(b_answer.blocking_recv().unwrap().is_ok());
+        assert!(r_answer.blocking_recv().unwrap().is_err());
+        assert_eq!(runs.load(Ordering::Relaxed), 2);
+        assert_eq!(data(&batch, "a").as_deref(), Some("x1"));
     }
 
     /// Operations of one batch apply in queue order.
