@@ -354,7 +354,12 @@ impl Batch {
         let worker = shared.clone();
         let thread = std::thread::Builder::new()
             .name("session-proxy-log".into())
-            .spawn(move || worker.run());
+            .spawn(move || {
+                // Should the writer ever panic, lines are written by their callers from then
+                // on: a request must never wait for a writer that is gone.
+                let _exit = WriterGone(worker.clone());
+                worker.run();
+            });
         let thread = match thread {
             Ok(thread) => Some(thread),
             Err(e) => {
@@ -394,6 +399,16 @@ impl Batch {
             shared.ready.notify_one();
         }
         Ok(())
+    }
+}
+
+/// Dropped when the writer thread ends, however it ends.
+struct WriterGone(Arc<Shared>);
+
+impl Drop for WriterGone {
+    fn drop(&mut self) {
+        lock(&self.0.pending).direct = true;
+        self.0.room.notify_all();
     }
 }
 
@@ -711,6 +726,42 @@ mod tests {
         }
         assert_eq!(next, [per_thread; 4]);
         assert_eq!(lines.collect::<Vec<_>>(), ["after"]);
+    }
+
+    /// Panics on its first write, then keeps what it is given.
+    struct PanicsOnce(Arc<Mutex<Vec<u8>>>, bool);
+
+    impl std::io::Write for PanicsOnce {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if !std::mem::replace(&mut self.1, true) {
+                panic!("a writer that fails hard");
+            }
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_writer_thread_that_panicked_never_blocks_a_line() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let (batch, guard) = Batch::spawn(PanicsOnce(out.clone(), false));
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Twice the queue's limit: without a writer, the second half would wait forever.
+            for i in 0..(2 * MAX_PENDING / 100 + 100) {
+                let line = format!("{i:08} {}\n", "x".repeat(90));
+                std::io::Write::write_all(&mut &batch, line.as_bytes()).unwrap();
+            }
+            done.send(()).unwrap();
+        });
+        finished
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("a line waited for a writer that had panicked");
+        drop(guard);
+        assert!(!out.lock().unwrap().is_empty());
     }
 
     #[test]
