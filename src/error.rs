@@ -22,9 +22,9 @@ pub enum ProxyError {
     #[error("client error: {0}")]
     Client(#[from] ClientError),
     #[error("upstream unreachable: {0}")]
-    UpstreamConnect(#[source] hyper_util::client::legacy::Error),
+    UpstreamConnect(#[source] crate::upstream::ConnectError),
     #[error("upstream failed: {0}")]
-    Upstream(#[source] hyper_util::client::legacy::Error),
+    Upstream(#[source] hyper::Error),
     #[error("upstream sent no response within {0:?}")]
     UpstreamTimeout(Duration),
     /// The app answered, but in a form that cannot be forwarded safely.

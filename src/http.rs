@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Version};
 use http_body_util::{Either, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use crate::protocol::ProtocolHeaders;
 
@@ -128,7 +128,7 @@ pub fn upgrade_agreed(asked: &HeaderValue, answered: Option<&HeaderValue>) -> bo
 
 /// Every response the proxy sends has this body type: the upstream's body streaming through, or
 /// one the proxy wrote. An enum, not a boxed body: no allocation and no dynamic call per frame.
-pub type ProxyBody = Either<Trailers<Incoming>, Full<Bytes>>;
+pub type ProxyBody = Either<Trailers<crate::upstream::ResponseBody>, Full<Bytes>>;
 
 pin_project_lite::pin_project! {
     /// A body whose trailers are held to the same rules as headers: trailers are headers sent

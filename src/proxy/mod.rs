@@ -28,7 +28,7 @@ use crate::http::{
 use crate::metrics::{Metrics, Rejected};
 use crate::protocol::{Instructions, ProtocolHeaders, codec, parse_instructions};
 use crate::store::{self, SessionStore};
-use crate::upstream::{Upstream, check_host};
+use crate::upstream::{ResponseBody, Upstream, check_host};
 
 pub mod body;
 mod ctx;
@@ -249,7 +249,7 @@ fn upstream_request_filter(
 /// Takes every reserved header off the response and parses the instructions among them. An
 /// app's `Set-Cookie` for the session cookie goes too: only the proxy sets that cookie, so an
 /// app (buggy, or made to echo input) can never fix a client's session id.
-fn upstream_response_filter(state: &State, resp: &mut Response<Incoming>) -> Instructions {
+fn upstream_response_filter(state: &State, resp: &mut Response<ResponseBody>) -> Instructions {
     strip_hop_by_hop(resp.headers_mut());
     if state.cookies.strip_set_cookie(resp.headers_mut()) {
         tracing::warn!(

@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use http::header::{CONTENT_LENGTH, HeaderValue};
 use http::{Response, StatusCode};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
@@ -27,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::http::{ProxyBody, full, keep_upgrade};
 use crate::metrics::Metrics;
+use crate::upstream::ResponseBody;
 
 /// The two halves of an agreed upgrade, handed from the pipeline to the connection task in the
 /// 101's extensions (hence `Clone`: `OnUpgrade` is a shared handle, and only one clone is run).
@@ -47,7 +47,7 @@ impl std::fmt::Debug for Tunnel {
 /// The 101 the client gets: the app's (already filtered and with the session cookie), with
 /// `Connection: upgrade` and the agreed `Upgrade` put back, no body, and the tunnel attached.
 pub(super) fn switch(
-    resp: Response<Incoming>,
+    resp: Response<ResponseBody>,
     client: OnUpgrade,
     upstream: OnUpgrade,
     protocols: HeaderValue,

@@ -122,3 +122,7 @@ mod store_down;
 /// The Redis store on real `redis-server` processes (one server, and a three-node cluster).
 #[cfg(feature = "redis")]
 mod redis;
+
+/// The upstream connection pool, counted from the app: reuse, the idle cap, connections the
+/// app closes or asks to close, a response cut off by the client; origin-form targets and Host.
+mod pool;

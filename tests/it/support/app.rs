@@ -82,6 +82,9 @@ pub fn decode_x_session(value: &[u8]) -> Result<Value, String> {
 pub struct App {
     pub addr: SocketAddr,
     pub hits: Arc<AtomicUsize>,
+    /// How many connections the app has accepted, and how many of them are open now.
+    connections: Arc<AtomicUsize>,
+    open: Arc<AtomicUsize>,
     /// The path of every request the app received, in order of arrival.
     paths: Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
@@ -103,13 +106,19 @@ impl App {
         let counter = hits.clone();
         let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = paths.clone();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (accepted, opened) = (connections.clone(), open.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let open = OpenConnection::new(&opened);
                 let (counter, seen) = (counter.clone(), seen.clone());
                 tokio::spawn(async move {
+                    let _open = open;
                     let svc = service_fn(move |req: Request<Incoming>| {
                         counter.fetch_add(1, Ordering::SeqCst);
                         seen.lock().unwrap().push(req.uri().path().to_owned());
@@ -124,9 +133,21 @@ impl App {
         App {
             addr,
             hits,
+            connections,
+            open,
             paths,
             task,
         }
+    }
+
+    /// How many connections the app has accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
+    /// How many of the app's connections are open now (the proxy's pool, seen from the app).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     pub fn hits(&self) -> usize {
@@ -136,6 +157,22 @@ impl App {
     /// The path of every request the app has received so far.
     pub fn paths(&self) -> Vec<String> {
         self.paths.lock().unwrap().clone()
+    }
+}
+
+/// Counts one open connection for as long as it lives (its task may end in a panic or abort).
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
