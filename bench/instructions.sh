@@ -4,6 +4,7 @@
 #
 #   bench/instructions.sh                 # memory store, every request updates its session
 #   MIX=read STORE=fs-nofsync bench/instructions.sh
+#   STORE=redis bench/instructions.sh     # on a redis-server of its own
 #   USER_KEY=profile bench/instructions.sh  # with a user index (session.user_key)
 #
 # Throughput on a shared VM swings by ±20 % between runs of the same binary, so a change worth
@@ -39,6 +40,10 @@ WORK=$(mktemp -d "$PWD/target/bench-instructions.XXXXXX")
 # shellcheck source=bench/common.sh
 source bench/common.sh
 
+if [ "$STORE" = redis ]; then
+  start_redis
+  [ -n "$REDIS_PORT" ] || { echo "$REDIS_NOTE" >&2; exit 1; }
+fi
 upstream_and_config "$MIX" "$STORE"
 if [ -n "${USER_KEY:-}" ]; then
   printf '[session]\nuser_key = "%s"\n' "$USER_KEY" >>"$WORK/proxy.toml"
