@@ -572,7 +572,7 @@ impl RedisStore {
     /// caller that did.
     async fn expire(&self, id: &SessionId, current: &Record, now: u64) -> Result<bool> {
         let plan = self.reindex(Some(current), None);
-        let mut cmd = self.invocation(&self.expire, self.key(id), id, &plan, 2);
+        let mut cmd = self.invocation(&self.expire, self.key(id), id, &plan, 2, 0);
         cmd.arg(current.version).arg(now);
         let removed =
             int_reply(self.run(&self.expire, &cmd).await).map_err(call_err("expire script"))?;
@@ -610,8 +610,9 @@ impl RedisStore {
 
     /// A script's `EVALSHA` with its index part: the three keys (the session, then the sets,
     /// or on a cluster, whose sets live in other slots, the session key again) and ARGV[1..4].
-    /// The caller appends its own `extra` arguments (a capacity hint only) and passes the
-    /// command to [`RedisStore::run`].
+    /// The caller appends its own `extra` arguments, `extra_bytes` long in all beyond their
+    /// numbers (capacity hints only, so the buffer is allocated once), and passes the command
+    /// to [`RedisStore::run`].
     fn invocation(
         &self,
         script: &Script,
@@ -619,11 +620,12 @@ impl RedisStore {
         id: &SessionId,
         plan: &Reindex,
         extra: usize,
+        extra_bytes: usize,
     ) -> Cmd {
         // Keys, the id and the numbers; a record JSON appended later grows the buffer once.
         let mut cmd = Cmd::with_capacity(
             3 + 3 + 4 + extra,
-            64 + 3 * (self.prefix.len() + crate::session::ID_LEN) + 24 * extra,
+            64 + 3 * (self.prefix.len() + crate::session::ID_LEN) + 24 * extra + extra_bytes,
         );
         cmd.arg("EVALSHA").arg(script.get_hash()).arg(3).arg(key);
         let inline = !self.is_cluster();
@@ -680,9 +682,10 @@ impl RedisStore {
 
     async fn create_key(&self, key: Key<'_>, id: &SessionId, record: &Record) -> Result<bool> {
         let plan = self.reindex(None, Some(record));
-        let mut cmd = self.invocation(&self.create, key, id, &plan, 5);
+        let json = record.to_json()?;
+        let mut cmd = self.invocation(&self.create, key, id, &plan, 5, json.len());
         cmd.arg(record.version)
-            .arg(record.to_json()?)
+            .arg(json)
             .arg(record.expires_at)
             .arg(key_expiry(record))
             .arg(now_ms());
@@ -703,9 +706,10 @@ impl RedisStore {
         record: &Record,
     ) -> Result<Cas> {
         let plan = self.reindex(Some(base), Some(record));
-        let mut cmd = self.invocation(&self.cas_set, key, id, &plan, 6);
+        let json = record.to_json()?;
+        let mut cmd = self.invocation(&self.cas_set, key, id, &plan, 6, json.len());
         cmd.arg(base.version)
-            .arg(record.to_json()?)
+            .arg(json)
             .arg(record.version)
             .arg(record.expires_at)
             .arg(key_expiry(record))
@@ -724,7 +728,7 @@ impl RedisStore {
     /// Deletes `current` if it is still there unchanged.
     async fn cas_del(&self, key: Key<'_>, id: &SessionId, current: &Record) -> Result<Cas> {
         let plan = self.reindex(Some(current), None);
-        let mut cmd = self.invocation(&self.cas_del, key, id, &plan, 1);
+        let mut cmd = self.invocation(&self.cas_del, key, id, &plan, 1, 0);
         cmd.arg(current.version);
         let value = self
             .run(&self.cas_del, &cmd)
