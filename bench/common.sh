@@ -68,8 +68,8 @@ wait_line() {
 
 # upstream_and_config MIX STORE: for the single-case scripts (profile.sh, instructions.sh).
 # Starts the bench upstream for MIX (read: 10 % of responses update, write: all) on the server
-# core and writes $WORK/proxy.toml for STORE (memory, sqlite-fsync, sqlite-nofsync, fs-fsync or
-# fs-nofsync). Sets UP_PID and
+# core and writes $WORK/proxy.toml for STORE (memory, sqlite-fsync, sqlite-nofsync, fs-fsync,
+# fs-nofsync or redis: call start_redis first). Sets UP_PID and
 # UP (its address). Exits 2 on an unknown MIX or STORE.
 upstream_and_config() {
   local mix=$1 store=$2 percent
@@ -88,10 +88,40 @@ upstream_and_config() {
       printf 'shutdown_timeout = "1s"\n[store]\nkind = "fs"\npath = "%s"\nfsync = %s\n' \
         "$WORK/sessions" "$([ "$store" = fs-fsync ] && echo true || echo false)"
       ;;
-    *) echo "STORE is memory, sqlite-fsync, sqlite-nofsync, fs-fsync or fs-nofsync" >&2; exit 2 ;;
+    redis)
+      [ -n "${REDIS_PORT:-}" ] || { echo "STORE=redis needs start_redis first" >&2; exit 2; }
+      printf 'shutdown_timeout = "1s"\n[store]\nkind = "redis"\nurl = "redis://127.0.0.1:%s/0"\n' \
+        "$REDIS_PORT"
+      ;;
+    *) echo "STORE is memory, sqlite-fsync, sqlite-nofsync, fs-fsync, fs-nofsync or redis" >&2; exit 2 ;;
   esac >"$WORK/proxy.toml"
   start upstream "$WORK/up.log" target/release/bench_upstream --listen 127.0.0.1:0 \
     --update-percent "$percent"
   UP_PID=$STARTED_PID
   UP=$(wait_line "$UP_PID" "$WORK/up.log" 'listening on http://([0-9.:]+)')
+}
+
+# start_redis: a redis-server of our own (no persistence) on a free port, on the server core.
+# Sets REDIS_PID and REDIS_PORT, or REDIS_NOTE (why not) with both empty.
+REDIS_PID=
+REDIS_PORT=
+REDIS_NOTE=
+start_redis() {
+  if ! command -v redis-server >/dev/null; then
+    REDIS_NOTE="redis-server is not installed (apt-get install -y redis-server)"
+    return
+  fi
+  local port try
+  for try in $(seq 20); do
+    port=$((20000 + RANDOM % 30000))
+    start redis "$WORK/redis.log" redis-server --port "$port" --bind 127.0.0.1 \
+      --save "" --appendonly no --dir "$WORK" --daemonize no
+    if wait_line "$STARTED_PID" "$WORK/redis.log" "(Ready to accept connections)" >/dev/null; then
+      REDIS_PID=$STARTED_PID
+      REDIS_PORT=$port
+      return
+    fi
+    stop_pid "$STARTED_PID"
+  done
+  REDIS_NOTE="could not start redis-server on a free port"
 }

@@ -5,6 +5,7 @@
 #   bench/instructions.sh                 # memory store, every request updates its session
 #   MIX=read STORE=fs-nofsync bench/instructions.sh
 #   MIX=new STORE=sqlite-fsync bench/instructions.sh  # every request creates a session
+#   STORE=redis bench/instructions.sh     # on a redis-server of its own
 #   USER_KEY=profile bench/instructions.sh  # with a user index (session.user_key)
 #
 # Throughput on a shared VM swings by ±20 % between runs of the same binary, so a change worth
@@ -46,6 +47,10 @@ UP_MIX=$MIX
 if [ "$MIX" = new ]; then
   COOKIES=(--no-cookies)
   UP_MIX=write
+fi
+if [ "$STORE" = redis ]; then
+  start_redis
+  [ -n "$REDIS_PORT" ] || { echo "$REDIS_NOTE" >&2; exit 1; }
 fi
 upstream_and_config "$UP_MIX" "$STORE"
 if [ -n "${USER_KEY:-}" ]; then

@@ -59,7 +59,10 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use redis::{
+    Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisWrite, Script, ServerErrorKind,
+    ToRedisArgs, ToSingleRedisArg, Value,
+};
 
 use super::lock::StripedLock;
 use super::{
@@ -198,6 +201,26 @@ impl Reindex {
     }
 }
 
+/// A session's key, `{key_prefix}{id}`, written straight into the command that names it: no
+/// `String` per call (a request names its key in two commands).
+#[derive(Clone, Copy)]
+struct Key<'a> {
+    prefix: &'a str,
+    id: &'a SessionId,
+}
+
+impl ToRedisArgs for Key<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        use std::io::Write as _;
+        let mut arg = out.writer_for_next_arg();
+        // Writing into the command's buffer cannot fail.
+        let _ = arg.write_all(self.prefix.as_bytes());
+        let _ = arg.write_all(self.id.as_str().as_bytes());
+    }
+}
+
+impl ToSingleRedisArg for Key<'_> {}
+
 /// A Redis call that failed, with what was being done (and never a key: keys hold session ids).
 #[derive(Debug, thiserror::Error)]
 #[error("redis {what}: {source}")]
@@ -219,6 +242,11 @@ struct ConnectError {
 
 fn call_err(what: &'static str) -> impl FnOnce(RedisError) -> StoreError {
     move |source| StoreError::Backend(Box::new(RedisCallError { what, source }))
+}
+
+/// A script's integer reply, as `invoke_async::<i64>` read it.
+fn int_reply(reply: Result<Value, RedisError>) -> Result<i64, RedisError> {
+    Ok(redis::from_redis_value(reply?)?)
 }
 
 /// The outcome of a compare-and-set script.
@@ -354,13 +382,13 @@ impl Conn {
     }
 
     /// Field `r` of each key, in one pipeline to `node` (the node the keys were scanned on).
-    async fn records(&self, node: u16, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>> {
+    async fn records(&self, node: u16, keys: &[Key<'_>]) -> Result<Vec<Option<Vec<u8>>>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for key in keys {
-            pipe.hget(key, "r");
+            pipe.hget(*key, "r");
         }
         let result = match self {
             Conn::Single(c) => pipe.query_async(&mut c.clone()).await,
@@ -491,8 +519,11 @@ impl RedisStore {
         })
     }
 
-    fn key(&self, id: &SessionId) -> String {
-        format!("{}{}", self.prefix, id)
+    fn key<'a>(&'a self, id: &'a SessionId) -> Key<'a> {
+        Key {
+            prefix: &self.prefix,
+            id,
+        }
     }
 
     fn conn(&self) -> Conn {
@@ -507,26 +538,44 @@ impl RedisStore {
     /// The record at `id`'s key, live or dead (kept for [`GRACE`]). A record that does not
     /// parse is logged and treated as missing, so one bad value cannot lock a client out.
     async fn get(&self, id: &SessionId) -> Result<Option<Record>> {
-        let bytes: Option<Vec<u8>> = redis::cmd("HGET")
-            .arg(self.key(id))
-            .arg("r")
-            .query_async(&mut self.conn())
+        Ok(self
+            .get_bytes(self.key(id))
+            .await?
+            .and_then(|bytes| Record::from_stored(&bytes, id)))
+    }
+
+    /// Field `r` at `key` as Redis sent it.
+    async fn get_bytes(&self, key: Key<'_>) -> Result<Option<Vec<u8>>> {
+        let mut cmd = Cmd::with_capacity(3, 8 + self.prefix.len() + crate::session::ID_LEN);
+        cmd.arg("HGET").arg(key).arg("r");
+        cmd.query_async(&mut self.conn())
             .await
-            .map_err(call_err("HGET"))?;
-        Ok(bytes.and_then(|bytes| Record::from_stored(&bytes, id)))
+            .map_err(call_err("HGET"))
+    }
+
+    /// Runs `cmd`, an `EVALSHA` of `script` made by [`RedisStore::invocation`]. A server
+    /// that does not know the script yet (first call, restart, `SCRIPT FLUSH`, another node)
+    /// is sent it once and the call repeated, as redis-rs's `invoke_async` would; building
+    /// the command here instead writes every argument straight into one buffer.
+    async fn run(&self, script: &Script, cmd: &Cmd) -> Result<Value, RedisError> {
+        let mut conn = self.conn();
+        match cmd.query_async(&mut conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                script.load_async(&mut conn).await?;
+                cmd.query_async(&mut conn).await
+            }
+            result => result,
+        }
     }
 
     /// Removes `current`, found dead at `now`, if the key still holds it: `true` for the one
     /// caller that did.
     async fn expire(&self, id: &SessionId, current: &Record, now: u64) -> Result<bool> {
         let plan = self.reindex(Some(current), None);
-        let removed: i64 = self
-            .invocation(&self.expire, &self.key(id), id, &plan)
-            .arg(current.version)
-            .arg(now)
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(call_err("expire script"))?;
+        let mut cmd = self.invocation(&self.expire, self.key(id), id, &plan, 2, 0);
+        cmd.arg(current.version).arg(now);
+        let removed =
+            int_reply(self.run(&self.expire, &cmd).await).map_err(call_err("expire script"))?;
         if removed == 1 {
             self.reindex_cluster(id, &plan).await;
         }
@@ -559,33 +608,42 @@ impl RedisStore {
         }
     }
 
-    /// A script's invocation with its index part: the sets and flags, or (on a cluster, whose
-    /// sets live in other slots) the session key three times and both flags off.
-    fn invocation<'a>(
+    /// A script's `EVALSHA` with its index part: the three keys (the session, then the sets,
+    /// or on a cluster, whose sets live in other slots, the session key again) and ARGV[1..4].
+    /// The caller appends its own `extra` arguments, `extra_bytes` long in all beyond their
+    /// numbers (capacity hints only, so the buffer is allocated once), and passes the command
+    /// to [`RedisStore::run`].
+    fn invocation(
         &self,
-        script: &'a Script,
-        key: &str,
+        script: &Script,
+        key: Key<'_>,
         id: &SessionId,
         plan: &Reindex,
-    ) -> redis::ScriptInvocation<'a> {
-        let mut inv = script.prepare_invoke();
-        inv.key(key);
+        extra: usize,
+        extra_bytes: usize,
+    ) -> Cmd {
+        // Keys, the id and the numbers; a record JSON appended later grows the buffer once.
+        let mut cmd = Cmd::with_capacity(
+            3 + 3 + 4 + extra,
+            64 + 3 * (self.prefix.len() + crate::session::ID_LEN) + 24 * extra + extra_bytes,
+        );
+        cmd.arg("EVALSHA").arg(script.get_hash()).arg(3).arg(key);
         let inline = !self.is_cluster();
         let (old, new) = (plan.old.as_deref(), plan.new.as_deref());
         match (inline, old) {
-            (true, Some(u)) => inv.key(self.user_set(u)),
-            _ => inv.key(key),
+            (true, Some(u)) => cmd.arg(self.user_set(u)),
+            _ => cmd.arg(key),
         };
         match (inline, new) {
-            (true, Some(u)) => inv.key(self.user_set(u)),
-            _ => inv.key(key),
+            (true, Some(u)) => cmd.arg(self.user_set(u)),
+            _ => cmd.arg(key),
         };
         let flag = |on: bool| if inline && on { "1" } else { "0" };
-        inv.arg(flag(plan.removes()))
+        cmd.arg(flag(plan.removes()))
             .arg(flag(new.is_some()))
             .arg(id.as_str())
             .arg(plan.expires_at);
-        inv
+        cmd
     }
 
     /// Redis Cluster's second call, after the session's script succeeded: the same index
@@ -622,18 +680,17 @@ impl RedisStore {
         }
     }
 
-    async fn create_key(&self, key: &str, id: &SessionId, record: &Record) -> Result<bool> {
+    async fn create_key(&self, key: Key<'_>, id: &SessionId, record: &Record) -> Result<bool> {
         let plan = self.reindex(None, Some(record));
-        let written: i64 = self
-            .invocation(&self.create, key, id, &plan)
-            .arg(record.version)
-            .arg(record.to_json()?)
+        let json = record.to_json()?;
+        let mut cmd = self.invocation(&self.create, key, id, &plan, 5, json.len());
+        cmd.arg(record.version)
+            .arg(json)
             .arg(record.expires_at)
             .arg(key_expiry(record))
-            .arg(now_ms())
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(call_err("create script"))?;
+            .arg(now_ms());
+        let written =
+            int_reply(self.run(&self.create, &cmd).await).map_err(call_err("create script"))?;
         if written == 1 {
             self.reindex_cluster(id, &plan).await;
         }
@@ -643,21 +700,22 @@ impl RedisStore {
     /// Writes `record` over `base` (at `expected`, its version) if it is still there.
     async fn cas_set(
         &self,
-        key: &str,
+        key: Key<'_>,
         id: &SessionId,
         base: &Record,
         record: &Record,
     ) -> Result<Cas> {
         let plan = self.reindex(Some(base), Some(record));
-        let value: Value = self
-            .invocation(&self.cas_set, key, id, &plan)
-            .arg(base.version)
-            .arg(record.to_json()?)
+        let json = record.to_json()?;
+        let mut cmd = self.invocation(&self.cas_set, key, id, &plan, 6, json.len());
+        cmd.arg(base.version)
+            .arg(json)
             .arg(record.version)
             .arg(record.expires_at)
             .arg(key_expiry(record))
-            .arg(now_ms())
-            .invoke_async(&mut self.conn())
+            .arg(now_ms());
+        let value = self
+            .run(&self.cas_set, &cmd)
             .await
             .map_err(call_err("compare-and-set script"))?;
         let cas = Cas::from_value(value)?;
@@ -668,12 +726,12 @@ impl RedisStore {
     }
 
     /// Deletes `current` if it is still there unchanged.
-    async fn cas_del(&self, key: &str, id: &SessionId, current: &Record) -> Result<Cas> {
+    async fn cas_del(&self, key: Key<'_>, id: &SessionId, current: &Record) -> Result<Cas> {
         let plan = self.reindex(Some(current), None);
-        let value: Value = self
-            .invocation(&self.cas_del, key, id, &plan)
-            .arg(current.version)
-            .invoke_async(&mut self.conn())
+        let mut cmd = self.invocation(&self.cas_del, key, id, &plan, 1, 0);
+        cmd.arg(current.version);
+        let value = self
+            .run(&self.cas_del, &cmd)
             .await
             .map_err(call_err("compare-and-delete script"))?;
         let cas = Cas::from_value(value)?;
@@ -688,21 +746,17 @@ impl RedisStore {
     async fn delete_indexed(&self, id: &SessionId) -> Result<bool> {
         let key = self.key(id);
         if self.users.is_none() {
-            return self.del(&key).await;
+            return self.del(key).await;
         }
         for _ in 0..MAX_ATTEMPTS {
-            let bytes: Option<Vec<u8>> = redis::cmd("HGET")
-                .arg(&key)
-                .arg("r")
-                .query_async(&mut self.conn())
-                .await
-                .map_err(call_err("HGET"))?;
-            let Some(bytes) = bytes else { return Ok(false) };
+            let Some(bytes) = self.get_bytes(key).await? else {
+                return Ok(false);
+            };
             let Some(current) = Record::from_stored(&bytes, id) else {
                 // Unreadable: its user is unknown; a read of the index drops the entry.
-                return self.del(&key).await;
+                return self.del(key).await;
             };
-            match self.cas_del(&key, id, &current).await? {
+            match self.cas_del(key, id, &current).await? {
                 // A dead session kept for its grace is removed, but was no longer there.
                 Cas::Done => return Ok(current.is_live(now_ms())),
                 Cas::Gone => return Ok(false),
@@ -715,14 +769,14 @@ impl RedisStore {
     }
 
     /// `DEL`; `true` if the key held a live session.
-    async fn del(&self, key: &str) -> Result<bool> {
-        let removed: i64 = self
-            .del_live
-            .key(key)
-            .arg(now_ms())
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(call_err("delete script"))?;
+    async fn del(&self, key: Key<'_>) -> Result<bool> {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.del_live.get_hash())
+            .arg(1)
+            .arg(key)
+            .arg(now_ms());
+        let removed =
+            int_reply(self.run(&self.del_live, &cmd).await).map_err(call_err("delete script"))?;
         Ok(removed == 1)
     }
 
@@ -731,8 +785,8 @@ impl RedisStore {
     /// else moves the newer data over first. `None` if the old session vanished meanwhile.
     async fn finish_regenerate(
         &self,
-        old_key: &str,
-        new_key: &str,
+        old_key: Key<'_>,
+        new_key: Key<'_>,
         update: &Update,
         (old, new): (&SessionId, &SessionId),
         mut current: Record,
@@ -879,7 +933,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
-        self.create_key(&self.key(id), id, record).await
+        self.create_key(self.key(id), id, record).await
     }
 
     async fn update(&self, id: &SessionId, update: &Update) -> Result<Option<Record>> {
@@ -895,7 +949,7 @@ impl SessionStore for RedisStore {
                 },
             };
             let next = update.apply(&base)?;
-            match self.cas_set(&key, id, &base, &next).await? {
+            match self.cas_set(key, id, &base, &next).await? {
                 Cas::Done => return Ok(Some(next)),
                 Cas::Gone => return Ok(None),
                 Cas::Changed(stored) if stored.is_live(update.now) => {
@@ -933,11 +987,11 @@ impl SessionStore for RedisStore {
             },
         };
         let record = update.apply(&current)?;
-        if !self.create_key(&new_key, new, &record).await? {
+        if !self.create_key(new_key, new, &record).await? {
             return Err(StoreError::IdCollision);
         }
         let result = self
-            .finish_regenerate(&old_key, &new_key, update, (old, new), current, record)
+            .finish_regenerate(old_key, new_key, update, (old, new), current, record)
             .await;
         if result.is_err() {
             // Best effort: the client keeps its old id, so the new one must not linger.
@@ -980,7 +1034,7 @@ impl SessionStore for RedisStore {
             if let Some(after) = pos.after.take() {
                 ids.retain(|id| *id > after);
             }
-            let keys: Vec<String> = ids.iter().map(|id| self.key(id)).collect();
+            let keys: Vec<Key<'_>> = ids.iter().map(|id| self.key(id)).collect();
             let records = self.conn.records(pos.node, &keys).await?;
             let mut live: Vec<(SessionId, Record)> = ids
                 .into_iter()
@@ -1052,13 +1106,7 @@ impl SessionStore for RedisStore {
                 dead.push(member);
                 continue;
             };
-            let bytes: Option<Vec<u8>> = redis::cmd("HGET")
-                .arg(self.key(&id))
-                .arg("r")
-                .query_async(&mut self.conn())
-                .await
-                .map_err(call_err("HGET"))?;
-            let Some(bytes) = bytes else {
+            let Some(bytes) = self.get_bytes(self.key(&id)).await? else {
                 dead.push(member);
                 continue;
             };
