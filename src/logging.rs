@@ -1,7 +1,7 @@
 //! The log: stderr through a background writer, one `key=value` line per event.
 //!
 //! The access log is `info`, the default level, so its cost is paid on every request
-//! (bench/PROFILE.md, "[perf] log line and session work"). What keeps it low:
+//! (bench/PROFILE.md, "\[perf\] log line and session work"). What keeps it low:
 //! - [`Line`] writes the text line itself: the timestamp's date and time formatted once per
 //!   second per thread, then level, target and fields straight into tracing-subscriber's
 //!   reused per-thread buffer. The line is byte for byte what tracing-subscriber's default
