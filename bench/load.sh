@@ -65,28 +65,7 @@ skip_row() {
   printf 'target=%s\tmix=%s\tskipped=%s\n' "$target" "$mix" "$(echo "$note" | tr '\t\n|' '   ')" >>"$RAW"
 }
 
-REDIS_PID=
-REDIS_PORT=
-REDIS_NOTE=
-start_redis() {
-  if ! command -v redis-server >/dev/null; then
-    REDIS_NOTE="redis-server is not installed (apt-get install -y redis-server)"
-    return
-  fi
-  local port try
-  for try in $(seq 20); do
-    port=$((20000 + RANDOM % 30000))
-    start redis "$WORK/redis.log" redis-server --port "$port" --bind 127.0.0.1 \
-      --save "" --appendonly no --dir "$WORK" --daemonize no
-    if wait_line "$STARTED_PID" "$WORK/redis.log" "(Ready to accept connections)" >/dev/null; then
-      REDIS_PID=$STARTED_PID
-      REDIS_PORT=$port
-      return
-    fi
-    stop_pid "$STARTED_PID"
-  done
-  REDIS_NOTE="could not start redis-server on a free port"
-}
+# start_redis (REDIS_PID, REDIS_PORT, REDIS_NOTE) comes from bench/common.sh.
 
 # The reference hop: nginx in front of the same upstream, one worker (one core, as the proxy
 # gets), keep-alive on both sides, no access log. Sets NGINX_PID and NGINX_ADDR, or NGINX_NOTE.
