@@ -508,6 +508,15 @@ async fn store_for(kind: &str, dir: &Path) -> (String, Box<dyn std::any::Any + S
     }
 }
 
+/// A config whose sessions expire after 1 s idle, indexed by `user`, audited to `path`, on
+/// `store` (a `[store]` table from [`store_for`], which later lines may extend).
+fn expiring_in_1s(path: &Path, store: &str) -> String {
+    format!(
+        "[session]\nidle_timeout = \"1s\"\nuser_key = \"user\"\n[audit]\npath = \"{}\"\n{store}",
+        path.display()
+    )
+}
+
 /// On `kind`, with the user index: a session found expired at its next request is one
 /// `expired` line naming its user and that request; the same dead cookie again is no line (the
 /// load that saw the expiry removed the session), and the app saw a new session both times.
@@ -516,14 +525,7 @@ async fn expired_at_load_is_one_line_with_its_user(kind: &str) {
     let path = dir.path().join("audit.log");
     let (store, _guard) = store_for(kind, dir.path()).await;
     let app = App::start().await;
-    let proxy = TestProxy::start(
-        &app,
-        &format!(
-            "[session]\nidle_timeout = \"1s\"\nuser_key = \"user\"\n[audit]\npath = \"{}\"\n{store}",
-            path.display()
-        ),
-    )
-    .await;
+    let proxy = TestProxy::start(&app, &expiring_in_1s(&path, &store)).await;
     let mut b = proxy.client();
     step(
         &mut b,
@@ -589,8 +591,8 @@ async fn the_sweeper_writes_one_expired_line(kind: &str) {
     let proxy = TestProxy::start(
         &app,
         &format!(
-            "[session]\nidle_timeout = \"1s\"\nuser_key = \"user\"\n[audit]\npath = \"{}\"\n{store}sweep_interval = \"200ms\"\n",
-            path.display()
+            "{}sweep_interval = \"200ms\"\n",
+            expiring_in_1s(&path, &store)
         ),
     )
     .await;
@@ -650,14 +652,7 @@ async fn two_proxies_write_one_expired_line(kind: &str, sweep: bool) {
     for n in 0..2 {
         let path = dir.path().join(format!("audit-{n}.log"));
         proxies.push(
-            TestProxy::start(
-                &app,
-                &format!(
-                    "[session]\nidle_timeout = \"1s\"\nuser_key = \"user\"\n[audit]\npath = \"{}\"\n{store}{sweep}",
-                    path.display()
-                ),
-            )
-            .await,
+            TestProxy::start(&app, &format!("{}{sweep}", expiring_in_1s(&path, &store))).await,
         );
         logs.push(path);
     }
