@@ -136,6 +136,22 @@ impl SqliteStore {
         .await
         .map_err(StoreError::join)?
     }
+
+    /// One point read: on the async worker when reads run inline and a connection is free and
+    /// not busy, else on the blocking pool.
+    async fn point_read<T: Send + 'static>(
+        &self,
+        query: impl Fn(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        if self.reads == Reads::Inline
+            && let Some(found) = self.readers.inline(&query).await?
+        {
+            return Ok(found);
+        }
+        self.readers
+            .blocking(move |conn| query(conn).map_err(|e| StoreError::Backend(Box::new(e))))
+            .await
+    }
 }
 
 /// The read connections. A connection is taken out for one query and put back; the semaphore
@@ -434,14 +450,7 @@ impl SessionStore for SqliteStore {
     /// Inline when it can be, see [`Reads`].
     async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
         let id = *id;
-        let query = move |conn: &Connection| select_live(conn, &id, now_ms());
-        if self.reads == Reads::Inline
-            && let Some(found) = self.readers.inline(query).await?
-        {
-            return Ok(found);
-        }
-        self.readers
-            .blocking(move |conn| query(conn).map_err(|e| StoreError::Backend(Box::new(e))))
+        self.point_read(move |conn| select_live(conn, &id, now_ms()))
             .await
     }
 
@@ -449,19 +458,7 @@ impl SessionStore for SqliteStore {
     /// writer operation, the conditional delete that decides who saw the expiry.
     async fn load_or_expired(&self, id: &SessionId) -> Result<Loaded> {
         let (id, now) = (*id, now_ms());
-        let query = move |conn: &Connection| select_any(conn, &id);
-        let found = match self.reads {
-            Reads::Inline => self.readers.inline(query).await?,
-            Reads::Blocking => None,
-        };
-        let found = match found {
-            Some(found) => found,
-            None => {
-                self.readers
-                    .blocking(move |conn| query(conn).map_err(|e| StoreError::Backend(Box::new(e))))
-                    .await?
-            }
-        };
+        let found = self.point_read(move |conn| select_any(conn, &id)).await?;
         match found {
             None => return Ok(Loaded::Missing),
             Some(r) if r.is_live(now) => return Ok(Loaded::Live(r)),
