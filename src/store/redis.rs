@@ -75,6 +75,13 @@ use crate::session::SessionId;
 /// The client's own limits, derived from `store.timeout`: a connection attempt gets half of
 /// it and a command three quarters, so a stuck or vanished Redis is reported as a Redis error
 /// (with its cause) just before the proxy's own deadline would cut the request off anyway.
+///
+/// On one server the command limit bounds only the `PING` at start: every later call is under
+/// `store.timeout` already ([`super::Timed`]), and redis-rs's own timer around each command
+/// cost a timer-wheel entry per command for the same deadline. A stuck server is then
+/// reported as the store timeout; a lost connection still fails at once, with its cause, and
+/// reconnects as before (redis-rs never reconnected on a timeout). A cluster keeps it: its
+/// client also runs calls of its own (slot refreshes) that no store call bounds.
 fn client_timeouts(store_timeout: Duration) -> (Duration, Duration) {
     (store_timeout / 2, store_timeout * 3 / 4)
 }
@@ -220,6 +227,30 @@ impl ToRedisArgs for Key<'_> {
 }
 
 impl ToSingleRedisArg for Key<'_> {}
+
+/// A record as [`Record::to_json`] spells it, written straight into the command that stores
+/// it: no `String` of its own to build, copy into the command and free.
+struct RecordJson<'a>(&'a Record);
+
+impl RecordJson<'_> {
+    /// Its length, give or take the digits of the numbers: the command's capacity hint.
+    fn len_hint(&self) -> usize {
+        self.0.data.len() + 128
+    }
+}
+
+impl ToRedisArgs for RecordJson<'_> {
+    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
+        use std::io::Write as _;
+        let mut arg = out.writer_for_next_arg();
+        for piece in self.0.json_pieces() {
+            // Writing into the command's buffer cannot fail.
+            let _ = arg.write_all(piece.as_str().as_bytes());
+        }
+    }
+}
+
+impl ToSingleRedisArg for RecordJson<'_> {}
 
 /// A Redis call that failed, with what was being done (and never a key: keys hold session ids).
 #[derive(Debug, thiserror::Error)]
@@ -682,8 +713,8 @@ impl RedisStore {
 
     async fn create_key(&self, key: Key<'_>, id: &SessionId, record: &Record) -> Result<bool> {
         let plan = self.reindex(None, Some(record));
-        let json = record.to_json()?;
-        let mut cmd = self.invocation(&self.create, key, id, &plan, 5, json.len());
+        let json = RecordJson(record);
+        let mut cmd = self.invocation(&self.create, key, id, &plan, 5, json.len_hint());
         cmd.arg(record.version)
             .arg(json)
             .arg(record.expires_at)
@@ -706,8 +737,8 @@ impl RedisStore {
         record: &Record,
     ) -> Result<Cas> {
         let plan = self.reindex(Some(base), Some(record));
-        let json = record.to_json()?;
-        let mut cmd = self.invocation(&self.cas_set, key, id, &plan, 6, json.len());
+        let json = RecordJson(record);
+        let mut cmd = self.invocation(&self.cas_set, key, id, &plan, 6, json.len_hint());
         cmd.arg(base.version)
             .arg(json)
             .arg(record.version)
@@ -852,7 +883,7 @@ async fn connect(
         let client = redis::Client::open(url.as_str()).map_err(connect_err)?;
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(response_timeout))
+            .set_response_timeout(None)
             .set_number_of_retries(RECONNECT_RETRIES)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(200));
@@ -862,10 +893,12 @@ async fn connect(
                 .map_err(connect_err)?,
         )
     };
-    redis::cmd("PING")
-        .query_async::<()>(&mut conn.clone())
-        .await
-        .map_err(connect_err)?;
+    let ping = redis::cmd("PING");
+    let mut pinged = conn.clone();
+    match tokio::time::timeout(response_timeout, ping.query_async::<()>(&mut pinged)).await {
+        Ok(reply) => reply.map_err(connect_err)?,
+        Err(elapsed) => return Err(connect_err(RedisError::from(std::io::Error::from(elapsed)))),
+    }
     Ok(conn)
 }
 

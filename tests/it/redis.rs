@@ -627,3 +627,163 @@ async fn store_flag_takes_a_redis_url() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect to Redis"));
 }
+
+/// A record another version of the proxy wrote (its JSON as `serde_json` spelled it, and a hand
+/// edit's spacing and field order) is read and updated like any other, and the update leaves it
+/// in the same spelling the other stores use.
+#[tokio::test]
+async fn a_record_written_by_an_earlier_version_still_loads_and_updates() {
+    let redis = RedisServer::start().await;
+    let app = App::start().await;
+    let proxy = TestProxy::with_config(config(app.addr, &redis_toml(&redis.url(), ""))).await;
+    let mut conn = redis.conn().await;
+    let now = now_ms();
+    let expires = now + 600_000;
+    for (n, stored) in [
+        format!(
+            r#"{{"data":{{"cart":[1,{{"é":"\u00e9"}}],"n":null}},"created_at":{now},"updated_at":{now},"expires_at":{expires},"version":7}}"#
+        ),
+        format!(
+            r#"{{ "version": 7, "expires_at": {expires}, "data": {{ "cart": [1, {{"é": "\u00e9"}}], "n": null }}, "updated_at": {now}, "created_at": {now} }}"#
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let id = SessionId::generate().unwrap();
+        let key = format!("session:{id}");
+        let _: () = ::redis::cmd("HSET")
+            .arg(&key)
+            .arg("v")
+            .arg(7)
+            .arg("r")
+            .arg(&stored)
+            .arg("e")
+            .arg(expires)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut b = proxy.client();
+        b.cookie = Some(id.to_string());
+        let seen = b
+            .get("/")
+            .app_responds_with(&[("X-Session-Update", r#"{"n":2}"#)])
+            .await
+            .app_saw();
+        assert!(!seen.is_new(), "record {n} did not load: {stored}");
+        assert_eq!(seen.session(), json!({"cart":[1,{"é":"é"}],"n":null}));
+
+        let written: String = conn.hget(&key, "r").await.unwrap();
+        let record = Record::from_json(written.as_bytes()).unwrap();
+        assert_eq!(data(&record), json!({"cart":[1,{"é":"é"}],"n":2}));
+        assert_eq!(record.version, 8);
+        assert_eq!(written, record.to_json().unwrap());
+        assert!(
+            written.starts_with(r#"{"data":{"#)
+                && written.ends_with(r#","version":8}"#),
+            "{written}"
+        );
+    }
+}
+
+/// A Redis that stops answering (here: stopped with SIGSTOP, its connections left open) costs
+/// each request a 503 within `store.timeout`, not a hang; once it answers again, the session
+/// it holds is served as before.
+#[tokio::test]
+async fn a_redis_that_stops_answering_costs_a_503_within_the_store_timeout() {
+    let redis = RedisServer::start().await;
+    let app = App::start().await;
+    let toml = format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\ntimeout = \"300ms\"\n",
+        redis.url()
+    );
+    let proxy = TestProxy::with_config(config(app.addr, &toml)).await;
+    let mut b = proxy.client();
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
+        .await;
+    let id = b.cookie.clone().unwrap();
+    let pid = redis.pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill {sig} {pid}");
+    };
+
+    signal("-STOP");
+    for app_answer in [&[][..], &[("X-Session-Update", r#"{"b":2}"#)][..]] {
+        let start = Instant::now();
+        let mut jar = b.clone();
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            jar.get("/").app_responds_with(app_answer),
+        )
+        .await;
+        let elapsed = start.elapsed();
+        let Ok(r) = r else {
+            signal("-CONT");
+            panic!("a request hung while Redis was not answering");
+        };
+        assert_eq!(r.status, 503);
+        assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+    }
+    signal("-CONT");
+
+    let start = Instant::now();
+    loop {
+        let r = tokio::time::timeout(Duration::from_secs(10), b.get("/"))
+            .await
+            .expect("a request hung after Redis answered again");
+        if r.status == 200 {
+            let seen = r.app_saw();
+            assert_eq!(seen.session_id(), id);
+            assert_eq!(seen.session(), json!({"a":1}));
+            break;
+        }
+        assert_eq!(r.status, 503);
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the proxy did not serve from Redis again within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A server that accepts the connection but never answers (not Redis, or a hung one) stops
+/// the proxy at start with the usual message, within about the store timeout.
+#[tokio::test]
+async fn a_redis_that_never_answers_fails_at_start_within_the_store_timeout() {
+    let app = App::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Holds every connection open, reads nothing and writes nothing.
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let toml = format!("[store]\nkind = \"redis\"\nurl = \"{url}\"\ntimeout = \"400ms\"\n");
+    let start = Instant::now();
+    let opened = tokio::time::timeout(
+        Duration::from_secs(10),
+        Proxy::open(config(app.addr, &toml)),
+    )
+    .await
+    .expect("opening a store on a silent server hung");
+    let err = opened
+        .err()
+        .expect("a server that never answers must fail the start");
+    let text = format!("{err}");
+    assert!(text.contains("cannot connect to Redis"), "{text}");
+    assert!(text.contains(&url), "{text}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        start.elapsed()
+    );
+    silent.abort();
+}
