@@ -131,38 +131,29 @@ impl Cookies {
         let name = self.config.name.as_bytes();
         let mut count = 0;
         let mut found = false;
-        for header in headers.get_all(COOKIE) {
-            count += 1;
-            found = found
-                || header
-                    .as_bytes()
-                    .split(|b| *b == b';')
-                    .any(|pair| cookie_name(pair) == name);
-        }
-        // Untouched unless ours must come out or several headers must become one.
-        if !found && count < 2 {
-            return Presented::None;
-        }
         // One pass: the first of our values that verifies wins (checked as it is met, so
         // nothing is copied); the other cookies are kept in order. One key set for the request,
-        // even if a reload swaps it meanwhile.
-        let keys = self.keys.current();
+        // even if a reload swaps it meanwhile, taken when a session cookie is met.
+        let mut keys = None;
         let mut presented = Presented::None;
         let mut verified_by = None;
         let mut kept: Vec<u8> = Vec::new();
         for header in headers.get_all(COOKIE) {
+            count += 1;
             for pair in header.as_bytes().split(|b| *b == b';') {
                 let pair = pair.trim_ascii();
                 if pair.is_empty() {
                     continue;
                 }
                 if cookie_name(pair) == name {
+                    found = true;
                     if !matches!(presented, Presented::Valid(_) | Presented::OldKey(_)) {
                         let v = pair
                             .iter()
                             .position(|b| *b == b'=')
                             .map_or(&b""[..], |i| &pair[i + 1..]);
-                        let verified = self.verify(&keys, v.trim_ascii());
+                        let keys = keys.get_or_insert_with(|| self.keys.current());
+                        let verified = self.verify(keys, v.trim_ascii());
                         verified_by = verified.as_ref().and_then(|(_, i)| *i);
                         presented = match verified {
                             None => Presented::Invalid,
@@ -178,12 +169,18 @@ impl Cookies {
                 }
             }
         }
-        match presented {
-            Presented::Invalid => keys.count(None),
-            Presented::Valid(_) | Presented::OldKey(_) if verified_by.is_some() => {
-                keys.count(verified_by);
+        // Untouched unless ours must come out or several headers must become one.
+        if !found && count < 2 {
+            return Presented::None;
+        }
+        if let Some(keys) = &keys {
+            match presented {
+                Presented::Invalid => keys.count(None),
+                Presented::Valid(_) | Presented::OldKey(_) if verified_by.is_some() => {
+                    keys.count(verified_by);
+                }
+                _ => {}
             }
-            _ => {}
         }
         headers.remove(COOKIE);
         if !kept.is_empty()

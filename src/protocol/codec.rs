@@ -27,6 +27,18 @@ pub fn encode_session(json: &str) -> String {
     URL_SAFE_NO_PAD.encode(json.as_bytes())
 }
 
+/// The `X-Session` header value of the session's JSON text: [`encode_session`]'s bytes, put
+/// straight into the value (no `String` to check for UTF-8 first). `None` never happens:
+/// base64url is always a valid header value, and `HeaderValue` still checks.
+pub fn session_header(json: &str) -> Option<http::HeaderValue> {
+    let mut out = vec![0; base64::encoded_len(json.len(), false)?];
+    let written = URL_SAFE_NO_PAD
+        .encode_slice(json.as_bytes(), &mut out)
+        .ok()?;
+    out.truncate(written);
+    http::HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).ok()
+}
+
 /// Decodes an `X-Session` value back to JSON text; the inverse of [`encode_session`].
 pub fn decode_session(value: &[u8]) -> Option<String> {
     let bytes = decode_b64(value)?;
@@ -73,6 +85,14 @@ mod tests {
                 decode_session(encode_session(text).as_bytes()).as_deref(),
                 Some(text)
             );
+        }
+    }
+
+    #[test]
+    fn the_session_header_is_the_encoded_session() {
+        for text in ["", "{}", r#"{"a":1,"é":"ü"}"#, &"x".repeat(1000)] {
+            let value = session_header(text).unwrap();
+            assert_eq!(value.as_bytes(), encode_session(text).as_bytes());
         }
     }
 

@@ -95,6 +95,9 @@ impl ProtocolHeaders {
     /// among them. With a repeated header the last value wins.
     pub fn take_instructions(&self, headers: &mut HeaderMap) -> RawInstructions {
         let mut raw = RawInstructions::default();
+        // Which reserved names were there: the instructions', and any other.
+        let mut seen = [false; 5];
+        let mut others = false;
         // One pass over every value (a name's values come one after another, in order, so the
         // last one seen is the last one sent), with no lookup per name; then strip them all.
         for (name, value) in headers.iter() {
@@ -102,18 +105,42 @@ impl ProtocolHeaders {
                 continue;
             }
             if *name == self.update {
+                seen[0] = true;
                 raw.update = Some(value.as_bytes().to_vec());
             } else if *name == self.replace {
+                seen[1] = true;
                 raw.replace = Some(value.as_bytes().to_vec());
             } else if *name == self.destroy {
+                seen[2] = true;
                 raw.destroy = true;
             } else if *name == self.regenerate {
+                seen[3] = true;
                 raw.regenerate = true;
             } else if *name == self.revoke {
+                seen[4] = true;
                 raw.revoke = Some(value.as_bytes().to_vec());
+            } else {
+                others = true;
             }
         }
-        self.strip_reserved(headers);
+        if others {
+            self.strip_reserved(headers);
+        } else {
+            // Only instructions (the usual case): removed by name, with no second pass over
+            // the headers and no list of names to build.
+            let names = [
+                &self.update,
+                &self.replace,
+                &self.destroy,
+                &self.regenerate,
+                &self.revoke,
+            ];
+            for (name, seen) in names.into_iter().zip(seen) {
+                if seen {
+                    headers.remove(name);
+                }
+            }
+        }
         raw
     }
 }

@@ -234,7 +234,7 @@ fn upstream_request_filter(
     let h = &state.headers;
     let headers = req.headers_mut();
     // base64url text and ids are always valid header values; these never fail.
-    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(codec::encode_session(data))) {
+    if let Some(v) = codec::session_header(data) {
         headers.insert(h.session.clone(), v);
     }
     if let Ok(v) = HeaderValue::from_str(current.id.as_str()) {
