@@ -93,25 +93,6 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
-/// The request's path (never its query): the target itself, shared, where copying the path
-/// out of it cost an allocation per request.
-#[derive(Debug, Clone)]
-pub struct Path(http::Uri);
-
-impl Path {
-    pub fn as_str(&self) -> &str {
-        self.0.path()
-    }
-}
-
-impl std::ops::Deref for Path {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        self.0.path()
-    }
-}
-
 /// Filled in as the phases run; read once by the logging phase.
 #[derive(Debug)]
 pub struct RequestCtx {
@@ -120,7 +101,7 @@ pub struct RequestCtx {
     pub start: Instant,
     pub method: Method,
     /// The path only: a query string may carry secrets.
-    pub path: Path,
+    pub path: String,
     pub session: SessionState,
     pub write: StoreWrite,
     /// Why the request failed, if it did (its response is already built).
@@ -133,7 +114,7 @@ impl RequestCtx {
             request_id: request_id(req.headers()),
             start: Instant::now(),
             method: req.method().clone(),
-            path: Path(req.uri().clone()),
+            path: req.uri().path().to_owned(),
             session: SessionState::Unloaded,
             write: StoreWrite::None,
             error: None,
