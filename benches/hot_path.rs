@@ -15,7 +15,7 @@ use http::header::{COOKIE, HeaderValue};
 use serde_json::{Value, json};
 use session_proxy::config::{Config, Lifetime, RawConfig};
 use session_proxy::cookie::{Cookies, Presented};
-use session_proxy::logging::{AccessFields, Batch, prewrite, text_subscriber};
+use session_proxy::logging::{AccessFields, Batch, served, text_subscriber};
 use session_proxy::protocol::codec::{
     decode_session, encode_session, parse_object, session_header,
 };
@@ -338,7 +338,7 @@ fn session_phase(c: &mut Criterion) {
 /// text subscriber `logging::init` installs: formatted only (written to `io::sink`), and
 /// formatted and queued for the background writer (which writes to `io::sink`).
 fn access_line(c: &mut Criterion) {
-    // As `proxy/log.rs` logs a served request: the fields prewritten, then the event.
+    // The line the proxy logs for a served request (`logging::served`).
     let line = || {
         let ctx_path = String::from("/account/settings");
         let f = AccessFields {
@@ -351,23 +351,7 @@ fn access_line(c: &mut Criterion) {
             saved: "updated",
             request_id: "6f1c0e2b9a8d4f3e2d1c0b9a8f7e6d5c",
         };
-        let _prewritten = if tracing::Level::INFO <= tracing::level_filters::LevelFilter::current()
-        {
-            prewrite("session_proxy::proxy::log", &f)
-        } else {
-            None
-        };
-        tracing::info!(
-            target: "session_proxy::proxy::log",
-            message = f.message,
-            method = f.method,
-            path = f.path,
-            status = f.status,
-            latency_us = f.latency_us,
-            session = f.session,
-            saved = f.saved,
-            request_id = f.request_id
-        );
+        served(&f);
     };
     let mut g = c.benchmark_group("access_line");
     let filter = || tracing_subscriber::EnvFilter::new("info");
