@@ -137,7 +137,7 @@ static LINE_IN_USE: AtomicBool = AtomicBool::new(false);
 pub const ACCESS_TARGET: &str = "session_proxy::proxy::log";
 
 /// Logs the line of a served request, the one every request but a failed one logs: its fields
-/// are written ahead ([`prewrite`]) when the line will be written at all, and the event carries
+/// are written ahead (`prewrite`) when the line will be written at all, and the event carries
 /// them too, for any other format or subscriber. The proxy and `benches/hot_path.rs` both call
 /// this, so the benchmark measures the line the proxy writes.
 pub fn served(f: &AccessFields<'_>) {
