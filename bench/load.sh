@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Load benchmark of session-proxy (issue [perf]): one command, from a clean checkout.
 #
-#   bench/load.sh                  # every case, 10 s each (about 6 minutes), writes bench/RESULTS.md
-#   DURATION=3 bench/load.sh       # a quick run
+#   bench/load.sh                  # every case, 3 rounds of 8 s (about 18 minutes), writes bench/RESULTS.md
+#   DURATION=3 ROUNDS=1 bench/load.sh   # a quick run
 #
 # It builds in release, then for each case starts a fresh upstream (bench/tools/src/bin/bench_upstream.rs)
 # and, except for "direct", a fresh session-proxy in front of it, and drives it with
@@ -24,7 +24,12 @@
 # under test (upstream, proxy, redis-server) to core $SERVER_CPU. All traffic goes to 127.0.0.1.
 # Every process started here is stopped by its PID on exit, however the script ends.
 #
-# Environment (defaults in brackets): DURATION [10] and WARMUP [1] seconds per case,
+# Every case runs ROUNDS times, round after round (all cases once, then all again), and the report
+# gives each case's median over its rounds, and each target ratio on the medians and on every
+# round's own rows: on this shared 2-core machine one 10-s row can be off by a third (a memory-store
+# row below the sqlite one it is the reference for), and a single round's ratio then says nothing.
+#
+# Environment (defaults in brackets): DURATION [8] and WARMUP [1] seconds per case, ROUNDS [3],
 # CONNECTIONS [64], TARGETS ["direct nginx memory memory-info memory-skip sqlite-fsync sqlite-nofsync fs-fsync fs-nofsync redis"],
 # MIXES ["read write new"],
 # MEM_SESSIONS [1000000] (0 skips the memory benchmark), LOADGEN_CPU [0], SERVER_CPU [1],
@@ -32,7 +37,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-8}
+ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-64}
 TARGETS=${TARGETS:-direct nginx memory memory-info memory-skip sqlite-fsync sqlite-nofsync fs-fsync fs-nofsync redis}
@@ -62,7 +68,7 @@ source bench/common.sh
 # One line of the raw file for a row that could not run; tabs and newlines are not allowed.
 skip_row() {
   local target=$1 mix=$2 note=$3
-  printf 'target=%s\tmix=%s\tskipped=%s\n' "$target" "$mix" "$(echo "$note" | tr '\t\n|' '   ')" >>"$RAW"
+  printf 'target=%s\tmix=%s\tround=%s\tskipped=%s\n' "$target" "$mix" "${round:-1}" "$(echo "$note" | tr '\t\n|' '   ')" >>"$RAW"
 }
 
 # start_redis (REDIS_PID, REDIS_PORT, REDIS_NOTE) comes from bench/common.sh.
@@ -152,7 +158,7 @@ config() {
 }
 
 run_case() {
-  local target=$1 mix=$2 percent cookies=() up_pid up_addr proxy_pid= url pids
+  local target=$1 mix=$2 round=$3 percent cookies=() up_pid up_addr proxy_pid= url pids
   case $mix in
     read) percent=10 ;;
     write) percent=100 ;;
@@ -219,9 +225,9 @@ run_case() {
   line=$("${PIN_LOAD[@]}" "$BIN/loadgen" run --url "$url" \
     --connections "$CONNECTIONS" --warmup "$WARMUP" --duration "$DURATION" \
     --clk-tck "$(getconf CLK_TCK)" "${cookies[@]}" "${pids[@]}" \
-    --label "target=$target" --label "mix=$mix" --label "load1=$(cut -d' ' -f1 /proc/loadavg)")
+    --label "target=$target" --label "mix=$mix" --label "round=$round" --label "load1=$(cut -d' ' -f1 /proc/loadavg)")
   echo "$line" >>"$RAW"
-  echo "-- $target/$mix: $(echo "$line" | tr '\t' ' ' | sed 's/target=[^ ]* mix=[^ ]* //')"
+  echo "-- $target/$mix ($round/$ROUNDS): $(echo "$line" | tr '\t' ' ' | sed 's/target=[^ ]* mix=[^ ]* round=[^ ]* //')"
   [ -n "$proxy_pid" ] && stop_pid "$proxy_pid"
   stop_pid "$up_pid"
   if [ "$target" != memory-info ] && [ -s "$WORK/proxy.log.err" ]; then
@@ -239,10 +245,12 @@ run_case() {
 
 case " $TARGETS " in *" redis "*) start_redis ;; esac
 
-echo "== load: ${DURATION}s per case (+${WARMUP}s warm-up), $CONNECTIONS connections; $PINNING"
-for target in $TARGETS; do
-  for mix in $MIXES; do
-    run_case "$target" "$mix"
+echo "== load: $ROUNDS rounds, ${DURATION}s per case (+${WARMUP}s warm-up), $CONNECTIONS connections; $PINNING"
+for round in $(seq "$ROUNDS"); do
+  for target in $TARGETS; do
+    for mix in $MIXES; do
+      run_case "$target" "$mix" "$round"
+    done
   done
 done
 
@@ -266,7 +274,7 @@ FS_TYPE=$(df -T "$WORK" | awk 'NR == 2 { print $2 }')
   echo "- commit: $COMMIT"
   echo "- machine: $(nproc) cores, ${CPU_MODEL:-unknown CPU}, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, Linux $(uname -r)"
   echo "- $(rustc --version)"
-  echo "- per case: ${WARMUP} s warm-up, then ${DURATION} s measured; $CONNECTIONS keep-alive connections, each with its own cookie jar; closed loop (each connection sends its next request when the last answer is in)"
+  echo "- per case: ${WARMUP} s warm-up, then ${DURATION} s measured, $ROUNDS rounds (all cases once, then again), each row the median of its rounds; $CONNECTIONS keep-alive connections, each with its own cookie jar; closed loop (each connection sends its next request when the last answer is in)"
   echo "- pinning: $PINNING"
   echo "- fs store directory and sqlite file on $FS_TYPE; proxy with \`RUST_LOG=warn\` (memory-info: \`RUST_LOG=info\`, the default, stderr to a file), default config otherwise"
   echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //' || echo "not installed"), one worker, keep-alive to the upstream, no access log: a plain proxy hop with no session work, for reference"

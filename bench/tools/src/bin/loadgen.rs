@@ -362,39 +362,221 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
 
 /// CPU seconds per 10,000 requests for `who` in `row`.
 fn cpu_per_10k(row: &Row, who: &str) -> Option<f64> {
+    if let Some(v) = num(row, &format!("cpu10k_{who}")) {
+        return Some(v);
+    }
     let requests = num(row, "requests")?;
     (requests > 0.0).then(|| num(row, &format!("cpu_{who}")).map(|c| c / requests * 1e4))?
+}
+
+/// What a target compares between two rows (or within one).
+#[derive(Clone, Copy)]
+enum Metric {
+    Rps,
+    P99,
+    /// The proxy's CPU per request.
+    Cpu,
+    /// The proxy's CPU per request over the upstream's, within one row.
+    CpuVsUpstream,
+}
+
+impl Metric {
+    fn of(self, row: &Row) -> Option<f64> {
+        match self {
+            Metric::Rps => num(row, "rps"),
+            Metric::P99 => num(row, "p99_ms"),
+            Metric::Cpu => cpu_per_10k(row, "proxy"),
+            Metric::CpuVsUpstream => {
+                Some(cpu_per_10k(row, "proxy")? / cpu_per_10k(row, "upstream")?)
+            }
+        }
+    }
+}
+
+/// One line of the target check: `metric` of the case `row` over the same of `base` (or on
+/// its own without one), against `limit`.
+struct Check {
+    what: &'static str,
+    row: (&'static str, &'static str),
+    base: Option<(&'static str, &'static str)>,
+    metric: Metric,
+    limit: f64,
+    at_least: bool,
+}
+
+impl Check {
+    fn new(what: &'static str, row: (&'static str, &'static str)) -> Self {
+        Check {
+            what,
+            row,
+            base: None,
+            metric: Metric::Rps,
+            limit: 0.0,
+            at_least: true,
+        }
+    }
+    fn over(mut self, base: (&'static str, &'static str), metric: Metric) -> Self {
+        self.base = Some(base);
+        self.metric = metric;
+        self
+    }
+    fn metric(mut self, metric: Metric) -> Self {
+        self.metric = metric;
+        self
+    }
+    fn at_least(mut self, limit: f64) -> Self {
+        (self.limit, self.at_least) = (limit, true);
+        self
+    }
+    fn at_most(mut self, limit: f64) -> Self {
+        (self.limit, self.at_least) = (limit, false);
+        self
+    }
+    /// The ratio, with `look` finding a case's row (the medians, or one round's).
+    fn eval<'a>(&self, look: &dyn Fn(&str, &str) -> Option<&'a Row>) -> Option<f64> {
+        let top = self.metric.of(look(self.row.0, self.row.1)?)?;
+        match self.base {
+            Some((t, m)) => Some(top / self.metric.of(look(t, m)?)?),
+            None => Some(top),
+        }
+    }
+    fn met(&self, r: f64) -> bool {
+        if self.at_least {
+            r >= self.limit
+        } else {
+            r <= self.limit
+        }
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count), or `None` if empty.
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+/// The keys whose value in a case's row is the median over its rounds. CPU is first turned
+/// into seconds per 10,000 requests in each round (`cpu10k_*`), so the median is of the
+/// per-request figure, not of seconds over rounds of different lengths.
+const MEDIAN_KEYS: [&str; 7] = [
+    "rps",
+    "p50_ms",
+    "p99_ms",
+    "p999_ms",
+    "cpu10k_proxy",
+    "cpu10k_upstream",
+    "cpu10k_redis",
+];
+
+/// One row per case (target, mix), in the order of first appearance: with one round it is that
+/// round's row; with several (`ROUNDS` in load.sh, `round=K` in each line) the median of each
+/// of [`MEDIAN_KEYS`], the sum of the errors, the highest load average, and `rounds=N`. A case
+/// every round of which was skipped stays a skipped row; skipped rounds of a case that ran in
+/// other rounds are left out of its medians.
+fn cases(rows: &[Row]) -> Vec<Row> {
+    let mut order: Vec<(String, String)> = Vec::new();
+    for r in rows {
+        let key = (r["target"].clone(), r["mix"].clone());
+        if !order.contains(&key) {
+            order.push(key);
+        }
+    }
+    order
+        .into_iter()
+        .map(|(target, mix)| {
+            let all: Vec<&Row> = rows
+                .iter()
+                .filter(|r| r["target"] == target && r["mix"] == mix)
+                .collect();
+            let ran: Vec<&Row> = all
+                .iter()
+                .copied()
+                .filter(|r| !r.contains_key("skipped"))
+                .collect();
+            if ran.is_empty() {
+                return all[0].clone();
+            }
+            let mut out = Row::new();
+            out.insert("target".into(), target);
+            out.insert("mix".into(), mix);
+            out.insert("rounds".into(), ran.len().to_string());
+            for key in MEDIAN_KEYS {
+                if let Some(m) = median(ran.iter().filter_map(|r| num(r, key)).collect()) {
+                    out.insert(key.into(), m.to_string());
+                }
+            }
+            let errors: f64 = ran.iter().filter_map(|r| num(r, "errors")).sum();
+            out.insert("errors".into(), errors.to_string());
+            if let Some(load) = ran
+                .iter()
+                .filter_map(|r| num(r, "load1"))
+                .max_by(f64::total_cmp)
+            {
+                out.insert("load1".into(), format!("{load:.2}"));
+            }
+            out
+        })
+        .collect()
 }
 
 fn report(file: &str, mem: Option<&str>) -> anyhow::Result<String> {
     use std::fmt::Write as _;
     let text = std::fs::read_to_string(file)?;
-    let rows: Vec<Row> = text
+    let mut rounds: Vec<Row> = text
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(parse_line)
         .collect();
+    for row in &mut rounds {
+        for who in ["proxy", "upstream", "redis"] {
+            if let Some(v) = cpu_per_10k(row, who) {
+                row.insert(format!("cpu10k_{who}"), v.to_string());
+            }
+        }
+    }
+    let rows = cases(&rounds);
     let find = |target: &str, mix: &str| {
         rows.iter()
             .find(|r| r.get("target").map(String::as_str) == Some(target) && r["mix"] == mix)
     };
+    // Round `k`'s own row of a case, for the per-round ratios of the target check.
+    let find_round = |target: &str, mix: &str, k: &str| {
+        rounds.iter().find(|r| {
+            r["target"] == target
+                && r["mix"] == mix
+                && r.get("round").map_or("1", String::as_str) == k
+                && !r.contains_key("skipped")
+        })
+    };
+    let mut round_ids: Vec<String> = Vec::new();
+    for r in &rounds {
+        let k = r.get("round").cloned().unwrap_or_else(|| "1".into());
+        if !round_ids.contains(&k) {
+            round_ids.push(k);
+        }
+    }
     let mut out = String::new();
     writeln!(
         out,
         "| target | mix | req/s | × direct | p50 ms | p99 ms | p99.9 ms | p99 × direct \
          | proxy CPU s/10k req | upstream CPU s/10k req | proxy CPU / upstream CPU | errors \
-         | load avg |"
+         | load avg | rounds |"
     )?;
     writeln!(
         out,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
     for row in &rows {
         let (target, mix) = (row["target"].as_str(), row["mix"].as_str());
         if let Some(note) = row.get("skipped") {
             writeln!(
                 out,
-                "| {target} | {mix} | skipped: {note} | | | | | | | | | | |"
+                "| {target} | {mix} | skipped: {note} | | | | | | | | | | | |"
             )?;
             continue;
         }
@@ -405,7 +587,7 @@ fn report(file: &str, mem: Option<&str>) -> anyhow::Result<String> {
         let cpu_ratio = proxy_cpu.zip(upstream_cpu).map(|(p, u)| p / u);
         writeln!(
             out,
-            "| {target} | {mix} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {target} | {mix} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             fmt_opt(num(row, "rps"), 0),
             fmt_opt(ratio("rps"), 2),
             fmt_opt(num(row, "p50_ms"), 2),
@@ -417,6 +599,7 @@ fn report(file: &str, mem: Option<&str>) -> anyhow::Result<String> {
             fmt_opt(cpu_ratio, 2),
             row.get("errors").map_or("–", String::as_str),
             row.get("load1").map_or("–", String::as_str),
+            row.get("rounds").map_or("1", String::as_str),
         )?;
     }
 
@@ -445,148 +628,126 @@ fn report(file: &str, mem: Option<&str>) -> anyhow::Result<String> {
         )?;
     }
 
+    // Each target is a ratio of two rows of one run: computed on the cases' medians, and on
+    // each round's own rows (one round's rows ran minutes apart at most, so drift of the
+    // shared machine shows as the spread of these, not as a bias of one row).
+    let checks: Vec<Check> =
+        vec![
+        Check::new("memory, every request updates: ≥ 0.35× direct req/s", ("memory", "write"))
+            .over(("direct", "write"), Metric::Rps)
+            .at_least(0.35),
+        Check::new(
+            "memory, every request updates: proxy CPU/request ≤ 2× upstream's",
+            ("memory", "write"),
+        )
+        .metric(Metric::CpuVsUpstream)
+        .at_most(2.0),
+        Check::new("memory, 10 % updates: ≥ 0.40× direct req/s", ("memory", "read"))
+            .over(("direct", "read"), Metric::Rps)
+            .at_least(0.40),
+        Check::new("memory, 10 % updates: p99 ≤ 4× direct p99", ("memory", "read"))
+            .over(("direct", "read"), Metric::P99)
+            .at_most(4.0),
+        Check::new(
+            "fs (fsync = false), every request updates: ≥ 0.25× direct req/s",
+            ("fs-nofsync", "write"),
+        )
+        .over(("direct", "write"), Metric::Rps)
+        .at_least(0.25),
+        // Issue [store] #11: the sqlite store (fsync on) against the memory store.
+        Check::new(
+            "sqlite (fsync = true), every request updates: ≥ 0.5× memory req/s",
+            ("sqlite-fsync", "write"),
+        )
+        .over(("memory", "write"), Metric::Rps)
+        .at_least(0.5),
+        Check::new(
+            "sqlite (fsync = true), every request updates: p99 ≤ 3× memory p99",
+            ("sqlite-fsync", "write"),
+        )
+        .over(("memory", "write"), Metric::P99)
+        .at_most(3.0),
+        Check::new(
+            "sqlite (fsync = true), 10 % updates: ≥ 0.85× memory req/s",
+            ("sqlite-fsync", "read"),
+        )
+        .over(("memory", "read"), Metric::Rps)
+        .at_least(0.85),
+        Check::new(
+            "sqlite (fsync = true), every request creates: ≥ 0.5× memory req/s",
+            ("sqlite-fsync", "new"),
+        )
+        .over(("memory", "new"), Metric::Rps)
+        .at_least(0.5),
+        // Issue [perf] #15: the proxy at the default log level (memory-info) against nginx's
+        // plain hop, and the Redis store against the memory store (both at `warn`).
+        Check::new(
+            "memory, default log level, every request updates: proxy CPU/request ≤ 1.5× nginx's",
+            ("memory-info", "write"),
+        )
+        .over(("nginx", "write"), Metric::Cpu)
+        .at_most(1.5),
+        Check::new(
+            "memory, default log level, every request updates: ≥ 0.6× nginx req/s",
+            ("memory-info", "write"),
+        )
+        .over(("nginx", "write"), Metric::Rps)
+        .at_least(0.6),
+        Check::new(
+            "memory, default log level, 10 % updates: ≥ 0.65× nginx req/s",
+            ("memory-info", "read"),
+        )
+        .over(("nginx", "read"), Metric::Rps)
+        .at_least(0.65),
+        Check::new(
+            "memory, default log level, 10 % updates: p99 ≤ 2× nginx p99",
+            ("memory-info", "read"),
+        )
+        .over(("nginx", "read"), Metric::P99)
+        .at_most(2.0),
+        Check::new(
+            "redis, every request updates: proxy CPU/request ≤ 1.4× the memory store's",
+            ("redis", "write"),
+        )
+        .over(("memory", "write"), Metric::Cpu)
+        .at_most(1.4),
+    ];
+
     writeln!(out, "\n### Targets\n")?;
-    writeln!(out, "| target | measured | met |")?;
-    writeln!(out, "|---|---|---|")?;
-    let ratio = |target: &str, mix: &str, key: &str| -> Option<f64> {
-        let row = find(target, mix)?;
-        let direct = find("direct", mix)?;
-        Some(num(row, key)? / num(direct, key)?)
-    };
+    if round_ids.len() > 1 {
+        writeln!(
+            out,
+            "Measured on the medians of {} rounds; \"each round\" is the same ratio on each \
+             round's own rows, and \"met\" says yes only if the medians meet the target.\n",
+            round_ids.len()
+        )?;
+    }
+    writeln!(out, "| target | measured | each round | met |")?;
+    writeln!(out, "|---|---|---|---|")?;
     let verdict = |ok: Option<bool>| match ok {
         Some(true) => "yes",
         Some(false) => "**no**",
         None => "not measured",
     };
-    let mem_write = ratio("memory", "write", "rps");
-    let mem_cpu = find("memory", "write")
-        .and_then(|r| Some(cpu_per_10k(r, "proxy")? / cpu_per_10k(r, "upstream")?));
-    writeln!(
-        out,
-        "| memory, every request updates: ≥ 0.35× direct req/s | {}× | {} |",
-        fmt_opt(mem_write, 2),
-        verdict(mem_write.map(|r| r >= 0.35))
-    )?;
-    writeln!(
-        out,
-        "| memory, every request updates: proxy CPU/request ≤ 2× upstream's | {}× | {} |",
-        fmt_opt(mem_cpu, 2),
-        verdict(mem_cpu.map(|r| r <= 2.0))
-    )?;
-    let mem_read = ratio("memory", "read", "rps");
-    writeln!(
-        out,
-        "| memory, 10 % updates: ≥ 0.40× direct req/s | {}× | {} |",
-        fmt_opt(mem_read, 2),
-        verdict(mem_read.map(|r| r >= 0.40))
-    )?;
-    let mem_read_p99 = ratio("memory", "read", "p99_ms");
-    writeln!(
-        out,
-        "| memory, 10 % updates: p99 ≤ 4× direct p99 | {}× | {} |",
-        fmt_opt(mem_read_p99, 2),
-        verdict(mem_read_p99.map(|r| r <= 4.0))
-    )?;
-    let fs_write = ratio("fs-nofsync", "write", "rps");
-    writeln!(
-        out,
-        "| fs (fsync = false), every request updates: ≥ 0.25× direct req/s | {}× | {} |",
-        fmt_opt(fs_write, 2),
-        verdict(fs_write.map(|r| r >= 0.25))
-    )?;
-    // The sqlite store (fsync on) against the memory store, same mix, same run.
-    let vs_memory = |mix: &str, key: &str| -> Option<f64> {
-        Some(num(find("sqlite-fsync", mix)?, key)? / num(find("memory", mix)?, key)?)
-    };
-    for (mix, what, key, limit, at_least) in [
-        (
-            "write",
-            "every request updates: ≥ 0.5× memory req/s",
-            "rps",
-            0.5,
-            true,
-        ),
-        (
-            "write",
-            "every request updates: p99 ≤ 3× memory p99",
-            "p99_ms",
-            3.0,
-            false,
-        ),
-        (
-            "read",
-            "10 % updates: ≥ 0.85× memory req/s",
-            "rps",
-            0.85,
-            true,
-        ),
-        (
-            "new",
-            "every request creates: ≥ 0.5× memory req/s",
-            "rps",
-            0.5,
-            true,
-        ),
-    ] {
-        let r = vs_memory(mix, key);
+    for check in &checks {
+        let r = check.eval(&find);
+        let each: Vec<String> = round_ids
+            .iter()
+            .map(|k| fmt_opt(check.eval(&|t, m| find_round(t, m, k)), 2))
+            .collect();
         writeln!(
             out,
-            "| sqlite (fsync = true), {what} | {}× | {} |",
+            "| {} | {}× | {} | {} |",
+            check.what,
             fmt_opt(r, 2),
-            verdict(r.map(|r| if at_least { r >= limit } else { r <= limit }))
-        )?;
-    }
-    // Issue [perf] #15: the proxy at the default log level (memory-info) against nginx's plain
-    // hop in the same run, and the Redis store against the memory store (both at `warn`).
-    let vs = |a: &str, b: &str, mix: &str, key: &str| -> Option<f64> {
-        Some(num(find(a, mix)?, key)? / num(find(b, mix)?, key)?)
-    };
-    let cpu_vs = |a: &str, b: &str, mix: &str| -> Option<f64> {
-        Some(cpu_per_10k(find(a, mix)?, "proxy")? / cpu_per_10k(find(b, mix)?, "proxy")?)
-    };
-    for (what, r, limit, at_least) in [
-        (
-            "memory, default log level, every request updates: proxy CPU/request ≤ 1.5× nginx's",
-            cpu_vs("memory-info", "nginx", "write"),
-            1.5,
-            false,
-        ),
-        (
-            "memory, default log level, every request updates: ≥ 0.6× nginx req/s",
-            vs("memory-info", "nginx", "write", "rps"),
-            0.6,
-            true,
-        ),
-        (
-            "memory, default log level, 10 % updates: ≥ 0.65× nginx req/s",
-            vs("memory-info", "nginx", "read", "rps"),
-            0.65,
-            true,
-        ),
-        (
-            "memory, default log level, 10 % updates: p99 ≤ 2× nginx p99",
-            vs("memory-info", "nginx", "read", "p99_ms"),
-            2.0,
-            false,
-        ),
-        (
-            "redis, every request updates: proxy CPU/request ≤ 1.4× the memory store's",
-            cpu_vs("redis", "memory", "write"),
-            1.4,
-            false,
-        ),
-    ] {
-        writeln!(
-            out,
-            "| {what} | {}× | {} |",
-            fmt_opt(r, 2),
-            verdict(r.map(|r| if at_least { r >= limit } else { r <= limit }))
+            each.join(", "),
+            verdict(r.map(|r| check.met(r)))
         )?;
     }
     let overhead = mem_row.as_ref().and_then(|m| num(m, "overhead_bytes"));
     writeln!(
         out,
-        "| memory store at 1M sessions: ≤ 400 bytes overhead per session | {} bytes | {} |",
+        "| memory store at 1M sessions: ≤ 400 bytes overhead per session | {} bytes | – | {} |",
         fmt_opt(overhead, 0),
         verdict(overhead.map(|o| o <= 400.0))
     )?;
