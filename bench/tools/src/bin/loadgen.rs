@@ -126,6 +126,26 @@ fn cpu_seconds(pid: u32, clk_tck: f64) -> anyhow::Result<f64> {
     Ok((utime + stime) / clk_tck)
 }
 
+/// The machine's CPU time as `/proc/stat`'s first line counts it: (steal, all), in ticks. Steal is
+/// time the hypervisor gave this VM's CPUs to someone else: on a shared host it is what makes one
+/// row of a run slower than the next with no change of the code.
+fn cpu_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .next()
+        .filter(|l| l.starts_with("cpu "))
+        .ok_or_else(|| anyhow::anyhow!("/proc/stat: no cpu line"))?;
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    Ok((fields.get(7).copied().unwrap_or(0), fields.iter().sum()))
+}
+
 struct Shared {
     measuring: AtomicBool,
     stop: AtomicBool,
@@ -184,11 +204,13 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(_, pid)| cpu_seconds(*pid, a.clk_tck))
             .collect::<anyhow::Result<_>>()?;
+        let ticks_before = cpu_ticks()?;
         let start = Instant::now();
         shared.measuring.store(true, Ordering::SeqCst);
         tokio::time::sleep(a.duration).await;
         shared.measuring.store(false, Ordering::SeqCst);
         let secs = start.elapsed().as_secs_f64();
+        let ticks_after = cpu_ticks()?;
         let cpu_after: Vec<f64> = a
             .pids
             .iter()
@@ -231,6 +253,16 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
             fields.push((
                 format!("cpu_{name}"),
                 format!("{:.3}", cpu_after[i] - cpu_before[i]),
+            ));
+        }
+        let (steal, all) = (
+            ticks_after.0.saturating_sub(ticks_before.0),
+            ticks_after.1.saturating_sub(ticks_before.1),
+        );
+        if all > 0 {
+            fields.push((
+                "steal_pct".to_owned(),
+                format!("{:.1}", steal as f64 * 100.0 / all as f64),
             ));
         }
         let line: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -463,8 +495,9 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
 /// The keys whose value in a case's row is the median over its rounds. CPU is first turned
 /// into seconds per 10,000 requests in each round (`cpu10k_*`), so the median is of the
 /// per-request figure, not of seconds over rounds of different lengths.
-const MEDIAN_KEYS: [&str; 7] = [
+const MEDIAN_KEYS: [&str; 8] = [
     "rps",
+    "steal_pct",
     "p50_ms",
     "p99_ms",
     "p999_ms",
@@ -565,18 +598,18 @@ fn report(file: &str, mem: Option<&str>) -> anyhow::Result<String> {
         out,
         "| target | mix | req/s | × direct | p50 ms | p99 ms | p99.9 ms | p99 × direct \
          | proxy CPU s/10k req | upstream CPU s/10k req | proxy CPU / upstream CPU | errors \
-         | load avg | rounds |"
+         | load avg | steal % | rounds |"
     )?;
     writeln!(
         out,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )?;
     for row in &rows {
         let (target, mix) = (row["target"].as_str(), row["mix"].as_str());
         if let Some(note) = row.get("skipped") {
             writeln!(
                 out,
-                "| {target} | {mix} | skipped: {note} | | | | | | | | | | | |"
+                "| {target} | {mix} | skipped: {note} | | | | | | | | | | | | |"
             )?;
             continue;
         }
@@ -587,7 +620,7 @@ fn report(file: &str, mem: Option<&str>) -> anyhow::Result<String> {
         let cpu_ratio = proxy_cpu.zip(upstream_cpu).map(|(p, u)| p / u);
         writeln!(
             out,
-            "| {target} | {mix} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {target} | {mix} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             fmt_opt(num(row, "rps"), 0),
             fmt_opt(ratio("rps"), 2),
             fmt_opt(num(row, "p50_ms"), 2),
@@ -599,6 +632,7 @@ fn report(file: &str, mem: Option<&str>) -> anyhow::Result<String> {
             fmt_opt(cpu_ratio, 2),
             row.get("errors").map_or("–", String::as_str),
             row.get("load1").map_or("–", String::as_str),
+            fmt_opt(num(row, "steal_pct"), 0),
             row.get("rounds").map_or("1", String::as_str),
         )?;
     }
