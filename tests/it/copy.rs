@@ -172,6 +172,33 @@ async fn fs_to_redis() {
     copies(fs(dir.path()).await, redis().await).await;
 }
 
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_to_fs() {
+    let dir = tempfile::tempdir().unwrap();
+    copies(redis().await, fs(dir.path()).await).await;
+}
+
+/// One kind to the same kind elsewhere: moving a database file's sessions into another file
+/// (or one Redis into another) is a copy like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_to_sqlite() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    copies(sqlite(a.path()).await, sqlite(b.path()).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_to_fs() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    copies(fs(a.path()).await, fs(b.path()).await).await;
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_to_redis() {
+    copies(redis().await, redis().await).await;
+}
+
 /// The memory store of a new process is empty, and what goes into it dies with the command:
 /// refused on either side, as a command-line error (exit 2), before any store is opened.
 #[test]
