@@ -279,7 +279,7 @@ FS_TYPE=$(df -T "$WORK" | awk 'NR == 2 { print $2 }')
   echo "- fs store directory and sqlite file on $FS_TYPE; proxy with \`RUST_LOG=warn\` (memory-info: \`RUST_LOG=info\`, the default, stderr to a file), default config otherwise"
   echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //' || echo "not installed"), one worker, keep-alive to the upstream, no access log: a plain proxy hop with no session work, for reference"
   echo "- \"steal %\" is the share of the machine's CPU time that the hypervisor gave to other guests during the measured part (\`/proc/stat\`; the median over rounds): on this shared VM it changes from one row to the next, and a row with more steal is slower for no reason in the code"
-  echo "- \"load avg\" is \`/proc/loadavg\` (1 min) as each case started; the benchmark itself adds about 2, so a higher value means other processes competed for the $(nproc) cores"
+  echo "- \"load avg\" is \`/proc/loadavg\` (1 min) as each case started, the highest of its rounds; the benchmark itself adds about 2, so a higher value means other processes competed for the $(nproc) cores"
   echo
   echo "Mixes: **read** = 10 % of responses carry \`X-Session-Update\`; **write** = every response does;"
   echo "**new** = cookie-less clients and every response updates, so each request creates a session."
