@@ -54,7 +54,7 @@ REMOVED=$(field prune removed)
   echo "|---|---|---|"
   echo "| open a file of $SESSIONS sessions in < 1 s | ${OPEN_MS} ms | $(verdict "$OPEN_MS" 1000) |"
   echo "| a page of 50 in < 10 ms (first page ${FIRST} ms; 200 pages at random cursors, the slowest) | ${PAGE_MAX} ms | $(verdict "$PAGE_MAX" 10) |"
-  echo "| prune of the expired tenth ($REMOVED sessions, chunks of 1,000 through the writer) | ${PRUNE} s | – |"
+  echo "| prune of the expired tenth ($REMOVED sessions, chunks of 100 through the writer) | ${PRUNE} s | – |"
   echo
   echo "Reads (\`reads\`): 64 tasks on a 2-worker runtime, 10 % of their operations updates"
   echo "through the writer; the latency is one \`load\` call."
