@@ -392,13 +392,33 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
     v.map_or_else(|| "–".to_owned(), |v| format!("{v:.digits$}"))
 }
 
-/// CPU seconds per 10,000 requests for `who` in `row`.
+/// CPU seconds per 10,000 requests for `who` in `row`: `cpu10k_WHO`, which `report` derives
+/// for each round's row from its `cpu_WHO` and `requests`, and `cases` carries as a median.
 fn cpu_per_10k(row: &Row, who: &str) -> Option<f64> {
-    if let Some(v) = num(row, &format!("cpu10k_{who}")) {
-        return Some(v);
+    num(row, &format!("cpu10k_{who}"))
+}
+
+/// Adds `cpu10k_WHO` to a round's row: `cpu_WHO` seconds over its requests, per 10,000.
+fn add_cpu_per_10k(row: &mut Row) {
+    let Some(requests) = num(row, "requests").filter(|&r| r > 0.0) else {
+        return;
+    };
+    for who in ["proxy", "upstream", "redis"] {
+        if let Some(cpu) = num(row, &format!("cpu_{who}")) {
+            row.insert(format!("cpu10k_{who}"), (cpu / requests * 1e4).to_string());
+        }
     }
-    let requests = num(row, "requests")?;
-    (requests > 0.0).then(|| num(row, &format!("cpu_{who}")).map(|c| c / requests * 1e4))?
+}
+
+/// The distinct values of `items`, in the order they first appear.
+fn first_seen<T: PartialEq>(items: impl IntoIterator<Item = T>) -> Vec<T> {
+    let mut out = Vec::new();
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
 }
 
 /// What a target compares between two rows (or within one).
@@ -425,6 +445,13 @@ impl Metric {
     }
 }
 
+/// The bound a target sets on its ratio.
+#[derive(Clone, Copy)]
+enum Limit {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
 /// One line of the target check: `metric` of the case `row` over the same of `base` (or on
 /// its own without one), against `limit`.
 struct Check {
@@ -432,38 +459,10 @@ struct Check {
     row: (&'static str, &'static str),
     base: Option<(&'static str, &'static str)>,
     metric: Metric,
-    limit: f64,
-    at_least: bool,
+    limit: Limit,
 }
 
 impl Check {
-    fn new(what: &'static str, row: (&'static str, &'static str)) -> Self {
-        Check {
-            what,
-            row,
-            base: None,
-            metric: Metric::Rps,
-            limit: 0.0,
-            at_least: true,
-        }
-    }
-    fn over(mut self, base: (&'static str, &'static str), metric: Metric) -> Self {
-        self.base = Some(base);
-        self.metric = metric;
-        self
-    }
-    fn metric(mut self, metric: Metric) -> Self {
-        self.metric = metric;
-        self
-    }
-    fn at_least(mut self, limit: f64) -> Self {
-        (self.limit, self.at_least) = (limit, true);
-        self
-    }
-    fn at_most(mut self, limit: f64) -> Self {
-        (self.limit, self.at_least) = (limit, false);
-        self
-    }
     /// The ratio, with `look` finding a case's row (the medians, or one round's).
     fn eval<'a>(&self, look: &dyn Fn(&str, &str) -> Option<&'a Row>) -> Option<f64> {
         let top = self.metric.of(look(self.row.0, self.row.1)?)?;
@@ -473,10 +472,9 @@ impl Check {
         }
     }
     fn met(&self, r: f64) -> bool {
-        if self.at_least {
-            r >= self.limit
-        } else {
-            r <= self.limit
+        match self.limit {
+            Limit::AtLeast(limit) => r >= limit,
+            Limit::AtMost(limit) => r <= limit,
         }
     }
 }
@@ -512,14 +510,7 @@ const MEDIAN_KEYS: [&str; 8] = [
 /// every round of which was skipped stays a skipped row; skipped rounds of a case that ran in
 /// other rounds are left out of its medians.
 fn cases(rows: &[Row]) -> Vec<Row> {
-    let mut order: Vec<(String, String)> = Vec::new();
-    for r in rows {
-        let key = (r["target"].clone(), r["mix"].clone());
-        if !order.contains(&key) {
-            order.push(key);
-        }
-    }
-    order
+    first_seen(rows.iter().map(|r| (r["target"].clone(), r["mix"].clone())))
         .into_iter()
         .map(|(target, mix)| {
             let all: Vec<&Row> = rows
@@ -565,13 +556,7 @@ fn report(file: &str, mem: Option<&str>) -> anyhow::Result<String> {
         .filter(|l| !l.trim().is_empty())
         .map(parse_line)
         .collect();
-    for row in &mut rounds {
-        for who in ["proxy", "upstream", "redis"] {
-            if let Some(v) = cpu_per_10k(row, who) {
-                row.insert(format!("cpu10k_{who}"), v.to_string());
-            }
-        }
-    }
+    rounds.iter_mut().for_each(add_cpu_per_10k);
     let rows = cases(&rounds);
     let find = |target: &str, mix: &str| {
         rows.iter()
@@ -586,13 +571,11 @@ fn report(file: &str, mem: Option<&str>) -> anyhow::Result<String> {
                 && !r.contains_key("skipped")
         })
     };
-    let mut round_ids: Vec<String> = Vec::new();
-    for r in &rounds {
-        let k = r.get("round").cloned().unwrap_or_else(|| "1".into());
-        if !round_ids.contains(&k) {
-            round_ids.push(k);
-        }
-    }
+    let round_ids = first_seen(
+        rounds
+            .iter()
+            .map(|r| r.get("round").map_or("1", String::as_str)),
+    );
     let mut out = String::new();
     writeln!(
         out,
@@ -665,86 +648,108 @@ fn report(file: &str, mem: Option<&str>) -> anyhow::Result<String> {
     // Each target is a ratio of two rows of one run: computed on the cases' medians, and on
     // each round's own rows (one round's rows ran minutes apart at most, so drift of the
     // shared machine shows as the spread of these, not as a bias of one row).
-    let checks: Vec<Check> =
-        vec![
-        Check::new("memory, every request updates: ≥ 0.35× direct req/s", ("memory", "write"))
-            .over(("direct", "write"), Metric::Rps)
-            .at_least(0.35),
-        Check::new(
-            "memory, every request updates: proxy CPU/request ≤ 2× upstream's",
-            ("memory", "write"),
-        )
-        .metric(Metric::CpuVsUpstream)
-        .at_most(2.0),
-        Check::new("memory, 10 % updates: ≥ 0.40× direct req/s", ("memory", "read"))
-            .over(("direct", "read"), Metric::Rps)
-            .at_least(0.40),
-        Check::new("memory, 10 % updates: p99 ≤ 4× direct p99", ("memory", "read"))
-            .over(("direct", "read"), Metric::P99)
-            .at_most(4.0),
-        Check::new(
-            "fs (fsync = false), every request updates: ≥ 0.25× direct req/s",
-            ("fs-nofsync", "write"),
-        )
-        .over(("direct", "write"), Metric::Rps)
-        .at_least(0.25),
+    let checks = [
+        Check {
+            what: "memory, every request updates: ≥ 0.35× direct req/s",
+            row: ("memory", "write"),
+            base: Some(("direct", "write")),
+            metric: Metric::Rps,
+            limit: Limit::AtLeast(0.35),
+        },
+        Check {
+            what: "memory, every request updates: proxy CPU/request ≤ 2× upstream's",
+            row: ("memory", "write"),
+            base: None,
+            metric: Metric::CpuVsUpstream,
+            limit: Limit::AtMost(2.0),
+        },
+        Check {
+            what: "memory, 10 % updates: ≥ 0.40× direct req/s",
+            row: ("memory", "read"),
+            base: Some(("direct", "read")),
+            metric: Metric::Rps,
+            limit: Limit::AtLeast(0.40),
+        },
+        Check {
+            what: "memory, 10 % updates: p99 ≤ 4× direct p99",
+            row: ("memory", "read"),
+            base: Some(("direct", "read")),
+            metric: Metric::P99,
+            limit: Limit::AtMost(4.0),
+        },
+        Check {
+            what: "fs (fsync = false), every request updates: ≥ 0.25× direct req/s",
+            row: ("fs-nofsync", "write"),
+            base: Some(("direct", "write")),
+            metric: Metric::Rps,
+            limit: Limit::AtLeast(0.25),
+        },
         // Issue [store] #11: the sqlite store (fsync on) against the memory store.
-        Check::new(
-            "sqlite (fsync = true), every request updates: ≥ 0.5× memory req/s",
-            ("sqlite-fsync", "write"),
-        )
-        .over(("memory", "write"), Metric::Rps)
-        .at_least(0.5),
-        Check::new(
-            "sqlite (fsync = true), every request updates: p99 ≤ 3× memory p99",
-            ("sqlite-fsync", "write"),
-        )
-        .over(("memory", "write"), Metric::P99)
-        .at_most(3.0),
-        Check::new(
-            "sqlite (fsync = true), 10 % updates: ≥ 0.85× memory req/s",
-            ("sqlite-fsync", "read"),
-        )
-        .over(("memory", "read"), Metric::Rps)
-        .at_least(0.85),
-        Check::new(
-            "sqlite (fsync = true), every request creates: ≥ 0.5× memory req/s",
-            ("sqlite-fsync", "new"),
-        )
-        .over(("memory", "new"), Metric::Rps)
-        .at_least(0.5),
+        Check {
+            what: "sqlite (fsync = true), every request updates: ≥ 0.5× memory req/s",
+            row: ("sqlite-fsync", "write"),
+            base: Some(("memory", "write")),
+            metric: Metric::Rps,
+            limit: Limit::AtLeast(0.5),
+        },
+        Check {
+            what: "sqlite (fsync = true), every request updates: p99 ≤ 3× memory p99",
+            row: ("sqlite-fsync", "write"),
+            base: Some(("memory", "write")),
+            metric: Metric::P99,
+            limit: Limit::AtMost(3.0),
+        },
+        Check {
+            what: "sqlite (fsync = true), 10 % updates: ≥ 0.85× memory req/s",
+            row: ("sqlite-fsync", "read"),
+            base: Some(("memory", "read")),
+            metric: Metric::Rps,
+            limit: Limit::AtLeast(0.85),
+        },
+        Check {
+            what: "sqlite (fsync = true), every request creates: ≥ 0.5× memory req/s",
+            row: ("sqlite-fsync", "new"),
+            base: Some(("memory", "new")),
+            metric: Metric::Rps,
+            limit: Limit::AtLeast(0.5),
+        },
         // Issue [perf] #15: the proxy at the default log level (memory-info) against nginx's
         // plain hop, and the Redis store against the memory store (both at `warn`).
-        Check::new(
-            "memory, default log level, every request updates: proxy CPU/request ≤ 1.5× nginx's",
-            ("memory-info", "write"),
-        )
-        .over(("nginx", "write"), Metric::Cpu)
-        .at_most(1.5),
-        Check::new(
-            "memory, default log level, every request updates: ≥ 0.6× nginx req/s",
-            ("memory-info", "write"),
-        )
-        .over(("nginx", "write"), Metric::Rps)
-        .at_least(0.6),
-        Check::new(
-            "memory, default log level, 10 % updates: ≥ 0.65× nginx req/s",
-            ("memory-info", "read"),
-        )
-        .over(("nginx", "read"), Metric::Rps)
-        .at_least(0.65),
-        Check::new(
-            "memory, default log level, 10 % updates: p99 ≤ 2× nginx p99",
-            ("memory-info", "read"),
-        )
-        .over(("nginx", "read"), Metric::P99)
-        .at_most(2.0),
-        Check::new(
-            "redis, every request updates: proxy CPU/request ≤ 1.4× the memory store's",
-            ("redis", "write"),
-        )
-        .over(("memory", "write"), Metric::Cpu)
-        .at_most(1.4),
+        Check {
+            what: "memory, default log level, every request updates: proxy CPU/request ≤ 1.5× nginx's",
+            row: ("memory-info", "write"),
+            base: Some(("nginx", "write")),
+            metric: Metric::Cpu,
+            limit: Limit::AtMost(1.5),
+        },
+        Check {
+            what: "memory, default log level, every request updates: ≥ 0.6× nginx req/s",
+            row: ("memory-info", "write"),
+            base: Some(("nginx", "write")),
+            metric: Metric::Rps,
+            limit: Limit::AtLeast(0.6),
+        },
+        Check {
+            what: "memory, default log level, 10 % updates: ≥ 0.65× nginx req/s",
+            row: ("memory-info", "read"),
+            base: Some(("nginx", "read")),
+            metric: Metric::Rps,
+            limit: Limit::AtLeast(0.65),
+        },
+        Check {
+            what: "memory, default log level, 10 % updates: p99 ≤ 2× nginx p99",
+            row: ("memory-info", "read"),
+            base: Some(("nginx", "read")),
+            metric: Metric::P99,
+            limit: Limit::AtMost(2.0),
+        },
+        Check {
+            what: "redis, every request updates: proxy CPU/request ≤ 1.4× the memory store's",
+            row: ("redis", "write"),
+            base: Some(("memory", "write")),
+            metric: Metric::Cpu,
+            limit: Limit::AtMost(1.4),
+        },
     ];
 
     writeln!(out, "\n### Targets\n")?;
