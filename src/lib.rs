@@ -16,11 +16,13 @@ pub mod logging;
 pub mod metrics;
 pub mod protocol;
 pub mod proxy;
+pub mod reload;
 #[cfg(test)]
 mod robustness;
 pub mod secrets;
 pub mod session;
 pub mod store;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;

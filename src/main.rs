@@ -105,11 +105,11 @@ async fn run(
     };
     if let Some(tls) = &config.tls {
         // Before the listening line: a SIGHUP sent once the port is known must find it.
-        downstream::tls::reload_on_hangup(tls.certs.clone())
+        session_proxy::reload::certificate_on_hangup(tls.certs.clone())
             .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
     }
     let proxy = Proxy::open(config).await?;
-    tokio::spawn(session_proxy::secrets::reload_on_hangup(
+    tokio::spawn(session_proxy::reload::cookie_keys_on_hangup(
         hangup,
         options,
         proxy.cookie_keys(),

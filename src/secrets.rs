@@ -2,9 +2,7 @@
 //!
 //! [`KeyRing`] holds the current [`KeySet`] behind a lock that a request holds only to clone an
 //! `Arc`, so a reload swaps the whole set at once: a request verifies and signs with one set,
-//! old or new, never a mix. A reload re-runs the same load as the start ([`Options::load`]: the
-//! config file, then the flags), so a new set gets exactly the checks the first one got; a set
-//! that fails them is refused and the old one stays. A reload never turns signing on or off:
+//! old or new, never a mix (`reload.rs` reads the new set on SIGHUP). A reload never turns signing on or off:
 //! either would end every session at once (unsigned ids no longer verify) or accept unsigned ids
 //! (a downgrade no one should get by a typo), so both take a restart.
 //!
@@ -21,8 +19,7 @@ use hmac::{Hmac, Mac as _};
 use prometheus_client::metrics::counter::Counter;
 use sha2::Sha256;
 
-use crate::config::cli::Options;
-use crate::config::{ConfigError, CookieConfig};
+use crate::config::CookieConfig;
 use crate::metrics::CookieMetrics;
 
 /// One key and the counter of cookies it verified.
@@ -123,23 +120,15 @@ impl std::fmt::Debug for KeySet {
     }
 }
 
-/// Why a reload left the keys as they were.
+/// Why a new set of keys was refused: a reload may change the keys, not whether there are any
+/// (the operator's; it takes a restart).
 #[derive(Debug, thiserror::Error)]
-pub enum ReloadError {
-    /// The operator's: the config file, the secrets file or a flag is refused, with the reason.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The operator's: a reload may change the keys, not whether there are any.
-    #[error(
-        "cookie signing is {now} and the new configuration would turn it {wanted}: that takes a restart"
-    )]
-    SigningToggled {
-        now: &'static str,
-        wanted: &'static str,
-    },
-    /// Ours: the task that read the files did not finish.
-    #[error("the reload did not finish: {0}")]
-    Aborted(#[source] tokio::task::JoinError),
+#[error(
+    "cookie signing is {now} and the new configuration would turn it {wanted}: that takes a restart"
+)]
+pub struct SigningToggled {
+    now: &'static str,
+    wanted: &'static str,
 }
 
 /// The cookie keys, replaceable while serving: see the module doc.
@@ -189,11 +178,11 @@ impl KeyRing {
 
     /// Puts `keys` in use, unless that would turn signing on or off. Returns how many keys are
     /// in use now.
-    pub fn replace(&self, keys: Vec<Key>) -> Result<usize, ReloadError> {
+    pub fn replace(&self, keys: Vec<Key>) -> Result<usize, SigningToggled> {
         let signed = self.current().is_signed();
         if signed == keys.is_empty() {
             let word = |on: bool| if on { "on" } else { "off" };
-            return Err(ReloadError::SigningToggled {
+            return Err(SigningToggled {
                 now: word(signed),
                 wanted: word(!signed),
             });
@@ -204,46 +193,9 @@ impl KeyRing {
         Ok(n)
     }
 
-    /// Reads the configuration again as the start did (`options`: the same file and flags) and
-    /// puts its cookie keys in use. The files are read on the blocking pool.
-    pub async fn reload(&self, options: Arc<Options>) -> Result<usize, ReloadError> {
-        let config = tokio::task::spawn_blocking(move || options.load())
-            .await
-            .map_err(ReloadError::Aborted)??;
-        warn_if_world_readable(&config.cookie);
-        self.replace(config.cookie.keys)
-    }
-}
-
-/// Reloads the cookie keys on every SIGHUP that `hangup` receives, until the process exits.
-/// The caller registers `hangup` before it serves, so a SIGHUP is never the signal's default
-/// action (which ends the process). A refused reload is logged at `error`, with the reason,
-/// and the keys in use stay.
-pub async fn reload_on_hangup(
-    mut hangup: tokio::signal::unix::Signal,
-    options: Options,
-    ring: Arc<KeyRing>,
-) {
-    let options = Arc::new(options);
-    while hangup.recv().await.is_some() {
-        match ring.reload(options.clone()).await {
-            Ok(keys) => {
-                ring.metrics.reload(true);
-                tracing::info!(keys, "SIGHUP: cookie keys reloaded");
-            }
-            Err(ReloadError::Config(ConfigError::Parse { file, .. })) => {
-                // toml's message quotes the line it stopped at, which may hold a secret.
-                ring.metrics.reload(false);
-                tracing::error!(
-                    %file,
-                    "SIGHUP: the config file is not valid TOML (`session-proxy check` shows where); the cookie keys in use are kept"
-                );
-            }
-            Err(error) => {
-                ring.metrics.reload(false);
-                tracing::error!(%error, "SIGHUP: cookie keys not reloaded; the keys in use are kept");
-            }
-        }
+    /// Counts a reload, applied or refused, in `cookie_reloads_total`.
+    pub fn count_reload(&self, applied: bool) {
+        self.metrics.reload(applied);
     }
 }
 

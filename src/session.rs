@@ -6,15 +6,16 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::TryRngCore as _;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-
-use crate::store::Record;
 
 /// Random bytes per id: 192 bits, well past the 128 that makes guessing hopeless.
 const ID_BYTES: usize = 24;
@@ -203,7 +204,8 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn ms(d: Duration) -> u64 {
+/// `d` in whole milliseconds, saturating.
+pub(crate) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -216,14 +218,115 @@ impl Lifetime {
             None => idle,
         }
     }
+}
 
-    /// Whether a read-only use at `now` should write, to move the deadline by at least one
-    /// touch interval. Derived from `expires_at`, so no extra field is stored.
-    pub fn needs_touch(&self, record: &Record, now: u64) -> bool {
-        self.expiry(record.created_at, now)
-            >= record
-                .expires_at
-                .saturating_add(ms(self.touch_interval).max(1))
+/// `session.user_key`: the top-level key of the session data that names its user.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserKey(Arc<str>);
+
+impl fmt::Debug for UserKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "UserKey({:?})", &*self.0)
+    }
+}
+
+/// Logged once per process: a session whose user key holds something else than a string or
+/// an integer is an app's bug, not worth a line per request.
+static NOT_INDEXED: AtomicBool = AtomicBool::new(false);
+
+impl UserKey {
+    pub fn new(key: &str) -> Self {
+        UserKey(Arc::from(key))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// The user `data` (a JSON object's text) belongs to: the value of the key, when it is a
+    /// non-empty string or an integer (as its decimal text: `42` and `"42"` are one user).
+    /// Anything else (absent, null, a float, an object) is no user. One pass over the text; only
+    /// the key's value is materialised. With the key repeated, the last one counts, as in every
+    /// other reading of the data.
+    pub fn user_of(&self, data: &str) -> Option<String> {
+        let mut de = serde_json::Deserializer::from_str(data);
+        match Find(&self.0).deserialize(&mut de) {
+            Ok(Found::User(user)) => Some(user),
+            Ok(Found::Absent) => None,
+            Ok(Found::Other) | Err(_) => {
+                if !NOT_INDEXED.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(
+                        key = &*self.0,
+                        "a session's user key is not a string or an integer: not indexed (logged once)"
+                    );
+                }
+                None
+            }
+        }
+    }
+}
+
+enum Found {
+    Absent,
+    User(String),
+    Other,
+}
+
+struct Find<'k>(&'k str);
+
+impl<'de> DeserializeSeed<'de> for Find<'_> {
+    type Value = Found;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Found, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Find<'_> {
+    type Value = Found;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
+        let mut found = Found::Absent;
+        while let Some(is_key) = map.next_key_seed(KeyIs(self.0))? {
+            if !is_key {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            found = match map.next_value::<Value>()? {
+                Value::String(s) if !s.is_empty() => Found::User(s),
+                Value::Number(n) if n.is_i64() || n.is_u64() => Found::User(n.to_string()),
+                Value::Null => Found::Absent,
+                _ => Found::Other,
+            };
+        }
+        Ok(found)
+    }
+}
+
+/// Compares an object key with the user key without keeping it.
+struct KeyIs<'k>(&'k str);
+
+impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyIs<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<bool, E> {
+        Ok(key == self.0)
     }
 }
 
@@ -262,25 +365,10 @@ mod tests {
     }
 
     #[test]
-    fn expiry_and_touch() {
+    fn expiry() {
         let l = lifetime(1000, Some(5000), 100);
         assert_eq!(l.expiry(0, 0), 1000);
         assert_eq!(l.expiry(0, 4500), 5000);
-        let r = Record {
-            data: Arc::from("{}"),
-            created_at: 0,
-            updated_at: 0,
-            expires_at: 1000,
-            version: 1,
-        };
-        assert!(!l.needs_touch(&r, 50));
-        assert!(l.needs_touch(&r, 100));
-        // Capped by the absolute deadline: touching would not move it.
-        let capped = Record {
-            expires_at: 5000,
-            ..r
-        };
-        assert!(!l.needs_touch(&capped, 4900));
     }
 
     #[test]
@@ -355,6 +443,28 @@ mod properties {
             for candidate in refused {
                 prop_assert!(SessionId::parse(&candidate).is_none(), "{candidate:?}");
             }
+        }
+    }
+
+    #[test]
+    fn the_user_is_a_string_or_an_integer_at_the_top() {
+        let key = UserKey::new("user");
+        for (data, want) in [
+            (r#"{"user":"ada"}"#, Some("ada")),
+            (r#"{"a":[1,{"user":"x"}],"user":42}"#, Some("42")),
+            (r#"{"user":-7}"#, Some("-7")),
+            (r#"{"us\u0065r":"esc"}"#, Some("esc")),
+            (r#"{"user":"a","user":"b"}"#, Some("b")),
+            (r#"{"user":""}"#, None),
+            (r#"{"user":null}"#, None),
+            (r#"{"user":1.5}"#, None),
+            (r#"{"user":{"id":1}}"#, None),
+            (r#"{"user":true}"#, None),
+            (r#"{"other":{"user":"x"}}"#, None),
+            ("{}", None),
+            ("not json", None),
+        ] {
+            assert_eq!(key.user_of(data).as_deref(), want, "{data}");
         }
     }
 }

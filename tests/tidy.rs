@@ -48,12 +48,20 @@ fn src_imports_only_downwards_and_no_file_is_too_big() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut files = Vec::new();
     collect(&src, &mut files);
-    assert!(files.len() > 20, "found only {} files under src/", files.len());
+    assert!(
+        files.len() > 20,
+        "found only {} files under src/",
+        files.len()
+    );
     let files: Vec<(String, String)> = files
         .into_iter()
         .map(|path| {
             let text = std::fs::read_to_string(&path).unwrap();
-            let rel = path.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+            let rel = path
+                .strip_prefix(&src)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             (rel, text)
         })
         .collect();
@@ -90,7 +98,10 @@ fn an_upward_import_is_refused_in_every_form() {
     assert_eq!(check(&[("cookie.rs".into(), same.into())]).len(), 1);
     let not_code = "// use crate::proxy::X;\n/// [`crate::proxy`]\nconst S: &str = \"crate::proxy\";\n\
                     #[cfg(test)]\nmod tests {\n    use crate::proxy::StoreWrite;\n}\n";
-    assert_eq!(check(&[("metrics.rs".into(), not_code.into())]), Vec::<String>::new());
+    assert_eq!(
+        check(&[("metrics.rs".into(), not_code.into())]),
+        Vec::<String>::new()
+    );
     // An unknown room must be placed on a floor first.
     assert_eq!(check(&[("attic.rs".into(), String::new())]).len(), 1);
     // A file over the limit.
@@ -116,7 +127,9 @@ fn check(files: &[(String, String)]) -> Vec<String> {
     for (path, text) in files {
         let room = room_of(path);
         let Some(&floor) = floors.get(room) else {
-            problems.push(format!("src/{path}: room {room} is on no floor (tests/tidy.rs FLOORS)"));
+            problems.push(format!(
+                "src/{path}: room {room} is on no floor (tests/tidy.rs FLOORS)"
+            ));
             continue;
         };
         let production = production_lines(text);

@@ -20,8 +20,9 @@ use serde_json::Value;
 
 use super::Admin;
 use crate::audit::{Event, Reason};
+use crate::session::UserKey;
 use crate::session::{DataChange, SessionId};
-use crate::store::{self, Fault, Record, StoreError, Update, UserKey};
+use crate::store::{self, Fault, Record, StoreError, Update};
 
 /// The most sessions one page may hold, and how many it holds when the caller does not say.
 pub const MAX_LIMIT: usize = 1000;

@@ -17,8 +17,8 @@ use http::uri::Authority;
 use serde::Deserialize;
 use time::OffsetDateTime;
 
-use crate::downstream::tls::Certs;
 use crate::protocol::ProtocolHeaders;
+use crate::tls::Certs;
 
 pub mod cli;
 
@@ -307,7 +307,7 @@ pub struct SessionConfig {
     /// Paths that get no session (static assets): see [`SkipRules`].
     pub skip: SkipRules,
     /// `session.user_key`: the data key that names a session's user; `None`, no user index.
-    pub user_key: Option<crate::store::UserKey>,
+    pub user_key: Option<crate::session::UserKey>,
     /// `session.max_per_user`: live sessions one user may hold (only with `user_key`).
     pub max_per_user: Option<usize>,
 }
@@ -345,7 +345,7 @@ pub struct StoreConfig {
     pub on_error: OnStoreError,
     /// `session.user_key`, copied here so every opener of the store (the proxy, the CLI,
     /// `sessions copy`) keeps the same user index without passing it along.
-    pub users: Option<crate::store::UserKey>,
+    pub users: Option<crate::session::UserKey>,
 }
 
 /// The store-down policy (`store.on_error`).

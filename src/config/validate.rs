@@ -18,8 +18,8 @@ use super::{
     SessionConfig, SkipRules, SqliteConfig, StoreConfig, StoreKind, TlsConfig, TrustedProxies,
     UpstreamTimeouts,
 };
-use crate::downstream::tls::Certs;
 use crate::protocol::ProtocolHeaders;
+use crate::tls::Certs;
 
 const DEFAULT_MAX_SIZE: u64 = 16 * 1024;
 const MAX_MAX_SIZE: u64 = 1024 * 1024;
@@ -408,7 +408,7 @@ fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, ConfigError> {
                 "must not be empty (leave it out to turn the user index off)",
             ));
         }
-        Some(key) => Some(crate::store::UserKey::new(key)),
+        Some(key) => Some(crate::session::UserKey::new(key)),
     };
     let max_per_user = match s.max_per_user {
         None => None,
@@ -696,7 +696,7 @@ fn tls(
             ));
         }
     };
-    let bad = |e: crate::downstream::tls::TlsError| at.bad(e.key(), e.to_string());
+    let bad = |e: crate::tls::TlsError| at.bad(e.key(), e.to_string());
     let certs = std::sync::Arc::new(Certs::open(cert, key).map_err(bad)?);
     let server = certs.server_config().map_err(bad)?;
     Ok(Some(TlsConfig {

@@ -31,11 +31,11 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
 use crate::proxy::{self, State, Tunnel};
+use crate::tls;
 
 mod activity;
 mod peer;
 mod rlimit;
-pub mod tls;
 
 use activity::Activity;
 pub use activity::Tracked;

@@ -261,7 +261,7 @@ async fn write(
                 .await
                 .map(|r| r.map(|r| (new_id, r)))
         }
-        Some(record) if update.change.is_some() || update.lifetime.needs_touch(record, now) => {
+        Some(record) if update.change.is_some() || update.needs_touch(record) => {
             hands_out_id = false;
             ctx.write = if update.change.is_some() {
                 StoreWrite::Updated

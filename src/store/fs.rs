@@ -43,10 +43,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 
 use super::lock::StripedLock;
-use super::users::{UserIndex, UserKey};
+use super::users::UserIndex;
 use super::{ExpiredSink, Loaded, Page, Record, Result, SessionStore, StoreError, Update, now_ms};
 use crate::config::FsConfig;
 use crate::session::SessionId;
+use crate::session::UserKey;
 
 const TEMP_PREFIX: &str = ".tmp-";
 /// A temp file older than this was left by a crash mid-write; the sweeper removes it.
@@ -125,7 +126,9 @@ impl Inner {
         let mut out = Vec::new();
         for id in users.index.ids(user) {
             match self.read(&id)? {
-                Some(r) if users.key.holds(&r, user, now) => out.push((id, r)),
+                Some(r) if crate::store::users::holds(&users.key, &r, user, now) => {
+                    out.push((id, r))
+                }
                 Some(_) => {}
                 None => {
                     let _guard = self.locks.blocking_lock(&id);

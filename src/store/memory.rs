@@ -32,11 +32,12 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 
-use super::users::{UserIndex, UserKey};
+use super::users::UserIndex;
 use super::{
     Capabilities, ExpiredSink, Loaded, Page, Record, Result, SessionStore, Update, now_ms,
 };
 use crate::session::SessionId;
+use crate::session::UserKey;
 
 /// The base64url alphabet of ids in byte order, so the rank of a character orders ids.
 const ALPHABET: &[u8; 64] = b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz";
@@ -354,7 +355,7 @@ impl SessionStore for MemoryStore {
             .into_iter()
             .filter_map(|id| {
                 let record = read(self.shard(&id)).get(&id).cloned()?;
-                users.key.holds(&record, user, now).then_some((id, record))
+                crate::store::users::holds(&users.key, &record, user, now).then_some((id, record))
             })
             .collect())
     }

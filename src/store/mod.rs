@@ -30,7 +30,6 @@ pub mod users;
 pub use crate::session::now_ms;
 pub use timed::Timed;
 pub use update::Update;
-pub use users::UserKey;
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 

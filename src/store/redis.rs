@@ -483,7 +483,7 @@ pub struct RedisStore {
     del_live: Script,
     index_only: Script,
     locks: StripedLock,
-    users: Option<crate::store::UserKey>,
+    users: Option<crate::session::UserKey>,
 }
 
 impl fmt::Debug for RedisStore {
@@ -505,7 +505,7 @@ impl RedisStore {
     /// [`RedisStore::open`], keeping a user index on `users`.
     pub async fn open_indexed(
         config: RedisConfig,
-        users: Option<crate::store::UserKey>,
+        users: Option<crate::session::UserKey>,
     ) -> Result<Self> {
         let shown = config
             .urls
@@ -1144,7 +1144,7 @@ impl SessionStore for RedisStore {
                 continue;
             };
             match Record::from_stored(&bytes, &id) {
-                Some(r) if key.holds(&r, user, now) => out.push((id, r)),
+                Some(r) if crate::store::users::holds(key, &r, user, now) => out.push((id, r)),
                 Some(r) if !r.is_live(now) => dead.push(member),
                 _ => {}
             }

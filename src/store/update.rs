@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{Record, Result, StoreError};
-use crate::session::{DataChange, Lifetime};
+use crate::session::{DataChange, Lifetime, ms};
 
 /// A write to an existing session: an optional data change plus the refreshed expiry.
 #[derive(Debug, Clone)]
@@ -45,6 +45,15 @@ impl Update {
             expires_at,
             version: current.version.wrapping_add(1),
         })
+    }
+
+    /// Whether a read-only use of `record` at `now` should write, to move the deadline by at
+    /// least one touch interval. Derived from `expires_at`, so no extra field is stored.
+    pub fn needs_touch(&self, record: &Record) -> bool {
+        self.lifetime.expiry(record.created_at, self.now)
+            >= record
+                .expires_at
+                .saturating_add(ms(self.lifetime.touch_interval).max(1))
     }
 
     /// A first record, for a session that was never stored.
@@ -124,5 +133,32 @@ mod tests {
             ..u
         };
         assert!(matches!(big.apply(&cur), Err(StoreError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn a_read_touches_when_the_deadline_moves_by_an_interval() {
+        let at = |now| Update {
+            change: None,
+            base: None,
+            now,
+            lifetime: lifetime(1000, Some(5000), 100),
+            max_size: 64,
+            extends: true,
+        };
+        let r = Record {
+            data: Arc::from("{}"),
+            created_at: 0,
+            updated_at: 0,
+            expires_at: 1000,
+            version: 1,
+        };
+        assert!(!at(50).needs_touch(&r));
+        assert!(at(100).needs_touch(&r));
+        // Capped by the absolute deadline: touching would not move it.
+        let capped = Record {
+            expires_at: 5000,
+            ..r
+        };
+        assert!(!at(4900).needs_touch(&capped));
     }
 }

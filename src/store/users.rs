@@ -23,129 +23,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-
-use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use serde_json::Value;
+use std::sync::{Mutex, PoisonError};
 
 use super::{Record, Result, SessionStore};
-use crate::session::SessionId;
+use crate::session::{SessionId, UserKey};
 
-/// `session.user_key`: the top-level key of the session data that names its user.
-#[derive(Clone, PartialEq, Eq)]
-pub struct UserKey(Arc<str>);
-
-impl fmt::Debug for UserKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "UserKey({:?})", &*self.0)
-    }
-}
-
-/// Logged once per process: a session whose user key holds something else than a string or
-/// an integer is an app's bug, not worth a line per request.
-static NOT_INDEXED: AtomicBool = AtomicBool::new(false);
-
-impl UserKey {
-    pub fn new(key: &str) -> Self {
-        UserKey(Arc::from(key))
-    }
-
-    pub fn name(&self) -> &str {
-        &self.0
-    }
-
-    /// The user `data` (a JSON object's text) belongs to: the value of the key, when it is a
-    /// non-empty string or an integer (as its decimal text: `42` and `"42"` are one user).
-    /// Anything else (absent, null, a float, an object) is no user. One pass over the text; only
-    /// the key's value is materialised. With the key repeated, the last one counts, as in every
-    /// other reading of the data.
-    pub fn user_of(&self, data: &str) -> Option<String> {
-        let mut de = serde_json::Deserializer::from_str(data);
-        match Find(&self.0).deserialize(&mut de) {
-            Ok(Found::User(user)) => Some(user),
-            Ok(Found::Absent) => None,
-            Ok(Found::Other) | Err(_) => {
-                if !NOT_INDEXED.swap(true, Ordering::Relaxed) {
-                    tracing::debug!(
-                        key = &*self.0,
-                        "a session's user key is not a string or an integer: not indexed (logged once)"
-                    );
-                }
-                None
-            }
-        }
-    }
-
-    /// Whether `record` is live at `now` and belongs to `user`: the check every read of an
-    /// index makes before it hands a session out.
-    pub(crate) fn holds(&self, record: &Record, user: &str, now: u64) -> bool {
-        record.is_live(now) && self.user_of(&record.data).as_deref() == Some(user)
-    }
-}
-
-enum Found {
-    Absent,
-    User(String),
-    Other,
-}
-
-struct Find<'k>(&'k str);
-
-impl<'de> DeserializeSeed<'de> for Find<'_> {
-    type Value = Found;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Found, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Find<'_> {
-    type Value = Found;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
-        let mut found = Found::Absent;
-        while let Some(is_key) = map.next_key_seed(KeyIs(self.0))? {
-            if !is_key {
-                map.next_value::<IgnoredAny>()?;
-                continue;
-            }
-            found = match map.next_value::<Value>()? {
-                Value::String(s) if !s.is_empty() => Found::User(s),
-                Value::Number(n) if n.is_i64() || n.is_u64() => Found::User(n.to_string()),
-                Value::Null => Found::Absent,
-                _ => Found::Other,
-            };
-        }
-        Ok(found)
-    }
-}
-
-/// Compares an object key with the user key without keeping it.
-struct KeyIs<'k>(&'k str);
-
-impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
-    type Value = bool;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for KeyIs<'_> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object key")
-    }
-
-    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<bool, E> {
-        Ok(key == self.0)
-    }
+/// Whether `record` is live at `now` and belongs to `user` under `key`: the check every read
+/// of an index makes before it hands a session out.
+pub(crate) fn holds(key: &UserKey, record: &Record, user: &str, now: u64) -> bool {
+    record.is_live(now) && key.user_of(&record.data).as_deref() == Some(user)
 }
 
 /// One per user shard: enough that two requests rarely share one, few enough to cost nothing
@@ -295,28 +181,6 @@ pub async fn evict(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_user_is_a_string_or_an_integer_at_the_top() {
-        let key = UserKey::new("user");
-        for (data, want) in [
-            (r#"{"user":"ada"}"#, Some("ada")),
-            (r#"{"a":[1,{"user":"x"}],"user":42}"#, Some("42")),
-            (r#"{"user":-7}"#, Some("-7")),
-            (r#"{"us\u0065r":"esc"}"#, Some("esc")),
-            (r#"{"user":"a","user":"b"}"#, Some("b")),
-            (r#"{"user":""}"#, None),
-            (r#"{"user":null}"#, None),
-            (r#"{"user":1.5}"#, None),
-            (r#"{"user":{"id":1}}"#, None),
-            (r#"{"user":true}"#, None),
-            (r#"{"other":{"user":"x"}}"#, None),
-            ("{}", None),
-            ("not json", None),
-        ] {
-            assert_eq!(key.user_of(data).as_deref(), want, "{data}");
-        }
-    }
 
     #[test]
     fn the_index_drops_a_user_with_no_ids_left() {

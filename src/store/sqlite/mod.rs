@@ -29,11 +29,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
-use super::{
-    ExpiredSink, Loaded, Page, Record, Result, SessionStore, StoreError, Update, UserKey, now_ms,
-};
+use super::{ExpiredSink, Loaded, Page, Record, Result, SessionStore, StoreError, Update, now_ms};
 use crate::config::SqliteConfig;
-use crate::session::SessionId;
+use crate::session::{SessionId, UserKey};
 use writer::{OpError, Writer};
 
 /// Read connections: enough for the async workers plus a listing or two; each costs a file
@@ -619,7 +617,7 @@ impl SessionStore for SqliteStore {
                         continue;
                     };
                     if let Some(r) = record(row, 1, &id).map_err(fail)?
-                        && key.holds(&r, &user, now)
+                        && crate::store::users::holds(&key, &r, &user, now)
                     {
                         out.push((id, r));
                     }

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OpenFlags};
 use super::SqliteError;
 use crate::config::SqliteConfig;
 #[cfg(doc)]
-use crate::store::UserKey;
+use crate::session::UserKey;
 use crate::store::{Result, StoreError};
 
 /// `MIGRATIONS[v]` brings a file from schema version `v` to `v + 1`; the version this binary

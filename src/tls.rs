@@ -1,5 +1,6 @@
 //! TLS termination (`[tls]`): the certificate chain and key read from PEM files, the rustls
-//! server config (ring, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`), and the reload on SIGHUP.
+//! server config (ring, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`), and [`Certs::reload`], which
+//! `reload.rs` calls on SIGHUP. A leaf: it imports nothing of the crate.
 //!
 //! The certificate in use sits in an [`ArcSwap`] that the resolver reads on every handshake. A
 //! reload swaps it: new handshakes get the new certificate, connections already established
@@ -7,7 +8,7 @@
 //! reload that fails keeps the old one, so a half-copied file never takes the listener down.
 //!
 //! Nothing here is on the request path: the handshake runs in the connection's own task, under
-//! the accept loop's handshake deadline (see [`super`]).
+//! the accept loop's handshake deadline (`downstream/`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -202,35 +203,7 @@ impl ResolvesServerCert for Certs {
     }
 }
 
-/// Reloads `certs` on every SIGHUP, for as long as the runtime runs. Registered before the
-/// listener announces itself, so a SIGHUP sent once the port is known never hits the default
-/// action (which would end the process).
-pub fn reload_on_hangup(certs: Arc<Certs>) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hangups = signal(SignalKind::hangup())?;
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            let reloading = certs.clone();
-            let (cert, key) = (certs.cert.display(), certs.key.display());
-            match tokio::task::spawn_blocking(move || reloading.reload()).await {
-                Ok(Ok(())) => {
-                    tracing::info!(%cert, %key, "tls: SIGHUP: certificate and key reloaded")
-                }
-                Ok(Err(error)) => tracing::error!(
-                    %error,
-                    "tls: SIGHUP: reload failed; still serving the previous certificate"
-                ),
-                Err(error) => tracing::error!(
-                    %error,
-                    "tls: SIGHUP: reload failed; still serving the previous certificate"
-                ),
-            }
-        }
-    });
-    Ok(())
-}
-
 /// Whether the client and the server agreed on HTTP/2 in ALPN (anything else is HTTP/1.1).
-pub(super) fn chose_h2(conn: &rustls::ServerConnection) -> bool {
+pub fn chose_h2(conn: &rustls::ServerConnection) -> bool {
     conn.alpn_protocol() == Some(ALPN[0])
 }

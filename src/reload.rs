@@ -1,0 +1,92 @@
+//! What a running proxy re-reads on SIGHUP: the cookie keys and the TLS certificate. Every other
+//! setting takes a restart.
+//!
+//! Both listeners are registered by `main.rs` before the proxy announces its port, so a SIGHUP is
+//! never the signal's default action (which ends the process). A reload that fails is logged at
+//! `error` with its reason and leaves what is in use as it was: a half-written file never takes
+//! the listener or the sessions down.
+
+use std::sync::Arc;
+
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use crate::config::ConfigError;
+use crate::config::cli::Options;
+use crate::secrets::{KeyRing, SigningToggled, warn_if_world_readable};
+use crate::tls::Certs;
+
+/// Why a reload left the cookie keys as they were.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The operator's: the config file, the secrets file or a flag is refused, with the reason.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The operator's: a reload may change the keys, not whether there are any.
+    #[error(transparent)]
+    SigningToggled(#[from] SigningToggled),
+    /// Ours: the task that read the files did not finish.
+    #[error("the reload did not finish: {0}")]
+    Aborted(#[source] tokio::task::JoinError),
+}
+
+/// Reads the configuration again as the start did (`options`: the same file and flags, so a new
+/// set of keys gets exactly the checks the first one got) and puts its cookie keys in use. The
+/// files are read on the blocking pool. Returns how many keys are in use now.
+pub async fn cookie_keys(ring: &KeyRing, options: Arc<Options>) -> Result<usize, ReloadError> {
+    let config = tokio::task::spawn_blocking(move || options.load())
+        .await
+        .map_err(ReloadError::Aborted)??;
+    warn_if_world_readable(&config.cookie);
+    Ok(ring.replace(config.cookie.keys)?)
+}
+
+/// Reloads the cookie keys on every SIGHUP that `hangup` receives, until the process exits.
+pub async fn cookie_keys_on_hangup(mut hangup: Signal, options: Options, ring: Arc<KeyRing>) {
+    let options = Arc::new(options);
+    while hangup.recv().await.is_some() {
+        match cookie_keys(&ring, options.clone()).await {
+            Ok(keys) => {
+                ring.count_reload(true);
+                tracing::info!(keys, "SIGHUP: cookie keys reloaded");
+            }
+            Err(ReloadError::Config(ConfigError::Parse { file, .. })) => {
+                // toml's message quotes the line it stopped at, which may hold a secret.
+                ring.count_reload(false);
+                tracing::error!(
+                    %file,
+                    "SIGHUP: the config file is not valid TOML (`session-proxy check` shows where); the cookie keys in use are kept"
+                );
+            }
+            Err(error) => {
+                ring.count_reload(false);
+                tracing::error!(%error, "SIGHUP: cookie keys not reloaded; the keys in use are kept");
+            }
+        }
+    }
+}
+
+/// Reloads `certs` on every SIGHUP, for as long as the runtime runs: new handshakes get the new
+/// certificate, connections already established keep theirs.
+pub fn certificate_on_hangup(certs: Arc<Certs>) -> std::io::Result<()> {
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let reloading = certs.clone();
+            let (cert, key) = (certs.cert_path().display(), certs.key_path().display());
+            match tokio::task::spawn_blocking(move || reloading.reload()).await {
+                Ok(Ok(())) => {
+                    tracing::info!(%cert, %key, "tls: SIGHUP: certificate and key reloaded")
+                }
+                Ok(Err(error)) => tracing::error!(
+                    %error,
+                    "tls: SIGHUP: reload failed; still serving the previous certificate"
+                ),
+                Err(error) => tracing::error!(
+                    %error,
+                    "tls: SIGHUP: reload failed; still serving the previous certificate"
+                ),
+            }
+        }
+    });
+    Ok(())
+}
