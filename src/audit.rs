@@ -30,7 +30,6 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::AuditConfig;
-use crate::proxy::{RequestCtx, StoreWrite};
 use crate::session::{DataChange, SessionId, now_ms};
 
 /// Hex digits of the SHA-256 of an id that a line keeps: 64 bits tell a day's sessions apart
@@ -125,6 +124,21 @@ impl Event {
                 keys: map.keys().cloned().collect(),
             },
             None => Event::Updated { keys: Vec::new() },
+        }
+    }
+
+    /// A new session, with the keys its first change set.
+    pub fn created(change: Option<&DataChange>) -> Event {
+        Event::Created {
+            keys: keys_of(change),
+        }
+    }
+
+    /// A move from id `old`, with the keys a change made on the way.
+    pub fn regenerated(old: SessionId, change: Option<&DataChange>) -> Event {
+        Event::Regenerated {
+            old,
+            keys: keys_of(change),
         }
     }
 }
@@ -273,45 +287,34 @@ impl Audit {
         }
     }
 
-    /// The proxy's hook after a successful store write: the event follows from the write the
-    /// request made (`ctx.write`) and the change it carried. `old` is the id the request came
-    /// with, `id` the one the session has now. A touch (no data change) is not an event.
+    /// The proxy's hook after a successful store write that is an event (a touch is not): the
+    /// request's `request_id`, the id the session has now and the user it belongs to.
     pub fn saved(
         &self,
-        ctx: &RequestCtx,
-        old: &SessionId,
+        request_id: &HeaderValue,
         id: &SessionId,
-        change: Option<&DataChange>,
+        event: Event,
         user: impl FnOnce() -> Option<String>,
     ) {
-        let event = || match ctx.write {
-            StoreWrite::Created => Some(Event::Created {
-                keys: keys_of(change),
-            }),
-            StoreWrite::Updated => Some(Event::of_change(change)),
-            StoreWrite::Regenerated => Some(Event::Regenerated {
-                old: *old,
-                keys: keys_of(change),
-            }),
-            _ => None,
-        };
-        if self.is_on()
-            && let Some(event) = event()
-        {
-            self.emit(|| {
-                Entry::new(event, Some(id))
-                    .request_id(&ctx.request_id)
-                    .user(user())
-            });
-        }
+        self.emit(|| {
+            Entry::new(event, Some(id))
+                .request_id(request_id)
+                .user(user())
+        });
     }
 
     /// A session destroyed on a request: by the app, or as one of `user`'s sessions revoked
     /// (`X-Session-Revoke`) or evicted (`session.max_per_user`).
-    pub fn destroyed(&self, ctx: &RequestCtx, id: &SessionId, reason: Reason, user: Option<&str>) {
+    pub fn destroyed(
+        &self,
+        request_id: &HeaderValue,
+        id: &SessionId,
+        reason: Reason,
+        user: Option<&str>,
+    ) {
         self.emit(|| {
             Entry::new(Event::Destroyed(reason), Some(id))
-                .request_id(&ctx.request_id)
+                .request_id(request_id)
                 .user(user.map(str::to_owned))
         });
     }
@@ -333,10 +336,10 @@ impl Audit {
     }
 
     /// A request found its session dead by expiry (and its load removed it).
-    pub fn expired(&self, ctx: &RequestCtx, id: &SessionId, user: Option<String>) {
+    pub fn expired(&self, request_id: &HeaderValue, id: &SessionId, user: Option<String>) {
         self.emit(|| {
             Entry::new(Event::Expired, Some(id))
-                .request_id(&ctx.request_id)
+                .request_id(request_id)
                 .user(user)
         });
     }

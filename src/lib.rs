@@ -11,9 +11,11 @@ pub mod config;
 pub mod cookie;
 pub mod downstream;
 pub mod error;
+pub mod forwarding;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod outcome;
 pub mod protocol;
 pub mod proxy;
 pub mod reload;
@@ -70,7 +72,15 @@ impl Proxy {
             audit::Audit::open(config.audit.as_ref(), metrics.audit_dropped()).await?;
         let mut state = proxy::State::new(config, opened.store, metrics);
         // The sweeper's removals are `expired` lines too.
-        let sweeper = opened.sweeper.map(|s| s.with_audit(audit.clone()));
+        let sweeper = opened.sweeper.map(|sweeper| {
+            if !audit.is_on() {
+                return sweeper;
+            }
+            let audit = audit.clone();
+            sweeper.reporting_to(Arc::new(
+                move |id: &session::SessionId, user: Option<&str>| audit.swept(id, user),
+            ))
+        });
         state.audit = audit;
         Ok(Proxy {
             state: Arc::new(state),

@@ -34,12 +34,11 @@ use crate::proxy::{self, State, Tunnel};
 use crate::tls;
 
 mod activity;
-mod peer;
 mod rlimit;
 
+use crate::forwarding::Peer;
 use activity::Activity;
 pub use activity::Tracked;
-pub use peer::Peer;
 
 type ServerBuilder = auto::Builder<TokioExecutor>;
 

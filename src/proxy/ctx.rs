@@ -1,6 +1,5 @@
-//! What one request learned on its way through the phases. The enums are closed sets on
-//! purpose: each becomes a log value now and a metric label later, so a typo cannot invent a
-//! new one.
+//! What one request learned on its way through the phases: [`RequestCtx`], read once by the
+//! logging phase, and the request id.
 
 use std::time::Instant;
 
@@ -9,64 +8,7 @@ use http::{HeaderValue, Method};
 use crate::http::X_REQUEST_ID;
 
 use crate::error::ProxyError;
-
-/// The session as the request found it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionState {
-    /// The request failed before its session was loaded.
-    Unloaded,
-    /// This request started the session (no cookie, or one for a dead session).
-    New,
-    /// The cookie named a live session.
-    Existing,
-    /// The store failed and `store.on_error = "fail_open"` sent the request on without one.
-    Unavailable,
-    /// The path is in `session.skip`: no session was loaded or offered.
-    Skipped,
-}
-
-impl SessionState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SessionState::Unloaded => "",
-            SessionState::New => "new",
-            SessionState::Existing => "existing",
-            SessionState::Unavailable => "unavailable",
-            SessionState::Skipped => "skipped",
-        }
-    }
-}
-
-/// The store write the request made (at most one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StoreWrite {
-    None,
-    Created,
-    Updated,
-    /// A read-only request moved the idle deadline.
-    Touched,
-    Destroyed,
-    Regenerated,
-    /// The session was destroyed or expired by another request before this one saved.
-    Vanished,
-    /// The app's change was refused (too large); nothing was written.
-    Refused,
-}
-
-impl StoreWrite {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StoreWrite::None => "none",
-            StoreWrite::Created => "created",
-            StoreWrite::Updated => "updated",
-            StoreWrite::Touched => "touched",
-            StoreWrite::Destroyed => "destroyed",
-            StoreWrite::Regenerated => "regenerated",
-            StoreWrite::Vanished => "vanished",
-            StoreWrite::Refused => "refused",
-        }
-    }
-}
+use crate::outcome::{SessionState, StoreWrite};
 
 /// The client's `X-Request-Id` when it is well formed (1 to 64 characters of `A-Z a-z 0-9 - _ .`,
 /// so it cannot break a log line or smuggle anything to the app), else a fresh one: 32 hex

@@ -20,12 +20,13 @@ use hyper::body::Incoming;
 use crate::audit::Audit;
 use crate::config::{Config, OnStoreError};
 use crate::cookie::{Cookies, Presented};
-use crate::downstream::Peer;
 use crate::error::{self, ClientError, ProxyError};
+use crate::forwarding::Peer;
 use crate::http::{
     ProxyBody, Trailers, X_REQUEST_ID, keep_upgrade, requested_upgrade, strip_hop_by_hop,
 };
 use crate::metrics::{Metrics, Rejected};
+use crate::outcome::{SessionState, StoreWrite};
 use crate::protocol::{Instructions, ProtocolHeaders, codec, parse_instructions};
 use crate::store::{self, SessionStore};
 use crate::upstream::{ResponseBody, Upstream, check_host};
@@ -40,7 +41,8 @@ use body::RequestBody;
 
 pub use tunnel::Tunnel;
 
-pub use ctx::{RequestCtx, SessionState, StoreWrite};
+pub use ctx::RequestCtx;
+
 use session::Current;
 
 /// Everything a request needs, built once at start and shared by every connection.

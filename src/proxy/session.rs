@@ -7,10 +7,11 @@
 use http::HeaderValue;
 
 use super::State;
-use super::ctx::{RequestCtx, SessionState, StoreWrite};
-use crate::audit::Reason;
+use super::ctx::RequestCtx;
+use crate::audit::{Event, Reason};
 use crate::cookie::Presented;
 use crate::error::ProxyError;
+use crate::outcome::{SessionState, StoreWrite};
 use crate::protocol::{Instructions, Revoke};
 use crate::session::SessionId;
 use crate::store::{Loaded, Record, StoreError, Update, users};
@@ -38,7 +39,7 @@ pub async fn load(
             let record = match state.store.load_or_expired(&id).await? {
                 Loaded::Live(record) => Some(record),
                 Loaded::Expired { user } => {
-                    state.audit.expired(ctx, &id, user);
+                    state.audit.expired(&ctx.request_id, &id, user);
                     None
                 }
                 Loaded::Missing => None,
@@ -171,7 +172,9 @@ async fn revoke(
 ) -> Result<Vec<SessionId>, StoreError> {
     let destroyed = users::revoke(&*state.store, user, except).await?;
     for id in &destroyed {
-        state.audit.destroyed(ctx, id, Reason::Revoked, Some(user));
+        state
+            .audit
+            .destroyed(&ctx.request_id, id, Reason::Revoked, Some(user));
     }
     tracing::info!(
         revoked = destroyed.len(),
@@ -191,7 +194,9 @@ async fn evict(
 ) -> Result<Vec<SessionId>, StoreError> {
     let destroyed = users::evict(&*state.store, user, keep, max).await?;
     for id in &destroyed {
-        state.audit.destroyed(ctx, id, Reason::Evicted, Some(user));
+        state
+            .audit
+            .destroyed(&ctx.request_id, id, Reason::Evicted, Some(user));
     }
     if !destroyed.is_empty() {
         tracing::info!(
@@ -229,9 +234,12 @@ async fn write(
                 .audit
                 .is_on()
                 .then(|| user_of(state, current.record.as_ref()));
-            state
-                .audit
-                .destroyed(ctx, &current.id, Reason::App, user.flatten().as_deref());
+            state.audit.destroyed(
+                &ctx.request_id,
+                &current.id,
+                Reason::App,
+                user.flatten().as_deref(),
+            );
         }
         ctx.write = StoreWrite::Destroyed;
         return Ok((cookies.expire(), After::Destroyed));
@@ -276,11 +284,18 @@ async fn write(
         Some(_) => return Ok((resign(state, current), After::Unchanged)),
     };
     if let Ok(Some((id, r))) = &result {
-        state
-            .audit
-            .saved(ctx, &current.id, id, update.change.as_ref(), || {
-                user_of(state, Some(r))
-            });
+        let change = update.change.as_ref();
+        let event = match ctx.write {
+            StoreWrite::Created => Some(Event::created(change)),
+            StoreWrite::Updated => Some(Event::of_change(change)),
+            StoreWrite::Regenerated => Some(Event::regenerated(current.id, change)),
+            _ => None,
+        };
+        if let Some(event) = event.filter(|_| state.audit.is_on()) {
+            state
+                .audit
+                .saved(&ctx.request_id, id, event, || user_of(state, Some(r)));
+        }
     }
     match result {
         Ok(Some((id, r))) => {

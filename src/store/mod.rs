@@ -12,7 +12,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::audit::Audit;
 use crate::config::{StoreConfig, StoreKind};
 use crate::metrics::StoreMetrics;
 use crate::session::SessionId;
@@ -478,7 +477,7 @@ fn wrap<S: SessionStore>(backend: S, config: &StoreConfig) -> Opened {
     let sweeper = (!caps.expires_by_itself).then(|| Sweeper {
         store: store.clone(),
         interval: config.sweep_interval,
-        audit: Audit::off(),
+        expired: None,
     });
     Opened {
         store,
@@ -498,13 +497,14 @@ fn wrap<S: SessionStore>(backend: S, config: &StoreConfig) -> Opened {
 pub struct Sweeper {
     store: Arc<dyn SessionStore>,
     interval: Duration,
-    audit: Audit,
+    /// Told of every session a sweep removes; `None` collects no ids.
+    expired: Option<ExpiredSink>,
 }
 
 impl Sweeper {
-    /// Writes an `expired` line for every session this sweeper removes.
-    pub fn with_audit(mut self, audit: Audit) -> Self {
-        self.audit = audit;
+    /// Tells `sink` of every session this sweeper removes (the audit log's `expired` lines).
+    pub fn reporting_to(mut self, sink: ExpiredSink) -> Self {
+        self.expired = Some(sink);
         self
     }
 
@@ -513,13 +513,13 @@ impl Sweeper {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
-        let sink: Option<ExpiredSink> = self.audit.is_on().then(|| {
-            let audit = self.audit.clone();
-            Arc::new(move |id: &SessionId, user: Option<&str>| audit.swept(id, user)) as ExpiredSink
-        });
         loop {
             ticker.tick().await;
-            match self.store.prune_reporting(now_ms(), sink.as_ref()).await {
+            match self
+                .store
+                .prune_reporting(now_ms(), self.expired.as_ref())
+                .await
+            {
                 Ok(0) => {}
                 Ok(removed) => tracing::info!(removed, "swept expired sessions"),
                 Err(error) => tracing::warn!(%error, "sweeping expired sessions failed"),

@@ -23,7 +23,8 @@ use session_proxy::config::SqliteConfig;
 use session_proxy::session::SessionId;
 use session_proxy::store::memory::MemoryStore;
 use session_proxy::store::sqlite::{Reads, SqliteStore};
-use session_proxy::store::{Record, SessionStore, UserKey, now_ms};
+use session_proxy::session::UserKey;
+use session_proxy::store::{Record, SessionStore, now_ms};
 
 /// About 200 bytes of JSON naming user `i % users`, different for every `i`.
 fn data(i: u64, users: u64) -> String {
