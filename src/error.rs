@@ -1,4 +1,5 @@
-//! The proxy's request errors and the one place that turns them into responses.
+//! The proxy's request errors and whose fault each is ([`status`] picks the response's status;
+//! `proxy/response.rs` writes the response).
 //!
 //! Each variant records which side failed (pingora's `ErrorSource`, here [`Fault`]): the client
 //! (4xx: a bad request, a body too slow or malformed), the upstream (502/504), the store (503),
@@ -8,9 +9,8 @@
 
 use std::time::Duration;
 
-use http::{Response, StatusCode, header};
+use http::StatusCode;
 
-use crate::http::{ProxyBody, full};
 use crate::metrics::UpstreamFailure;
 use crate::session::RandomError;
 use crate::store::StoreError;
@@ -22,7 +22,9 @@ pub enum ProxyError {
     #[error("client error: {0}")]
     Client(#[from] ClientError),
     #[error("upstream unreachable: {0}")]
-    UpstreamConnect(#[source] crate::upstream::ConnectError),
+    /// The cause is the connector's (hyper-util's `HttpConnector`): boxed, as pingora-error
+    /// keeps a cause, so this room names no upstream type.
+    UpstreamConnect(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("upstream failed: {0}")]
     Upstream(#[source] hyper::Error),
     #[error("upstream sent no response within {0:?}")]
@@ -120,7 +122,7 @@ impl ClientError {
 
     /// Whether the connection must close after the answer: a body left half-read leaves its
     /// framing untrustworthy, and a client too slow to send one is not worth keeping.
-    fn closes(self) -> bool {
+    pub fn closes(self) -> bool {
         matches!(self, ClientError::BodyMalformed | ClientError::BodyTimeout)
     }
 }
@@ -136,48 +138,4 @@ pub fn status(error: &ProxyError) -> StatusCode {
         ProxyError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         ProxyError::Random(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
-}
-
-/// The response for `error`: its status and reason phrase, nothing internal.
-pub fn response(error: &ProxyError) -> Response<ProxyBody> {
-    let status = status(error);
-    let text = format!(
-        "{} {}\n",
-        status.as_u16(),
-        status.canonical_reason().unwrap_or("Error")
-    );
-    let mut resp = Response::new(full(text));
-    *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        header::HeaderValue::from_static("no-store"),
-    );
-    if let ProxyError::Store(_) = error {
-        // The store is expected back: a well-behaved client or load balancer retries later
-        // instead of at once.
-        h.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-    }
-    if let ProxyError::Client(e) = error {
-        if e.closes() {
-            // hyper closes an HTTP/1.1 connection after a response that says so.
-            h.insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("close"),
-            );
-        }
-        if *e == ClientError::Connect {
-            h.insert(
-                header::ALLOW,
-                header::HeaderValue::from_static(
-                    "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE",
-                ),
-            );
-        }
-    }
-    resp
 }

@@ -13,31 +13,32 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HeaderValue, SET_COOKIE, UPGRADE};
-use http::{Method, Request, Response, StatusCode};
+use http::header::{HOST, HeaderValue, SET_COOKIE, UPGRADE};
+use http::uri::Authority;
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
 use crate::audit::Audit;
 use crate::config::{Config, OnStoreError};
 use crate::cookie::{Cookies, Presented};
-use crate::error::{self, ClientError, ProxyError};
+use crate::error::{ClientError, ProxyError};
 use crate::forwarding::Peer;
 use crate::http::{
-    ProxyBody, Trailers, X_REQUEST_ID, keep_upgrade, requested_upgrade, strip_hop_by_hop,
+    RequestBody, Trailers, X_REQUEST_ID, keep_upgrade, requested_upgrade, strip_hop_by_hop,
 };
 use crate::metrics::{Metrics, Rejected};
 use crate::outcome::{SessionState, StoreWrite};
 use crate::protocol::{Instructions, ProtocolHeaders, codec, parse_instructions};
 use crate::store::{self, SessionStore};
-use crate::upstream::{ResponseBody, Upstream, check_host};
+use crate::upstream::{ResponseBody, Upstream};
 
-pub mod body;
 mod ctx;
 mod log;
+mod response;
 mod session;
 mod tunnel;
 
-use body::RequestBody;
+pub use response::{ProxyBody, full};
 
 pub use tunnel::Tunnel;
 
@@ -83,7 +84,7 @@ pub async fn handle(
     let mut resp = match pipeline(&state, &peer, req, &mut ctx).await {
         Ok(resp) => resp,
         Err(e) => {
-            let resp = error::response(&e);
+            let resp = response::response(&e);
             ctx.error = Some(e);
             resp
         }
@@ -266,4 +267,27 @@ fn upstream_response_filter(state: &State, resp: &mut Response<ResponseBody>) ->
         tracing::warn!(error = %e, "ignored a malformed session instruction from the upstream");
     }
     instructions
+}
+
+/// The `Host` a request names, judged by RFC 9112 §3.2: exactly one, and a valid
+/// `uri-host [":" port]` (no userinfo, no path). HTTP/1.0 may leave it out.
+pub fn check_host(req: &Request<Incoming>) -> Result<(), ClientError> {
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let first = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ClientError::DuplicateHost);
+    }
+    match first {
+        None if req.version() == Version::HTTP_11 => Err(ClientError::MissingHost),
+        // HTTP/2 carries the host in `:authority`, which hyper puts in the URI.
+        None if req.version() == Version::HTTP_2 && req.uri().authority().is_none() => {
+            Err(ClientError::MissingHost)
+        }
+        None => Ok(()),
+        Some(v) if v.is_empty() => Ok(()),
+        Some(v) => match Authority::try_from(v.as_bytes()) {
+            Ok(a) if !a.as_str().contains('@') => Ok(()),
+            _ => Err(ClientError::InvalidHost),
+        },
+    }
 }

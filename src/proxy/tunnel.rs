@@ -24,7 +24,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::time::Instant;
 
-use crate::http::{ProxyBody, full, keep_upgrade};
+use super::{ProxyBody, full};
+use crate::http::keep_upgrade;
 use crate::metrics::Metrics;
 use crate::upstream::ResponseBody;
 

@@ -7,19 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, CONNECTION, HOST, HeaderMap, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 
 use crate::config::Config;
-use crate::error::{ClientError, ProxyError};
+use crate::error::ProxyError;
 use crate::forwarding::{self, Peer};
 use crate::http::upgrade_agreed;
-use crate::proxy::body::{RequestBody, client_fault};
+use crate::http::{RequestBody, client_fault};
 
 mod pool;
 
-pub use pool::{ConnectError, ResponseBody};
+pub use pool::ResponseBody;
 use pool::{Lease, Pool};
 
 /// Built once at start; its pool is shared by every request.
@@ -36,29 +35,6 @@ impl std::fmt::Debug for Upstream {
         f.debug_struct("Upstream")
             .field("default_host", &self.default_host)
             .finish_non_exhaustive()
-    }
-}
-
-/// The `Host` a request names, judged by RFC 9112 §3.2: exactly one, and a valid
-/// `uri-host [":" port]` (no userinfo, no path). HTTP/1.0 may leave it out.
-pub fn check_host(req: &Request<Incoming>) -> Result<(), ClientError> {
-    let mut hosts = req.headers().get_all(HOST).iter();
-    let first = hosts.next();
-    if hosts.next().is_some() {
-        return Err(ClientError::DuplicateHost);
-    }
-    match first {
-        None if req.version() == Version::HTTP_11 => Err(ClientError::MissingHost),
-        // HTTP/2 carries the host in `:authority`, which hyper puts in the URI.
-        None if req.version() == Version::HTTP_2 && req.uri().authority().is_none() => {
-            Err(ClientError::MissingHost)
-        }
-        None => Ok(()),
-        Some(v) if v.is_empty() => Ok(()),
-        Some(v) => match Authority::try_from(v.as_bytes()) {
-            Ok(a) if !a.as_str().contains('@') => Ok(()),
-            _ => Err(ClientError::InvalidHost),
-        },
     }
 }
 
@@ -231,6 +207,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
     use bytes::Bytes;
+    use http::uri::Authority;
     use http_body_util::Empty;
     use hyper_util::rt::TokioIo;
 

@@ -40,16 +40,13 @@ use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service as _;
 
-use crate::proxy::body::RequestBody;
+use crate::http::RequestBody;
 
 /// How long a connection may sit idle in the pool before it is closed (the legacy client's
 /// `pool_idle_timeout` here, unchanged). Apps commonly close idle connections after 5 to 75 s;
 /// one the app closes first is noticed by hyper and skipped, or, in a race, its request is
 /// retried.
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Why no connection could be had: the app's address did not answer (or not in time).
-pub type ConnectError = Box<dyn StdError + Send + Sync>;
 
 /// The pool, generic over the request body only so that its tests can send bodies of their
 /// own.
@@ -112,8 +109,11 @@ where
         None
     }
 
-    /// A new connection, its task spawned (with upgrades: a 101 hands the socket over).
-    pub(super) async fn connect(&self) -> Result<http1::SendRequest<B>, ConnectError> {
+    /// A new connection, its task spawned (with upgrades: a 101 hands the socket over). The
+    /// error says why none could be had (the app's address did not answer, or not in time).
+    pub(super) async fn connect(
+        &self,
+    ) -> Result<http1::SendRequest<B>, Box<dyn StdError + Send + Sync>> {
         let io = self.connector.clone().call(self.dst.clone()).await?;
         let (sender, conn) = http1::Builder::new().handshake(io).await?;
         tokio::spawn(async move {

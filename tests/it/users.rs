@@ -394,8 +394,8 @@ async fn a_redis_users_set_is_bounded_by_its_live_sessions() {
 /// left for a dead session.
 #[tokio::test]
 async fn the_sweep_removes_index_entries() {
-    use session_proxy::store::memory::MemoryStore;
     use session_proxy::session::UserKey;
+    use session_proxy::store::memory::MemoryStore;
     use session_proxy::store::{Record, SessionStore, now_ms};
     let memory = MemoryStore::new(Some(UserKey::new("user")));
     let now = now_ms();

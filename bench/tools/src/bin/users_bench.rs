@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use bench_tools::rss_bytes;
 use session_proxy::config::SqliteConfig;
 use session_proxy::session::SessionId;
+use session_proxy::session::UserKey;
 use session_proxy::store::memory::MemoryStore;
 use session_proxy::store::sqlite::{Reads, SqliteStore};
-use session_proxy::session::UserKey;
 use session_proxy::store::{Record, SessionStore, now_ms};
 
 /// About 200 bytes of JSON naming user `i % users`, different for every `i`.

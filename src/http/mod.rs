@@ -6,13 +6,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Version};
-use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, SizeHint};
 
 use crate::protocol::ProtocolHeaders;
+
+pub mod body;
+
+pub use body::{BodyError, RequestBody, client_fault};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies still see. "Intermediaries
 /// MUST parse a received Connection header field before a message is forwarded and, for each
@@ -126,10 +128,6 @@ pub fn upgrade_agreed(asked: &HeaderValue, answered: Option<&HeaderValue>) -> bo
         .all(|p| asked.iter().any(|a| a.eq_ignore_ascii_case(p)))
 }
 
-/// Every response the proxy sends has this body type: the upstream's body streaming through, or
-/// one the proxy wrote. An enum, not a boxed body: no allocation and no dynamic call per frame.
-pub type ProxyBody = Either<Trailers<crate::upstream::ResponseBody>, Full<Bytes>>;
-
 pin_project_lite::pin_project! {
     /// A body whose trailers are held to the same rules as headers: trailers are headers sent
     /// late (HTTP/1.1 chunked, HTTP/2 HEADERS after DATA), so a reserved name or a hop-by-hop
@@ -181,11 +179,6 @@ pub fn filter_trailers<D>(frame: Frame<D>, reserved: &ProtocolHeaders) -> Frame<
         }
         Err(frame) => frame,
     }
-}
-
-/// A body built by the proxy itself.
-pub fn full(body: impl Into<Bytes>) -> ProxyBody {
-    Either::Right(Full::new(body.into()))
 }
 
 #[cfg(test)]
