@@ -1,5 +1,5 @@
-//! The Lua scripts that make every write atomic, and how they are called: an `EVALSHA` built
-//! by hand, sent again after loading the script if the server does not know it. Each
+//! The Lua scripts that make every write atomic, and the one way to call them: an `EVALSHA`
+//! built by hand, sent again after loading the script if the server does not know it. Each
 //! script touches one session key and starts with the user index's part; on Redis Cluster,
 //! whose user sets live in other slots, the index is changed by a second call. A write's
 //! arguments are read by position (`ARGV[n]`), so each call is built next to its script.
@@ -196,10 +196,11 @@ impl Cas {
     }
 }
 
-/// Runs `cmd`, an `EVALSHA` of `script` made by [`RedisStore::invocation`], on `conn`. A
-/// server that does not know the script yet (first call, restart, `SCRIPT FLUSH`, another node)
-/// is sent it once and the call repeated, as redis-rs's `invoke_async` would; building the
-/// command here instead writes every argument straight into one buffer.
+/// Runs `cmd`, an `EVALSHA` of `script` (made by [`RedisStore::invocation`], or by hand for a
+/// script without the index part's arguments), on `conn`: every script call goes through here.
+/// A server that does not know the script yet (first call, restart, `SCRIPT FLUSH`, another
+/// node) is sent it once and the call repeated, as redis-rs's `invoke_async` would; building
+/// the command here instead writes every argument straight into one buffer.
 async fn run(
     conn: &mut impl ConnectionLike,
     script: &Script,
@@ -212,6 +213,28 @@ async fn run(
         }
         result => result,
     }
+}
+
+/// The `EVALSHA` of [`INDEX_ONLY`] on one user's `set` (as all three keys), with the index
+/// part's flags `(rem, add)`.
+fn index_only_call(
+    script: &Script,
+    set: &str,
+    (rem, add): (&str, &str),
+    id: &SessionId,
+    expires_at: u64,
+) -> Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash())
+        .arg(3)
+        .arg(set)
+        .arg(set)
+        .arg(set)
+        .arg(rem)
+        .arg(add)
+        .arg(id.as_str())
+        .arg(expires_at);
+    cmd
 }
 
 impl RedisStore {
@@ -384,18 +407,9 @@ impl RedisStore {
             steps.push((self.user_set(new), "0", "1"));
         }
         for (set, rem, add) in steps {
-            let result: Result<i64, RedisError> = self
-                .scripts
-                .index_only
-                .key(&set)
-                .key(&set)
-                .key(&set)
-                .arg(rem)
-                .arg(add)
-                .arg(id.as_str())
-                .arg(plan.expires_at)
-                .invoke_async(&mut self.conn())
-                .await;
+            let script = &self.scripts.index_only;
+            let cmd = index_only_call(script, &set, (rem, add), id, plan.expires_at);
+            let result = int_reply(run(&mut self.conn(), script, &cmd).await);
             if let Err(error) = result {
                 tracing::warn!(%error, "could not change the user index (Redis Cluster's second call)");
             }
@@ -419,6 +433,7 @@ mod tests {
     struct Answers {
         replies: VecDeque<Result<Value, RedisError>>,
         sent: Vec<String>,
+        packed: Vec<Vec<u8>>,
     }
 
     impl Answers {
@@ -426,6 +441,7 @@ mod tests {
             Answers {
                 replies: replies.into_iter().collect(),
                 sent: Vec::new(),
+                packed: Vec::new(),
             }
         }
     }
@@ -441,6 +457,7 @@ mod tests {
                 })
                 .collect();
             self.sent.push(name.join(" "));
+            self.packed.push(cmd.get_packed_command());
             let reply = self
                 .replies
                 .pop_front()
@@ -510,5 +527,31 @@ mod tests {
         let error = run(&mut server, &script, &call(&script)).await.unwrap_err();
         assert_eq!(error.kind(), ErrorKind::Io);
         assert_eq!(server.sent.len(), 2);
+    }
+
+    /// Redis Cluster's second call was redis-rs's `invoke_async`; it now goes through [`run`]
+    /// and sends the very command `invoke_async` sent.
+    #[tokio::test]
+    async fn the_cluster_index_call_is_the_command_invoke_async_sent() {
+        let script = Script::new(&format!("{REINDEX}{INDEX_ONLY}"));
+        let id = SessionId::generate().unwrap();
+        let set = "session:user:ada";
+        let mut before = Answers::new([Ok(Value::Int(1))]);
+        let reply: i64 = script
+            .key(set)
+            .key(set)
+            .key(set)
+            .arg("1")
+            .arg("0")
+            .arg(id.as_str())
+            .arg(1_700_000_000_000_u64)
+            .invoke_async(&mut before)
+            .await
+            .unwrap();
+        assert_eq!(reply, 1);
+        let mut now = Answers::new([Ok(Value::Int(1))]);
+        let cmd = index_only_call(&script, set, ("1", "0"), &id, 1_700_000_000_000);
+        assert_eq!(int_reply(run(&mut now, &script, &cmd).await).unwrap(), 1);
+        assert_eq!(now.packed, before.packed);
     }
 }
