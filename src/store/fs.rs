@@ -1,35 +1,13 @@
-//! The embedded default store: one JSON file per session, like werkzeug's
-//! `FilesystemSessionStore`.
+//! An embedded store: one JSON file per session, like werkzeug's `FilesystemSessionStore`.
+//! One directory belongs to one proxy process (several proxies must not share one: use Redis).
 //!
-//! Every write goes to a temporary file in the same directory, is fsynced (unless
-//! `store.fsync = false`), then renamed over the old file, and the directory is fsynced: a
-//! crash leaves the old session or the new one, never a torn one. Readers take no lock, since
-//! a rename is atomic; writers of one id serialise on a striped async lock (taken before the
-//! blocking task starts, so waiting writers hold no thread), which makes update a true
-//! read-merge-write within this process. (Several proxies must not share one directory: use
-//! Redis for that.)
-//!
-//! Each file's mtime is set to the session's expiry, so the sweeper finds dead sessions with a
-//! `stat` per file instead of a read, and a cron job can too (`find DIR -mmin +0`).
-//!
-//! One directory belongs to one proxy process, so the store keeps the ordered set of ids it
-//! holds in memory (`Index`): built once at open by streaming the directory (names only, no
-//! file is read), then changed by create, delete and prune under the id's stripe, so a listing
-//! page reads only the files it returns instead of listing and sorting the whole directory. A
-//! file removed behind the store's back (an operator's `find -delete`, `sessions prune` from
-//! another process) is skipped by the next listing that meets it and dropped from the index; a
-//! file added behind its back is listed after the next open.
-//!
-//! With `session.user_key`, a per-process `UserIndex` (user → ids) is rebuilt at open by
-//! reading every file (the one case where open reads them: a million files take a while), and
-//! kept by every write under the id's stripe, in the same blocking task as the file operation,
-//! from the record it replaced and the one it wrote. A user's listing reads each indexed file
-//! back, so one removed behind the store's back is dropped, never listed.
-//!
-//! Every filesystem call runs on the blocking pool (`spawn_blocking`), never on an async worker.
-//! Writes are capped at a few in flight (`writers`): every create and rename takes the
-//! directory's inode lock, so dozens of concurrent writers only queue in the kernel, on more
-//! threads, and were measured many times slower than a short queue (bench/PROFILE.md).
+//! Every write goes to a temporary file, fsynced (unless `store.fsync = false`) and renamed over
+//! the old one: a crash leaves the old session or the new one, never a torn one. Readers take
+//! no lock; writers of one id serialise on a striped async lock. Each file's mtime is the
+//! session's expiry (`find DIR -mmin +0` finds the dead). The ids, and with `session.user_key`
+//! the users, are indexed in memory, built at open; a file removed behind the store's back is
+//! never listed. Every filesystem call runs on the blocking pool, a few writes at a time.
+//! Why: docs/stores.md.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};

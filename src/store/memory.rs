@@ -2,28 +2,10 @@
 //! single-process deployments; its sessions die with the process.
 //!
 //! Atomicity comes from the shard locks, which are only ever held by synchronous code: no lock
-//! is held across an await.
-//!
-//! Why 4096 `RwLock<BTreeMap>` shards keyed by the id's first two characters, rather than the
-//! former `DashMap`, a `DashMap` plus a `SkipSet` of ids, or a `SkipMap` with striped locks:
-//! measured at a million sessions of 200 bytes (bench/tools/src/bin/index_designs.rs, figures
-//! in bench/LISTING.md), this is the only layout that lists a page in O(page + log n) without
-//! costing memory, and it costs the hot path a few tenths of a microsecond against the ~40 µs
-//! of CPU a proxied request takes. In four runs its loads took 0.8–1.1 µs and its updates
-//! 1.0–1.3 µs, the DashMap-plus-index layout's 0.9–1.3 and 0.9–1.5, the bare DashMap's (which
-//! cannot list) 0.7–1.0 and 0.7–0.95; it keeps 150 bytes of overhead per session where the
-//! bare DashMap kept 194 and the DashMap plus index 271. A `SkipMap` holding the records took
-//! 4–5 µs per load and 5–7 per update (a pointer chase per level, and every update allocates
-//! a node since its values are immutable).
-//!
-//! Because the shards are ranges, walking them in order walks the ids in order, and every
-//! lock covers 1/4096 of the sessions: a listing slice, an update or a prune step makes only
-//! that sliver wait, and only for microseconds.
-//!
-//! With `session.user_key`, a `UserIndex` (its own shards, by user) is changed by every
-//! write while the session's shard is still write-locked: the session's shard first, then one
-//! user shard at a time, never the reverse, so the hot path takes no global lock and cannot
-//! deadlock. A write that leaves the data as it was (a touch) does not look at the index.
+//! is held across an await. Walking the shards in order walks the ids in order, and each lock
+//! covers 1/4096 of the sessions. With `session.user_key`, a `UserIndex` is changed by every
+//! write while the session's shard is still write-locked (the session's shard first, then one
+//! user shard at a time). Why these shards, measured against other layouts: docs/stores.md.
 
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
