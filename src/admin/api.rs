@@ -22,7 +22,7 @@ use super::Admin;
 use crate::audit::{Event, Reason};
 use crate::session::UserKey;
 use crate::session::{DataChange, SessionId};
-use crate::store::{self, Fault, Record, StoreError, Update};
+use crate::store::{self, Blame, Record, StoreError, Update};
 
 /// The most sessions one page may hold, and how many it holds when the caller does not say.
 pub const MAX_LIMIT: usize = 1000;
@@ -60,10 +60,10 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        let status = match (&e, e.fault()) {
+        let status = match (&e, e.blame()) {
             (StoreError::TooLarge { .. }, _) => StatusCode::PAYLOAD_TOO_LARGE,
-            (_, Fault::Caller) => StatusCode::BAD_REQUEST,
-            (_, Fault::Store) => StatusCode::SERVICE_UNAVAILABLE,
+            (_, Blame::Caller) => StatusCode::BAD_REQUEST,
+            (_, Blame::Store) => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError::new(status, e.to_string())
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    Capabilities, ExpiredSink, Fault, Loaded, Page, Record, Result, SessionStore, StoreError,
+    Blame, Capabilities, ExpiredSink, Loaded, Page, Record, Result, SessionStore, StoreError,
     Update,
 };
 use crate::metrics::{StoreMetrics, StoreOp};
@@ -42,7 +42,7 @@ impl<S: SessionStore> Timed<S> {
                 .unwrap_or(Err(StoreError::Timeout(limit))),
         };
         // A refused change (too large, a bad cursor) is the caller's, not a store error.
-        let failed = matches!(&result, Err(e) if e.fault() == Fault::Store);
+        let failed = matches!(&result, Err(e) if e.blame() == Blame::Store);
         self.metrics.observe(op, start.elapsed(), failed);
         result
     }

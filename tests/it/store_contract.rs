@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use session_proxy::config::RawConfig;
 use session_proxy::session::{DataChange, SessionId};
 use session_proxy::store::{
-    self, ExpiredSink, Fault, Loaded, Record, SessionStore, StoreError, Update, now_ms,
+    self, Blame, ExpiredSink, Loaded, Record, SessionStore, StoreError, Update, now_ms,
 };
 
 /// An open store plus whatever keeps its backend alive (a directory, a server).
@@ -235,7 +235,7 @@ pub async fn update_applies_the_change_and_bumps_the_version(s: Opened) {
     big.max_size = 64;
     let err = store.update(&a, &big).await.unwrap_err();
     assert!(matches!(err, StoreError::TooLarge { .. }), "{err}");
-    assert_eq!(err.fault(), Fault::Caller);
+    assert_eq!(err.blame(), Blame::Caller);
     assert_eq!(store.load(&a).await.unwrap().unwrap(), next);
 }
 
@@ -356,7 +356,7 @@ pub async fn a_bad_cursor_is_the_callers_fault(s: Opened) {
     for cursor in ["not a cursor", "", "../../etc", "9999999999.0.x"] {
         let err = s.store.list(Some(cursor), 10).await.unwrap_err();
         assert!(matches!(err, StoreError::BadCursor(_)), "{cursor:?}: {err}");
-        assert_eq!(err.fault(), Fault::Caller);
+        assert_eq!(err.blame(), Blame::Caller);
     }
 }
 
@@ -760,7 +760,7 @@ async fn a_stuck_store_fails_fast_for_every_caller() {
     signal("-CONT");
     for result in [load, list] {
         let err = result.unwrap_err();
-        assert_eq!(err.fault(), Fault::Store, "{err}");
+        assert_eq!(err.blame(), Blame::Store, "{err}");
     }
     assert!(elapsed < std::time::Duration::from_secs(3), "{elapsed:?}");
     drop(server);

@@ -466,7 +466,7 @@ mod tests {
             a_answer.blocking_recv().unwrap().unwrap_err(),
             bad_answer.blocking_recv().unwrap().unwrap_err(),
         ] {
-            assert_eq!(err.fault(), crate::store::Fault::Store);
+            assert_eq!(err.blame(), crate::store::Blame::Store);
             assert!(err.to_string().contains("no_such_table"), "{err}");
         }
         assert_eq!(data(&batch, "a"), None, "a rolled-back batch left a write");

@@ -1,0 +1,301 @@
+//! [`Record`], the stored session every backend keeps, and its JSON (as the fs and Redis stores
+//! keep it): written by hand in the bytes serde wrote, read by serde.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{Result, StoreError};
+use crate::session::SessionId;
+
+/// One stored session.
+///
+/// A new field must be added in five places, which the compiler does not all point to: this
+/// struct; the JSON writer ([`Record::json_tail`] and `JSON_TAIL_MAX`); the JSON reader
+/// (`StoredRecord` and [`Record::from_json`]); the sqlite store's columns (a migration in
+/// `sqlite/schema.rs` and its row reads and writes); and the admin and CLI view
+/// (`ShownSession` in `sweeper.rs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The session data: the text of a JSON object, kept as text so a read costs no parse.
+    pub data: Arc<str>,
+    /// Unix milliseconds.
+    pub created_at: u64,
+    /// Last change of `data`, unix milliseconds.
+    pub updated_at: u64,
+    /// The session is dead at this instant (unix milliseconds).
+    pub expires_at: u64,
+    /// Bumped by every write, so optimistic stores can detect a concurrent one.
+    pub version: u64,
+}
+
+impl Record {
+    pub fn is_live(&self, now: u64) -> bool {
+        self.expires_at > now
+    }
+
+    /// The JSON the file and Redis stores keep, and the admin listing shows.
+    ///
+    /// Written by hand, in the bytes `serde_json` wrote for it before (fields in this order,
+    /// no spaces), so records on disk and in Redis read the same either way. `data` goes in as
+    /// the text it is: it is a valid JSON object by construction (a merge's output, or text a
+    /// backend validated on reading it back), so copying it through a parser would only
+    /// re-check it.
+    pub fn to_json(&self) -> Result<String> {
+        let pieces = self.json_pieces();
+        let mut out = String::with_capacity(pieces.iter().map(|p| p.as_str().len()).sum());
+        for piece in &pieces {
+            out.push_str(piece.as_str());
+        }
+        Ok(out)
+    }
+
+    /// [`Record::to_json`] in three pieces, for a writer that takes them one at a time (the
+    /// Redis store writes them straight into its command): `{"data":`, the data, and what
+    /// follows it.
+    pub(crate) fn json_pieces(&self) -> [JsonPiece<'_>; 3] {
+        debug_assert!(
+            Record::check_data(&self.data).is_ok(),
+            "a record's data is a JSON object: {:?}",
+            self.data
+        );
+        [
+            JsonPiece::Str(JSON_HEAD),
+            JsonPiece::Str(&self.data),
+            JsonPiece::Tail(self.json_tail()),
+        ]
+    }
+
+    /// The bytes of the JSON after `data`: the four integers and the closing brace.
+    fn json_tail(&self) -> JsonTail {
+        let mut tail = JsonTail::default();
+        let mut int = itoa::Buffer::new();
+        for (name, value) in [
+            (&br#","created_at":"#[..], self.created_at),
+            (br#","updated_at":"#, self.updated_at),
+            (br#","expires_at":"#, self.expires_at),
+            (br#","version":"#, self.version),
+        ] {
+            tail.push(name);
+            tail.push(int.format(value).as_bytes());
+        }
+        tail.push(b"}");
+        tail
+    }
+
+    /// The record a backend read back for `id`. One that does not parse is logged at `error`
+    /// and counts as missing, so one bad file or value cannot lock a client out of the site
+    /// (they get a fresh session); it is left where it is for inspection. The log names the id
+    /// by its prefix only: the whole id is a bearer credential.
+    pub fn from_stored(bytes: &[u8], id: &SessionId) -> Option<Record> {
+        Record::readable(Record::from_json(bytes), id)
+    }
+
+    /// The one rule for a record a backend could not read back, however it keeps records
+    /// (whole JSON, or columns): logged, and treated as missing.
+    pub(crate) fn readable(record: Result<Record>, id: &SessionId) -> Option<Record> {
+        record
+            .inspect_err(|error| {
+                tracing::error!(%error, ?id, "unreadable stored session treated as missing")
+            })
+            .ok()
+    }
+
+    /// `data` as a backend that keeps it apart from the times holds it: valid JSON and an
+    /// object, or the record is [`StoreError::Corrupt`].
+    pub(crate) fn check_data(data: &str) -> Result<()> {
+        serde_json::from_str::<&RawValue>(data).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if !data.starts_with('{') {
+            return Err(StoreError::Corrupt("data is not a JSON object".to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Reads what [`Record::to_json`] writes, and any other JSON spelling of it (spaces,
+    /// another field order) that an earlier version or a hand edit left. `data` is borrowed
+    /// from `bytes` while it is checked, then copied once into the record.
+    pub fn from_json(bytes: &[u8]) -> Result<Record> {
+        let s: StoredRecord<'_> =
+            serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        if !s.data.get().starts_with('{') {
+            return Err(StoreError::Corrupt("data is not a JSON object".to_owned()));
+        }
+        Ok(Record {
+            data: Arc::from(s.data.get()),
+            created_at: s.created_at,
+            updated_at: s.updated_at,
+            expires_at: s.expires_at,
+            version: s.version,
+        })
+    }
+}
+
+/// What a record's JSON starts with.
+const JSON_HEAD: &str = r#"{"data":"#;
+
+/// The longest [`Record::json_tail`]: the field names and `}` (54 bytes), four `u64`s of up
+/// to 20 digits each.
+const JSON_TAIL_MAX: usize = 54 + 4 * 20;
+
+/// The end of a record's JSON, on the stack: it is short and written once per save.
+pub(crate) struct JsonTail {
+    buf: [u8; JSON_TAIL_MAX],
+    len: usize,
+}
+
+impl Default for JsonTail {
+    fn default() -> Self {
+        JsonTail {
+            buf: [0; JSON_TAIL_MAX],
+            len: 0,
+        }
+    }
+}
+
+impl JsonTail {
+    fn push(&mut self, bytes: &[u8]) {
+        // Sized for the longest tail there is, so this never runs out of room.
+        if let Some(room) = self.buf.get_mut(self.len..self.len + bytes.len()) {
+            room.copy_from_slice(bytes);
+            self.len += bytes.len();
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII names and digits were pushed.
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+/// One piece of a record's JSON ([`Record::json_pieces`]).
+pub(crate) enum JsonPiece<'a> {
+    Str(&'a str),
+    Tail(JsonTail),
+}
+
+impl JsonPiece<'_> {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            JsonPiece::Str(s) => s,
+            JsonPiece::Tail(t) => t.as_str(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredRecord<'a> {
+    #[serde(borrow)]
+    data: &'a RawValue,
+    created_at: u64,
+    updated_at: u64,
+    expires_at: u64,
+    version: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Serialize;
+
+    #[test]
+    fn record_json_round_trip() {
+        let r = Record {
+            data: Arc::from(r#"{"k":[1,{}],"s":"é"}"#),
+            created_at: 1,
+            updated_at: 2,
+            expires_at: 3,
+            version: 4,
+        };
+        assert_eq!(
+            Record::from_json(r.to_json().unwrap().as_bytes()).unwrap(),
+            r
+        );
+        assert!(
+            Record::from_json(
+                br#"{"data":[1],"created_at":1,"updated_at":2,"expires_at":3,"version":4}"#
+            )
+            .is_err()
+        );
+        assert!(Record::from_json(b"{").is_err());
+    }
+
+    /// The JSON the file and Redis stores kept before `to_json` was written by hand:
+    /// `serde_json` over this struct. The hand-written one must give the same bytes.
+    #[derive(Serialize)]
+    struct SerdeRecord<'a> {
+        data: &'a RawValue,
+        created_at: u64,
+        updated_at: u64,
+        expires_at: u64,
+        version: u64,
+    }
+
+    #[test]
+    fn record_json_is_byte_for_byte_what_serde_wrote() {
+        for (data, n) in [
+            ("{}", 0),
+            (
+                r#"{"k":[1,{}],"s":"é\"\u00e9","n":null,"f":1.5e300}"#,
+                1_767_225_600_000,
+            ),
+            (r#"{ "spaced" : [ 1 , 2 ] }"#, u64::MAX),
+        ] {
+            let r = Record {
+                data: Arc::from(data),
+                created_at: n,
+                updated_at: n / 3,
+                expires_at: n.saturating_add(1),
+                version: n / 7,
+            };
+            let raw: &RawValue = serde_json::from_str(data).unwrap();
+            let serde = serde_json::to_string(&SerdeRecord {
+                data: raw,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+                expires_at: r.expires_at,
+                version: r.version,
+            })
+            .unwrap();
+            let json = r.to_json().unwrap();
+            assert_eq!(json, serde);
+            assert_eq!(Record::from_json(json.as_bytes()).unwrap(), r);
+        }
+    }
+
+    /// Records as earlier versions (or a hand edit) stored them still load: any field order,
+    /// spaces, escapes inside `data` kept as they were written.
+    #[test]
+    fn a_record_stored_by_earlier_code_still_loads() {
+        let want = |data: &str| Record {
+            data: Arc::from(data),
+            created_at: 1_767_225_600_000,
+            updated_at: 1_767_225_600_001,
+            expires_at: 1_767_227_400_000,
+            version: 12,
+        };
+        let stored = br#"{"data":{"user":"ada","cart":[1,2],"s":"\u00e9\n"},"created_at":1767225600000,"updated_at":1767225600001,"expires_at":1767227400000,"version":12}"#;
+        assert_eq!(
+            Record::from_json(stored).unwrap(),
+            want(r#"{"user":"ada","cart":[1,2],"s":"\u00e9\n"}"#)
+        );
+        let edited = br#" { "version" : 12, "expires_at":1767227400000,
+            "data" : {"a": 1} , "updated_at":1767225600001, "created_at":1767225600000 } "#;
+        assert_eq!(Record::from_json(edited).unwrap(), want(r#"{"a": 1}"#));
+        for bad in [
+            &br#"{"data":{},"created_at":1,"updated_at":2,"expires_at":3}"#[..],
+            br#"{"data":{},"created_at":1,"updated_at":2,"expires_at":3,"version":4,"x":0}"#,
+            br#"{"data":{},"created_at":-1,"updated_at":2,"expires_at":3,"version":4}"#,
+            br#"{"data":"{}","created_at":1,"updated_at":2,"expires_at":3,"version":4}"#,
+            br#"{"data":{},"created_at":1,"updated_at":2,"expires_at":3,"version":4"#,
+            b"\xff",
+        ] {
+            assert!(
+                Record::from_json(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

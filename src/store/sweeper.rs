@@ -1,0 +1,113 @@
+//! The store's background and bulk walks: the [`Sweeper`] that removes expired sessions, and
+//! [`walk`] with [`session_json`], the one listing loop and view the CLI and the admin share.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::{ExpiredSink, Record, Result, SessionStore, StoreError};
+use crate::session::{SessionId, now_ms};
+
+/// Removes expired sessions every `interval`. Only housekeeping: loads already treat an
+/// expired session as missing. A prune runs on the blocking pool (fs), under short shard
+/// locks (memory) or in chunks through the writer thread (sqlite), so requests never wait long
+/// for it.
+///
+/// With the audit log on, each session it removes is one `expired` line, queued like every
+/// other event: a sweep of more sessions than the queue holds drops the lines that do not fit
+/// (counted in `audit_dropped_total`), it never waits for the disk.
+pub struct Sweeper {
+    store: Arc<dyn SessionStore>,
+    interval: Duration,
+    /// Told of every session a sweep removes; `None` collects no ids.
+    expired: Option<ExpiredSink>,
+}
+
+impl Sweeper {
+    pub(super) fn new(store: Arc<dyn SessionStore>, interval: Duration) -> Self {
+        Sweeper {
+            store,
+            interval,
+            expired: None,
+        }
+    }
+
+    /// Tells `sink` of every session this sweeper removes (the audit log's `expired` lines).
+    pub fn reporting_to(mut self, sink: ExpiredSink) -> Self {
+        self.expired = Some(sink);
+        self
+    }
+
+    /// Runs until the task is aborted.
+    pub async fn run(self) {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            match self
+                .store
+                .prune_reporting(now_ms(), self.expired.as_ref())
+                .await
+            {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "swept expired sessions"),
+                Err(error) => tracing::warn!(%error, "sweeping expired sessions failed"),
+            }
+        }
+    }
+}
+
+/// Walks every live session, page by page, handing each to `each`, until `limit` were seen.
+/// The one paging loop the CLI and the admin export share.
+pub async fn walk(
+    store: &dyn SessionStore,
+    limit: usize,
+    mut each: impl FnMut(SessionId, Record) -> Result<()>,
+) -> Result<usize> {
+    const PAGE: usize = 500;
+    let mut cursor: Option<String> = None;
+    let mut seen = 0;
+    while seen < limit {
+        let page = store
+            .list(cursor.as_deref(), (limit - seen).min(PAGE))
+            .await?;
+        for (id, record) in page.sessions {
+            each(id, record)?;
+            seen += 1;
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    Ok(seen)
+}
+
+/// One session as the CLI prints it and the admin API shows it: the id with the stored
+/// record's fields beside it.
+pub fn session_json(id: &SessionId, record: &Record) -> Result<String> {
+    let data = RawValue::from_string(record.data.to_string())
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    serde_json::to_string(&ShownSession {
+        id: id.as_str(),
+        data: &data,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+        expires_at: record.expires_at,
+        version: record.version,
+    })
+    .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+#[derive(Serialize)]
+struct ShownSession<'a> {
+    id: &'a str,
+    data: &'a RawValue,
+    created_at: u64,
+    updated_at: u64,
+    expires_at: u64,
+    version: u64,
+}
