@@ -215,11 +215,11 @@ impl std::fmt::Debug for Audit {
 
 struct Sender {
     tx: mpsc::Sender<Entry>,
-    shared: Arc<Shared>,
+    shared: Arc<Drops>,
 }
 
 /// What the senders and the writer both see.
-struct Shared {
+struct Drops {
     /// `audit_dropped_total`: events that are not in the file (queue full, writer gone, or a
     /// failed write).
     dropped: Counter,
@@ -248,7 +248,7 @@ impl Audit {
         };
         let file = open_file(&config.path).await?;
         let (tx, rx) = mpsc::channel(config.queue);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Drops {
             dropped,
             overflowing: AtomicBool::new(false),
         });
@@ -396,7 +396,7 @@ pub struct Writer {
     rx: mpsc::Receiver<Entry>,
     file: Arc<std::fs::File>,
     path: PathBuf,
-    shared: Arc<Shared>,
+    shared: Arc<Drops>,
 }
 
 impl Writer {
@@ -479,7 +479,7 @@ impl Writer {
 }
 
 #[derive(Serialize)]
-struct Line<'a> {
+struct JsonLine<'a> {
     time: &'a str,
     event: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -521,7 +521,7 @@ fn line(entry: &Entry, out: &mut Vec<u8>) {
         Event::Destroyed(r) => Some(r.as_str()),
         _ => None,
     };
-    let line = Line {
+    let line = JsonLine {
         time: &time,
         event: entry.event.name(),
         sid: sid.as_deref(),

@@ -44,7 +44,7 @@ pub use tunnel::Tunnel;
 
 pub use ctx::RequestCtx;
 
-use session::Current;
+use session::Active;
 
 /// Everything a request needs, built once at start and shared by every connection.
 pub struct State {
@@ -226,7 +226,7 @@ fn upstream_request_filter(
     state: &State,
     peer: &Peer,
     req: &mut Request<RequestBody>,
-    current: &Current,
+    current: &Active,
 ) {
     let now = store::now_ms();
     let expires = current.record.as_ref().map_or_else(

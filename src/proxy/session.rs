@@ -17,7 +17,7 @@ use crate::session::SessionId;
 use crate::store::{Loaded, Record, StoreError, Update, users};
 
 /// The session as the request found it.
-pub struct Current {
+pub struct Active {
     pub id: SessionId,
     /// `None` for a session this request started.
     pub record: Option<Record>,
@@ -32,7 +32,7 @@ pub async fn load(
     state: &State,
     presented: Presented,
     ctx: &mut RequestCtx,
-) -> Result<Current, ProxyError> {
+) -> Result<Active, ProxyError> {
     let current = match presented {
         Presented::Valid(id) | Presented::OldKey(id) => {
             let resign = matches!(presented, Presented::OldKey(_));
@@ -45,12 +45,12 @@ pub async fn load(
                 Loaded::Missing => None,
             };
             match record {
-                Some(record) => Current {
+                Some(record) => Active {
                     id,
                     record: Some(record),
                     resign,
                 },
-                None if !state.config.session.renew_missing => Current {
+                None if !state.config.session.renew_missing => Active {
                     id,
                     record: None,
                     resign,
@@ -78,8 +78,8 @@ pub async fn load(
     Ok(current)
 }
 
-fn fresh() -> Result<Current, ProxyError> {
-    Ok(Current {
+fn fresh() -> Result<Active, ProxyError> {
+    Ok(Active {
         id: SessionId::generate()?,
         record: None,
         resign: false,
@@ -103,7 +103,7 @@ enum After {
 /// destroyed, regenerated or vanished session is not.
 pub async fn save(
     state: &State,
-    current: &Current,
+    current: &Active,
     instructions: Instructions,
     now: u64,
     ctx: &mut RequestCtx,
@@ -211,7 +211,7 @@ async fn evict(
 /// The one store operation on the session; the cookie to send and what the session is now.
 async fn write(
     state: &State,
-    current: &Current,
+    current: &Active,
     instructions: Instructions,
     now: u64,
     ctx: &mut RequestCtx,
@@ -329,7 +329,7 @@ fn user_of(state: &State, record: Option<&Record>) -> Option<String> {
 
 /// The cookie for the kept id, signed with the current key, when the request's was signed
 /// with an older one.
-fn resign(state: &State, current: &Current) -> Option<HeaderValue> {
+fn resign(state: &State, current: &Active) -> Option<HeaderValue> {
     current
         .resign
         .then(|| state.cookies.set(&current.id))

@@ -36,11 +36,11 @@ pub(super) const SLOW: Duration = Duration::from_millis(100);
 /// The writer's handle on the helper thread. Dropping it stops the thread.
 #[derive(Debug)]
 pub(super) struct Checkpointer {
-    shared: Arc<Shared>,
+    shared: Arc<Handoff>,
 }
 
 #[derive(Debug, Default)]
-struct Shared {
+struct Handoff {
     state: Mutex<State>,
     /// Signalled when a pass is wanted or the helper is to stop.
     wake: Condvar,
@@ -59,7 +59,7 @@ impl Checkpointer {
     /// Opens the helper's connection and starts it.
     pub(super) fn start(path: &Path, fsync: bool) -> Result<Checkpointer> {
         let conn = schema::open_checkpointer(path, fsync)?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Handoff::default());
         let helper = shared.clone();
         let path = path.to_owned();
         std::thread::Builder::new()
@@ -97,7 +97,7 @@ impl Drop for Checkpointer {
     }
 }
 
-impl Shared {
+impl Handoff {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
