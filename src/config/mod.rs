@@ -24,6 +24,7 @@ pub mod cli;
 
 /// Lives with the session rules it drives; configured here.
 pub use crate::session::Lifetime;
+mod origin;
 mod raw;
 mod validate;
 

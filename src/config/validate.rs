@@ -9,62 +9,20 @@ use cookie::{Key, SameSite};
 use http::uri::{Authority, Scheme, Uri};
 use time::OffsetDateTime;
 
+use super::origin::{Origin, bounded, count};
 use super::raw::{
     RawAdmin, RawAudit, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts, RawTls,
 };
 use super::{
     AdminConfig, AuditConfig, Config, ConfigError, CookieConfig, DEFAULT_LISTEN, DEFAULT_UPSTREAM,
-    DurationSpec, FsConfig, Lifetime, Limits, LogFormat, OnStoreError, RawConfig, RedisConfig,
-    SessionConfig, SkipRules, SqliteConfig, StoreConfig, StoreKind, TlsConfig, TrustedProxies,
-    UpstreamTimeouts,
+    FsConfig, Lifetime, Limits, LogFormat, OnStoreError, RawConfig, RedisConfig, SessionConfig,
+    SkipRules, SqliteConfig, StoreConfig, StoreKind, TlsConfig, TrustedProxies, UpstreamTimeouts,
 };
 use crate::protocol::ProtocolHeaders;
 use crate::tls::Certs;
 
 const DEFAULT_MAX_SIZE: u64 = 16 * 1024;
 const MAX_MAX_SIZE: u64 = 1024 * 1024;
-
-/// The file being validated, so that every error can say where it came from.
-struct Origin<'a>(&'a str);
-
-impl Origin<'_> {
-    fn bad(&self, key: &'static str, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            file: self.0.to_owned(),
-            key,
-            message: message.into(),
-        }
-    }
-
-    fn duration(
-        &self,
-        key: &'static str,
-        spec: &Option<DurationSpec>,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
-        Ok(self.optional_duration(key, spec)?.unwrap_or(default))
-    }
-
-    /// A zero timeout or interval would fail every call or spin.
-    fn positive(&self, key: &'static str, value: Duration) -> Result<(), ConfigError> {
-        if value.is_zero() {
-            Err(self.bad(key, "must be positive"))
-        } else {
-            Ok(())
-        }
-    }
-
-    fn optional_duration(
-        &self,
-        key: &'static str,
-        spec: &Option<DurationSpec>,
-    ) -> Result<Option<Duration>, ConfigError> {
-        spec.as_ref()
-            .map(DurationSpec::parse)
-            .transpose()
-            .map_err(|m| self.bad(key, m))
-    }
-}
 
 impl RawConfig {
     /// Validates every value and applies defaults. `file` names the origin in errors.
@@ -770,44 +728,6 @@ fn admin(at: &Origin, a: RawAdmin) -> Result<Option<AdminConfig>, ConfigError> {
         listen,
         token: token.map(|(_, t)| t),
     }))
-}
-
-/// A whole number of `key` within `range`.
-fn count(
-    at: &Origin,
-    key: &'static str,
-    value: Option<u64>,
-    default: u64,
-    range: std::ops::RangeInclusive<u64>,
-) -> Result<u64, ConfigError> {
-    let value = value.unwrap_or(default);
-    if range.contains(&value) {
-        Ok(value)
-    } else {
-        Err(at.bad(
-            key,
-            format!("{value} is outside {}..={}", range.start(), range.end()),
-        ))
-    }
-}
-
-/// A positive duration of `key`, at most `max` (a longer wait would undo the limit).
-fn bounded(
-    at: &Origin,
-    key: &'static str,
-    spec: &Option<DurationSpec>,
-    default: Duration,
-    max: Duration,
-) -> Result<Duration, ConfigError> {
-    let value = at.duration(key, spec, default)?;
-    at.positive(key, value)?;
-    if value > max {
-        return Err(at.bad(
-            key,
-            format!("must be at most {}", humantime::format_duration(max)),
-        ));
-    }
-    Ok(value)
 }
 
 fn limits(at: &Origin, l: RawLimits) -> Result<Limits, ConfigError> {
