@@ -12,10 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cookie::SameSite;
 use http::uri::Authority;
 use serde::Deserialize;
-use time::OffsetDateTime;
 
 use crate::protocol::ProtocolHeaders;
 use crate::tls::Certs;
@@ -24,10 +22,12 @@ pub mod cli;
 
 /// Lives with the session rules it drives; configured here.
 pub use crate::session::Lifetime;
+mod cookie;
 mod origin;
 mod raw;
 mod validate;
 
+pub use self::cookie::CookieConfig;
 #[cfg(test)]
 pub(crate) use raw::KEYS;
 pub use raw::{
@@ -240,58 +240,6 @@ impl std::fmt::Debug for AdminConfig {
         f.debug_struct("AdminConfig")
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
-
-#[derive(Clone)]
-pub struct CookieConfig {
-    pub name: String,
-    pub max_age: Option<Duration>,
-    pub expires: Option<OffsetDateTime>,
-    pub path: String,
-    pub domain: Option<String>,
-    pub secure: bool,
-    pub http_only: bool,
-    pub same_site: SameSite,
-    /// The signing keys (HMAC-SHA256), in the configured order: the first signs, every one
-    /// verifies; empty, cookies are not signed. As loaded at start: the keys in use, which a
-    /// SIGHUP may replace, are the `Cookies`' `KeyRing`'s. Derived here, from secrets checked to be long
-    /// enough, so the cookie code has no weak or missing key to fall back from.
-    pub keys: Vec<::cookie::Key>,
-    /// Where the secrets were read from (`cookie.secret_file`), if from a file: its mode is
-    /// checked (world-readable is warned about) at start and on each reload.
-    pub secret_file: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for CookieConfig {
-    /// Says whether cookies are signed, never with what.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Destructured, so a new field cannot be left out of the output by accident.
-        let CookieConfig {
-            name,
-            max_age,
-            expires,
-            path,
-            domain,
-            secure,
-            http_only,
-            same_site,
-            keys,
-            secret_file,
-        } = self;
-        f.debug_struct("CookieConfig")
-            .field("name", name)
-            .field("max_age", max_age)
-            .field("expires", expires)
-            .field("path", path)
-            .field("domain", domain)
-            .field("secure", secure)
-            .field("http_only", http_only)
-            .field("same_site", same_site)
-            .field("signed", &!keys.is_empty())
-            .field("keys", &keys.len())
-            .field("secret_file", secret_file)
             .finish()
     }
 }
