@@ -15,7 +15,6 @@ use std::time::Duration;
 use http::uri::Authority;
 use serde::Deserialize;
 
-use crate::protocol::ProtocolHeaders;
 use crate::tls::Certs;
 
 pub mod cli;
@@ -25,9 +24,11 @@ pub use crate::session::Lifetime;
 mod cookie;
 mod origin;
 mod raw;
+mod session;
 mod validate;
 
 pub use self::cookie::CookieConfig;
+pub use self::session::{SessionConfig, SkipRules};
 #[cfg(test)]
 pub(crate) use raw::KEYS;
 pub use raw::{
@@ -241,45 +242,6 @@ impl std::fmt::Debug for AdminConfig {
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish()
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct SessionConfig {
-    pub header_prefix: String,
-    /// The names built from `header_prefix`, once, so nothing later rebuilds or re-checks them.
-    pub headers: ProtocolHeaders,
-    pub renew_missing: bool,
-    /// Upper bound on the session's JSON text, in bytes.
-    pub max_size: usize,
-    pub lifetime: Lifetime,
-    /// Paths that get no session (static assets): see [`SkipRules`].
-    pub skip: SkipRules,
-    /// `session.user_key`: the data key that names a session's user; `None`, no user index.
-    pub user_key: Option<crate::session::UserKey>,
-    /// `session.max_per_user`: live sessions one user may hold (only with `user_key`).
-    pub max_per_user: Option<usize>,
-}
-
-/// `session.skip`: request paths the proxy passes through without touching the store. An
-/// entry ending in `/` matches every path under it, any other entry only that exact path.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SkipRules {
-    prefixes: Vec<String>,
-    exact: Vec<String>,
-}
-
-impl SkipRules {
-    pub(crate) fn new(entries: Vec<String>) -> Self {
-        let (prefixes, exact) = entries.into_iter().partition(|e| e.ends_with('/'));
-        SkipRules { prefixes, exact }
-    }
-
-    /// Whether a request for `path` skips the session. Checked on every request: a few string
-    /// comparisons, no allocation.
-    pub fn matches(&self, path: &str) -> bool {
-        self.exact.iter().any(|e| e == path)
-            || self.prefixes.iter().any(|p| path.starts_with(p.as_str()))
     }
 }
 

@@ -9,17 +9,14 @@ use http::uri::{Authority, Scheme, Uri};
 
 use super::cookie::cookie;
 use super::origin::{Origin, bounded, count};
-use super::raw::{RawAdmin, RawAudit, RawLimits, RawSession, RawStore, RawTimeouts, RawTls};
+use super::raw::{RawAdmin, RawAudit, RawLimits, RawStore, RawTimeouts, RawTls};
+use super::session::session;
 use super::{
     AdminConfig, AuditConfig, Config, ConfigError, DEFAULT_LISTEN, DEFAULT_UPSTREAM, FsConfig,
-    Lifetime, Limits, LogFormat, OnStoreError, RawConfig, RedisConfig, SessionConfig, SkipRules,
-    SqliteConfig, StoreConfig, StoreKind, TlsConfig, TrustedProxies, UpstreamTimeouts,
+    Limits, LogFormat, OnStoreError, RawConfig, RedisConfig, SqliteConfig, StoreConfig, StoreKind,
+    TlsConfig, TrustedProxies, UpstreamTimeouts,
 };
-use crate::protocol::ProtocolHeaders;
 use crate::tls::Certs;
-
-const DEFAULT_MAX_SIZE: u64 = 16 * 1024;
-const MAX_MAX_SIZE: u64 = 1024 * 1024;
 
 impl RawConfig {
     /// Validates every value and applies defaults. `file` names the origin in errors.
@@ -137,105 +134,6 @@ fn parse_upstream(text: &str) -> Result<Authority, String> {
     uri.authority()
         .cloned()
         .ok_or_else(|| format!("{text:?} has no host"))
-}
-
-fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, ConfigError> {
-    let header_prefix = s.header_prefix.unwrap_or_else(|| "X-Session".to_owned());
-    let headers = ProtocolHeaders::new(&header_prefix)
-        .map_err(|e| at.bad("session.header_prefix", e.to_string()))?;
-    if header_prefix
-        .to_ascii_lowercase()
-        .starts_with("x-forwarded")
-    {
-        return Err(at.bad(
-            "session.header_prefix",
-            "must not overlap the X-Forwarded-* headers",
-        ));
-    }
-    let max_size = s.max_size.unwrap_or(DEFAULT_MAX_SIZE);
-    if !(2..=MAX_MAX_SIZE).contains(&max_size) {
-        return Err(at.bad(
-            "session.max_size",
-            format!("{max_size} is outside 2..={MAX_MAX_SIZE} bytes"),
-        ));
-    }
-    let idle_timeout = at.duration(
-        "session.idle_timeout",
-        &s.idle_timeout,
-        Duration::from_secs(24 * 3600),
-    )?;
-    if idle_timeout < Duration::from_secs(1) {
-        return Err(at.bad("session.idle_timeout", "must be at least 1s"));
-    }
-    let absolute_timeout = at.optional_duration("session.absolute_timeout", &s.absolute_timeout)?;
-    if absolute_timeout.is_some_and(|a| a < Duration::from_secs(1)) {
-        return Err(at.bad(
-            "session.absolute_timeout",
-            "must be at least 1s (leave it out to turn it off)",
-        ));
-    }
-    let touch_interval = at.duration(
-        "session.touch_interval",
-        &s.touch_interval,
-        idle_timeout / 10,
-    )?;
-    if touch_interval > idle_timeout {
-        return Err(at.bad(
-            "session.touch_interval",
-            "must not exceed session.idle_timeout, or idle sessions would die while in use",
-        ));
-    }
-    let skip = s.skip.unwrap_or_default();
-    if let Some(bad) = skip.iter().find(|e| {
-        !e.starts_with('/')
-            || e.bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-    }) {
-        return Err(at.bad(
-            "session.skip",
-            format!("{bad:?} is not a path: entries start with / (end one with / to skip everything under it)"),
-        ));
-    }
-    let user_key = match s.user_key.as_deref() {
-        None => None,
-        Some("") => {
-            return Err(at.bad(
-                "session.user_key",
-                "must not be empty (leave it out to turn the user index off)",
-            ));
-        }
-        Some(key) => Some(crate::session::UserKey::new(key)),
-    };
-    let max_per_user = match s.max_per_user {
-        None => None,
-        Some(0) => {
-            return Err(at.bad(
-                "session.max_per_user",
-                "must be at least 1 (leave it out for no limit)",
-            ));
-        }
-        Some(_) if user_key.is_none() => {
-            return Err(at.bad(
-                "session.max_per_user",
-                "needs session.user_key: without it no session has a user",
-            ));
-        }
-        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
-    };
-    Ok(SessionConfig {
-        user_key,
-        max_per_user,
-        skip: SkipRules::new(skip),
-        header_prefix,
-        headers,
-        renew_missing: s.renew_missing.unwrap_or(true),
-        max_size: max_size as usize,
-        lifetime: Lifetime {
-            idle_timeout,
-            absolute_timeout,
-            touch_interval,
-        },
-    })
 }
 
 /// The store kinds, as `store.kind` and the `--store` flag name them.
