@@ -25,10 +25,12 @@ mod cookie;
 mod origin;
 mod raw;
 mod session;
+mod store;
 mod validate;
 
 pub use self::cookie::CookieConfig;
 pub use self::session::{SessionConfig, SkipRules};
+pub use self::store::{FsConfig, OnStoreError, RedisConfig, SqliteConfig, StoreConfig, StoreKind};
 #[cfg(test)]
 pub(crate) use raw::KEYS;
 pub use raw::{
@@ -243,73 +245,6 @@ impl std::fmt::Debug for AdminConfig {
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .finish()
     }
-}
-
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    pub kind: StoreKind,
-    /// Upper bound on one store call made on behalf of a request.
-    pub timeout: Duration,
-    /// How often the background sweeper removes expired sessions (memory, fs and sqlite stores).
-    pub sweep_interval: Duration,
-    /// What a request gets while the store fails.
-    pub on_error: OnStoreError,
-    /// `session.user_key`, copied here so every opener of the store (the proxy, the CLI,
-    /// `sessions copy`) keeps the same user index without passing it along.
-    pub users: Option<crate::session::UserKey>,
-}
-
-/// The store-down policy (`store.on_error`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnStoreError {
-    /// A 503 with `Retry-After`; the app is not called when the session cannot be loaded.
-    FailClosed,
-    /// The request goes to the app without a session and with `X-Session-Unavailable: 1`; no
-    /// cookie is set or cleared and nothing stored is written, so the session is intact when
-    /// the store is back.
-    FailOpen,
-}
-
-#[derive(Debug, Clone)]
-pub enum StoreKind {
-    Memory,
-    Fs(FsConfig),
-    Sqlite(SqliteConfig),
-    Redis(RedisConfig),
-}
-
-#[derive(Debug, Clone)]
-pub struct FsConfig {
-    pub path: PathBuf,
-    /// Contains exactly one `%s` and no path separator.
-    pub filename_template: String,
-    pub mode: u32,
-    pub fsync: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct SqliteConfig {
-    /// The database file; created (with `mode`) if missing. Its `-wal` and `-shm` files live
-    /// beside it, so the directory must be writable.
-    pub path: PathBuf,
-    /// The mode a new database file is created with (SQLite gives its `-wal` and `-shm` files
-    /// the same one); an existing file keeps its own.
-    pub mode: u32,
-    /// `true`: `synchronous = FULL`, a commit survives power loss. `false`: `NORMAL`, which in
-    /// WAL mode may lose the last commits on power loss but never corrupts the file.
-    pub fsync: bool,
-    /// `store.timeout`: how long a write waits for another process's write lock (busy timeout).
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct RedisConfig {
-    /// Connection URLs: one for a standalone server, one or more seed nodes for a cluster.
-    pub urls: Vec<String>,
-    /// `store.timeout`: the client's own connect and command timeouts are derived from it.
-    pub timeout: Duration,
-    pub key_prefix: String,
-    pub cluster: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
