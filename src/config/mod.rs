@@ -22,6 +22,7 @@ pub mod cli;
 /// Lives with the session rules it drives; configured here.
 pub use crate::session::Lifetime;
 mod cookie;
+mod limits;
 mod origin;
 mod raw;
 mod session;
@@ -29,6 +30,7 @@ mod store;
 mod validate;
 
 pub use self::cookie::CookieConfig;
+pub use self::limits::Limits;
 pub use self::session::{SessionConfig, SkipRules};
 pub use self::store::{FsConfig, OnStoreError, RedisConfig, SqliteConfig, StoreConfig, StoreKind};
 #[cfg(test)]
@@ -179,40 +181,6 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
-}
-
-/// `[limits]`: every resource a client can make the proxy hold is bounded here, so that slow,
-/// silent or numerous clients cost a known amount and are answered clearly (408, 414, 431) or
-/// disconnected, instead of holding sockets, memory or app workers without end.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limits {
-    /// Connections served at once; one more is accepted and closed at once.
-    pub max_connections: usize,
-    /// From accept to the first request head (HTTP/1.1 and HTTP/2 alike).
-    pub handshake_timeout: Duration,
-    /// HTTP/1.1: the time a client has to send one request head.
-    pub header_read_timeout: Duration,
-    /// A connection with no request in flight for this long is closed.
-    pub keep_alive_timeout: Duration,
-    /// Bytes of one request head: HTTP/1.1 request line and headers, or an HTTP/2 header list.
-    pub max_head_size: usize,
-    /// Bytes of the request target.
-    pub max_uri_length: usize,
-    /// Header fields in one request.
-    pub max_headers: usize,
-    /// The longest wait for the next piece of a request body.
-    pub body_idle_timeout: Duration,
-    /// The time a client has to send a whole request body.
-    pub body_timeout: Duration,
-    /// HTTP/2 streams one connection may have open at once.
-    pub h2_max_concurrent_streams: u32,
-    /// HTTP/2: a PING after this long without a frame from the client.
-    pub h2_keep_alive_interval: Duration,
-    /// HTTP/2: a PING not answered within this closes the connection.
-    pub h2_keep_alive_timeout: Duration,
-    /// An upgraded connection (a WebSocket) that moves no byte either way for this long is
-    /// closed. Its own limit: a socket waits far longer than a keep-alive connection does.
-    pub upgrade_idle_timeout: Duration,
 }
 
 /// `[tls]`: the files were read and checked during validation, so a bad certificate or a key

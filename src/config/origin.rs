@@ -1,6 +1,6 @@
-//! Where a value came from: the file being validated, and the checks every section shares
-//! (a duration, a positive one, a bounded count), so that each error names the file and the key
-//! it is about and says it the same way.
+//! Where a value came from: the file being validated, and the checks several sections share (a
+//! duration, a positive one, a count within a range), so that each error names the file and the
+//! key it is about and says it the same way.
 
 use std::time::Duration;
 
@@ -65,23 +65,4 @@ pub(super) fn count(
             format!("{value} is outside {}..={}", range.start(), range.end()),
         ))
     }
-}
-
-/// A positive duration of `key`, at most `max` (a longer wait would undo the limit).
-pub(super) fn bounded(
-    at: &Origin,
-    key: &'static str,
-    spec: &Option<DurationSpec>,
-    default: Duration,
-    max: Duration,
-) -> Result<Duration, ConfigError> {
-    let value = at.duration(key, spec, default)?;
-    at.positive(key, value)?;
-    if value > max {
-        return Err(at.bad(
-            key,
-            format!("must be at most {}", humantime::format_duration(max)),
-        ));
-    }
-    Ok(value)
 }

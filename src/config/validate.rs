@@ -7,13 +7,14 @@ use std::time::Duration;
 use http::uri::{Authority, Scheme, Uri};
 
 use super::cookie::cookie;
-use super::origin::{Origin, bounded, count};
-use super::raw::{RawAdmin, RawAudit, RawLimits, RawTimeouts, RawTls};
+use super::limits::limits;
+use super::origin::{Origin, count};
+use super::raw::{RawAdmin, RawAudit, RawTimeouts, RawTls};
 use super::session::session;
 use super::store::store;
 use super::{
-    AdminConfig, AuditConfig, Config, ConfigError, DEFAULT_LISTEN, DEFAULT_UPSTREAM, Limits,
-    LogFormat, RawConfig, TlsConfig, TrustedProxies, UpstreamTimeouts,
+    AdminConfig, AuditConfig, Config, ConfigError, DEFAULT_LISTEN, DEFAULT_UPSTREAM, LogFormat,
+    RawConfig, TlsConfig, TrustedProxies, UpstreamTimeouts,
 };
 use crate::tls::Certs;
 
@@ -247,114 +248,6 @@ fn admin(at: &Origin, a: RawAdmin) -> Result<Option<AdminConfig>, ConfigError> {
         listen,
         token: token.map(|(_, t)| t),
     }))
-}
-
-fn limits(at: &Origin, l: RawLimits) -> Result<Limits, ConfigError> {
-    const MINUTE: Duration = Duration::from_secs(60);
-    const HOUR: Duration = Duration::from_secs(3600);
-    let max_connections = count(
-        at,
-        "limits.max_connections",
-        l.max_connections,
-        4096,
-        1..=1_000_000,
-    )?;
-    let handshake_timeout = bounded(
-        at,
-        "limits.handshake_timeout",
-        &l.handshake_timeout,
-        Duration::from_secs(10),
-        MINUTE,
-    )?;
-    let header_read_timeout = bounded(
-        at,
-        "limits.header_read_timeout",
-        &l.header_read_timeout,
-        Duration::from_secs(10),
-        MINUTE,
-    )?;
-    let keep_alive_timeout = bounded(
-        at,
-        "limits.keep_alive_timeout",
-        &l.keep_alive_timeout,
-        Duration::from_secs(15),
-        HOUR,
-    )?;
-    // hyper's HTTP/1.1 buffer must hold one head, and it is at least 8 KiB.
-    let max_head_size = count(
-        at,
-        "limits.max_head_size",
-        l.max_head_size,
-        64 * 1024,
-        8192..=1024 * 1024,
-    )?;
-    let max_uri_length = count(
-        at,
-        "limits.max_uri_length",
-        l.max_uri_length,
-        8192,
-        16..=max_head_size,
-    )?;
-    let max_headers = count(at, "limits.max_headers", l.max_headers, 100, 8..=10_000)?;
-    let body_idle_timeout = bounded(
-        at,
-        "limits.body_idle_timeout",
-        &l.body_idle_timeout,
-        Duration::from_secs(30),
-        HOUR,
-    )?;
-    let body_timeout = bounded(
-        at,
-        "limits.body_timeout",
-        &l.body_timeout,
-        Duration::from_secs(300),
-        Duration::from_secs(24 * 3600),
-    )?;
-    let h2_max_concurrent_streams = count(
-        at,
-        "limits.h2_max_concurrent_streams",
-        l.h2_max_concurrent_streams,
-        100,
-        1..=10_000,
-    )?;
-    let h2_keep_alive_interval = bounded(
-        at,
-        "limits.h2_keep_alive_interval",
-        &l.h2_keep_alive_interval,
-        Duration::from_secs(20),
-        HOUR,
-    )?;
-    let h2_keep_alive_timeout = bounded(
-        at,
-        "limits.h2_keep_alive_timeout",
-        &l.h2_keep_alive_timeout,
-        Duration::from_secs(20),
-        HOUR,
-    )?;
-    let upgrade_idle_timeout = bounded(
-        at,
-        "limits.upgrade_idle_timeout",
-        &l.upgrade_idle_timeout,
-        Duration::from_secs(300),
-        Duration::from_secs(24 * 3600),
-    )?;
-    // Every value is range-checked above, within usize and u32 on any platform this builds for.
-    let usize_of = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
-    Ok(Limits {
-        max_connections: usize_of(max_connections),
-        handshake_timeout,
-        header_read_timeout,
-        keep_alive_timeout,
-        max_head_size: usize_of(max_head_size),
-        max_uri_length: usize_of(max_uri_length),
-        max_headers: usize_of(max_headers),
-        body_idle_timeout,
-        body_timeout,
-        h2_max_concurrent_streams: u32::try_from(h2_max_concurrent_streams).unwrap_or(u32::MAX),
-        h2_keep_alive_interval,
-        h2_keep_alive_timeout,
-        upgrade_idle_timeout,
-    })
 }
 
 /// `text` as the file `t.toml`, parsed and validated; the error as a user sees it. Every
