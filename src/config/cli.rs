@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::validate::Kind;
+use crate::config::store::Kind;
 use crate::config::{
     Config, ConfigError, DurationSpec, RawConfig, RawStore, Secret, Secrets, StoreConfig,
     parse_duration_arg,

@@ -4,29 +4,41 @@
 //! keys refused), then flags overwrite raw fields, then [`RawConfig::validate`] turns the result
 //! into the typed [`Config`] the rest of the proxy uses. Every error names the file and the key.
 //!
-//! `raw.rs` holds the file as written, `validate.rs` the checks (one function per section),
-//! `cli.rs` the flags; this module is what the rest of the crate sees.
+//! `raw.rs` holds the file as written and `cli.rs` the flags. Each section has one file with its
+//! validated type, its rule and their tests: `listeners.rs` (`listen`, `upstream`,
+//! `trusted_proxies`, `[upstream_timeouts]`, `[tls]`, `[admin]`), `cookie.rs`, `session.rs`,
+//! `store.rs`, `limits.rs`, `audit.rs`; `origin.rs` the helpers they share to name file and key.
+//! `validate.rs` calls them in turn. This module is what the rest of the crate sees: every type
+//! is re-exported here, so its path is `crate::config::Name` wherever it lives.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use cookie::SameSite;
 use http::uri::Authority;
 use serde::Deserialize;
-use time::OffsetDateTime;
-
-use crate::protocol::ProtocolHeaders;
-use crate::tls::Certs;
 
 pub mod cli;
 
-/// Lives with the session rules it drives; configured here.
-pub use crate::session::Lifetime;
+mod audit;
+mod cookie;
+mod limits;
+mod listeners;
+mod origin;
 mod raw;
+mod session;
+mod store;
 mod validate;
 
+pub use self::audit::AuditConfig;
+pub use self::cookie::CookieConfig;
+pub use self::limits::Limits;
+pub use self::listeners::{
+    AdminConfig, DEFAULT_LISTEN, DEFAULT_UPSTREAM, TlsConfig, TrustedProxies, UpstreamTimeouts,
+};
+pub use self::session::{SessionConfig, SkipRules};
+pub use self::store::{FsConfig, OnStoreError, RedisConfig, SqliteConfig, StoreConfig, StoreKind};
+/// Lives with the session rules it drives; configured here.
+pub use crate::session::Lifetime;
 #[cfg(test)]
 pub(crate) use raw::KEYS;
 pub use raw::{
@@ -108,66 +120,6 @@ pub struct Config {
     pub audit: Option<AuditConfig>,
 }
 
-/// `[audit]`: where the audit log goes and how many events may wait for the writer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuditConfig {
-    /// Appended to; created with mode 0600; reopened on SIGHUP.
-    pub path: PathBuf,
-    /// Events queued for the writer at most; one more is dropped and counted, never waited for.
-    pub queue: usize,
-}
-
-/// The networks of the front proxies whose forwarding headers (`X-Forwarded-*`, `Forwarded`,
-/// `X-Real-IP`, …) are passed on and extended; from any other peer they are replaced. Matched
-/// once per connection, against the peer's address with an IPv4-mapped IPv6 address read as
-/// the IPv4 address it is (a dual-stack listener reports IPv4 clients that way).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies(Vec<ipnet::IpNet>);
-
-impl TrustedProxies {
-    /// Parses one entry: a network (`10.0.0.0/8`, `fd00::/8`) or a bare address (a /32 or a
-    /// /128). A network with host bits set (`10.0.0.1/8`) is refused: it is more often a typo
-    /// for one address than a wish to trust the whole network.
-    pub fn parse_entry(text: &str) -> Result<ipnet::IpNet, String> {
-        let text = text.trim();
-        if let Ok(ip) = text.parse::<std::net::IpAddr>() {
-            return Ok(ipnet::IpNet::from(ip.to_canonical()));
-        }
-        let net: ipnet::IpNet = text.parse().map_err(|_| {
-            format!("{text:?} is not an IP address or a network like \"10.0.0.0/8\"")
-        })?;
-        if net.trunc() != net {
-            return Err(format!(
-                "{text:?} has host bits set: write the network ({:?}) or the address alone",
-                net.trunc().to_string()
-            ));
-        }
-        // Peers are matched as IPv4 when they are IPv4-mapped, so a mapped network must be too.
-        if let ipnet::IpNet::V6(v6) = net
-            && let Some(v4) = v6.network().to_ipv4_mapped()
-            && v6.prefix_len() >= 96
-            && let Ok(v4) = ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
-        {
-            return Ok(ipnet::IpNet::V4(v4));
-        }
-        Ok(net)
-    }
-
-    pub fn new(nets: Vec<ipnet::IpNet>) -> Self {
-        TrustedProxies(nets)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// Whether a peer at `ip` is one of the trusted proxies.
-    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        self.0.iter().any(|net| net.contains(&ip))
-    }
-}
-
 /// `text` (`key=value`, for people) or `json` (one object per line, for collectors): the same
 /// events and fields either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -176,236 +128,3 @@ pub enum LogFormat {
     Text,
     Json,
 }
-
-/// `[limits]`: every resource a client can make the proxy hold is bounded here, so that slow,
-/// silent or numerous clients cost a known amount and are answered clearly (408, 414, 431) or
-/// disconnected, instead of holding sockets, memory or app workers without end.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limits {
-    /// Connections served at once; one more is accepted and closed at once.
-    pub max_connections: usize,
-    /// From accept to the first request head (HTTP/1.1 and HTTP/2 alike).
-    pub handshake_timeout: Duration,
-    /// HTTP/1.1: the time a client has to send one request head.
-    pub header_read_timeout: Duration,
-    /// A connection with no request in flight for this long is closed.
-    pub keep_alive_timeout: Duration,
-    /// Bytes of one request head: HTTP/1.1 request line and headers, or an HTTP/2 header list.
-    pub max_head_size: usize,
-    /// Bytes of the request target.
-    pub max_uri_length: usize,
-    /// Header fields in one request.
-    pub max_headers: usize,
-    /// The longest wait for the next piece of a request body.
-    pub body_idle_timeout: Duration,
-    /// The time a client has to send a whole request body.
-    pub body_timeout: Duration,
-    /// HTTP/2 streams one connection may have open at once.
-    pub h2_max_concurrent_streams: u32,
-    /// HTTP/2: a PING after this long without a frame from the client.
-    pub h2_keep_alive_interval: Duration,
-    /// HTTP/2: a PING not answered within this closes the connection.
-    pub h2_keep_alive_timeout: Duration,
-    /// An upgraded connection (a WebSocket) that moves no byte either way for this long is
-    /// closed. Its own limit: a socket waits far longer than a keep-alive connection does.
-    pub upgrade_idle_timeout: Duration,
-}
-
-/// `[tls]`: the files were read and checked during validation, so a bad certificate or a key
-/// that does not match it stops the start (exit 2) instead of failing every handshake.
-#[derive(Debug, Clone)]
-pub struct TlsConfig {
-    /// The certificate in use, shared with the listener and swapped on SIGHUP.
-    pub certs: Arc<Certs>,
-    /// The listener's rustls config, built once over `certs`.
-    pub server: Arc<rustls::ServerConfig>,
-    /// `cookie.secure` was left out (its default is `false`): warned about at start, since the
-    /// session cookie would then also go out over plain HTTP to the same host.
-    pub cookie_secure_unset: bool,
-}
-
-/// The admin listener: its own address, and the token its routes require.
-#[derive(Clone)]
-pub struct AdminConfig {
-    pub listen: SocketAddr,
-    /// Required as `Authorization: Bearer` when set. Without one, `listen` is a loopback
-    /// address (checked here): only this machine's users reach it.
-    pub token: Option<String>,
-}
-
-impl std::fmt::Debug for AdminConfig {
-    /// Never prints the token.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminConfig")
-            .field("listen", &self.listen)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
-
-#[derive(Clone)]
-pub struct CookieConfig {
-    pub name: String,
-    pub max_age: Option<Duration>,
-    pub expires: Option<OffsetDateTime>,
-    pub path: String,
-    pub domain: Option<String>,
-    pub secure: bool,
-    pub http_only: bool,
-    pub same_site: SameSite,
-    /// The signing keys (HMAC-SHA256), in the configured order: the first signs, every one
-    /// verifies; empty, cookies are not signed. As loaded at start: the keys in use, which a
-    /// SIGHUP may replace, are the `Cookies`' `KeyRing`'s. Derived here, from secrets checked to be long
-    /// enough, so the cookie code has no weak or missing key to fall back from.
-    pub keys: Vec<::cookie::Key>,
-    /// Where the secrets were read from (`cookie.secret_file`), if from a file: its mode is
-    /// checked (world-readable is warned about) at start and on each reload.
-    pub secret_file: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for CookieConfig {
-    /// Says whether cookies are signed, never with what.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Destructured, so a new field cannot be left out of the output by accident.
-        let CookieConfig {
-            name,
-            max_age,
-            expires,
-            path,
-            domain,
-            secure,
-            http_only,
-            same_site,
-            keys,
-            secret_file,
-        } = self;
-        f.debug_struct("CookieConfig")
-            .field("name", name)
-            .field("max_age", max_age)
-            .field("expires", expires)
-            .field("path", path)
-            .field("domain", domain)
-            .field("secure", secure)
-            .field("http_only", http_only)
-            .field("same_site", same_site)
-            .field("signed", &!keys.is_empty())
-            .field("keys", &keys.len())
-            .field("secret_file", secret_file)
-            .finish()
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct SessionConfig {
-    pub header_prefix: String,
-    /// The names built from `header_prefix`, once, so nothing later rebuilds or re-checks them.
-    pub headers: ProtocolHeaders,
-    pub renew_missing: bool,
-    /// Upper bound on the session's JSON text, in bytes.
-    pub max_size: usize,
-    pub lifetime: Lifetime,
-    /// Paths that get no session (static assets): see [`SkipRules`].
-    pub skip: SkipRules,
-    /// `session.user_key`: the data key that names a session's user; `None`, no user index.
-    pub user_key: Option<crate::session::UserKey>,
-    /// `session.max_per_user`: live sessions one user may hold (only with `user_key`).
-    pub max_per_user: Option<usize>,
-}
-
-/// `session.skip`: request paths the proxy passes through without touching the store. An
-/// entry ending in `/` matches every path under it, any other entry only that exact path.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SkipRules {
-    prefixes: Vec<String>,
-    exact: Vec<String>,
-}
-
-impl SkipRules {
-    pub(crate) fn new(entries: Vec<String>) -> Self {
-        let (prefixes, exact) = entries.into_iter().partition(|e| e.ends_with('/'));
-        SkipRules { prefixes, exact }
-    }
-
-    /// Whether a request for `path` skips the session. Checked on every request: a few string
-    /// comparisons, no allocation.
-    pub fn matches(&self, path: &str) -> bool {
-        self.exact.iter().any(|e| e == path)
-            || self.prefixes.iter().any(|p| path.starts_with(p.as_str()))
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct StoreConfig {
-    pub kind: StoreKind,
-    /// Upper bound on one store call made on behalf of a request.
-    pub timeout: Duration,
-    /// How often the background sweeper removes expired sessions (memory, fs and sqlite stores).
-    pub sweep_interval: Duration,
-    /// What a request gets while the store fails.
-    pub on_error: OnStoreError,
-    /// `session.user_key`, copied here so every opener of the store (the proxy, the CLI,
-    /// `sessions copy`) keeps the same user index without passing it along.
-    pub users: Option<crate::session::UserKey>,
-}
-
-/// The store-down policy (`store.on_error`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnStoreError {
-    /// A 503 with `Retry-After`; the app is not called when the session cannot be loaded.
-    FailClosed,
-    /// The request goes to the app without a session and with `X-Session-Unavailable: 1`; no
-    /// cookie is set or cleared and nothing stored is written, so the session is intact when
-    /// the store is back.
-    FailOpen,
-}
-
-#[derive(Debug, Clone)]
-pub enum StoreKind {
-    Memory,
-    Fs(FsConfig),
-    Sqlite(SqliteConfig),
-    Redis(RedisConfig),
-}
-
-#[derive(Debug, Clone)]
-pub struct FsConfig {
-    pub path: PathBuf,
-    /// Contains exactly one `%s` and no path separator.
-    pub filename_template: String,
-    pub mode: u32,
-    pub fsync: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct SqliteConfig {
-    /// The database file; created (with `mode`) if missing. Its `-wal` and `-shm` files live
-    /// beside it, so the directory must be writable.
-    pub path: PathBuf,
-    /// The mode a new database file is created with (SQLite gives its `-wal` and `-shm` files
-    /// the same one); an existing file keeps its own.
-    pub mode: u32,
-    /// `true`: `synchronous = FULL`, a commit survives power loss. `false`: `NORMAL`, which in
-    /// WAL mode may lose the last commits on power loss but never corrupts the file.
-    pub fsync: bool,
-    /// `store.timeout`: how long a write waits for another process's write lock (busy timeout).
-    pub timeout: Duration,
-}
-
-#[derive(Debug, Clone)]
-pub struct RedisConfig {
-    /// Connection URLs: one for a standalone server, one or more seed nodes for a cluster.
-    pub urls: Vec<String>,
-    /// `store.timeout`: the client's own connect and command timeouts are derived from it.
-    pub timeout: Duration,
-    pub key_prefix: String,
-    pub cluster: bool,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct UpstreamTimeouts {
-    pub connect: Duration,
-    pub response: Duration,
-}
-
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
-pub const DEFAULT_UPSTREAM: &str = "http://127.0.0.1:3000";

@@ -1,0 +1,152 @@
+//! `[session]`: the protocol's header names (built here once from `header_prefix`), the size
+//! bound, the lifetime (idle, absolute, touch interval), the paths that get no session, and the
+//! user index. Later code takes these as given and checks none of them again.
+
+use std::time::Duration;
+
+use super::ConfigError;
+use super::origin::Origin;
+use super::raw::RawSession;
+use crate::protocol::ProtocolHeaders;
+use crate::session::Lifetime;
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub header_prefix: String,
+    /// The names built from `header_prefix`, once, so nothing later rebuilds or re-checks them.
+    pub headers: ProtocolHeaders,
+    pub renew_missing: bool,
+    /// Upper bound on the session's JSON text, in bytes.
+    pub max_size: usize,
+    pub lifetime: Lifetime,
+    /// Paths that get no session (static assets): see [`SkipRules`].
+    pub skip: SkipRules,
+    /// `session.user_key`: the data key that names a session's user; `None`, no user index.
+    pub user_key: Option<crate::session::UserKey>,
+    /// `session.max_per_user`: live sessions one user may hold (only with `user_key`).
+    pub max_per_user: Option<usize>,
+}
+
+/// `session.skip`: request paths the proxy passes through without touching the store. An
+/// entry ending in `/` matches every path under it, any other entry only that exact path.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SkipRules {
+    prefixes: Vec<String>,
+    exact: Vec<String>,
+}
+
+impl SkipRules {
+    pub(crate) fn new(entries: Vec<String>) -> Self {
+        let (prefixes, exact) = entries.into_iter().partition(|e| e.ends_with('/'));
+        SkipRules { prefixes, exact }
+    }
+
+    /// Whether a request for `path` skips the session. Checked on every request: a few string
+    /// comparisons, no allocation.
+    pub fn matches(&self, path: &str) -> bool {
+        self.exact.iter().any(|e| e == path)
+            || self.prefixes.iter().any(|p| path.starts_with(p.as_str()))
+    }
+}
+
+const DEFAULT_MAX_SIZE: u64 = 16 * 1024;
+const MAX_MAX_SIZE: u64 = 1024 * 1024;
+
+pub(super) fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, ConfigError> {
+    let header_prefix = s.header_prefix.unwrap_or_else(|| "X-Session".to_owned());
+    let headers = ProtocolHeaders::new(&header_prefix)
+        .map_err(|e| at.bad("session.header_prefix", e.to_string()))?;
+    if header_prefix
+        .to_ascii_lowercase()
+        .starts_with("x-forwarded")
+    {
+        return Err(at.bad(
+            "session.header_prefix",
+            "must not overlap the X-Forwarded-* headers",
+        ));
+    }
+    let max_size = s.max_size.unwrap_or(DEFAULT_MAX_SIZE);
+    if !(2..=MAX_MAX_SIZE).contains(&max_size) {
+        return Err(at.bad(
+            "session.max_size",
+            format!("{max_size} is outside 2..={MAX_MAX_SIZE} bytes"),
+        ));
+    }
+    let idle_timeout = at.duration(
+        "session.idle_timeout",
+        &s.idle_timeout,
+        Duration::from_secs(24 * 3600),
+    )?;
+    if idle_timeout < Duration::from_secs(1) {
+        return Err(at.bad("session.idle_timeout", "must be at least 1s"));
+    }
+    let absolute_timeout = at.optional_duration("session.absolute_timeout", &s.absolute_timeout)?;
+    if absolute_timeout.is_some_and(|a| a < Duration::from_secs(1)) {
+        return Err(at.bad(
+            "session.absolute_timeout",
+            "must be at least 1s (leave it out to turn it off)",
+        ));
+    }
+    let touch_interval = at.duration(
+        "session.touch_interval",
+        &s.touch_interval,
+        idle_timeout / 10,
+    )?;
+    if touch_interval > idle_timeout {
+        return Err(at.bad(
+            "session.touch_interval",
+            "must not exceed session.idle_timeout, or idle sessions would die while in use",
+        ));
+    }
+    let skip = s.skip.unwrap_or_default();
+    if let Some(bad) = skip.iter().find(|e| {
+        !e.starts_with('/')
+            || e.bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    }) {
+        return Err(at.bad(
+            "session.skip",
+            format!("{bad:?} is not a path: entries start with / (end one with / to skip everything under it)"),
+        ));
+    }
+    let user_key = match s.user_key.as_deref() {
+        None => None,
+        Some("") => {
+            return Err(at.bad(
+                "session.user_key",
+                "must not be empty (leave it out to turn the user index off)",
+            ));
+        }
+        Some(key) => Some(crate::session::UserKey::new(key)),
+    };
+    let max_per_user = match s.max_per_user {
+        None => None,
+        Some(0) => {
+            return Err(at.bad(
+                "session.max_per_user",
+                "must be at least 1 (leave it out for no limit)",
+            ));
+        }
+        Some(_) if user_key.is_none() => {
+            return Err(at.bad(
+                "session.max_per_user",
+                "needs session.user_key: without it no session has a user",
+            ));
+        }
+        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+    };
+    Ok(SessionConfig {
+        user_key,
+        max_per_user,
+        skip: SkipRules::new(skip),
+        header_prefix,
+        headers,
+        renew_missing: s.renew_missing.unwrap_or(true),
+        max_size: max_size as usize,
+        lifetime: Lifetime {
+            idle_timeout,
+            absolute_timeout,
+            touch_interval,
+        },
+    })
+}
