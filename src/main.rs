@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 use session_proxy::config::cli::{Cli, Command, SessionsCommand};
-use session_proxy::config::{StoreConfig, StoreKind};
+use session_proxy::config::{LogFormat, StoreConfig, StoreKind};
 use session_proxy::{Proxy, downstream, store};
 
 fn main() -> ExitCode {
@@ -23,6 +23,7 @@ fn main() -> ExitCode {
     };
     // Flushes the last log lines when main returns, on every path.
     let _log = session_proxy::logging::init(config.log_format);
+    let json = config.log_format == LogFormat::Json;
     // `sessions copy` names its two stores on the command line: refused like a config.
     let copy = match &cli.command {
         Some(Command::Sessions {
@@ -58,7 +59,9 @@ fn main() -> ExitCode {
                 if let Some(audit) = &config.audit {
                     session_proxy::audit::open_file(&audit.path).await?;
                 }
-                println!("configuration ok");
+                say(json, "configuration ok", || {
+                    tracing::info!("configuration ok")
+                });
                 Ok(())
             }
             Some(Command::Sessions { command }) => sessions(config, command).await,
@@ -68,13 +71,40 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // Refused for a setting (an unopenable audit log): the same exit as a bad config.
         Err(e) if is_config_error(&e) => {
-            eprintln!("session-proxy: {e:#}");
+            fail(json, &e);
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("session-proxy: {e:#}");
+            fail(json, &e);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes a line for the operator on stdout: `message` as it is, or with `[log] format =
+/// "json"` the tracing `event` (the same message, with fields) as one JSON object in the log's
+/// own format, so that every line the process writes is JSON (containers and journald merge
+/// stdout with the log on stderr).
+fn say(json: bool, message: &str, event: impl FnOnce()) {
+    if !json {
+        println!("{message}");
+        return;
+    }
+    let stdout = tracing_subscriber::fmt()
+        .with_writer(std::io::stdout)
+        .json()
+        .flatten_event(true)
+        .finish();
+    tracing::subscriber::with_default(stdout, event);
+}
+
+/// Writes why the process stops on stderr: `session-proxy: {error}`, or with `[log] format =
+/// "json"` an `error` event in the log's JSON format.
+fn fail(json: bool, error: &anyhow::Error) {
+    if json {
+        tracing::error!(error = format!("{error:#}"), "session-proxy stops");
+    } else {
+        eprintln!("session-proxy: {error:#}");
     }
 }
 
@@ -98,6 +128,7 @@ async fn run(
     let listen = config.listen;
     let upstream = config.upstream.clone();
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
+    let json = config.log_format == LogFormat::Json;
     let scheme = if config.tls.is_some() {
         "https"
     } else {
@@ -126,12 +157,16 @@ async fn run(
     };
     // One line on stdout per listener, so scripts and tests learn the ports when listening on
     // :0. The proxy's comes first.
-    println!(
-        "session-proxy listening on {scheme}://{} -> http://{upstream}",
-        listener.local_addr()?
-    );
+    let listening = format!("{scheme}://{}", listener.local_addr()?);
+    let upstream = format!("http://{upstream}");
+    let message = format!("session-proxy listening on {listening} -> {upstream}");
+    say(json, &message, || {
+        tracing::info!(listen = listening, upstream, "{message}")
+    });
     if let Some(admin) = &admin {
-        println!("session-proxy admin on http://{}", admin.local_addr()?);
+        let admin = format!("http://{}", admin.local_addr()?);
+        let message = format!("session-proxy admin on {admin}");
+        say(json, &message, || tracing::info!(admin, "{message}"));
     }
     proxy
         .serve_with_admin(listener, admin, downstream::shutdown_signal())

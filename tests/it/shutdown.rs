@@ -197,3 +197,85 @@ async fn the_json_log_has_the_same_fields_and_the_request_id() {
         assert!(line["latency_us"].is_u64(), "{line}");
     }
 }
+
+/// `--log-format json`: every line the process writes is one JSON object, the start lines on
+/// stdout (the addresses as fields) and the log on stderr; so is the error that stops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_json_mode_every_line_is_json_the_start_lines_and_a_fatal_error_too() {
+    use std::io::{BufRead as _, BufReader};
+    use std::process::{Command, Stdio};
+
+    let app = App::start().await;
+    let app_url = format!("http://{}", app.addr);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_session-proxy"))
+        .args(["--store", "memory", "--upstream", app_url.as_str()])
+        .args(["--log-format", "json", "--listen", "127.0.0.1:0"])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut event = || {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        serde_json::from_str::<serde_json::Value>(&line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
+    };
+    let listening = event();
+    let listen = listening["listen"].as_str().unwrap().to_owned();
+    assert!(listen.starts_with("http://127.0.0.1:"), "{listening}");
+    assert_eq!(listening["upstream"], app_url.as_str(), "{listening}");
+    assert_eq!(listening["level"], "INFO", "{listening}");
+    assert_eq!(
+        listening["message"],
+        format!("session-proxy listening on {listen} -> {app_url}").as_str()
+    );
+    assert!(listening["timestamp"].is_string(), "{listening}");
+    let admin = event();
+    assert!(
+        admin["admin"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:"),
+        "{admin}"
+    );
+    let addr: std::net::SocketAddr = listen.trim_start_matches("http://").parse().unwrap();
+    assert_eq!(get(addr, "/").await.status, 200);
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let rest = String::from_utf8(out.stdout).unwrap();
+    let log = String::from_utf8(out.stderr).unwrap();
+    assert!(log.lines().count() >= 2, "{log}");
+    for line in rest.lines().chain(log.lines()) {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
+
+    // A fatal error (the port is taken) is a JSON event too, on stderr.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_session-proxy"))
+        .args(["--store", "memory", "--upstream", app_url.as_str()])
+        .args(["--log-format", "json", "--listen", port.as_str()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    let log = String::from_utf8(out.stderr).unwrap();
+    let last: serde_json::Value = serde_json::from_str(log.lines().last().unwrap())
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {log}"));
+    assert_eq!(last["level"], "ERROR", "{log}");
+    assert!(
+        last["error"].as_str().unwrap().contains("cannot listen on"),
+        "{log}"
+    );
+}

@@ -446,6 +446,11 @@ impl ProxyProcess {
         let mut next_addr = |prefix: &str| {
             let mut line = String::new();
             stdout.read_line(&mut line).unwrap();
+            // With `--log-format json` the line is a JSON event; its message is the text line.
+            if line.starts_with('{') {
+                let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+                line = event["message"].as_str().unwrap_or_default().to_owned();
+            }
             line.strip_prefix(prefix)
                 .and_then(|s| s.split_whitespace().next())
                 .unwrap_or_else(|| panic!("no {prefix:?} line from the proxy: {line:?}"))
