@@ -7,6 +7,7 @@
 #   MIX=new STORE=sqlite-fsync bench/instructions.sh  # every request creates a session
 #   STORE=redis bench/instructions.sh     # on a redis-server of its own
 #   USER_KEY=profile bench/instructions.sh  # with a user index (session.user_key)
+#   SECRET=1 MIX=write bench/instructions.sh  # signed cookies: verify + sign on every request
 #
 # Throughput on a shared VM swings by ±20 % between runs of the same binary, so a change worth
 # 5 % cannot be seen in bench/load.sh. This runs the proxy under valgrind's callgrind (user-space
@@ -20,7 +21,12 @@
 # LOG [warn] (the proxy's RUST_LOG; info, the default level, adds the access-log line's cost),
 # USER_KEY [unset] (`session.user_key`; the bench app's sessions hold `visits`, an integer that
 # every update changes, so every write moves the session to another user: the worst case, and
-# `profile`, a string set once, so the user never changes: the common case).
+# `profile`, a string set once, so the user never changes: the common case), SECRET [unset; 1]
+# (`cookie.secret` set, one key, and `cookie.max_age = "1d"`: every cookie is signed, and
+# loadgen's clients keep the Set-Cookie they get, so each request after a connection's first
+# carries a signed cookie the proxy verifies; max_age makes the expiry slide, so each write also
+# re-sends the cookie, signed again: MIX=write verifies and signs on every request, MIX=read
+# verifies on every one and signs on the 10 % that update).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +35,9 @@ MIX=${MIX:-write}
 STORE=${STORE:-memory}
 TOP=${TOP:-30}
 LOG=${LOG:-warn}
+SECRET=${SECRET:-}
+SIGNED=off
+[ -z "$SECRET" ] || SIGNED=on
 for tool in valgrind callgrind_annotate; do
   command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install -y valgrind" >&2; exit 1; }
 done
@@ -56,6 +65,10 @@ upstream_and_config "$UP_MIX" "$STORE"
 if [ -n "${USER_KEY:-}" ]; then
   printf '[session]\nuser_key = "%s"\n' "$USER_KEY" >>"$WORK/proxy.toml"
 fi
+if [ "$SIGNED" = on ]; then
+  printf '[cookie]\nsecret = "%s"\nmax_age = "1d"\n' \
+    "bench-instructions-only-0123456789abcdef0123456789" >>"$WORK/proxy.toml"
+fi
 # RUST_LOG is set outside valgrind: under `env`, valgrind would instrument env, not the proxy.
 export RUST_LOG=$LOG
 start proxy "$WORK/proxy.log" valgrind --tool=callgrind \
@@ -68,7 +81,7 @@ for _ in 1 2 3; do
 done
 [ -n "${PROXY:-}" ] || { echo "the proxy did not start:" >&2; cat "$WORK/proxy.log.err" >&2; exit 1; }
 
-echo "== callgrind on the proxy, store=$STORE, mix=$MIX, user_key=${USER_KEY:-off}, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
+echo "== callgrind on the proxy, store=$STORE, mix=$MIX, user_key=${USER_KEY:-off}, signed=$SIGNED, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
 LINE=$("${PIN_LOAD[@]}" target/release/loadgen run --url "http://$PROXY/" \
   --connections 16 --warmup 0 --duration "$DURATION" "${COOKIES[@]}")
 REQUESTS=$(echo "$LINE" | tr '\t' '\n' | sed -n 's/^requests=//p')
