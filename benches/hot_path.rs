@@ -14,7 +14,7 @@ use http::HeaderMap;
 use http::header::{COOKIE, HeaderValue};
 use serde_json::{Value, json};
 use session_proxy::config::{Config, Lifetime, RawConfig};
-use session_proxy::cookie::{Cookies, Presented};
+use session_proxy::cookie::{Presented, SessionCookie};
 use session_proxy::logging::{AccessFields, Batch, served, text_subscriber};
 use session_proxy::protocol::codec::{
     decode_session, encode_session, parse_object, session_header,
@@ -82,8 +82,8 @@ fn ids(c: &mut Criterion) {
 
 fn cookies(c: &mut Criterion) {
     let id = SessionId::generate().unwrap_or_else(|e| panic!("{e}"));
-    let plain = Cookies::new(config("").cookie);
-    let signed = Cookies::new(
+    let plain = SessionCookie::new(config("").cookie);
+    let signed = SessionCookie::new(
         config("[cookie]\nsecret = \"0123456789abcdef0123456789abcdef\"\nmax_age = \"12h\"\n")
             .cookie,
     );
@@ -276,7 +276,7 @@ fn session_phase(c: &mut Criterion) {
         ),
     ] {
         let cfg = config(toml);
-        let cookies = Cookies::new(cfg.cookie.clone());
+        let cookies = SessionCookie::new(cfg.cookie.clone());
         let store = MemoryStore::default();
         let id = SessionId::generate().unwrap_or_else(|e| panic!("{e}"));
         assert!(matches!(ready(store.create(&id, &record(&data))), Ok(true)));

@@ -13,18 +13,18 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::HeaderMap;
 use http::header::{COOKIE, HeaderValue};
 use session_proxy::config::RawConfig;
-use session_proxy::cookie::{Cookies, Presented};
+use session_proxy::cookie::{Presented, SessionCookie};
 use session_proxy::session::SessionId;
 
 const NEW: &str = "0123456789abcdef0123456789abcdef-new";
 const OLD: &str = "0123456789abcdef0123456789abcdef-old";
 
-fn cookies(toml: &str) -> Cookies {
+fn cookies(toml: &str) -> SessionCookie {
     let cookie = RawConfig::from_toml("bench", toml)
         .and_then(|raw| raw.validate("bench"))
         .unwrap_or_else(|e| panic!("bench config: {e}"))
         .cookie;
-    Cookies::new(cookie)
+    SessionCookie::new(cookie)
 }
 
 /// What a browser sends back for `set`: the session cookie among two others.
@@ -35,7 +35,13 @@ fn cookie_header(set: &HeaderValue) -> HeaderValue {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn take(c: &mut Criterion, name: &str, cookies: &Cookies, header: &HeaderValue, want: &Presented) {
+fn take(
+    c: &mut Criterion,
+    name: &str,
+    cookies: &SessionCookie,
+    header: &HeaderValue,
+    want: &Presented,
+) {
     c.bench_function(name, |b| {
         b.iter_batched_ref(
             || {
@@ -61,7 +67,7 @@ fn signed_cookie(c: &mut Criterion) {
     let rotated = cookies(&format!(
         "[cookie]\nsecret = [\"{NEW}\", \"{OLD}\"]\n{max_age}"
     ));
-    let sent = |cookies: &Cookies| {
+    let sent = |cookies: &SessionCookie| {
         cookie_header(&cookies.set(&id).unwrap_or_else(|| panic!("no Set-Cookie")))
     };
 

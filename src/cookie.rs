@@ -15,7 +15,7 @@ use crate::session::SessionId;
 /// cookie on every write, so only the value and a max-age-based `Expires` are formatted per
 /// response. The keys (derived once, by the config) live in a [`KeyRing`], replaceable while
 /// serving.
-pub struct Cookies {
+pub struct SessionCookie {
     config: CookieConfig,
     keys: Arc<KeyRing>,
     /// `name=`, then everything after the value that never changes: `; Path=/; HttpOnly; ...`.
@@ -25,10 +25,10 @@ pub struct Cookies {
     rolling_expiry: Option<std::time::Duration>,
 }
 
-impl std::fmt::Debug for Cookies {
+impl std::fmt::Debug for SessionCookie {
     /// Never prints the key.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cookies")
+        f.debug_struct("SessionCookie")
             .field("name", &self.config.name)
             .field("signed", &self.keys.current().is_signed())
             .finish()
@@ -39,7 +39,7 @@ impl std::fmt::Debug for Cookies {
 #[derive(Debug, PartialEq)]
 pub enum Presented {
     /// No session cookie at all.
-    None,
+    Absent,
     /// A cookie with a valid id, signed with the key that signs (or not signed, when cookies
     /// are not).
     Valid(SessionId),
@@ -73,7 +73,7 @@ fn expires_at(age: std::time::Duration) -> Option<std::time::SystemTime> {
     (secs <= LAST_HTTP_DATE).then_some(at)
 }
 
-impl Cookies {
+impl SessionCookie {
     /// The cookie, its verifications counted nowhere (for tests and tools).
     pub fn new(config: CookieConfig) -> Self {
         Self::with_metrics(config, CookieMetrics::default())
@@ -106,7 +106,7 @@ impl Cookies {
             .to_owned();
         // Max-Age wins where understood; Expires is for clients that predate it.
         let rolling_expiry = config.max_age.filter(|_| config.expires.is_none());
-        Cookies {
+        SessionCookie {
             config,
             keys,
             prefix,
@@ -135,7 +135,7 @@ impl Cookies {
         // nothing is copied); the other cookies are kept in order. One key set for the request,
         // even if a reload swaps it meanwhile, taken when a session cookie is met.
         let mut keys = None;
-        let mut presented = Presented::None;
+        let mut presented = Presented::Absent;
         let mut verified_by = None;
         let mut kept: Vec<u8> = Vec::new();
         for header in headers.get_all(COOKIE) {
@@ -171,7 +171,7 @@ impl Cookies {
         }
         // Untouched unless ours must come out or several headers must become one.
         if !found && count < 2 {
-            return Presented::None;
+            return Presented::Absent;
         }
         if let Some(keys) = &keys {
             match presented {
@@ -274,12 +274,12 @@ mod tests {
     use super::*;
     use crate::config::RawConfig;
 
-    fn cookies(toml: &str) -> Cookies {
+    fn cookies(toml: &str) -> SessionCookie {
         let raw = RawConfig::from_toml("t.toml", toml).unwrap();
-        Cookies::new(raw.validate("t.toml").unwrap().cookie)
+        SessionCookie::new(raw.validate("t.toml").unwrap().cookie)
     }
 
-    fn presented(cookies: &Cookies, value: &str) -> Presented {
+    fn presented(cookies: &SessionCookie, value: &str) -> Presented {
         let mut headers = HeaderMap::new();
         let line = format!("session_id={value}");
         headers.insert(COOKIE, HeaderValue::from_str(&line).unwrap());
@@ -287,7 +287,7 @@ mod tests {
     }
 
     /// The value the `Set-Cookie` for `id` carries.
-    fn set_value(cookies: &Cookies, id: &SessionId) -> String {
+    fn set_value(cookies: &SessionCookie, id: &SessionId) -> String {
         let line = cookies.set(id).unwrap();
         let line = line.to_str().unwrap();
         line["session_id=".len()..line.find(';').unwrap()].to_owned()
@@ -327,7 +327,7 @@ mod tests {
         let raw = RawConfig::from_toml("t.toml", &format!("[cookie]\nsecret = [\"{b}\", \"{a}\"]"))
             .unwrap();
         let rotated =
-            Cookies::with_metrics(raw.validate("t.toml").unwrap().cookie, metrics.clone());
+            SessionCookie::with_metrics(raw.validate("t.toml").unwrap().cookie, metrics.clone());
         let by_b = set_value(&rotated, &id);
         assert_ne!(by_a, by_b);
         assert_eq!(presented(&rotated, &by_b), Presented::Valid(id));
@@ -364,7 +364,7 @@ mod tests {
         assert_eq!(presented(&plain, id.as_str()), Presented::Valid(id));
         assert_eq!(
             format!("{plain:?}"),
-            "Cookies { name: \"session_id\", signed: false }"
+            "SessionCookie { name: \"session_id\", signed: false }"
         );
     }
 }
@@ -376,9 +376,9 @@ mod properties {
     use crate::config::RawConfig;
     use proptest::prelude::*;
 
-    fn cookies(toml: &str) -> Cookies {
+    fn cookies(toml: &str) -> SessionCookie {
         let raw = RawConfig::from_toml("t.toml", toml).unwrap();
-        Cookies::new(raw.validate("t.toml").unwrap().cookie)
+        SessionCookie::new(raw.validate("t.toml").unwrap().cookie)
     }
 
     /// Any visible ASCII and spaces: every byte a `Cookie` header value can hold as text.

@@ -6,7 +6,7 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 
 use crate::config::RawConfig;
-use crate::cookie::{Cookies, Presented};
+use crate::cookie::{Presented, SessionCookie};
 use crate::protocol::{RawInstructions, codec, parse_instructions};
 use crate::session::SessionId;
 
@@ -44,11 +44,11 @@ fn json_object(rng: &mut StdRng, depth: u32) -> serde_json::Value {
     serde_json::Value::Object(map)
 }
 
-fn cookies(secret: Option<&str>) -> Cookies {
+fn cookies(secret: Option<&str>) -> SessionCookie {
     let mut raw = RawConfig::default();
     raw.cookie.secret = secret.map(|s| s.to_owned().into());
     let config = raw.validate("test").map(|c| c.cookie);
-    Cookies::new(config.unwrap_or_else(|e| panic!("{e}")))
+    SessionCookie::new(config.unwrap_or_else(|e| panic!("{e}")))
 }
 
 #[test]

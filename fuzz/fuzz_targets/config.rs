@@ -17,7 +17,7 @@ use std::time::Duration;
 use http::header::{COOKIE, HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use session_proxy::config::{Config, ConfigError, RawConfig};
-use session_proxy::cookie::{Cookies, Presented};
+use session_proxy::cookie::{Presented, SessionCookie};
 use session_proxy::session::SessionId;
 
 const FILE: &str = "fuzz.toml";
@@ -66,7 +66,7 @@ fn check_limits(config: &Config) {
 }
 
 fn check_cookie(config: &Config) {
-    let cookies = Cookies::new(config.cookie.clone());
+    let cookies = SessionCookie::new(config.cookie.clone());
     let id = SessionId::generate().expect("the OS random source");
     let line = cookies
         .set(&id)

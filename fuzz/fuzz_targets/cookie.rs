@@ -3,7 +3,7 @@
 //! Input: one byte choosing the config (bit 0: signed), then the `Cookie` header text (lines
 //! split on `\n` become separate `Cookie` headers). Properties, for both configs:
 //! - `SessionId::parse` accepts exactly 32 base64url characters, and gives back the same text;
-//! - `Cookies::take` takes out every pair with our name and keeps every other pair, in order
+//! - `SessionCookie::take` takes out every pair with our name and keeps every other pair, in order
 //!   (the header untouched when there is nothing to take out and nothing to join);
 //! - a `Set-Cookie` we build, presented back, reads as the same id (the signed round trip);
 //! - that value changed in any one byte never reads as the id it was made for, and when signed
@@ -15,15 +15,15 @@ use std::sync::OnceLock;
 use http::header::{COOKIE, HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use session_proxy::config::RawConfig;
-use session_proxy::cookie::{Cookies, Presented};
+use session_proxy::cookie::{Presented, SessionCookie};
 use session_proxy::session::{ID_LEN, SessionId};
 
 const NAME: &str = "session_id";
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-fn cookies(signed: bool) -> &'static Cookies {
-    static PLAIN: OnceLock<Cookies> = OnceLock::new();
-    static SIGNED: OnceLock<Cookies> = OnceLock::new();
+fn cookies(signed: bool) -> &'static SessionCookie {
+    static PLAIN: OnceLock<SessionCookie> = OnceLock::new();
+    static SIGNED: OnceLock<SessionCookie> = OnceLock::new();
     let (cell, toml) = if signed {
         (
             &SIGNED,
@@ -34,7 +34,7 @@ fn cookies(signed: bool) -> &'static Cookies {
     };
     cell.get_or_init(|| {
         let raw = RawConfig::from_toml("fuzz.toml", toml).expect("the fixed config parses");
-        Cookies::new(
+        SessionCookie::new(
             raw.validate("fuzz.toml")
                 .expect("the fixed config is valid")
                 .cookie,
@@ -85,7 +85,7 @@ fn check_id_parser(text: &[u8]) {
     }
 }
 
-fn check_take(cookies: &Cookies, header: &[u8]) {
+fn check_take(cookies: &SessionCookie, header: &[u8]) {
     let lines: Vec<&[u8]> = header.split(|b| *b == b'\n').collect();
     let mut headers = HeaderMap::new();
     for line in &lines {
@@ -113,13 +113,13 @@ fn check_take(cookies: &Cookies, header: &[u8]) {
         .map(|v| v.as_bytes())
         .collect();
     if !ours && sent.len() < 2 {
-        assert_eq!(presented, Presented::None);
+        assert_eq!(presented, Presented::Absent);
         assert_eq!(left, sent_refs, "a header with nothing to take was changed");
         return;
     }
     assert_eq!(
         ours,
-        presented != Presented::None,
+        presented != Presented::Absent,
         "{presented:?} for {sent:?}"
     );
     let rest = expected_rest(&sent_refs);
@@ -148,7 +148,7 @@ fn set_cookie_value(line: &HeaderValue) -> String {
     value.to_owned()
 }
 
-fn present(cookies: &Cookies, value: &[u8]) -> Option<Presented> {
+fn present(cookies: &SessionCookie, value: &[u8]) -> Option<Presented> {
     let mut line = format!("{NAME}=").into_bytes();
     line.extend_from_slice(value);
     let mut headers = HeaderMap::new();
@@ -156,7 +156,7 @@ fn present(cookies: &Cookies, value: &[u8]) -> Option<Presented> {
     Some(cookies.take(&mut headers))
 }
 
-fn check_round_trip(cookies: &Cookies, signed: bool, data: &[u8]) {
+fn check_round_trip(cookies: &SessionCookie, signed: bool, data: &[u8]) {
     // An id made of the input's bytes (so the fuzzer steers it), valid by construction.
     let id_text: String = (0..ID_LEN)
         .map(|i| ALPHABET[usize::from(data.get(i).copied().unwrap_or(0)) % 64] as char)

@@ -24,7 +24,7 @@ pub struct CookieConfig {
     pub same_site: SameSite,
     /// The signing keys (HMAC-SHA256), in the configured order: the first signs, every one
     /// verifies; empty, cookies are not signed. As loaded at start: the keys in use, which a
-    /// SIGHUP may replace, are the `Cookies`' `KeyRing`'s. Derived here, from secrets checked to be long
+    /// SIGHUP may replace, are the `SessionCookie`' `KeyRing`'s. Derived here, from secrets checked to be long
     /// enough, so the cookie code has no weak or missing key to fall back from.
     pub keys: Vec<::cookie::Key>,
     /// Where the secrets were read from (`cookie.secret_file`), if from a file: its mode is

@@ -20,7 +20,7 @@ use hyper::body::Incoming;
 
 use crate::audit::Audit;
 use crate::config::{Config, OnStoreError};
-use crate::cookie::{Cookies, Presented};
+use crate::cookie::{Presented, SessionCookie};
 use crate::error::{ClientError, ProxyError};
 use crate::forwarding::Peer;
 use crate::http::{
@@ -51,7 +51,7 @@ pub struct State {
     pub config: Config,
     /// Shared with every body that filters trailers.
     pub headers: Arc<ProtocolHeaders>,
-    pub cookies: Cookies,
+    pub cookies: SessionCookie,
     /// Behind `store::Timed`: every call is bounded by `store.timeout`.
     pub store: Arc<dyn SessionStore>,
     pub upstream: Upstream,
@@ -64,7 +64,7 @@ impl State {
     pub fn new(config: Config, store: Arc<dyn SessionStore>, metrics: Arc<Metrics>) -> Self {
         State {
             headers: Arc::new(config.session.headers.clone()),
-            cookies: Cookies::metered(config.cookie.clone(), &metrics),
+            cookies: SessionCookie::metered(config.cookie.clone(), &metrics),
             upstream: Upstream::new(&config),
             store,
             metrics,

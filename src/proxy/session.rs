@@ -68,7 +68,7 @@ pub async fn load(
             );
             fresh()?
         }
-        Presented::None => fresh()?,
+        Presented::Absent => fresh()?,
     };
     ctx.session = if current.record.is_some() {
         SessionState::Existing
@@ -246,7 +246,7 @@ async fn write(
     }
 
     // Create and Regenerate hand out an id; a write that keeps it re-sends the cookie only
-    // when its expiry slides (see `Cookies::resend_on_write`).
+    // when its expiry slides (see `SessionCookie::resend_on_write`).
     let mut hands_out_id = true;
     let result = match &current.record {
         // werkzeug's should_save: a new session is stored only when modified.
