@@ -12,7 +12,7 @@ use crate::session::SessionId;
 /// One stored session.
 ///
 /// A new field must be added in five places, which the compiler does not all point to: this
-/// struct; the JSON writer ([`Record::json_tail`] and `JSON_TAIL_MAX`); the JSON reader
+/// struct; the JSON writer (`Record::json_tail` and `JSON_TAIL_MAX`); the JSON reader
 /// (`StoredRecord` and [`Record::from_json`]); the sqlite store's columns (a migration in
 /// `sqlite/schema.rs` and its row reads and writes); and the admin and CLI view
 /// (`ShownSession` in `sweeper.rs`).
