@@ -6,6 +6,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod admin;
+pub mod assertion;
 pub mod audit;
 pub mod config;
 pub mod cookie;
