@@ -17,7 +17,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-use crate::support::{App, ProxyProcess, Seen, TestProxy, get, h2_send, write_config};
+use crate::support::{
+    App, ProxyProcess, Seen, TestProxy, assertion_jwks, get, h2_send, write_config,
+};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
@@ -184,16 +186,7 @@ async fn the_binary_creates_a_standard_key_prints_the_jwks_and_rotates_on_sighup
             toml(dir.path(), "")
         ),
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-proxy"))
-        .args(["-c", &cfg, "assertion", "jwks"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let printed: JwkSet = serde_json::from_slice(&out.stdout).unwrap();
+    let printed: JwkSet = serde_json::from_slice(&assertion_jwks(&cfg)).unwrap();
     assert_eq!(
         std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
         0o600
