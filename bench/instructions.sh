@@ -7,6 +7,7 @@
 #   MIX=new STORE=sqlite-fsync bench/instructions.sh  # every request creates a session
 #   STORE=redis bench/instructions.sh     # on a redis-server of its own
 #   USER_KEY=profile bench/instructions.sh  # with a user index (session.user_key)
+#   ASSERTION=1 bench/instructions.sh     # with [assertion]: every request gets a signed JWT
 #
 # Throughput on a shared VM swings by ±20 % between runs of the same binary, so a change worth
 # 5 % cannot be seen in bench/load.sh. This runs the proxy under valgrind's callgrind (user-space
@@ -20,7 +21,8 @@
 # LOG [warn] (the proxy's RUST_LOG; info, the default level, adds the access-log line's cost),
 # USER_KEY [unset] (`session.user_key`; the bench app's sessions hold `visits`, an integer that
 # every update changes, so every write moves the session to another user: the worst case, and
-# `profile`, a string set once, so the user never changes: the common case).
+# `profile`, a string set once, so the user never changes: the common case), ASSERTION [unset]
+# (1: `[assertion]` on, a fresh key in the work directory, so every request is signed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,6 +58,9 @@ upstream_and_config "$UP_MIX" "$STORE"
 if [ -n "${USER_KEY:-}" ]; then
   printf '[session]\nuser_key = "%s"\n' "$USER_KEY" >>"$WORK/proxy.toml"
 fi
+if [ -n "${ASSERTION:-}" ]; then
+  printf '[assertion]\nkey_file = "%s"\n' "$WORK/assertion.pem" >>"$WORK/proxy.toml"
+fi
 # RUST_LOG is set outside valgrind: under `env`, valgrind would instrument env, not the proxy.
 export RUST_LOG=$LOG
 start proxy "$WORK/proxy.log" valgrind --tool=callgrind \
@@ -68,7 +73,7 @@ for _ in 1 2 3; do
 done
 [ -n "${PROXY:-}" ] || { echo "the proxy did not start:" >&2; cat "$WORK/proxy.log.err" >&2; exit 1; }
 
-echo "== callgrind on the proxy, store=$STORE, mix=$MIX, user_key=${USER_KEY:-off}, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
+echo "== callgrind on the proxy, store=$STORE, mix=$MIX, user_key=${USER_KEY:-off}, assertion=${ASSERTION:-off}, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
 LINE=$("${PIN_LOAD[@]}" target/release/loadgen run --url "http://$PROXY/" \
   --connections 16 --warmup 0 --duration "$DURATION" "${COOKIES[@]}")
 REQUESTS=$(echo "$LINE" | tr '\t' '\n' | sed -n 's/^requests=//p')
