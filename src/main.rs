@@ -58,6 +58,10 @@ fn main() -> ExitCode {
                 if let Some(audit) = &config.audit {
                     session_proxy::audit::open_file(&audit.path).await?;
                 }
+                // Reads the assertion key (creating it if missing, as a start would).
+                if let Some(assertion) = &config.assertion {
+                    session_proxy::assertion::Signer::open(assertion)?;
+                }
                 println!("configuration ok");
                 Ok(())
             }

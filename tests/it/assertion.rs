@@ -248,3 +248,47 @@ async fn the_binary_creates_a_standard_key_prints_the_jwks_and_rotates_on_sighup
     // ...and the new one does not verify against the old set.
     assert!(verify(&new_token, &served, &aud).is_err());
 }
+
+/// A key file that is not an Ed25519 PKCS#8 key is a setting to fix: `check` and a start both
+/// refuse it with exit code 2, naming the file.
+#[test]
+fn a_key_file_that_is_not_an_ed25519_key_refuses_check_and_start_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("assertion.pem"), "not a key\n").unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "proxy.toml",
+        &format!(
+            "[store]\nkind = \"memory\"\n[assertion]\nkey_file = \"{}\"\n",
+            dir.path().join("assertion.pem").display()
+        ),
+    );
+    for args in [
+        vec!["-c", cfg.as_str(), "check"],
+        vec!["-c", cfg.as_str(), "--listen", "127.0.0.1:0"],
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_session-proxy"))
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{args:?}: {err}");
+        assert!(err.contains("not an Ed25519 private key"), "{err}");
+        assert!(err.contains("assertion.pem"), "{err}");
+    }
+}
