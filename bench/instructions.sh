@@ -8,6 +8,7 @@
 #   STORE=redis bench/instructions.sh     # on a redis-server of its own
 #   USER_KEY=profile bench/instructions.sh  # with a user index (session.user_key)
 #   SECRET=1 MIX=write bench/instructions.sh  # signed cookies: verify + sign on every request
+#   ASSERTION=1 bench/instructions.sh     # with [assertion]: every request gets a signed JWT
 #
 # Throughput on a shared VM swings by ±20 % between runs of the same binary, so a change worth
 # 5 % cannot be seen in bench/load.sh. This runs the proxy under valgrind's callgrind (user-space
@@ -26,7 +27,8 @@
 # loadgen's clients keep the Set-Cookie they get, so each request after a connection's first
 # carries a signed cookie the proxy verifies; max_age makes the expiry slide, so each write also
 # re-sends the cookie, signed again: MIX=write verifies and signs on every request, MIX=read
-# verifies on every one and signs on the 10 % that update).
+# verifies on every one and signs on the 10 % that update), ASSERTION [unset] (1: `[assertion]`
+# on, a fresh key in the work directory, so every request is signed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,6 +71,9 @@ if [ "$SIGNED" = on ]; then
   printf '[cookie]\nsecret = "%s"\nmax_age = "1d"\n' \
     "bench-instructions-only-0123456789abcdef0123456789" >>"$WORK/proxy.toml"
 fi
+if [ -n "${ASSERTION:-}" ]; then
+  printf '[assertion]\nkey_file = "%s"\n' "$WORK/assertion.pem" >>"$WORK/proxy.toml"
+fi
 # RUST_LOG is set outside valgrind: under `env`, valgrind would instrument env, not the proxy.
 export RUST_LOG=$LOG
 start proxy "$WORK/proxy.log" valgrind --tool=callgrind \
@@ -81,7 +86,7 @@ for _ in 1 2 3; do
 done
 [ -n "${PROXY:-}" ] || { echo "the proxy did not start:" >&2; cat "$WORK/proxy.log.err" >&2; exit 1; }
 
-echo "== callgrind on the proxy, store=$STORE, mix=$MIX, user_key=${USER_KEY:-off}, signed=$SIGNED, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
+echo "== callgrind on the proxy, store=$STORE, mix=$MIX, user_key=${USER_KEY:-off}, signed=$SIGNED, assertion=${ASSERTION:-off}, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
 LINE=$("${PIN_LOAD[@]}" target/release/loadgen run --url "http://$PROXY/" \
   --connections 16 --warmup 0 --duration "$DURATION" "${COOKIES[@]}")
 REQUESTS=$(echo "$LINE" | tr '\t' '\n' | sed -n 's/^requests=//p')

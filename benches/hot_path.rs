@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the pieces every proxied request runs through, in pipeline order:
 //! the session id, the cookie, the `X-Session` codec, the merge patch, one store write, the
-//! whole session phase of one request, and the access-log line.
+//! whole session phase of one request, the signed assertion (`[assertion]`), and the
+//! access-log line.
 //! The load benchmark (`bench/load.sh`) measures the whole proxy; these say where its time goes.
 //!
 //! Run with `cargo bench` (about two minutes), or `cargo bench -- codec` for one group.
@@ -337,6 +338,62 @@ fn session_phase(c: &mut Criterion) {
 /// One access-log line (the fields and target of `proxy/log.rs`'s `info` line) through the
 /// text subscriber `logging::init` installs: formatted only (written to `io::sink`), and
 /// formatted and queued for the background writer (which writes to `io::sink`).
+/// `[assertion]`'s cost per request: the claims (the handle and `sdh`, two SHA-256), the JSON,
+/// base64url and the Ed25519 signature; beside it the signature alone (the floor) and
+/// jsonwebtoken's own `encode`, which parses the PKCS#8 key again on every call.
+fn assertion(c: &mut Criterion) {
+    use session_proxy::assertion::{Claims, Signer};
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let key_file = dir.path().join("assertion.pem");
+    let config = session_proxy::config::AssertionConfig {
+        key_file: key_file.clone(),
+        audience: "http://127.0.0.1:8000".into(),
+        issuer: "session-proxy".into(),
+        ttl: Duration::from_secs(60),
+    };
+    let signer = Signer::open(&config).unwrap_or_else(|e| panic!("{e}"));
+    let id = SessionId::generate().unwrap_or_else(|e| panic!("{e}"));
+    let header = session_header(&session_json()).unwrap_or_else(|| panic!("header"));
+    let rid = "0123456789abcdef0123456789abcdef";
+    let mut g = c.benchmark_group("assertion");
+    g.bench_function("claims", |b| {
+        b.iter(|| Claims::new(rid, black_box(&id), false, header.as_bytes(), None))
+    });
+    g.bench_function("claims_and_sign/200B", |b| {
+        b.iter(|| {
+            let claims = Claims::new(rid, black_box(&id), false, header.as_bytes(), None);
+            signer.sign(&claims)
+        })
+    });
+    let pem = std::fs::read(&key_file).unwrap_or_else(|e| panic!("{e}"));
+    let der = {
+        use rustls_pki_types::pem::PemObject as _;
+        rustls_pki_types::PrivatePkcs8KeyDer::from_pem_slice(&pem)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .secret_pkcs8_der()
+            .to_vec()
+    };
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let message = signer
+        .sign(&Claims::new(rid, &id, false, header.as_bytes(), None))
+        .to_str()
+        .map(|t| t.rsplit_once('.').map_or(t, |(m, _)| m).to_owned())
+        .unwrap_or_default();
+    g.bench_function("ed25519_sign_only", |b| {
+        b.iter(|| pair.sign(black_box(message.as_bytes())))
+    });
+    let key = jsonwebtoken::EncodingKey::from_ed_der(&der);
+    let jwt_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    g.bench_function("jsonwebtoken_encode", |b| {
+        b.iter(|| {
+            let claims = Claims::new(rid, black_box(&id), false, header.as_bytes(), None);
+            jsonwebtoken::encode(&jwt_header, &claims, &key)
+        })
+    });
+    g.finish();
+}
+
 fn access_line(c: &mut Criterion) {
     // The line the proxy logs for a served request (`logging::served`).
     let line = || {
@@ -376,6 +433,6 @@ fn access_line(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = criterion();
-    targets = ids, cookies, codec, merge, stores, session_phase, access_line
+    targets = ids, cookies, codec, merge, stores, session_phase, assertion, access_line
 }
 criterion_main!(benches);

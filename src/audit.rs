@@ -10,13 +10,12 @@
 //! one branch.
 //!
 //! What must never happen: a session id, or any session data value, in the file. An id is a
-//! bearer secret, so a line names the session by [`sid_hash`] (a SHA-256 prefix, computed on
+//! bearer secret, so a line names the session by [`sid_hash`] (its handle, a SHA-256, computed on
 //! the writer, off the request path); a change names its top-level keys, never their values.
 //!
 //! SIGHUP reopens the file (logrotate's `postrotate`); shutdown closes the channel, writes what
 //! it holds and fsyncs, so every event the channel accepted is in the file.
 
-use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,27 +25,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use http::HeaderValue;
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
-use sha2::{Digest as _, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::AuditConfig;
 use crate::session::{DataChange, SessionId, now_ms};
 
-/// Hex digits of the SHA-256 of an id that a line keeps: 64 bits tell a day's sessions apart
-/// and correlate lines, and give nothing towards the id's 192 random bits.
-pub const SID_HASH_LEN: usize = 16;
-
 /// Lines written (and fsynced) together at most; a longer queue is written in several batches.
 const BATCH: usize = 1024;
 
-/// The audit name of a session id: the first [`SID_HASH_LEN`] hex digits of SHA-256 of its text.
+/// The audit name of a session id: its handle ([`SessionId::handle`], base64url of the SHA-256
+/// of its text), the same value the signed assertion's `sid` carries, so a line and a token
+/// name a session alike.
 pub fn sid_hash(id: &SessionId) -> String {
-    let digest = Sha256::digest(id.as_str().as_bytes());
-    let mut out = String::with_capacity(SID_HASH_LEN);
-    for byte in &digest[..SID_HASH_LEN / 2] {
-        let _ = write!(out, "{byte:02x}");
-    }
-    out
+    id.handle()
 }
 
 /// Why a session was destroyed.
@@ -565,8 +556,8 @@ mod tests {
     #[test]
     fn the_hash_is_a_sha256_prefix_and_the_line_holds_no_id() {
         let id = SessionId::parse("abcdefghijklmnopqrstuvwxyz012345").unwrap();
-        // sha256("abcdefghijklmnopqrstuvwxyz012345"), by coreutils' sha256sum.
-        assert_eq!(sid_hash(&id), "653bb1245e828fcd");
+        // sha256("abcdefghijklmnopqrstuvwxyz012345") in base64url, by openssl and basenc.
+        assert_eq!(sid_hash(&id), "ZTuxJF6Cj82k-lP81aPe9b12VOZR9UtBMrc9dOZENcQ");
         let new = SessionId::generate().unwrap();
         let mut entry = Entry::new(
             Event::Regenerated {

@@ -6,6 +6,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod admin;
+pub mod assertion;
 pub mod audit;
 pub mod config;
 pub mod cookie;
@@ -44,12 +45,15 @@ pub enum StartError {
     /// The audit log cannot be opened: a setting to fix, like a bad config.
     #[error(transparent)]
     Audit(#[from] audit::OpenError),
+    /// The assertion key file cannot be read, created or used: a setting to fix.
+    #[error(transparent)]
+    Assertion(#[from] assertion::KeyError),
 }
 
 impl StartError {
     /// Whether the operator's configuration is at fault (exit code 2).
     pub fn is_config(&self) -> bool {
-        matches!(self, StartError::Audit(_))
+        matches!(self, StartError::Audit(_) | StartError::Assertion(_))
     }
 }
 
@@ -63,6 +67,10 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn open(config: Config) -> Result<Self, StartError> {
+        let signer = match &config.assertion {
+            Some(a) => Some(Arc::new(assertion::Signer::open(a)?)),
+            None => None,
+        };
         let opened = store::open(&config.store).await?;
         let metrics = Arc::new(metrics::Metrics::new(
             &opened.metrics,
@@ -82,6 +90,7 @@ impl Proxy {
             ))
         });
         state.audit = audit;
+        state.assertion = signer;
         Ok(Proxy {
             state: Arc::new(state),
             sweeper,
@@ -96,6 +105,11 @@ impl Proxy {
     /// The cookie keys in use, replaceable while serving (the binary reloads them on SIGHUP).
     pub fn cookie_keys(&self) -> Arc<secrets::KeyRing> {
         self.state.cookies.keys()
+    }
+
+    /// The assertion signer, when `[assertion]` is on (the binary reloads its key on SIGHUP).
+    pub fn assertion(&self) -> Option<Arc<assertion::Signer>> {
+        self.state.assertion.clone()
     }
 
     /// Serves on `listener` until `shutdown` completes, then drains (see [`downstream::serve`]).
@@ -127,7 +141,8 @@ impl Proxy {
                 state.metrics.clone(),
                 state.config.clone(),
             )
-            .with_audit(state.audit.clone()),
+            .with_audit(state.audit.clone())
+            .with_assertion(state.assertion.clone()),
         );
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = admin.map(|l| {

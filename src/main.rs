@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use session_proxy::config::cli::{Cli, Command, SessionsCommand};
+use session_proxy::config::cli::{AssertionCommand, Cli, Command, SessionsCommand};
 use session_proxy::config::{LogFormat, StoreConfig, StoreKind};
 use session_proxy::{Proxy, downstream, store};
 
@@ -59,12 +59,26 @@ fn main() -> ExitCode {
                 if let Some(audit) = &config.audit {
                     session_proxy::audit::open_file(&audit.path).await?;
                 }
+                // Reads the assertion key (creating it if missing, as a start would).
+                if let Some(assertion) = &config.assertion {
+                    session_proxy::assertion::Signer::open(assertion)?;
+                }
                 say(json, "configuration ok", || {
                     tracing::info!("configuration ok")
                 });
                 Ok(())
             }
             Some(Command::Sessions { command }) => sessions(config, command).await,
+            Some(Command::Assertion {
+                command: AssertionCommand::Jwks,
+            }) => {
+                let Some(assertion) = &config.assertion else {
+                    anyhow::bail!("[assertion] key_file is not set: there are no assertion keys");
+                };
+                let signer = session_proxy::assertion::Signer::open(assertion)?;
+                println!("{}", signer.jwks());
+                Ok(())
+            }
         }
     });
     match result {
@@ -113,6 +127,8 @@ fn is_config_error(e: &anyhow::Error) -> bool {
         .is_some_and(session_proxy::StartError::is_config)
         || e.downcast_ref::<session_proxy::audit::OpenError>()
             .is_some()
+        || e.downcast_ref::<session_proxy::assertion::KeyError>()
+            .is_some()
 }
 
 async fn run(
@@ -140,6 +156,10 @@ async fn run(
             .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
     }
     let proxy = Proxy::open(config).await?;
+    if let Some(signer) = proxy.assertion() {
+        session_proxy::reload::assertion_key_on_hangup(signer)
+            .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
+    }
     tokio::spawn(session_proxy::reload::cookie_keys_on_hangup(
         hangup,
         options,

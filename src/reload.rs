@@ -1,5 +1,5 @@
-//! What a running proxy re-reads on SIGHUP: the cookie keys and the TLS certificate. Every other
-//! setting takes a restart.
+//! What a running proxy re-reads on SIGHUP: the cookie keys, the TLS certificate and the
+//! assertion key. Every other setting takes a restart.
 //!
 //! Both listeners are registered by `main.rs` before the proxy announces its port, so a SIGHUP is
 //! never the signal's default action (which ends the process). A reload that fails is logged at
@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+use crate::assertion::Signer;
 use crate::config::ConfigError;
 use crate::config::cli::Options;
 use crate::secrets::{KeyRing, SigningToggled, warn_if_world_readable};
@@ -84,6 +85,33 @@ pub fn certificate_on_hangup(certs: Arc<Certs>) -> std::io::Result<()> {
                 Err(error) => tracing::error!(
                     %error,
                     "tls: SIGHUP: reload failed; still serving the previous certificate"
+                ),
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Reads the assertion key file again on every SIGHUP, for as long as the runtime runs: a new key
+/// signs from then on, and the replaced public key stays in the JWKS for `ttl`. A key file that
+/// cannot be used is logged and the key in use kept.
+pub fn assertion_key_on_hangup(signer: Arc<Signer>) -> std::io::Result<()> {
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let reloading = signer.clone();
+            match tokio::task::spawn_blocking(move || reloading.reload()).await {
+                Ok(Ok(true)) => {
+                    tracing::info!(kid = %signer.kid(), "assertion: SIGHUP: new key in use")
+                }
+                Ok(Ok(false)) => tracing::debug!("assertion: SIGHUP: the key is unchanged"),
+                Ok(Err(error)) => tracing::error!(
+                    %error,
+                    "assertion: SIGHUP: key not reloaded; the key in use is kept"
+                ),
+                Err(error) => tracing::error!(
+                    %error,
+                    "assertion: SIGHUP: key not reloaded; the key in use is kept"
                 ),
             }
         }

@@ -16,11 +16,14 @@ use rand::TryRngCore as _;
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use sha2::{Digest as _, Sha256};
 
 /// Random bytes per id: 192 bits, well past the 128 that makes guessing hopeless.
 const ID_BYTES: usize = 24;
 /// Length of the base64url text of the random bytes (a multiple of 3, so no padding and no spare bits).
 pub const ID_LEN: usize = ID_BYTES / 3 * 4;
+/// Length of a session's [handle](SessionId::handle): base64url, no padding, of 32 bytes.
+pub const HANDLE_LEN: usize = 43;
 
 /// A validated session id: exactly [`ID_LEN`] characters of the base64url alphabet.
 ///
@@ -56,6 +59,14 @@ impl SessionId {
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
             .then_some(SessionId(bytes))
+    }
+
+    /// The session's handle: base64url (no padding) of the SHA-256 of the id's text,
+    /// [`HANDLE_LEN`] characters. It names a session wherever the id (a bearer credential) must
+    /// not go: the signed assertion's `sid`. Anyone holding the id can compute it; nobody can go
+    /// back from it to the id.
+    pub fn handle(&self) -> String {
+        URL_SAFE_NO_PAD.encode(Sha256::digest(self.0))
     }
 
     pub fn as_str(&self) -> &str {
@@ -338,6 +349,18 @@ mod tests {
 
     fn lifetime(idle: u64, abs: Option<u64>, touch: u64) -> Lifetime {
         Lifetime::in_ms(idle, abs, touch)
+    }
+
+    /// The handle is base64url of SHA-256 of the id's text, as `printf %s "$ID" | openssl dgst
+    /// -sha256 -binary | basenc --base64url | tr -d =` prints it.
+    #[test]
+    fn the_handle_is_the_base64url_sha256_of_the_id() {
+        let id = SessionId::parse("abcdefghijklmnopqrstuvwxyzABCDEF").unwrap();
+        assert_eq!(id.handle(), "z9Lx-tdaGXjaCkRIg9tyUUFLE58x9aBHBMKR_bDhdeY");
+        assert_eq!(id.handle().len(), HANDLE_LEN);
+        let other = SessionId::generate().unwrap();
+        assert_ne!(other.handle(), id.handle());
+        assert!(!other.handle().contains(other.as_str()));
     }
 
     /// Stored keys with escapes (which cannot be borrowed from the text) merge as parsed keys.

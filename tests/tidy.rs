@@ -25,6 +25,7 @@ const FLOORS: &[(&str, u32)] = &[
     ("store", 4),
     ("audit", 4),
     ("logging", 4),
+    ("assertion", 4),
     ("reload", 5),
     ("cookie", 5),
     ("admin", 5),

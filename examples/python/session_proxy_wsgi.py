@@ -23,12 +23,32 @@ Changes are found by comparing the session with what the request brought, so a v
 in place (``session['cart'].append(...)``) is sent too; werkzeug needed ``modified = True`` for
 that. As with werkzeug's middleware, the headers are written when the app calls
 ``start_response``: a change made after that (while the body is produced) is not sent.
+
+With ``jwks=`` (the proxy's JWKS: its URL, e.g. ``http://127.0.0.1:9090/.well-known/jwks.json``
+on the admin listener, a file ``session-proxy assertion jwks`` wrote, or the parsed dict) and
+``audience=`` (the proxy's ``[assertion] audience``), every request must carry a valid
+``X-Session-Assertion`` (``[assertion]`` in the proxy): signed by one of the keys, not expired,
+for this audience and issuer, and bound to the headers it came with (``sid`` is the SHA-256 of
+``X-Session-Id``, ``sdh`` that of the exact ``X-Session`` value, ``new`` and ``rid`` match). A
+request without one, or with one that fails any check, is refused with 403 and the app is not
+called, so a request that reached the app some other way than through the proxy cannot forge a
+session. The claims are in ``environ['session_proxy.assertion']``. Verifying needs PyJWT and
+cryptography (``pip install PyJWT cryptography``); without ``jwks`` nothing beyond the standard
+library is used.
 """
 
 import base64
+import hashlib
 import json
 
-__all__ = ["Session", "SessionMiddleware", "decode_session", "encode_instruction"]
+__all__ = [
+    "AssertionRefused",
+    "AssertionVerifier",
+    "Session",
+    "SessionMiddleware",
+    "decode_session",
+    "encode_instruction",
+]
 
 
 def _canonical(value):
@@ -162,13 +182,97 @@ def _environ_name(header):
     return "HTTP_" + header.upper().replace("-", "_")
 
 
+def _b64_sha256(text):
+    """base64url (no padding) of the SHA-256 of a header value, as the assertion's claims hold it."""
+    digest = hashlib.sha256(text.encode("latin-1")).digest()
+    return base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+
+
+class AssertionRefused(Exception):
+    """Why a request's ``X-Session-Assertion`` was refused."""
+
+
+class AssertionVerifier(object):
+    """Checks ``X-Session-Assertion`` against the proxy's JWKS (a URL, a file, or a dict)."""
+
+    def __init__(self, jwks, audience, issuer="session-proxy"):
+        try:
+            import jwt  # PyJWT, with cryptography for EdDSA
+        except ImportError as e:  # pragma: no cover - a deployment error, said plainly
+            raise ImportError(
+                "verifying X-Session-Assertion needs PyJWT and cryptography: "
+                "pip install PyJWT cryptography"
+            ) from e
+        if not audience:
+            raise ValueError("audience is required with jwks: the proxy's [assertion] audience")
+        self._jwt = jwt
+        self.audience = audience
+        self.issuer = issuer
+        self._client = None
+        self._keys = None
+        if isinstance(jwks, dict):
+            self._keys = jwt.PyJWKSet.from_dict(jwks)
+        elif jwks.startswith(("http://", "https://")):
+            # Fetched on first use, cached, and fetched again when a token names an unknown
+            # key (the proxy's key was rotated).
+            self._client = jwt.PyJWKClient(jwks, cache_keys=False)
+        else:
+            with open(jwks, "rb") as f:
+                self._keys = jwt.PyJWKSet.from_json(f.read().decode("utf-8"))
+
+    def _key(self, token):
+        if self._client is not None:
+            return self._client.get_signing_key_from_jwt(token).key
+        kid = self._jwt.get_unverified_header(token).get("kid")
+        for key in self._keys.keys:
+            if key.key_id == kid:
+                return key.key
+        raise AssertionRefused("no key with this kid")
+
+    def verify(self, token, session, sid, new, request_id):
+        """The claims of ``token`` if it is valid and bound to these header values, else raises."""
+        if not token:
+            raise AssertionRefused("no X-Session-Assertion")
+        jwt = self._jwt
+        try:
+            claims = jwt.decode(
+                token,
+                self._key(token),
+                algorithms=["EdDSA"],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["exp", "iat", "iss", "aud", "sid", "sdh", "rid", "new"]},
+            )
+        except (jwt.PyJWTError, ValueError, KeyError) as e:
+            raise AssertionRefused(str(e)) from e
+        if claims["sdh"] != _b64_sha256(session):
+            raise AssertionRefused("sdh: X-Session is not the value the assertion was made for")
+        if claims["sid"] != _b64_sha256(sid):
+            raise AssertionRefused("sid: X-Session-Id is not the session the assertion names")
+        if claims["new"] is not new:
+            raise AssertionRefused("new: X-Session-New does not match")
+        if request_id is not None and claims["rid"] != request_id:
+            raise AssertionRefused("rid: X-Request-Id does not match")
+        return claims
+
+
 class SessionMiddleware(object):
     """werkzeug's ``SessionMiddleware(app, store, ...)`` without the store: session-proxy, in
     front of the app, keeps the sessions and sets the cookie. Cookie settings live in the
     proxy's config (``[cookie]``), so there are none here."""
 
-    def __init__(self, app, environ_key="werkzeug.session", header_prefix="X-Session"):
+    def __init__(
+        self,
+        app,
+        environ_key="werkzeug.session",
+        header_prefix="X-Session",
+        jwks=None,
+        audience=None,
+        issuer="session-proxy",
+    ):
         self.app = app
+        self.verifier = AssertionVerifier(jwks, audience, issuer) if jwks is not None else None
+        self._assertion = _environ_name(header_prefix + "-Assertion")
         self.environ_key = environ_key
         self.header_prefix = header_prefix
         self._data = _environ_name(header_prefix)
@@ -176,6 +280,23 @@ class SessionMiddleware(object):
         self._new = _environ_name(header_prefix + "-New")
 
     def __call__(self, environ, start_response):
+        new = environ.get(self._new) == "1"
+        if self.verifier is not None:
+            try:
+                environ["session_proxy.assertion"] = self.verifier.verify(
+                    environ.get(self._assertion),
+                    environ.get(self._data, ""),
+                    environ.get(self._id, ""),
+                    new,
+                    environ.get("HTTP_X_REQUEST_ID"),
+                )
+            except AssertionRefused as e:
+                body = ("403 Forbidden: session assertion refused: %s\n" % e).encode("utf-8")
+                start_response(
+                    "403 Forbidden",
+                    [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+                )
+                return [body]
         if self._id not in environ:
             raise RuntimeError(
                 "no %s header: this app must run behind session-proxy" % (self.header_prefix + "-Id")
@@ -183,7 +304,7 @@ class SessionMiddleware(object):
         session = Session(
             decode_session(environ.get(self._data, "")),
             environ[self._id],
-            new=environ.get(self._new) == "1",
+            new=new,
         )
         environ[self.environ_key] = session
         reserved = self.header_prefix.lower()

@@ -351,6 +351,20 @@ pub(super) async fn healthz() -> Response {
     json_response(StatusCode::OK, r#"{"status":"ok"}"#.to_owned())
 }
 
+/// The assertion's public keys (`[assertion]`), as a JWKS: no secret, so no token. Not cached
+/// (`no-store`, like every admin answer): an app that meets an unknown `kid` refetches and must
+/// get the new key at once.
+pub(super) async fn jwks(State(admin): State<Arc<Admin>>) -> Response {
+    let Some(signer) = &admin.assertion else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no assertion keys: [assertion] key_file is not set",
+        )
+        .into_response();
+    };
+    json_response(StatusCode::OK, signer.jwks())
+}
+
 /// Readiness: the store answers a probe within `store.timeout`, and no drain has started.
 pub(super) async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
     if admin.is_draining() {

@@ -6,7 +6,7 @@
 //! does not go through it and stays as lean as it was.
 //!
 //! Security: without a token the listener may bind only a loopback address (checked in
-//! config). With a token, every route but the probes and the static page needs
+//! config). With a token, every route but the probes, the JWKS and the static page needs
 //! `Authorization: Bearer <token>`, compared in constant time. The page holds no data: it calls
 //! the API with the token the operator types, kept in `sessionStorage`, so there is no admin
 //! cookie and no CSRF surface.
@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use subtle::ConstantTimeEq as _;
 
+use crate::assertion::Signer;
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -44,6 +45,8 @@ pub struct Admin {
     draining: AtomicBool,
     /// Every admin action is an audit line with the operator's address.
     pub(crate) audit: Audit,
+    /// The assertion's public keys, served at `/.well-known/jwks.json`.
+    pub(crate) assertion: Option<Arc<Signer>>,
 }
 
 impl Admin {
@@ -56,12 +59,19 @@ impl Admin {
             token,
             draining: AtomicBool::new(false),
             audit: Audit::off(),
+            assertion: None,
         }
     }
 
     /// The audit log the admin actions go to (off unless set).
     pub fn with_audit(mut self, audit: Audit) -> Self {
         self.audit = audit;
+        self
+    }
+
+    /// The signer whose public keys `/.well-known/jwks.json` serves (404 without one).
+    pub fn with_assertion(mut self, assertion: Option<Arc<Signer>>) -> Self {
+        self.assertion = assertion;
         self
     }
 
@@ -83,6 +93,8 @@ pub fn router(admin: Arc<Admin>) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
+        // Public keys only: open like the probes, so an app needs no admin token.
+        .route("/.well-known/jwks.json", get(api::jwks))
         .merge(page::routes())
         .merge(guarded)
         .fallback(api::not_found)

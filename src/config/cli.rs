@@ -37,6 +37,19 @@ pub enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
+    /// The signed assertion of the session (`[assertion]`).
+    Assertion {
+        #[command(subcommand)]
+        command: AssertionCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AssertionCommand {
+    /// Print the public keys as a JWKS (what the admin listener serves at
+    /// /.well-known/jwks.json), for apps configured with a file. Creates the key file if
+    /// missing, as a start does.
+    Jwks,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,7 +7,7 @@
 //! `raw.rs` holds the file as written and `cli.rs` the flags. Each section has one file with its
 //! validated type, its rule and their tests: `listeners.rs` (`listen`, `upstream`,
 //! `trusted_proxies`, `[upstream_timeouts]`, `[tls]`, `[admin]`), `cookie.rs`, `session.rs`,
-//! `store.rs`, `limits.rs`, `audit.rs`; `origin.rs` the helpers they share to name file and key.
+//! `store.rs`, `limits.rs`, `audit.rs`, `assertion.rs`; `origin.rs` the helpers they share to name file and key.
 //! `validate.rs` calls them in turn. This module is what the rest of the crate sees: every type
 //! is re-exported here, so its path is `crate::config::Name` wherever it lives.
 
@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 pub mod cli;
 
+mod assertion;
 mod audit;
 mod cookie;
 mod limits;
@@ -29,6 +30,7 @@ mod session;
 mod store;
 mod validate;
 
+pub use self::assertion::{AssertionConfig, DEFAULT_ISSUER};
 pub use self::audit::AuditConfig;
 pub use self::cookie::CookieConfig;
 pub use self::limits::Limits;
@@ -42,8 +44,8 @@ pub use crate::session::Lifetime;
 #[cfg(test)]
 pub(crate) use raw::KEYS;
 pub use raw::{
-    RawAudit, RawConfig, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts, RawTls, Secret,
-    Secrets,
+    RawAssertion, RawAudit, RawConfig, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts,
+    RawTls, Secret, Secrets,
 };
 
 /// A config problem, always naming where it came from.
@@ -118,6 +120,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// The audit log of session events; `None` (no `[audit] path`) means off.
     pub audit: Option<AuditConfig>,
+    /// The signed assertion of the session sent to the app; `None` (no `[assertion]
+    /// key_file`) means off.
+    pub assertion: Option<AssertionConfig>,
 }
 
 /// `text` (`key=value`, for people) or `json` (one object per line, for collectors): the same

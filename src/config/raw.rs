@@ -36,6 +36,18 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub audit: RawAudit,
+    #[serde(default)]
+    pub assertion: RawAssertion,
+}
+
+/// `[assertion]`: the signed assertion of the session; off without `key_file`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAssertion {
+    pub key_file: Option<PathBuf>,
+    pub audience: Option<String>,
+    pub issuer: Option<String>,
+    pub ttl: Option<DurationSpec>,
 }
 
 /// `[audit]`: the audit log of session events; off without `path`.
@@ -207,7 +219,7 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 59] = [
+pub(crate) const KEYS: [&str; 63] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -267,6 +279,10 @@ pub(crate) const KEYS: [&str; 59] = [
     "log.format",
     "audit.path",
     "audit.queue",
+    "assertion.key_file",
+    "assertion.audience",
+    "assertion.issuer",
+    "assertion.ttl",
 ];
 
 impl RawConfig {
@@ -345,7 +361,10 @@ mod tests {
         let every: Vec<&str> = [
             &fields!(RawConfig "" {
                 listen, upstream, shutdown_timeout, trusted_proxies, trust_forwarded_headers
-            } sections { cookie, session, store, upstream_timeouts, tls, admin, limits, log, audit })[..],
+            } sections {
+                cookie, session, store, upstream_timeouts, tls, admin, limits, log, audit,
+                assertion
+            })[..],
             &fields!(RawCookie "cookie." {
                 name, max_age, expires, path, domain, secure, http_only, same_site, secret,
                 secret_file
@@ -369,6 +388,7 @@ mod tests {
             }),
             &fields!(RawLog "log." { format }),
             &fields!(RawAudit "audit." { path, queue }),
+            &fields!(RawAssertion "assertion." { key_file, audience, issuer, ttl }),
         ]
         .concat();
         assert_eq!(every, KEYS);

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use super::assertion::assertion;
 use super::audit::audit;
 use super::cookie::cookie;
 use super::limits::limits;
@@ -55,7 +56,9 @@ impl RawConfig {
                 }
             },
             audit: audit(&at, self.audit)?,
+            assertion: None,
         };
+        config.assertion = assertion(&at, self.assertion, &config.upstream)?;
         config.store.users = config.session.user_key.clone();
         Ok(config)
     }
@@ -251,6 +254,16 @@ mod tests {
             ("log.format", "[log]\nformat = \"xml\""),
             ("audit.path", "[audit]\npath = \"\""),
             ("audit.queue", "[audit]\npath = \"a.log\"\nqueue = 0"),
+            ("assertion.key_file", "[assertion]\nkey_file = 1"),
+            (
+                "assertion.audience",
+                "[assertion]\nkey_file = \"k\"\naudience = \"\"",
+            ),
+            ("assertion.issuer", "[assertion]\nissuer = \"x\""),
+            (
+                "assertion.ttl",
+                "[assertion]\nkey_file = \"k\"\nttl = \"0s\"",
+            ),
         ];
         let covered: Vec<&str> = cases.iter().map(|(key, _)| *key).collect();
         assert_eq!(covered, KEYS, "one case per key, in file order");

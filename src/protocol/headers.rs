@@ -26,6 +26,8 @@ pub struct ProtocolHeaders {
     /// Sent instead of the session headers when the store failed and `store.on_error =
     /// "fail_open"` let the request through without a session.
     pub unavailable: HeaderName,
+    /// The signed assertion of the session (`[assertion]`), for the app to verify.
+    pub assertion: HeaderName,
     update: HeaderName,
     replace: HeaderName,
     destroy: HeaderName,
@@ -54,6 +56,7 @@ impl ProtocolHeaders {
             new: name("-new")?,
             expires: name("-expires")?,
             unavailable: name("-unavailable")?,
+            assertion: name("-assertion")?,
             update: name("-update")?,
             replace: name("-replace")?,
             destroy: name("-destroy")?,

@@ -18,6 +18,7 @@ use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 
+use crate::assertion::{Claims, Signer};
 use crate::audit::Audit;
 use crate::config::{Config, OnStoreError};
 use crate::cookie::{Presented, SessionCookie};
@@ -58,6 +59,9 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// Off unless `[audit] path` is set ([`Proxy::open`](crate::Proxy::open) sets it).
     pub audit: Audit,
+    /// Signs `X-Session-Assertion`; off unless `[assertion] key_file` is set
+    /// ([`Proxy::open`](crate::Proxy::open) sets it).
+    pub assertion: Option<Arc<Signer>>,
 }
 
 impl State {
@@ -70,6 +74,7 @@ impl State {
             metrics,
             config,
             audit: Audit::off(),
+            assertion: None,
         }
     }
 }
@@ -133,7 +138,7 @@ async fn pipeline(
     let limits = &state.config.limits;
     let mut req = req.map(|b| RequestBody::new(b, state.headers.clone(), limits));
     match &current {
-        Some(current) => upstream_request_filter(state, peer, &mut req, current),
+        Some(current) => upstream_request_filter(state, peer, &mut req, current, ctx),
         None => {
             if ctx.session == SessionState::Unavailable {
                 let unavailable = state.headers.unavailable.clone();
@@ -227,6 +232,7 @@ fn upstream_request_filter(
     peer: &Peer,
     req: &mut Request<RequestBody>,
     current: &Active,
+    ctx: &RequestCtx,
 ) {
     let now = store::now_ms();
     let expires = current.record.as_ref().map_or_else(
@@ -238,6 +244,18 @@ fn upstream_request_filter(
     let headers = req.headers_mut();
     // base64url text and ids are always valid header values; these never fail.
     if let Some(v) = codec::session_header(data) {
+        // Signed over the exact value the app receives, so the data is bound to the token.
+        if let Some(signer) = &state.assertion {
+            let user = state.config.session.user_key.as_ref();
+            let claims = Claims::new(
+                ctx.request_id.to_str().unwrap_or_default(),
+                &current.id,
+                current.record.is_none(),
+                v.as_bytes(),
+                user.and_then(|key| key.user_of(data)),
+            );
+            headers.insert(h.assertion.clone(), signer.sign(&claims));
+        }
         headers.insert(h.session.clone(), v);
     }
     if let Ok(v) = HeaderValue::from_str(current.id.as_str()) {

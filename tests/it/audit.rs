@@ -16,10 +16,11 @@ use crate::support::{
     App, Browser, ProxyProcess, Resp, TestProxy, fs_store, get, request, write_config,
 };
 
-/// The audit name of an id, computed here independently of the proxy's code.
+/// The audit name of an id (its handle, the assertion's `sid`), computed here independently of
+/// the proxy's code.
 fn hash(id: &str) -> String {
-    let digest = Sha256::digest(id.as_bytes());
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(id.as_bytes()))
 }
 
 fn read_lines(path: &Path) -> Vec<Value> {

@@ -126,3 +126,7 @@ mod redis;
 /// The upstream connection pool, counted from the app: reuse, the idle cap, connections the
 /// app closes or asks to close, a response cut off by the client; origin-form targets and Host.
 mod pool;
+
+/// `[assertion]`: the signed `X-Session-Assertion` the app verifies against the JWKS, over
+/// HTTP/1.1 and HTTP/2; `assertion jwks`; the key file openssl reads; SIGHUP rotation.
+mod assertion;

@@ -1,8 +1,13 @@
 """A WSGI app behind session-proxy through examples/python/session_proxy_wsgi.py, for
 tests/it/python.rs: each path exercises one thing the adapter must send right.
 
-Usage: python3 app.py  (prints "serving on http://127.0.0.1:PORT")
+Usage: python3 app.py [--jwks URL_OR_FILE --audience AUD]  (prints "serving on
+http://127.0.0.1:PORT"). With --jwks, the adapter verifies X-Session-Assertion and refuses a
+request without a valid one (403); the body then also holds the claims and the headers the
+assertion was checked against, so a test can replay them.
 """
+
+import argparse
 
 import json
 import os
@@ -45,6 +50,11 @@ def application(environ, start_response):
         session["name"] = "Zoë 🐍"
     body = json.dumps(
         {
+            "assertion": environ.get("session_proxy.assertion"),
+            "headers": {
+                name: environ.get("HTTP_" + name.upper().replace("-", "_"))
+                for name in ["X-Session", "X-Session-Id", "X-Session-New", "X-Session-Assertion", "X-Request-Id"]
+            },
             "sid": session.sid,
             "new": session.new,
             "modified": session.modified,
@@ -57,4 +67,8 @@ def application(environ, start_response):
 
 
 if __name__ == "__main__":
-    serve(SessionMiddleware(application), 0)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jwks")
+    parser.add_argument("--audience")
+    args = parser.parse_args()
+    serve(SessionMiddleware(application, jwks=args.jwks, audience=args.audience), 0)

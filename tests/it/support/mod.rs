@@ -528,3 +528,17 @@ pub fn write_config(dir: &Path, name: &str, toml: &str) -> String {
     std::fs::write(&path, toml).unwrap();
     path.display().to_string()
 }
+
+/// What `session-proxy -c CONFIG assertion jwks` prints (the JWKS), failing the test if it fails.
+pub fn assertion_jwks(config: &str) -> Vec<u8> {
+    let out = Command::new(env!("CARGO_BIN_EXE_session-proxy"))
+        .args(["-c", config, "assertion", "jwks"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
