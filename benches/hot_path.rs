@@ -15,11 +15,12 @@ use http::header::{COOKIE, HeaderValue};
 use serde_json::{Value, json};
 use session_proxy::config::{Config, Lifetime, RawConfig};
 use session_proxy::cookie::{Cookies, Presented};
-use session_proxy::logging::{AccessFields, Batch, served, text_subscriber};
+use session_proxy::logging::{Batch, text_subscriber};
 use session_proxy::protocol::codec::{
     decode_session, encode_session, parse_object, session_header,
 };
 use session_proxy::protocol::{ProtocolHeaders, parse_instructions};
+use session_proxy::proxy::{AccessFields, served};
 use session_proxy::session::{DataChange, SessionId};
 use session_proxy::store::fs::FsStore;
 use session_proxy::store::memory::MemoryStore;
@@ -338,7 +339,7 @@ fn session_phase(c: &mut Criterion) {
 /// text subscriber `logging::init` installs: formatted only (written to `io::sink`), and
 /// formatted and queued for the background writer (which writes to `io::sink`).
 fn access_line(c: &mut Criterion) {
-    // The line the proxy logs for a served request (`logging::served`).
+    // The line the proxy logs for a served request (`proxy::served`).
     let line = || {
         let ctx_path = String::from("/account/settings");
         let f = AccessFields {

@@ -45,24 +45,32 @@ pub(super) fn is_bare(value: &str) -> bool {
         })
 }
 
+/// Writes one field whose `value` needs no quoting, as the visitor does: ` name=value`, without
+/// the space before the `first` field and without the name of the message. The prewritten
+/// fields (`prewrite.rs`) are written by this too, so both are the same bytes.
+pub(super) fn write_bare(
+    out: &mut impl fmt::Write,
+    first: bool,
+    name: &str,
+    value: &str,
+) -> fmt::Result {
+    if !first {
+        out.write_char(' ')?;
+    }
+    if name != "message" {
+        out.write_str(name)?;
+        out.write_char('=')?;
+    }
+    out.write_str(value)
+}
+
 impl PlainVisitor<'_> {
     /// Writes ` name=` (or nothing before the message) and then `value`, which needs no quoting.
     fn bare(&mut self, field: &Field, value: &str) {
         if self.result.is_ok() {
-            self.result = self.write_bare(field, value);
+            self.result = write_bare(&mut self.writer, self.first, field.name(), value);
         }
         self.first = false;
-    }
-
-    fn write_bare(&mut self, field: &Field, value: &str) -> fmt::Result {
-        if !self.first {
-            self.writer.write_char(' ')?;
-        }
-        if field.name() != "message" {
-            self.writer.write_str(field.name())?;
-            self.writer.write_char('=')?;
-        }
-        self.writer.write_str(value)
     }
 
     /// Hands one field to tracing-subscriber's visitor, for its quoting and escaping.
@@ -112,7 +120,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::logging::tests::Sink;
+    use crate::logging::testing::Sink;
 
     /// The line `event` produces with `fields`, without timestamp, level or target.
     fn line<N>(fields: N, event: impl FnOnce()) -> String

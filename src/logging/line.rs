@@ -12,7 +12,7 @@ use tracing_subscriber::fmt::format::{Format, FormatEvent, FormatFields, Writer}
 use tracing_subscriber::fmt::time::FormatTime as _;
 use tracing_subscriber::registry::LookupSpan;
 
-use super::access::{LINE_IN_USE, write_prewritten};
+use super::prewrite::{LINE_IN_USE, write_prewritten};
 
 /// The text line of an event: `2026-01-02T03:04:05.678901Z  INFO target: message k=v ...`,
 /// exactly as tracing-subscriber's default (`Full`) format writes it without colours, but

@@ -14,20 +14,23 @@
 //!   allocation per line); a background thread writes the whole buffer with one `write` per
 //!   batch and lingers a millisecond before each, so a busy proxy wakes it about once per
 //!   millisecond rather than once per line.
+//! - [`prewrite()`]: a caller that logs one line on every request can write that line's fields
+//!   ahead as text, which [`Line`] copies instead of visiting the event field by field. Generic:
+//!   the caller names the target and writes the fields (the access line, `proxy/log.rs`).
 
-mod access;
 mod batch;
 mod fields;
 mod line;
+mod prewrite;
 
 use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
-pub use access::{ACCESS_TARGET, AccessFields, Prewritten, served};
 pub use batch::{Batch, LogGuard};
 pub use fields::PlainFields;
 pub use line::Line;
+pub use prewrite::{FieldsText, Prewritten, prewrite};
 
 /// Installs the global subscriber: `RUST_LOG` (default `info`), ANSI colours on a terminal only.
 /// Keep the guard until exit: dropping it writes the lines still queued.
@@ -74,14 +77,15 @@ where
         .finish()
 }
 
+/// What the tests of logging and of its callers share: the lines an event produces.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use std::sync::{Arc, Mutex};
 
     use super::*;
     use tracing::Level;
 
-    pub(super) struct Sink(pub(super) Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Sink(pub(crate) Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Sink {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -97,7 +101,7 @@ mod tests {
 
     /// The lines `event` produces through the subscriber [`init`] installs (no colours), and
     /// through tracing-subscriber's default format with the same fields, timestamps included.
-    pub(super) fn both_lines(event: impl Fn()) -> (String, String) {
+    pub(crate) fn both_lines(event: impl Fn()) -> (String, String) {
         let ours = Arc::new(Mutex::new(Vec::new()));
         let sink = ours.clone();
         let subscriber = text_subscriber(EnvFilter::new("trace"), move || Sink(sink.clone()));
@@ -116,6 +120,13 @@ mod tests {
         };
         (text(&ours), text(&theirs))
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::testing::{Sink, both_lines};
 
     /// `Line` writes what tracing-subscriber's own format writes, byte for byte but the
     /// microseconds (taken a moment apart): every level, a span around the event (handed

@@ -38,6 +38,7 @@ mod tunnel;
 
 use body::RequestBody;
 
+pub use log::{AccessFields, served};
 pub use tunnel::Tunnel;
 
 pub use ctx::{RequestCtx, SessionState, StoreWrite};
