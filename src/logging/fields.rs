@@ -48,6 +48,7 @@ pub(super) fn is_bare(value: &str) -> bool {
 /// Writes one field whose `value` needs no quoting, as the visitor does: ` name=value`, without
 /// the space before the `first` field and without the name of the message. The prewritten
 /// fields (`prewrite.rs`) are written by this too, so both are the same bytes.
+#[inline]
 pub(super) fn write_bare(
     out: &mut impl fmt::Write,
     first: bool,

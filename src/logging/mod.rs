@@ -16,7 +16,8 @@
 //!   millisecond rather than once per line.
 //! - [`prewrite()`]: a caller that logs one line on every request can write that line's fields
 //!   ahead as text, which [`Line`] copies instead of visiting the event field by field. Generic:
-//!   the caller names the target and writes the fields (the access line, `proxy/log.rs`).
+//!   the caller states the target and the field names and writes the values ([`AheadFields`];
+//!   the access line, `proxy/log.rs`).
 
 mod batch;
 mod fields;
@@ -30,7 +31,7 @@ use tracing_subscriber::fmt::MakeWriter;
 pub use batch::{Batch, LogGuard};
 pub use fields::PlainFields;
 pub use line::Line;
-pub use prewrite::{FieldsText, Prewritten, prewrite};
+pub use prewrite::{AheadFields, FieldsText, Prewritten, prewrite};
 
 /// Installs the global subscriber: `RUST_LOG` (default `info`), ANSI colours on a terminal only.
 /// Keep the guard until exit: dropping it writes the lines still queued.

@@ -6,7 +6,7 @@ use http::StatusCode;
 
 use super::ctx::RequestCtx;
 use crate::error::Fault;
-use crate::logging::{self, FieldsText, Prewritten};
+use crate::logging::{self, AheadFields, FieldsText};
 
 pub fn logging(ctx: &RequestCtx, status: StatusCode) {
     // Whole microseconds: an integer field costs a fraction of `Duration`'s decimal `Debug`.
@@ -69,7 +69,7 @@ pub fn served(f: &AccessFields<'_>) {
     // The global maximum (one load), not `enabled!` (a call into the filter): a filter that
     // drops this target alone at `info` costs a prewrite for nothing, never a wrong line.
     let _prewritten = if tracing::Level::INFO <= tracing::level_filters::LevelFilter::current() {
-        prewrite(f)
+        logging::prewrite(f)
     } else {
         None
     };
@@ -98,20 +98,33 @@ pub struct AccessFields<'a> {
     pub request_id: &'a str,
 }
 
-/// The event's fields in its order and with its names: the line uses the text only if the
-/// event's names are these (`logging::prewrite`), so a field added to one and not the other
+/// The event of [`served`]: its target (this module, as for every line here) and its fields'
+/// names, in its order. The line uses the prewritten text only for an event with these (the
+/// test below checks the two lines are the same), so a field added to the event and not here
 /// costs the saving, never a wrong line.
-fn prewrite(f: &AccessFields<'_>) -> Option<Prewritten> {
-    logging::prewrite(module_path!(), |t: &mut FieldsText| {
-        t.str("message", f.message)?;
-        t.str("method", f.method)?;
-        t.str("path", f.path)?;
-        t.u64("status", f.status.into());
-        t.u64("latency_us", f.latency_us);
-        t.str("session", f.session)?;
-        t.str("saved", f.saved)?;
-        t.str("request_id", f.request_id)
-    })
+impl AheadFields for AccessFields<'_> {
+    const TARGET: &'static str = module_path!();
+    const NAMES: &'static [&'static str] = &[
+        "message",
+        "method",
+        "path",
+        "status",
+        "latency_us",
+        "session",
+        "saved",
+        "request_id",
+    ];
+
+    fn write(&self, out: &mut FieldsText) -> Option<()> {
+        out.str("message", self.message)?;
+        out.str("method", self.method)?;
+        out.str("path", self.path)?;
+        out.u64("status", self.status.into())?;
+        out.u64("latency_us", self.latency_us)?;
+        out.str("session", self.session)?;
+        out.str("saved", self.saved)?;
+        out.str("request_id", self.request_id)
+    }
 }
 
 #[cfg(test)]
@@ -183,7 +196,7 @@ mod tests {
         }
         // A prewritten line is used once, by its own event only: not by others of its target.
         let (ours, _) = both_lines(|| {
-            let _p = prewrite(&base);
+            let _p = logging::prewrite(&base);
             tracing::info!(target: TARGET, message = "another", status = 1u64);
             tracing::info!(
                 target: TARGET,
