@@ -60,11 +60,12 @@ pub fn logging(ctx: &RequestCtx, status: StatusCode) {
 /// and `benches/hot_path.rs` both call this, so the benchmark measures the line the proxy writes.
 ///
 /// Its fields are written ahead ([`logging::prewrite`]) when the line will be written at all,
-/// and the event carries them too, for any other format or subscriber. Measured with
-/// `bench/instructions.sh` at `LOG=info` (memory store, write mix; bench/PROFILE.md, "shape-2:
-/// the access line's prewrite"): 59,246 to 59,448 instructions per request with the prewrite,
-/// 60,555 and 60,572 with the line's fields visited one by one; the smallest back-to-back
-/// difference is 1,107, above the 1,000 that pays for this code.
+/// and the event carries them too, for any other format or subscriber. Kept because it pays:
+/// `LOG=info bench/instructions.sh` (memory store, write mix; bench/PROFILE.md, "shape-2: the
+/// access line's prewrite") counted 59,354, 59,355, 59,475 and 59,564 instructions per request
+/// with it, 60,334, 60,551, 60,557 and 60,537 with the line's fields visited one by one: 1,058
+/// on the means, against a bar of 1,000: a thin margin (runs of one build differ by up to 217),
+/// so remeasure after any change here or in `logging/prewrite.rs`.
 pub fn served(f: &AccessFields<'_>) {
     // The global maximum (one load), not `enabled!` (a call into the filter): a filter that
     // drops this target alone at `info` costs a prewrite for nothing, never a wrong line.
