@@ -16,11 +16,12 @@ use http::header::{COOKIE, HeaderValue};
 use serde_json::{Value, json};
 use session_proxy::config::{Config, Lifetime, RawConfig};
 use session_proxy::cookie::{Presented, SessionCookie};
-use session_proxy::logging::{AccessFields, Batch, served, text_subscriber};
+use session_proxy::logging::{Batch, text_subscriber};
 use session_proxy::protocol::codec::{
     decode_session, encode_session, parse_object, session_header,
 };
 use session_proxy::protocol::{ProtocolHeaders, parse_instructions};
+use session_proxy::proxy::{AccessFields, served};
 use session_proxy::session::{DataChange, SessionId};
 use session_proxy::store::fs::FsStore;
 use session_proxy::store::memory::MemoryStore;
@@ -395,7 +396,7 @@ fn assertion(c: &mut Criterion) {
 }
 
 fn access_line(c: &mut Criterion) {
-    // The line the proxy logs for a served request (`logging::served`).
+    // The line the proxy logs for a served request (`proxy::served`).
     let line = || {
         let ctx_path = String::from("/account/settings");
         let f = AccessFields {

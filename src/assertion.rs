@@ -110,15 +110,15 @@ struct Payload<'a> {
 }
 
 /// One signing key: the pair parsed once, and what the tokens and the JWKS say about it.
-struct Key {
+struct SigningKey {
     pair: Ed25519KeyPair,
     /// The JWS header, `{"alg":"EdDSA","typ":"JWT","kid":…}`, base64url, then the `.`.
     header: String,
     jwk: Jwk,
 }
 
-impl Key {
-    fn from_pkcs8(der: &[u8], path: &Path) -> Result<Key, KeyError> {
+impl SigningKey {
+    fn from_pkcs8(der: &[u8], path: &Path) -> Result<SigningKey, KeyError> {
         // `maybe_unchecked` reads v1 (the seed only) as well as ring's own v2.
         let pair =
             Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|e| KeyError::Invalid {
@@ -143,7 +143,7 @@ impl Key {
                 x,
             }),
         };
-        Ok(Key {
+        Ok(SigningKey {
             pair,
             header: format!("{}.", URL_SAFE_NO_PAD.encode(header)),
             jwk,
@@ -157,14 +157,14 @@ impl Key {
 
 /// The key that signs, and the public keys it replaced, each with the time (ms) it leaves the
 /// JWKS.
-struct KeySet {
-    current: Key,
+struct SignerKeys {
+    current: SigningKey,
     retired: Vec<(Jwk, u64)>,
 }
 
 /// Signs assertions; [`reload`](Self::reload) replaces the key (SIGHUP).
 pub struct Signer {
-    keys: ArcSwap<KeySet>,
+    keys: ArcSwap<SignerKeys>,
     path: PathBuf,
     audience: String,
     issuer: String,
@@ -177,7 +177,7 @@ impl Signer {
     pub fn open(config: &AssertionConfig) -> Result<Signer, KeyError> {
         let current = load_or_create(&config.key_file)?;
         Ok(Signer {
-            keys: ArcSwap::from_pointee(KeySet {
+            keys: ArcSwap::from_pointee(SignerKeys {
                 current,
                 retired: Vec::new(),
             }),
@@ -257,7 +257,7 @@ impl Signer {
             .cloned()
             .collect();
         retired.insert(0, (old.current.jwk.clone(), until));
-        self.keys.store(Arc::new(KeySet {
+        self.keys.store(Arc::new(SignerKeys {
             current: key,
             retired,
         }));
@@ -267,7 +267,7 @@ impl Signer {
 
 /// The key in `path`; a missing file is created first with a fresh key, mode 0600, never
 /// overwriting one that appeared meanwhile.
-fn load_or_create(path: &Path) -> Result<Key, KeyError> {
+fn load_or_create(path: &Path) -> Result<SigningKey, KeyError> {
     let pem = match std::fs::read(path) {
         Ok(pem) => pem,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => create(path)?,
@@ -282,7 +282,7 @@ fn load_or_create(path: &Path) -> Result<Key, KeyError> {
         path: path.to_owned(),
         reason: e.to_string(),
     })?;
-    Key::from_pkcs8(der.secret_pkcs8_der(), path)
+    SigningKey::from_pkcs8(der.secret_pkcs8_der(), path)
 }
 
 /// Writes a fresh key to `path` as PKCS#8 v1 PEM (mode 0600) and returns the text written; if
@@ -420,8 +420,8 @@ mod tests {
         verify(before.to_str().unwrap(), &jwks).unwrap();
         verify(after.to_str().unwrap(), &jwks).unwrap();
         // Once `ttl` has passed, the old key is gone from the set.
-        signer.keys.rcu(|set| KeySet {
-            current: Key::from_pkcs8(
+        signer.keys.rcu(|set| SignerKeys {
+            current: SigningKey::from_pkcs8(
                 &{
                     let pem = std::fs::read(dir.path().join("assertion.pem")).unwrap();
                     PrivatePkcs8KeyDer::from_pem_slice(&pem)

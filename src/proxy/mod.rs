@@ -41,6 +41,7 @@ mod tunnel;
 
 pub use response::{ProxyBody, full};
 
+pub use log::{AccessFields, served};
 pub use tunnel::Tunnel;
 
 pub use ctx::RequestCtx;
