@@ -1,14 +1,16 @@
-//! The client's request body on its way to the app: bounded in time, its trailers filtered, and
-//! its failures marked as the client's.
+//! The client's request body on its way to the app (or into a buffer, `buffer.rs`): bounded in
+//! time, rate and size, its trailers filtered, and its failures marked as the client's.
 //!
 //! Without a deadline a client that sends half a body and stops holds one of the app's workers
-//! (which is reading it) for as long as the client likes. Two limits apply: the longest pause
-//! between two pieces (`limits.body_idle_timeout`) and the whole body (`limits.body_timeout`).
-//! The pause is timed only while this body is waiting on the client, never while the app is not
+//! (which is reading it) for as long as the client likes. Four limits apply: the longest pause
+//! between two pieces (`limits.body_idle_timeout`), the whole body (`limits.body_timeout`), the
+//! minimum rate after a grace (`limits.body_min_rate`, which a client trickling a byte now and
+//! then, never idle for long, cannot meet), and the size (`limits.max_body_size`). Pauses and
+//! the rate are timed only while this body is waiting on the client, never while the app is not
 //! reading, so a slow app is not blamed on the client.
 //!
 //! A failure is reported as a [`BodyError`], which the upstream error keeps as its source, so
-//! [`crate::upstream`] can tell "the client's body broke" (400 or 408, the client's fault) from
+//! [`crate::upstream`] can tell "the client's body broke" (400, 408 or 413, the client's fault) from
 //! "the app broke" (502).
 
 use std::collections::VecDeque;
