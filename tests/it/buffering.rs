@@ -80,6 +80,7 @@ fn whole(length: &str, received: u64) -> Sunk {
         expect: None,
         received,
         complete: true,
+        trailers: Vec::new(),
     }
 }
 
@@ -353,4 +354,33 @@ async fn expect_100_continue_is_answered_by_the_proxy_when_it_buffers() {
     let text = String::from_utf8_lossy(&out);
     assert_eq!(status_of(&text), Some(200), "{text:?}");
     assert_eq!(app.sunk(), [whole("5", 5)]);
+}
+
+/// A chunked body with trailers: buffered or streamed, the app gets the same trailers (the
+/// body whole either way), and a reserved one never. (Over HTTP/1.1 that is none: hyper's client
+/// sends only the trailers a `Trailer` header declares, and `Trailer` is hop-by-hop.)
+#[tokio::test]
+async fn trailers_pass_the_same_whether_the_body_is_buffered_or_streamed() {
+    let mut seen = Vec::new();
+    for limits in ["", "[limits]\nrequest_buffer = 0"] {
+        let app = App::start().await;
+        let proxy = TestProxy::start(&app, limits).await;
+        let (text, _) = exchange(
+            proxy.addr,
+            b"POST /sink HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum, X-Session-Update\r\nConnection: close\r\n\r\n\
+              5\r\nhello\r\n0\r\nX-Sum: 5\r\nX-Session-Update: {\"admin\":true}\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(status_of(&text), Some(200), "{limits}: {text:?}");
+        let sunk = app.sunk();
+        assert_eq!(sunk.len(), 1);
+        assert_eq!((sunk[0].received, sunk[0].complete), (5, true));
+        assert!(
+            !sunk[0].trailers.iter().any(|t| t.starts_with("x-session")),
+            "{sunk:?}"
+        );
+        seen.push(sunk[0].trailers.clone());
+    }
+    assert_eq!(seen[0], seen[1], "buffered, then streamed");
 }

@@ -110,6 +110,8 @@ pub struct Sunk {
     pub received: u64,
     /// Whether the body ended as framed (false: the proxy cut it off).
     pub complete: bool,
+    /// The names of the body's trailers, in order.
+    pub trailers: Vec<String>,
 }
 
 type Sinks = Arc<std::sync::Mutex<Vec<Sunk>>>;
@@ -251,11 +253,18 @@ async fn handle(
             expect: header("expect"),
             received: 0,
             complete: true,
+            trailers: Vec::new(),
         };
         let mut body = req.into_body();
         while let Some(frame) = body.frame().await {
             match frame {
-                Ok(f) => seen.received += f.data_ref().map_or(0, |d| d.len() as u64),
+                Ok(f) => {
+                    seen.received += f.data_ref().map_or(0, |d| d.len() as u64);
+                    if let Some(t) = f.trailers_ref() {
+                        seen.trailers
+                            .extend(t.keys().map(|k| k.as_str().to_owned()));
+                    }
+                }
                 Err(_) => {
                     seen.complete = false;
                     break;
