@@ -9,6 +9,8 @@
 #   USER_KEY=profile bench/instructions.sh  # with a user index (session.user_key)
 #   SECRET=1 MIX=write bench/instructions.sh  # signed cookies: verify + sign on every request
 #   ASSERTION=1 bench/instructions.sh     # with [assertion]: every request gets a signed JWT
+#   BODY=512 bench/instructions.sh        # POSTs of a 512-byte body (buffered: limits.request_buffer)
+#   BODY=512 BUFFER=0 bench/instructions.sh  # the same bodies streamed (request_buffer = 0)
 #
 # Throughput on a shared VM swings by ±20 % between runs of the same binary, so a change worth
 # 5 % cannot be seen in bench/load.sh. This runs the proxy under valgrind's callgrind (user-space
@@ -28,7 +30,9 @@
 # carries a signed cookie the proxy verifies; max_age makes the expiry slide, so each write also
 # re-sends the cookie, signed again: MIX=write verifies and signs on every request, MIX=read
 # verifies on every one and signs on the 10 % that update), ASSERTION [unset] (1: `[assertion]`
-# on, a fresh key in the work directory, so every request is signed).
+# on, a fresh key in the work directory, so every request is signed), BODY [0] (bytes of
+# each request's body: 0 sends GETs, which carry none; N sends POSTs with a Content-Length), BUFFER
+# [unset] (`limits.request_buffer`; 0 streams every body, as before request buffering).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -64,6 +68,9 @@ if [ "$STORE" = redis ]; then
   [ -n "$REDIS_PORT" ] || { echo "$REDIS_NOTE" >&2; exit 1; }
 fi
 upstream_and_config "$UP_MIX" "$STORE"
+if [ -n "${BUFFER:-}" ]; then
+  printf '[limits]\nrequest_buffer = %s\n' "$BUFFER" >>"$WORK/proxy.toml"
+fi
 if [ -n "${USER_KEY:-}" ]; then
   printf '[session]\nuser_key = "%s"\n' "$USER_KEY" >>"$WORK/proxy.toml"
 fi
@@ -86,9 +93,9 @@ for _ in 1 2 3; do
 done
 [ -n "${PROXY:-}" ] || { echo "the proxy did not start:" >&2; cat "$WORK/proxy.log.err" >&2; exit 1; }
 
-echo "== callgrind on the proxy, store=$STORE, mix=$MIX, user_key=${USER_KEY:-off}, signed=$SIGNED, assertion=${ASSERTION:-off}, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
+echo "== callgrind on the proxy, store=$STORE, mix=$MIX, user_key=${USER_KEY:-off}, signed=$SIGNED, assertion=${ASSERTION:-off}, body=${BODY:-0} bytes, request_buffer=${BUFFER:-default}, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
 LINE=$("${PIN_LOAD[@]}" target/release/loadgen run --url "http://$PROXY/" \
-  --connections 16 --warmup 0 --duration "$DURATION" "${COOKIES[@]}")
+  --connections 16 --warmup 0 --duration "$DURATION" --body "${BODY:-0}" "${COOKIES[@]}")
 REQUESTS=$(echo "$LINE" | tr '\t' '\n' | sed -n 's/^requests=//p')
 # SIGTERM: the proxy shuts down gracefully and callgrind writes its file on exit.
 stop_pid "$PROXY_PID"

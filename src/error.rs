@@ -57,6 +57,10 @@ pub enum ClientError {
     BodyMalformed,
     #[error("request body not received within the limits.body_* timeouts")]
     BodyTimeout,
+    #[error("request body slower than limits.body_min_rate")]
+    BodyTooSlow,
+    #[error("request body larger than limits.max_body_size")]
+    BodyTooLarge,
 }
 
 /// Whose fault a failed request is: the log line says it, and only upstream failures count in
@@ -116,14 +120,21 @@ impl ClientError {
             ClientError::Connect => StatusCode::METHOD_NOT_ALLOWED,
             ClientError::UriTooLong => StatusCode::URI_TOO_LONG,
             ClientError::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ClientError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ClientError::BodyTimeout | ClientError::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
+            ClientError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
     /// Whether the connection must close after the answer: a body left half-read leaves its
     /// framing untrustworthy, and a client too slow to send one is not worth keeping.
     pub fn closes(self) -> bool {
-        matches!(self, ClientError::BodyMalformed | ClientError::BodyTimeout)
+        matches!(
+            self,
+            ClientError::BodyMalformed
+                | ClientError::BodyTimeout
+                | ClientError::BodyTooSlow
+                | ClientError::BodyTooLarge
+        )
     }
 }
 

@@ -232,6 +232,8 @@ pub struct Metrics {
     cookie: CookieMetrics,
     /// Upgraded connections (WebSockets) passing bytes now.
     tunnels_open: Gauge,
+    /// Request bodies streamed because `limits.request_buffer_total` was spent.
+    buffer_overflows: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -281,6 +283,11 @@ impl Metrics {
             "Sessions destroyed by the app (X-Session-Destroy)",
         );
         let regenerated = counter("sessions_regenerated", "Sessions moved to a new id");
+        let buffer_overflows = counter(
+            "request_buffer_overflows",
+            "Request bodies that fit limits.request_buffer but streamed to the app, \
+             because the buffers held limits.request_buffer_total",
+        );
         let audit_dropped = counter(
             "audit_dropped",
             "Audit events not in the audit log: the queue was full, or writing failed",
@@ -368,6 +375,7 @@ impl Metrics {
             sessions_live,
             cookie,
             tunnels_open,
+            buffer_overflows,
         }
     }
 
@@ -417,6 +425,11 @@ impl Metrics {
     /// The audit log's drop counter, handed to its senders and writer at start.
     pub fn audit_dropped(&self) -> Counter {
         self.audit_dropped.clone()
+    }
+
+    /// A body that would have been buffered streamed: the buffers' total was spent.
+    pub fn buffer_overflowed(&self) {
+        self.buffer_overflows.inc();
     }
 
     pub fn tunnel_opened(&self) {

@@ -32,6 +32,18 @@ pub struct Limits {
     pub body_idle_timeout: Duration,
     /// The time a client has to send a whole request body.
     pub body_timeout: Duration,
+    /// Bytes of a request body read whole before the app is asked (0: none is).
+    pub request_buffer: u64,
+    /// Bytes all buffered bodies together may hold; a body that would go over streams.
+    pub request_buffer_total: u64,
+    /// Bytes per second a body must keep up, over a sliding window of `body_min_rate_grace`,
+    /// once that grace has passed (0: no minimum).
+    pub body_min_rate: u64,
+    /// How long a body may go below `body_min_rate` at its start, and the window it is
+    /// measured over after that.
+    pub body_min_rate_grace: Duration,
+    /// Bytes of one request body; more is a 413 (`None`: no limit).
+    pub max_body_size: Option<u64>,
     /// HTTP/2 streams one connection may have open at once.
     pub h2_max_concurrent_streams: u32,
     /// HTTP/2: a PING after this long without a frame from the client.
@@ -123,6 +135,33 @@ pub(super) fn limits(at: &Origin, l: RawLimits) -> Result<Limits, ConfigError> {
         Duration::from_secs(300),
         Duration::from_secs(24 * 3600),
     )?;
+    const GIB: u64 = 1024 * 1024 * 1024;
+    let request_buffer = count(
+        at,
+        "limits.request_buffer",
+        l.request_buffer,
+        1024 * 1024,
+        0..=GIB,
+    )?;
+    let request_buffer_total = count(
+        at,
+        "limits.request_buffer_total",
+        l.request_buffer_total,
+        256 * 1024 * 1024,
+        request_buffer..=64 * GIB,
+    )?;
+    let body_min_rate = count(at, "limits.body_min_rate", l.body_min_rate, 1024, 0..=GIB)?;
+    let body_min_rate_grace = bounded(
+        at,
+        "limits.body_min_rate_grace",
+        &l.body_min_rate_grace,
+        Duration::from_secs(10),
+        HOUR,
+    )?;
+    let max_body_size = match l.max_body_size {
+        None => None,
+        Some(v) => Some(count(at, "limits.max_body_size", Some(v), v, 1..=u64::MAX)?),
+    };
     let h2_max_concurrent_streams = count(
         at,
         "limits.h2_max_concurrent_streams",
@@ -163,6 +202,11 @@ pub(super) fn limits(at: &Origin, l: RawLimits) -> Result<Limits, ConfigError> {
         max_headers: usize_of(max_headers),
         body_idle_timeout,
         body_timeout,
+        request_buffer,
+        request_buffer_total,
+        body_min_rate,
+        body_min_rate_grace,
+        max_body_size,
         h2_max_concurrent_streams: u32::try_from(h2_max_concurrent_streams).unwrap_or(u32::MAX),
         h2_keep_alive_interval,
         h2_keep_alive_timeout,

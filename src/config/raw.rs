@@ -211,6 +211,11 @@ pub struct RawLimits {
     pub max_headers: Option<u64>,
     pub body_idle_timeout: Option<DurationSpec>,
     pub body_timeout: Option<DurationSpec>,
+    pub request_buffer: Option<u64>,
+    pub request_buffer_total: Option<u64>,
+    pub body_min_rate: Option<u64>,
+    pub body_min_rate_grace: Option<DurationSpec>,
+    pub max_body_size: Option<u64>,
     pub h2_max_concurrent_streams: Option<u64>,
     pub h2_keep_alive_interval: Option<DurationSpec>,
     pub h2_keep_alive_timeout: Option<DurationSpec>,
@@ -219,7 +224,7 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 63] = [
+pub(crate) const KEYS: [&str; 68] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -272,6 +277,11 @@ pub(crate) const KEYS: [&str; 63] = [
     "limits.max_headers",
     "limits.body_idle_timeout",
     "limits.body_timeout",
+    "limits.request_buffer",
+    "limits.request_buffer_total",
+    "limits.body_min_rate",
+    "limits.body_min_rate_grace",
+    "limits.max_body_size",
     "limits.h2_max_concurrent_streams",
     "limits.h2_keep_alive_interval",
     "limits.h2_keep_alive_timeout",
@@ -383,7 +393,8 @@ mod tests {
             &fields!(RawLimits "limits." {
                 max_connections, handshake_timeout, header_read_timeout, keep_alive_timeout,
                 max_head_size, max_uri_length, max_headers, body_idle_timeout, body_timeout,
-                h2_max_concurrent_streams, h2_keep_alive_interval, h2_keep_alive_timeout,
+                request_buffer, request_buffer_total, body_min_rate, body_min_rate_grace,
+                max_body_size, h2_max_concurrent_streams, h2_keep_alive_interval, h2_keep_alive_timeout,
                 upgrade_idle_timeout
             }),
             &fields!(RawLog "log." { format }),

@@ -236,6 +236,20 @@ mod tests {
             ),
             ("limits.body_timeout", "[limits]\nbody_timeout = true"),
             (
+                "limits.request_buffer",
+                "[limits]\nrequest_buffer = 2000000000",
+            ),
+            (
+                "limits.request_buffer_total",
+                "[limits]\nrequest_buffer = 4096\nrequest_buffer_total = 1024",
+            ),
+            ("limits.body_min_rate", "[limits]\nbody_min_rate = -1"),
+            (
+                "limits.body_min_rate_grace",
+                "[limits]\nbody_min_rate_grace = \"0s\"",
+            ),
+            ("limits.max_body_size", "[limits]\nmax_body_size = 0"),
+            (
                 "limits.h2_max_concurrent_streams",
                 "[limits]\nh2_max_concurrent_streams = 0",
             ),

@@ -13,8 +13,10 @@ use hyper::body::{Body, Frame, SizeHint};
 use crate::protocol::ProtocolHeaders;
 
 pub mod body;
+pub mod buffer;
 
 pub use body::{BodyError, RequestBody, client_fault};
+pub use buffer::{Buffering, Buffers, ForwardBody};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus the legacy ones proxies still see. "Intermediaries
 /// MUST parse a received Connection header field before a message is forwarded and, for each

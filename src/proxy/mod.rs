@@ -13,10 +13,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{HOST, HeaderValue, SET_COOKIE, UPGRADE};
+use http::header::{CONTENT_LENGTH, EXPECT, HOST, HeaderValue, SET_COOKIE, UPGRADE};
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 
 use crate::assertion::{Claims, Signer};
 use crate::audit::Audit;
@@ -25,7 +25,8 @@ use crate::cookie::{Presented, SessionCookie};
 use crate::error::{ClientError, ProxyError};
 use crate::forwarding::Peer;
 use crate::http::{
-    RequestBody, Trailers, X_REQUEST_ID, keep_upgrade, requested_upgrade, strip_hop_by_hop,
+    Buffering, Buffers, ForwardBody, RequestBody, Trailers, X_REQUEST_ID, keep_upgrade,
+    requested_upgrade, strip_hop_by_hop,
 };
 use crate::metrics::{Metrics, Rejected};
 use crate::outcome::{SessionState, StoreWrite};
@@ -63,6 +64,8 @@ pub struct State {
     /// Signs `X-Session-Assertion`; off unless `[assertion] key_file` is set
     /// ([`Proxy::open`](crate::Proxy::open) sets it).
     pub assertion: Option<Arc<Signer>>,
+    /// The request buffers' budget (`limits.request_buffer_total`).
+    pub buffers: Buffers,
 }
 
 impl State {
@@ -71,6 +74,7 @@ impl State {
             headers: Arc::new(config.session.headers.clone()),
             cookies: SessionCookie::metered(config.cookie.clone(), &metrics),
             upstream: Upstream::new(&config),
+            buffers: Buffers::new(&config.limits),
             store,
             metrics,
             config,
@@ -121,6 +125,10 @@ async fn pipeline(
         keep_upgrade(req.headers_mut(), protocols);
         hyper::upgrade::on(&mut req)
     });
+    // The body first: a buffered one is read whole before the store or the app is asked.
+    let limits = &state.config.limits;
+    let req = req.map(|b| RequestBody::new(b, state.headers.clone(), limits));
+    let mut req = buffer(state, req).await?;
     // A skipped path (static assets) costs no store call; the cookie was still taken out.
     let current = if state.config.session.skip.matches(&ctx.path) {
         ctx.session = SessionState::Skipped;
@@ -136,8 +144,6 @@ async fn pipeline(
             Err(e) => return Err(e),
         }
     };
-    let limits = &state.config.limits;
-    let mut req = req.map(|b| RequestBody::new(b, state.headers.clone(), limits));
     match &current {
         Some(current) => upstream_request_filter(state, peer, &mut req, current, ctx),
         None => {
@@ -195,6 +201,32 @@ async fn pipeline(
     Ok(resp.map(|b| http_body_util::Either::Left(Trailers::new(b, reserved))))
 }
 
+/// Reads the body whole when it fits a buffer (`limits.request_buffer`, within the total), so
+/// the app gets it at once with its `Content-Length` (and no `Expect`: hyper answered the
+/// client's `100-continue` when the reading began); else the body streams as it comes.
+async fn buffer(
+    state: &State,
+    req: Request<RequestBody>,
+) -> Result<Request<ForwardBody>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    let (body, how) = state
+        .buffers
+        .read(body)
+        .await
+        .map_err(|e| ProxyError::Client(e.kind))?;
+    match how {
+        Buffering::Whole => {
+            parts.headers.remove(EXPECT);
+            if let Some(len) = body.whole_length() {
+                parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
+            }
+        }
+        Buffering::Overflowed => state.metrics.buffer_overflowed(),
+        Buffering::Streamed => {}
+    }
+    Ok(Request::from_parts(parts, body))
+}
+
 /// Whether a store failure lets the request through without a session (`store.on_error`).
 fn fail_open(state: &State) -> bool {
     state.config.store.on_error == OnStoreError::FailOpen
@@ -218,6 +250,12 @@ fn request_filter(state: &State, req: &mut Request<Incoming>) -> Result<Presente
     if req.headers().len() > limits.max_headers {
         return Err(ClientError::TooManyHeaders);
     }
+    // A declared length over the limit is refused before a byte of the body is read.
+    if let Some(max) = limits.max_body_size
+        && req.body().size_hint().lower() > max
+    {
+        return Err(ClientError::BodyTooLarge);
+    }
     check_host(req)?;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
@@ -231,7 +269,7 @@ fn request_filter(state: &State, req: &mut Request<Incoming>) -> Result<Presente
 fn upstream_request_filter(
     state: &State,
     peer: &Peer,
-    req: &mut Request<RequestBody>,
+    req: &mut Request<ForwardBody>,
     current: &Active,
     ctx: &RequestCtx,
 ) {

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::error::ProxyError;
 use crate::forwarding::{self, Peer};
 use crate::http::upgrade_agreed;
-use crate::http::{RequestBody, client_fault};
+use crate::http::{ForwardBody, client_fault};
 
 mod pool;
 
@@ -23,7 +23,7 @@ use pool::{Lease, Pool};
 
 /// Built once at start; its pool is shared by every request.
 pub struct Upstream {
-    pool: Arc<Pool<RequestBody>>,
+    pool: Arc<Pool<ForwardBody>>,
     /// The `Host` of a request that names none (HTTP/1.0 may leave it out): the app's
     /// authority, without the default port, as the legacy client set it from the URI.
     default_host: HeaderValue,
@@ -96,7 +96,7 @@ impl Upstream {
     /// it tunnels); a 101 is accepted only for such a request.
     pub async fn send(
         &self,
-        req: Request<RequestBody>,
+        req: Request<ForwardBody>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let asked = req.headers().get(header::UPGRADE).cloned();
         // Boxed: inline, its state (the request, the connect, hyper's send) would be copied

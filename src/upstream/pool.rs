@@ -40,7 +40,7 @@ use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use tower_service::Service as _;
 
-use crate::http::RequestBody;
+use crate::http::ForwardBody;
 
 /// How long a connection may sit idle in the pool before it is closed (the legacy client's
 /// `pool_idle_timeout` here, unchanged). Apps commonly close idle connections after 5 to 75 s;
@@ -209,7 +209,7 @@ impl<B: Send + 'static> Lease<B> {
 /// The app's response body, holding its connection until the last frame: then the connection
 /// goes back to the pool. Dropped before that (the client went away), or failed, it takes the
 /// connection with it, which hyper then closes.
-pub struct ResponseBody<B = RequestBody> {
+pub struct ResponseBody<B = ForwardBody> {
     inner: Incoming,
     lease: Option<Lease<B>>,
 }

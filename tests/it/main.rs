@@ -31,6 +31,9 @@ mod concurrency;
 /// 256 MiB bodies stream through the proxy binary with flat memory.
 mod streaming;
 
+/// Request buffering, the buffers' total, the minimum body rate, max_body_size, 100-continue.
+mod buffering;
+
 /// The binary under signals: SIGTERM/SIGINT drain, fs persistence across restarts, the access log.
 mod shutdown;
 

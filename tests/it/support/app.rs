@@ -5,7 +5,8 @@
 //!   method, path, query, every header, and `X-Session` decoded by [`decode_x_session`]
 //!   (`"session"`, or `"session_error"` when the header is there but does not decode).
 //! - `/stream/N` answers with N bytes, generated chunk by chunk (never held in memory).
-//! - `/sink` reads the request body and answers `{"received": bytes}`.
+//! - `/sink` reads the request body and answers `{"received": bytes}`; what it saw of each body
+//!   (its framing headers, how much came, whether it ended well) is kept for [`App::sunk`].
 //! - `/ws` is a WebSocket (the handshake done by hand, as an app behind hyper does it): each
 //!   text message is answered with `"{user}: {message}"`, `user` taken from the session on the
 //!   handshake (`stranger` without one); `seen` is answered with the JSON description of the
@@ -87,6 +88,7 @@ pub struct App {
     open: Arc<AtomicUsize>,
     /// The path of every request the app received, in order of arrival.
     paths: Arc<std::sync::Mutex<Vec<String>>>,
+    sunk: Sinks,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -98,6 +100,22 @@ impl Drop for App {
 
 type TestBody = BoxBody<Bytes, Infallible>;
 
+/// What `/sink` saw of one request body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sunk {
+    pub content_length: Option<String>,
+    pub transfer_encoding: Option<String>,
+    pub expect: Option<String>,
+    /// Data bytes the app read.
+    pub received: u64,
+    /// Whether the body ended as framed (false: the proxy cut it off).
+    pub complete: bool,
+    /// The names of the body's trailers, in order.
+    pub trailers: Vec<String>,
+}
+
+type Sinks = Arc<std::sync::Mutex<Vec<Sunk>>>;
+
 impl App {
     pub async fn start() -> App {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -106,6 +124,8 @@ impl App {
         let counter = hits.clone();
         let paths = Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = paths.clone();
+        let sunk: Sinks = Arc::default();
+        let sinks = sunk.clone();
         let connections = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
         let (accepted, opened) = (connections.clone(), open.clone());
@@ -116,13 +136,13 @@ impl App {
                 };
                 accepted.fetch_add(1, Ordering::SeqCst);
                 let open = OpenConnection::new(&opened);
-                let (counter, seen) = (counter.clone(), seen.clone());
+                let (counter, seen, sinks) = (counter.clone(), seen.clone(), sinks.clone());
                 tokio::spawn(async move {
                     let _open = open;
                     let svc = service_fn(move |req: Request<Incoming>| {
                         counter.fetch_add(1, Ordering::SeqCst);
                         seen.lock().unwrap().push(req.uri().path().to_owned());
-                        handle(req)
+                        handle(req, sinks.clone())
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
@@ -136,6 +156,7 @@ impl App {
             connections,
             open,
             paths,
+            sunk,
             task,
         }
     }
@@ -152,6 +173,11 @@ impl App {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// What `/sink` saw of each body it finished reading (or lost), in order.
+    pub fn sunk(&self) -> Vec<Sunk> {
+        self.sunk.lock().unwrap().clone()
     }
 
     /// The path of every request the app has received so far.
@@ -176,7 +202,10 @@ impl Drop for OpenConnection {
     }
 }
 
-async fn handle(mut req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
+async fn handle(
+    mut req: Request<Incoming>,
+    sinks: Sinks,
+) -> Result<Response<TestBody>, Infallible> {
     let h = req.headers();
     let delay = h
         .get(DELAY_MS)
@@ -213,14 +242,37 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<TestBody>, Infall
         }
         .boxed()
     } else if path == "/sink" {
+        let header = |name: &str| {
+            req.headers()
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        let mut seen = Sunk {
+            content_length: header("content-length"),
+            transfer_encoding: header("transfer-encoding"),
+            expect: header("expect"),
+            received: 0,
+            complete: true,
+            trailers: Vec::new(),
+        };
         let mut body = req.into_body();
-        let mut received: u64 = 0;
         while let Some(frame) = body.frame().await {
             match frame {
-                Ok(f) => received += f.data_ref().map_or(0, |d| d.len() as u64),
-                Err(_) => break,
+                Ok(f) => {
+                    seen.received += f.data_ref().map_or(0, |d| d.len() as u64);
+                    if let Some(t) = f.trailers_ref() {
+                        seen.trailers
+                            .extend(t.keys().map(|k| k.as_str().to_owned()));
+                    }
+                }
+                Err(_) => {
+                    seen.complete = false;
+                    break;
+                }
             }
         }
+        let received = seen.received;
+        sinks.lock().unwrap().push(seen);
         full(json!({ "received": received }).to_string())
     } else {
         full(describe(&req).to_string())

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -122,7 +122,11 @@ fn main() -> std::io::Result<()> {
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
                         let resp = app.handle(&req);
-                        async move { Ok::<_, Infallible>(resp) }
+                        // Read the body, as an app does (the bench's GETs have none).
+                        async move {
+                            let _ = req.into_body().collect().await;
+                            Ok::<_, Infallible>(resp)
+                        }
                     });
                     let _ = http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)

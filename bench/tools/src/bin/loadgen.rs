@@ -1,7 +1,8 @@
 //! The load generator of `bench/load.sh`, and its report.
 //!
 //! `loadgen run` opens `--connections` keep-alive HTTP/1.1 connections, one task each, and sends
-//! GET requests back to back (a closed loop) for `--warmup` then `--duration` seconds. Every
+//! GET requests back to back (a closed loop) for `--warmup` then `--duration` seconds (with
+//! `--body N`, POSTs of an N-byte body with its `Content-Length` instead). Every
 //! connection has its own cookie jar, so with cookies on each connection is one browser whose
 //! session is created once and then reused; `--no-cookies` makes every request cookie-less (a
 //! new session each time). Latency is recorded in an HDR histogram during the measured part
@@ -25,8 +26,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::header::{COOKIE, HOST, SET_COOKIE};
-use http::{HeaderValue, Request, Uri};
-use http_body_util::{BodyExt as _, Empty};
+use http::{HeaderValue, Method, Request, Uri};
+use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
@@ -38,6 +39,8 @@ struct RunArgs {
     warmup: Duration,
     duration: Duration,
     cookies: bool,
+    /// The bytes of each request's body: 0 sends GETs without one.
+    body: usize,
     pids: Vec<(String, u32)>,
     clk_tck: f64,
     labels: Vec<(String, String)>,
@@ -46,7 +49,7 @@ struct RunArgs {
 fn usage() -> ! {
     eprintln!(
         "usage:\n  loadgen run --url URL [--connections N] [--warmup SECS] [--duration SECS] \
-         [--no-cookies] [--pid NAME=PID]... [--clk-tck N] [--label KEY=VALUE]...\n  \
+         [--no-cookies] [--body BYTES] [--pid NAME=PID]... [--clk-tck N] [--label KEY=VALUE]...\n  \
          loadgen report FILE [--mem FILE]"
     );
     std::process::exit(2);
@@ -77,6 +80,7 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> anyhow::Result<RunArgs> 
         warmup: Duration::from_secs(1),
         duration: Duration::from_secs(10),
         cookies: true,
+        body: 0,
         pids: Vec::new(),
         clk_tck: 100.0,
         labels: Vec::new(),
@@ -93,6 +97,7 @@ fn parse_run(mut args: impl Iterator<Item = String>) -> anyhow::Result<RunArgs> 
             "--warmup" => a.warmup = secs(args.next())?,
             "--duration" => a.duration = secs(args.next())?,
             "--no-cookies" => a.cookies = false,
+            "--body" => a.body = args.next().unwrap_or_else(|| usage()).parse()?,
             "--clk-tck" => a.clk_tck = args.next().unwrap_or_else(|| usage()).parse()?,
             "--pid" | "--label" => {
                 let v = args.next().unwrap_or_else(|| usage());
@@ -193,6 +198,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
                     path.clone(),
                     host.clone(),
                     a.cookies,
+                    Bytes::from(vec![b'b'; a.body]),
                     shared.clone(),
                 ))
             })
@@ -283,6 +289,7 @@ async fn connection(
     path: String,
     host: HeaderValue,
     cookies: bool,
+    body: Bytes,
     shared: Arc<Shared>,
 ) -> ConnResult {
     let mut r = ConnResult {
@@ -304,7 +311,7 @@ async fn connection(
         let _ = stream.set_nodelay(true);
         shared.connects.fetch_add(1, Ordering::Relaxed);
         let Ok((mut sender, conn)) = ClientBuilder::new()
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .handshake::<_, Full<Bytes>>(TokioIo::new(stream))
             .await
         else {
             r.errors += 1;
@@ -312,12 +319,20 @@ async fn connection(
         };
         tokio::spawn(conn);
         while !shared.stop.load(Ordering::Relaxed) {
-            let mut req = Request::get(path.as_str()).header(HOST, host.clone());
+            let method = if body.is_empty() {
+                Method::GET
+            } else {
+                Method::POST
+            };
+            let mut req = Request::builder()
+                .method(method)
+                .uri(path.as_str())
+                .header(HOST, host.clone());
             if cookies && !jar.is_empty() {
                 let header: Vec<String> = jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 req = req.header(COOKIE, header.join("; "));
             }
-            let Ok(req) = req.body(Empty::<Bytes>::new()) else {
+            let Ok(req) = req.body(Full::new(body.clone())) else {
                 r.errors += 1;
                 continue 'connect;
             };

@@ -8,6 +8,11 @@
 //! - `--slowloris N`: N connections, each trickling a request head one byte per `--trickle-ms`
 //!   and never finishing it. The proxy must cut each one (`limits.header_read_timeout`); the
 //!   longest any lived is reported, so the script can check it against the configured timeout.
+//! - `--slow-bodies N`: N connections, each sending a POST head with `Content-Length:
+//!   --body-length` (65536), at once `--body-prefix` bytes (61440) of the body, and then one byte
+//!   per `--trickle-ms`: what slow clients make the proxy hold in request buffers
+//!   (`limits.request_buffer`, `request_buffer_total`). Reconnected when the proxy answers or
+//!   closes; connects are spread over the first seconds.
 //!
 //! At the end every connection is closed and one line of tab-separated `key=value` fields is
 //! printed. Run with (normally through bench/soak.sh)
@@ -35,6 +40,9 @@ struct Args {
     addr: String,
     idle: usize,
     slowloris: usize,
+    slow_bodies: usize,
+    body_length: usize,
+    body_prefix: usize,
     duration: Duration,
     trickle: Duration,
 }
@@ -55,12 +63,17 @@ struct Counts {
     slow_errors: AtomicU64,
     slow_max_ms: AtomicU64,
     slow_bytes: AtomicU64,
+    body_connects: AtomicU64,
+    /// Slow bodies the proxy answered or closed (a 408, or a response from the app).
+    body_ended: AtomicU64,
+    body_open: AtomicU64,
+    body_open_max: AtomicU64,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: soak_conns --addr HOST:PORT [--idle N] [--slowloris N] [--duration SECS] \
-         [--trickle-ms MS]"
+        "usage: soak_conns --addr HOST:PORT [--idle N] [--slowloris N] [--slow-bodies N] \
+         [--body-length BYTES] [--body-prefix BYTES] [--duration SECS] [--trickle-ms MS]"
     );
     std::process::exit(2);
 }
@@ -70,6 +83,9 @@ fn parse() -> anyhow::Result<Args> {
         addr: String::new(),
         idle: 0,
         slowloris: 0,
+        slow_bodies: 0,
+        body_length: 65536,
+        body_prefix: 61440,
         duration: Duration::from_secs(60),
         trickle: Duration::from_millis(1000),
     };
@@ -80,6 +96,9 @@ fn parse() -> anyhow::Result<Args> {
             "--addr" => a.addr = value(),
             "--idle" => a.idle = value().parse()?,
             "--slowloris" => a.slowloris = value().parse()?,
+            "--slow-bodies" => a.slow_bodies = value().parse()?,
+            "--body-length" => a.body_length = value().parse()?,
+            "--body-prefix" => a.body_prefix = value().parse()?,
             "--duration" => a.duration = Duration::from_secs(value().parse()?),
             "--trickle-ms" => a.trickle = Duration::from_millis(value().parse()?),
             _ => usage(),
@@ -110,6 +129,16 @@ async fn run(a: Args) -> anyhow::Result<()> {
         tasks.spawn(idle(a.addr.clone(), host.clone(), counts.clone()));
         tokio::time::sleep(spread).await;
     }
+    let spread = Duration::from_millis(2000) / (a.slow_bodies.max(1) as u32);
+    for _ in 0..a.slow_bodies {
+        tasks.spawn(slow_body(
+            a.addr.clone(),
+            a.clone_body(),
+            a.trickle,
+            counts.clone(),
+        ));
+        tokio::time::sleep(spread).await;
+    }
     tokio::time::sleep(a.duration.saturating_sub(Duration::from_secs(2))).await;
     // Dropping the tasks closes every connection they hold.
     tasks.shutdown().await;
@@ -129,6 +158,10 @@ async fn run(a: Args) -> anyhow::Result<()> {
         ("slowloris_errors", get(&c.slow_errors)),
         ("slowloris_max_ms", get(&c.slow_max_ms)),
         ("slowloris_bytes", get(&c.slow_bytes)),
+        ("slow_bodies", a.slow_bodies.to_string()),
+        ("slow_body_connects", get(&c.body_connects)),
+        ("slow_body_ended", get(&c.body_ended)),
+        ("slow_body_open_max", get(&c.body_open_max)),
     ];
     let line: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
     println!("{}", line.join("\t"));
@@ -240,5 +273,64 @@ async fn slowloris(addr: String, trickle: Duration, n: usize, c: Arc<Counts>) {
         c.slow_cut.fetch_add(1, Ordering::Relaxed);
         c.slow_max_ms
             .fetch_max(since.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl Args {
+    /// A slow body's head and the prefix sent with it.
+    fn clone_body(&self) -> (Vec<u8>, usize) {
+        let head = format!(
+            "POST /slow-body HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+            self.addr, self.body_length
+        );
+        let mut start = head.into_bytes();
+        start.extend(std::iter::repeat_n(
+            b'p',
+            self.body_prefix.min(self.body_length),
+        ));
+        (
+            start,
+            self.body_length - self.body_prefix.min(self.body_length),
+        )
+    }
+}
+
+async fn slow_body(
+    addr: String,
+    (start, rest): (Vec<u8>, usize),
+    trickle: Duration,
+    c: Arc<Counts>,
+) {
+    loop {
+        let Ok(mut stream) = TcpStream::connect(&addr).await else {
+            c.slow_errors.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        c.body_connects.fetch_add(1, Ordering::Relaxed);
+        let now = c.body_open.fetch_add(1, Ordering::Relaxed) + 1;
+        c.body_open_max.fetch_max(now, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        let mut left = rest;
+        let mut tick = tokio::time::interval(trickle);
+        let mut buf = [0u8; 1024];
+        if stream.write_all(&start).await.is_ok() {
+            // Until the proxy answers or closes (or the body is all sent, and it answers).
+            loop {
+                tokio::select! {
+                    r = stream.read(&mut buf) => match r {
+                        Ok(_) | Err(_) => break,
+                    },
+                    _ = tick.tick(), if left > 0 => {
+                        if stream.write_all(b"t").await.is_err() {
+                            break;
+                        }
+                        left -= 1;
+                    }
+                }
+            }
+        }
+        c.body_open.fetch_sub(1, Ordering::Relaxed);
+        c.body_ended.fetch_add(1, Ordering::Relaxed);
     }
 }
