@@ -207,15 +207,28 @@ async fn in_json_mode_every_line_is_json_the_start_lines_and_a_fatal_error_too()
 
     let app = App::start().await;
     let app_url = format!("http://{}", app.addr);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_session-proxy"))
-        .args(["--store", "memory", "--upstream", app_url.as_str()])
-        .args(["--log-format", "json", "--listen", "127.0.0.1:0"])
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    /// Stops the proxy if an assertion fails before the test does.
+    struct Stop(Option<std::process::Child>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            if let Some(child) = &mut self.0 {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+    let mut proxy = Stop(Some(
+        Command::new(env!("CARGO_BIN_EXE_session-proxy"))
+            .args(["--store", "memory", "--upstream", app_url.as_str()])
+            .args(["--log-format", "json", "--listen", "127.0.0.1:0"])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ));
+    let child = proxy.0.as_mut().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut event = || {
         let mut line = String::new();
@@ -248,6 +261,7 @@ async fn in_json_mode_every_line_is_json_the_start_lines_and_a_fatal_error_too()
         .status()
         .unwrap();
     assert!(status.success());
+    let child = proxy.0.take().unwrap();
     let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
         .await
         .unwrap();
