@@ -70,6 +70,7 @@ impl BodyError {
 
 impl RequestBody {
     pub fn new(inner: Incoming, reserved: Arc<ProtocolHeaders>, limits: &Limits) -> Self {
+        let is_empty = inner.is_end_stream();
         RequestBody {
             inner,
             reserved,
@@ -82,7 +83,8 @@ impl RequestBody {
             waited: Duration::ZERO,
             received: 0,
             max_size: limits.max_body_size,
-            rate: (limits.body_min_rate > 0)
+            // Only a body still to come is timed: a GET's empty body costs no allocation.
+            rate: (limits.body_min_rate > 0 && !is_empty)
                 .then(|| MinRate::new(limits.body_min_rate, limits.body_min_rate_grace)),
         }
     }
