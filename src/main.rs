@@ -104,11 +104,10 @@ fn say(json: bool, message: &str, event: impl FnOnce()) {
         println!("{message}");
         return;
     }
-    let stdout = tracing_subscriber::fmt()
-        .with_writer(std::io::stdout)
-        .json()
-        .flatten_event(true)
-        .finish();
+    let stdout = session_proxy::logging::json_subscriber(
+        tracing_subscriber::EnvFilter::new("info"),
+        std::io::stdout,
+    );
     tracing::subscriber::with_default(stdout, event);
 }
 

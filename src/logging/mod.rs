@@ -27,6 +27,7 @@ mod prewrite;
 use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 pub use batch::{Batch, LogGuard};
 pub use fields::PlainFields;
@@ -52,13 +53,7 @@ pub fn init(format: crate::config::LogFormat) -> LogGuard {
                 .event_format(Line::default())
                 .init();
         }
-        // tracing-subscriber's own JSON: the event's fields at the top level of each object.
-        crate::config::LogFormat::Json => tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(writer)
-            .json()
-            .flatten_event(true)
-            .init(),
+        crate::config::LogFormat::Json => json_subscriber(filter, writer).init(),
     }
     guard
 }
@@ -75,6 +70,21 @@ where
         .with_ansi(false)
         .fmt_fields(PlainFields)
         .event_format(Line::default())
+        .finish()
+}
+
+/// The JSON subscriber [`init`] installs with `[log] format = "json"`, writing to `writer`:
+/// tracing-subscriber's own JSON, the event's fields at the top level of each object. Also what
+/// `main` writes its own stdout lines with in JSON mode, so both are one format.
+pub fn json_subscriber<W>(filter: EnvFilter, writer: W) -> impl Subscriber + Send + Sync
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .json()
+        .flatten_event(true)
         .finish()
 }
 
