@@ -284,14 +284,18 @@ async fn write(
         Some(_) => return Ok((resign(state, current), After::Unchanged)),
     };
     if let Ok(Some((id, r))) = &result {
+        // The event (its key names collected) only when the audit log is on: a save is on the
+        // request path.
         let change = update.change.as_ref();
-        let event = match ctx.write {
+        let event = || match ctx.write {
             StoreWrite::Created => Some(Event::created(change)),
             StoreWrite::Updated => Some(Event::of_change(change)),
             StoreWrite::Regenerated => Some(Event::regenerated(current.id, change)),
             _ => None,
         };
-        if let Some(event) = event.filter(|_| state.audit.is_on()) {
+        if state.audit.is_on()
+            && let Some(event) = event()
+        {
             state
                 .audit
                 .saved(&ctx.request_id, id, event, || user_of(state, Some(r)));
