@@ -22,7 +22,7 @@ use session_proxy::protocol::codec::{
 };
 use session_proxy::protocol::{ProtocolHeaders, parse_instructions};
 use session_proxy::proxy::{AccessFields, served};
-use session_proxy::session::{DataChange, SessionId};
+use session_proxy::session::{DataChange, Handle, SessionId};
 use session_proxy::store::fs::FsStore;
 use session_proxy::store::memory::MemoryStore;
 use session_proxy::store::{Record, SessionStore, Update, now_ms};
@@ -75,10 +75,10 @@ fn criterion() -> Criterion {
 
 fn ids(c: &mut Criterion) {
     let mut g = c.benchmark_group("id");
-    g.bench_function("generate", |b| b.iter(SessionId::generate));
-    let id = SessionId::generate().unwrap_or_else(|e| panic!("{e}"));
+    g.bench_function("generate", |b| b.iter(Handle::generate));
+    let id = Handle::generate().unwrap_or_else(|e| panic!("{e}"));
     let text = id.to_string();
-    g.bench_function("parse", |b| b.iter(|| SessionId::parse(black_box(&text))));
+    g.bench_function("parse", |b| b.iter(|| Handle::parse(black_box(&text))));
     g.finish();
 }
 
@@ -116,6 +116,8 @@ fn cookies(c: &mut Criterion) {
             b.iter(|| cookies.set(black_box(&id)))
         });
     }
+    // The session's handle, computed once per request from the cookie's id ([at-rest]).
+    g.bench_function("handle", |b| b.iter(|| black_box(&id).handle()));
     g.finish();
 }
 
@@ -181,8 +183,8 @@ fn stores(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("store");
     let memory = MemoryStore::default();
-    let ids: Vec<SessionId> = (0..10_000)
-        .map(|_| SessionId::generate().unwrap_or_else(|e| panic!("{e}")))
+    let ids: Vec<Handle> = (0..10_000)
+        .map(|_| Handle::generate().unwrap_or_else(|e| panic!("{e}")))
         .collect();
     rt.block_on(async {
         for id in &ids {
@@ -281,7 +283,10 @@ fn session_phase(c: &mut Criterion) {
         let cookies = SessionCookie::new(cfg.cookie.clone());
         let store = MemoryStore::default();
         let id = SessionId::generate().unwrap_or_else(|e| panic!("{e}"));
-        assert!(matches!(ready(store.create(&id, &record(&data))), Ok(true)));
+        assert!(matches!(
+            ready(store.create(&id.handle(), &record(&data))),
+            Ok(true)
+        ));
         let set = cookies.set(&id).unwrap_or_else(|| panic!("no Set-Cookie"));
         let pair = set
             .to_str()
@@ -308,7 +313,8 @@ fn session_phase(c: &mut Criterion) {
                     let Presented::Valid(id) = cookies.take(request) else {
                         panic!("the cookie did not verify")
                     };
-                    let record = ready(store.load(&id)).ok().flatten();
+                    let handle = id.handle();
+                    let record = ready(store.load(&handle)).ok().flatten();
                     let text = record.as_ref().map_or("{}", |r| &r.data);
                     let session = session_header(text);
                     request.insert(
@@ -325,7 +331,7 @@ fn session_phase(c: &mut Criterion) {
                         max_size: cfg.session.max_size,
                         extends: true,
                     };
-                    let saved = ready(store.update(&id, &u));
+                    let saved = ready(store.update(&handle, &u));
                     assert!(matches!(saved, Ok(Some(_))));
                     cookies.set(&id)
                 },
@@ -353,7 +359,7 @@ fn assertion(c: &mut Criterion) {
         ttl: Duration::from_secs(60),
     };
     let signer = Signer::open(&config).unwrap_or_else(|e| panic!("{e}"));
-    let id = SessionId::generate().unwrap_or_else(|e| panic!("{e}"));
+    let id = Handle::generate().unwrap_or_else(|e| panic!("{e}"));
     let header = session_header(&session_json()).unwrap_or_else(|| panic!("header"));
     let rid = "0123456789abcdef0123456789abcdef";
     let mut g = c.benchmark_group("assertion");

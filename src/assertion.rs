@@ -10,7 +10,7 @@
 //! `ArcSwap`: a request loads the set once, and [`Signer::reload`] (SIGHUP) swaps it whole,
 //! keeping the replaced public key in the JWKS for `ttl` so tokens already sent still verify.
 //!
-//! The claims name the session by its handle ([`SessionId::handle`]), never by its id, and
+//! The claims name the session by its handle ([`Handle`]), never by its id, and
 //! bind the data: `sdh` is the SHA-256 of the exact `X-Session` value the app receives.
 
 use std::io::Write as _;
@@ -33,7 +33,7 @@ use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
 use crate::config::AssertionConfig;
-use crate::session::{SessionId, ms, now_ms};
+use crate::session::{Handle, ms, now_ms};
 
 /// The DER of a PKCS#8 v1 Ed25519 private key (RFC 8410 §7) up to its 32-byte seed:
 /// `SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING seed } }`.
@@ -68,8 +68,8 @@ pub enum KeyError {
 pub struct Claims<'a> {
     /// The request id (`X-Request-Id`), so a token names the one request it came with.
     pub rid: &'a str,
-    /// The session's handle ([`SessionId::handle`]), never its id.
-    pub sid: String,
+    /// The session's [`Handle`], never its id.
+    pub sid: &'a str,
     /// Whether the session starts with this request.
     pub new: bool,
     /// base64url (no padding) of the SHA-256 of the `X-Session` value sent with it.
@@ -80,17 +80,17 @@ pub struct Claims<'a> {
 }
 
 impl<'a> Claims<'a> {
-    /// The claims of the session `id` whose `X-Session` value is `session_header`.
+    /// The claims of the session `handle` whose `X-Session` value is `session_header`.
     pub fn new(
         rid: &'a str,
-        id: &SessionId,
+        handle: &'a Handle,
         new: bool,
         session_header: &[u8],
         sub: Option<String>,
     ) -> Self {
         Claims {
             rid,
-            sid: id.handle(),
+            sid: handle.as_str(),
             new,
             sdh: URL_SAFE_NO_PAD.encode(Sha256::digest(session_header)),
             sub,
@@ -368,13 +368,14 @@ mod tests {
         assert_eq!(der.secret_pkcs8_der().len(), 48);
         assert_eq!(der.secret_pkcs8_der()[..16], PKCS8_V1_PREFIX);
 
-        let id = SessionId::generate().unwrap();
-        let claims = Claims::new("req-1", &id, true, b"e30", Some("ada".into()));
+        let id = crate::session::SessionId::generate().unwrap();
+        let handle = id.handle();
+        let claims = Claims::new("req-1", &handle, true, b"e30", Some("ada".into()));
         let token = signer.sign(&claims);
         let token = token.to_str().unwrap();
         assert!(!token.contains(id.as_str()), "the id never goes in a token");
         let got = verify(token, &signer.jwks()).unwrap();
-        assert_eq!(got["sid"], id.handle());
+        assert_eq!(got["sid"], handle.as_str());
         assert_eq!(got["rid"], "req-1");
         assert_eq!(got["new"], true);
         assert_eq!(got["sub"], "ada");
@@ -390,7 +391,7 @@ mod tests {
         assert_eq!(again.kid(), signer.kid());
         // A tampered payload does not verify.
         let parts: Vec<&str> = token.split('.').collect();
-        let other = signer.sign(&Claims::new("req-2", &id, false, b"e30", None));
+        let other = signer.sign(&Claims::new("req-2", &handle, false, b"e30", None));
         let other_payload = other
             .to_str()
             .unwrap()
@@ -406,7 +407,7 @@ mod tests {
     fn a_reload_signs_with_the_new_key_and_keeps_the_old_one_for_ttl() {
         let dir = tempfile::tempdir().unwrap();
         let signer = Signer::open(&config(dir.path())).unwrap();
-        let id = SessionId::generate().unwrap();
+        let id = Handle::generate().unwrap();
         let before = signer.sign(&Claims::new("r", &id, false, b"e30", None));
         assert!(!signer.reload().unwrap(), "the same file is no change");
         std::fs::remove_file(dir.path().join("assertion.pem")).unwrap();

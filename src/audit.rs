@@ -10,8 +10,9 @@
 //! one branch.
 //!
 //! What must never happen: a session id, or any session data value, in the file. An id is a
-//! bearer secret, so a line names the session by [`sid_hash`] (its handle, a SHA-256, computed on
-//! the writer, off the request path); a change names its top-level keys, never their values.
+//! bearer secret, so a line names the session by its [`Handle`] (`sid`, base64url of the SHA-256
+//! of the id: the name the stores, the admin API and the signed assertion use too); a change names
+//! its top-level keys, never their values.
 //!
 //! SIGHUP reopens the file (logrotate's `postrotate`); shutdown closes the channel, writes what
 //! it holds and fsyncs, so every event the channel accepted is in the file.
@@ -28,17 +29,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::AuditConfig;
-use crate::session::{DataChange, SessionId, now_ms};
+use crate::session::{DataChange, Handle, now_ms};
 
 /// Lines written (and fsynced) together at most; a longer queue is written in several batches.
 const BATCH: usize = 1024;
-
-/// The audit name of a session id: its handle ([`SessionId::handle`], base64url of the SHA-256
-/// of its text), the same value the signed assertion's `sid` carries, so a line and a token
-/// name a session alike.
-pub fn sid_hash(id: &SessionId) -> String {
-    id.handle()
-}
 
 /// Why a session was destroyed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +76,7 @@ pub enum Event {
     /// The session moved to a new id (the entry's `sid`) from `old`, with the keys a change
     /// made on the way (empty without one).
     Regenerated {
-        old: SessionId,
+        old: Handle,
         keys: Vec<String>,
     },
     Destroyed(Reason),
@@ -126,7 +120,7 @@ impl Event {
     }
 
     /// A move from id `old`, with the keys a change made on the way.
-    pub fn regenerated(old: SessionId, change: Option<&DataChange>) -> Event {
+    pub fn regenerated(old: Handle, change: Option<&DataChange>) -> Event {
         Event::Regenerated {
             old,
             keys: keys_of(change),
@@ -141,25 +135,24 @@ fn keys_of(change: Option<&DataChange>) -> Vec<String> {
     }
 }
 
-/// One line of the log, as a hook hands it over. The id travels in memory to the writer,
-/// which hashes it; it is never written.
+/// One line of the log, as a hook hands it over.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// Unix milliseconds, taken when the hook ran.
     pub at: u64,
     pub event: Event,
-    pub sid: Option<SessionId>,
+    pub sid: Option<Handle>,
     /// The session's user, when the user index knows it.
     pub user: Option<String>,
     pub request_id: Option<HeaderValue>,
     /// The admin caller's address, for an admin action.
     pub operator: Option<SocketAddr>,
-    /// The admin route of an admin action, e.g. `DELETE /sessions/{id}`.
+    /// The admin route of an admin action, e.g. `DELETE /sessions/{handle}`.
     pub action: Option<&'static str>,
 }
 
 impl Entry {
-    pub fn new(event: Event, sid: Option<&SessionId>) -> Self {
+    pub fn new(event: Event, sid: Option<&Handle>) -> Self {
         Entry {
             at: now_ms(),
             event,
@@ -283,7 +276,7 @@ impl Audit {
     pub fn saved(
         &self,
         request_id: &HeaderValue,
-        id: &SessionId,
+        id: &Handle,
         event: Event,
         user: impl FnOnce() -> Option<String>,
     ) {
@@ -299,7 +292,7 @@ impl Audit {
     pub fn destroyed(
         &self,
         request_id: &HeaderValue,
-        id: &SessionId,
+        id: &Handle,
         reason: Reason,
         user: Option<&str>,
     ) {
@@ -315,7 +308,7 @@ impl Audit {
         &self,
         operator: SocketAddr,
         action: &'static str,
-        id: &SessionId,
+        id: &Handle,
         user: &str,
         event: impl FnOnce() -> Event,
     ) {
@@ -327,7 +320,7 @@ impl Audit {
     }
 
     /// A request found its session dead by expiry (and its load removed it).
-    pub fn expired(&self, request_id: &HeaderValue, id: &SessionId, user: Option<String>) {
+    pub fn expired(&self, request_id: &HeaderValue, id: &Handle, user: Option<String>) {
         self.emit(|| {
             Entry::new(Event::Expired, Some(id))
                 .request_id(request_id)
@@ -336,7 +329,7 @@ impl Audit {
     }
 
     /// The sweeper removed an expired session: no request, no operator.
-    pub fn swept(&self, id: &SessionId, user: Option<&str>) {
+    pub fn swept(&self, id: &Handle, user: Option<&str>) {
         self.emit(|| Entry::new(Event::Expired, Some(id)).user(user.map(str::to_owned)));
     }
 
@@ -345,7 +338,7 @@ impl Audit {
         &self,
         operator: SocketAddr,
         action: &'static str,
-        id: Option<&SessionId>,
+        id: Option<&Handle>,
         event: impl FnOnce() -> Event,
     ) {
         self.emit(|| Entry::new(event(), id).admin(operator, action));
@@ -496,9 +489,9 @@ struct JsonLine<'a> {
 /// Appends the JSON line of `entry` (with its newline) to `out`.
 fn line(entry: &Entry, out: &mut Vec<u8>) {
     let time = rfc3339_ms(entry.at);
-    let sid = entry.sid.as_ref().map(sid_hash);
+    let sid = entry.sid.as_ref().map(Handle::as_str);
     let old = match &entry.event {
-        Event::Regenerated { old, .. } => Some(sid_hash(old)),
+        Event::Regenerated { old, .. } => Some(old.as_str()),
         _ => None,
     };
     let keys = match &entry.event {
@@ -515,9 +508,9 @@ fn line(entry: &Entry, out: &mut Vec<u8>) {
     let line = JsonLine {
         time: &time,
         event: entry.event.name(),
-        sid: sid.as_deref(),
-        old_sid: old.as_deref(),
-        new_sid: old.as_ref().and(sid.as_deref()),
+        sid,
+        old_sid: old,
+        new_sid: old.and(sid),
         keys,
         reason,
         user: entry.user.as_deref(),
@@ -555,10 +548,12 @@ mod tests {
 
     #[test]
     fn the_hash_is_a_sha256_prefix_and_the_line_holds_no_id() {
-        let id = SessionId::parse("abcdefghijklmnopqrstuvwxyz012345").unwrap();
+        let raw = crate::session::SessionId::parse("abcdefghijklmnopqrstuvwxyz012345").unwrap();
+        let id = raw.handle();
         // sha256("abcdefghijklmnopqrstuvwxyz012345") in base64url, by openssl and basenc.
-        assert_eq!(sid_hash(&id), "ZTuxJF6Cj82k-lP81aPe9b12VOZR9UtBMrc9dOZENcQ");
-        let new = SessionId::generate().unwrap();
+        assert_eq!(id.as_str(), "ZTuxJF6Cj82k-lP81aPe9b12VOZR9UtBMrc9dOZENcQ");
+        let new_raw = crate::session::SessionId::generate().unwrap();
+        let new = new_raw.handle();
         let mut entry = Entry::new(
             Event::Regenerated {
                 old: id,
@@ -572,16 +567,16 @@ mod tests {
         line(&entry, &mut out);
         let text = String::from_utf8(out).unwrap();
         assert!(text.ends_with('\n'));
-        assert!(!text.contains(id.as_str()) && !text.contains(new.as_str()));
+        assert!(!text.contains(raw.as_str()) && !text.contains(new_raw.as_str()));
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             v,
             json!({
                 "time": "2025-12-01T22:30:00.123Z",
                 "event": "regenerated",
-                "sid": sid_hash(&new),
-                "old_sid": sid_hash(&id),
-                "new_sid": sid_hash(&new),
+                "sid": new.as_str(),
+                "old_sid": id.as_str(),
+                "new_sid": new.as_str(),
                 "keys": ["cart"],
                 "request_id": "req-1",
             })
@@ -590,10 +585,10 @@ mod tests {
 
     #[test]
     fn an_admin_line_names_the_operator_and_the_route() {
-        let id = SessionId::generate().unwrap();
+        let id = Handle::generate().unwrap();
         let operator: SocketAddr = "127.0.0.1:4242".parse().unwrap();
         let mut entry = Entry::new(Event::Destroyed(Reason::Admin), Some(&id))
-            .admin(operator, "DELETE /sessions/{id}");
+            .admin(operator, "DELETE /sessions/{handle}");
         entry.at = 0;
         let mut out = Vec::new();
         line(&entry, &mut out);
@@ -603,10 +598,10 @@ mod tests {
             json!({
                 "time": "1970-01-01T00:00:00.000Z",
                 "event": "destroyed",
-                "sid": sid_hash(&id),
+                "sid": id.as_str(),
                 "reason": "admin",
                 "operator": "127.0.0.1:4242",
-                "action": "DELETE /sessions/{id}",
+                "action": "DELETE /sessions/{handle}",
             })
         );
     }

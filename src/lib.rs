@@ -86,7 +86,7 @@ impl Proxy {
             }
             let audit = audit.clone();
             sweeper.reporting_to(Arc::new(
-                move |id: &session::SessionId, user: Option<&str>| audit.swept(id, user),
+                move |id: &session::Handle, user: Option<&str>| audit.swept(id, user),
             ))
         });
         state.audit = audit;

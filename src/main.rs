@@ -193,9 +193,22 @@ async fn run(
     Ok(())
 }
 
-fn parse_id(text: &str) -> anyhow::Result<session_proxy::session::SessionId> {
-    session_proxy::session::SessionId::parse(text)
-        .ok_or_else(|| anyhow::anyhow!("{text:?} is not a session id (32 characters of base64url)"))
+/// The session a `show` or `delete` names: by its handle, or (`--id`) by its id, hashed here.
+/// An id is never echoed back: it is a bearer credential.
+fn named(handle: Option<&str>, id: Option<&str>) -> anyhow::Result<session_proxy::session::Handle> {
+    use session_proxy::session::{Handle, SessionId};
+    if let Some(id) = id {
+        return SessionId::parse(id).map(|id| id.handle()).ok_or_else(|| {
+            anyhow::anyhow!("--id: not a session id (32 characters of base64url)")
+        });
+    }
+    let text = handle.unwrap_or_default();
+    if SessionId::parse(text).is_some() {
+        anyhow::bail!("that is a session id, not a handle: pass it as --id ID");
+    }
+    Handle::parse(text).ok_or_else(|| {
+        anyhow::anyhow!("{text:?} is not a session handle (43 characters of base64url)")
+    })
 }
 
 async fn sessions(
@@ -222,16 +235,17 @@ async fn sessions(
             })
             .await?;
         }
-        SessionsCommand::Show { id } => {
-            let id = parse_id(&id)?;
-            match store.load(&id).await? {
-                Some(record) => println!("{}", store::session_json(&id, &record)?),
-                None => anyhow::bail!("no live session with this id"),
+        SessionsCommand::Show { handle, id } => {
+            let handle = named(handle.as_deref(), id.as_deref())?;
+            match store.load(&handle).await? {
+                Some(record) => println!("{}", store::session_json(&handle, &record)?),
+                None => anyhow::bail!("no live session with this handle"),
             }
         }
-        SessionsCommand::Delete { id } => {
-            if !store.delete(&parse_id(&id)?).await? {
-                anyhow::bail!("no live session with this id");
+        SessionsCommand::Delete { handle, id } => {
+            let handle = named(handle.as_deref(), id.as_deref())?;
+            if !store.delete(&handle).await? {
+                anyhow::bail!("no live session with this handle");
             }
             println!("deleted");
         }

@@ -61,12 +61,9 @@ impl SessionId {
             .then_some(SessionId(bytes))
     }
 
-    /// The session's handle: base64url (no padding) of the SHA-256 of the id's text,
-    /// [`HANDLE_LEN`] characters. It names a session wherever the id (a bearer credential) must
-    /// not go: the signed assertion's `sid`. Anyone holding the id can compute it; nobody can go
-    /// back from it to the id.
-    pub fn handle(&self) -> String {
-        URL_SAFE_NO_PAD.encode(Sha256::digest(self.0))
+    /// The session's [`Handle`]: the name it goes by wherever the id may not.
+    pub fn handle(&self) -> Handle {
+        Handle::of(self)
     }
 
     pub fn as_str(&self) -> &str {
@@ -85,6 +82,61 @@ impl fmt::Display for SessionId {
 impl fmt::Debug for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SessionId({}…)", &self.as_str()[..6])
+    }
+}
+
+/// The public name of a session: base64url (no padding) of the SHA-256 of its id's text,
+/// [`HANDLE_LEN`] characters.
+///
+/// Every store keys a session by its handle, and every log line, audit line, metric and admin
+/// response names it so, never by its id: the id is a bearer credential, the handle is not.
+/// Anyone holding the id can compute the handle; nobody can go back from it to the id, so a
+/// copy of the store or a look at the admin page gives no one a session. It is computed once
+/// per request, from the cookie's id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Handle([u8; HANDLE_LEN]);
+
+impl Handle {
+    /// The handle of a fresh id that nobody holds: for tests and benchmarks of the stores,
+    /// which see only handles.
+    pub fn generate() -> Result<Handle, RandomError> {
+        SessionId::generate().map(|id| id.handle())
+    }
+
+    /// The handle of `id`.
+    pub fn of(id: &SessionId) -> Handle {
+        let mut text = [0u8; HANDLE_LEN];
+        // 32 bytes encode to exactly HANDLE_LEN characters, so this never fails.
+        let _ = URL_SAFE_NO_PAD.encode_slice(Sha256::digest(id.0), &mut text);
+        Handle(text)
+    }
+
+    /// A handle as text (an admin path, a stored key): exactly [`HANDLE_LEN`] characters that
+    /// decode to 32 bytes and encode back the same, so each handle has one spelling.
+    pub fn parse(text: &str) -> Option<Handle> {
+        let bytes: [u8; HANDLE_LEN] = text.as_bytes().try_into().ok()?;
+        let mut raw = [0u8; 33];
+        let n = URL_SAFE_NO_PAD.decode_slice(bytes, &mut raw).ok()?;
+        let mut again = [0u8; HANDLE_LEN];
+        (n == 32 && URL_SAFE_NO_PAD.encode_slice(&raw[..32], &mut again).ok() == Some(HANDLE_LEN) && again == bytes)
+            .then_some(Handle(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Every byte is base64url by construction (of/parse), so this never falls back.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Handle({})", self.as_str())
     }
 }
 
@@ -356,11 +408,34 @@ mod tests {
     #[test]
     fn the_handle_is_the_base64url_sha256_of_the_id() {
         let id = SessionId::parse("abcdefghijklmnopqrstuvwxyzABCDEF").unwrap();
-        assert_eq!(id.handle(), "z9Lx-tdaGXjaCkRIg9tyUUFLE58x9aBHBMKR_bDhdeY");
-        assert_eq!(id.handle().len(), HANDLE_LEN);
+        assert_eq!(
+            id.handle().as_str(),
+            "z9Lx-tdaGXjaCkRIg9tyUUFLE58x9aBHBMKR_bDhdeY"
+        );
+        assert_eq!(id.handle().as_str().len(), HANDLE_LEN);
         let other = SessionId::generate().unwrap();
         assert_ne!(other.handle(), id.handle());
-        assert!(!other.handle().contains(other.as_str()));
+        assert!(!other.handle().as_str().contains(other.as_str()));
+    }
+
+    /// A handle parses back from its text, and from nothing else: not an id, not a
+    /// non-canonical spelling of the same bytes (the last character carries 2 spare bits).
+    #[test]
+    fn a_handle_has_one_spelling() {
+        let handle = SessionId::generate().unwrap().handle();
+        assert_eq!(Handle::parse(handle.as_str()), Some(handle));
+        let text = "z9Lx-tdaGXjaCkRIg9tyUUFLE58x9aBHBMKR_bDhdeY";
+        assert!(Handle::parse(text).is_some());
+        for bad in [
+            "z9Lx-tdaGXjaCkRIg9tyUUFLE58x9aBHBMKR_bDhdeZ",
+            "z9Lx-tdaGXjaCkRIg9tyUUFLE58x9aBHBMKR_bDhde",
+            "z9Lx-tdaGXjaCkRIg9tyUUFLE58x9aBHBMKR_bDhdeY=",
+            "z9Lx+tdaGXjaCkRIg9tyUUFLE58x9aBHBMKR_bDhdeY",
+            "abcdefghijklmnopqrstuvwxyzABCDEF",
+            "",
+        ] {
+            assert_eq!(Handle::parse(bad), None, "{bad}");
+        }
     }
 
     /// Stored keys with escapes (which cannot be borrowed from the text) merge as parsed keys.

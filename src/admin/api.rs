@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::Admin;
 use crate::audit::{Event, Reason};
 use crate::session::UserKey;
-use crate::session::{DataChange, SessionId};
+use crate::session::{DataChange, Handle, SessionId};
 use crate::store::{self, Blame, Record, StoreError, Update};
 
 /// The most sessions one page may hold, and how many it holds when the caller does not say.
@@ -31,7 +31,7 @@ pub const DEFAULT_LIMIT: usize = 50;
 pub(super) fn routes() -> Router<Arc<Admin>> {
     Router::new()
         .route("/sessions", get(list))
-        .route("/sessions/{id}", get(show).patch(patch).delete(delete))
+        .route("/sessions/{handle}", get(show).patch(patch).delete(delete))
         .route(
             "/users/{user}/sessions",
             get(user_sessions).delete(revoke_user),
@@ -95,13 +95,25 @@ fn json_ok<T: Serialize>(value: &T) -> Result<Response, ApiError> {
     Ok(json_response(StatusCode::OK, body))
 }
 
-fn parse_id(text: &str) -> Result<SessionId, ApiError> {
-    SessionId::parse(text).ok_or_else(|| ApiError::bad(format!("{text:?} is not a session id")))
+/// A session's handle in a path or query. A session id is refused without being echoed (it is
+/// a bearer credential): the admin API names sessions by handle only, and `sessions show --id`
+/// on the proxy's host finds a session from its id.
+fn parse_handle(text: &str) -> Result<Handle, ApiError> {
+    if let Some(handle) = Handle::parse(text) {
+        return Ok(handle);
+    }
+    if SessionId::parse(text).is_some() {
+        return Err(ApiError::bad(
+            "that is a session id, not a handle: the admin API names sessions by handle \
+             (`session-proxy sessions show --id` finds one from its id)",
+        ));
+    }
+    Err(ApiError::bad(format!("{text:?} is not a session handle")))
 }
 
 #[derive(Serialize)]
 struct Listed<'a> {
-    id: &'a str,
+    handle: &'a str,
     /// The session's user under `session.user_key` (absent without one).
     #[serde(skip_serializing_if = "Option::is_none")]
     user: Option<String>,
@@ -113,9 +125,9 @@ struct Listed<'a> {
 }
 
 impl<'a> Listed<'a> {
-    fn new(id: &'a str, r: &Record, key: Option<&UserKey>) -> Self {
+    fn new(handle: &'a Handle, r: &Record, key: Option<&UserKey>) -> Self {
         Listed {
-            id,
+            handle: handle.as_str(),
             user: key.and_then(|k| k.user_of(&r.data)),
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -162,12 +174,10 @@ async fn list(
         .audit
         .admin(operator, "GET /sessions", None, || Event::Read);
     let key = admin.config.session.user_key.as_ref();
-    let ids: Vec<String> = page.sessions.iter().map(|(id, _)| id.to_string()).collect();
     let sessions = page
         .sessions
         .iter()
-        .zip(&ids)
-        .map(|((_, r), id)| Listed::new(id, r, key))
+        .map(|(handle, r)| Listed::new(handle, r, key))
         .collect();
     json_ok(&ListPage {
         sessions,
@@ -199,11 +209,9 @@ async fn user_sessions(
     let mut found = admin.store.user_sessions(&user).await?;
     found.sort_by_key(|(id, r)| (r.created_at, *id));
     let key = admin.config.session.user_key.as_ref();
-    let ids: Vec<String> = found.iter().map(|(id, _)| id.to_string()).collect();
     let sessions = found
         .iter()
-        .zip(&ids)
-        .map(|((_, r), id)| Listed::new(id, r, key))
+        .map(|(handle, r)| Listed::new(handle, r, key))
         .collect();
     json_ok(&ListPage {
         sessions,
@@ -216,7 +224,7 @@ struct Revoked {
     revoked: usize,
 }
 
-/// `DELETE /users/{user}/sessions[?except=ID]`: signs the user out everywhere (but `except`,
+/// `DELETE /users/{user}/sessions[?except=HANDLE]`: signs the user out everywhere (but `except`,
 /// say the operator's own session or the one the user is on). Answers how many were destroyed.
 async fn revoke_user(
     State(admin): State<Arc<Admin>>,
@@ -229,7 +237,7 @@ async fn revoke_user(
     let mut except = None;
     for (key, value) in pairs {
         match key.as_str() {
-            "except" => except = Some(parse_id(&value)?),
+            "except" => except = Some(parse_handle(&value)?),
             other => return Err(ApiError::bad(format!("unknown parameter {other:?}"))),
         }
     }
@@ -247,46 +255,46 @@ async fn revoke_user(
     })
 }
 
-/// The admin's one way to revoke a user's sessions; returns the ids destroyed.
+/// The admin's one way to revoke a user's sessions; returns the handles destroyed.
 async fn revoke(
     admin: &Admin,
     user: &str,
-    except: Option<&SessionId>,
-) -> Result<Vec<SessionId>, StoreError> {
+    except: Option<&Handle>,
+) -> Result<Vec<Handle>, StoreError> {
     store::users::revoke(&*admin.store, user, except).await
 }
 
-/// `GET /sessions/{id}`: the whole record, data included.
+/// `GET /sessions/{handle}`: the whole record, data included.
 async fn show(
     State(admin): State<Arc<Admin>>,
     ConnectInfo(operator): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
+    Path(handle): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
+    let id = parse_handle(&handle)?;
     let record = admin
         .store
         .load(&id)
         .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no live session with this id"))?;
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no live session with this handle"))?;
     admin
         .audit
-        .admin(operator, "GET /sessions/{id}", Some(&id), || Event::Read);
+        .admin(operator, "GET /sessions/{handle}", Some(&id), || Event::Read);
     Ok(json_response(
         StatusCode::OK,
         store::session_json(&id, &record)?,
     ))
 }
 
-/// `PATCH /sessions/{id}`: a JSON merge patch, applied exactly as `X-Session-Update` is (same
+/// `PATCH /sessions/{handle}`: a JSON merge patch, applied exactly as `X-Session-Update` is (same
 /// code, same size limit, atomic against concurrent requests). An operator's edit is not the
 /// user's activity, so the session's deadline stays where it was.
 async fn patch(
     State(admin): State<Arc<Admin>>,
     ConnectInfo(operator): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
+    Path(handle): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
+    let id = parse_handle(&handle)?;
     let body = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let patch = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => map,
@@ -310,11 +318,11 @@ async fn patch(
         .store
         .update(&id, &update)
         .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no live session with this id"))?;
-    tracing::info!(%operator, ?id, "admin patched a session");
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no live session with this handle"))?;
+    tracing::info!(%operator, handle = %id, "admin patched a session");
     admin
         .audit
-        .admin(operator, "PATCH /sessions/{id}", Some(&id), || {
+        .admin(operator, "PATCH /sessions/{handle}", Some(&id), || {
             Event::of_change(update.change.as_ref())
         });
     Ok(json_response(
@@ -323,23 +331,23 @@ async fn patch(
     ))
 }
 
-/// `DELETE /sessions/{id}`: the user's next request starts a fresh session.
+/// `DELETE /sessions/{handle}`: the user's next request starts a fresh session.
 async fn delete(
     State(admin): State<Arc<Admin>>,
     ConnectInfo(operator): ConnectInfo<SocketAddr>,
-    Path(id): Path<String>,
+    Path(handle): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id)?;
+    let id = parse_handle(&handle)?;
     if !admin.store.delete(&id).await? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            "no live session with this id",
+            "no live session with this handle",
         ));
     }
-    tracing::info!(%operator, ?id, "admin deleted a session");
+    tracing::info!(%operator, handle = %id, "admin deleted a session");
     admin
         .audit
-        .admin(operator, "DELETE /sessions/{id}", Some(&id), || {
+        .admin(operator, "DELETE /sessions/{handle}", Some(&id), || {
             Event::Destroyed(Reason::Admin)
         });
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -371,8 +379,8 @@ pub(super) async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down")
             .into_response();
     }
-    // A load of an id nobody holds: reads the store, touches no session.
-    let probe = match SessionId::generate() {
+    // A load of a handle nobody holds: reads the store, touches no session.
+    let probe = match Handle::generate() {
         Ok(id) => admin.store.load(&id).await.map(|_| ()),
         Err(e) => Err(StoreError::Backend(Box::new(e))),
     };

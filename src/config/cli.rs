@@ -56,8 +56,9 @@ pub enum AssertionCommand {
 pub enum SessionsCommand {
     /// Remove expired sessions now and print how many were removed (for cron users).
     Prune,
-    /// Print live sessions as JSON lines: {"id", "data", "created_at", "updated_at",
-    /// "expires_at", "version"}.
+    /// Print live sessions as JSON lines: {"handle", "data", "created_at", "updated_at",
+    /// "expires_at", "version"}. A handle is a session's public name (base64url of the SHA-256
+    /// of its id); no store keeps the id itself.
     List {
         /// Stop after this many sessions.
         #[arg(long, default_value_t = 1000)]
@@ -65,13 +66,22 @@ pub enum SessionsCommand {
     },
     /// Print one session as JSON (the same shape as a `list` line); exit 1 if it is unknown.
     Show {
-        /// The session id (the cookie's value, without a signature).
-        id: String,
+        /// The session's handle (as `list` and the admin API show it).
+        #[arg(required_unless_present = "id", conflicts_with = "id")]
+        handle: Option<String>,
+        /// Find the session from its id instead (the cookie's value, without a signature, as
+        /// a user may paste it): hashed here into its handle, never sent anywhere.
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
     },
     /// Delete one session: its user's next request starts a fresh one. Exit 1 if unknown.
     Delete {
-        /// The session id (the cookie's value, without a signature).
-        id: String,
+        /// The session's handle (as `list` and the admin API show it).
+        #[arg(required_unless_present = "id", conflicts_with = "id")]
+        handle: Option<String>,
+        /// Name the session by its id instead (the cookie's value, without a signature).
+        #[arg(long, value_name = "ID")]
+        id: Option<String>,
     },
     /// Print the live sessions of one user (`session.user_key`) as JSON lines, oldest first.
     User {

@@ -21,6 +21,8 @@ pub struct ProtocolHeaders {
     prefix: String,
     pub session: HeaderName,
     pub id: HeaderName,
+    /// The session's handle (its public name, as the stores and the admin API know it).
+    pub handle: HeaderName,
     pub new: HeaderName,
     pub expires: HeaderName,
     /// Sent instead of the session headers when the store failed and `store.on_error =
@@ -53,6 +55,7 @@ impl ProtocolHeaders {
         Ok(ProtocolHeaders {
             session: name("")?,
             id: name("-id")?,
+            handle: name("-handle")?,
             new: name("-new")?,
             expires: name("-expires")?,
             unavailable: name("-unavailable")?,

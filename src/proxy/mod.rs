@@ -288,7 +288,7 @@ fn upstream_request_filter(
             let user = state.config.session.user_key.as_ref();
             let claims = Claims::new(
                 ctx.request_id.to_str().unwrap_or_default(),
-                &current.id,
+                &current.handle,
                 current.record.is_none(),
                 v.as_bytes(),
                 user.and_then(|key| key.user_of(data)),
@@ -299,6 +299,9 @@ fn upstream_request_filter(
     }
     if let Ok(v) = HeaderValue::from_str(current.id.as_str()) {
         headers.insert(h.id.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(current.handle.as_str()) {
+        headers.insert(h.handle.clone(), v);
     }
     let new = if current.record.is_some() { "0" } else { "1" };
     headers.insert(h.new.clone(), HeaderValue::from_static(new));

@@ -13,12 +13,15 @@ use crate::cookie::Presented;
 use crate::error::ProxyError;
 use crate::outcome::{SessionState, StoreWrite};
 use crate::protocol::{Instructions, Revoke};
-use crate::session::SessionId;
+use crate::session::{Handle, SessionId};
 use crate::store::{Loaded, Record, StoreError, Update, users};
 
 /// The session as the request found it.
 pub struct Active {
     pub id: SessionId,
+    /// The id's [`Handle`], computed once: the store, the audit log and the app's
+    /// `X-Session-Handle` name the session by it.
+    pub handle: Handle,
     /// `None` for a session this request started.
     pub record: Option<Record>,
     /// The cookie kept this id but was signed with an older key: the response re-sets it,
@@ -36,10 +39,11 @@ pub async fn load(
     let current = match presented {
         Presented::Valid(id) | Presented::OldKey(id) => {
             let resign = matches!(presented, Presented::OldKey(_));
-            let record = match state.store.load_or_expired(&id).await? {
+            let handle = id.handle();
+            let record = match state.store.load_or_expired(&handle).await? {
                 Loaded::Live(record) => Some(record),
                 Loaded::Expired { user } => {
-                    state.audit.expired(&ctx.request_id, &id, user);
+                    state.audit.expired(&ctx.request_id, &handle, user);
                     None
                 }
                 Loaded::Missing => None,
@@ -47,11 +51,13 @@ pub async fn load(
             match record {
                 Some(record) => Active {
                     id,
+                    handle,
                     record: Some(record),
                     resign,
                 },
                 None if !state.config.session.renew_missing => Active {
                     id,
+                    handle,
                     record: None,
                     resign,
                 },
@@ -79,8 +85,10 @@ pub async fn load(
 }
 
 fn fresh() -> Result<Active, ProxyError> {
+    let id = SessionId::generate()?;
     Ok(Active {
-        id: SessionId::generate()?,
+        id,
+        handle: id.handle(),
         record: None,
         resign: false,
     })
@@ -90,8 +98,8 @@ fn fresh() -> Result<Active, ProxyError> {
 enum After {
     /// Left as it was loaded (no write, a refused change, a session never stored).
     Unchanged,
-    /// Written: its id (a new one after a regenerate) and record.
-    Stored(SessionId, Record),
+    /// Written: the handle of its id (a new one after a regenerate) and the record.
+    Stored(Handle, Record),
     Destroyed,
     /// Gone before it could be saved.
     Vanished,
@@ -125,13 +133,13 @@ pub async fn save(
     let loaded = current.record.as_ref();
     let before = loaded.and_then(|r| key.user_of(&r.data));
     let (user, id) = match &after {
-        After::Stored(id, r)
+        After::Stored(handle, r)
             if loaded.is_some_and(|l| std::sync::Arc::ptr_eq(&l.data, &r.data)) =>
         {
-            (before.clone(), Some(*id))
+            (before.clone(), Some(*handle))
         }
-        After::Stored(id, r) => (key.user_of(&r.data), Some(*id)),
-        After::Unchanged => (before.clone(), loaded.map(|_| current.id)),
+        After::Stored(handle, r) => (key.user_of(&r.data), Some(*handle)),
+        After::Unchanged => (before.clone(), loaded.map(|_| current.handle)),
         // Destroy beats data changes: the user is the one the session had.
         After::Destroyed => (before.clone(), None),
         After::Vanished => (None, None),
@@ -163,13 +171,13 @@ pub async fn save(
     Ok(cookie)
 }
 
-/// `X-Session-Revoke`: destroys the sessions of `user` but `except`; returns their ids.
+/// `X-Session-Revoke`: destroys the sessions of `user` but `except`; returns their handles.
 async fn revoke(
     state: &State,
     user: &str,
-    except: Option<&SessionId>,
+    except: Option<&Handle>,
     ctx: &RequestCtx,
-) -> Result<Vec<SessionId>, StoreError> {
+) -> Result<Vec<Handle>, StoreError> {
     let destroyed = users::revoke(&*state.store, user, except).await?;
     for id in &destroyed {
         state
@@ -184,14 +192,14 @@ async fn revoke(
 }
 
 /// `session.max_per_user`: `keep` was just given to `user`; destroys the user's least recently
-/// used other sessions over `max`; returns their ids.
+/// used other sessions over `max`; returns their handles.
 async fn evict(
     state: &State,
     user: &str,
-    keep: &SessionId,
+    keep: &Handle,
     max: usize,
     ctx: &RequestCtx,
-) -> Result<Vec<SessionId>, StoreError> {
+) -> Result<Vec<Handle>, StoreError> {
     let destroyed = users::evict(&*state.store, user, keep, max).await?;
     for id in &destroyed {
         state
@@ -229,14 +237,14 @@ async fn write(
     };
 
     if instructions.destroy {
-        if current.record.is_some() && store.delete(&current.id).await? {
+        if current.record.is_some() && store.delete(&current.handle).await? {
             let user = state
                 .audit
                 .is_on()
                 .then(|| user_of(state, current.record.as_ref()));
             state.audit.destroyed(
                 &ctx.request_id,
-                &current.id,
+                &current.handle,
                 Reason::App,
                 user.flatten().as_deref(),
             );
@@ -259,15 +267,21 @@ async fn write(
             } else {
                 current.id
             };
-            create(state, id, &update, ctx).await
+            let handle = if id == current.id {
+                current.handle
+            } else {
+                id.handle()
+            };
+            create(state, id, handle, &update, ctx).await
         }
         Some(_) if instructions.regenerate => {
             let new_id = SessionId::generate()?;
+            let new_handle = new_id.handle();
             ctx.write = StoreWrite::Regenerated;
             store
-                .regenerate(&current.id, &new_id, &update)
+                .regenerate(&current.handle, &new_handle, &update)
                 .await
-                .map(|r| r.map(|r| (new_id, r)))
+                .map(|r| r.map(|r| (new_id, new_handle, r)))
         }
         Some(record) if update.change.is_some() || update.needs_touch(record) => {
             hands_out_id = false;
@@ -277,20 +291,20 @@ async fn write(
                 StoreWrite::Touched
             };
             store
-                .update(&current.id, &update)
+                .update(&current.handle, &update)
                 .await
-                .map(|r| r.map(|r| (current.id, r)))
+                .map(|r| r.map(|r| (current.id, current.handle, r)))
         }
         Some(_) => return Ok((resign(state, current), After::Unchanged)),
     };
-    if let Ok(Some((id, r))) = &result {
+    if let Ok(Some((_, handle, r))) = &result {
         // The event (its key names collected) only when the audit log is on: a save is on the
         // request path.
         let change = update.change.as_ref();
         let event = || match ctx.write {
             StoreWrite::Created => Some(Event::created(change)),
             StoreWrite::Updated => Some(Event::of_change(change)),
-            StoreWrite::Regenerated => Some(Event::regenerated(current.id, change)),
+            StoreWrite::Regenerated => Some(Event::regenerated(current.handle, change)),
             _ => None,
         };
         if state.audit.is_on()
@@ -298,17 +312,17 @@ async fn write(
         {
             state
                 .audit
-                .saved(&ctx.request_id, id, event, || user_of(state, Some(r)));
+                .saved(&ctx.request_id, handle, event, || user_of(state, Some(r)));
         }
     }
     match result {
-        Ok(Some((id, r))) => {
+        Ok(Some((id, handle, r))) => {
             let cookie = if hands_out_id || cookies.resend_on_write() {
                 cookies.set(&id)
             } else {
                 resign(state, current)
             };
-            Ok((cookie, After::Stored(id, r)))
+            Ok((cookie, After::Stored(handle, r)))
         }
         Ok(None) => {
             // Destroyed or expired by another request meanwhile: nothing is resurrected.
@@ -344,17 +358,19 @@ fn resign(state: &State, current: &Active) -> Option<HeaderValue> {
 async fn create(
     state: &State,
     id: SessionId,
+    handle: Handle,
     update: &Update,
     ctx: &mut RequestCtx,
-) -> Result<Option<(SessionId, Record)>, StoreError> {
+) -> Result<Option<(SessionId, Handle, Record)>, StoreError> {
     let record = update.create()?;
-    let mut id = id;
+    let (mut id, mut handle) = (id, handle);
     for _ in 0..4 {
-        if state.store.create(&id, &record).await? {
+        if state.store.create(&handle, &record).await? {
             ctx.write = StoreWrite::Created;
-            return Ok(Some((id, record)));
+            return Ok(Some((id, handle, record)));
         }
         id = SessionId::generate().map_err(|e| StoreError::Backend(Box::new(e)))?;
+        handle = id.handle();
     }
     Err(StoreError::IdCollision)
 }

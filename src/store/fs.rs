@@ -24,8 +24,7 @@ use super::lock::StripedLock;
 use super::users::UserIndex;
 use super::{ExpiredSink, Loaded, Page, Record, Result, SessionStore, StoreError, Update, now_ms};
 use crate::config::FsConfig;
-use crate::session::SessionId;
-use crate::session::UserKey;
+use crate::session::{Handle, SessionId, UserKey};
 
 const TEMP_PREFIX: &str = ".tmp-";
 /// A temp file older than this was left by a crash mid-write; the sweeper removes it.
@@ -61,7 +60,7 @@ struct Users {
 
 impl Inner {
     /// `id`'s file went from `old` to `new`; called under the id's stripe.
-    fn reindex(&self, id: &SessionId, old: Option<&Record>, new: Option<&Record>) {
+    fn reindex(&self, id: &Handle, old: Option<&Record>, new: Option<&Record>) {
         let Some(users) = &self.users else { return };
         if let (Some(old), Some(new)) = (old, new)
             && Arc::ptr_eq(&old.data, &new.data)
@@ -97,7 +96,7 @@ impl Inner {
     }
 
     /// The live sessions of `user`; an indexed id whose file is gone leaves the index.
-    fn user_sessions(&self, user: &str, now: u64) -> Result<Vec<(SessionId, Record)>> {
+    fn user_sessions(&self, user: &str, now: u64) -> Result<Vec<(Handle, Record)>> {
         let Some(users) = &self.users else {
             return Err(StoreError::NoUserIndex);
         };
@@ -128,21 +127,21 @@ impl Inner {
 /// file was written or removed; so a listing that finds a file missing can take the stripe,
 /// see the file still missing, and drop the id without racing a create of the same id.
 #[derive(Debug, Default)]
-struct Index(RwLock<BTreeSet<SessionId>>);
+struct Index(RwLock<BTreeSet<Handle>>);
 
 impl Index {
     fn len(&self) -> usize {
         self.0.read().unwrap_or_else(PoisonError::into_inner).len()
     }
 
-    fn insert(&self, id: SessionId) {
+    fn insert(&self, id: Handle) {
         self.0
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(id);
     }
 
-    fn remove(&self, id: &SessionId) {
+    fn remove(&self, id: &Handle) {
         self.0
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -150,7 +149,7 @@ impl Index {
     }
 
     /// Up to `n` ids strictly after `after`, copied out so the lock is released at once.
-    fn after(&self, after: Option<&SessionId>, n: usize) -> Vec<SessionId> {
+    fn after(&self, after: Option<&Handle>, n: usize) -> Vec<Handle> {
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         self.0
             .read()
@@ -231,8 +230,8 @@ impl FsStore {
     /// true read-modify-write) and a writer permit (so few writes are in flight at once).
     async fn write<T: Send + 'static>(
         &self,
-        id: SessionId,
-        op: impl FnOnce(&Inner, &SessionId, PathBuf) -> Result<T> + Send + 'static,
+        id: Handle,
+        op: impl FnOnce(&Inner, &Handle, PathBuf) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let guard = self.inner.locks.lock(&id).await;
         let permit = self.inner.writers.clone().acquire_owned().await;
@@ -252,12 +251,19 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 }
 
 impl Inner {
-    fn path(&self, id: &SessionId) -> PathBuf {
+    fn path(&self, id: &Handle) -> PathBuf {
         self.dir
             .join(format!("{}{}{}", self.prefix, id, self.suffix))
     }
 
-    fn id_of(&self, name: &str) -> Option<SessionId> {
+    fn id_of(&self, name: &str) -> Option<Handle> {
+        name.strip_prefix(&self.prefix)?
+            .strip_suffix(&self.suffix)
+            .and_then(Handle::parse)
+    }
+
+    /// The session id a file written before handles is named by.
+    fn legacy_id_of(&self, name: &str) -> Option<SessionId> {
         name.strip_prefix(&self.prefix)?
             .strip_suffix(&self.suffix)
             .and_then(SessionId::parse)
@@ -265,7 +271,7 @@ impl Inner {
 
     /// The record in `path`, if present (an unreadable file counts as missing:
     /// [`Record::from_stored`]).
-    fn read(&self, id: &SessionId) -> Result<Option<Record>> {
+    fn read(&self, id: &Handle) -> Result<Option<Record>> {
         match fs::read(self.path(id)) {
             Ok(bytes) => Ok(Record::from_stored(&bytes, id)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -273,7 +279,7 @@ impl Inner {
         }
     }
 
-    fn read_live(&self, id: &SessionId, now: u64) -> Result<Option<Record>> {
+    fn read_live(&self, id: &Handle, now: u64) -> Result<Option<Record>> {
         Ok(self.read(id)?.filter(|r| r.is_live(now)))
     }
 
@@ -311,22 +317,52 @@ impl Inner {
     }
 
     /// The index from the directory's names alone: `read_dir` streams, so at a million files
-    /// memory holds the ids (sorted once, in bulk) and nothing else; no file is opened.
+    /// memory holds the handles (sorted once, in bulk) and nothing else; no file is opened.
+    ///
+    /// A file named by a session id (what releases before handles wrote) is renamed to its
+    /// handle's name here, so an upgraded directory keeps every session and no file name holds
+    /// a bearer id. A rename keeps the file's mtime (its expiry).
     fn build_index(&self) -> Result<()> {
         let mut ids = Vec::new();
+        let mut renamed = 0usize;
         for entry in fs::read_dir(&self.dir)? {
-            if let Some(id) = entry?.file_name().to_str().and_then(|n| self.id_of(n)) {
+            let name = entry?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(id) = self.id_of(name) {
                 ids.push(id);
+            } else if let Some(old) = self.legacy_id_of(name) {
+                let handle = old.handle();
+                let to = self.path(&handle);
+                if fs::symlink_metadata(&to).is_ok() {
+                    tracing::warn!(
+                        file = %to.display(),
+                        "a file named by a session id was left beside its handle's file"
+                    );
+                    continue;
+                }
+                fs::rename(self.dir.join(name), &to)?;
+                ids.push(handle);
+                renamed += 1;
             }
         }
-        let ids: BTreeSet<SessionId> = ids.into_iter().collect();
+        if renamed > 0 {
+            if self.fsync {
+                File::open(&self.dir)?.sync_all()?;
+            }
+            tracing::info!(
+                dir = %self.dir.display(),
+                sessions = renamed,
+                "session files renamed from their ids to their handles"
+            );
+        }
+        let ids: BTreeSet<Handle> = ids.into_iter().collect();
         *self.index.0.write().unwrap_or_else(PoisonError::into_inner) = ids;
         Ok(())
     }
 
     /// Drops `id` from the index if its file is really gone: checked under its stripe, so a
     /// create of the same id that ran since the file was found missing keeps its entry.
-    fn forget_if_gone(&self, id: &SessionId) -> Result<()> {
+    fn forget_if_gone(&self, id: &Handle) -> Result<()> {
         let _guard = self.locks.blocking_lock(id);
         match fs::symlink_metadata(self.path(id)) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -395,7 +431,7 @@ impl Inner {
     /// sessions among their files; dead and unreadable ones are skipped, missing ones also
     /// leave the index. No lock is held while a file is read. `last` is the last id visited
     /// (`None`: the index has nothing after `after`), `more` whether the index has ids after it.
-    fn list_chunk(&self, after: Option<SessionId>, n: usize, now: u64) -> Result<Chunk> {
+    fn list_chunk(&self, after: Option<Handle>, n: usize, now: u64) -> Result<Chunk> {
         let ids = self.index.after(after.as_ref(), n);
         let last = ids.last().copied();
         let mut sessions = Vec::with_capacity(ids.len());
@@ -429,14 +465,14 @@ impl Inner {
 const READ_CHUNK: usize = 32;
 
 struct Chunk {
-    sessions: Vec<(SessionId, Record)>,
-    last: Option<SessionId>,
+    sessions: Vec<(Handle, Record)>,
+    last: Option<Handle>,
     more: bool,
 }
 
 #[async_trait]
 impl SessionStore for FsStore {
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
+    async fn load(&self, id: &Handle) -> Result<Option<Record>> {
         let inner = self.inner.clone();
         let id = *id;
         blocking(move || inner.read_live(&id, now_ms())).await
@@ -445,7 +481,7 @@ impl SessionStore for FsStore {
     /// A lock-free read, as `load`; a file found expired is removed under the id's stripe (the
     /// writers' lock, so a create racing it wins or loses cleanly), after a read that shows it
     /// is still the expired one.
-    async fn load_or_expired(&self, id: &SessionId) -> Result<Loaded> {
+    async fn load_or_expired(&self, id: &Handle) -> Result<Loaded> {
         let now = now_ms();
         let inner = self.inner.clone();
         let id = *id;
@@ -475,7 +511,7 @@ impl SessionStore for FsStore {
         .await
     }
 
-    async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
+    async fn create(&self, id: &Handle, record: &Record) -> Result<bool> {
         let record = record.clone();
         self.write(*id, move |inner, id, path| {
             let old = inner.read(id)?;
@@ -490,7 +526,7 @@ impl SessionStore for FsStore {
         .await
     }
 
-    async fn update(&self, id: &SessionId, update: &Update) -> Result<Option<Record>> {
+    async fn update(&self, id: &Handle, update: &Update) -> Result<Option<Record>> {
         let update = update.clone();
         self.write(*id, move |inner, id, path| {
             let Some(current) = inner.read_live(id, update.now)? else {
@@ -504,7 +540,7 @@ impl SessionStore for FsStore {
         .await
     }
 
-    async fn delete(&self, id: &SessionId) -> Result<bool> {
+    async fn delete(&self, id: &Handle) -> Result<bool> {
         self.write(*id, |inner, id, path| {
             let old = inner.read(id)?;
             let live = old.as_ref().is_some_and(|r| r.is_live(now_ms()));
@@ -528,7 +564,7 @@ impl SessionStore for FsStore {
     /// Reads only the page's files (the ids come from the index), chunk by chunk, until the
     /// page is full or the index ends.
     async fn list(&self, cursor: Option<&str>, limit: usize) -> Result<Page> {
-        let mut after = super::id_cursor(cursor)?;
+        let mut after = super::handle_cursor(cursor)?;
         let mut page = Page::default();
         if limit == 0 {
             return Ok(page);
@@ -555,7 +591,7 @@ impl SessionStore for FsStore {
         Ok(page)
     }
 
-    async fn user_sessions(&self, user: &str) -> Result<Vec<(SessionId, Record)>> {
+    async fn user_sessions(&self, user: &str) -> Result<Vec<(Handle, Record)>> {
         let (inner, user) = (self.inner.clone(), user.to_owned());
         blocking(move || inner.user_sessions(&user, now_ms())).await
     }

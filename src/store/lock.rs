@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use crate::session::SessionId;
+use crate::session::Handle;
 
 /// `STRIPES` mutexes; the id's hash picks one. Unrelated ids rarely share a stripe, and memory
 /// stays fixed however many sessions there are.
@@ -28,7 +28,7 @@ impl Default for StripedLock {
 }
 
 impl StripedLock {
-    fn stripe(&self, id: &SessionId) -> Arc<Mutex<()>> {
+    fn stripe(&self, id: &Handle) -> Arc<Mutex<()>> {
         let hash = id
             .as_str()
             .bytes()
@@ -38,12 +38,12 @@ impl StripedLock {
 
     /// Waits (asynchronously) for the id's stripe. The guard is owned, so it can move into a
     /// `spawn_blocking` closure.
-    pub async fn lock(&self, id: &SessionId) -> OwnedMutexGuard<()> {
+    pub async fn lock(&self, id: &Handle) -> OwnedMutexGuard<()> {
         self.stripe(id).lock_owned().await
     }
 
     /// The same, from a blocking-pool thread (never call it on an async worker).
-    pub fn blocking_lock(&self, id: &SessionId) -> OwnedMutexGuard<()> {
+    pub fn blocking_lock(&self, id: &Handle) -> OwnedMutexGuard<()> {
         self.stripe(id).blocking_lock_owned()
     }
 }

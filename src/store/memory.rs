@@ -18,13 +18,13 @@ use super::users::UserIndex;
 use super::{
     Capabilities, ExpiredSink, Loaded, Page, Record, Result, SessionStore, Update, now_ms,
 };
-use crate::session::SessionId;
+use crate::session::Handle;
 use crate::session::UserKey;
 
 /// The base64url alphabet of ids in byte order, so the rank of a character orders ids.
 const ALPHABET: &[u8; 64] = b"-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz";
 
-/// A byte's place in [`ALPHABET`] (ids hold no other bytes: `SessionId` guarantees it).
+/// A byte's place in [`ALPHABET`] (ids hold no other bytes: `Handle` guarantees it).
 const RANK: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut i = 0;
@@ -41,7 +41,7 @@ const SHARDS: usize = 64 * 64;
 
 /// Shard `i` holds exactly the ids whose first two characters rank `i / 64` and `i % 64`, so
 /// every id in shard `i` sorts before every id in shard `i + 1`.
-fn shard_of(id: &SessionId) -> usize {
+fn shard_of(id: &Handle) -> usize {
     let b = id.as_str().as_bytes();
     match b {
         [first, second, ..] => {
@@ -51,7 +51,7 @@ fn shard_of(id: &SessionId) -> usize {
     }
 }
 
-type Shard = RwLock<BTreeMap<SessionId, Record>>;
+type Shard = RwLock<BTreeMap<Handle, Record>>;
 
 pub struct MemoryStore {
     /// Shared with the sweeper's blocking task.
@@ -72,7 +72,7 @@ impl Users {
     }
 
     /// `id`'s record went from `old` to `new` (either may be none); called under its shard lock.
-    fn change(&self, id: &SessionId, old: Option<&Record>, new: Option<&Record>) {
+    fn change(&self, id: &Handle, old: Option<&Record>, new: Option<&Record>) {
         if let (Some(old), Some(new)) = (old, new)
             && Arc::ptr_eq(&old.data, &new.data)
         {
@@ -122,11 +122,11 @@ impl MemoryStore {
 
 /// A panic while a shard was locked leaves a valid map (every change is one `BTreeMap` call),
 /// so a poisoned lock is used as it is rather than taking the store down.
-fn read(shard: &Shard) -> RwLockReadGuard<'_, BTreeMap<SessionId, Record>> {
+fn read(shard: &Shard) -> RwLockReadGuard<'_, BTreeMap<Handle, Record>> {
     shard.read().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn write(shard: &Shard) -> RwLockWriteGuard<'_, BTreeMap<SessionId, Record>> {
+fn write(shard: &Shard) -> RwLockWriteGuard<'_, BTreeMap<Handle, Record>> {
     shard.write().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -138,7 +138,7 @@ const SLICE: usize = 64;
 /// Where a listing is: the shard it is reading and the last id it visited.
 struct Position {
     shard: usize,
-    after: Option<SessionId>,
+    after: Option<Handle>,
 }
 
 enum Step {
@@ -151,7 +151,7 @@ enum Step {
 }
 
 impl MemoryStore {
-    fn shard(&self, id: &SessionId) -> &Shard {
+    fn shard(&self, id: &Handle) -> &Shard {
         &self.shards[shard_of(id)]
     }
 
@@ -161,7 +161,7 @@ impl MemoryStore {
     fn slice(
         &self,
         at: &mut Position,
-        out: &mut Vec<(SessionId, Record)>,
+        out: &mut Vec<(Handle, Record)>,
         limit: usize,
         now: u64,
     ) -> Step {
@@ -212,7 +212,7 @@ impl MemoryStore {
 
 #[async_trait]
 impl SessionStore for MemoryStore {
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
+    async fn load(&self, id: &Handle) -> Result<Option<Record>> {
         let now = now_ms();
         Ok(read(self.shard(id))
             .get(id)
@@ -222,7 +222,7 @@ impl SessionStore for MemoryStore {
 
     /// A read lock for the common case; only a record found expired takes the write lock,
     /// and is removed under it if it is still the expired one.
-    async fn load_or_expired(&self, id: &SessionId) -> Result<Loaded> {
+    async fn load_or_expired(&self, id: &Handle) -> Result<Loaded> {
         let now = now_ms();
         match read(self.shard(id)).get(id) {
             None => return Ok(Loaded::Missing),
@@ -247,7 +247,7 @@ impl SessionStore for MemoryStore {
         })
     }
 
-    async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
+    async fn create(&self, id: &Handle, record: &Record) -> Result<bool> {
         let now = now_ms();
         let mut map = write(self.shard(id));
         match map.entry(*id) {
@@ -269,7 +269,7 @@ impl SessionStore for MemoryStore {
         }
     }
 
-    async fn update(&self, id: &SessionId, update: &Update) -> Result<Option<Record>> {
+    async fn update(&self, id: &Handle, update: &Update) -> Result<Option<Record>> {
         let mut map = write(self.shard(id));
         let Some(entry) = map.get_mut(id) else {
             return Ok(None);
@@ -285,7 +285,7 @@ impl SessionStore for MemoryStore {
         Ok(Some(next))
     }
 
-    async fn delete(&self, id: &SessionId) -> Result<bool> {
+    async fn delete(&self, id: &Handle) -> Result<bool> {
         let now = now_ms();
         let mut map = write(self.shard(id));
         let removed = map.remove(id);
@@ -298,7 +298,7 @@ impl SessionStore for MemoryStore {
     /// O(page + log n), on the async worker (it never waits on anything), yielding between
     /// slices so that a large page does not hold the worker.
     async fn list(&self, cursor: Option<&str>, limit: usize) -> Result<Page> {
-        let after = super::id_cursor(cursor)?;
+        let after = super::handle_cursor(cursor)?;
         let mut page = Page::default();
         if limit == 0 {
             return Ok(page);
@@ -326,7 +326,7 @@ impl SessionStore for MemoryStore {
 
     /// The index's ids, each read back under its shard lock and kept only if live and still
     /// the user's.
-    async fn user_sessions(&self, user: &str) -> Result<Vec<(SessionId, Record)>> {
+    async fn user_sessions(&self, user: &str) -> Result<Vec<(Handle, Record)>> {
         let Some(users) = &self.users else {
             return Err(super::StoreError::NoUserIndex);
         };
@@ -399,19 +399,19 @@ mod tests {
         let mut sorted = ALPHABET.to_vec();
         sorted.sort_unstable();
         assert_eq!(&sorted[..], &ALPHABET[..], "ALPHABET is in byte order");
-        let mut ids: Vec<SessionId> = (0..2000).map(|_| SessionId::generate().unwrap()).collect();
+        let mut ids: Vec<Handle> = (0..2000).map(|_| Handle::generate().unwrap()).collect();
         for (a, b) in [("--", "-0"), ("-z", "0-"), ("zy", "zz"), ("Z_", "_-")] {
-            let pad = "A".repeat(30);
-            ids.push(SessionId::parse(&format!("{a}{pad}")).unwrap());
-            ids.push(SessionId::parse(&format!("{b}{pad}")).unwrap());
+            let pad = "A".repeat(41);
+            ids.push(Handle::parse(&format!("{a}{pad}")).unwrap());
+            ids.push(Handle::parse(&format!("{b}{pad}")).unwrap());
         }
         ids.sort();
         for pair in ids.windows(2) {
             assert!(shard_of(&pair[0]) <= shard_of(&pair[1]), "{:?}", pair);
         }
-        let last = SessionId::parse(&"z".repeat(32)).unwrap();
+        let last = Handle::parse(&format!("{}w", "z".repeat(42))).unwrap();
         assert_eq!(shard_of(&last), SHARDS - 1);
-        let first = SessionId::parse(&"-".repeat(32)).unwrap();
+        let first = Handle::parse(&format!("{}A", "-".repeat(42))).unwrap();
         assert_eq!(shard_of(&first), 0);
     }
 
@@ -428,9 +428,9 @@ mod tests {
             expires_at: now + 60_000,
             version: 1,
         };
-        let mut want: Vec<SessionId> = ["--", "-z", "V0", "zz"]
+        let mut want: Vec<Handle> = ["--", "-z", "V0", "zz"]
             .iter()
-            .map(|p| SessionId::parse(&format!("{p}{}", "a".repeat(30))).unwrap())
+            .map(|p| Handle::parse(&format!("{p}{}A", "a".repeat(40))).unwrap())
             .collect();
         for id in &want {
             assert!(store.create(id, &record).await.unwrap());

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::config::{StoreConfig, StoreKind};
 use crate::metrics::StoreMetrics;
-use crate::session::SessionId;
+use crate::session::Handle;
 
 mod error;
 pub mod fs;
@@ -33,16 +33,16 @@ pub use timed::Timed;
 pub use update::Update;
 
 /// The cursor of the stores that list in id order: the last id of the previous page.
-pub(crate) fn id_cursor(cursor: Option<&str>) -> Result<Option<SessionId>> {
+pub(crate) fn handle_cursor(cursor: Option<&str>) -> Result<Option<Handle>> {
     cursor
-        .map(|c| SessionId::parse(c).ok_or_else(|| StoreError::BadCursor(c.to_owned())))
+        .map(|c| Handle::parse(c).ok_or_else(|| StoreError::BadCursor(c.to_owned())))
         .transpose()
 }
 
 /// One page of a listing.
 #[derive(Debug, Default)]
 pub struct Page {
-    pub sessions: Vec<(SessionId, Record)>,
+    pub sessions: Vec<(Handle, Record)>,
     /// Pass back to get the next page; `None` at the end.
     pub next: Option<String>,
 }
@@ -65,7 +65,7 @@ pub enum Loaded {
 /// Where [`SessionStore::prune_reporting`] reports each session it removed: its id and the user
 /// its data named (with `session.user_key`). Called from whatever thread the backend prunes
 /// on (the blocking pool for memory and fs), so it must not wait.
-pub type ExpiredSink = Arc<dyn Fn(&SessionId, Option<&str>) + Send + Sync>;
+pub type ExpiredSink = Arc<dyn Fn(&Handle, Option<&str>) + Send + Sync>;
 
 /// A session backend. Every method is safe to call concurrently from many requests.
 ///
@@ -74,14 +74,14 @@ pub type ExpiredSink = Arc<dyn Fn(&SessionId, Option<&str>) + Send + Sync>;
 #[async_trait::async_trait]
 pub trait SessionStore: Send + Sync + 'static {
     /// The live record for `id`, or `None` if it is missing or expired.
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>>;
+    async fn load(&self, id: &Handle) -> Result<Option<Record>>;
 
     /// [`load`](Self::load), telling an expired session from a missing one: a record found
     /// past its expiry is removed here (a conditional delete, so of several callers exactly one
     /// gets [`Loaded::Expired`]; the others get `Missing`), as the sweeper would have removed
     /// it. This default cannot tell, and answers `Missing` for both; every backend that keeps
     /// `expires_at` overrides it, and a wrapper must forward it.
-    async fn load_or_expired(&self, id: &SessionId) -> Result<Loaded> {
+    async fn load_or_expired(&self, id: &Handle) -> Result<Loaded> {
         Ok(match self.load(id).await? {
             Some(record) => Loaded::Live(record),
             None => Loaded::Missing,
@@ -90,14 +90,14 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Stores a brand-new session. Returns `false`, writing nothing, if a live session already
     /// has this id (the caller picks another id).
-    async fn create(&self, id: &SessionId, record: &Record) -> Result<bool>;
+    async fn create(&self, id: &Handle, record: &Record) -> Result<bool>;
 
     /// Atomic read-apply-write: applies `update` to the record as stored *now*. `None` if the
     /// session is gone, in which case nothing is written.
-    async fn update(&self, id: &SessionId, update: &Update) -> Result<Option<Record>>;
+    async fn update(&self, id: &Handle, update: &Update) -> Result<Option<Record>>;
 
     /// Removes the session. `true` if it existed.
-    async fn delete(&self, id: &SessionId) -> Result<bool>;
+    async fn delete(&self, id: &Handle) -> Result<bool>;
 
     /// Moves a session to a new id (against fixation), applying `update` on the way. `None` if
     /// the old session is gone. A change racing with a regenerate on the old id may be lost;
@@ -110,8 +110,8 @@ pub trait SessionStore: Send + Sync + 'static {
     /// it too, so a failed regenerate leaves no second session behind.
     async fn regenerate(
         &self,
-        old: &SessionId,
-        new: &SessionId,
+        old: &Handle,
+        new: &Handle,
         update: &Update,
     ) -> Result<Option<Record>> {
         let Some(current) = self.load(old).await? else {
@@ -156,7 +156,7 @@ pub trait SessionStore: Send + Sync + 'static {
     /// The live sessions of `user` (see [`users`]), in no set order: never a dead one, nor one
     /// whose data has since named another user. [`StoreError::NoUserIndex`] when the store was
     /// opened without `session.user_key`.
-    async fn user_sessions(&self, user: &str) -> Result<Vec<(SessionId, Record)>> {
+    async fn user_sessions(&self, user: &str) -> Result<Vec<(Handle, Record)>> {
         let _ = user;
         Err(StoreError::NoUserIndex)
     }
@@ -248,21 +248,21 @@ mod tests {
     /// after writing its new copy must not leave that copy behind.
     struct FailingDelete {
         inner: memory::MemoryStore,
-        fails: SessionId,
+        fails: Handle,
     }
 
     #[async_trait::async_trait]
     impl SessionStore for FailingDelete {
-        async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
+        async fn load(&self, id: &Handle) -> Result<Option<Record>> {
             self.inner.load(id).await
         }
-        async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
+        async fn create(&self, id: &Handle, record: &Record) -> Result<bool> {
             self.inner.create(id, record).await
         }
-        async fn update(&self, id: &SessionId, update: &Update) -> Result<Option<Record>> {
+        async fn update(&self, id: &Handle, update: &Update) -> Result<Option<Record>> {
             self.inner.update(id, update).await
         }
-        async fn delete(&self, id: &SessionId) -> Result<bool> {
+        async fn delete(&self, id: &Handle) -> Result<bool> {
             if *id == self.fails {
                 return Err(StoreError::Unexpected("delete failed".to_owned()));
             }
@@ -279,8 +279,8 @@ mod tests {
     #[tokio::test]
     async fn a_failed_regenerate_removes_the_copy_it_wrote() {
         let (old, new) = (
-            SessionId::generate().unwrap(),
-            SessionId::generate().unwrap(),
+            Handle::generate().unwrap(),
+            Handle::generate().unwrap(),
         );
         let store = FailingDelete {
             inner: memory::MemoryStore::default(),

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{Result, StoreError};
-use crate::session::SessionId;
+use crate::session::Handle;
 
 /// One stored session.
 ///
@@ -88,13 +88,13 @@ impl Record {
     /// and counts as missing, so one bad file or value cannot lock a client out of the site
     /// (they get a fresh session); it is left where it is for inspection. The log names the id
     /// by its prefix only: the whole id is a bearer credential.
-    pub fn from_stored(bytes: &[u8], id: &SessionId) -> Option<Record> {
+    pub fn from_stored(bytes: &[u8], id: &Handle) -> Option<Record> {
         Record::readable(Record::from_json(bytes), id)
     }
 
     /// The one rule for a record a backend could not read back, however it keeps records
     /// (whole JSON, or columns): logged, and treated as missing.
-    pub(crate) fn readable(record: Result<Record>, id: &SessionId) -> Option<Record> {
+    pub(crate) fn readable(record: Result<Record>, id: &Handle) -> Option<Record> {
         record
             .inspect_err(|error| {
                 tracing::error!(%error, ?id, "unreadable stored session treated as missing")

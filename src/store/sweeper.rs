@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::{ExpiredSink, Record, Result, SessionStore, StoreError};
-use crate::session::{SessionId, now_ms};
+use crate::session::{Handle, now_ms};
 
 /// Removes expired sessions every `interval`. Only housekeeping: loads already treat an
 /// expired session as missing. A prune runs on the blocking pool (fs), under short shard
@@ -65,7 +65,7 @@ impl Sweeper {
 pub async fn walk(
     store: &dyn SessionStore,
     limit: usize,
-    mut each: impl FnMut(SessionId, Record) -> Result<()>,
+    mut each: impl FnMut(Handle, Record) -> Result<()>,
 ) -> Result<usize> {
     const PAGE: usize = 500;
     let mut cursor: Option<String> = None;
@@ -86,13 +86,13 @@ pub async fn walk(
     Ok(seen)
 }
 
-/// One session as the CLI prints it and the admin API shows it: the id with the stored
+/// One session as the CLI prints it and the admin API shows it: the handle with the stored
 /// record's fields beside it.
-pub fn session_json(id: &SessionId, record: &Record) -> Result<String> {
+pub fn session_json(handle: &Handle, record: &Record) -> Result<String> {
     let data = RawValue::from_string(record.data.to_string())
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     serde_json::to_string(&ShownSession {
-        id: id.as_str(),
+        handle: handle.as_str(),
         data: &data,
         created_at: record.created_at,
         updated_at: record.updated_at,
@@ -104,7 +104,7 @@ pub fn session_json(id: &SessionId, record: &Record) -> Result<String> {
 
 #[derive(Serialize)]
 struct ShownSession<'a> {
-    id: &'a str,
+    handle: &'a str,
     data: &'a RawValue,
     created_at: u64,
     updated_at: u64,

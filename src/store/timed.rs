@@ -13,7 +13,7 @@ use super::{
     Update,
 };
 use crate::metrics::{StoreMetrics, StoreOp};
-use crate::session::SessionId;
+use crate::session::Handle;
 
 /// A backend whose every call is bounded by `limit` (`None`: the backend never waits, so no
 /// timer is armed).
@@ -50,36 +50,36 @@ impl<S: SessionStore> Timed<S> {
 
 #[async_trait]
 impl<S: SessionStore> SessionStore for Timed<S> {
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
+    async fn load(&self, id: &Handle) -> Result<Option<Record>> {
         self.run(StoreOp::Load, self.inner.load(id)).await
     }
 
     /// Counted as a load, the removal of an expired record included: it is the request's one
     /// read, and `store.timeout` bounds both halves together.
-    async fn load_or_expired(&self, id: &SessionId) -> Result<Loaded> {
+    async fn load_or_expired(&self, id: &Handle) -> Result<Loaded> {
         self.run(StoreOp::Load, self.inner.load_or_expired(id))
             .await
     }
 
-    async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
+    async fn create(&self, id: &Handle, record: &Record) -> Result<bool> {
         self.run(StoreOp::Create, self.inner.create(id, record))
             .await
     }
 
-    async fn update(&self, id: &SessionId, update: &Update) -> Result<Option<Record>> {
+    async fn update(&self, id: &Handle, update: &Update) -> Result<Option<Record>> {
         self.run(StoreOp::Update, self.inner.update(id, update))
             .await
     }
 
-    async fn delete(&self, id: &SessionId) -> Result<bool> {
+    async fn delete(&self, id: &Handle) -> Result<bool> {
         self.run(StoreOp::Delete, self.inner.delete(id)).await
     }
 
     /// One deadline for the whole move, whatever the backend does inside it.
     async fn regenerate(
         &self,
-        old: &SessionId,
-        new: &SessionId,
+        old: &Handle,
+        new: &Handle,
         update: &Update,
     ) -> Result<Option<Record>> {
         self.run(StoreOp::Regenerate, self.inner.regenerate(old, new, update))
@@ -102,7 +102,7 @@ impl<S: SessionStore> SessionStore for Timed<S> {
     }
 
     /// Counted as a listing: it is one, of one user's sessions.
-    async fn user_sessions(&self, user: &str) -> Result<Vec<(SessionId, Record)>> {
+    async fn user_sessions(&self, user: &str) -> Result<Vec<(Handle, Record)>> {
         self.run(StoreOp::List, self.inner.user_sessions(user))
             .await
     }
@@ -126,16 +126,16 @@ mod tests {
 
     #[async_trait]
     impl SessionStore for Stalled {
-        async fn load(&self, _: &SessionId) -> Result<Option<Record>> {
+        async fn load(&self, _: &Handle) -> Result<Option<Record>> {
             std::future::pending().await
         }
-        async fn create(&self, _: &SessionId, _: &Record) -> Result<bool> {
+        async fn create(&self, _: &Handle, _: &Record) -> Result<bool> {
             std::future::pending().await
         }
-        async fn update(&self, _: &SessionId, _: &Update) -> Result<Option<Record>> {
+        async fn update(&self, _: &Handle, _: &Update) -> Result<Option<Record>> {
             std::future::pending().await
         }
-        async fn delete(&self, _: &SessionId) -> Result<bool> {
+        async fn delete(&self, _: &Handle) -> Result<bool> {
             std::future::pending().await
         }
         async fn list(&self, _: Option<&str>, _: usize) -> Result<Page> {
@@ -150,7 +150,7 @@ mod tests {
     async fn every_call_is_bounded() {
         let limit = Duration::from_millis(50);
         let store = Timed::new(Stalled, Some(limit), StoreMetrics::default());
-        let Ok(id) = SessionId::generate() else {
+        let Ok(id) = Handle::generate() else {
             panic!("no id")
         };
         assert!(matches!(store.load(&id).await, Err(StoreError::Timeout(l)) if l == limit));

@@ -26,7 +26,7 @@ use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
 use super::{Record, Result, SessionStore};
-use crate::session::{SessionId, UserKey};
+use crate::session::{Handle, UserKey};
 
 /// Whether `record` is live at `now` and belongs to `user` under `key`: the check every read
 /// of an index makes before it hands a session out.
@@ -38,7 +38,7 @@ pub(crate) fn holds(key: &UserKey, record: &Record, user: &str, now: u64) -> boo
 /// when empty.
 const USER_SHARDS: usize = 256;
 
-type UserShard = Mutex<HashMap<Box<str>, BTreeSet<SessionId>>>;
+type UserShard = Mutex<HashMap<Box<str>, BTreeSet<Handle>>>;
 
 /// user → ids, for the stores that keep their index in this process (memory, fs).
 ///
@@ -69,7 +69,7 @@ impl UserIndex {
     fn shard(
         &self,
         user: &str,
-    ) -> std::sync::MutexGuard<'_, HashMap<Box<str>, BTreeSet<SessionId>>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<Box<str>, BTreeSet<Handle>>> {
         // FNV-1a: cheap, and a user name is not chosen to collide (a bad spread costs only
         // contention, never correctness).
         let hash = user.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -82,7 +82,7 @@ impl UserIndex {
 
     /// `id` left `old` and now belongs to `new` (either may be none). A user with no ids left
     /// leaves the map, so the index holds exactly the stored sessions that name a user.
-    pub(crate) fn change(&self, id: &SessionId, old: Option<&str>, new: Option<&str>) {
+    pub(crate) fn change(&self, id: &Handle, old: Option<&str>, new: Option<&str>) {
         if old == new {
             return;
         }
@@ -101,7 +101,7 @@ impl UserIndex {
     }
 
     /// The ids indexed under `user`, copied out.
-    pub(crate) fn ids(&self, user: &str) -> Vec<SessionId> {
+    pub(crate) fn ids(&self, user: &str) -> Vec<Handle> {
         self.shard(user)
             .get(user)
             .map(|ids| ids.iter().copied().collect())
@@ -135,8 +135,8 @@ impl UserIndex {
 pub async fn revoke(
     store: &dyn SessionStore,
     user: &str,
-    except: Option<&SessionId>,
-) -> Result<Vec<SessionId>> {
+    except: Option<&Handle>,
+) -> Result<Vec<Handle>> {
     let mut destroyed = Vec::new();
     for (id, _) in store.user_sessions(user).await? {
         if Some(&id) == except {
@@ -158,15 +158,15 @@ pub async fn revoke(
 pub async fn evict(
     store: &dyn SessionStore,
     user: &str,
-    keep: &SessionId,
+    keep: &Handle,
     max: usize,
-) -> Result<Vec<SessionId>> {
+) -> Result<Vec<Handle>> {
     let sessions = store.user_sessions(user).await?;
     let excess = sessions.len().saturating_sub(max);
     if excess == 0 {
         return Ok(Vec::new());
     }
-    let mut others: Vec<(SessionId, Record)> =
+    let mut others: Vec<(Handle, Record)> =
         sessions.into_iter().filter(|(id, _)| id != keep).collect();
     others.sort_by_key(|(_, r)| (r.expires_at, r.updated_at, r.created_at));
     let mut destroyed = Vec::new();
@@ -186,8 +186,8 @@ mod tests {
     fn the_index_drops_a_user_with_no_ids_left() {
         let index = UserIndex::default();
         let (a, b) = (
-            SessionId::generate().unwrap(),
-            SessionId::generate().unwrap(),
+            Handle::generate().unwrap(),
+            Handle::generate().unwrap(),
         );
         index.change(&a, None, Some("u"));
         index.change(&b, None, Some("u"));

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use session_proxy::session::SessionId;
+use session_proxy::session::Handle;
 use session_proxy::store::{Record, now_ms};
 
 use crate::store_contract::{Opened, open};
@@ -58,11 +58,11 @@ async fn redis() -> Side {
 }
 
 /// Fills `side` with LIVE live sessions (distinct times and versions) and EXPIRED dead ones.
-async fn fill(side: &Side) -> Vec<(SessionId, Record)> {
+async fn fill(side: &Side) -> Vec<(Handle, Record)> {
     let now = now_ms();
     let mut live = Vec::new();
     for i in 0..LIVE + EXPIRED {
-        let id = SessionId::generate().unwrap();
+        let id = Handle::generate().unwrap();
         let record = Record {
             data: Arc::from(format!(r#"{{"i":{i},"user":"u{i}"}}"#)),
             created_at: now - 1000 - i as u64,

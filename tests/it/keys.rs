@@ -71,7 +71,9 @@ async fn a_cookie_signed_with_an_old_key_is_accepted_and_re_signed_with_the_curr
     let app = App::start().await;
     let proxy = TestProxy::start(&app, &rotated_toml()).await;
     let id = new_session(proxy.addr).await;
-    let parsed = session_proxy::session::SessionId::parse(&id).unwrap();
+    let parsed = session_proxy::session::SessionId::parse(&id)
+        .unwrap()
+        .handle();
     let before = proxy.store.load(&parsed).await.unwrap().unwrap();
 
     let r = with_cookie(proxy.addr, &signed(&id, OLD)).await;

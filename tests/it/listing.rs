@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use serde_json::json;
-use session_proxy::session::SessionId;
+use session_proxy::session::Handle;
 use session_proxy::store::{Record, SessionStore, now_ms};
 
 const HOUR: u64 = 3_600_000;
@@ -31,13 +31,13 @@ async fn open(dir: &Path) -> Arc<dyn SessionStore> {
 }
 
 /// The file the store keeps for `id` under the default `filename_template`.
-fn file(dir: &Path, id: &SessionId) -> std::path::PathBuf {
+fn file(dir: &Path, id: &Handle) -> std::path::PathBuf {
     dir.join(format!("session_{id}.json"))
 }
 
 /// Every id a walk with pages of `limit` returns, checking each page's size and the order.
-async fn walk(store: &dyn SessionStore, limit: usize) -> Vec<SessionId> {
-    let mut seen: Vec<SessionId> = Vec::new();
+async fn walk(store: &dyn SessionStore, limit: usize) -> Vec<Handle> {
+    let mut seen: Vec<Handle> = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..1000 {
         let page = store.list(cursor.as_deref(), limit).await.unwrap();
@@ -57,10 +57,10 @@ async fn walk(store: &dyn SessionStore, limit: usize) -> Vec<SessionId> {
     panic!("the walk did not end");
 }
 
-async fn create_sorted(store: &dyn SessionStore, n: u64) -> Vec<SessionId> {
+async fn create_sorted(store: &dyn SessionStore, n: u64) -> Vec<Handle> {
     let mut ids = Vec::new();
     for i in 0..n {
-        let id = SessionId::generate().unwrap();
+        let id = Handle::generate().unwrap();
         assert!(
             store
                 .create(&id, &record(i, now_ms() + HOUR))
@@ -85,7 +85,7 @@ async fn a_session_file_removed_behind_the_stores_back_is_skipped() {
     for id in gone {
         std::fs::remove_file(file(dir.path(), &id)).unwrap();
     }
-    let want: Vec<SessionId> = ids
+    let want: Vec<Handle> = ids
         .iter()
         .filter(|id| !gone.contains(id))
         .copied()
@@ -101,7 +101,7 @@ async fn a_session_file_removed_behind_the_stores_back_is_skipped() {
     assert_eq!(first.next.as_deref(), Some(cursor_of_second_page.as_str()));
     std::fs::remove_file(file(dir.path(), &cursor_of_second_page)).unwrap();
     let second = store.list(first.next.as_deref(), 3).await.unwrap();
-    let got: Vec<SessionId> = second.sessions.iter().map(|(id, _)| *id).collect();
+    let got: Vec<Handle> = second.sessions.iter().map(|(id, _)| *id).collect();
     assert_eq!(got, want[3..6]);
 
     // The store's own operations on a removed session behave as for any missing one.
@@ -124,7 +124,7 @@ async fn a_reopened_store_lists_the_sessions_it_finds() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path()).await;
     let mut want = create_sorted(&*store, 10).await;
-    let dead = SessionId::generate().unwrap();
+    let dead = Handle::generate().unwrap();
     store
         .create(&dead, &record(99, now_ms() - 1))
         .await
@@ -132,7 +132,7 @@ async fn a_reopened_store_lists_the_sessions_it_finds() {
     drop(store);
 
     // Written while no store had the directory open: found by the next open's scan.
-    let outside = SessionId::generate().unwrap();
+    let outside = Handle::generate().unwrap();
     let r = record(7, now_ms() + HOUR);
     std::fs::write(file(dir.path(), &outside), r.to_json().unwrap()).unwrap();
     want.push(outside);

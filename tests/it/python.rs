@@ -311,7 +311,9 @@ async fn the_adapter_verifies_the_assertion_and_refuses_forged_expired_and_repla
         })
         .unwrap();
     let value = |name: &str| good.iter().find(|(k, _)| k == name).unwrap().1.clone();
-    let id = session_proxy::session::SessionId::parse(&value("X-Session-Id")).unwrap();
+    let id = session_proxy::session::SessionId::parse(&value("X-Session-Id"))
+        .unwrap()
+        .handle();
     let rid = value("X-Request-Id");
     let claims = session_proxy::assertion::Claims::new(
         &rid,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ::redis::AsyncCommands as _;
 use serde_json::{Map, Value, json};
 use session_proxy::Proxy;
-use session_proxy::session::{DataChange, SessionId};
+use session_proxy::session::{DataChange, Handle};
 use session_proxy::store::{Record, SessionStore, Update, now_ms};
 
 use crate::support::redis::{RedisCluster, RedisServer, free_port};
@@ -271,7 +271,7 @@ async fn create_sessions(store: &Arc<dyn SessionStore>, n: usize) -> HashSet<Str
     let now = now_ms();
     let mut ids = HashSet::new();
     for i in 0..n {
-        let id = SessionId::generate().unwrap();
+        let id = Handle::generate().unwrap();
         let record = Record {
             data: Arc::from(json!({ "i": i }).to_string()),
             created_at: now,
@@ -365,7 +365,7 @@ async fn key_prefix_is_used_and_glob_characters_in_it_are_literal() {
     let exists: bool = conn.exists(format!("app[1]*:{id}")).await.unwrap();
     assert!(exists);
     // Matches the unescaped glob `app[1]*:*`, but is not under the prefix.
-    let other = SessionId::generate().unwrap();
+    let other = Handle::generate().unwrap();
     let _: () = conn
         .hset(format!("app1xyz:{other}"), "r", "{}")
         .await
@@ -380,11 +380,11 @@ async fn key_prefix_is_used_and_glob_characters_in_it_are_literal() {
 }
 
 /// A proxy on a fresh Redis whose store holds one session, `{"a":1}`, written directly.
-async fn proxy_with_one_session() -> (RedisServer, App, TestProxy, SessionId) {
+async fn proxy_with_one_session() -> (RedisServer, App, TestProxy, Handle) {
     let redis = RedisServer::start().await;
     let app = App::start().await;
     let proxy = TestProxy::with_config(config(app.addr, &redis_toml(&redis.url(), ""))).await;
-    let id = SessionId::generate().unwrap();
+    let id = Handle::generate().unwrap();
     let first = update(&proxy, None, patch(json!({"a":1})))
         .create()
         .unwrap();
@@ -462,7 +462,7 @@ async fn regenerate_carries_over_a_change_that_raced_in_and_never_revives_a_dest
         .await
         .unwrap()
         .unwrap();
-    let new = SessionId::generate().unwrap();
+    let new = Handle::generate().unwrap();
     let moved = store
         .regenerate(
             &old,
@@ -479,7 +479,7 @@ async fn regenerate_carries_over_a_change_that_raced_in_and_never_revives_a_dest
     // Regenerating a session destroyed meanwhile creates nothing.
     let base = store.load(&new).await.unwrap().unwrap();
     assert!(store.delete(&new).await.unwrap());
-    let newer = SessionId::generate().unwrap();
+    let newer = Handle::generate().unwrap();
     let r = store
         .regenerate(&new, &newer, &update(&proxy, Some(base), None))
         .await
@@ -666,7 +666,7 @@ async fn a_record_written_by_an_earlier_version_still_loads_and_updates() {
     .into_iter()
     .enumerate()
     {
-        let id = SessionId::generate().unwrap();
+        let id = Handle::generate().unwrap();
         let key = format!("session:{id}");
         let _: () = ::redis::cmd("HSET")
             .arg(&key)

@@ -83,6 +83,8 @@ async fn skipped_paths_cost_no_store_call_and_carry_no_session() {
     proxy.stop().await;
 }
 
-fn parse(cookie: &str) -> session_proxy::session::SessionId {
-    session_proxy::session::SessionId::parse(cookie).unwrap()
+fn parse(cookie: &str) -> session_proxy::session::Handle {
+    session_proxy::session::SessionId::parse(cookie)
+        .unwrap()
+        .handle()
 }

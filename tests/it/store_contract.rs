@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 use session_proxy::config::RawConfig;
-use session_proxy::session::{DataChange, SessionId};
+use session_proxy::session::{DataChange, Handle};
 use session_proxy::store::{
     self, Blame, ExpiredSink, Loaded, Record, SessionStore, StoreError, Update, now_ms,
 };
@@ -86,8 +86,8 @@ pub async fn redis_cluster() -> Opened {
 
 const HOUR: u64 = 3_600_000;
 
-fn id() -> SessionId {
-    SessionId::generate().unwrap()
+fn id() -> Handle {
+    Handle::generate().unwrap()
 }
 
 fn record(data: Value, expires_at: u64) -> Record {
@@ -276,7 +276,7 @@ pub async fn concurrent_regenerates_leave_one_new_id(s: Opened) {
         .create(&old, &live(json!({"user":"ada"})))
         .await
         .unwrap();
-    let news: Vec<SessionId> = (0..12).map(|_| id()).collect();
+    let news: Vec<Handle> = (0..12).map(|_| id()).collect();
     let tasks: Vec<_> = news
         .iter()
         .map(|new| {
@@ -362,7 +362,7 @@ pub async fn a_bad_cursor_is_the_callers_fault(s: Opened) {
 
 pub async fn prune_removes_only_expired_sessions(s: Opened) {
     let store = &s.store;
-    let keep: Vec<SessionId> = (0..4).map(|_| id()).collect();
+    let keep: Vec<Handle> = (0..4).map(|_| id()).collect();
     for a in &keep {
         store.create(a, &live(json!({"keep":true}))).await.unwrap();
     }
@@ -385,8 +385,8 @@ pub async fn prune_removes_only_expired_sessions(s: Opened) {
 }
 
 /// The ids `user_sessions` returns for `user`, sorted.
-async fn of(store: &dyn SessionStore, user: &str) -> Vec<SessionId> {
-    let mut ids: Vec<SessionId> = store
+async fn of(store: &dyn SessionStore, user: &str) -> Vec<Handle> {
+    let mut ids: Vec<Handle> = store
         .user_sessions(user)
         .await
         .unwrap()
@@ -397,7 +397,7 @@ async fn of(store: &dyn SessionStore, user: &str) -> Vec<SessionId> {
     ids
 }
 
-fn sorted(mut ids: Vec<SessionId>) -> Vec<SessionId> {
+fn sorted(mut ids: Vec<Handle>) -> Vec<Handle> {
     ids.sort();
     ids
 }
@@ -593,7 +593,7 @@ pub async fn load_or_expired_tells_an_expired_session_from_a_missing_one(s: Open
         "an expired session deleted"
     );
     assert!(of(store, "bob").await.is_empty());
-    let listed: Vec<SessionId> = store
+    let listed: Vec<Handle> = store
         .list(None, 100)
         .await
         .unwrap()
@@ -662,7 +662,7 @@ pub async fn prune_reports_each_session_it_removed(s: Opened) {
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let sink: ExpiredSink = {
         let seen = seen.clone();
-        Arc::new(move |id: &SessionId, user: Option<&str>| {
+        Arc::new(move |id: &Handle, user: Option<&str>| {
             seen.lock().unwrap().push((*id, user.map(str::to_owned)))
         })
     };

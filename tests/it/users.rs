@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Method;
 use serde_json::{Value, json};
-use session_proxy::session::SessionId;
+use session_proxy::session::{Handle, SessionId};
 
 use crate::support::{App, Browser, Resp, TestProxy, request, write_config};
 
@@ -49,8 +49,12 @@ fn ids(page: &Value) -> Vec<String> {
     ids
 }
 
+/// The handle of the browser's session (the name the stores and the admin API know it by).
 fn id_of(b: &Browser) -> String {
-    b.cookie.clone().unwrap()
+    SessionId::parse(b.cookie.as_deref().unwrap())
+        .unwrap()
+        .handle()
+        .to_string()
 }
 
 /// `others`: every other session of the user ends, this one and other users' stay; the header
@@ -338,7 +342,7 @@ async fn a_dead_id_is_never_listed_on_redis_cluster() {
     // Behind the store's back: `a`'s key goes, and bob's session is added to ada's set.
     let _: i64 = conn.del(format!("session:{}", id_of(&a))).await.unwrap();
     let _: i64 = conn.sadd("session:user:ada", id_of(&bob)).await.unwrap();
-    let listed: Vec<SessionId> = proxy
+    let listed: Vec<Handle> = proxy
         .store
         .user_sessions("ada")
         .await
@@ -346,7 +350,7 @@ async fn a_dead_id_is_never_listed_on_redis_cluster() {
         .into_iter()
         .map(|(id, _)| id)
         .collect();
-    assert_eq!(listed, vec![SessionId::parse(&id_of(&b)).unwrap()]);
+    assert_eq!(listed, vec![Handle::parse(&id_of(&b)).unwrap()]);
     let members: Vec<String> = conn.smembers("session:user:ada").await.unwrap();
     assert!(
         !members.contains(&id_of(&a)),
@@ -407,7 +411,7 @@ async fn the_sweep_removes_index_entries() {
         version: 1,
     };
     for i in 0..10 {
-        let id = SessionId::generate().unwrap();
+        let id = Handle::generate().unwrap();
         let expires_at = if i < 7 { now + 200 } else { now + 3_600_000 };
         assert!(memory.create(&id, &record(expires_at)).await.unwrap());
     }
@@ -441,7 +445,7 @@ async fn the_sweep_removes_index_entries() {
         };
         assert!(
             sqlite
-                .create(&SessionId::generate().unwrap(), &r)
+                .create(&Handle::generate().unwrap(), &r)
                 .await
                 .unwrap()
         );

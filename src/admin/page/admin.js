@@ -9,7 +9,9 @@
 
 (() => {
   const TOKEN_KEY = "session-proxy-admin-token";
-  // A session id: 32 characters of the base64url alphabet.
+  // A session's handle (its public name: base64url of the SHA-256 of its id), 43 characters.
+  const HANDLE_PATTERN = /^[A-Za-z0-9_-]{43}$/;
+  // A session id (a bearer credential): refused, never echoed or sent.
   const ID_PATTERN = /^[A-Za-z0-9_-]{32}$/;
 
   const $ = (id) => document.getElementById(id);
@@ -271,10 +273,10 @@
       const open = el("button", {
         type: "button",
         className: "link id",
-        text: shortId(s.id),
-        title: s.id,
+        text: shortId(s.handle),
+        title: s.handle,
       });
-      open.addEventListener("click", () => guarded(() => openSession(s.id)));
+      open.addEventListener("click", () => guarded(() => openSession(s.handle)));
       const row = el("tr", null, [
         el("td", null, [open]),
         el("td", { className: "user", text: typeof s.user === "string" ? s.user : "\u2013" }),
@@ -283,8 +285,8 @@
         el("td", { text: shortTime(s.expires_at), title: isoTime(s.expires_at) }),
         el("td", { className: "num", text: formatSize(s.size), title: s.size + " bytes" }),
       ]);
-      row.dataset.id = s.id;
-      if (s.id === state.open) row.classList.add("selected");
+      row.dataset.id = s.handle;
+      if (s.handle === state.open) row.classList.add("selected");
       body.appendChild(row);
     }
     $("empty").hidden = sessions.length > 0;
@@ -334,9 +336,18 @@
     const text = $("search-input").value.trim();
     clearMessage();
     if (!text) return undefined;
-    if (!ID_PATTERN.test(text)) {
+    if (ID_PATTERN.test(text)) {
+      $("search-input").value = "";
       showMessage(
-        "\u201c" + text + "\u201d is not a session id: an id is 32 characters of A\u2013Z, " +
+        "That is a session id, not a handle: the admin page names sessions by handle. " +
+          "On the proxy's host, `session-proxy sessions show --id ID` finds a session from its id.",
+        "error",
+      );
+      return undefined;
+    }
+    if (!HANDLE_PATTERN.test(text)) {
+      showMessage(
+        "\u201c" + text + "\u201d is not a session handle: a handle is 43 characters of A\u2013Z, " +
           "a\u2013z, 0\u20139, \u201c-\u201d and \u201c_\u201d.",
         "error",
       );
@@ -348,7 +359,7 @@
         $("search-input").value = "";
       } catch (e) {
         if (e instanceof ApiFailure && e.status === 404) {
-          throw new ApiFailure(404, "No live session has the id " + text + ".");
+          throw new ApiFailure(404, "No live session has the handle " + text + ".");
         }
         throw e;
       }
@@ -425,7 +436,7 @@
   async function openSession(id) {
     const record = await api("GET", "/sessions/" + encodeURIComponent(id));
     clearMessage();
-    state.open = record.id;
+    state.open = record.handle;
     renderDetail(record);
     $("patch-input").value = "";
     markSelected();
@@ -434,12 +445,12 @@
   function renderDetail(record) {
     resetDelete();
     $("detail").hidden = false;
-    $("detail-title").textContent = "Session " + shortId(record.id);
+    $("detail-title").textContent = "Session " + shortId(record.handle);
     const meta = $("detail-meta");
     clear(meta);
     const text = JSON.stringify(record.data, null, 2);
     const rows = [
-      ["Id", record.id, "mono"],
+      ["Handle", record.handle, "mono"],
       ["Created", formatTime(record.created_at)],
       ["Updated", formatTime(record.updated_at)],
       ["Expires", formatTime(record.expires_at)],

@@ -15,7 +15,7 @@ use redis::{
     Cmd, Pipeline, RedisError, RedisFuture, RedisWrite, ToRedisArgs, ToSingleRedisArg, Value,
 };
 
-use crate::session::SessionId;
+use crate::session::Handle;
 use crate::store::{Result, StoreError};
 
 /// The client's own limits, derived from `store.timeout`: a connection attempt gets half of
@@ -39,7 +39,7 @@ const RECONNECT_RETRIES: usize = 2;
 #[derive(Clone, Copy)]
 pub(super) struct Key<'a> {
     pub(super) prefix: &'a str,
-    pub(super) id: &'a SessionId,
+    pub(super) id: &'a Handle,
 }
 
 impl ToRedisArgs for Key<'_> {
@@ -230,7 +230,7 @@ impl Conn {
 pub(super) struct ListCursor {
     pub(super) node: u16,
     pub(super) scan: u64,
-    pub(super) after: Option<SessionId>,
+    pub(super) after: Option<Handle>,
 }
 
 impl ListCursor {
@@ -241,7 +241,7 @@ impl ListCursor {
         let scan = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
         let after = match parts.next() {
             None => None,
-            Some(id) => Some(SessionId::parse(id).ok_or_else(bad)?),
+            Some(id) => Some(Handle::parse(id).ok_or_else(bad)?),
         };
         Ok(ListCursor { node, scan, after })
     }
@@ -371,7 +371,7 @@ mod tests {
 
     #[test]
     fn list_cursor_round_trip() {
-        let id = SessionId::generate().unwrap();
+        let id = Handle::generate().unwrap();
         for text in ["0.0".to_owned(), "5461.17".to_owned(), format!("0.12.{id}")] {
             assert_eq!(ListCursor::parse(&text).unwrap().to_string(), text);
         }

@@ -26,7 +26,7 @@ use super::{
     now_ms,
 };
 use crate::config::RedisConfig;
-use crate::session::SessionId;
+use crate::session::Handle;
 
 /// Compare-and-set attempts before an update gives up.
 const MAX_ATTEMPTS: u32 = 32;
@@ -111,7 +111,7 @@ impl RedisStore {
         })
     }
 
-    fn key<'a>(&'a self, id: &'a SessionId) -> Key<'a> {
+    fn key<'a>(&'a self, id: &'a Handle) -> Key<'a> {
         Key {
             prefix: &self.prefix,
             id,
@@ -123,13 +123,13 @@ impl RedisStore {
     }
 
     /// The record at `id`'s key if it is live at `now`.
-    async fn get_live(&self, id: &SessionId, now: u64) -> Result<Option<Record>> {
+    async fn get_live(&self, id: &Handle, now: u64) -> Result<Option<Record>> {
         Ok(self.get(id).await?.filter(|r| r.is_live(now)))
     }
 
     /// The record at `id`'s key, live or dead (kept for [`GRACE`]). A record that does not
     /// parse is logged and treated as missing, so one bad value cannot lock a client out.
-    async fn get(&self, id: &SessionId) -> Result<Option<Record>> {
+    async fn get(&self, id: &Handle) -> Result<Option<Record>> {
         Ok(self
             .get_bytes(self.key(id))
             .await?
@@ -138,7 +138,7 @@ impl RedisStore {
 
     /// Field `r` at `key` as Redis sent it.
     async fn get_bytes(&self, key: Key<'_>) -> Result<Option<Vec<u8>>> {
-        let mut cmd = Cmd::with_capacity(3, 8 + self.prefix.len() + crate::session::ID_LEN);
+        let mut cmd = Cmd::with_capacity(3, 8 + self.prefix.len() + crate::session::HANDLE_LEN);
         cmd.arg("HGET").arg(key).arg("r");
         cmd.query_async(&mut self.conn())
             .await
@@ -152,7 +152,7 @@ impl RedisStore {
 
     /// A delete that takes the session out of its user's set: read, then compare-and-delete,
     /// so the set changed is the user the deleted record named. Without a user index, `DEL`.
-    async fn delete_indexed(&self, id: &SessionId) -> Result<bool> {
+    async fn delete_indexed(&self, id: &Handle) -> Result<bool> {
         let key = self.key(id);
         if self.users.is_none() {
             return self.del(key).await;
@@ -185,7 +185,7 @@ impl RedisStore {
         old_key: Key<'_>,
         new_key: Key<'_>,
         update: &Update,
-        (old, new): (&SessionId, &SessionId),
+        (old, new): (&Handle, &Handle),
         mut current: Record,
         mut record: Record,
     ) -> Result<Option<Record>> {
@@ -218,14 +218,14 @@ impl RedisStore {
 
 #[async_trait]
 impl SessionStore for RedisStore {
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
+    async fn load(&self, id: &Handle) -> Result<Option<Record>> {
         self.get_live(id, now_ms()).await
     }
 
     /// One `HGET` for a live session, as `load`; a record past its expiry (its key kept for
     /// [`GRACE`]) is removed by the expire script, whose compare-and-delete tells exactly one
     /// loader, in whichever proxy, that it expired.
-    async fn load_or_expired(&self, id: &SessionId) -> Result<Loaded> {
+    async fn load_or_expired(&self, id: &Handle) -> Result<Loaded> {
         let now = now_ms();
         let Some(record) = self.get(id).await? else {
             return Ok(Loaded::Missing);
@@ -245,11 +245,11 @@ impl SessionStore for RedisStore {
             .map_or(Loaded::Missing, Loaded::Live))
     }
 
-    async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
+    async fn create(&self, id: &Handle, record: &Record) -> Result<bool> {
         self.create_key(self.key(id), id, record).await
     }
 
-    async fn update(&self, id: &SessionId, update: &Update) -> Result<Option<Record>> {
+    async fn update(&self, id: &Handle, update: &Update) -> Result<Option<Record>> {
         let key = self.key(id);
         let _guard = self.locks.lock(id).await;
         let mut current = update.base.clone().filter(|r| r.is_live(update.now));
@@ -278,7 +278,7 @@ impl SessionStore for RedisStore {
         ))
     }
 
-    async fn delete(&self, id: &SessionId) -> Result<bool> {
+    async fn delete(&self, id: &Handle) -> Result<bool> {
         self.delete_indexed(id).await
     }
 
@@ -286,8 +286,8 @@ impl SessionStore for RedisStore {
     /// was taken from: two round trips, and a change that raced in is carried over, not lost.
     async fn regenerate(
         &self,
-        old: &SessionId,
-        new: &SessionId,
+        old: &Handle,
+        new: &Handle,
         update: &Update,
     ) -> Result<Option<Record>> {
         let (old_key, new_key) = (self.key(old), self.key(new));
@@ -338,9 +338,9 @@ impl SessionStore for RedisStore {
                 .await?;
             let (next_scan, keys): (u64, Vec<String>) = redis::from_redis_value(reply)
                 .map_err(|e| call_err("SCAN")(RedisError::from(e)))?;
-            let mut ids: Vec<SessionId> = keys
+            let mut ids: Vec<Handle> = keys
                 .iter()
-                .filter_map(|k| k.strip_prefix(&self.prefix).and_then(SessionId::parse))
+                .filter_map(|k| k.strip_prefix(&self.prefix).and_then(Handle::parse))
                 .collect();
             ids.sort_unstable();
             ids.dedup();
@@ -349,7 +349,7 @@ impl SessionStore for RedisStore {
             }
             let keys: Vec<Key<'_>> = ids.iter().map(|id| self.key(id)).collect();
             let records = self.conn.records(pos.node, &keys).await?;
-            let mut live: Vec<(SessionId, Record)> = ids
+            let mut live: Vec<(Handle, Record)> = ids
                 .into_iter()
                 .zip(records)
                 .filter_map(|(id, bytes)| {
@@ -402,7 +402,7 @@ impl SessionStore for RedisStore {
     /// member whose key is gone (expired by TTL, or deleted between a cluster's two calls) or
     /// expired leaves the set, which is what bounds it. A member naming another user now is
     /// only skipped: on a cluster its move may still be under way.
-    async fn user_sessions(&self, user: &str) -> Result<Vec<(SessionId, Record)>> {
+    async fn user_sessions(&self, user: &str) -> Result<Vec<(Handle, Record)>> {
         let Some(key) = &self.users else {
             return Err(StoreError::NoUserIndex);
         };
@@ -415,7 +415,7 @@ impl SessionStore for RedisStore {
         let now = now_ms();
         let (mut out, mut dead) = (Vec::new(), Vec::new());
         for member in members {
-            let Some(id) = SessionId::parse(&member) else {
+            let Some(id) = Handle::parse(&member) else {
                 dead.push(member);
                 continue;
             };

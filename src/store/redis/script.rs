@@ -12,7 +12,7 @@ use redis::{
 
 use super::conn::{Conn, Key, call_err};
 use super::{GRACE, RedisStore};
-use crate::session::SessionId;
+use crate::session::Handle;
 use crate::store::{Record, Result, StoreError, now_ms};
 
 /// The index part every script starts with. KEYS[2]: the old user's set, KEYS[3]: the new
@@ -221,7 +221,7 @@ fn index_only_call(
     script: &Script,
     set: &str,
     (rem, add): (&str, &str),
-    id: &SessionId,
+    id: &Handle,
     expires_at: u64,
 ) -> Cmd {
     let mut cmd = redis::cmd("EVALSHA");
@@ -242,7 +242,7 @@ impl RedisStore {
     pub(super) async fn create_key(
         &self,
         key: Key<'_>,
-        id: &SessionId,
+        id: &Handle,
         record: &Record,
     ) -> Result<bool> {
         let plan = self.reindex(None, Some(record));
@@ -265,7 +265,7 @@ impl RedisStore {
     pub(super) async fn cas_set(
         &self,
         key: Key<'_>,
-        id: &SessionId,
+        id: &Handle,
         base: &Record,
         record: &Record,
     ) -> Result<Cas> {
@@ -292,7 +292,7 @@ impl RedisStore {
     pub(super) async fn cas_del(
         &self,
         key: Key<'_>,
-        id: &SessionId,
+        id: &Handle,
         current: &Record,
     ) -> Result<Cas> {
         let plan = self.reindex(Some(current), None);
@@ -310,7 +310,7 @@ impl RedisStore {
 
     /// Removes `current`, found dead at `now`, if the key still holds it: `true` for the one
     /// caller that did.
-    pub(super) async fn expire(&self, id: &SessionId, current: &Record, now: u64) -> Result<bool> {
+    pub(super) async fn expire(&self, id: &Handle, current: &Record, now: u64) -> Result<bool> {
         let plan = self.reindex(Some(current), None);
         let mut cmd = self.invocation(&self.scripts.expire, self.key(id), id, &plan, 2, 0);
         cmd.arg(current.version).arg(now);
@@ -361,7 +361,7 @@ impl RedisStore {
         &self,
         script: &Script,
         key: Key<'_>,
-        id: &SessionId,
+        id: &Handle,
         plan: &Reindex,
         extra: usize,
         extra_bytes: usize,
@@ -369,7 +369,7 @@ impl RedisStore {
         // Keys, the id and the numbers; a record JSON appended later grows the buffer once.
         let mut cmd = Cmd::with_capacity(
             3 + 3 + 4 + extra,
-            64 + 3 * (self.prefix.len() + crate::session::ID_LEN) + 24 * extra + extra_bytes,
+            64 + 3 * (self.prefix.len() + crate::session::HANDLE_LEN) + 24 * extra + extra_bytes,
         );
         cmd.arg("EVALSHA").arg(script.get_hash()).arg(3).arg(key);
         let inline = !self.is_cluster();
@@ -393,7 +393,7 @@ impl RedisStore {
     /// Redis Cluster's second call, after the session's script succeeded: the same index
     /// change, one set at a time. A failure is logged, not returned: the session was written,
     /// and every read of the index checks the records.
-    async fn reindex_cluster(&self, id: &SessionId, plan: &Reindex) {
+    async fn reindex_cluster(&self, id: &Handle, plan: &Reindex) {
         if !self.is_cluster() {
             return;
         }
@@ -534,7 +534,7 @@ mod tests {
     #[tokio::test]
     async fn the_cluster_index_call_is_the_command_invoke_async_sent() {
         let script = Script::new(&format!("{REINDEX}{INDEX_ONLY}"));
-        let id = SessionId::generate().unwrap();
+        let id = Handle::generate().unwrap();
         let set = "session:user:ada";
         let mut before = Answers::new([Ok(Value::Int(1))]);
         let reply: i64 = script

@@ -162,7 +162,7 @@ mod tests {
 
     use super::*;
     use crate::config::SqliteConfig;
-    use crate::session::SessionId;
+    use crate::session::Handle;
     use crate::store::sqlite::SqliteStore;
     use crate::store::{Record, SessionStore as _};
 
@@ -213,7 +213,7 @@ mod tests {
                         expires_at: u64::MAX / 2,
                         version: 1,
                     };
-                    let id = SessionId::generate().unwrap();
+                    let id = Handle::generate().unwrap();
                     assert!(store.create(&id, &record).await.unwrap());
                 }
             });

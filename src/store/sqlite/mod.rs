@@ -31,7 +31,7 @@ use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
 use super::{ExpiredSink, Loaded, Page, Record, Result, SessionStore, StoreError, Update, now_ms};
 use crate::config::SqliteConfig;
-use crate::session::{SessionId, UserKey};
+use crate::session::{Handle, UserKey};
 use writer::{OpError, Writer};
 
 /// Read connections: enough for the async workers plus a listing or two; each costs a file
@@ -258,7 +258,7 @@ macro_rules! columns {
 
 /// The record of a row selected as `columns!()`, starting at column `at`; an unreadable one is
 /// `None`, by the one rule of `Record::readable`.
-fn record(row: &Row, at: usize, id: &SessionId) -> rusqlite::Result<Option<Record>> {
+fn record(row: &Row, at: usize, id: &Handle) -> rusqlite::Result<Option<Record>> {
     // Borrowed from the row, so the text is copied once, into the record's `Arc`.
     let data = row.get_ref(at)?.as_str().map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(at, rusqlite::types::Type::Text, Box::new(e))
@@ -289,11 +289,11 @@ fn record(row: &Row, at: usize, id: &SessionId) -> rusqlite::Result<Option<Recor
     ))
 }
 
-fn select_live(conn: &Connection, id: &SessionId, now: u64) -> rusqlite::Result<Option<Record>> {
+fn select_live(conn: &Connection, id: &Handle, now: u64) -> rusqlite::Result<Option<Record>> {
     conn.prepare_cached(concat!(
         "SELECT ",
         columns!(),
-        " FROM sessions WHERE id = ?1 AND expires_at > ?2"
+        " FROM sessions WHERE handle = ?1 AND expires_at > ?2"
     ))?
     .query_row(params![id.as_str(), int(now)], |row| record(row, 0, id))
     .optional()
@@ -301,11 +301,11 @@ fn select_live(conn: &Connection, id: &SessionId, now: u64) -> rusqlite::Result<
 }
 
 /// The row of `id` whatever its expiry, for the caller to tell live from expired.
-fn select_any(conn: &Connection, id: &SessionId) -> rusqlite::Result<Option<Record>> {
+fn select_any(conn: &Connection, id: &Handle) -> rusqlite::Result<Option<Record>> {
     conn.prepare_cached(concat!(
         "SELECT ",
         columns!(),
-        " FROM sessions WHERE id = ?1"
+        " FROM sessions WHERE handle = ?1"
     ))?
     .query_row(params![id.as_str()], |row| record(row, 0, id))
     .optional()
@@ -316,10 +316,10 @@ fn select_any(conn: &Connection, id: &SessionId) -> rusqlite::Result<Option<Reco
 /// writer, so of several processes meeting one expiry exactly one removes the row.
 fn delete_expired(
     conn: &Connection,
-    id: &SessionId,
+    id: &Handle,
     now: u64,
 ) -> rusqlite::Result<Option<Option<String>>> {
-    conn.prepare_cached("DELETE FROM sessions WHERE id = ?1 AND expires_at <= ?2 RETURNING user")?
+    conn.prepare_cached("DELETE FROM sessions WHERE handle = ?1 AND expires_at <= ?2 RETURNING user")?
         .query_row(params![id.as_str(), int(now)], |row| row.get(0))
         .optional()
 }
@@ -332,7 +332,7 @@ fn user_of(users: Option<&UserKey>, r: &Record) -> Option<String> {
 /// Create-if-absent: a live session keeps its id; a dead one's id is free again.
 fn create(
     conn: &Connection,
-    id: &SessionId,
+    id: &Handle,
     r: &Record,
     user: Option<&str>,
     now: u64,
@@ -349,9 +349,9 @@ fn create(
     ];
     let inserted = conn
         .prepare_cached(concat!(
-            "INSERT INTO sessions (id, ",
+            "INSERT INTO sessions (handle, ",
             columns!(),
-            ", user) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING"
+            ", user) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (handle) DO NOTHING"
         ))?
         .execute(&values[..7])?;
     if inserted == 1 {
@@ -360,7 +360,7 @@ fn create(
     let replaced = conn
         .prepare_cached(
             "UPDATE sessions SET data = ?2, created_at = ?3, updated_at = ?4, expires_at = ?5, \
-             version = ?6, user = ?7 WHERE id = ?1 AND expires_at <= ?8",
+             version = ?6, user = ?7 WHERE handle = ?1 AND expires_at <= ?8",
         )?
         .execute(values)?;
     Ok(replaced == 1)
@@ -370,7 +370,7 @@ fn create(
 /// the data (a touch), which leaves it.
 fn write(
     conn: &Connection,
-    id: &SessionId,
+    id: &Handle,
     r: &Record,
     user: Option<Option<&str>>,
 ) -> rusqlite::Result<()> {
@@ -387,13 +387,13 @@ fn write(
         None => conn
             .prepare_cached(
                 "UPDATE sessions SET data = ?2, created_at = ?3, updated_at = ?4, \
-                 expires_at = ?5, version = ?6 WHERE id = ?1",
+                 expires_at = ?5, version = ?6 WHERE handle = ?1",
             )?
             .execute(&values[..6])?,
         Some(_) => conn
             .prepare_cached(
                 "UPDATE sessions SET data = ?2, created_at = ?3, updated_at = ?4, \
-                 expires_at = ?5, version = ?6, user = ?7 WHERE id = ?1",
+                 expires_at = ?5, version = ?6, user = ?7 WHERE handle = ?1",
             )?
             .execute(values)?,
     };
@@ -401,21 +401,21 @@ fn write(
 }
 
 /// Removes the row; `true` if it held a live session.
-fn delete(conn: &Connection, id: &SessionId, now: u64) -> rusqlite::Result<bool> {
+fn delete(conn: &Connection, id: &Handle, now: u64) -> rusqlite::Result<bool> {
     let expires_at: Option<i64> = conn
-        .prepare_cached("DELETE FROM sessions WHERE id = ?1 RETURNING expires_at")?
+        .prepare_cached("DELETE FROM sessions WHERE handle = ?1 RETURNING expires_at")?
         .query_row([id.as_str()], |row| row.get(0))
         .optional()?;
     Ok(expires_at.is_some_and(|e| e > int(now)))
 }
 
-fn list(conn: &Connection, after: Option<SessionId>, limit: usize, now: u64) -> Result<Page> {
+fn list(conn: &Connection, after: Option<Handle>, limit: usize, now: u64) -> Result<Page> {
     let fail = |e| StoreError::Backend(Box::new(e));
     let mut stmt = conn
         .prepare_cached(concat!(
-            "SELECT id, ",
+            "SELECT handle, ",
             columns!(),
-            " FROM sessions WHERE id > ?1 AND expires_at > ?2 ORDER BY id LIMIT ?3"
+            " FROM sessions WHERE handle > ?1 AND expires_at > ?2 ORDER BY handle LIMIT ?3"
         ))
         .map_err(fail)?;
     // One row past the page tells whether there is a next one.
@@ -432,7 +432,7 @@ fn list(conn: &Connection, after: Option<SessionId>, limit: usize, now: u64) -> 
         seen += 1;
         let text: String = row.get(0).map_err(fail)?;
         last = Some(text.clone());
-        let Some(id) = SessionId::parse(&text) else {
+        let Some(id) = Handle::parse(&text) else {
             tracing::error!("a row whose id is not a session id skipped in a listing");
             continue;
         };
@@ -446,7 +446,7 @@ fn list(conn: &Connection, after: Option<SessionId>, limit: usize, now: u64) -> 
 #[async_trait]
 impl SessionStore for SqliteStore {
     /// Inline when it can be, see [`Reads`].
-    async fn load(&self, id: &SessionId) -> Result<Option<Record>> {
+    async fn load(&self, id: &Handle) -> Result<Option<Record>> {
         let id = *id;
         self.point_read(move |conn| select_live(conn, &id, now_ms()))
             .await
@@ -454,7 +454,7 @@ impl SessionStore for SqliteStore {
 
     /// The same point read as `load` (inline when it can be); only a row found expired costs a
     /// writer operation, the conditional delete that decides who saw the expiry.
-    async fn load_or_expired(&self, id: &SessionId) -> Result<Loaded> {
+    async fn load_or_expired(&self, id: &Handle) -> Result<Loaded> {
         let (id, now) = (*id, now_ms());
         let found = self.point_read(move |conn| select_any(conn, &id)).await?;
         match found {
@@ -476,7 +476,7 @@ impl SessionStore for SqliteStore {
             .await
     }
 
-    async fn create(&self, id: &SessionId, record: &Record) -> Result<bool> {
+    async fn create(&self, id: &Handle, record: &Record) -> Result<bool> {
         let (id, record) = (*id, record.clone());
         let user = user_of(self.users.as_ref(), &record);
         self.writer
@@ -484,7 +484,7 @@ impl SessionStore for SqliteStore {
             .await
     }
 
-    async fn update(&self, id: &SessionId, update: &Update) -> Result<Option<Record>> {
+    async fn update(&self, id: &Handle, update: &Update) -> Result<Option<Record>> {
         let (id, update, users) = (*id, update.clone(), self.users.clone());
         self.writer
             .run(move |conn| {
@@ -500,7 +500,7 @@ impl SessionStore for SqliteStore {
             .await
     }
 
-    async fn delete(&self, id: &SessionId) -> Result<bool> {
+    async fn delete(&self, id: &Handle) -> Result<bool> {
         let id = *id;
         self.writer
             .run(move |conn| Ok(delete(conn, &id, now_ms())?))
@@ -511,8 +511,8 @@ impl SessionStore for SqliteStore {
     /// transaction, so no crash or concurrent request sees both or neither.
     async fn regenerate(
         &self,
-        old: &SessionId,
-        new: &SessionId,
+        old: &Handle,
+        new: &Handle,
         update: &Update,
     ) -> Result<Option<Record>> {
         let (old, new, update, users) = (*old, *new, update.clone(), self.users.clone());
@@ -534,7 +534,7 @@ impl SessionStore for SqliteStore {
 
     /// Always on the blocking pool: a page is up to a thousand rows.
     async fn list(&self, cursor: Option<&str>, limit: usize) -> Result<Page> {
-        let after = super::id_cursor(cursor)?;
+        let after = super::handle_cursor(cursor)?;
         if limit == 0 {
             return Ok(Page::default());
         }
@@ -554,8 +554,8 @@ impl SessionStore for SqliteStore {
                         .run(move |conn| {
                             Ok(conn
                                 .prepare_cached(
-                                    "DELETE FROM sessions WHERE id IN \
-                                 (SELECT id FROM sessions WHERE expires_at <= ?1 LIMIT ?2)",
+                                    "DELETE FROM sessions WHERE handle IN \
+                                 (SELECT handle FROM sessions WHERE expires_at <= ?1 LIMIT ?2)",
                                 )?
                                 .execute(params![int(now), PRUNE_CHUNK])?)
                         })
@@ -567,9 +567,9 @@ impl SessionStore for SqliteStore {
                         .writer
                         .run(move |conn| {
                             let mut stmt = conn.prepare_cached(
-                                "DELETE FROM sessions WHERE id IN \
-                                 (SELECT id FROM sessions WHERE expires_at <= ?1 LIMIT ?2) \
-                                 RETURNING id, user",
+                                "DELETE FROM sessions WHERE handle IN \
+                                 (SELECT handle FROM sessions WHERE expires_at <= ?1 LIMIT ?2) \
+                                 RETURNING handle, user",
                             )?;
                             let rows = stmt.query_map(params![int(now), PRUNE_CHUNK], |row| {
                                 Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?))
@@ -578,7 +578,7 @@ impl SessionStore for SqliteStore {
                         })
                         .await?;
                     for (id, user) in &gone {
-                        if let Some(id) = SessionId::parse(id) {
+                        if let Some(id) = Handle::parse(id) {
                             report(&id, user.as_deref().filter(|_| indexed));
                         }
                     }
@@ -593,7 +593,7 @@ impl SessionStore for SqliteStore {
     }
 
     /// The partial index on `user`, on the blocking pool (a user may have many sessions).
-    async fn user_sessions(&self, user: &str) -> Result<Vec<(SessionId, Record)>> {
+    async fn user_sessions(&self, user: &str) -> Result<Vec<(Handle, Record)>> {
         let Some(key) = self.users.clone() else {
             return Err(StoreError::NoUserIndex);
         };
@@ -604,7 +604,7 @@ impl SessionStore for SqliteStore {
                 let now = now_ms();
                 let mut stmt = conn
                     .prepare_cached(concat!(
-                        "SELECT id, ",
+                        "SELECT handle, ",
                         columns!(),
                         " FROM sessions WHERE user = ?1 AND expires_at > ?2"
                     ))
@@ -613,7 +613,7 @@ impl SessionStore for SqliteStore {
                 let mut out = Vec::new();
                 while let Some(row) = rows.next().map_err(fail)? {
                     let text: String = row.get(0).map_err(fail)?;
-                    let Some(id) = SessionId::parse(&text) else {
+                    let Some(id) = Handle::parse(&text) else {
                         continue;
                     };
                     if let Some(r) = record(row, 1, &id).map_err(fail)?

@@ -13,12 +13,20 @@ use super::SqliteError;
 use crate::config::SqliteConfig;
 #[cfg(doc)]
 use crate::session::UserKey;
+use crate::session::SessionId;
 use crate::store::{Result, StoreError};
+
+/// One schema migration: SQL, or SQL and then a step in Rust (what SQL cannot compute).
+enum Step {
+    Sql(&'static str),
+    SqlThen(&'static str, fn(&Connection) -> rusqlite::Result<()>),
+}
 
 /// `MIGRATIONS[v]` brings a file from schema version `v` to `v + 1`; the version this binary
 /// writes is their count. A migration only ever adds a step at the end: a file is never
 /// migrated down, and one newer than the binary is refused.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [Step; 3] = [
+    Step::Sql(
     // 0 → 1: the sessions, expiry-indexed for the sweeper, and a row count kept by triggers
     // in the same transaction as the change, so `sessions_live` is exact across every process
     // writing the file and costs no scan.
@@ -37,14 +45,46 @@ const MIGRATIONS: [&str; 2] = [
         BEGIN UPDATE session_count SET n = n + 1; END;
     CREATE TRIGGER session_deleted AFTER DELETE ON sessions
         BEGIN UPDATE session_count SET n = n - 1; END;",
+    ),
     // 1 → 2: the user index: a column written by the same statement as the data, indexed only
     // where set (a file without `session.user_key` pays nothing), and the key it was built
     // from, so opening with another key rebuilds it (`reindex_users`).
-    "ALTER TABLE sessions ADD COLUMN user TEXT;
+    Step::Sql(
+        "ALTER TABLE sessions ADD COLUMN user TEXT;
     CREATE INDEX sessions_user ON sessions (user) WHERE user IS NOT NULL;
     CREATE TABLE user_index (key TEXT);
     INSERT INTO user_index (key) VALUES (NULL);",
+    ),
+    // 2 → 3: sessions keyed by their handle, never by their id (a bearer credential): the
+    // column is renamed and every id in it replaced by its handle, in the migration's
+    // transaction. The user index and the count are per row, so they follow the row.
+    Step::SqlThen(
+        "ALTER TABLE sessions RENAME COLUMN id TO handle;",
+        ids_to_handles,
+    ),
 ];
+
+/// Replaces every session id in the `handle` column by its handle. A row whose key is not a
+/// session id (a hand edit) is left as it was: no listing shows it, and the sweeper removes it
+/// when it expires.
+fn ids_to_handles(conn: &Connection) -> rusqlite::Result<()> {
+    let ids: Vec<String> = conn
+        .prepare("SELECT handle FROM sessions")?
+        .query_map([], |row| row.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut update = conn.prepare("UPDATE sessions SET handle = ?2 WHERE handle = ?1")?;
+    let mut moved = 0usize;
+    for text in &ids {
+        if let Some(id) = SessionId::parse(text) {
+            moved += update.execute([text.as_str(), id.handle().as_str()])?;
+        }
+    }
+    tracing::info!(
+        sessions = moved,
+        "sessions re-keyed by handle (base64url of the SHA-256 of the id)"
+    );
+    Ok(())
+}
 
 /// Makes the `user` column follow `key` (or clears it, for `None`) if the file's index was
 /// built from another key (or none): one statement, in one transaction, at open. The rule is
@@ -239,9 +279,16 @@ fn migrate(conn: &Connection, path: &Path) -> Result<()> {
         let version = user_version(conn).map_err(fail("cannot read the schema version"))?;
         check_version(version, path)?;
         let from = usize::try_from(version).unwrap_or(0);
-        for (step, sql) in MIGRATIONS.iter().enumerate().skip(from) {
+        for (step, migration) in MIGRATIONS.iter().enumerate().skip(from) {
+            let (sql, then) = match migration {
+                Step::Sql(sql) => (sql, None),
+                Step::SqlThen(sql, then) => (sql, Some(then)),
+            };
             conn.execute_batch(sql)
                 .map_err(fail("cannot migrate the schema"))?;
+            if let Some(then) = then {
+                then(conn).map_err(fail("cannot migrate the schema"))?;
+            }
             tracing::info!(path = %path.display(), to = step + 1, "migrated the session database");
         }
         conn.pragma_update(None, "user_version", VERSION)
@@ -339,10 +386,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let conn = open_writer(&config(&dir.path().join("c.db"))).unwrap();
         conn.execute_batch(
-            "INSERT INTO sessions (id, data, created_at, updated_at, expires_at, version) VALUES ('a', '{}', 1, 1, 1, 1);
-             INSERT INTO sessions (id, data, created_at, updated_at, expires_at, version) VALUES ('b', '{}', 1, 1, 1, 1);
-             UPDATE sessions SET expires_at = 5 WHERE id = 'a';
-             DELETE FROM sessions WHERE id = 'b';",
+            "INSERT INTO sessions (handle, data, created_at, updated_at, expires_at, version) VALUES ('a', '{}', 1, 1, 1, 1);
+             INSERT INTO sessions (handle, data, created_at, updated_at, expires_at, version) VALUES ('b', '{}', 1, 1, 1, 1);
+             UPDATE sessions SET expires_at = 5 WHERE handle = 'a';
+             DELETE FROM sessions WHERE handle = 'b';",
         )
         .unwrap();
         let n: i64 = conn

@@ -377,7 +377,7 @@ mod tests {
     fn insert(id: &'static str, data: &'static str) -> impl Fn(&Connection) -> Result<(), OpError> {
         move |conn| {
             conn.execute(
-                "INSERT INTO sessions (id, data, created_at, updated_at, expires_at, version) VALUES (?1, ?2, 0, 0, 9999999999999, 1)",
+                "INSERT INTO sessions (handle, data, created_at, updated_at, expires_at, version) VALUES (?1, ?2, 0, 0, 9999999999999, 1)",
                 [id, data],
             )?;
             Ok(())
@@ -390,7 +390,7 @@ mod tests {
     ) -> impl Fn(&Connection) -> Result<(), OpError> {
         move |conn| {
             conn.execute(
-                "UPDATE sessions SET data = data || ?2 WHERE id = ?1",
+                "UPDATE sessions SET data = data || ?2 WHERE handle = ?1",
                 [id, suffix],
             )?;
             Ok(())
@@ -400,7 +400,7 @@ mod tests {
     fn data(batch: &Batch, id: &str) -> Option<String> {
         batch
             .conn
-            .query_row("SELECT data FROM sessions WHERE id = ?1", [id], |r| {
+            .query_row("SELECT data FROM sessions WHERE handle = ?1", [id], |r| {
                 r.get(0)
             })
             .ok()
@@ -413,7 +413,7 @@ mod tests {
         let (_dir, batch) = open();
         let (a, a_answer) = task(insert("a", "1"));
         let (p, p_answer) = task(|conn| -> Result<(), OpError> {
-            conn.execute("INSERT INTO sessions (id, data, created_at, updated_at, expires_at, version) VALUES ('p', '1', 0, 0, 1, 1)", [])?;
+            conn.execute("INSERT INTO sessions (handle, data, created_at, updated_at, expires_at, version) VALUES ('p', '1', 0, 0, 1, 1)", [])?;
             panic!("an operation panicked")
         });
         let (b, b_answer) = task(insert("b", "1"));

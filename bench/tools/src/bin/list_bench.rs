@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use session_proxy::config::RawConfig;
-use session_proxy::session::SessionId;
+use session_proxy::session::Handle;
 use session_proxy::store::{self, Record, SessionStore, now_ms};
 
 struct Args {
@@ -138,7 +138,7 @@ fn fill_fs(a: &Args) -> anyhow::Result<()> {
                 s.spawn(move || -> anyhow::Result<()> {
                     let mut i = t;
                     while i < a.sessions {
-                        let id = SessionId::generate()?;
+                        let id = Handle::generate()?;
                         let r = record(i, now);
                         let path = dir.join(format!("session_{id}.json"));
                         std::fs::write(&path, r.to_json()?)?;
@@ -202,7 +202,7 @@ async fn fill_memory(a: &Args, store: &dyn SessionStore) -> anyhow::Result<f64> 
     for i in 0..a.sessions {
         anyhow::ensure!(
             store
-                .create(&SessionId::generate()?, &record(i, now))
+                .create(&Handle::generate()?, &record(i, now))
                 .await?,
             "id collision"
         );
@@ -309,7 +309,7 @@ async fn walk(store: &dyn SessionStore, limit: usize) -> anyhow::Result<Walk> {
     };
     let start = Instant::now();
     let mut cursor: Option<String> = None;
-    let mut last: Option<SessionId> = None;
+    let mut last: Option<Handle> = None;
     loop {
         let t = Instant::now();
         let page = store.list(cursor.as_deref(), limit).await?;

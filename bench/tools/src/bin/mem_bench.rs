@@ -14,7 +14,7 @@
 use bench_tools::rss_bytes;
 use std::sync::Arc;
 
-use session_proxy::session::SessionId;
+use session_proxy::session::Handle;
 use session_proxy::store::memory::MemoryStore;
 use session_proxy::store::{Record, SessionStore as _, now_ms};
 
@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     rt.block_on(async {
         for i in 0..sessions {
-            let id = SessionId::generate()?;
+            let id = Handle::generate()?;
             let record = Record {
                 data: Arc::from(data(i, data_bytes)),
                 created_at: now,

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use session_proxy::config::{Lifetime, SqliteConfig};
-use session_proxy::session::{DataChange, SessionId};
+use session_proxy::session::{DataChange, Handle};
 use session_proxy::store::sqlite::{Reads, SqliteStore};
 use session_proxy::store::{Record, SessionStore, Update, now_ms};
 
@@ -59,12 +59,12 @@ async fn fill(
     store: &Arc<SqliteStore>,
     n: u64,
     expired_every: u64,
-) -> anyhow::Result<Vec<SessionId>> {
+) -> anyhow::Result<Vec<Handle>> {
     let now = now_ms();
     let mut live = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
-        let id = SessionId::generate()?;
+        let id = Handle::generate()?;
         let dead = expired_every != 0 && i % expired_every == 0;
         if !dead {
             live.push(id);

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bench_tools::rss_bytes;
 use session_proxy::config::SqliteConfig;
-use session_proxy::session::SessionId;
+use session_proxy::session::Handle;
 use session_proxy::session::UserKey;
 use session_proxy::store::memory::MemoryStore;
 use session_proxy::store::sqlite::{Reads, SqliteStore};
@@ -96,7 +96,7 @@ fn main() -> anyhow::Result<()> {
             let start = Instant::now();
             rt.block_on(async {
                 for i in 0..sessions {
-                    let id = SessionId::generate()?;
+                    let id = Handle::generate()?;
                     anyhow::ensure!(
                         store.create(&id, &record(i, users, now)).await?,
                         "id collision"
@@ -137,7 +137,7 @@ fn main() -> anyhow::Result<()> {
                     }
                     let store = store.clone();
                     tasks.spawn(async move {
-                        let id = SessionId::generate()?;
+                        let id = Handle::generate()?;
                         anyhow::ensure!(
                             store.create(&id, &record(i, users, now)).await?,
                             "id collision"
