@@ -11,9 +11,9 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::SqliteError;
 use crate::config::SqliteConfig;
+use crate::session::SessionId;
 #[cfg(doc)]
 use crate::session::UserKey;
-use crate::session::SessionId;
 use crate::store::{Result, StoreError};
 
 /// One schema migration: SQL, or SQL and then a step in Rust (what SQL cannot compute).
@@ -27,10 +27,10 @@ enum Step {
 /// migrated down, and one newer than the binary is refused.
 const MIGRATIONS: [Step; 3] = [
     Step::Sql(
-    // 0 → 1: the sessions, expiry-indexed for the sweeper, and a row count kept by triggers
-    // in the same transaction as the change, so `sessions_live` is exact across every process
-    // writing the file and costs no scan.
-    "CREATE TABLE sessions (
+        // 0 → 1: the sessions, expiry-indexed for the sweeper, and a row count kept by triggers
+        // in the same transaction as the change, so `sessions_live` is exact across every process
+        // writing the file and costs no scan.
+        "CREATE TABLE sessions (
         id TEXT PRIMARY KEY NOT NULL,
         data TEXT NOT NULL,
         created_at INTEGER NOT NULL,
@@ -294,12 +294,49 @@ fn migrate(conn: &Connection, path: &Path) -> Result<()> {
         conn.pragma_update(None, "user_version", VERSION)
             .map_err(fail("cannot write the schema version"))?;
         conn.execute_batch("COMMIT")
-            .map_err(fail("cannot commit the schema migration"))
+            .map_err(fail("cannot commit the schema migration"))?;
+        Ok(from < REKEYED)
     })();
-    if result.is_err() && !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
+    match result {
+        Ok(true) => scrub(conn, path),
+        Ok(false) => {}
+        Err(_) if !conn.is_autocommit() => {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        Err(_) => {}
     }
-    result
+    result.map(drop)
+}
+
+/// The first schema version whose sessions are keyed by handle.
+const REKEYED: usize = 3;
+
+/// After the re-keying, the ids it replaced are still in the file's free pages (SQLite does not
+/// clear what it frees): `VACUUM` rewrites the file without them and the checkpoint empties the
+/// WAL, so a copy of the file holds no id. A failure (another process holding the file) is
+/// logged with what to run; the sessions are migrated either way.
+fn scrub(conn: &Connection, path: &Path) {
+    let done = conn
+        .execute_batch("VACUUM")
+        .and_then(|()| {
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                row.get::<_, i64>(0)
+            })
+        })
+        .map_err(|e| e.to_string())
+        .and_then(|busy| {
+            (busy == 0)
+                .then_some(())
+                .ok_or_else(|| "the checkpoint was blocked by a reader".to_owned())
+        });
+    if let Err(error) = done {
+        tracing::warn!(
+            path = %path.display(),
+            %error,
+            "the session ids replaced by handles may remain in the file's free pages; \
+             run `sqlite3 FILE 'VACUUM'` while no proxy has it open"
+        );
+    }
 }
 
 fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
