@@ -133,3 +133,11 @@ mod pool;
 /// `[assertion]`: the signed `X-Session-Assertion` the app verifies against the JWKS, over
 /// HTTP/1.1 and HTTP/2; `assertion jwks`; the key file openssl reads; SIGHUP rotation.
 mod assertion;
+
+/// [at-rest]: after a run of logins through the binary, no bearer id anywhere at rest (store
+/// files, keys and values, logs, the audit log, /metrics, admin answers), on every backend.
+mod at_rest;
+
+/// [at-rest]: a sqlite file and an fs directory written by the previous release
+/// (`tests/fixtures/previous`) migrate at open with nothing lost.
+mod upgrade_store;
