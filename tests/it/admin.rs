@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::Method;
 use serde_json::{Value, json};
 
-use crate::support::{App, Browser, ProxyProcess, Resp, TestProxy, fs_store, get, request};
+use crate::support::{App, Browser, ProxyProcess, Resp, TestProxy, fs_store, get, handle, request};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
@@ -78,7 +78,10 @@ async fn api_on(store: &str) {
     let proxy = TestProxy::start(&app, &admin_toml(store)).await;
     let admin = proxy.admin_addr();
     let mut browsers = three_browsers(&proxy).await;
-    let ids: BTreeSet<String> = browsers.iter().map(|b| b.cookie.clone().unwrap()).collect();
+    let ids: BTreeSet<String> = browsers
+        .iter()
+        .map(|b| handle(b.cookie.as_deref().unwrap()))
+        .collect();
 
     // List, two pages.
     let first = call(admin, Method::GET, "/sessions?limit=2", None, "").await;
@@ -108,20 +111,33 @@ async fn api_on(store: &str) {
     .json();
     let mut listed: BTreeSet<String> = page
         .iter()
-        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .map(|s| s["handle"].as_str().unwrap().to_owned())
         .collect();
     for s in second["sessions"].as_array().unwrap() {
-        listed.insert(s["id"].as_str().unwrap().to_owned());
+        listed.insert(s["handle"].as_str().unwrap().to_owned());
     }
     assert_eq!(listed, ids);
 
-    // Show: the whole record, and reading it is not activity.
-    let id = browsers[0].cookie.clone().unwrap();
+    // No listing holds a bearer id.
+    let listings = format!("{first}{second}");
+    for b in &browsers {
+        let cookie = b.cookie.clone().unwrap();
+        assert!(!listings.contains(&cookie), "a listing holds an id");
+    }
+
+    // Show: the whole record, and reading it is not activity. The API names a session by its
+    // handle; its id is refused, and never echoed.
+    let cookie = browsers[0].cookie.clone().unwrap();
+    let by_id = call(admin, Method::GET, &format!("/sessions/{cookie}"), None, "").await;
+    assert_json_error(&by_id, 400);
+    assert!(!String::from_utf8_lossy(&by_id.body).contains(&cookie));
+    let id = handle(&cookie);
     let shown = call(admin, Method::GET, &format!("/sessions/{id}"), None, "").await;
     assert_eq!(shown.status, 200);
     assert_eq!(shown.headers["content-type"], "application/json");
+    assert!(!String::from_utf8_lossy(&shown.body).contains(&cookie));
     let before = shown.json();
-    assert_eq!(before["id"], id);
+    assert_eq!(before["handle"], id);
     assert_eq!(before["data"], json!({"user":"u0","n":0}));
     tokio::time::sleep(Duration::from_millis(20)).await;
     let again = call(admin, Method::GET, &format!("/sessions/{id}"), None, "")
@@ -207,13 +223,25 @@ async fn the_api_on_the_redis_store() {
 async fn every_bad_input_is_a_4xx_with_a_json_error() {
     let (_app, proxy, b) = proxy_with_one_session().await;
     let admin = proxy.admin_addr();
-    let id = b.cookie.clone().unwrap();
+    let id = handle(b.cookie.as_deref().unwrap());
     let one = format!("/sessions/{id}");
     let cases: Vec<(Method, String, &str, u16)> = vec![
         (Method::GET, "/sessions/not-an-id".into(), "", 400),
         (
             Method::GET,
             format!("/sessions/{}", "A".repeat(33)),
+            "",
+            400,
+        ),
+        (
+            Method::GET,
+            format!("/sessions/{}", b.cookie.clone().unwrap()),
+            "",
+            400,
+        ),
+        (
+            Method::GET,
+            format!("/sessions/{}B", "A".repeat(42)),
             "",
             400,
         ),
@@ -260,7 +288,7 @@ async fn with_a_token_every_route_but_the_probes_and_the_page_needs_it() {
     for path in [
         "/sessions",
         "/metrics",
-        &format!("/sessions/{}", "A".repeat(32)),
+        &format!("/sessions/{}A", "A".repeat(42)),
     ] {
         for token in [None, Some("wrong-token-0123456789"), Some("")] {
             let r = call(admin, Method::GET, path, token, "").await;
@@ -425,7 +453,7 @@ async fn a_store_that_is_down_is_a_503_with_the_reason() {
     let admin = proxy.admin_addr();
     assert_eq!(get(admin, "/readyz").await.status, 200);
     redis.stop();
-    for path in ["/sessions", &format!("/sessions/{}", "A".repeat(32))] {
+    for path in ["/sessions", &format!("/sessions/{}A", "A".repeat(42))] {
         assert_json_error(&call(admin, Method::GET, path, None, "").await, 503);
     }
     let ready = get(admin, "/readyz").await;
@@ -470,7 +498,14 @@ async fn readyz_says_draining_from_sigterm_and_mutations_are_logged() {
         .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
         .await;
     let id = b.cookie.clone().unwrap();
-    let r = call(admin, Method::DELETE, &format!("/sessions/{id}"), None, "").await;
+    let r = call(
+        admin,
+        Method::DELETE,
+        &format!("/sessions/{}", handle(&id)),
+        None,
+        "",
+    )
+    .await;
     assert_eq!(r.status, 204);
     assert_eq!(get(admin, "/readyz").await.status, 200);
 
@@ -512,20 +547,34 @@ async fn the_cli_shows_and_deletes_a_session_and_refuses_the_memory_store() {
             .output()
             .unwrap()
     };
+    // By handle, and (a support case: the user pasted their cookie) by id, hashed locally.
+    let h = handle(&id);
+    for args in [
+        &["sessions", "show", &h][..],
+        &["sessions", "show", "--id", &id],
+    ] {
+        let out = cli(args);
+        assert!(out.status.success(), "{args:?}");
+        let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(shown["data"], json!({"user":"ada"}));
+        assert_eq!(shown["handle"], h.as_str());
+        assert!(!String::from_utf8_lossy(&out.stdout).contains(&id));
+    }
+    // An id where a handle goes is refused, and not echoed.
     let out = cli(&["sessions", "show", &id]);
-    assert!(out.status.success());
-    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(shown["data"], json!({"user":"ada"}));
-    assert_eq!(shown["id"], id);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--id"), "{err}");
+    assert!(!err.contains(&id), "{err}");
 
-    assert!(cli(&["sessions", "delete", &id]).status.success());
+    assert!(cli(&["sessions", "delete", &h]).status.success());
     assert!(b.get("/").await.app_saw().is_new());
-    let out = cli(&["sessions", "show", &id]);
+    let out = cli(&["sessions", "show", &h]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no live session"));
-    let out = cli(&["sessions", "delete", "not-an-id"]);
+    let out = cli(&["sessions", "delete", "not-a-handle"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a session id"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a session handle"));
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-proxy"))
         .args(["sessions", "list", "--store", "memory"])

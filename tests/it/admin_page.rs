@@ -27,7 +27,7 @@ async fn session_with(proxy: &TestProxy, data: &str) -> (Browser, String) {
         .app_responds_with(&[("X-Session-Update", data)])
         .await;
     let id = b.cookie.clone().expect("the proxy made a session");
-    (b, id)
+    (b, crate::support::handle(&id))
 }
 
 /// The session as the API has it.
@@ -286,27 +286,41 @@ async fn the_admin_page_in_a_real_browser() {
         .unwrap();
     wait_rows(&chrome, all.len()).await;
 
-    // Search: not an id, an unknown id, an exact id.
+    // Search: not a handle, a session id (refused, not echoed), an unknown handle, a handle.
     type_into(&chrome, "#search-input", "ada").await;
     click(&chrome, "#search-go").await;
     assert_eq!(
-        wait_message(&chrome, "\u{201c}ada\u{201d} is not a session id").await,
+        wait_message(&chrome, "\u{201c}ada\u{201d} is not a session handle").await,
         "message error"
     );
-    type_into(&chrome, "#search-input", &"A".repeat(32)).await;
+    let cookie = ada.cookie.clone().unwrap();
+    type_into(&chrome, "#search-input", &cookie).await;
     click(&chrome, "#search-go").await;
-    wait_message(&chrome, "No live session has the id").await;
+    wait_message(&chrome, "That is a session id, not a handle").await;
+    type_into(&chrome, "#search-input", &format!("{}A", "A".repeat(42))).await;
+    click(&chrome, "#search-go").await;
+    wait_message(&chrome, "No live session has the handle").await;
     type_into(&chrome, "#search-input", &grace_id).await;
     click(&chrome, "#search-go").await;
     wait_open(&chrome, &grace_id).await;
     assert_eq!(shown_data(&chrome).await["user"], "grace");
 
-    // Ada's session: pretty JSON, exactly as stored.
+    // Ada's session: pretty JSON, exactly as stored; the page shows its handle, nowhere an id.
     open_row(&chrome, &ada_id).await;
     assert_eq!(
         text_of(&chrome, "#detail-data").await,
         "{\n  \"user\": \"ada\"\n}"
     );
+    let html: String = serde_json::from_value(
+        chrome
+            .client()
+            .execute("return document.documentElement.outerHTML", Vec::new())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(html.contains(&ada_id));
+    assert!(!html.contains(&cookie), "the page holds a session id");
 
     // A patch that is not an object, then one that is not JSON: the API's words, no change.
     type_into(&chrome, "#patch-input", "[1, 2]").await;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::support::app::decode_x_session;
-use crate::support::{App, TestProxy, get};
+use crate::support::{App, TestProxy, get, handle};
 
 /// One case of `session_headers.json`: session data, its stored JSON text, its `X-Session`.
 #[derive(Deserialize)]
@@ -182,7 +182,7 @@ async fn each_instruction_fixture_leaves_the_session_as_stored_after() {
                 assert_eq!(&seen.session(), after, "{name}: what the app gets next");
                 assert_eq!(
                     stored,
-                    vec![(seen.session_id(), after.clone())],
+                    vec![(handle(&seen.session_id()), after.clone())],
                     "{name}: the store"
                 );
             }

@@ -267,8 +267,10 @@ async fn sessions_prune_removes_expired_sessions_and_reports_how_many() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 1, "{text}");
     let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
-    assert_eq!(line["id"], keeper.cookie.clone().unwrap());
-    // The shape `sessions list --help` promises: the id beside the record's own fields.
+    let cookie = keeper.cookie.clone().unwrap();
+    assert_eq!(line["handle"], crate::support::handle(&cookie));
+    assert!(!text.contains(&cookie), "a listing holds the id");
+    // The shape `sessions list --help` promises: the handle beside the record's own fields.
     assert_eq!(line["data"], json!({"user":"ada"}));
     for field in ["created_at", "updated_at", "expires_at", "version"] {
         assert!(line[field].is_u64(), "{field} missing: {line}");

@@ -2,7 +2,7 @@ use bytes::Bytes;
 use http::Method;
 use serde_json::json;
 
-use crate::support::{App, Browser, TestProxy, app, get, request};
+use crate::support::{App, Browser, TestProxy, app, get, handle, request};
 
 async fn setup(toml: &str) -> (App, TestProxy, Browser) {
     let app = App::start().await;
@@ -37,9 +37,11 @@ async fn update_creates_the_session_and_the_cookie_carries_its_id() {
         .await;
     let id = r.app_saw().session_id();
     assert_eq!(b.cookie.as_deref(), Some(id.as_str()));
+    // The app gets the session's handle beside its id: the name the store keeps it under.
+    assert_eq!(r.app_saw().header("x-session-handle"), Some(handle(&id)));
     assert_eq!(
         proxy.sessions().await,
-        vec![(id.clone(), json!({"user":"ada","n":1}))]
+        vec![(handle(&id), json!({"user":"ada","n":1}))]
     );
 
     let r = b.get("/").await;
@@ -139,7 +141,7 @@ async fn regenerate_moves_the_data_to_a_new_id_and_kills_the_old_one() {
     let sessions = proxy.sessions().await;
     assert_eq!(
         sessions,
-        vec![(new.clone(), json!({"cart":[1,2],"user":"ada"}))]
+        vec![(handle(&new), json!({"cart":[1,2],"user":"ada"}))]
     );
 
     let r = get(proxy.addr, "/")

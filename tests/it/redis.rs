@@ -13,7 +13,7 @@ use session_proxy::session::{DataChange, Handle};
 use session_proxy::store::{Record, SessionStore, Update, now_ms};
 
 use crate::support::redis::{RedisCluster, RedisServer, free_port};
-use crate::support::{App, Browser, TestProxy, config, get};
+use crate::support::{App, Browser, TestProxy, config, get, handle};
 
 fn redis_toml(url: &str, extra: &str) -> String {
     format!("{extra}\n[store]\nkind = \"redis\"\nurl = \"{url}\"\n")
@@ -246,7 +246,7 @@ async fn expiry_is_a_redis_ttl() {
         .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
         .await;
     let id = b.cookie.clone().unwrap();
-    let key = format!("session:{id}");
+    let key = format!("session:{}", handle(&id));
 
     // The key outlives the session by the grace in which a load can still report its expiry.
     let grace = session_proxy::store::redis::GRACE.as_millis() as i64;
@@ -362,7 +362,10 @@ async fn key_prefix_is_used_and_glob_characters_in_it_are_literal() {
         .await;
     let id = b.cookie.clone().unwrap();
     let mut conn = redis.conn().await;
-    let exists: bool = conn.exists(format!("app[1]*:{id}")).await.unwrap();
+    let exists: bool = conn
+        .exists(format!("app[1]*:{}", handle(&id)))
+        .await
+        .unwrap();
     assert!(exists);
     // Matches the unescaped glob `app[1]*:*`, but is not under the prefix.
     let other = Handle::generate().unwrap();
@@ -376,7 +379,7 @@ async fn key_prefix_is_used_and_glob_characters_in_it_are_literal() {
         .into_iter()
         .map(|(id, _)| id)
         .collect();
-    assert_eq!(listed, vec![id]);
+    assert_eq!(listed, vec![handle(&id)]);
 }
 
 /// A proxy on a fresh Redis whose store holds one session, `{"a":1}`, written directly.
@@ -586,7 +589,7 @@ async fn cluster_create_read_update_list_destroy() {
 
     // Sessions spread over all three primaries; the listing walks every one.
     let mut ids = create_sessions(&a.store, 60).await;
-    ids.insert(new.clone());
+    ids.insert(handle(&new));
     assert_eq!(list_all(&b.store, 7).await, ids);
     assert_eq!(list_all(&b.store, 100).await, ids);
 
@@ -666,8 +669,8 @@ async fn a_record_written_by_an_earlier_version_still_loads_and_updates() {
     .into_iter()
     .enumerate()
     {
-        let id = Handle::generate().unwrap();
-        let key = format!("session:{id}");
+        let id = session_proxy::session::SessionId::generate().unwrap();
+        let key = format!("session:{}", id.handle());
         let _: () = ::redis::cmd("HSET")
             .arg(&key)
             .arg("v")

@@ -482,8 +482,8 @@ async fn the_sweeper_and_sessions_prune_work_on_sqlite() {
     // Expired rows written by someone else (a proxy that was stopped before its sweep).
     let conn = rusqlite::Connection::open(&db).unwrap();
     conn.execute_batch(
-        "INSERT INTO sessions (id, data, created_at, updated_at, expires_at, version) VALUES ('AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA', '{}', 1, 1, 2, 1);
-         INSERT INTO sessions (id, data, created_at, updated_at, expires_at, version) VALUES ('BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB', '{}', 1, 1, 2, 1);",
+        "INSERT INTO sessions (handle, data, created_at, updated_at, expires_at, version) VALUES ('AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA', '{}', 1, 1, 2, 1);
+         INSERT INTO sessions (handle, data, created_at, updated_at, expires_at, version) VALUES ('BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBA', '{}', 1, 1, 2, 1);",
     )
     .unwrap();
     drop(conn);

@@ -43,7 +43,7 @@ fn ids(page: &Value) -> Vec<String> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .map(|s| s["handle"].as_str().unwrap().to_owned())
         .collect();
     ids.sort();
     ids
@@ -536,7 +536,7 @@ async fn the_cli_lists_and_revokes_a_user() {
     let mut ids: Vec<String> = listed
         .lines()
         .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["id"]
+            serde_json::from_str::<Value>(l).unwrap()["handle"]
                 .as_str()
                 .unwrap()
                 .to_owned()

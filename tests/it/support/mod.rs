@@ -106,7 +106,7 @@ impl TestProxy {
         let _ = (&mut self.task).await;
     }
 
-    /// Every live session in the store.
+    /// Every live session in the store, by handle (see [`handle`]).
     pub async fn sessions(&self) -> Vec<(String, Value)> {
         let page = self.store.list(None, 100_000).await.unwrap();
         page.sessions
@@ -120,6 +120,15 @@ impl Drop for TestProxy {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The handle of the session whose cookie (unsigned) is `id`: the name the stores, the audit
+/// log and the admin API know it by.
+pub fn handle(id: &str) -> String {
+    session_proxy::session::SessionId::parse(id)
+        .unwrap_or_else(|| panic!("not a session id: {id:?}"))
+        .handle()
+        .to_string()
 }
 
 /// A response as the client saw it.
