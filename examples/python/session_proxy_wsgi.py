@@ -10,7 +10,9 @@ One file, standard library only. Put it next to your app and swap one line:
 
 ``environ['werkzeug.session']`` is then a dict subclass with ``sid``, ``new``, ``modified`` and
 ``should_save``, built from the request headers the proxy adds (``X-Session``,
-``X-Session-Id``, ``X-Session-New``). When the app answers, the changes go back as headers:
+``X-Session-Id``, ``X-Session-New``), and ``handle``: the session's public name
+(``X-Session-Handle``, the SHA-256 of the id), which the proxy's stores, admin API and audit log
+know it by. Show or log the handle, never ``sid``: the id is the user's credential. When the app answers, the changes go back as headers:
 
 - only the keys that changed or were deleted, as a JSON merge patch (``X-Session-Update``), so
   two concurrent requests that change different keys both keep their change (werkzeug's
@@ -78,9 +80,10 @@ class Session(dict):
     """A dict with werkzeug's ``Session`` attributes, that knows what changed since the request
     brought it."""
 
-    def __init__(self, data, sid, new=False):
+    def __init__(self, data, sid, new=False, handle=None):
         dict.__init__(self, data)
         self.sid = sid
+        self.handle = handle
         self.new = new
         # What the request brought, as canonical text per key and as a deep copy, to find
         # every change later (in-place ones included).
@@ -277,6 +280,7 @@ class SessionMiddleware(object):
         self.header_prefix = header_prefix
         self._data = _environ_name(header_prefix)
         self._id = _environ_name(header_prefix + "-Id")
+        self._handle = _environ_name(header_prefix + "-Handle")
         self._new = _environ_name(header_prefix + "-New")
 
     def __call__(self, environ, start_response):
@@ -305,6 +309,7 @@ class SessionMiddleware(object):
             decode_session(environ.get(self._data, "")),
             environ[self._id],
             new=new,
+            handle=environ.get(self._handle),
         )
         environ[self.environ_key] = session
         reserved = self.header_prefix.lower()

@@ -122,6 +122,10 @@ async fn the_adapter_sends_every_kind_of_change_right() {
     assert_eq!(seen["data"], json!({"cart": ["book", "book"]}));
     assert_eq!(seen["new"], false);
     assert_eq!(seen["sid"], b.cookie.clone().unwrap());
+    assert_eq!(
+        seen["handle"],
+        crate::support::handle(b.cookie.as_deref().unwrap())
+    );
 
     visit(&mut b, "/prefs").await;
     visit(&mut b, "/prefs-drop").await; // a key removed inside an object

@@ -56,6 +56,7 @@ def application(environ, start_response):
                 for name in ["X-Session", "X-Session-Id", "X-Session-New", "X-Session-Assertion", "X-Request-Id"]
             },
             "sid": session.sid,
+            "handle": session.handle,
             "new": session.new,
             "modified": session.modified,
             "should_save": session.should_save,
