@@ -112,10 +112,7 @@ impl RedisStore {
     }
 
     fn key<'a>(&'a self, id: &'a Handle) -> Key<'a> {
-        Key {
-            prefix: &self.prefix,
-            id,
-        }
+        Key::of(&self.prefix, id)
     }
 
     fn conn(&self) -> Conn {
@@ -145,7 +142,7 @@ impl RedisStore {
             .map_err(call_err("HGET"))
     }
 
-    /// The user's set of session ids, `{key_prefix}user:{user}`.
+    /// The user's set of session handles, `{key_prefix}user:{user}`.
     fn user_set(&self, user: &str) -> String {
         format!("{}user:{}", self.prefix, user)
     }
@@ -165,7 +162,7 @@ impl RedisStore {
                 // Unreadable: its user is unknown; a read of the index drops the entry.
                 return self.del(key).await;
             };
-            match self.cas_del(key, id, &current).await? {
+            match self.cas_del(key, id.as_str(), &current).await? {
                 // A dead session kept for its grace is removed, but was no longer there.
                 Cas::Done => return Ok(current.is_live(now_ms())),
                 Cas::Gone => return Ok(false),
@@ -190,13 +187,13 @@ impl RedisStore {
         mut record: Record,
     ) -> Result<Option<Record>> {
         for _ in 0..MAX_ATTEMPTS {
-            match self.cas_del(old_key, old, &current).await? {
+            match self.cas_del(old_key, old.as_str(), &current).await? {
                 Cas::Done => return Ok(Some(record)),
                 Cas::Changed(stored) if stored.is_live(update.now) => {
                     // Another write reached the old id first: carry it over. Nobody else knows
                     // the new id yet, so this compare-and-set only guards against a bug.
                     let next = update.apply(&stored)?;
-                    let Cas::Done = self.cas_set(new_key, new, &record, &next).await? else {
+                    let Cas::Done = self.cas_set(new_key, new.as_str(), &record, &next).await? else {
                         return Err(StoreError::Unexpected(
                             "regenerated session changed under its new id".to_owned(),
                         ));
@@ -233,7 +230,7 @@ impl SessionStore for RedisStore {
         if record.is_live(now) {
             return Ok(Loaded::Live(record));
         }
-        if self.expire(id, &record, now).await? {
+        if self.expire(self.key(id), id.as_str(), &record, now).await? {
             return Ok(Loaded::Expired {
                 user: self.users.as_ref().and_then(|k| k.user_of(&record.data)),
             });
@@ -246,7 +243,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn create(&self, id: &Handle, record: &Record) -> Result<bool> {
-        self.create_key(self.key(id), id, record).await
+        self.create_key(self.key(id), id.as_str(), record).await
     }
 
     async fn update(&self, id: &Handle, update: &Update) -> Result<Option<Record>> {
@@ -262,7 +259,7 @@ impl SessionStore for RedisStore {
                 },
             };
             let next = update.apply(&base)?;
-            match self.cas_set(key, id, &base, &next).await? {
+            match self.cas_set(key, id.as_str(), &base, &next).await? {
                 Cas::Done => return Ok(Some(next)),
                 Cas::Gone => return Ok(None),
                 Cas::Changed(stored) if stored.is_live(update.now) => {
@@ -300,7 +297,7 @@ impl SessionStore for RedisStore {
             },
         };
         let record = update.apply(&current)?;
-        if !self.create_key(new_key, new, &record).await? {
+        if !self.create_key(new_key, new.as_str(), &record).await? {
             return Err(StoreError::IdCollision);
         }
         let result = self
@@ -334,7 +331,7 @@ impl SessionStore for RedisStore {
         for _ in 0..MAX_SCANS_PER_PAGE {
             let reply = self
                 .conn
-                .scan(pos.node, pos.scan, &self.pattern, count)
+                .scan(pos.node, pos.scan, &self.pattern, count, "hash")
                 .await?;
             let (next_scan, keys): (u64, Vec<String>) = redis::from_redis_value(reply)
                 .map_err(|e| call_err("SCAN")(RedisError::from(e)))?;
