@@ -198,9 +198,9 @@ async fn run(
 fn named(handle: Option<&str>, id: Option<&str>) -> anyhow::Result<session_proxy::session::Handle> {
     use session_proxy::session::{Handle, SessionId};
     if let Some(id) = id {
-        return SessionId::parse(id).map(|id| id.handle()).ok_or_else(|| {
-            anyhow::anyhow!("--id: not a session id (32 characters of base64url)")
-        });
+        return SessionId::parse(id)
+            .map(|id| id.handle())
+            .ok_or_else(|| anyhow::anyhow!("--id: not a session id (32 characters of base64url)"));
     }
     let text = handle.unwrap_or_default();
     if SessionId::parse(text).is_some() {
@@ -220,6 +220,9 @@ async fn sessions(
             "the memory store lives inside the running proxy; there is nothing to reach from \
              here. Use the admin API (`[admin] listen`) or a persistent store (sqlite, fs, redis)"
         );
+    }
+    if let SessionsCommand::Migrate = command {
+        return migrate(&config.store).await;
     }
     let store = store::open(&config.store).await?.store;
     match command {
@@ -263,6 +266,44 @@ async fn sessions(
         }
         // Handled before the configured store is opened: it names its own two.
         SessionsCommand::Copy { .. } => {}
+        // Handled before: it opens the store its own way.
+        SessionsCommand::Migrate => {}
+    }
+    Ok(())
+}
+
+/// `sessions migrate`: Redis moves what a release before handles left under session ids;
+/// sqlite and fs did their migration when opened, so opening them is all there is to do.
+async fn migrate(config: &StoreConfig) -> anyhow::Result<()> {
+    match &config.kind {
+        #[cfg(feature = "redis")]
+        StoreKind::Redis(redis) => {
+            let store =
+                store::redis::RedisStore::open_indexed(redis.clone(), config.users.clone()).await?;
+            let done = store.migrate().await?;
+            println!(
+                "moved {} sessions to their handles ({} expired and removed, {} unreadable or \
+                 already moved and removed, {} user-index entries rewritten); the store is \
+                 marked migrated: proxies started from now on skip the lookup of old keys",
+                done.moved, done.expired, done.dropped, done.members
+            );
+        }
+        StoreKind::Sqlite(_) => {
+            store::open(config).await?;
+            println!(
+                "the sqlite file is migrated when it is opened: it is up to date, nothing to do"
+            );
+        }
+        StoreKind::Fs(_) => {
+            store::open(config).await?;
+            println!(
+                "the fs directory is migrated when it is opened: it is up to date, nothing to do"
+            );
+        }
+        // Refused by `sessions` before this is reached; without the feature, `open` says why.
+        _ => {
+            store::open(config).await?;
+        }
     }
     Ok(())
 }

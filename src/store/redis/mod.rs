@@ -10,6 +10,7 @@
 //! not find live, except through [`SessionStore::create`]. Why: docs/stores.md.
 
 mod conn;
+mod legacy;
 mod script;
 
 use std::fmt;
@@ -19,6 +20,8 @@ use async_trait::async_trait;
 use redis::{Cmd, RedisError};
 
 use self::conn::{Conn, Key, ListCursor, call_err, connect, glob_escape, redact};
+use self::legacy::Legacy;
+pub use self::legacy::Migrated;
 use self::script::{Cas, Scripts};
 use super::lock::StripedLock;
 use super::{
@@ -26,7 +29,7 @@ use super::{
     now_ms,
 };
 use crate::config::RedisConfig;
-use crate::session::Handle;
+use crate::session::{Handle, SessionId};
 
 /// Compare-and-set attempts before an update gives up.
 const MAX_ATTEMPTS: u32 = 32;
@@ -50,6 +53,9 @@ pub struct RedisStore {
     scripts: Scripts,
     locks: StripedLock,
     users: Option<crate::session::UserKey>,
+    /// Sessions a release before handles kept under their ids: looked for until
+    /// `sessions migrate` sets its marker (`legacy.rs`).
+    legacy: Legacy,
 }
 
 impl fmt::Debug for RedisStore {
@@ -101,6 +107,16 @@ impl RedisStore {
             Err(e) => return Err(StoreError::Backend(Box::new(e))),
         };
         let pattern = format!("{}*", glob_escape(&config.key_prefix));
+        let migrated = Self::marker_set(&mut conn.clone(), &config.key_prefix).await?;
+        if migrated {
+            tracing::debug!("redis store: every session is keyed by its handle");
+        } else {
+            tracing::info!(
+                "redis store: a session a release before handles kept under its id moves under \
+                 its handle when first loaded; until `session-proxy sessions migrate` has run, \
+                 an unknown cookie costs one more Redis call"
+            );
+        }
         Ok(RedisStore {
             conn,
             prefix: config.key_prefix,
@@ -108,6 +124,7 @@ impl RedisStore {
             scripts: Scripts::default(),
             locks: StripedLock::default(),
             users,
+            legacy: Legacy::new(migrated),
         })
     }
 
@@ -193,7 +210,8 @@ impl RedisStore {
                     // Another write reached the old id first: carry it over. Nobody else knows
                     // the new id yet, so this compare-and-set only guards against a bug.
                     let next = update.apply(&stored)?;
-                    let Cas::Done = self.cas_set(new_key, new.as_str(), &record, &next).await? else {
+                    let Cas::Done = self.cas_set(new_key, new.as_str(), &record, &next).await?
+                    else {
                         return Err(StoreError::Unexpected(
                             "regenerated session changed under its new id".to_owned(),
                         ));
@@ -240,6 +258,13 @@ impl SessionStore for RedisStore {
             .get_live(id, now)
             .await?
             .map_or(Loaded::Missing, Loaded::Live))
+    }
+
+    /// One script call on one server (two when the session is found: a read, then the
+    /// move); on a cluster, a read, a create and a compare-and-delete. None at all once
+    /// `sessions migrate` has set its marker. See `legacy.rs`.
+    async fn adopt_legacy(&self, id: &SessionId, handle: &Handle) -> Result<Loaded> {
+        self.adopt(id, handle).await
     }
 
     async fn create(&self, id: &Handle, record: &Record) -> Result<bool> {

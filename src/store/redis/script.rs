@@ -34,7 +34,7 @@ end
 ";
 
 /// The key's `PEXPIREAT`: [`GRACE`] past the record's expiry.
-fn key_expiry(record: &Record) -> u64 {
+pub(super) fn key_expiry(record: &Record) -> u64 {
     record.expires_at.saturating_add(GRACE.as_millis() as u64)
 }
 
@@ -172,7 +172,7 @@ impl ToRedisArgs for RecordJson<'_> {
 impl ToSingleRedisArg for RecordJson<'_> {}
 
 /// A script's integer reply, as redis-rs's `invoke_async::<i64>` reads it.
-fn int_reply(reply: Result<Value, RedisError>) -> Result<i64, RedisError> {
+pub(super) fn int_reply(reply: Result<Value, RedisError>) -> Result<i64, RedisError> {
     Ok(redis::from_redis_value(reply?)?)
 }
 
@@ -201,7 +201,7 @@ impl Cas {
 /// A server that does not know the script yet (first call, restart, `SCRIPT FLUSH`, another
 /// node) is sent it once and the call repeated, as redis-rs's `invoke_async` would; building
 /// the command here instead writes every argument straight into one buffer.
-async fn run(
+pub(super) async fn run(
     conn: &mut impl ConnectionLike,
     script: &Script,
     cmd: &Cmd,
@@ -248,8 +248,7 @@ impl RedisStore {
     ) -> Result<bool> {
         let plan = self.reindex(None, Some(record));
         let json = RecordJson(record);
-        let mut cmd =
-            self.invocation(&self.scripts.create, key, member, &plan, 5, json.len_hint());
+        let mut cmd = self.invocation(&self.scripts.create, key, member, &plan, 5, json.len_hint());
         cmd.arg(record.version)
             .arg(json)
             .arg(record.expires_at)
@@ -273,8 +272,14 @@ impl RedisStore {
     ) -> Result<Cas> {
         let plan = self.reindex(Some(base), Some(record));
         let json = RecordJson(record);
-        let mut cmd =
-            self.invocation(&self.scripts.cas_set, key, member, &plan, 6, json.len_hint());
+        let mut cmd = self.invocation(
+            &self.scripts.cas_set,
+            key,
+            member,
+            &plan,
+            6,
+            json.len_hint(),
+        );
         cmd.arg(base.version)
             .arg(json)
             .arg(record.version)
@@ -425,7 +430,7 @@ impl RedisStore {
         }
     }
 
-    fn is_cluster(&self) -> bool {
+    pub(super) fn is_cluster(&self) -> bool {
         matches!(self.conn, Conn::Cluster(_))
     }
 }
