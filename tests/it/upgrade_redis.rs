@@ -548,3 +548,31 @@ async fn an_unknown_cookie_is_missing_and_writes_nothing() {
     let keys: Vec<String> = redis.conn().await.keys("*").await.unwrap();
     assert!(keys.is_empty(), "{keys:?}");
 }
+
+/// `sessions migrate` on the stores that migrate at open: nothing to do, said so; the memory
+/// store refused, as by the other `sessions` commands.
+#[test]
+fn sessions_migrate_on_sqlite_and_fs_has_nothing_to_do_and_memory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, store) in [
+        (
+            "sqlite",
+            format!(
+                "[store]\nkind = \"sqlite\"\npath = \"{}\"\n",
+                dir.path().join("s.db").display()
+            ),
+        ),
+        ("fs", crate::support::fs_store(&dir.path().join("fs"))),
+    ] {
+        let config = write_config(dir.path(), &format!("{name}.toml"), &store);
+        let out = migrate(&config);
+        assert!(out.contains("nothing to do"), "{name}: {out}");
+    }
+    let config = write_config(dir.path(), "memory.toml", "[store]\nkind = \"memory\"\n");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_session-proxy"))
+        .args(["--config", &config, "sessions", "migrate"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("memory store"));
+}

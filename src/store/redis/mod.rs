@@ -114,7 +114,7 @@ impl RedisStore {
             tracing::info!(
                 "redis store: a session a release before handles kept under its id moves under \
                  its handle when first loaded; until `session-proxy sessions migrate` has run, \
-                 an unknown cookie costs one more Redis call"
+                 an unknown cookie costs one more Redis call (two on a cluster)"
             );
         }
         Ok(RedisStore {
