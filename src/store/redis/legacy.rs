@@ -291,7 +291,7 @@ impl RedisStore {
             .map_or(Loaded::Missing, Loaded::Live))
     }
 
-    /// `sessions migrate`: moves every session still under its id ([`RedisStore::adopt`], on
+    /// `sessions migrate`: moves every session still under its id (the move of a first load, on
     /// every primary in turn), rewrites every user-set member that is an id to its handle,
     /// then sets the marker, so that stores opened from now on skip the lookup. Safe to run
     /// while proxies serve (each move is the one a load makes), and to run again.
