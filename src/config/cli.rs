@@ -93,6 +93,12 @@ pub enum SessionsCommand {
         /// The user, as the session data names it.
         user: String,
     },
+    /// Move what a release before handles left under session ids (Redis: keys named by the
+    /// id, user-index members that are ids) under handles, print how many sessions moved,
+    /// then mark the store migrated, so that proxies started afterwards stop looking for
+    /// old keys. Safe while proxies run, and to run again. sqlite and fs migrate when the
+    /// store is opened: nothing to do.
+    Migrate,
     /// Copy every live session from one store to another, page by page, and print how many
     /// were copied. A session the destination already has is left alone, so a second run
     /// copies nothing new. The stores' other settings (timeout, fsync, ...) come from the

@@ -40,7 +40,12 @@ pub async fn load(
         Presented::Valid(id) | Presented::OldKey(id) => {
             let resign = matches!(presented, Presented::OldKey(_));
             let handle = id.handle();
-            let record = match state.store.load_or_expired(&handle).await? {
+            let loaded = match state.store.load_or_expired(&handle).await? {
+                // Perhaps kept by a release before handles, under the id: moved on first load.
+                Loaded::Missing => state.store.adopt_legacy(&id, &handle).await?,
+                loaded => loaded,
+            };
+            let record = match loaded {
                 Loaded::Live(record) => Some(record),
                 Loaded::Expired { user } => {
                     state.audit.expired(&ctx.request_id, &handle, user);

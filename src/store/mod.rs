@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::config::{StoreConfig, StoreKind};
 use crate::metrics::StoreMetrics;
-use crate::session::Handle;
+use crate::session::{Handle, SessionId};
 
 mod error;
 pub mod fs;
@@ -86,6 +86,18 @@ pub trait SessionStore: Send + Sync + 'static {
             Some(record) => Loaded::Live(record),
             None => Loaded::Missing,
         })
+    }
+
+    /// Called only after [`load_or_expired`](Self::load_or_expired) answered
+    /// [`Loaded::Missing`] for the presented cookie's `id`: moves a session a release before
+    /// handles kept under `id` to `handle` (atomically, so of concurrent callers exactly one
+    /// moves it and the others find it under `handle`), answering as `load_or_expired` would
+    /// have (an expired one is removed, and reported once). The store never keeps `id`: it only
+    /// names the old key, which is gone afterwards, index entries included. The default (every
+    /// store whose old data was migrated at open) answers `Missing` without any work.
+    async fn adopt_legacy(&self, id: &SessionId, handle: &Handle) -> Result<Loaded> {
+        let _ = (id, handle);
+        Ok(Loaded::Missing)
     }
 
     /// Stores a brand-new session. Returns `false`, writing nothing, if a live session already

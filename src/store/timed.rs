@@ -13,7 +13,7 @@ use super::{
     Update,
 };
 use crate::metrics::{StoreMetrics, StoreOp};
-use crate::session::Handle;
+use crate::session::{Handle, SessionId};
 
 /// A backend whose every call is bounded by `limit` (`None`: the backend never waits, so no
 /// timer is armed).
@@ -58,6 +58,13 @@ impl<S: SessionStore> SessionStore for Timed<S> {
     /// read, and `store.timeout` bounds both halves together.
     async fn load_or_expired(&self, id: &Handle) -> Result<Loaded> {
         self.run(StoreOp::Load, self.inner.load_or_expired(id))
+            .await
+    }
+
+    /// Counted as a load too: it is the rest of the request's one read, under its own
+    /// `store.timeout`.
+    async fn adopt_legacy(&self, id: &SessionId, handle: &Handle) -> Result<Loaded> {
+        self.run(StoreOp::Load, self.inner.adopt_legacy(id, handle))
             .await
     }
 

@@ -126,6 +126,11 @@ mod store_down;
 #[cfg(feature = "redis")]
 mod redis;
 
+/// Issue [at-rest]: a Redis written by the release before handles (tests/fixtures/previous)
+/// keeps every session through the proxy and `sessions migrate`, on a server and a cluster.
+#[cfg(feature = "redis")]
+mod upgrade_redis;
+
 /// The upstream connection pool, counted from the app: reuse, the idle cap, connections the
 /// app closes or asks to close, a response cut off by the client; origin-form targets and Host.
 mod pool;

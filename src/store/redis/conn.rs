@@ -15,7 +15,7 @@ use redis::{
     Cmd, Pipeline, RedisError, RedisFuture, RedisWrite, ToRedisArgs, ToSingleRedisArg, Value,
 };
 
-use crate::session::Handle;
+use crate::session::{Handle, SessionId};
 use crate::store::{Result, StoreError};
 
 /// The client's own limits, derived from `store.timeout`: a connection attempt gets half of
@@ -34,12 +34,32 @@ fn client_timeouts(store_timeout: Duration) -> (Duration, Duration) {
 /// Reconnect attempts after a lost connection, per command that finds it lost.
 const RECONNECT_RETRIES: usize = 2;
 
-/// A session's key, `{key_prefix}{id}`, written straight into the command that names it: no
-/// `String` per call (a request names its key in two commands).
+/// A session's key, `{key_prefix}{handle}`, written straight into the command that names it: no
+/// `String` per call (a request names its key in two commands). Only [`Key::of`] and
+/// [`Key::legacy`] make one, so a key names a session and nothing a client chose.
 #[derive(Clone, Copy)]
 pub(super) struct Key<'a> {
-    pub(super) prefix: &'a str,
-    pub(super) id: &'a Handle,
+    prefix: &'a str,
+    name: &'a str,
+}
+
+impl<'a> Key<'a> {
+    /// The key of the session whose handle is `handle`: where every session lives.
+    pub(super) fn of(prefix: &'a str, handle: &'a Handle) -> Key<'a> {
+        Key {
+            prefix,
+            name: handle.as_str(),
+        }
+    }
+
+    /// `{key_prefix}{id}`: where a release before handles kept the session, read only to move
+    /// it under its handle.
+    pub(super) fn legacy(prefix: &'a str, id: &'a SessionId) -> Key<'a> {
+        Key {
+            prefix,
+            name: id.as_str(),
+        }
+    }
 }
 
 impl ToRedisArgs for Key<'_> {
@@ -48,7 +68,7 @@ impl ToRedisArgs for Key<'_> {
         let mut arg = out.writer_for_next_arg();
         // Writing into the command's buffer cannot fail.
         let _ = arg.write_all(self.prefix.as_bytes());
-        let _ = arg.write_all(self.id.as_str().as_bytes());
+        let _ = arg.write_all(self.name.as_bytes());
     }
 }
 
@@ -165,13 +185,14 @@ impl Conn {
         SingleNodeRoutingInfo::SpecificNode(Route::new(node, SlotAddr::Master))
     }
 
-    /// One `SCAN` step on `node`.
+    /// One `SCAN` step on `node`, over keys of type `kind` (`hash` for sessions).
     pub(super) async fn scan(
         &self,
         node: u16,
         cursor: u64,
         pattern: &str,
         count: usize,
+        kind: &str,
     ) -> Result<Value> {
         let mut cmd = redis::cmd("SCAN");
         cmd.arg(cursor)
@@ -180,7 +201,7 @@ impl Conn {
             .arg("COUNT")
             .arg(count)
             .arg("TYPE")
-            .arg("hash");
+            .arg(kind);
         let result = match self {
             Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
             Conn::Cluster(c) => {

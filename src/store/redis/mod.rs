@@ -10,6 +10,7 @@
 //! not find live, except through [`SessionStore::create`]. Why: docs/stores.md.
 
 mod conn;
+mod legacy;
 mod script;
 
 use std::fmt;
@@ -19,6 +20,8 @@ use async_trait::async_trait;
 use redis::{Cmd, RedisError};
 
 use self::conn::{Conn, Key, ListCursor, call_err, connect, glob_escape, redact};
+use self::legacy::Legacy;
+pub use self::legacy::Migrated;
 use self::script::{Cas, Scripts};
 use super::lock::StripedLock;
 use super::{
@@ -26,7 +29,7 @@ use super::{
     now_ms,
 };
 use crate::config::RedisConfig;
-use crate::session::Handle;
+use crate::session::{Handle, SessionId};
 
 /// Compare-and-set attempts before an update gives up.
 const MAX_ATTEMPTS: u32 = 32;
@@ -50,6 +53,9 @@ pub struct RedisStore {
     scripts: Scripts,
     locks: StripedLock,
     users: Option<crate::session::UserKey>,
+    /// Sessions a release before handles kept under their ids: looked for until
+    /// `sessions migrate` sets its marker (`legacy.rs`).
+    legacy: Legacy,
 }
 
 impl fmt::Debug for RedisStore {
@@ -101,6 +107,16 @@ impl RedisStore {
             Err(e) => return Err(StoreError::Backend(Box::new(e))),
         };
         let pattern = format!("{}*", glob_escape(&config.key_prefix));
+        let migrated = Self::marker_set(&mut conn.clone(), &config.key_prefix).await?;
+        if migrated {
+            tracing::debug!("redis store: every session is keyed by its handle");
+        } else {
+            tracing::info!(
+                "redis store: a session a release before handles kept under its id moves under \
+                 its handle when first loaded; until `session-proxy sessions migrate` has run, \
+                 an unknown cookie costs one more Redis call (two on a cluster)"
+            );
+        }
         Ok(RedisStore {
             conn,
             prefix: config.key_prefix,
@@ -108,14 +124,12 @@ impl RedisStore {
             scripts: Scripts::default(),
             locks: StripedLock::default(),
             users,
+            legacy: Legacy::new(migrated),
         })
     }
 
     fn key<'a>(&'a self, id: &'a Handle) -> Key<'a> {
-        Key {
-            prefix: &self.prefix,
-            id,
-        }
+        Key::of(&self.prefix, id)
     }
 
     fn conn(&self) -> Conn {
@@ -145,7 +159,7 @@ impl RedisStore {
             .map_err(call_err("HGET"))
     }
 
-    /// The user's set of session ids, `{key_prefix}user:{user}`.
+    /// The user's set of session handles, `{key_prefix}user:{user}`.
     fn user_set(&self, user: &str) -> String {
         format!("{}user:{}", self.prefix, user)
     }
@@ -165,7 +179,7 @@ impl RedisStore {
                 // Unreadable: its user is unknown; a read of the index drops the entry.
                 return self.del(key).await;
             };
-            match self.cas_del(key, id, &current).await? {
+            match self.cas_del(key, id.as_str(), &current).await? {
                 // A dead session kept for its grace is removed, but was no longer there.
                 Cas::Done => return Ok(current.is_live(now_ms())),
                 Cas::Gone => return Ok(false),
@@ -190,13 +204,14 @@ impl RedisStore {
         mut record: Record,
     ) -> Result<Option<Record>> {
         for _ in 0..MAX_ATTEMPTS {
-            match self.cas_del(old_key, old, &current).await? {
+            match self.cas_del(old_key, old.as_str(), &current).await? {
                 Cas::Done => return Ok(Some(record)),
                 Cas::Changed(stored) if stored.is_live(update.now) => {
                     // Another write reached the old id first: carry it over. Nobody else knows
                     // the new id yet, so this compare-and-set only guards against a bug.
                     let next = update.apply(&stored)?;
-                    let Cas::Done = self.cas_set(new_key, new, &record, &next).await? else {
+                    let Cas::Done = self.cas_set(new_key, new.as_str(), &record, &next).await?
+                    else {
                         return Err(StoreError::Unexpected(
                             "regenerated session changed under its new id".to_owned(),
                         ));
@@ -233,7 +248,7 @@ impl SessionStore for RedisStore {
         if record.is_live(now) {
             return Ok(Loaded::Live(record));
         }
-        if self.expire(id, &record, now).await? {
+        if self.expire(self.key(id), id.as_str(), &record, now).await? {
             return Ok(Loaded::Expired {
                 user: self.users.as_ref().and_then(|k| k.user_of(&record.data)),
             });
@@ -245,8 +260,15 @@ impl SessionStore for RedisStore {
             .map_or(Loaded::Missing, Loaded::Live))
     }
 
+    /// One script call on one server (two when the session is found: a read, then the
+    /// move); on a cluster, a read, a create and a compare-and-delete. None at all once
+    /// `sessions migrate` has set its marker. See `legacy.rs`.
+    async fn adopt_legacy(&self, id: &SessionId, handle: &Handle) -> Result<Loaded> {
+        self.adopt(id, handle).await
+    }
+
     async fn create(&self, id: &Handle, record: &Record) -> Result<bool> {
-        self.create_key(self.key(id), id, record).await
+        self.create_key(self.key(id), id.as_str(), record).await
     }
 
     async fn update(&self, id: &Handle, update: &Update) -> Result<Option<Record>> {
@@ -262,7 +284,7 @@ impl SessionStore for RedisStore {
                 },
             };
             let next = update.apply(&base)?;
-            match self.cas_set(key, id, &base, &next).await? {
+            match self.cas_set(key, id.as_str(), &base, &next).await? {
                 Cas::Done => return Ok(Some(next)),
                 Cas::Gone => return Ok(None),
                 Cas::Changed(stored) if stored.is_live(update.now) => {
@@ -300,7 +322,7 @@ impl SessionStore for RedisStore {
             },
         };
         let record = update.apply(&current)?;
-        if !self.create_key(new_key, new, &record).await? {
+        if !self.create_key(new_key, new.as_str(), &record).await? {
             return Err(StoreError::IdCollision);
         }
         let result = self
@@ -334,7 +356,7 @@ impl SessionStore for RedisStore {
         for _ in 0..MAX_SCANS_PER_PAGE {
             let reply = self
                 .conn
-                .scan(pos.node, pos.scan, &self.pattern, count)
+                .scan(pos.node, pos.scan, &self.pattern, count, "hash")
                 .await?;
             let (next_scan, keys): (u64, Vec<String>) = redis::from_redis_value(reply)
                 .map_err(|e| call_err("SCAN")(RedisError::from(e)))?;

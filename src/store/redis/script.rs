@@ -12,12 +12,12 @@ use redis::{
 
 use super::conn::{Conn, Key, call_err};
 use super::{GRACE, RedisStore};
-use crate::session::Handle;
 use crate::store::{Record, Result, StoreError, now_ms};
 
 /// The index part every script starts with. KEYS[2]: the old user's set, KEYS[3]: the new
-/// user's; ARGV[1] = '1': remove the id from KEYS[2]; ARGV[2] = '1': add it to KEYS[3] and push
-/// that set's expiry to ARGV[4] (unix ms) if later; ARGV[3]: the id. With both flags '0' (no
+/// user's; ARGV[1] = '1': remove the member from KEYS[2]; ARGV[2] = '1': add it to KEYS[3] and
+/// push that set's expiry to ARGV[4] (unix ms) if later; ARGV[3]: the member (the session's
+/// handle; a legacy id only when a record written before handles leaves its old key). With both flags '0' (no
 /// user index, or Redis Cluster) it does nothing, and KEYS[2] and KEYS[3] repeat KEYS[1].
 const REINDEX: &str = r"
 local function reindex()
@@ -34,7 +34,7 @@ end
 ";
 
 /// The key's `PEXPIREAT`: [`GRACE`] past the record's expiry.
-fn key_expiry(record: &Record) -> u64 {
+pub(super) fn key_expiry(record: &Record) -> u64 {
     record.expires_at.saturating_add(GRACE.as_millis() as u64)
 }
 
@@ -172,7 +172,7 @@ impl ToRedisArgs for RecordJson<'_> {
 impl ToSingleRedisArg for RecordJson<'_> {}
 
 /// A script's integer reply, as redis-rs's `invoke_async::<i64>` reads it.
-fn int_reply(reply: Result<Value, RedisError>) -> Result<i64, RedisError> {
+pub(super) fn int_reply(reply: Result<Value, RedisError>) -> Result<i64, RedisError> {
     Ok(redis::from_redis_value(reply?)?)
 }
 
@@ -201,7 +201,7 @@ impl Cas {
 /// A server that does not know the script yet (first call, restart, `SCRIPT FLUSH`, another
 /// node) is sent it once and the call repeated, as redis-rs's `invoke_async` would; building
 /// the command here instead writes every argument straight into one buffer.
-async fn run(
+pub(super) async fn run(
     conn: &mut impl ConnectionLike,
     script: &Script,
     cmd: &Cmd,
@@ -221,7 +221,7 @@ fn index_only_call(
     script: &Script,
     set: &str,
     (rem, add): (&str, &str),
-    id: &Handle,
+    member: &str,
     expires_at: u64,
 ) -> Cmd {
     let mut cmd = redis::cmd("EVALSHA");
@@ -232,22 +232,23 @@ fn index_only_call(
         .arg(set)
         .arg(rem)
         .arg(add)
-        .arg(id.as_str())
+        .arg(member)
         .arg(expires_at);
     cmd
 }
 
 impl RedisStore {
-    /// Writes `record` at `key` if no live session holds it: `false` if one does.
+    /// Writes `record` at `key` if no live session holds it: `false` if one does. `member` is
+    /// what the user index holds for it (its handle).
     pub(super) async fn create_key(
         &self,
         key: Key<'_>,
-        id: &Handle,
+        member: &str,
         record: &Record,
     ) -> Result<bool> {
         let plan = self.reindex(None, Some(record));
         let json = RecordJson(record);
-        let mut cmd = self.invocation(&self.scripts.create, key, id, &plan, 5, json.len_hint());
+        let mut cmd = self.invocation(&self.scripts.create, key, member, &plan, 5, json.len_hint());
         cmd.arg(record.version)
             .arg(json)
             .arg(record.expires_at)
@@ -256,7 +257,7 @@ impl RedisStore {
         let written = int_reply(run(&mut self.conn(), &self.scripts.create, &cmd).await)
             .map_err(call_err("create script"))?;
         if written == 1 {
-            self.reindex_cluster(id, &plan).await;
+            self.reindex_cluster(member, &plan).await;
         }
         Ok(written == 1)
     }
@@ -265,13 +266,20 @@ impl RedisStore {
     pub(super) async fn cas_set(
         &self,
         key: Key<'_>,
-        id: &Handle,
+        member: &str,
         base: &Record,
         record: &Record,
     ) -> Result<Cas> {
         let plan = self.reindex(Some(base), Some(record));
         let json = RecordJson(record);
-        let mut cmd = self.invocation(&self.scripts.cas_set, key, id, &plan, 6, json.len_hint());
+        let mut cmd = self.invocation(
+            &self.scripts.cas_set,
+            key,
+            member,
+            &plan,
+            6,
+            json.len_hint(),
+        );
         cmd.arg(base.version)
             .arg(json)
             .arg(record.version)
@@ -283,36 +291,47 @@ impl RedisStore {
             .map_err(call_err("compare-and-set script"))?;
         let cas = Cas::from_value(value)?;
         if let Cas::Done = cas {
-            self.reindex_cluster(id, &plan).await;
+            self.reindex_cluster(member, &plan).await;
         }
         Ok(cas)
     }
 
-    /// Deletes `current` if it is still there unchanged.
-    pub(super) async fn cas_del(&self, key: Key<'_>, id: &Handle, current: &Record) -> Result<Cas> {
+    /// Deletes `current` if it is still there unchanged, and `member` from its user's set.
+    pub(super) async fn cas_del(
+        &self,
+        key: Key<'_>,
+        member: &str,
+        current: &Record,
+    ) -> Result<Cas> {
         let plan = self.reindex(Some(current), None);
-        let mut cmd = self.invocation(&self.scripts.cas_del, key, id, &plan, 1, 0);
+        let mut cmd = self.invocation(&self.scripts.cas_del, key, member, &plan, 1, 0);
         cmd.arg(current.version);
         let value = run(&mut self.conn(), &self.scripts.cas_del, &cmd)
             .await
             .map_err(call_err("compare-and-delete script"))?;
         let cas = Cas::from_value(value)?;
         if let Cas::Done = cas {
-            self.reindex_cluster(id, &plan).await;
+            self.reindex_cluster(member, &plan).await;
         }
         Ok(cas)
     }
 
-    /// Removes `current`, found dead at `now`, if the key still holds it: `true` for the one
-    /// caller that did.
-    pub(super) async fn expire(&self, id: &Handle, current: &Record, now: u64) -> Result<bool> {
+    /// Removes `current`, found dead at `now`, if `key` still holds it (and `member` from its
+    /// user's set): `true` for the one caller that did.
+    pub(super) async fn expire(
+        &self,
+        key: Key<'_>,
+        member: &str,
+        current: &Record,
+        now: u64,
+    ) -> Result<bool> {
         let plan = self.reindex(Some(current), None);
-        let mut cmd = self.invocation(&self.scripts.expire, self.key(id), id, &plan, 2, 0);
+        let mut cmd = self.invocation(&self.scripts.expire, key, member, &plan, 2, 0);
         cmd.arg(current.version).arg(now);
         let removed = int_reply(run(&mut self.conn(), &self.scripts.expire, &cmd).await)
             .map_err(call_err("expire script"))?;
         if removed == 1 {
-            self.reindex_cluster(id, &plan).await;
+            self.reindex_cluster(member, &plan).await;
         }
         Ok(removed == 1)
     }
@@ -356,7 +375,7 @@ impl RedisStore {
         &self,
         script: &Script,
         key: Key<'_>,
-        id: &Handle,
+        member: &str,
         plan: &Reindex,
         extra: usize,
         extra_bytes: usize,
@@ -380,7 +399,7 @@ impl RedisStore {
         let flag = |on: bool| if inline && on { "1" } else { "0" };
         cmd.arg(flag(plan.removes()))
             .arg(flag(new.is_some()))
-            .arg(id.as_str())
+            .arg(member)
             .arg(plan.expires_at);
         cmd
     }
@@ -388,7 +407,7 @@ impl RedisStore {
     /// Redis Cluster's second call, after the session's script succeeded: the same index
     /// change, one set at a time. A failure is logged, not returned: the session was written,
     /// and every read of the index checks the records.
-    async fn reindex_cluster(&self, id: &Handle, plan: &Reindex) {
+    async fn reindex_cluster(&self, member: &str, plan: &Reindex) {
         if !self.is_cluster() {
             return;
         }
@@ -403,7 +422,7 @@ impl RedisStore {
         }
         for (set, rem, add) in steps {
             let script = &self.scripts.index_only;
-            let cmd = index_only_call(script, &set, (rem, add), id, plan.expires_at);
+            let cmd = index_only_call(script, &set, (rem, add), member, plan.expires_at);
             let result = int_reply(run(&mut self.conn(), script, &cmd).await);
             if let Err(error) = result {
                 tracing::warn!(%error, "could not change the user index (Redis Cluster's second call)");
@@ -411,7 +430,7 @@ impl RedisStore {
         }
     }
 
-    fn is_cluster(&self) -> bool {
+    pub(super) fn is_cluster(&self) -> bool {
         matches!(self.conn, Conn::Cluster(_))
     }
 }
@@ -423,6 +442,7 @@ mod tests {
     use redis::{Pipeline, RedisFuture};
 
     use super::*;
+    use crate::session::Handle;
 
     /// A server that answers each command from a list, and records each command's name.
     struct Answers {
@@ -545,7 +565,7 @@ mod tests {
             .unwrap();
         assert_eq!(reply, 1);
         let mut now = Answers::new([Ok(Value::Int(1))]);
-        let cmd = index_only_call(&script, set, ("1", "0"), &id, 1_700_000_000_000);
+        let cmd = index_only_call(&script, set, ("1", "0"), id.as_str(), 1_700_000_000_000);
         assert_eq!(int_reply(run(&mut now, &script, &cmd).await).unwrap(), 1);
         assert_eq!(now.packed, before.packed);
     }
