@@ -85,9 +85,9 @@ impl Proxy {
                 return sweeper;
             }
             let audit = audit.clone();
-            sweeper.reporting_to(Arc::new(
-                move |id: &session::Handle, user: Option<&str>| audit.swept(id, user),
-            ))
+            sweeper.reporting_to(Arc::new(move |id: &session::Handle, user: Option<&str>| {
+                audit.swept(id, user)
+            }))
         });
         state.audit = audit;
         state.assertion = signer;

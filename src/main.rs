@@ -198,9 +198,9 @@ async fn run(
 fn named(handle: Option<&str>, id: Option<&str>) -> anyhow::Result<session_proxy::session::Handle> {
     use session_proxy::session::{Handle, SessionId};
     if let Some(id) = id {
-        return SessionId::parse(id).map(|id| id.handle()).ok_or_else(|| {
-            anyhow::anyhow!("--id: not a session id (32 characters of base64url)")
-        });
+        return SessionId::parse(id)
+            .map(|id| id.handle())
+            .ok_or_else(|| anyhow::anyhow!("--id: not a session id (32 characters of base64url)"));
     }
     let text = handle.unwrap_or_default();
     if SessionId::parse(text).is_some() {

@@ -118,7 +118,9 @@ impl Handle {
         let mut raw = [0u8; 33];
         let n = URL_SAFE_NO_PAD.decode_slice(bytes, &mut raw).ok()?;
         let mut again = [0u8; HANDLE_LEN];
-        (n == 32 && URL_SAFE_NO_PAD.encode_slice(&raw[..32], &mut again).ok() == Some(HANDLE_LEN) && again == bytes)
+        (n == 32
+            && URL_SAFE_NO_PAD.encode_slice(&raw[..32], &mut again).ok() == Some(HANDLE_LEN)
+            && again == bytes)
             .then_some(Handle(bytes))
     }
 

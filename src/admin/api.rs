@@ -271,14 +271,15 @@ async fn show(
     Path(handle): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_handle(&handle)?;
-    let record = admin
-        .store
-        .load(&id)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no live session with this handle"))?;
+    let record =
+        admin.store.load(&id).await?.ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "no live session with this handle")
+        })?;
     admin
         .audit
-        .admin(operator, "GET /sessions/{handle}", Some(&id), || Event::Read);
+        .admin(operator, "GET /sessions/{handle}", Some(&id), || {
+            Event::Read
+        });
     Ok(json_response(
         StatusCode::OK,
         store::session_json(&id, &record)?,
@@ -314,11 +315,10 @@ async fn patch(
         max_size: session.max_size,
         extends: false,
     };
-    let record = admin
-        .store
-        .update(&id, &update)
-        .await?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no live session with this handle"))?;
+    let record =
+        admin.store.update(&id, &update).await?.ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "no live session with this handle")
+        })?;
     tracing::info!(%operator, handle = %id, "admin patched a session");
     admin
         .audit

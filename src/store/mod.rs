@@ -278,10 +278,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_regenerate_removes_the_copy_it_wrote() {
-        let (old, new) = (
-            Handle::generate().unwrap(),
-            Handle::generate().unwrap(),
-        );
+        let (old, new) = (Handle::generate().unwrap(), Handle::generate().unwrap());
         let store = FailingDelete {
             inner: memory::MemoryStore::default(),
             fails: old,

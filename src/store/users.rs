@@ -66,10 +66,7 @@ impl Default for UserIndex {
 }
 
 impl UserIndex {
-    fn shard(
-        &self,
-        user: &str,
-    ) -> std::sync::MutexGuard<'_, HashMap<Box<str>, BTreeSet<Handle>>> {
+    fn shard(&self, user: &str) -> std::sync::MutexGuard<'_, HashMap<Box<str>, BTreeSet<Handle>>> {
         // FNV-1a: cheap, and a user name is not chosen to collide (a bad spread costs only
         // contention, never correctness).
         let hash = user.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -185,10 +182,7 @@ mod tests {
     #[test]
     fn the_index_drops_a_user_with_no_ids_left() {
         let index = UserIndex::default();
-        let (a, b) = (
-            Handle::generate().unwrap(),
-            Handle::generate().unwrap(),
-        );
+        let (a, b) = (Handle::generate().unwrap(), Handle::generate().unwrap());
         index.change(&a, None, Some("u"));
         index.change(&b, None, Some("u"));
         index.change(&a, Some("u"), Some("v"));

@@ -289,12 +289,7 @@ impl RedisStore {
     }
 
     /// Deletes `current` if it is still there unchanged.
-    pub(super) async fn cas_del(
-        &self,
-        key: Key<'_>,
-        id: &Handle,
-        current: &Record,
-    ) -> Result<Cas> {
+    pub(super) async fn cas_del(&self, key: Key<'_>, id: &Handle, current: &Record) -> Result<Cas> {
         let plan = self.reindex(Some(current), None);
         let mut cmd = self.invocation(&self.scripts.cas_del, key, id, &plan, 1, 0);
         cmd.arg(current.version);

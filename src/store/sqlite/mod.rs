@@ -319,9 +319,11 @@ fn delete_expired(
     id: &Handle,
     now: u64,
 ) -> rusqlite::Result<Option<Option<String>>> {
-    conn.prepare_cached("DELETE FROM sessions WHERE handle = ?1 AND expires_at <= ?2 RETURNING user")?
-        .query_row(params![id.as_str(), int(now)], |row| row.get(0))
-        .optional()
+    conn.prepare_cached(
+        "DELETE FROM sessions WHERE handle = ?1 AND expires_at <= ?2 RETURNING user",
+    )?
+    .query_row(params![id.as_str(), int(now)], |row| row.get(0))
+    .optional()
 }
 
 /// The `user` column's value for `r`.

@@ -11,9 +11,9 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::SqliteError;
 use crate::config::SqliteConfig;
+use crate::session::SessionId;
 #[cfg(doc)]
 use crate::session::UserKey;
-use crate::session::SessionId;
 use crate::store::{Result, StoreError};
 
 /// One schema migration: SQL, or SQL and then a step in Rust (what SQL cannot compute).
@@ -27,10 +27,10 @@ enum Step {
 /// migrated down, and one newer than the binary is refused.
 const MIGRATIONS: [Step; 3] = [
     Step::Sql(
-    // 0 → 1: the sessions, expiry-indexed for the sweeper, and a row count kept by triggers
-    // in the same transaction as the change, so `sessions_live` is exact across every process
-    // writing the file and costs no scan.
-    "CREATE TABLE sessions (
+        // 0 → 1: the sessions, expiry-indexed for the sweeper, and a row count kept by triggers
+        // in the same transaction as the change, so `sessions_live` is exact across every process
+        // writing the file and costs no scan.
+        "CREATE TABLE sessions (
         id TEXT PRIMARY KEY NOT NULL,
         data TEXT NOT NULL,
         created_at INTEGER NOT NULL,

@@ -201,9 +201,7 @@ async fn fill_memory(a: &Args, store: &dyn SessionStore) -> anyhow::Result<f64> 
     let start = Instant::now();
     for i in 0..a.sessions {
         anyhow::ensure!(
-            store
-                .create(&Handle::generate()?, &record(i, now))
-                .await?,
+            store.create(&Handle::generate()?, &record(i, now)).await?,
             "id collision"
         );
     }

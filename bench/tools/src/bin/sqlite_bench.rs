@@ -55,11 +55,7 @@ fn record(i: u64, expires_at: u64) -> Record {
 
 /// Creates `n` sessions, `expired_every`-th of them already dead, 512 creates in flight so the
 /// writer commits them in large groups. Returns the live ids.
-async fn fill(
-    store: &Arc<SqliteStore>,
-    n: u64,
-    expired_every: u64,
-) -> anyhow::Result<Vec<Handle>> {
+async fn fill(store: &Arc<SqliteStore>, n: u64, expired_every: u64) -> anyhow::Result<Vec<Handle>> {
     let now = now_ms();
     let mut live = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
