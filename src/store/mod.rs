@@ -19,6 +19,7 @@ pub mod memory;
 mod record;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod seal;
 pub mod sqlite;
 mod sweeper;
 mod timed;
@@ -28,6 +29,7 @@ pub mod users;
 pub use crate::session::now_ms;
 pub use error::{Blame, Result, StoreError};
 pub use record::Record;
+pub use seal::Sealer;
 pub use sweeper::{Sweeper, session_json, walk};
 pub use timed::Timed;
 pub use update::Update;
