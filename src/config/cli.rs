@@ -157,6 +157,23 @@ pub struct Options {
     /// SIGHUP.
     #[arg(long, global = true, value_name = "FILE")]
     pub cookie_secret_file: Option<PathBuf>,
+    /// Key (>= 32 bytes) to encrypt session data in the store with; prefer the environment
+    /// variable or --store-key-file. Repeat it (or put one key per line in the variable) to
+    /// rotate: the first encrypts, every one decrypts.
+    #[arg(
+        long,
+        global = true,
+        env = "SESSION_PROXY_STORE_KEY",
+        hide_env_values = true,
+        value_name = "KEY",
+        action = clap::ArgAction::Append,
+        value_delimiter = '\n'
+    )]
+    pub store_key: Vec<Secret>,
+    /// File of store encryption keys, one per line (the first encrypts, every one decrypts);
+    /// re-read on SIGHUP.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub store_key_file: Option<PathBuf>,
     /// Prefix of the protocol headers (default X-Session).
     #[arg(long, global = true, value_name = "PREFIX")]
     pub header_prefix: Option<String>,
@@ -224,41 +241,23 @@ impl Options {
         set(&mut raw.cookie.path, &self.cookie_path);
         set(&mut raw.cookie.same_site, &self.cookie_same_site);
         // Either flag (or the variable) replaces whichever secrets the file configured.
-        match (&self.cookie_secret[..], &self.cookie_secret_file) {
-            ([], None) => {}
-            ([_, ..], Some(_)) => {
-                return Err(ConfigError::Invalid {
-                    file: origin.to_owned(),
-                    key: "--cookie-secret-file",
-                    message: "give either --cookie-secret (or SESSION_PROXY_COOKIE_SECRET) or \
-                              --cookie-secret-file, not both"
-                        .to_owned(),
-                });
-            }
-            (secrets, None) => {
-                // Lines of the variable are trimmed like the lines of a file, so a trailing
-                // newline (`$(cat file)` keeps none, `export` of a heredoc does) is no secret.
-                let secrets: Vec<Secret> = secrets
-                    .iter()
-                    .map(|s| s.as_str().trim())
-                    .filter(|s| !s.is_empty())
-                    .map(|s| Secret::from(s.to_owned()))
-                    .collect();
-                if secrets.is_empty() {
-                    return Err(ConfigError::Invalid {
-                        file: origin.to_owned(),
-                        key: "--cookie-secret",
-                        message: "holds no secret (is SESSION_PROXY_COOKIE_SECRET empty?)"
-                            .to_owned(),
-                    });
-                }
-                raw.cookie.secret = Some(Secrets::Many(secrets));
-                raw.cookie.secret_file = None;
-            }
-            ([], Some(file)) => {
-                raw.cookie.secret = None;
-                raw.cookie.secret_file = Some(file.clone());
-            }
+        if let Some((secrets, file)) = secret_flags(
+            origin,
+            &self.cookie_secret,
+            &self.cookie_secret_file,
+            COOKIE_FLAGS,
+        )? {
+            raw.cookie.secret = secrets;
+            raw.cookie.secret_file = file;
+        }
+        if let Some((secrets, file)) = secret_flags(
+            origin,
+            &self.store_key,
+            &self.store_key_file,
+            STORE_KEY_FLAGS,
+        )? {
+            raw.store.encryption_key = secrets;
+            raw.store.encryption_key_file = file;
         }
         if self.cookie_secure {
             raw.cookie.secure = Some(true);
@@ -280,6 +279,69 @@ impl Options {
             set_store(&mut raw.store, spec, origin, "--store")?;
         }
         Ok(())
+    }
+}
+
+/// The names a pair of secret flags goes by in errors: the list flag, its variable, the file
+/// flag.
+struct SecretFlags {
+    list: &'static str,
+    env: &'static str,
+    file: &'static str,
+}
+
+const COOKIE_FLAGS: SecretFlags = SecretFlags {
+    list: "--cookie-secret",
+    env: "SESSION_PROXY_COOKIE_SECRET",
+    file: "--cookie-secret-file",
+};
+
+const STORE_KEY_FLAGS: SecretFlags = SecretFlags {
+    list: "--store-key",
+    env: "SESSION_PROXY_STORE_KEY",
+    file: "--store-key-file",
+};
+
+/// The secrets a section takes from its flags: the list, or the file.
+type SecretChoice = (Option<Secrets>, Option<PathBuf>);
+
+/// What a list flag of secrets (or its variable) and its file flag make of the file's two
+/// keys: `None` when neither is given (the file's stand), else the list and the file to use.
+fn secret_flags(
+    origin: &str,
+    list: &[Secret],
+    file: &Option<PathBuf>,
+    names: SecretFlags,
+) -> Result<Option<SecretChoice>, ConfigError> {
+    match (list, file) {
+        ([], None) => Ok(None),
+        ([_, ..], Some(_)) => Err(ConfigError::Invalid {
+            file: origin.to_owned(),
+            key: names.file,
+            message: format!(
+                "give either {} (or {}) or {}, not both",
+                names.list, names.env, names.file
+            ),
+        }),
+        (secrets, None) => {
+            // Lines of the variable are trimmed like the lines of a file, so a trailing
+            // newline (`$(cat file)` keeps none, `export` of a heredoc does) is no secret.
+            let secrets: Vec<Secret> = secrets
+                .iter()
+                .map(|s| s.as_str().trim())
+                .filter(|s| !s.is_empty())
+                .map(|s| Secret::from(s.to_owned()))
+                .collect();
+            if secrets.is_empty() {
+                return Err(ConfigError::Invalid {
+                    file: origin.to_owned(),
+                    key: names.list,
+                    message: format!("holds no secret (is {} empty?)", names.env),
+                });
+            }
+            Ok(Some((Some(Secrets::Many(secrets)), None)))
+        }
+        ([], Some(file)) => Ok(Some((None, Some(file.clone())))),
     }
 }
 
