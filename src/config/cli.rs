@@ -104,10 +104,23 @@ pub enum SessionsCommand {
         /// The store to write, in the same syntax.
         #[arg(long, value_name = "STORE")]
         to: String,
+        /// The keys the source's data was encrypted with, one per line (as
+        /// `store.encryption_key_file`); default: the configured keys. Unencrypted records read
+        /// either way.
+        #[arg(long, value_name = "FILE")]
+        from_key_file: Option<PathBuf>,
+        /// The keys to encrypt the destination's data with (the first encrypts); default: the
+        /// configured keys. So a copy re-encrypts between stores with different keys.
+        #[arg(long, value_name = "FILE", conflicts_with = "to_plain")]
+        to_key_file: Option<PathBuf>,
+        /// Write the destination unencrypted, whatever the configuration says (decrypts a
+        /// store).
+        #[arg(long)]
+        to_plain: bool,
     },
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// TOML config file; without it, built-in defaults (those shown in proxy.toml) apply.
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
@@ -214,10 +227,46 @@ impl Options {
     /// The store that `spec` (in the `--store` syntax) names, with the file's and the flags'
     /// other store settings where they apply to its kind: for `sessions copy`, which opens two.
     pub fn store_for(&self, spec: &str) -> Result<StoreConfig, ConfigError> {
+        self.store_with_keys(spec, StoreKeys::Configured)
+    }
+
+    /// [`Options::store_for`], its encryption keys as `keys` says (`sessions copy`'s
+    /// `--from-key-file`, `--to-key-file`, `--to-plain`); a bad key file is named by `keys`'
+    /// flag.
+    pub fn store_with_keys(&self, spec: &str, keys: StoreKeys) -> Result<StoreConfig, ConfigError> {
         let (mut raw, origin) = self.raw()?;
         self.apply(&mut raw, &origin)?;
         set_store(&mut raw.store, spec, &origin, "--from/--to")?;
-        raw.validate(&origin).map(|c| c.store)
+        let flag = match keys {
+            StoreKeys::Configured => None,
+            StoreKeys::File(flag, file) => {
+                raw.store.encryption_key = None;
+                raw.store.encryption_key_file = Some(file.to_owned());
+                Some(flag)
+            }
+            StoreKeys::Plain => {
+                raw.store.encryption_key = None;
+                raw.store.encryption_key_file = None;
+                None
+            }
+        };
+        raw.validate(&origin)
+            .map(|c| c.store)
+            .map_err(|e| match (e, flag) {
+                (
+                    ConfigError::Invalid {
+                        file,
+                        key: "store.encryption_key_file",
+                        message,
+                    },
+                    Some(flag),
+                ) => ConfigError::Invalid {
+                    file,
+                    key: flag,
+                    message,
+                },
+                (e, _) => e,
+            })
     }
 
     fn raw(&self) -> Result<(RawConfig, String), ConfigError> {
@@ -280,6 +329,17 @@ impl Options {
         }
         Ok(())
     }
+}
+
+/// Where a store of `sessions copy` takes its encryption keys from.
+#[derive(Debug, Clone, Copy)]
+pub enum StoreKeys<'a> {
+    /// The configuration's (`store.encryption_key`, the flags, the variable).
+    Configured,
+    /// A key file given by the named flag.
+    File(&'static str, &'a std::path::Path),
+    /// None: data is written unencrypted.
+    Plain,
 }
 
 /// The names a pair of secret flags goes by in errors: the list flag, its variable, the file

@@ -22,8 +22,8 @@ use self::conn::{Conn, Key, ListCursor, call_err, connect, glob_escape, redact};
 use self::script::{Cas, Scripts};
 use super::lock::StripedLock;
 use super::{
-    Capabilities, ExpiredSink, Loaded, Page, Record, Result, SessionStore, StoreError, Update,
-    now_ms,
+    Capabilities, ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, StoreError,
+    Update, now_ms,
 };
 use crate::config::RedisConfig;
 use crate::session::Handle;
@@ -50,6 +50,9 @@ pub struct RedisStore {
     scripts: Scripts,
     locks: StripedLock,
     users: Option<crate::session::UserKey>,
+    /// Seals field `r`'s data on write (`script.rs` `RecordJson`) and opens it on read; the
+    /// scripts compare versions only, never data.
+    sealer: Sealer,
 }
 
 impl fmt::Debug for RedisStore {
@@ -72,6 +75,16 @@ impl RedisStore {
     pub async fn open_indexed(
         config: RedisConfig,
         users: Option<crate::session::UserKey>,
+    ) -> Result<Self> {
+        Self::open_sealed(config, users, Sealer::default()).await
+    }
+
+    /// [`RedisStore::open_indexed`], sealing session data with `sealer`
+    /// (`store.encryption_key`).
+    pub async fn open_sealed(
+        config: RedisConfig,
+        users: Option<crate::session::UserKey>,
+        sealer: Sealer,
     ) -> Result<Self> {
         let shown = config
             .urls
@@ -108,6 +121,7 @@ impl RedisStore {
             scripts: Scripts::default(),
             locks: StripedLock::default(),
             users,
+            sealer,
         })
     }
 
@@ -133,7 +147,7 @@ impl RedisStore {
         Ok(self
             .get_bytes(self.key(id))
             .await?
-            .and_then(|bytes| Record::from_stored(&bytes, id)))
+            .and_then(|bytes| Record::from_stored(&bytes, id, &self.sealer)))
     }
 
     /// Field `r` at `key` as Redis sent it.
@@ -161,7 +175,7 @@ impl RedisStore {
             let Some(bytes) = self.get_bytes(key).await? else {
                 return Ok(false);
             };
-            let Some(current) = Record::from_stored(&bytes, id) else {
+            let Some(current) = Record::from_stored(&bytes, id, &self.sealer) else {
                 // Unreadable: its user is unknown; a read of the index drops the entry.
                 return self.del(key).await;
             };
@@ -353,7 +367,7 @@ impl SessionStore for RedisStore {
                 .into_iter()
                 .zip(records)
                 .filter_map(|(id, bytes)| {
-                    let record = Record::from_stored(&bytes?, &id)?;
+                    let record = Record::from_stored(&bytes?, &id, &self.sealer)?;
                     record.is_live(now).then_some((id, record))
                 })
                 .collect();
@@ -423,7 +437,7 @@ impl SessionStore for RedisStore {
                 dead.push(member);
                 continue;
             };
-            match Record::from_stored(&bytes, &id) {
+            match Record::from_stored(&bytes, &id, &self.sealer) {
                 Some(r) if crate::store::users::holds(key, &r, user, now) => out.push((id, r)),
                 Some(r) if !r.is_live(now) => dead.push(member),
                 _ => {}

@@ -13,7 +13,7 @@ use redis::{
 use super::conn::{Conn, Key, call_err};
 use super::{GRACE, RedisStore};
 use crate::session::Handle;
-use crate::store::{Record, Result, StoreError, now_ms};
+use crate::store::{Record, Result, Sealer, StoreError, now_ms};
 
 /// The index part every script starts with. KEYS[2]: the old user's set, KEYS[3]: the new
 /// user's; ARGV[1] = '1': remove the id from KEYS[2]; ARGV[2] = '1': add it to KEYS[3] and push
@@ -147,14 +147,26 @@ impl Reindex {
     }
 }
 
-/// A record as [`Record::to_json`] spells it, written straight into the command that stores
-/// it: no `String` of its own to build, copy into the command and free.
-struct RecordJson<'a>(&'a Record);
+/// A record as [`Record::to_stored_json`] spells it (its data sealed when the store seals),
+/// written straight into the command that stores it: no `String` of its own to build, copy
+/// into the command and free.
+struct RecordJson<'a> {
+    record: &'a Record,
+    /// The data's JSON value: the data itself, or its sealed form as a string.
+    data: std::borrow::Cow<'a, str>,
+}
 
-impl RecordJson<'_> {
+impl<'a> RecordJson<'a> {
+    fn new(record: &'a Record, sealer: &Sealer, id: &Handle) -> Result<Self> {
+        Ok(RecordJson {
+            record,
+            data: sealer.seal_json(&record.data, id)?,
+        })
+    }
+
     /// Its length, give or take the digits of the numbers: the command's capacity hint.
     fn len_hint(&self) -> usize {
-        self.0.data.len() + 128
+        self.data.len() + 128
     }
 }
 
@@ -162,7 +174,7 @@ impl ToRedisArgs for RecordJson<'_> {
     fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
         use std::io::Write as _;
         let mut arg = out.writer_for_next_arg();
-        for piece in self.0.json_pieces() {
+        for piece in self.record.json_pieces_with(&self.data) {
             // Writing into the command's buffer cannot fail.
             let _ = arg.write_all(piece.as_str().as_bytes());
         }
@@ -184,11 +196,16 @@ pub(super) enum Cas {
 }
 
 impl Cas {
-    fn from_value(value: Value) -> Result<Cas> {
+    /// The script's reply about `id`; a changed record whose sealed data does not open (the
+    /// sealer counted it) is as good as gone to this caller.
+    fn from_value(value: Value, sealer: &Sealer, id: &Handle) -> Result<Cas> {
         match value {
             Value::Nil => Ok(Cas::Gone),
             Value::Int(1) => Ok(Cas::Done),
-            Value::BulkString(bytes) => Ok(Cas::Changed(Record::from_json(&bytes)?)),
+            Value::BulkString(bytes) => Ok(match Record::from_sealed_json(&bytes, sealer, id)? {
+                Some(record) => Cas::Changed(record),
+                None => Cas::Gone,
+            }),
             other => Err(StoreError::Unexpected(format!(
                 "reply from the compare-and-set script: {other:?}"
             ))),
@@ -246,7 +263,7 @@ impl RedisStore {
         record: &Record,
     ) -> Result<bool> {
         let plan = self.reindex(None, Some(record));
-        let json = RecordJson(record);
+        let json = RecordJson::new(record, &self.sealer, id)?;
         let mut cmd = self.invocation(&self.scripts.create, key, id, &plan, 5, json.len_hint());
         cmd.arg(record.version)
             .arg(json)
@@ -270,7 +287,7 @@ impl RedisStore {
         record: &Record,
     ) -> Result<Cas> {
         let plan = self.reindex(Some(base), Some(record));
-        let json = RecordJson(record);
+        let json = RecordJson::new(record, &self.sealer, id)?;
         let mut cmd = self.invocation(&self.scripts.cas_set, key, id, &plan, 6, json.len_hint());
         cmd.arg(base.version)
             .arg(json)
@@ -281,7 +298,7 @@ impl RedisStore {
         let value = run(&mut self.conn(), &self.scripts.cas_set, &cmd)
             .await
             .map_err(call_err("compare-and-set script"))?;
-        let cas = Cas::from_value(value)?;
+        let cas = Cas::from_value(value, &self.sealer, id)?;
         if let Cas::Done = cas {
             self.reindex_cluster(id, &plan).await;
         }
@@ -296,7 +313,7 @@ impl RedisStore {
         let value = run(&mut self.conn(), &self.scripts.cas_del, &cmd)
             .await
             .map_err(call_err("compare-and-delete script"))?;
-        let cas = Cas::from_value(value)?;
+        let cas = Cas::from_value(value, &self.sealer, id)?;
         if let Cas::Done = cas {
             self.reindex_cluster(id, &plan).await;
         }
