@@ -419,24 +419,32 @@ impl Inner {
                 continue;
             }
             let _guard = self.locks.blocking_lock(&id);
-            // Re-check under the lock: the file may have been touched since the stat.
-            match self.read(&id)? {
-                Some(r) if !r.is_live(now) => match fs::remove_file(entry.path()) {
-                    Ok(()) => {
-                        self.index.remove(&id);
-                        self.reindex(&id, Some(&r), None);
-                        removed += 1;
-                        if let Some(report) = expired {
-                            report(&id, self.user_of(&r).as_deref());
-                        }
+            // Re-check under the lock: the file may have been touched since the stat. Its times
+            // decide, so a sealed record whose key is gone expires like any other (its data is
+            // opened only for the user index and the report: `r` is `None` if it does not open).
+            let bytes = match fs::read(entry.path()) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if Record::expires_at_of(&bytes).is_none_or(|at| at > now) {
+                continue;
+            }
+            let r = Record::from_stored(&bytes, &id, &self.sealer);
+            match fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    self.index.remove(&id);
+                    self.reindex(&id, r.as_ref(), None);
+                    removed += 1;
+                    if let Some(report) = expired {
+                        report(&id, r.as_ref().and_then(|r| self.user_of(r)).as_deref());
                     }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        self.index.remove(&id);
-                        self.reindex(&id, Some(&r), None);
-                    }
-                    Err(e) => return Err(e.into()),
-                },
-                _ => {}
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.index.remove(&id);
+                    self.reindex(&id, r.as_ref(), None);
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(removed)

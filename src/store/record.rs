@@ -158,6 +158,14 @@ impl Record {
         Record::from_parts(s.data.get(), &s)
     }
 
+    /// The `expires_at` of a stored record's JSON, without reading its data (which may be
+    /// sealed under a key no longer configured); `None` if it is no record.
+    pub(crate) fn expires_at_of(bytes: &[u8]) -> Option<u64> {
+        serde_json::from_slice::<StoredRecord<'_>>(bytes)
+            .ok()
+            .map(|s| s.expires_at)
+    }
+
     /// The record of a parsed JSON whose data is `data`, a JSON object's text.
     fn from_parts(data: &str, s: &StoredRecord<'_>) -> Result<Record> {
         if !data.starts_with('{') {

@@ -801,3 +801,29 @@ async fn copy_re_encrypts_and_decrypts() {
         "{err}"
     );
 }
+
+/// A record whose key is gone still expires: the sweeper removes it by its times, which stay
+/// outside the ciphertext (fs and sqlite; Redis drops it by its TTL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_record_is_still_swept_when_it_expires() {
+    for kind in ["fs", "sqlite"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let store = format!(
+            "[store]\nkind = \"{kind}\"\npath = \"{}\"\nfsync = false\n",
+            path.display()
+        );
+        let a = Handle::generate().unwrap();
+        let sealed = open(&format!("{store}{}", key(KEY_A))).await;
+        let mut r = live(json!({"user": "ada"}));
+        r.expires_at = now_ms() + 200;
+        assert!(sealed.store.create(&a, &r).await.unwrap());
+        drop(sealed);
+        let b_only = open(&format!("{store}{}", key(KEY_B))).await;
+        assert!(b_only.store.load(&a).await.unwrap().is_none());
+        assert_eq!(b_only.store.prune(now_ms()).await.unwrap(), 0, "{kind}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(b_only.store.prune(now_ms()).await.unwrap(), 1, "{kind}");
+        assert_eq!(b_only.store.prune(now_ms()).await.unwrap(), 0, "{kind}");
+    }
+}
