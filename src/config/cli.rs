@@ -550,6 +550,51 @@ mod tests {
         );
     }
 
+    /// The store's keys take the cookie secrets' flags' rules: the list flag (or
+    /// SESSION_PROXY_STORE_KEY, one key a line) or the file flag replaces the file's keys; both
+    /// at once, or an empty variable, are refused by the flag's name.
+    #[test]
+    fn store_key_flags_replace_the_files_keys() {
+        let (a, b) = ("a".repeat(32), "b".repeat(40));
+        let lines = format!("{a}\n{b}\n");
+        let cli = Cli::try_parse_from(["session-proxy", "--store-key", &lines]).unwrap();
+        let mut raw =
+            RawConfig::from_toml("t.toml", "[store]\nencryption_key_file = \"/x\"").unwrap();
+        cli.options.apply(&mut raw, "t.toml").unwrap();
+        let keys = raw.validate("t.toml").unwrap().store.encryption_keys;
+        let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+        assert_eq!(keys, [a.as_str(), b.as_str()]);
+
+        let cli =
+            Cli::try_parse_from(["session-proxy", "--store-key-file", "/nonexistent"]).unwrap();
+        let mut raw =
+            RawConfig::from_toml("t.toml", &format!("[store]\nencryption_key = \"{a}\"")).unwrap();
+        cli.options.apply(&mut raw, "t.toml").unwrap();
+        let err = raw.validate("t.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("t.toml: `store.encryption_key_file`: cannot read /nonexistent"),
+            "{err}"
+        );
+
+        for (args, want) in [
+            (
+                vec!["--store-key", a.as_str(), "--store-key-file", "/x"],
+                "t.toml: `--store-key-file`: give either --store-key (or SESSION_PROXY_STORE_KEY) or --store-key-file, not both",
+            ),
+            (
+                vec!["--store-key", "\n \n"],
+                "t.toml: `--store-key`: holds no secret (is SESSION_PROXY_STORE_KEY empty?)",
+            ),
+        ] {
+            let cli = Cli::try_parse_from(["session-proxy"].into_iter().chain(args)).unwrap();
+            let err = cli
+                .options
+                .apply(&mut RawConfig::default(), "t.toml")
+                .unwrap_err();
+            assert_eq!(err.to_string(), want);
+        }
+    }
+
     /// The flag chooses the store outright: the file's settings of other kinds, and where its
     /// store was, go; settings of the chosen kind and the timeouts stay.
     #[test]
