@@ -9,6 +9,7 @@
 #   USER_KEY=profile bench/instructions.sh  # with a user index (session.user_key)
 #   SECRET=1 MIX=write bench/instructions.sh  # signed cookies: verify + sign on every request
 #   ASSERTION=1 bench/instructions.sh     # with [assertion]: every request gets a signed JWT
+#   STORE_KEY=1 bench/instructions.sh     # session data encrypted at rest (store.encryption_key)
 #   BODY=512 bench/instructions.sh        # POSTs of a 512-byte body (buffered: limits.request_buffer)
 #   BODY=512 BUFFER=0 bench/instructions.sh  # the same bodies streamed (request_buffer = 0)
 #
@@ -32,7 +33,9 @@
 # verifies on every one and signs on the 10 % that update), ASSERTION [unset] (1: `[assertion]`
 # on, a fresh key in the work directory, so every request is signed), BODY [0] (bytes of
 # each request's body: 0 sends GETs, which carry none; N sends POSTs with a Content-Length), BUFFER
-# [unset] (`limits.request_buffer`; 0 streams every body, as before request buffering).
+# [unset] (`limits.request_buffer`; 0 streams every body, as before request buffering), STORE_KEY
+# [unset] (1: one `store.encryption_key`, given as SESSION_PROXY_STORE_KEY: every load opens and
+# every write seals the session's data).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -81,6 +84,9 @@ fi
 if [ -n "${ASSERTION:-}" ]; then
   printf '[assertion]\nkey_file = "%s"\n' "$WORK/assertion.pem" >>"$WORK/proxy.toml"
 fi
+if [ -n "${STORE_KEY:-}" ]; then
+  export SESSION_PROXY_STORE_KEY="bench-instructions-store-key-0123456789abcdef"
+fi
 # RUST_LOG is set outside valgrind: under `env`, valgrind would instrument env, not the proxy.
 export RUST_LOG=$LOG
 start proxy "$WORK/proxy.log" valgrind --tool=callgrind \
@@ -93,7 +99,7 @@ for _ in 1 2 3; do
 done
 [ -n "${PROXY:-}" ] || { echo "the proxy did not start:" >&2; cat "$WORK/proxy.log.err" >&2; exit 1; }
 
-echo "== callgrind on the proxy, store=$STORE, mix=$MIX, user_key=${USER_KEY:-off}, signed=$SIGNED, assertion=${ASSERTION:-off}, body=${BODY:-0} bytes, request_buffer=${BUFFER:-default}, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
+echo "== callgrind on the proxy, store=$STORE, mix=$MIX, user_key=${USER_KEY:-off}, signed=$SIGNED, assertion=${ASSERTION:-off}, store_key=${STORE_KEY:-off}, body=${BODY:-0} bytes, request_buffer=${BUFFER:-default}, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
 LINE=$("${PIN_LOAD[@]}" target/release/loadgen run --url "http://$PROXY/" \
   --connections 16 --warmup 0 --duration "$DURATION" --body "${BODY:-0}" "${COOKIES[@]}")
 REQUESTS=$(echo "$LINE" | tr '\t' '\n' | sed -n 's/^requests=//p')

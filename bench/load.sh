@@ -11,7 +11,10 @@
 # the memory store again with the default log level (memory-info: one access-log line per request
 # to stderr, which goes to a file), the memory store asked for a path that `[session] skip` lists
 # (memory-skip: `skip = ["/static/"]`, every request to /static/x, so no store call and no session
-# headers; its rows against the memory rows of the same run show what a skipped path saves), the sqlite store (the default) with fsync on and off, the fs
+# headers; its rows against the memory rows of the same run show what a skipped path saves), the
+# memory store with session data encrypted at rest (memory-sealed: one `store.encryption_key`;
+# against the memory rows, what sealing costs), the sqlite store (the default) with fsync on and
+# off and without fsync encrypted (sqlite-nofsync-sealed), the fs
 # store with fsync on and off, and the Redis store (on a
 # redis-server of our own); each for
 # a read-heavy mix (10 % of requests update the session), a write-heavy mix (every request
@@ -30,7 +33,8 @@
 # row below the sqlite one it is the reference for), and a single round's ratio then says nothing.
 #
 # Environment (defaults in brackets): DURATION [8] and WARMUP [1] seconds per case, ROUNDS [3],
-# CONNECTIONS [64], TARGETS ["direct nginx memory memory-info memory-skip sqlite-fsync sqlite-nofsync fs-fsync fs-nofsync redis"],
+# CONNECTIONS [64], TARGETS ["direct nginx memory memory-info memory-skip memory-sealed sqlite-fsync sqlite-nofsync
+# sqlite-nofsync-sealed fs-fsync fs-nofsync redis"],
 # MIXES ["read write new"],
 # MEM_SESSIONS [1000000] (0 skips the memory benchmark), LOADGEN_CPU [0], SERVER_CPU [1],
 # OUT [bench/RESULTS.md].
@@ -41,7 +45,7 @@ DURATION=${DURATION:-8}
 ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-64}
-TARGETS=${TARGETS:-direct nginx memory memory-info memory-skip sqlite-fsync sqlite-nofsync fs-fsync fs-nofsync redis}
+TARGETS=${TARGETS:-direct nginx memory memory-info memory-skip memory-sealed sqlite-fsync sqlite-nofsync sqlite-nofsync-sealed fs-fsync fs-nofsync redis}
 MIXES=${MIXES:-read write new}
 MEM_SESSIONS=${MEM_SESSIONS:-1000000}
 LOADGEN_CPU=${LOADGEN_CPU:-0}
@@ -133,8 +137,8 @@ config() {
     echo 'shutdown_timeout = "1s"'
     echo '[store]'
     case $target in
-      memory | memory-info | memory-skip) echo 'kind = "memory"' ;;
-      sqlite-fsync | sqlite-nofsync)
+      memory | memory-info | memory-skip | memory-sealed) echo 'kind = "memory"' ;;
+      sqlite-fsync | sqlite-nofsync | sqlite-nofsync-sealed)
         echo 'kind = "sqlite"'
         echo "path = \"$WORK/sessions-$target.db\""
         [ "$target" = sqlite-fsync ] && echo 'fsync = true' || echo 'fsync = false'
@@ -148,6 +152,9 @@ config() {
         echo 'kind = "redis"'
         echo "url = \"redis://127.0.0.1:$REDIS_PORT/0\""
         ;;
+    esac
+    case $target in
+      *-sealed) echo 'encryption_key = "bench-load-store-key-0123456789abcdef0123"' ;;
     esac
     if [ "$target" = memory-skip ]; then
       echo '[session]'
@@ -276,7 +283,7 @@ FS_TYPE=$(df -T "$WORK" | awk 'NR == 2 { print $2 }')
   echo "- $(rustc --version)"
   echo "- per case: ${WARMUP} s warm-up, then ${DURATION} s measured, $ROUNDS rounds (all cases once, then again), each row the median of its rounds; $CONNECTIONS keep-alive connections, each with its own cookie jar; closed loop (each connection sends its next request when the last answer is in)"
   echo "- pinning: $PINNING"
-  echo "- fs store directory and sqlite file on $FS_TYPE; proxy with \`RUST_LOG=warn\` (memory-info: \`RUST_LOG=info\`, the default, stderr to a file), default config otherwise"
+  echo "- fs store directory and sqlite file on $FS_TYPE; proxy with \`RUST_LOG=warn\` (memory-info: \`RUST_LOG=info\`, the default, stderr to a file; \`*-sealed\`: one \`store.encryption_key\`), default config otherwise"
   echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //' || echo "not installed"), one worker, keep-alive to the upstream, no access log: a plain proxy hop with no session work, for reference"
   echo "- \"steal %\" is the share of the machine's CPU time that the hypervisor gave to other guests during the measured part (\`/proc/stat\`; the median over rounds): on this shared VM it changes from one row to the next, and a row with more steal is slower for no reason in the code"
   echo "- \"load avg\" is \`/proc/loadavg\` (1 min) as each case started, the highest of its rounds; the benchmark itself adds about 2, so a higher value means other processes competed for the $(nproc) cores"

@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the pieces every proxied request runs through, in pipeline order:
 //! the session id, the cookie, the `X-Session` codec, the merge patch, one store write, the
-//! whole session phase of one request, the signed assertion (`[assertion]`), and the
-//! access-log line.
+//! whole session phase of one request, the signed assertion (`[assertion]`), the access-log
+//! line, and the sealing of session data at rest (`store.encryption_key`).
 //! The load benchmark (`bench/load.sh`) measures the whole proxy; these say where its time goes.
 //!
 //! Run with `cargo bench` (about two minutes), or `cargo bench -- codec` for one group.
@@ -25,7 +25,7 @@ use session_proxy::proxy::{AccessFields, served};
 use session_proxy::session::{DataChange, Handle, SessionId};
 use session_proxy::store::fs::FsStore;
 use session_proxy::store::memory::MemoryStore;
-use session_proxy::store::{Record, SessionStore, Update, now_ms};
+use session_proxy::store::{Record, Sealer, SessionStore, Update, now_ms};
 
 /// ~200 bytes of session JSON, the size the load benchmark's sessions have.
 fn session_json() -> String {
@@ -254,6 +254,88 @@ fn stores(c: &mut Criterion) {
     g.finish();
 }
 
+/// Session data encrypted at rest (issue [at-rest], part 3: encrypt + decrypt of a 200-byte
+/// session within 2 µs): AES-256-GCM seal and open of the load benchmark's session, as a store
+/// does per write and per read; the sealer off (the no-op every store runs without a key); and
+/// the memory store's load and update with a key, beside `store/memory/*` without one.
+fn sealing(c: &mut Criterion) {
+    // The load benchmark's session, its profile padded to exactly 200 bytes.
+    let data = json!({ "visits": 41, "user": "ada", "profile": "p".repeat(161) }).to_string();
+    assert_eq!(data.len(), 200);
+    let id = Handle::generate().unwrap_or_else(|e| panic!("{e}"));
+    let counter = prometheus_client::metrics::counter::Counter::default();
+    let on = Sealer::new(&["bench-store-key-0123456789abcdef-0123456789"], counter)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let off = Sealer::default();
+    let sealed = on
+        .seal(&data, &id)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .into_owned();
+    let mut g = c.benchmark_group("seal");
+    g.bench_function(format!("{}B/seal+open", data.len()), |b| {
+        b.iter(|| {
+            let s = on
+                .seal(black_box(&data), &id)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let o = on.open(&s, &id).unwrap_or_else(|_| panic!("did not open"));
+            black_box(o.len())
+        })
+    });
+    g.bench_function(format!("{}B/seal", data.len()), |b| {
+        b.iter(|| black_box(on.seal(black_box(&data), &id).map(|s| s.len())))
+    });
+    g.bench_function(format!("{}B/open", data.len()), |b| {
+        b.iter(|| black_box(on.open(black_box(&sealed), &id).map(|s| s.len())))
+    });
+    g.bench_function("off/seal+open", |b| {
+        b.iter(|| {
+            let s = off
+                .seal(black_box(&data), &id)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let o = off.open(&s, &id).unwrap_or_else(|_| panic!("did not open"));
+            black_box(o.len())
+        })
+    });
+    g.finish();
+
+    // As `store/memory/*` measures the store without a key (`block_on` and the same data).
+    let cfg = config("");
+    let u = update(
+        Some(visits_patch()),
+        cfg.session.lifetime,
+        cfg.session.max_size,
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
+    let data = session_json();
+    let mut g = c.benchmark_group("store");
+    let memory = MemoryStore::sealed(None, on);
+    let ids: Vec<Handle> = (0..10_000)
+        .map(|_| Handle::generate().unwrap_or_else(|e| panic!("{e}")))
+        .collect();
+    rt.block_on(async {
+        for id in &ids {
+            assert!(matches!(memory.create(id, &record(&data)).await, Ok(true)));
+        }
+    });
+    let mut i = 0;
+    g.bench_function("memory_sealed/load", |b| {
+        b.iter(|| {
+            i = (i + 1) % ids.len();
+            rt.block_on(memory.load(&ids[i]))
+        })
+    });
+    g.bench_function("memory_sealed/update", |b| {
+        b.iter(|| {
+            i = (i + 1) % ids.len();
+            rt.block_on(memory.update(&ids[i], &u))
+        })
+    });
+    g.finish();
+}
+
 /// A future that is ready at once (the memory store's), run without a runtime, so the phase
 /// bench below measures the session work and not `block_on`.
 fn ready<F: std::future::Future>(f: F) -> F::Output {
@@ -440,6 +522,6 @@ fn access_line(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = criterion();
-    targets = ids, cookies, codec, merge, stores, session_phase, assertion, access_line
+    targets = ids, cookies, codec, merge, stores, session_phase, assertion, access_line, sealing
 }
 criterion_main!(benches);

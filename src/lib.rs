@@ -63,6 +63,8 @@ pub struct Proxy {
     sweeper: Option<store::Sweeper>,
     /// The audit log's writer, run while serving; `None` with `[audit]` off.
     audit: Option<audit::Writer>,
+    /// The store's sealer (off without `store.encryption_key`).
+    sealer: store::Sealer,
 }
 
 impl Proxy {
@@ -78,6 +80,7 @@ impl Proxy {
         ));
         let (audit, writer) =
             audit::Audit::open(config.audit.as_ref(), metrics.audit_dropped()).await?;
+        let sealer = opened.sealer;
         let mut state = proxy::State::new(config, opened.store, metrics);
         // The sweeper's removals are `expired` lines too.
         let sweeper = opened.sweeper.map(|sweeper| {
@@ -95,6 +98,7 @@ impl Proxy {
             state: Arc::new(state),
             sweeper,
             audit: writer,
+            sealer,
         })
     }
 
@@ -105,6 +109,12 @@ impl Proxy {
     /// The cookie keys in use, replaceable while serving (the binary reloads them on SIGHUP).
     pub fn cookie_keys(&self) -> Arc<secrets::KeyRing> {
         self.state.cookies.keys()
+    }
+
+    /// The store's sealer, whose keys are replaceable while serving (the binary reloads them
+    /// on SIGHUP); off without `store.encryption_key`.
+    pub fn store_sealer(&self) -> store::Sealer {
+        self.sealer.clone()
     }
 
     /// The assertion signer, when `[assertion]` is on (the binary reloads its key on SIGHUP).

@@ -27,8 +27,19 @@ fn main() -> ExitCode {
     // `sessions copy` names its two stores on the command line: refused like a config.
     let copy = match &cli.command {
         Some(Command::Sessions {
-            command: SessionsCommand::Copy { from, to },
-        }) => match copy_stores(&cli.options, from, to) {
+            command:
+                SessionsCommand::Copy {
+                    from,
+                    to,
+                    from_key_file,
+                    to_key_file,
+                    to_plain,
+                },
+        }) => match copy_stores(
+            &cli.options,
+            (from, from_key_file.as_deref()),
+            (to, to_key_file.as_deref(), *to_plain),
+        ) {
             Ok(stores) => Some(stores),
             Err(e) => {
                 eprintln!("session-proxy: {e}");
@@ -140,6 +151,7 @@ async fn run(
     let hangup = signal(SignalKind::hangup())
         .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
     session_proxy::secrets::warn_if_world_readable(&config.cookie);
+    session_proxy::secrets::warn_if_store_keys_world_readable(&config.store);
     let listen = config.listen;
     let upstream = config.upstream.clone();
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
@@ -159,6 +171,8 @@ async fn run(
         session_proxy::reload::assertion_key_on_hangup(signer)
             .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
     }
+    session_proxy::reload::store_keys_on_hangup(options.clone(), proxy.store_sealer())
+        .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
     tokio::spawn(session_proxy::reload::cookie_keys_on_hangup(
         hangup,
         options,
@@ -310,12 +324,27 @@ async fn migrate(config: &StoreConfig) -> anyhow::Result<()> {
 
 /// The two stores of `sessions copy`. The memory store is refused on either side: a new
 /// process's is empty, and what is copied into it is gone when the command exits.
+///
+/// Each store's encryption keys are the configured ones unless a key file (or `--to-plain`)
+/// says otherwise, so a copy re-encrypts (or decrypts) between stores with different keys.
 fn copy_stores(
     options: &session_proxy::config::cli::Options,
-    from: &str,
-    to: &str,
+    (from, from_keys): (&str, Option<&std::path::Path>),
+    (to, to_keys, to_plain): (&str, Option<&std::path::Path>, bool),
 ) -> anyhow::Result<(StoreConfig, StoreConfig)> {
-    let (from, to) = (options.store_for(from)?, options.store_for(to)?);
+    use session_proxy::config::cli::StoreKeys;
+    let from_keys = from_keys.map_or(StoreKeys::Configured, |f| {
+        StoreKeys::File("--from-key-file", f)
+    });
+    let to_keys = match (to_keys, to_plain) {
+        (_, true) => StoreKeys::Plain,
+        (Some(f), false) => StoreKeys::File("--to-key-file", f),
+        (None, false) => StoreKeys::Configured,
+    };
+    let (from, to) = (
+        options.store_with_keys(from, from_keys)?,
+        options.store_with_keys(to, to_keys)?,
+    );
     if matches!(from.kind, StoreKind::Memory) {
         anyhow::bail!(
             "--from memory: the memory store lives inside a running proxy, so there is nothing \

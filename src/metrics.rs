@@ -173,6 +173,9 @@ pub struct StoreMetrics {
     errors: Arc<[Counter; 7]>,
     duration_family: HistogramFamily,
     errors_family: Family<OpLabel, Counter>,
+    /// Stored sessions that could not be read back: sealed data that did not open (a key no
+    /// longer configured, a tampered or moved record), treated as missing.
+    pub unreadable: Counter,
 }
 
 impl std::fmt::Debug for StoreMetrics {
@@ -193,6 +196,7 @@ impl Default for StoreMetrics {
             errors: Arc::new(errors),
             duration_family,
             errors_family,
+            unreadable: Counter::default(),
         }
     }
 }
@@ -323,6 +327,12 @@ impl Metrics {
             "Time of one store call, by operation",
             Unit::Seconds,
             store.duration_family.clone(),
+        );
+        registry.register(
+            "store_unreadable",
+            "Stored sessions whose sealed data did not open (a key no longer in \
+             store.encryption_key, or a record tampered with or moved), treated as missing",
+            store.unreadable.clone(),
         );
         let cookie = CookieMetrics::default();
         registry.register(

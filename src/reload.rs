@@ -1,5 +1,5 @@
-//! What a running proxy re-reads on SIGHUP: the cookie keys, the TLS certificate and the
-//! assertion key. Every other setting takes a restart.
+//! What a running proxy re-reads on SIGHUP: the cookie keys, the store's encryption keys, the
+//! TLS certificate and the assertion key. Every other setting takes a restart.
 //!
 //! Both listeners are registered by `main.rs` before the proxy announces its port, so a SIGHUP is
 //! never the signal's default action (which ends the process). A reload that fails is logged at
@@ -13,7 +13,11 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use crate::assertion::Signer;
 use crate::config::ConfigError;
 use crate::config::cli::Options;
-use crate::secrets::{KeyRing, SigningToggled, warn_if_world_readable};
+use crate::secrets::{
+    KeyRing, SigningToggled, warn_if_store_keys_world_readable, warn_if_world_readable,
+};
+use crate::store::Sealer;
+use crate::store::seal::KeyError;
 use crate::tls::Certs;
 
 /// Why a reload left the cookie keys as they were.
@@ -25,6 +29,9 @@ pub enum ReloadError {
     /// The operator's: a reload may change the keys, not whether there are any.
     #[error(transparent)]
     SigningToggled(#[from] SigningToggled),
+    /// The operator's (a reload may not turn encryption on or off), or ours.
+    #[error(transparent)]
+    StoreKeys(#[from] KeyError),
     /// Ours: the task that read the files did not finish.
     #[error("the reload did not finish: {0}")]
     Aborted(#[source] tokio::task::JoinError),
@@ -64,6 +71,52 @@ pub async fn cookie_keys_on_hangup(mut hangup: Signal, options: Options, ring: A
             }
         }
     }
+}
+
+/// Reads the configuration again as the start did and puts its store encryption keys in use
+/// (`store.encryption_key` or `encryption_key_file`, or the flag or variable): the first seals
+/// from now on, every one opens. Returns how many keys are in use now.
+pub async fn store_keys(sealer: &Sealer, options: Arc<Options>) -> Result<usize, ReloadError> {
+    let config = tokio::task::spawn_blocking(move || options.load())
+        .await
+        .map_err(ReloadError::Aborted)??;
+    warn_if_store_keys_world_readable(&config.store);
+    let secrets: Vec<&[u8]> = config
+        .store
+        .encryption_keys
+        .iter()
+        .map(|s| s.as_str().as_bytes())
+        .collect();
+    Ok(sealer.replace(&secrets)?)
+}
+
+/// Reloads the store's encryption keys on every SIGHUP, for as long as the runtime runs. A
+/// reload that fails (a bad file, or one that would turn encryption on or off) is logged and
+/// the keys in use kept.
+pub fn store_keys_on_hangup(options: Options, sealer: Sealer) -> std::io::Result<()> {
+    let mut hangups = signal(SignalKind::hangup())?;
+    let options = Arc::new(options);
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match store_keys(&sealer, options.clone()).await {
+                Ok(0) => tracing::debug!("SIGHUP: the store is not encrypted"),
+                Ok(keys) => tracing::info!(
+                    keys,
+                    kid = sealer.sealing_kid().unwrap_or_default(),
+                    "SIGHUP: store encryption keys reloaded"
+                ),
+                Err(ReloadError::Config(ConfigError::Parse { file, .. })) => tracing::error!(
+                    %file,
+                    "SIGHUP: the config file is not valid TOML (`session-proxy check` shows where); the store keys in use are kept"
+                ),
+                Err(error) => tracing::error!(
+                    %error,
+                    "SIGHUP: store encryption keys not reloaded; the keys in use are kept"
+                ),
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Reloads `certs` on every SIGHUP, for as long as the runtime runs: new handshakes get the new

@@ -222,17 +222,27 @@ impl KeyRing {
 /// Warns when the secrets file can be read by every user of the machine: whoever reads it can
 /// sign a cookie for any session id.
 pub fn warn_if_world_readable(cookie: &CookieConfig) {
+    if let Some(path) = cookie.secret_file.as_deref() {
+        warn_if_file_world_readable(path, "cookie.secret_file");
+    }
+}
+
+/// [`warn_if_world_readable`] for `store.encryption_key_file`.
+pub fn warn_if_store_keys_world_readable(store: &crate::config::StoreConfig) {
+    if let Some(path) = store.encryption_key_file.as_deref() {
+        warn_if_file_world_readable(path, "store.encryption_key_file");
+    }
+}
+
+fn warn_if_file_world_readable(path: &std::path::Path, key: &'static str) {
     use std::os::unix::fs::PermissionsExt as _;
-    let Some(path) = cookie.secret_file.as_deref() else {
-        return;
-    };
     if let Ok(meta) = std::fs::metadata(path)
         && meta.permissions().mode() & 0o004 != 0
     {
         tracing::warn!(
             file = %path.display(),
             mode = format!("{:o}", meta.permissions().mode() & 0o777),
-            "cookie.secret_file is readable by every user of this machine: chmod o-r it"
+            "{key} is readable by every user of this machine: chmod o-r it"
         );
     }
 }

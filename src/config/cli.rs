@@ -110,10 +110,23 @@ pub enum SessionsCommand {
         /// The store to write, in the same syntax.
         #[arg(long, value_name = "STORE")]
         to: String,
+        /// The keys the source's data was encrypted with, one per line (as
+        /// `store.encryption_key_file`); default: the configured keys. Unencrypted records read
+        /// either way.
+        #[arg(long, value_name = "FILE")]
+        from_key_file: Option<PathBuf>,
+        /// The keys to encrypt the destination's data with (the first encrypts); default: the
+        /// configured keys. So a copy re-encrypts between stores with different keys.
+        #[arg(long, value_name = "FILE", conflicts_with = "to_plain")]
+        to_key_file: Option<PathBuf>,
+        /// Write the destination unencrypted, whatever the configuration says (decrypts a
+        /// store).
+        #[arg(long)]
+        to_plain: bool,
     },
 }
 
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
     /// TOML config file; without it, built-in defaults (those shown in proxy.toml) apply.
     #[arg(long, short = 'c', global = true, value_name = "FILE")]
@@ -163,6 +176,23 @@ pub struct Options {
     /// SIGHUP.
     #[arg(long, global = true, value_name = "FILE")]
     pub cookie_secret_file: Option<PathBuf>,
+    /// Key (>= 32 bytes) to encrypt session data in the store with; prefer the environment
+    /// variable or --store-key-file. Repeat it (or put one key per line in the variable) to
+    /// rotate: the first encrypts, every one decrypts.
+    #[arg(
+        long,
+        global = true,
+        env = "SESSION_PROXY_STORE_KEY",
+        hide_env_values = true,
+        value_name = "KEY",
+        action = clap::ArgAction::Append,
+        value_delimiter = '\n'
+    )]
+    pub store_key: Vec<Secret>,
+    /// File of store encryption keys, one per line (the first encrypts, every one decrypts);
+    /// re-read on SIGHUP.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub store_key_file: Option<PathBuf>,
     /// Prefix of the protocol headers (default X-Session).
     #[arg(long, global = true, value_name = "PREFIX")]
     pub header_prefix: Option<String>,
@@ -203,10 +233,46 @@ impl Options {
     /// The store that `spec` (in the `--store` syntax) names, with the file's and the flags'
     /// other store settings where they apply to its kind: for `sessions copy`, which opens two.
     pub fn store_for(&self, spec: &str) -> Result<StoreConfig, ConfigError> {
+        self.store_with_keys(spec, StoreKeys::Configured)
+    }
+
+    /// [`Options::store_for`], its encryption keys as `keys` says (`sessions copy`'s
+    /// `--from-key-file`, `--to-key-file`, `--to-plain`); a bad key file is named by `keys`'
+    /// flag.
+    pub fn store_with_keys(&self, spec: &str, keys: StoreKeys) -> Result<StoreConfig, ConfigError> {
         let (mut raw, origin) = self.raw()?;
         self.apply(&mut raw, &origin)?;
         set_store(&mut raw.store, spec, &origin, "--from/--to")?;
-        raw.validate(&origin).map(|c| c.store)
+        let flag = match keys {
+            StoreKeys::Configured => None,
+            StoreKeys::File(flag, file) => {
+                raw.store.encryption_key = None;
+                raw.store.encryption_key_file = Some(file.to_owned());
+                Some(flag)
+            }
+            StoreKeys::Plain => {
+                raw.store.encryption_key = None;
+                raw.store.encryption_key_file = None;
+                None
+            }
+        };
+        raw.validate(&origin)
+            .map(|c| c.store)
+            .map_err(|e| match (e, flag) {
+                (
+                    ConfigError::Invalid {
+                        file,
+                        key: "store.encryption_key_file",
+                        message,
+                    },
+                    Some(flag),
+                ) => ConfigError::Invalid {
+                    file,
+                    key: flag,
+                    message,
+                },
+                (e, _) => e,
+            })
     }
 
     fn raw(&self) -> Result<(RawConfig, String), ConfigError> {
@@ -230,41 +296,23 @@ impl Options {
         set(&mut raw.cookie.path, &self.cookie_path);
         set(&mut raw.cookie.same_site, &self.cookie_same_site);
         // Either flag (or the variable) replaces whichever secrets the file configured.
-        match (&self.cookie_secret[..], &self.cookie_secret_file) {
-            ([], None) => {}
-            ([_, ..], Some(_)) => {
-                return Err(ConfigError::Invalid {
-                    file: origin.to_owned(),
-                    key: "--cookie-secret-file",
-                    message: "give either --cookie-secret (or SESSION_PROXY_COOKIE_SECRET) or \
-                              --cookie-secret-file, not both"
-                        .to_owned(),
-                });
-            }
-            (secrets, None) => {
-                // Lines of the variable are trimmed like the lines of a file, so a trailing
-                // newline (`$(cat file)` keeps none, `export` of a heredoc does) is no secret.
-                let secrets: Vec<Secret> = secrets
-                    .iter()
-                    .map(|s| s.as_str().trim())
-                    .filter(|s| !s.is_empty())
-                    .map(|s| Secret::from(s.to_owned()))
-                    .collect();
-                if secrets.is_empty() {
-                    return Err(ConfigError::Invalid {
-                        file: origin.to_owned(),
-                        key: "--cookie-secret",
-                        message: "holds no secret (is SESSION_PROXY_COOKIE_SECRET empty?)"
-                            .to_owned(),
-                    });
-                }
-                raw.cookie.secret = Some(Secrets::Many(secrets));
-                raw.cookie.secret_file = None;
-            }
-            ([], Some(file)) => {
-                raw.cookie.secret = None;
-                raw.cookie.secret_file = Some(file.clone());
-            }
+        if let Some((secrets, file)) = secret_flags(
+            origin,
+            &self.cookie_secret,
+            &self.cookie_secret_file,
+            COOKIE_FLAGS,
+        )? {
+            raw.cookie.secret = secrets;
+            raw.cookie.secret_file = file;
+        }
+        if let Some((secrets, file)) = secret_flags(
+            origin,
+            &self.store_key,
+            &self.store_key_file,
+            STORE_KEY_FLAGS,
+        )? {
+            raw.store.encryption_key = secrets;
+            raw.store.encryption_key_file = file;
         }
         if self.cookie_secure {
             raw.cookie.secure = Some(true);
@@ -286,6 +334,80 @@ impl Options {
             set_store(&mut raw.store, spec, origin, "--store")?;
         }
         Ok(())
+    }
+}
+
+/// Where a store of `sessions copy` takes its encryption keys from.
+#[derive(Debug, Clone, Copy)]
+pub enum StoreKeys<'a> {
+    /// The configuration's (`store.encryption_key`, the flags, the variable).
+    Configured,
+    /// A key file given by the named flag.
+    File(&'static str, &'a std::path::Path),
+    /// None: data is written unencrypted.
+    Plain,
+}
+
+/// The names a pair of secret flags goes by in errors: the list flag, its variable, the file
+/// flag.
+struct SecretFlags {
+    list: &'static str,
+    env: &'static str,
+    file: &'static str,
+}
+
+const COOKIE_FLAGS: SecretFlags = SecretFlags {
+    list: "--cookie-secret",
+    env: "SESSION_PROXY_COOKIE_SECRET",
+    file: "--cookie-secret-file",
+};
+
+const STORE_KEY_FLAGS: SecretFlags = SecretFlags {
+    list: "--store-key",
+    env: "SESSION_PROXY_STORE_KEY",
+    file: "--store-key-file",
+};
+
+/// The secrets a section takes from its flags: the list, or the file.
+type SecretChoice = (Option<Secrets>, Option<PathBuf>);
+
+/// What a list flag of secrets (or its variable) and its file flag make of the file's two
+/// keys: `None` when neither is given (the file's stand), else the list and the file to use.
+fn secret_flags(
+    origin: &str,
+    list: &[Secret],
+    file: &Option<PathBuf>,
+    names: SecretFlags,
+) -> Result<Option<SecretChoice>, ConfigError> {
+    match (list, file) {
+        ([], None) => Ok(None),
+        ([_, ..], Some(_)) => Err(ConfigError::Invalid {
+            file: origin.to_owned(),
+            key: names.file,
+            message: format!(
+                "give either {} (or {}) or {}, not both",
+                names.list, names.env, names.file
+            ),
+        }),
+        (secrets, None) => {
+            // Lines of the variable are trimmed like the lines of a file, so a trailing
+            // newline (`$(cat file)` keeps none, `export` of a heredoc does) is no secret.
+            let secrets: Vec<Secret> = secrets
+                .iter()
+                .map(|s| s.as_str().trim())
+                .filter(|s| !s.is_empty())
+                .map(|s| Secret::from(s.to_owned()))
+                .collect();
+            if secrets.is_empty() {
+                return Err(ConfigError::Invalid {
+                    file: origin.to_owned(),
+                    key: names.list,
+                    message: format!("holds no secret (is {} empty?)", names.env),
+                });
+            }
+            Ok(Some((Some(Secrets::Many(secrets)), None)))
+        }
+        ([], Some(file)) => Ok(Some((None, Some(file.clone())))),
     }
 }
 
@@ -432,6 +554,51 @@ mod tests {
                 .starts_with("t.toml: `--cookie-secret`: holds no secret"),
             "{err}"
         );
+    }
+
+    /// The store's keys take the cookie secrets' flags' rules: the list flag (or
+    /// SESSION_PROXY_STORE_KEY, one key a line) or the file flag replaces the file's keys; both
+    /// at once, or an empty variable, are refused by the flag's name.
+    #[test]
+    fn store_key_flags_replace_the_files_keys() {
+        let (a, b) = ("a".repeat(32), "b".repeat(40));
+        let lines = format!("{a}\n{b}\n");
+        let cli = Cli::try_parse_from(["session-proxy", "--store-key", &lines]).unwrap();
+        let mut raw =
+            RawConfig::from_toml("t.toml", "[store]\nencryption_key_file = \"/x\"").unwrap();
+        cli.options.apply(&mut raw, "t.toml").unwrap();
+        let keys = raw.validate("t.toml").unwrap().store.encryption_keys;
+        let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+        assert_eq!(keys, [a.as_str(), b.as_str()]);
+
+        let cli =
+            Cli::try_parse_from(["session-proxy", "--store-key-file", "/nonexistent"]).unwrap();
+        let mut raw =
+            RawConfig::from_toml("t.toml", &format!("[store]\nencryption_key = \"{a}\"")).unwrap();
+        cli.options.apply(&mut raw, "t.toml").unwrap();
+        let err = raw.validate("t.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("t.toml: `store.encryption_key_file`: cannot read /nonexistent"),
+            "{err}"
+        );
+
+        for (args, want) in [
+            (
+                vec!["--store-key", a.as_str(), "--store-key-file", "/x"],
+                "t.toml: `--store-key-file`: give either --store-key (or SESSION_PROXY_STORE_KEY) or --store-key-file, not both",
+            ),
+            (
+                vec!["--store-key", "\n \n"],
+                "t.toml: `--store-key`: holds no secret (is SESSION_PROXY_STORE_KEY empty?)",
+            ),
+        ] {
+            let cli = Cli::try_parse_from(["session-proxy"].into_iter().chain(args)).unwrap();
+            let err = cli
+                .options
+                .apply(&mut RawConfig::default(), "t.toml")
+                .unwrap_err();
+            assert_eq!(err.to_string(), want);
+        }
     }
 
     /// The flag chooses the store outright: the file's settings of other kinds, and where its

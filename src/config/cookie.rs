@@ -141,20 +141,52 @@ pub(super) fn cookie(at: &Origin, c: RawCookie) -> Result<CookieConfig, ConfigEr
 /// derivation, is the only check.
 const MIN_SECRET: usize = 32;
 
-/// The signing keys from `cookie.secret` (one or a list) or `cookie.secret_file` (one secret a
-/// line; blank lines and `#` comments skipped; each line trimmed). Each secret is checked, and
-/// an error says which one (by position, or by line) without showing it.
+/// The signing keys from `cookie.secret` (one or a list) or `cookie.secret_file` (see
+/// [`secrets`]).
 fn cookie_keys(
     at: &Origin,
     secret: Option<super::Secrets>,
     file: Option<&std::path::Path>,
 ) -> Result<Vec<Key>, ConfigError> {
+    let secrets = secrets(at, &COOKIE_SECRETS, secret, file)?;
+    Ok(secrets
+        .iter()
+        .map(|text| Key::derive_from(text.as_bytes()))
+        .collect())
+}
+
+/// The two keys a list of secrets may come from, and what an empty list should say.
+pub(super) struct SecretKeys {
+    /// The key holding one secret or a list (`cookie.secret`).
+    pub list: &'static str,
+    /// The key naming a file of secrets (`cookie.secret_file`).
+    pub file: &'static str,
+    /// The end of the message for an empty list.
+    pub none: &'static str,
+}
+
+const COOKIE_SECRETS: SecretKeys = SecretKeys {
+    list: "cookie.secret",
+    file: "cookie.secret_file",
+    none: "remove the key to leave cookies unsigned",
+};
+
+/// The secrets from `keys.list` (one or a list) or `keys.file` (one secret a line; blank
+/// lines and `#` comments skipped; each line trimmed), in order. Each secret is checked (at
+/// least [`MIN_SECRET`] bytes, no repeat), and an error says which one (by position, or by
+/// line) without showing it.
+pub(super) fn secrets(
+    at: &Origin,
+    keys: &SecretKeys,
+    secret: Option<super::Secrets>,
+    file: Option<&std::path::Path>,
+) -> Result<Vec<String>, ConfigError> {
     let (key, secrets): (&'static str, Vec<(String, String)>) = match (secret, file) {
         (None, None) => return Ok(Vec::new()),
         (Some(_), Some(_)) => {
             return Err(at.bad(
-                "cookie.secret_file",
-                "give either cookie.secret or cookie.secret_file, not both",
+                keys.file,
+                format!("give either {} or {}, not both", keys.list, keys.file),
             ));
         }
         (Some(secrets), None) => {
@@ -169,15 +201,11 @@ fn cookie_keys(
                 };
                 (name, s.as_str().to_owned())
             });
-            ("cookie.secret", named.collect())
+            (keys.list, named.collect())
         }
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                at.bad(
-                    "cookie.secret_file",
-                    format!("cannot read {}: {e}", path.display()),
-                )
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| at.bad(keys.file, format!("cannot read {}: {e}", path.display())))?;
             let named = text.lines().enumerate().filter_map(|(i, line)| {
                 let line = line.trim();
                 (!line.is_empty() && !line.starts_with('#')).then(|| {
@@ -187,13 +215,16 @@ fn cookie_keys(
                     )
                 })
             });
-            ("cookie.secret_file", named.collect())
+            (keys.file, named.collect())
         }
     };
     if secrets.is_empty() {
         let why = match file {
             Some(path) => format!("{} holds no secret", path.display()),
-            None => "the list is empty: give at least one secret, or remove the key to leave cookies unsigned".to_owned(),
+            None => format!(
+                "the list is empty: give at least one secret, or {}",
+                keys.none
+            ),
         };
         return Err(at.bad(key, why));
     }
@@ -212,10 +243,7 @@ fn cookie_keys(
             return Err(at.bad(key, format!("{name} repeats {first}")));
         }
     }
-    Ok(secrets
-        .iter()
-        .map(|(_, text)| Key::derive_from(text.as_bytes()))
-        .collect())
+    Ok(secrets.into_iter().map(|(_, text)| text).collect())
 }
 
 /// RFC 6265 cookie-name is an RFC 2616 token.

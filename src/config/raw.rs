@@ -173,6 +173,9 @@ pub struct RawStore {
     pub key_prefix: Option<String>,
     pub cluster: Option<bool>,
     pub nodes: Option<Vec<String>>,
+    // every kind: session data encrypted at rest
+    pub encryption_key: Option<Secrets>,
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -224,7 +227,7 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 68] = [
+pub(crate) const KEYS: [&str; 70] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -261,6 +264,8 @@ pub(crate) const KEYS: [&str; 68] = [
     "store.key_prefix",
     "store.cluster",
     "store.nodes",
+    "store.encryption_key",
+    "store.encryption_key_file",
     "upstream_timeouts.connect",
     "upstream_timeouts.response",
     "tls.cert",
@@ -385,7 +390,7 @@ mod tests {
             }),
             &fields!(RawStore "store." {
                 kind, timeout, sweep_interval, on_error, path, filename_template, mode, fsync,
-                url, key_prefix, cluster, nodes
+                url, key_prefix, cluster, nodes, encryption_key, encryption_key_file
             }),
             &fields!(RawTimeouts "upstream_timeouts." { connect, response }),
             &fields!(RawTls "tls." { cert, key }),

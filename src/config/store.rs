@@ -21,6 +21,13 @@ pub struct StoreConfig {
     /// `session.user_key`, copied here so every opener of the store (the proxy, the CLI,
     /// `sessions copy`) keeps the same user index without passing it along.
     pub users: Option<crate::session::UserKey>,
+    /// `store.encryption_key` (or `encryption_key_file`): the secrets session data is sealed
+    /// with, checked like the cookie secrets (32 bytes or more, no repeat); the first seals,
+    /// every one opens. Empty: data is stored as it is.
+    pub encryption_keys: Vec<super::Secret>,
+    /// Where the keys were read from (`store.encryption_key_file`), if from a file: its mode is
+    /// checked at start and on each reload, like `cookie.secret_file`.
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 /// The store-down policy (`store.on_error`).
@@ -138,7 +145,7 @@ macro_rules! store_key {
 
 /// Which `[store]` keys belong to which kind. File validation and the `--store` flag both go by
 /// this one list, so a new kind or key is added here and nowhere else.
-const STORE_KEYS: [StoreKey; 11] = [
+const STORE_KEYS: [StoreKey; 13] = [
     store_key!(timeout, &Kind::ALL, Role::Setting),
     store_key!(sweep_interval, &Kind::ALL, Role::Setting),
     store_key!(on_error, &Kind::ALL, Role::Setting),
@@ -150,7 +157,16 @@ const STORE_KEYS: [StoreKey; 11] = [
     store_key!(key_prefix, &[Kind::Redis], Role::Setting),
     store_key!(cluster, &[Kind::Redis], Role::Location),
     store_key!(nodes, &[Kind::Redis], Role::Location),
+    store_key!(encryption_key, &Kind::ALL, Role::Setting),
+    store_key!(encryption_key_file, &Kind::ALL, Role::Setting),
 ];
+
+/// Where the store's encryption keys come from.
+const ENCRYPTION_KEYS: super::cookie::SecretKeys = super::cookie::SecretKeys {
+    list: "store.encryption_key",
+    file: "store.encryption_key_file",
+    none: "remove the key to store session data unencrypted",
+};
 
 impl RawStore {
     /// Makes this a `kind` store for a `--store` flag, which chooses the store outright: the
@@ -198,6 +214,15 @@ pub(super) fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigErro
             ),
         ));
     }
+    let encryption_keys = super::cookie::secrets(
+        at,
+        &ENCRYPTION_KEYS,
+        st.encryption_key,
+        st.encryption_key_file.as_deref(),
+    )?
+    .into_iter()
+    .map(super::Secret::from)
+    .collect();
     let kind = match kind {
         Kind::Memory => StoreKind::Memory,
         Kind::Sqlite => StoreKind::Sqlite(SqliteConfig {
@@ -289,6 +314,8 @@ pub(super) fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigErro
         sweep_interval,
         on_error,
         users: None,
+        encryption_keys,
+        encryption_key_file: st.encryption_key_file,
     })
 }
 
@@ -342,6 +369,60 @@ mod tests {
                 format!("t.toml: `{want}`: does not apply to store.kind = \"{kind}\""),
                 "{text}"
             );
+        }
+    }
+
+    /// The store's keys are checked like the cookie secrets, by the same code: each one named
+    /// by its position or line, never shown; a list, a file, and the two refused together.
+    #[test]
+    fn store_encryption_keys_as_a_list_or_a_file() {
+        let (a, b) = ("a".repeat(32), "b".repeat(40));
+        let c = check(&format!("[store]\nencryption_key = [\"{a}\", \"{b}\"]")).unwrap();
+        let keys: Vec<&str> = c.store.encryption_keys.iter().map(|s| s.as_str()).collect();
+        assert_eq!(keys, [a.as_str(), b.as_str()]);
+        assert!(!format!("{c:?}").contains(&a));
+        assert!(check("").unwrap().store.encryption_keys.is_empty());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("keys");
+        std::fs::write(&file, format!("# newest first\n{b}\n\n{a}\n")).unwrap();
+        let text = format!("[store]\nencryption_key_file = \"{}\"", file.display());
+        let c = check(&text).unwrap();
+        let keys: Vec<&str> = c.store.encryption_keys.iter().map(|s| s.as_str()).collect();
+        assert_eq!(keys, [b.as_str(), a.as_str()]);
+        assert_eq!(c.store.encryption_key_file.as_deref(), Some(file.as_path()));
+
+        let short = "s".repeat(31);
+        std::fs::write(&file, format!("{a}\n{short}\n")).unwrap();
+        assert_eq!(
+            check(&text).unwrap_err(),
+            format!(
+                "t.toml: `store.encryption_key_file`: {} line 2: must be at least 32 bytes of random text, got 31",
+                file.display()
+            )
+        );
+        for (text, want) in [
+            (
+                format!("[store]\nencryption_key = [\"{a}\", \"{short}\"]"),
+                "t.toml: `store.encryption_key`: secret 1 (of 2, counting from 0): must be at least 32 bytes of random text, got 31".to_owned(),
+            ),
+            (
+                "[store]\nencryption_key = []".to_owned(),
+                "t.toml: `store.encryption_key`: the list is empty: give at least one secret, or remove the key to store session data unencrypted".to_owned(),
+            ),
+            (
+                format!("[store]\nencryption_key = [\"{a}\", \"{a}\"]"),
+                "t.toml: `store.encryption_key`: secret 1 (of 2, counting from 0) repeats secret 0 (of 2, counting from 0)".to_owned(),
+            ),
+            (
+                format!(
+                    "[store]\nencryption_key = \"{a}\"\nencryption_key_file = \"{}\"",
+                    file.display()
+                ),
+                "t.toml: `store.encryption_key_file`: give either store.encryption_key or store.encryption_key_file, not both".to_owned(),
+            ),
+        ] {
+            assert_eq!(check(&text).unwrap_err(), want, "{text}");
         }
     }
 }

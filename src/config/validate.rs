@@ -196,6 +196,14 @@ mod tests {
             ("store.cluster", "[store]\ncluster = \"yes\""),
             ("store.nodes", "[store]\nnodes = \"redis://x\""),
             (
+                "store.encryption_key",
+                "[store]\nencryption_key = \"short\"",
+            ),
+            (
+                "store.encryption_key_file",
+                "[store]\nencryption_key_file = \"/nonexistent/keys\"",
+            ),
+            (
                 "upstream_timeouts.connect",
                 "[upstream_timeouts]\nconnect = \"0s\"",
             ),

@@ -22,7 +22,9 @@ use async_trait::async_trait;
 
 use super::lock::StripedLock;
 use super::users::UserIndex;
-use super::{ExpiredSink, Loaded, Page, Record, Result, SessionStore, StoreError, Update, now_ms};
+use super::{
+    ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, StoreError, Update, now_ms,
+};
 use crate::config::FsConfig;
 use crate::session::{Handle, SessionId, UserKey};
 
@@ -49,6 +51,9 @@ struct Inner {
     writers: Arc<tokio::sync::Semaphore>,
     index: Index,
     users: Option<Users>,
+    /// Seals each file's data on write and opens it on read; the index and every write's
+    /// merge work on the opened data.
+    sealer: Sealer,
 }
 
 /// The user index and the key it is built from.
@@ -169,6 +174,15 @@ impl FsStore {
 
     /// [`FsStore::open`], keeping a user index on `users`.
     pub async fn open_indexed(config: FsConfig, users: Option<UserKey>) -> Result<Self> {
+        Self::open_sealed(config, users, Sealer::default()).await
+    }
+
+    /// [`FsStore::open_indexed`], sealing session data with `sealer` (`store.encryption_key`).
+    pub async fn open_sealed(
+        config: FsConfig,
+        users: Option<UserKey>,
+        sealer: Sealer,
+    ) -> Result<Self> {
         let (prefix, suffix) = config
             .filename_template
             .split_once("%s")
@@ -195,6 +209,7 @@ impl FsStore {
                 key,
                 index: UserIndex::default(),
             }),
+            sealer,
         });
         let check = inner.clone();
         blocking(move || {
@@ -273,7 +288,7 @@ impl Inner {
     /// [`Record::from_stored`]).
     fn read(&self, id: &Handle) -> Result<Option<Record>> {
         match fs::read(self.path(id)) {
-            Ok(bytes) => Ok(Record::from_stored(&bytes, id)),
+            Ok(bytes) => Ok(Record::from_stored(&bytes, id, &self.sealer)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -284,8 +299,8 @@ impl Inner {
     }
 
     /// temp file + (fsync) + rename + (fsync dir): the file is the old one or the new one.
-    fn write(&self, path: &Path, record: &Record) -> Result<()> {
-        let json = record.to_json()?;
+    fn write(&self, id: &Handle, path: &Path, record: &Record) -> Result<()> {
+        let json = record.to_stored_json(&self.sealer, id)?;
         let mut token = [0u8; 8];
         rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut token)
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
@@ -404,24 +419,32 @@ impl Inner {
                 continue;
             }
             let _guard = self.locks.blocking_lock(&id);
-            // Re-check under the lock: the file may have been touched since the stat.
-            match self.read(&id)? {
-                Some(r) if !r.is_live(now) => match fs::remove_file(entry.path()) {
-                    Ok(()) => {
-                        self.index.remove(&id);
-                        self.reindex(&id, Some(&r), None);
-                        removed += 1;
-                        if let Some(report) = expired {
-                            report(&id, self.user_of(&r).as_deref());
-                        }
+            // Re-check under the lock: the file may have been touched since the stat. Its times
+            // decide, so a sealed record whose key is gone expires like any other (its data is
+            // opened only for the user index and the report: `r` is `None` if it does not open).
+            let bytes = match fs::read(entry.path()) {
+                Ok(bytes) => bytes,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if Record::expires_at_of(&bytes).is_none_or(|at| at > now) {
+                continue;
+            }
+            let r = Record::from_stored(&bytes, &id, &self.sealer);
+            match fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    self.index.remove(&id);
+                    self.reindex(&id, r.as_ref(), None);
+                    removed += 1;
+                    if let Some(report) = expired {
+                        report(&id, r.as_ref().and_then(|r| self.user_of(r)).as_deref());
                     }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        self.index.remove(&id);
-                        self.reindex(&id, Some(&r), None);
-                    }
-                    Err(e) => return Err(e.into()),
-                },
-                _ => {}
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.index.remove(&id);
+                    self.reindex(&id, r.as_ref(), None);
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(removed)
@@ -438,7 +461,9 @@ impl Inner {
         for id in ids {
             match fs::read(self.path(&id)) {
                 Ok(bytes) => {
-                    if let Some(r) = Record::from_stored(&bytes, &id).filter(|r| r.is_live(now)) {
+                    if let Some(r) =
+                        Record::from_stored(&bytes, &id, &self.sealer).filter(|r| r.is_live(now))
+                    {
                         sessions.push((id, r));
                     }
                 }
@@ -518,7 +543,7 @@ impl SessionStore for FsStore {
             if old.as_ref().is_some_and(|r| r.is_live(now_ms())) {
                 return Ok(false);
             }
-            inner.write(&path, &record)?;
+            inner.write(id, &path, &record)?;
             inner.index.insert(*id);
             inner.reindex(id, old.as_ref(), Some(&record));
             Ok(true)
@@ -533,7 +558,7 @@ impl SessionStore for FsStore {
                 return Ok(None);
             };
             let next = update.apply(&current)?;
-            inner.write(&path, &next)?;
+            inner.write(id, &path, &next)?;
             inner.reindex(id, Some(&current), Some(&next));
             Ok(Some(next))
         })

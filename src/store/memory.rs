@@ -16,7 +16,7 @@ use async_trait::async_trait;
 
 use super::users::UserIndex;
 use super::{
-    Capabilities, ExpiredSink, Loaded, Page, Record, Result, SessionStore, Update, now_ms,
+    Capabilities, ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, Update, now_ms,
 };
 use crate::session::Handle;
 use crate::session::UserKey;
@@ -54,9 +54,11 @@ fn shard_of(id: &Handle) -> usize {
 type Shard = RwLock<BTreeMap<Handle, Record>>;
 
 pub struct MemoryStore {
-    /// Shared with the sweeper's blocking task.
+    /// Shared with the sweeper's blocking task. With a sealer on, each record's data is held
+    /// sealed (as another store would keep it) and opened by every read.
     shards: Arc<[Shard]>,
     users: Option<Arc<Users>>,
+    sealer: Sealer,
 }
 
 /// The user index and the key it is built from.
@@ -71,7 +73,8 @@ impl Users {
         self.key.user_of(&record.data)
     }
 
-    /// `id`'s record went from `old` to `new` (either may be none); called under its shard lock.
+    /// `id`'s record went from `old` to `new` (either may be none, both opened); called under
+    /// its shard lock.
     fn change(&self, id: &Handle, old: Option<&Record>, new: Option<&Record>) {
         if let (Some(old), Some(new)) = (old, new)
             && Arc::ptr_eq(&old.data, &new.data)
@@ -102,6 +105,11 @@ impl Default for MemoryStore {
 impl MemoryStore {
     /// A store that keeps a user index when `users` names the user key.
     pub fn new(users: Option<UserKey>) -> Self {
+        MemoryStore::sealed(users, Sealer::default())
+    }
+
+    /// [`MemoryStore::new`], holding session data sealed by `sealer` (`store.encryption_key`).
+    pub fn sealed(users: Option<UserKey>, sealer: Sealer) -> Self {
         MemoryStore {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             users: users.map(|key| {
@@ -110,6 +118,7 @@ impl MemoryStore {
                     index: UserIndex::default(),
                 })
             }),
+            sealer,
         }
     }
 
@@ -118,6 +127,31 @@ impl MemoryStore {
     pub fn user_entries(&self) -> usize {
         self.users.as_ref().map_or(0, |u| u.index.entries())
     }
+}
+
+/// `stored` as callers see it: its data opened (`None`: it does not open, and counts as
+/// missing). Off, a clone.
+fn opened(sealer: &Sealer, id: &Handle, stored: &Record) -> Option<Record> {
+    if !sealer.is_on() {
+        return Some(stored.clone());
+    }
+    let data = sealer.open(&stored.data, id).ok()?;
+    Some(Record {
+        data: Arc::from(data),
+        ..stored.clone()
+    })
+}
+
+/// `plain` as the map holds it: its data sealed. Off, a clone.
+fn sealed(sealer: &Sealer, id: &Handle, plain: &Record) -> Result<Record> {
+    if !sealer.is_on() {
+        return Ok(plain.clone());
+    }
+    let data = sealer.seal(&plain.data, id)?;
+    Ok(Record {
+        data: Arc::from(data),
+        ..plain.clone()
+    })
 }
 
 /// A panic while a shard was locked leaves a valid map (every change is one `BTreeMap` call),
@@ -178,8 +212,10 @@ impl MemoryStore {
                 budget -= 1;
                 // Every later shard's ids sort after this one, so it stays a valid bound.
                 at.after = Some(*id);
-                if r.is_live(now) {
-                    out.push((*id, r.clone()));
+                if r.is_live(now)
+                    && let Some(r) = opened(&self.sealer, id, r)
+                {
+                    out.push((*id, r));
                 }
             }
             drop(map);
@@ -217,16 +253,17 @@ impl SessionStore for MemoryStore {
         Ok(read(self.shard(id))
             .get(id)
             .filter(|r| r.is_live(now))
-            .cloned())
+            .and_then(|r| opened(&self.sealer, id, r)))
     }
 
     /// A read lock for the common case; only a record found expired takes the write lock,
     /// and is removed under it if it is still the expired one.
     async fn load_or_expired(&self, id: &Handle) -> Result<Loaded> {
         let now = now_ms();
+        let live = |r: &Record| opened(&self.sealer, id, r).map_or(Loaded::Missing, Loaded::Live);
         match read(self.shard(id)).get(id) {
             None => return Ok(Loaded::Missing),
-            Some(r) if r.is_live(now) => return Ok(Loaded::Live(r.clone())),
+            Some(r) if r.is_live(now) => return Ok(live(r)),
             Some(_) => {}
         }
         let mut map = write(self.shard(id));
@@ -234,33 +271,36 @@ impl SessionStore for MemoryStore {
             Entry::Occupied(e) if !e.get().is_live(now) => {
                 let old = e.remove();
                 let users = self.users.as_deref();
+                let old = users.and_then(|_| opened(&self.sealer, id, &old));
                 if let Some(users) = users {
-                    users.change(id, Some(&old), None);
+                    users.change(id, old.as_ref(), None);
                 }
                 Loaded::Expired {
-                    user: users.and_then(|u| u.user(&old)),
+                    user: users.zip(old.as_ref()).and_then(|(u, old)| u.user(old)),
                 }
             }
             // A create took the dead id between the two locks.
-            Entry::Occupied(e) => Loaded::Live(e.get().clone()),
+            Entry::Occupied(e) => live(e.get()),
             Entry::Vacant(_) => Loaded::Missing,
         })
     }
 
     async fn create(&self, id: &Handle, record: &Record) -> Result<bool> {
         let now = now_ms();
+        let stored = sealed(&self.sealer, id, record)?;
         let mut map = write(self.shard(id));
         match map.entry(*id) {
             Entry::Occupied(mut e) if !e.get().is_live(now) => {
-                let old = e.insert(record.clone());
+                let old = e.insert(stored);
                 if let Some(users) = &self.users {
-                    users.change(id, Some(&old), Some(record));
+                    let old = opened(&self.sealer, id, &old);
+                    users.change(id, old.as_ref(), Some(record));
                 }
                 Ok(true)
             }
             Entry::Occupied(_) => Ok(false),
             Entry::Vacant(e) => {
-                e.insert(record.clone());
+                e.insert(stored);
                 if let Some(users) = &self.users {
                     users.change(id, None, Some(record));
                 }
@@ -277,10 +317,21 @@ impl SessionStore for MemoryStore {
         if !entry.is_live(update.now) {
             return Ok(None);
         }
-        let next = update.apply(entry)?;
-        let old = std::mem::replace(entry, next.clone());
+        let Some(current) = opened(&self.sealer, id, entry) else {
+            return Ok(None);
+        };
+        let next = update.apply(&current)?;
+        *entry = if Arc::ptr_eq(&current.data, &next.data) {
+            // A touch: the data held (sealed or not) is still the data.
+            Record {
+                data: entry.data.clone(),
+                ..next.clone()
+            }
+        } else {
+            sealed(&self.sealer, id, &next)?
+        };
         if let Some(users) = &self.users {
-            users.change(id, Some(&old), Some(&next));
+            users.change(id, Some(&current), Some(&next));
         }
         Ok(Some(next))
     }
@@ -290,7 +341,7 @@ impl SessionStore for MemoryStore {
         let mut map = write(self.shard(id));
         let removed = map.remove(id);
         if let (Some(users), Some(old)) = (&self.users, &removed) {
-            users.change(id, Some(old), None);
+            users.change(id, opened(&self.sealer, id, old).as_ref(), None);
         }
         Ok(removed.is_some_and(|r| r.is_live(now)))
     }
@@ -336,7 +387,7 @@ impl SessionStore for MemoryStore {
             .ids(user)
             .into_iter()
             .filter_map(|id| {
-                let record = read(self.shard(&id)).get(&id).cloned()?;
+                let record = opened(&self.sealer, &id, read(self.shard(&id)).get(&id)?)?;
                 crate::store::users::holds(&users.key, &record, user, now).then_some((id, record))
             })
             .collect())
@@ -363,6 +414,7 @@ impl SessionStore for MemoryStore {
         let shards = self.shards.clone();
         let users = self.users.clone();
         let expired = expired.cloned();
+        let sealer = self.sealer.clone();
         tokio::task::spawn_blocking(move || {
             let mut removed = 0u64;
             for shard in shards.iter() {
@@ -371,11 +423,13 @@ impl SessionStore for MemoryStore {
                 map.retain(|id, r| {
                     let live = r.is_live(now);
                     if !live {
+                        let r = users.as_ref().and_then(|_| opened(&sealer, id, r));
                         if let Some(users) = &users {
-                            users.change(id, Some(r), None);
+                            users.change(id, r.as_ref(), None);
                         }
                         if let Some(report) = &expired {
-                            report(id, users.as_ref().and_then(|u| u.user(r)).as_deref());
+                            let user = users.as_ref().zip(r.as_ref()).and_then(|(u, r)| u.user(r));
+                            report(id, user.as_deref());
                         }
                     }
                     live

@@ -19,6 +19,7 @@ pub mod memory;
 mod record;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod seal;
 pub mod sqlite;
 mod sweeper;
 mod timed;
@@ -28,6 +29,7 @@ pub mod users;
 pub use crate::session::now_ms;
 pub use error::{Blame, Result, StoreError};
 pub use record::Record;
+pub use seal::Sealer;
 pub use sweeper::{Sweeper, session_json, walk};
 pub use timed::Timed;
 pub use update::Update;
@@ -211,22 +213,49 @@ pub struct Opened {
     pub sweeper: Option<Sweeper>,
     /// The latency and error counters `Timed` records into, for `/metrics`.
     pub metrics: StoreMetrics,
+    /// The backend's sealer (`store.encryption_key`; off without one), shared with it: a
+    /// reload of its keys ([`Sealer::replace`]) is what the backend uses from then on.
+    pub sealer: Sealer,
 }
 
-/// Opens the configured store and wraps it in [`Timed`].
+/// Opens the configured store and wraps it in [`Timed`]; with `store.encryption_key`, the
+/// backend seals session data (see [`seal`]).
 pub async fn open(config: &StoreConfig) -> Result<Opened> {
     let users = config.users.clone();
+    let metrics = StoreMetrics::default();
+    let secrets: Vec<&[u8]> = config
+        .encryption_keys
+        .iter()
+        .map(|s| s.as_str().as_bytes())
+        .collect();
+    let sealer = Sealer::new(&secrets, metrics.unreadable.clone())
+        .map_err(|e| StoreError::Unexpected(e.to_string()))?;
+    let s = sealer.clone();
     Ok(match &config.kind {
-        StoreKind::Memory => wrap(memory::MemoryStore::new(users), config),
-        StoreKind::Fs(fs) => wrap(fs::FsStore::open_indexed(fs.clone(), users).await?, config),
-        StoreKind::Sqlite(s) => wrap(
-            sqlite::SqliteStore::open_indexed(s.clone(), sqlite::Reads::Inline, users).await?,
+        StoreKind::Memory => opened_with(
+            memory::MemoryStore::sealed(users, s),
             config,
+            metrics,
+            sealer,
+        ),
+        StoreKind::Fs(fs) => opened_with(
+            fs::FsStore::open_sealed(fs.clone(), users, s).await?,
+            config,
+            metrics,
+            sealer,
+        ),
+        StoreKind::Sqlite(q) => opened_with(
+            sqlite::SqliteStore::open_sealed(q.clone(), sqlite::Reads::Inline, users, s).await?,
+            config,
+            metrics,
+            sealer,
         ),
         #[cfg(feature = "redis")]
-        StoreKind::Redis(r) => wrap(
-            redis::RedisStore::open_indexed(r.clone(), users).await?,
+        StoreKind::Redis(r) => opened_with(
+            redis::RedisStore::open_sealed(r.clone(), users, s).await?,
             config,
+            metrics,
+            sealer,
         ),
         #[cfg(not(feature = "redis"))]
         StoreKind::Redis(_) => {
@@ -237,10 +266,14 @@ pub async fn open(config: &StoreConfig) -> Result<Opened> {
     })
 }
 
-fn wrap<S: SessionStore>(backend: S, config: &StoreConfig) -> Opened {
+fn opened_with<S: SessionStore>(
+    backend: S,
+    config: &StoreConfig,
+    metrics: StoreMetrics,
+    sealer: Sealer,
+) -> Opened {
     let caps = backend.capabilities();
     let limit = (!caps.never_waits).then_some(config.timeout);
-    let metrics = StoreMetrics::default();
     let store: Arc<dyn SessionStore> = Arc::new(Timed::new(backend, limit, metrics.clone()));
     let sweeper =
         (!caps.expires_by_itself).then(|| Sweeper::new(store.clone(), config.sweep_interval));
@@ -248,6 +281,7 @@ fn wrap<S: SessionStore>(backend: S, config: &StoreConfig) -> Opened {
         store,
         sweeper,
         metrics,
+        sealer,
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Result, StoreError};
+use super::{Result, Sealer, StoreError};
 use crate::session::Handle;
 
 /// One stored session.
@@ -60,11 +60,29 @@ impl Record {
             "a record's data is a JSON object: {:?}",
             self.data
         );
+        self.json_pieces_with(&self.data)
+    }
+
+    /// [`Record::json_pieces`] with `data` in place of the record's: the JSON value a
+    /// [`Sealer::seal_json`] made of it (the data itself, or its sealed form as a string).
+    pub(crate) fn json_pieces_with<'a>(&self, data: &'a str) -> [JsonPiece<'a>; 3] {
         [
             JsonPiece::Str(JSON_HEAD),
-            JsonPiece::Str(&self.data),
+            JsonPiece::Str(data),
             JsonPiece::Tail(self.json_tail()),
         ]
+    }
+
+    /// The JSON a backend stores for `id`: [`Record::to_json`] with the data sealed by
+    /// `sealer` (as a JSON string), or as it is when sealing is off.
+    pub fn to_stored_json(&self, sealer: &Sealer, id: &Handle) -> Result<String> {
+        let data = sealer.seal_json(&self.data, id)?;
+        let pieces = self.json_pieces_with(&data);
+        let mut out = String::with_capacity(pieces.iter().map(|p| p.as_str().len()).sum());
+        for piece in &pieces {
+            out.push_str(piece.as_str());
+        }
+        Ok(out)
     }
 
     /// The bytes of the JSON after `data`: the four integers and the closing brace.
@@ -88,13 +106,32 @@ impl Record {
     /// and counts as missing, so one bad file or value cannot lock a client out of the site
     /// (they get a fresh session); it is left where it is for inspection. The log names the id
     /// by its prefix only: the whole id is a bearer credential.
-    pub fn from_stored(bytes: &[u8], id: &Handle) -> Option<Record> {
-        Record::readable(Record::from_json(bytes), id)
+    ///
+    /// Sealed data is opened with `sealer`; one that does not open is missing too (the sealer
+    /// counted and logged it), and plain data (stored before a key was set) reads as it is.
+    pub fn from_stored(bytes: &[u8], id: &Handle, sealer: &Sealer) -> Option<Record> {
+        Record::readable(Record::from_sealed_json(bytes, sealer, id), id).flatten()
+    }
+
+    /// [`Record::from_json`], opening sealed data: `Ok(None)` for sealed data that does not
+    /// open (already counted and logged by the sealer), an error for JSON that is not a record.
+    pub fn from_sealed_json(bytes: &[u8], sealer: &Sealer, id: &Handle) -> Result<Option<Record>> {
+        let s: StoredRecord<'_> =
+            serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let raw = s.data.get();
+        if !raw.starts_with('"') {
+            return Record::from_parts(raw, &s).map(Some);
+        }
+        match sealer.open_json(raw, id) {
+            Ok(data) if data.starts_with('{') => Ok(Some(Record::assemble(Arc::from(data), &s))),
+            Ok(_) => Err(StoreError::Corrupt("data is not a JSON object".to_owned())),
+            Err(super::seal::Unreadable) => Ok(None),
+        }
     }
 
     /// The one rule for a record a backend could not read back, however it keeps records
     /// (whole JSON, or columns): logged, and treated as missing.
-    pub(crate) fn readable(record: Result<Record>, id: &Handle) -> Option<Record> {
+    pub(crate) fn readable<T>(record: Result<T>, id: &Handle) -> Option<T> {
         record
             .inspect_err(|error| {
                 tracing::error!(%error, ?id, "unreadable stored session treated as missing")
@@ -118,16 +155,33 @@ impl Record {
     pub fn from_json(bytes: &[u8]) -> Result<Record> {
         let s: StoredRecord<'_> =
             serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        if !s.data.get().starts_with('{') {
+        Record::from_parts(s.data.get(), &s)
+    }
+
+    /// The `expires_at` of a stored record's JSON, without reading its data (which may be
+    /// sealed under a key no longer configured); `None` if it is no record.
+    pub(crate) fn expires_at_of(bytes: &[u8]) -> Option<u64> {
+        serde_json::from_slice::<StoredRecord<'_>>(bytes)
+            .ok()
+            .map(|s| s.expires_at)
+    }
+
+    /// The record of a parsed JSON whose data is `data`, a JSON object's text.
+    fn from_parts(data: &str, s: &StoredRecord<'_>) -> Result<Record> {
+        if !data.starts_with('{') {
             return Err(StoreError::Corrupt("data is not a JSON object".to_owned()));
         }
-        Ok(Record {
-            data: Arc::from(s.data.get()),
+        Ok(Record::assemble(Arc::from(data), s))
+    }
+
+    fn assemble(data: Arc<str>, s: &StoredRecord<'_>) -> Record {
+        Record {
+            data,
             created_at: s.created_at,
             updated_at: s.updated_at,
             expires_at: s.expires_at,
             version: s.version,
-        })
+        }
     }
 }
 

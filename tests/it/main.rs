@@ -75,6 +75,11 @@ mod sqlite;
 /// `sessions copy` between every pair of persistent stores; memory refused.
 mod copy;
 
+/// Session data encrypted at rest: no data value in any store's bytes, plain records upgraded,
+/// removed keys unreadable (counted, kept), restart, rotation and SIGHUP through the binary,
+/// the key from the environment, `sessions copy` re-encrypting and decrypting.
+mod sealing;
+
 /// `[limits]`: silent connections closed, the connection cap, 431/414, body timeouts (408), a
 /// malformed body as the client's 400, HTTP/2 streams per connection.
 mod limits;

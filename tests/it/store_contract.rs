@@ -41,23 +41,44 @@ pub async fn open(store_toml: &str, guard: Box<dyn std::any::Any + Send>) -> Ope
 /// Every contract store keeps a user index on `user`; the rest of the suite runs without one.
 const USERS: &str = "[session]\nuser_key = \"user\"\n";
 
+/// The `[store]` line that turns on encryption at rest, for the sealed expansions.
+pub const SEALED: &str = "encryption_key = \"a-store-key-for-the-contract-tests-0123456789\"";
+
 pub async fn memory() -> Opened {
-    open(&format!("{USERS}[store]\nkind = \"memory\""), Box::new(())).await
+    memory_with("").await
+}
+
+pub async fn memory_with(extra: &str) -> Opened {
+    open(
+        &format!("{USERS}[store]\nkind = \"memory\"\n{extra}"),
+        Box::new(()),
+    )
+    .await
 }
 
 pub async fn fs() -> Opened {
+    fs_with("").await
+}
+
+/// An fs store in a fresh directory with `extra` in `[store]`.
+pub async fn fs_with(extra: &str) -> Opened {
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
-        "{USERS}[store]\nkind = \"fs\"\npath = \"{}\"\nfsync = false",
+        "{USERS}[store]\nkind = \"fs\"\npath = \"{}\"\nfsync = false\n{extra}",
         dir.path().display()
     );
     open(&toml, Box::new(dir)).await
 }
 
 pub async fn sqlite() -> Opened {
+    sqlite_with("").await
+}
+
+/// An SQLite store in a fresh directory (file `sessions.db`) with `extra` in `[store]`.
+pub async fn sqlite_with(extra: &str) -> Opened {
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
-        "{USERS}[store]\nkind = \"sqlite\"\npath = \"{}\"\nfsync = false",
+        "{USERS}[store]\nkind = \"sqlite\"\npath = \"{}\"\nfsync = false\n{extra}",
         dir.path().join("sessions.db").display()
     );
     open(&toml, Box::new(dir)).await
@@ -65,9 +86,14 @@ pub async fn sqlite() -> Opened {
 
 #[cfg(feature = "redis")]
 pub async fn redis() -> Opened {
+    redis_with("").await
+}
+
+#[cfg(feature = "redis")]
+pub async fn redis_with(extra: &str) -> Opened {
     let server = crate::support::redis::RedisServer::start().await;
     let toml = format!(
-        "{USERS}[store]\nkind = \"redis\"\nurl = \"{}\"",
+        "{USERS}[store]\nkind = \"redis\"\nurl = \"{}\"\n{extra}",
         server.url()
     );
     open(&toml, Box::new(server)).await
@@ -75,13 +101,41 @@ pub async fn redis() -> Opened {
 
 #[cfg(feature = "redis")]
 pub async fn redis_cluster() -> Opened {
+    redis_cluster_with("").await
+}
+
+#[cfg(feature = "redis")]
+pub async fn redis_cluster_with(extra: &str) -> Opened {
     let cluster = crate::support::redis::RedisCluster::start().await;
     let nodes: Vec<String> = cluster.urls().iter().map(|u| format!("{u:?}")).collect();
     let toml = format!(
-        "{USERS}[store]\nkind = \"redis\"\nnodes = [{}]",
+        "{USERS}[store]\nkind = \"redis\"\nnodes = [{}]\n{extra}",
         nodes.join(", ")
     );
     open(&toml, Box::new(cluster)).await
+}
+
+/// The contract stores with session data encrypted at rest (`store.encryption_key`).
+mod sealed {
+    use super::{Opened, SEALED};
+
+    pub async fn memory() -> Opened {
+        super::memory_with(SEALED).await
+    }
+    pub async fn fs() -> Opened {
+        super::fs_with(SEALED).await
+    }
+    pub async fn sqlite() -> Opened {
+        super::sqlite_with(SEALED).await
+    }
+    #[cfg(feature = "redis")]
+    pub async fn redis() -> Opened {
+        super::redis_with(SEALED).await
+    }
+    #[cfg(feature = "redis")]
+    pub async fn redis_cluster() -> Opened {
+        super::redis_cluster_with(SEALED).await
+    }
 }
 
 const HOUR: u64 = 3_600_000;
@@ -726,6 +780,13 @@ contract!(sqlite, super::sqlite);
 contract!(redis, super::redis);
 #[cfg(feature = "redis")]
 contract!(redis_cluster, super::redis_cluster);
+contract!(memory_sealed, super::sealed::memory);
+contract!(fs_sealed, super::sealed::fs);
+contract!(sqlite_sealed, super::sealed::sqlite);
+#[cfg(feature = "redis")]
+contract!(redis_sealed, super::sealed::redis);
+#[cfg(feature = "redis")]
+contract!(redis_cluster_sealed, super::sealed::redis_cluster);
 
 /// Every call is bounded, whoever makes it: a Redis that stops answering (SIGSTOP) costs a
 /// store-side error within about `store.timeout`, not a hang, for a direct caller like the CLI

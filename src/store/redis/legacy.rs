@@ -145,14 +145,14 @@ impl RedisStore {
             let record = match seen.take() {
                 Some(record) => record,
                 None if self.is_cluster() => match self.get_bytes(old).await? {
-                    Some(bytes) => match Record::from_stored(&bytes, handle) {
+                    Some(bytes) => match Record::from_stored(&bytes, handle, &self.sealer) {
                         Some(record) => record,
                         None => return Ok(Loaded::Missing),
                     },
                     None => return self.found_under(handle).await,
                 },
                 None => match self.adopt_script(old, id, handle, None).await? {
-                    (3, Some(bytes)) => match Record::from_stored(&bytes, handle) {
+                    (3, Some(bytes)) => match Record::from_stored(&bytes, handle, &self.sealer) {
                         Some(record) => record,
                         None => return Ok(Loaded::Missing),
                     },
@@ -173,7 +173,7 @@ impl RedisStore {
             } else {
                 match self.adopt_script(old, id, handle, Some(&record)).await? {
                     (3, Some(bytes)) => {
-                        seen = Record::from_stored(&bytes, handle);
+                        seen = Record::from_stored(&bytes, handle, &self.sealer);
                         if seen.is_none() {
                             return Ok(Loaded::Missing);
                         }
@@ -207,7 +207,7 @@ impl RedisStore {
         let under_handle = || {
             bytes
                 .as_deref()
-                .and_then(|b| Record::from_stored(b, handle))
+                .and_then(|b| Record::from_stored(b, handle, &self.sealer))
                 .filter(|r| r.is_live(now))
                 .map_or(Loaded::Missing, Loaded::Live)
         };
@@ -269,12 +269,12 @@ impl RedisStore {
         record: &Record,
     ) -> Result<Step> {
         if !self
-            .create_key(Key::of(&self.prefix, handle), handle.as_str(), record)
+            .create_key(Key::of(&self.prefix, handle), handle, record)
             .await?
         {
             return Ok(Step::Done(self.found_under(handle).await?));
         }
-        match self.cas_del(old, id.as_str(), record).await? {
+        match self.cas_del(old, id.as_str(), handle, record).await? {
             Cas::Done => Ok(Step::Done(Loaded::Live(record.clone()))),
             Cas::Gone | Cas::Changed(_) => {
                 self.delete_indexed(handle).await?;

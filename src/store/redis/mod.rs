@@ -25,8 +25,8 @@ pub use self::legacy::Migrated;
 use self::script::{Cas, Scripts};
 use super::lock::StripedLock;
 use super::{
-    Capabilities, ExpiredSink, Loaded, Page, Record, Result, SessionStore, StoreError, Update,
-    now_ms,
+    Capabilities, ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, StoreError,
+    Update, now_ms,
 };
 use crate::config::RedisConfig;
 use crate::session::{Handle, SessionId};
@@ -56,6 +56,9 @@ pub struct RedisStore {
     /// Sessions a release before handles kept under their ids: looked for until
     /// `sessions migrate` sets its marker (`legacy.rs`).
     legacy: Legacy,
+    /// Seals field `r`'s data on write (`script.rs` `RecordJson`) and opens it on read; the
+    /// scripts compare versions only, never data.
+    sealer: Sealer,
 }
 
 impl fmt::Debug for RedisStore {
@@ -78,6 +81,16 @@ impl RedisStore {
     pub async fn open_indexed(
         config: RedisConfig,
         users: Option<crate::session::UserKey>,
+    ) -> Result<Self> {
+        Self::open_sealed(config, users, Sealer::default()).await
+    }
+
+    /// [`RedisStore::open_indexed`], sealing session data with `sealer`
+    /// (`store.encryption_key`).
+    pub async fn open_sealed(
+        config: RedisConfig,
+        users: Option<crate::session::UserKey>,
+        sealer: Sealer,
     ) -> Result<Self> {
         let shown = config
             .urls
@@ -125,6 +138,7 @@ impl RedisStore {
             locks: StripedLock::default(),
             users,
             legacy: Legacy::new(migrated),
+            sealer,
         })
     }
 
@@ -147,7 +161,7 @@ impl RedisStore {
         Ok(self
             .get_bytes(self.key(id))
             .await?
-            .and_then(|bytes| Record::from_stored(&bytes, id)))
+            .and_then(|bytes| Record::from_stored(&bytes, id, &self.sealer)))
     }
 
     /// Field `r` at `key` as Redis sent it.
@@ -175,11 +189,11 @@ impl RedisStore {
             let Some(bytes) = self.get_bytes(key).await? else {
                 return Ok(false);
             };
-            let Some(current) = Record::from_stored(&bytes, id) else {
+            let Some(current) = Record::from_stored(&bytes, id, &self.sealer) else {
                 // Unreadable: its user is unknown; a read of the index drops the entry.
                 return self.del(key).await;
             };
-            match self.cas_del(key, id.as_str(), &current).await? {
+            match self.cas_del(key, id.as_str(), id, &current).await? {
                 // A dead session kept for its grace is removed, but was no longer there.
                 Cas::Done => return Ok(current.is_live(now_ms())),
                 Cas::Gone => return Ok(false),
@@ -204,14 +218,13 @@ impl RedisStore {
         mut record: Record,
     ) -> Result<Option<Record>> {
         for _ in 0..MAX_ATTEMPTS {
-            match self.cas_del(old_key, old.as_str(), &current).await? {
+            match self.cas_del(old_key, old.as_str(), old, &current).await? {
                 Cas::Done => return Ok(Some(record)),
                 Cas::Changed(stored) if stored.is_live(update.now) => {
                     // Another write reached the old id first: carry it over. Nobody else knows
                     // the new id yet, so this compare-and-set only guards against a bug.
                     let next = update.apply(&stored)?;
-                    let Cas::Done = self.cas_set(new_key, new.as_str(), &record, &next).await?
-                    else {
+                    let Cas::Done = self.cas_set(new_key, new, &record, &next).await? else {
                         return Err(StoreError::Unexpected(
                             "regenerated session changed under its new id".to_owned(),
                         ));
@@ -268,7 +281,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn create(&self, id: &Handle, record: &Record) -> Result<bool> {
-        self.create_key(self.key(id), id.as_str(), record).await
+        self.create_key(self.key(id), id, record).await
     }
 
     async fn update(&self, id: &Handle, update: &Update) -> Result<Option<Record>> {
@@ -284,7 +297,7 @@ impl SessionStore for RedisStore {
                 },
             };
             let next = update.apply(&base)?;
-            match self.cas_set(key, id.as_str(), &base, &next).await? {
+            match self.cas_set(key, id, &base, &next).await? {
                 Cas::Done => return Ok(Some(next)),
                 Cas::Gone => return Ok(None),
                 Cas::Changed(stored) if stored.is_live(update.now) => {
@@ -322,7 +335,7 @@ impl SessionStore for RedisStore {
             },
         };
         let record = update.apply(&current)?;
-        if !self.create_key(new_key, new.as_str(), &record).await? {
+        if !self.create_key(new_key, new, &record).await? {
             return Err(StoreError::IdCollision);
         }
         let result = self
@@ -375,7 +388,7 @@ impl SessionStore for RedisStore {
                 .into_iter()
                 .zip(records)
                 .filter_map(|(id, bytes)| {
-                    let record = Record::from_stored(&bytes?, &id)?;
+                    let record = Record::from_stored(&bytes?, &id, &self.sealer)?;
                     record.is_live(now).then_some((id, record))
                 })
                 .collect();
@@ -445,7 +458,7 @@ impl SessionStore for RedisStore {
                 dead.push(member);
                 continue;
             };
-            match Record::from_stored(&bytes, &id) {
+            match Record::from_stored(&bytes, &id, &self.sealer) {
                 Some(r) if crate::store::users::holds(key, &r, user, now) => out.push((id, r)),
                 Some(r) if !r.is_live(now) => dead.push(member),
                 _ => {}

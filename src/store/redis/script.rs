@@ -12,7 +12,8 @@ use redis::{
 
 use super::conn::{Conn, Key, call_err};
 use super::{GRACE, RedisStore};
-use crate::store::{Record, Result, StoreError, now_ms};
+use crate::session::Handle;
+use crate::store::{Record, Result, Sealer, StoreError, now_ms};
 
 /// The index part every script starts with. KEYS[2]: the old user's set, KEYS[3]: the new
 /// user's; ARGV[1] = '1': remove the member from KEYS[2]; ARGV[2] = '1': add it to KEYS[3] and
@@ -147,14 +148,26 @@ impl Reindex {
     }
 }
 
-/// A record as [`Record::to_json`] spells it, written straight into the command that stores
-/// it: no `String` of its own to build, copy into the command and free.
-struct RecordJson<'a>(&'a Record);
+/// A record as [`Record::to_stored_json`] spells it (its data sealed when the store seals),
+/// written straight into the command that stores it: no `String` of its own to build, copy
+/// into the command and free.
+struct RecordJson<'a> {
+    record: &'a Record,
+    /// The data's JSON value: the data itself, or its sealed form as a string.
+    data: std::borrow::Cow<'a, str>,
+}
 
-impl RecordJson<'_> {
+impl<'a> RecordJson<'a> {
+    fn new(record: &'a Record, sealer: &Sealer, id: &Handle) -> Result<Self> {
+        Ok(RecordJson {
+            record,
+            data: sealer.seal_json(&record.data, id)?,
+        })
+    }
+
     /// Its length, give or take the digits of the numbers: the command's capacity hint.
     fn len_hint(&self) -> usize {
-        self.0.data.len() + 128
+        self.data.len() + 128
     }
 }
 
@@ -162,7 +175,7 @@ impl ToRedisArgs for RecordJson<'_> {
     fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
         use std::io::Write as _;
         let mut arg = out.writer_for_next_arg();
-        for piece in self.0.json_pieces() {
+        for piece in self.record.json_pieces_with(&self.data) {
             // Writing into the command's buffer cannot fail.
             let _ = arg.write_all(piece.as_str().as_bytes());
         }
@@ -184,11 +197,16 @@ pub(super) enum Cas {
 }
 
 impl Cas {
-    fn from_value(value: Value) -> Result<Cas> {
+    /// The script's reply about `id`; a changed record whose sealed data does not open (the
+    /// sealer counted it) is as good as gone to this caller.
+    fn from_value(value: Value, sealer: &Sealer, id: &Handle) -> Result<Cas> {
         match value {
             Value::Nil => Ok(Cas::Gone),
             Value::Int(1) => Ok(Cas::Done),
-            Value::BulkString(bytes) => Ok(Cas::Changed(Record::from_json(&bytes)?)),
+            Value::BulkString(bytes) => Ok(match Record::from_sealed_json(&bytes, sealer, id)? {
+                Some(record) => Cas::Changed(record),
+                None => Cas::Gone,
+            }),
             other => Err(StoreError::Unexpected(format!(
                 "reply from the compare-and-set script: {other:?}"
             ))),
@@ -238,16 +256,17 @@ fn index_only_call(
 }
 
 impl RedisStore {
-    /// Writes `record` at `key` if no live session holds it: `false` if one does. `member` is
-    /// what the user index holds for it (its handle).
+    /// Writes `record` at `key`, the key of `handle`, if no live session holds it: `false` if
+    /// one does. The user index holds it as its handle; the data is sealed for that handle.
     pub(super) async fn create_key(
         &self,
         key: Key<'_>,
-        member: &str,
+        handle: &Handle,
         record: &Record,
     ) -> Result<bool> {
+        let member = handle.as_str();
         let plan = self.reindex(None, Some(record));
-        let json = RecordJson(record);
+        let json = RecordJson::new(record, &self.sealer, handle)?;
         let mut cmd = self.invocation(&self.scripts.create, key, member, &plan, 5, json.len_hint());
         cmd.arg(record.version)
             .arg(json)
@@ -262,16 +281,18 @@ impl RedisStore {
         Ok(written == 1)
     }
 
-    /// Writes `record` over `base` (at `expected`, its version) if it is still there.
+    /// Writes `record` over `base` (at `expected`, its version) at `key`, the key of `handle`,
+    /// if it is still there.
     pub(super) async fn cas_set(
         &self,
         key: Key<'_>,
-        member: &str,
+        handle: &Handle,
         base: &Record,
         record: &Record,
     ) -> Result<Cas> {
+        let member = handle.as_str();
         let plan = self.reindex(Some(base), Some(record));
-        let json = RecordJson(record);
+        let json = RecordJson::new(record, &self.sealer, handle)?;
         let mut cmd = self.invocation(
             &self.scripts.cas_set,
             key,
@@ -289,18 +310,21 @@ impl RedisStore {
         let value = run(&mut self.conn(), &self.scripts.cas_set, &cmd)
             .await
             .map_err(call_err("compare-and-set script"))?;
-        let cas = Cas::from_value(value)?;
+        let cas = Cas::from_value(value, &self.sealer, handle)?;
         if let Cas::Done = cas {
             self.reindex_cluster(member, &plan).await;
         }
         Ok(cas)
     }
 
-    /// Deletes `current` if it is still there unchanged, and `member` from its user's set.
+    /// Deletes `current` if it is still there unchanged, and `member` from its user's set. A
+    /// record the script answers with is opened for `handle` (the session's handle; a key of
+    /// the release before handles holds only plain records).
     pub(super) async fn cas_del(
         &self,
         key: Key<'_>,
         member: &str,
+        handle: &Handle,
         current: &Record,
     ) -> Result<Cas> {
         let plan = self.reindex(Some(current), None);
@@ -309,7 +333,7 @@ impl RedisStore {
         let value = run(&mut self.conn(), &self.scripts.cas_del, &cmd)
             .await
             .map_err(call_err("compare-and-delete script"))?;
-        let cas = Cas::from_value(value)?;
+        let cas = Cas::from_value(value, &self.sealer, handle)?;
         if let Cas::Done = cas {
             self.reindex_cluster(member, &plan).await;
         }

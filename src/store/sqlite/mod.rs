@@ -29,7 +29,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
-use super::{ExpiredSink, Loaded, Page, Record, Result, SessionStore, StoreError, Update, now_ms};
+use super::{
+    ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, StoreError, Update, now_ms,
+};
 use crate::config::SqliteConfig;
 use crate::session::{Handle, UserKey};
 use writer::{OpError, Writer};
@@ -74,6 +76,9 @@ pub struct SqliteStore {
     /// Rows in the file as of this process's last commit (expired ones until swept).
     count: Arc<AtomicU64>,
     users: Option<UserKey>,
+    /// The `data` column holds what this sealed; every read opens it, so the merge and the
+    /// `user` column work on the opened data.
+    sealer: Sealer,
 }
 
 /// An error of the SQLite library, with the file and what was being done.
@@ -114,9 +119,20 @@ impl SqliteStore {
         reads: Reads,
         users: Option<UserKey>,
     ) -> Result<Self> {
+        Self::open_sealed(config, reads, users, Sealer::default()).await
+    }
+
+    /// [`SqliteStore::open_indexed`], sealing session data with `sealer`
+    /// (`store.encryption_key`).
+    pub async fn open_sealed(
+        config: SqliteConfig,
+        reads: Reads,
+        users: Option<UserKey>,
+        sealer: Sealer,
+    ) -> Result<Self> {
         tokio::task::spawn_blocking(move || {
             let conn = schema::open_writer(&config)?;
-            schema::reindex_users(&conn, users.as_ref().map(UserKey::name), &config.path)?;
+            schema::reindex_users(&conn, users.as_ref(), &sealer, &config.path)?;
             let n: i64 = conn
                 .query_row("SELECT n FROM session_count", [], |row| row.get(0))
                 .map_err(|e| SqliteError::wrap(&config.path, "cannot count the sessions", e))?;
@@ -129,6 +145,7 @@ impl SqliteStore {
                 reads,
                 count,
                 users,
+                sealer,
             })
         })
         .await
@@ -257,8 +274,9 @@ macro_rules! columns {
 }
 
 /// The record of a row selected as `columns!()`, starting at column `at`; an unreadable one is
-/// `None`, by the one rule of `Record::readable`.
-fn record(row: &Row, at: usize, id: &Handle) -> rusqlite::Result<Option<Record>> {
+/// `None`, by the one rule of `Record::readable`, and so is sealed data that does not open
+/// (the sealer counted it). Plain data is checked; opened data is what this store sealed.
+fn record(row: &Row, at: usize, id: &Handle, sealer: &Sealer) -> rusqlite::Result<Option<Record>> {
     // Borrowed from the row, so the text is copied once, into the record's `Arc`.
     let data = row.get_ref(at)?.as_str().map_err(|e| {
         rusqlite::Error::FromSqlConversionFailure(at, rusqlite::types::Type::Text, Box::new(e))
@@ -273,9 +291,14 @@ fn record(row: &Row, at: usize, id: &Handle) -> rusqlite::Result<Option<Record>>
         }
     }
     let [created_at, updated_at, expires_at, version] = times;
+    let sealed = !data.starts_with('{');
+    let Ok(data) = sealer.open(data, id) else {
+        return Ok(None);
+    };
     let checked = match bad {
         Some(v) => Err(StoreError::Corrupt(format!("negative time or version {v}"))),
-        None => Record::check_data(data),
+        None if sealed && data.starts_with('{') => Ok(()),
+        None => Record::check_data(&data),
     };
     Ok(Record::readable(
         checked.map(|()| Record {
@@ -289,25 +312,32 @@ fn record(row: &Row, at: usize, id: &Handle) -> rusqlite::Result<Option<Record>>
     ))
 }
 
-fn select_live(conn: &Connection, id: &Handle, now: u64) -> rusqlite::Result<Option<Record>> {
+fn select_live(
+    conn: &Connection,
+    id: &Handle,
+    now: u64,
+    sealer: &Sealer,
+) -> rusqlite::Result<Option<Record>> {
     conn.prepare_cached(concat!(
         "SELECT ",
         columns!(),
         " FROM sessions WHERE handle = ?1 AND expires_at > ?2"
     ))?
-    .query_row(params![id.as_str(), int(now)], |row| record(row, 0, id))
+    .query_row(params![id.as_str(), int(now)], |row| {
+        record(row, 0, id, sealer)
+    })
     .optional()
     .map(Option::flatten)
 }
 
 /// The row of `id` whatever its expiry, for the caller to tell live from expired.
-fn select_any(conn: &Connection, id: &Handle) -> rusqlite::Result<Option<Record>> {
+fn select_any(conn: &Connection, id: &Handle, sealer: &Sealer) -> rusqlite::Result<Option<Record>> {
     conn.prepare_cached(concat!(
         "SELECT ",
         columns!(),
         " FROM sessions WHERE handle = ?1"
     ))?
-    .query_row(params![id.as_str()], |row| record(row, 0, id))
+    .query_row(params![id.as_str()], |row| record(row, 0, id, sealer))
     .optional()
     .map(Option::flatten)
 }
@@ -331,17 +361,18 @@ fn user_of(users: Option<&UserKey>, r: &Record) -> Option<String> {
     users.and_then(|k| k.user_of(&r.data))
 }
 
-/// Create-if-absent: a live session keeps its id; a dead one's id is free again.
+/// Create-if-absent: a live session keeps its id; a dead one's id is free again. `data` is
+/// the `data` column's text: `r.data` as the sealer stores it.
 fn create(
     conn: &Connection,
     id: &Handle,
-    r: &Record,
+    (r, data): (&Record, &str),
     user: Option<&str>,
     now: u64,
 ) -> rusqlite::Result<bool> {
     let values = params![
         id.as_str(),
-        &*r.data,
+        data,
         int(r.created_at),
         int(r.updated_at),
         int(r.expires_at),
@@ -368,17 +399,17 @@ fn create(
     Ok(replaced == 1)
 }
 
-/// Writes `r` over the row; `user` is the new `user` column, or `None` for a write that kept
-/// the data (a touch), which leaves it.
+/// Writes `r` over the row (`data`: its data as stored); `user` is the new `user` column, or
+/// `None` for a write that kept the data (a touch), which leaves it.
 fn write(
     conn: &Connection,
     id: &Handle,
-    r: &Record,
+    (r, data): (&Record, &str),
     user: Option<Option<&str>>,
 ) -> rusqlite::Result<()> {
     let values = params![
         id.as_str(),
-        &*r.data,
+        data,
         int(r.created_at),
         int(r.updated_at),
         int(r.expires_at),
@@ -411,7 +442,13 @@ fn delete(conn: &Connection, id: &Handle, now: u64) -> rusqlite::Result<bool> {
     Ok(expires_at.is_some_and(|e| e > int(now)))
 }
 
-fn list(conn: &Connection, after: Option<Handle>, limit: usize, now: u64) -> Result<Page> {
+fn list(
+    conn: &Connection,
+    after: Option<Handle>,
+    limit: usize,
+    now: u64,
+    sealer: &Sealer,
+) -> Result<Page> {
     let fail = |e| StoreError::Backend(Box::new(e));
     let mut stmt = conn
         .prepare_cached(concat!(
@@ -438,7 +475,7 @@ fn list(conn: &Connection, after: Option<Handle>, limit: usize, now: u64) -> Res
             tracing::error!("a row whose id is not a session id skipped in a listing");
             continue;
         };
-        if let Some(r) = record(row, 1, &id).map_err(fail)? {
+        if let Some(r) = record(row, 1, &id, sealer).map_err(fail)? {
             page.sessions.push((id, r));
         }
     }
@@ -449,8 +486,8 @@ fn list(conn: &Connection, after: Option<Handle>, limit: usize, now: u64) -> Res
 impl SessionStore for SqliteStore {
     /// Inline when it can be, see [`Reads`].
     async fn load(&self, id: &Handle) -> Result<Option<Record>> {
-        let id = *id;
-        self.point_read(move |conn| select_live(conn, &id, now_ms()))
+        let (id, sealer) = (*id, self.sealer.clone());
+        self.point_read(move |conn| select_live(conn, &id, now_ms(), &sealer))
             .await
     }
 
@@ -458,13 +495,17 @@ impl SessionStore for SqliteStore {
     /// writer operation, the conditional delete that decides who saw the expiry.
     async fn load_or_expired(&self, id: &Handle) -> Result<Loaded> {
         let (id, now) = (*id, now_ms());
-        let found = self.point_read(move |conn| select_any(conn, &id)).await?;
+        let sealer = self.sealer.clone();
+        let found = self
+            .point_read(move |conn| select_any(conn, &id, &sealer))
+            .await?;
         match found {
             None => return Ok(Loaded::Missing),
             Some(r) if r.is_live(now) => return Ok(Loaded::Live(r)),
             Some(_) => {}
         }
         let indexed = self.users.is_some();
+        let sealer = self.sealer.clone();
         self.writer
             .run(move |conn| {
                 Ok(match delete_expired(conn, &id, now)? {
@@ -472,7 +513,9 @@ impl SessionStore for SqliteStore {
                         user: user.filter(|_| indexed),
                     },
                     // Removed by another caller, or created anew since the read.
-                    None => select_live(conn, &id, now)?.map_or(Loaded::Missing, Loaded::Live),
+                    None => {
+                        select_live(conn, &id, now, &sealer)?.map_or(Loaded::Missing, Loaded::Live)
+                    }
                 })
             })
             .await
@@ -481,22 +524,26 @@ impl SessionStore for SqliteStore {
     async fn create(&self, id: &Handle, record: &Record) -> Result<bool> {
         let (id, record) = (*id, record.clone());
         let user = user_of(self.users.as_ref(), &record);
-        self.writer
-            .run(move |conn| Ok(create(conn, &id, &record, user.as_deref(), now_ms())?))
-            .await
+        let data = self.sealer.seal(&record.data, &id)?.into_owned();
+        let row =
+            move |conn: &Connection| create(conn, &id, (&record, &data), user.as_deref(), now_ms());
+        self.writer.run(move |conn| Ok(row(conn)?)).await
     }
 
     async fn update(&self, id: &Handle, update: &Update) -> Result<Option<Record>> {
         let (id, update, users) = (*id, update.clone(), self.users.clone());
+        let sealer = self.sealer.clone();
         self.writer
             .run(move |conn| {
-                let Some(current) = select_live(conn, &id, update.now)? else {
+                let Some(current) = select_live(conn, &id, update.now, &sealer)? else {
                     return Ok(None);
                 };
                 let next = update.apply(&current)?;
                 let user = (!Arc::ptr_eq(&current.data, &next.data))
                     .then(|| user_of(users.as_ref(), &next));
-                write(conn, &id, &next, user.as_ref().map(Option::as_deref))?;
+                let data = sealer.seal(&next.data, &id)?;
+                let user = user.as_ref().map(Option::as_deref);
+                write(conn, &id, (&next, &data), user)?;
                 Ok(Some(next))
             })
             .await
@@ -518,14 +565,17 @@ impl SessionStore for SqliteStore {
         update: &Update,
     ) -> Result<Option<Record>> {
         let (old, new, update, users) = (*old, *new, update.clone(), self.users.clone());
+        let sealer = self.sealer.clone();
         self.writer
             .run(move |conn| {
-                let Some(current) = select_live(conn, &old, update.now)? else {
+                let Some(current) = select_live(conn, &old, update.now, &sealer)? else {
                     return Ok(None);
                 };
                 let next = update.apply(&current)?;
                 let user = user_of(users.as_ref(), &next);
-                if !create(conn, &new, &next, user.as_deref(), update.now)? {
+                // Sealed under the new handle: the old one's ciphertext would not open there.
+                let data = sealer.seal(&next.data, &new)?;
+                if !create(conn, &new, (&next, &data), user.as_deref(), update.now)? {
                     return Err(OpError::Refused(StoreError::IdCollision));
                 }
                 delete(conn, &old, update.now)?;
@@ -540,8 +590,9 @@ impl SessionStore for SqliteStore {
         if limit == 0 {
             return Ok(Page::default());
         }
+        let sealer = self.sealer.clone();
         self.readers
-            .blocking(move |conn| list(conn, after, limit, now_ms()))
+            .blocking(move |conn| list(conn, after, limit, now_ms(), &sealer))
             .await
     }
 
@@ -600,6 +651,7 @@ impl SessionStore for SqliteStore {
             return Err(StoreError::NoUserIndex);
         };
         let user = user.to_owned();
+        let sealer = self.sealer.clone();
         self.readers
             .blocking(move |conn| {
                 let fail = |e| StoreError::Backend(Box::new(e));
@@ -618,7 +670,7 @@ impl SessionStore for SqliteStore {
                     let Some(id) = Handle::parse(&text) else {
                         continue;
                     };
-                    if let Some(r) = record(row, 1, &id).map_err(fail)?
+                    if let Some(r) = record(row, 1, &id, &sealer).map_err(fail)?
                         && crate::store::users::holds(&key, &r, &user, now)
                     {
                         out.push((id, r));

@@ -11,10 +11,9 @@ use rusqlite::{Connection, OpenFlags};
 
 use super::SqliteError;
 use crate::config::SqliteConfig;
-use crate::session::SessionId;
-#[cfg(doc)]
-use crate::session::UserKey;
-use crate::store::{Result, StoreError};
+use crate::session::Handle;
+use crate::session::{SessionId, UserKey};
+use crate::store::{Result, Sealer, StoreError};
 
 /// One schema migration: SQL, or SQL and then a step in Rust (what SQL cannot compute).
 enum Step {
@@ -91,7 +90,16 @@ fn ids_to_handles(conn: &Connection) -> rusqlite::Result<()> {
 /// [`UserKey::user_of`]'s, in SQL: a non-empty string or an integer, the last of a repeated
 /// key; every read checks the data again in Rust, so an edge where the two could differ (an
 /// integer past 2^63) is left out, never listed wrongly.
-pub(super) fn reindex_users(conn: &Connection, key: Option<&str>, path: &Path) -> Result<()> {
+///
+/// With a sealer on, SQL cannot read the data: each row is opened and its user found in Rust
+/// (a row that does not open gets no user), in the same transaction.
+pub(super) fn reindex_users(
+    conn: &Connection,
+    users: Option<&UserKey>,
+    sealer: &Sealer,
+    path: &Path,
+) -> Result<()> {
+    let key = users.map(UserKey::name);
     let fail =
         |doing: &'static str| move |source: rusqlite::Error| SqliteError::wrap(path, doing, source);
     let stored: Option<String> = conn
@@ -103,16 +111,20 @@ pub(super) fn reindex_users(conn: &Connection, key: Option<&str>, path: &Path) -
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(fail("cannot lock to rebuild the user index"))?;
     let result = (|| {
-        let n = conn
-            .execute(
-                "UPDATE sessions SET user = CASE WHEN ?1 IS NOT NULL AND json_valid(data) THEN
+        let n = match users.filter(|_| sealer.is_on()) {
+            Some(users) => reindex_sealed(conn, users, sealer)
+                .map_err(fail("cannot rebuild the user index"))?,
+            None => conn
+                .execute(
+                    "UPDATE sessions SET user = CASE WHEN ?1 IS NOT NULL AND json_valid(data) THEN
                     (SELECT CASE type WHEN 'text' THEN nullif(value, '')
                                       WHEN 'integer' THEN CAST(value AS TEXT) END
                      FROM json_each(sessions.data) WHERE key = ?1 ORDER BY id DESC LIMIT 1)
                  END",
-                [key],
-            )
-            .map_err(fail("cannot rebuild the user index"))?;
+                    [key],
+                )
+                .map_err(fail("cannot rebuild the user index"))?,
+        };
         conn.execute("UPDATE user_index SET key = ?1", [key])
             .map_err(fail("cannot record the user index's key"))?;
         conn.execute_batch("COMMIT")
@@ -124,6 +136,23 @@ pub(super) fn reindex_users(conn: &Connection, key: Option<&str>, path: &Path) -
         let _ = conn.execute_batch("ROLLBACK");
     }
     result
+}
+
+/// [`reindex_users`] of a sealed file: every row opened and its `user` set, in Rust; returns
+/// how many rows there were.
+fn reindex_sealed(conn: &Connection, users: &UserKey, sealer: &Sealer) -> rusqlite::Result<usize> {
+    let rows: Vec<(String, String)> = conn
+        .prepare("SELECT handle, data FROM sessions")?
+        .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut set = conn.prepare("UPDATE sessions SET user = ?2 WHERE handle = ?1")?;
+    for (handle, data) in &rows {
+        let user = Handle::parse(handle)
+            .and_then(|id| sealer.open(data, &id).ok())
+            .and_then(|data| users.user_of(&data));
+        set.execute(rusqlite::params![handle, user])?;
+    }
+    Ok(rows.len())
 }
 
 /// The schema version this binary reads and writes.
