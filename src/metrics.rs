@@ -131,10 +131,12 @@ pub enum StoreOp {
     Regenerate,
     List,
     Prune,
+    /// The batched existence check of the sessions that hold WebSockets.
+    Live,
 }
 
 impl StoreOp {
-    const ALL: [StoreOp; 7] = [
+    const ALL: [StoreOp; 8] = [
         StoreOp::Load,
         StoreOp::Create,
         StoreOp::Update,
@@ -142,6 +144,7 @@ impl StoreOp {
         StoreOp::Regenerate,
         StoreOp::List,
         StoreOp::Prune,
+        StoreOp::Live,
     ];
 
     fn as_str(self) -> &'static str {
@@ -153,6 +156,7 @@ impl StoreOp {
             StoreOp::Regenerate => "regenerate",
             StoreOp::List => "list",
             StoreOp::Prune => "prune",
+            StoreOp::Live => "live",
         }
     }
 }
@@ -169,8 +173,8 @@ type HistogramFamily = Family<OpLabel, Histogram, fn() -> Histogram>;
 /// start. Cloning shares the same counters (they are `Arc`s inside).
 #[derive(Clone)]
 pub struct StoreMetrics {
-    duration: Arc<[Histogram; 7]>,
-    errors: Arc<[Counter; 7]>,
+    duration: Arc<[Histogram; 8]>,
+    errors: Arc<[Counter; 8]>,
     duration_family: HistogramFamily,
     errors_family: Family<OpLabel, Counter>,
 }

@@ -177,6 +177,10 @@ mod tests {
                 "session.max_per_user",
                 "[session]\nuser_key = \"user\"\nmax_per_user = 0",
             ),
+            (
+                "session.socket_recheck",
+                "[session]\nsocket_recheck = \"0s\"",
+            ),
             ("store.kind", "[store]\nkind = \"tape\""),
             ("store.timeout", "[store]\ntimeout = \"0s\""),
             ("store.sweep_interval", "[store]\nsweep_interval = \"0s\""),
