@@ -79,14 +79,13 @@ impl Proxy {
         let (audit, writer) =
             audit::Audit::open(config.audit.as_ref(), metrics.audit_dropped()).await?;
         let mut state = proxy::State::new(config, opened.store, metrics);
-        // The sweeper's removals are `expired` lines too.
+        // The sweeper's removals are `expired` lines too, and close the sockets they held.
+        let ends = state.session_ends();
         let sweeper = opened.sweeper.map(|sweeper| {
-            if !audit.is_on() {
-                return sweeper;
-            }
             let audit = audit.clone();
             sweeper.reporting_to(Arc::new(move |id: &session::Handle, user: Option<&str>| {
-                audit.swept(id, user)
+                audit.swept(id, user);
+                ends.ended(id, outcome::Ended::Expired);
             }))
         });
         state.audit = audit;
@@ -132,9 +131,17 @@ impl Proxy {
         shutdown: impl Future<Output = ()>,
     ) {
         let sweeper = self.sweeper.map(|s| tokio::spawn(s.run()));
+        let state = self.state;
+        let session = &state.config.session;
+        let sockets = tokio::spawn(state.sockets.clone().run(
+            state.store.clone(),
+            session.socket_recheck,
+            session.lifetime,
+            session.max_size,
+            state.metrics.clone(),
+        ));
         let (stop_audit, audit_stopped) = tokio::sync::oneshot::channel::<()>();
         let audit = self.audit.map(|w| tokio::spawn(w.run(audit_stopped)));
-        let state = self.state;
         let routes = Arc::new(
             admin::Admin::new(
                 state.store.clone(),
@@ -142,7 +149,8 @@ impl Proxy {
                 state.config.clone(),
             )
             .with_audit(state.audit.clone())
-            .with_assertion(state.assertion.clone()),
+            .with_assertion(state.assertion.clone())
+            .with_ends(state.session_ends()),
         );
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = admin.map(|l| {
@@ -164,6 +172,7 @@ impl Proxy {
         if let Some(sweeper) = sweeper {
             sweeper.abort();
         }
+        sockets.abort();
         // Last: every event the requests and admin calls above queued is written and fsynced.
         // Bounded, so a disk that hangs in fsync cannot hold the exit for ever.
         let _ = stop_audit.send(());

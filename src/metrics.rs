@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::outcome::StoreWrite;
+use crate::outcome::{Ended, StoreWrite};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
@@ -238,6 +238,9 @@ pub struct Metrics {
     tunnels_open: Gauge,
     /// Request bodies streamed because `limits.request_buffer_total` was spent.
     buffer_overflows: Counter,
+    /// Tunnels closed because their session ended, by [`Ended`] (indexed by its position in
+    /// [`Ended::ALL`]).
+    sockets_closed: [Counter; Ended::ALL.len()],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -360,7 +363,19 @@ impl Metrics {
             "Upgraded connections (WebSocket or other Upgrade) open now",
             tunnels_open.clone(),
         );
+        let closed_family = Family::<ReasonLabel, Counter>::default();
+        let sockets_closed = Ended::ALL.map(|why| {
+            closed_family.get_or_create_owned(&ReasonLabel {
+                reason: why.as_str(),
+            })
+        });
+        registry.register(
+            "sockets_closed",
+            "Upgraded connections (WebSockets) the proxy closed because their session ended, by why it ended",
+            closed_family,
+        );
         Metrics {
+            sockets_closed,
             registry,
             requests,
             request_duration,
@@ -442,6 +457,16 @@ impl Metrics {
 
     pub fn tunnel_closed(&self) {
         self.tunnels_open.dec();
+    }
+
+    /// A tunnel closed because its session ended, for `why`.
+    pub fn socket_closed(&self, why: Ended) {
+        self.sockets_closed[why as usize].inc();
+    }
+
+    /// A session's idle deadline moved without a request: its WebSocket passed bytes.
+    pub fn session_touched(&self) {
+        self.touched.inc();
     }
 
     /// The text exposition, with `sessions_live` set from `live` (when the store can count).

@@ -106,3 +106,16 @@ impl Ended {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `metrics.rs` indexes its counters by `why as usize`.
+    #[test]
+    fn every_reason_sits_at_its_own_index() {
+        for (i, why) in Ended::ALL.into_iter().enumerate() {
+            assert_eq!(why as usize, i, "{}", why.as_str());
+        }
+    }
+}

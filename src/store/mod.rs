@@ -73,7 +73,10 @@ pub type ExpiredSink = Arc<dyn Fn(&Handle, Option<&str>) + Send + Sync>;
 /// session held. Cheap to clone; [`SessionEnds::default`] tells no one. The callee must not
 /// wait: it is called on the request path and from the sweeper's thread.
 #[derive(Clone, Default)]
-pub struct SessionEnds(Option<Arc<dyn Fn(&Handle, Ended) + Send + Sync>>);
+pub struct SessionEnds(Option<EndedSink>);
+
+/// The callee of [`SessionEnds`].
+type EndedSink = Arc<dyn Fn(&Handle, Ended) + Send + Sync>;
 
 impl SessionEnds {
     pub fn new(tell: impl Fn(&Handle, Ended) + Send + Sync + 'static) -> Self {
