@@ -112,7 +112,8 @@ impl Proxy {
     }
 
     /// Serves on `listener` until `shutdown` completes, then drains (see [`downstream::serve`]).
-    /// Also runs the expiry sweeper for stores that need one, and the audit log's writer.
+    /// Also runs the expiry sweeper for stores that need one, the audit log's writer, and the
+    /// recheck of the sessions that hold WebSockets ([`proxy::Sockets::run`]).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
