@@ -89,6 +89,9 @@ mod tests {
         assert!(c.cookie.http_only);
         assert_eq!(c.session.max_size, 16384);
         assert_eq!(c.session.lifetime.touch_interval, Duration::from_secs(8640));
+        assert_eq!(c.session.socket_recheck, Duration::from_secs(30));
+        let c = check("[session]\nsocket_recheck = \"500ms\"").unwrap();
+        assert_eq!(c.session.socket_recheck, Duration::from_millis(500));
         assert!(matches!(
             c.store.kind,
             StoreKind::Sqlite(ref s) if s.path == std::path::Path::new("sessions.db")
