@@ -12,7 +12,9 @@
 //!   sockets moved bytes once its touch is due (`Update::needs_touch`, so `touch_interval`
 //!   coalesces touches as it does requests').
 //!
-//! With no socket open this costs one atomic load per announced end and a timer tick.
+//! A tunnel is entered when it starts, just after its 101: an end announced in between is
+//! found by the next recheck. With no socket open this costs one atomic load per announced end
+//! and a timer tick.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
