@@ -82,14 +82,13 @@ impl Proxy {
             audit::Audit::open(config.audit.as_ref(), metrics.audit_dropped()).await?;
         let sealer = opened.sealer;
         let mut state = proxy::State::new(config, opened.store, metrics);
-        // The sweeper's removals are `expired` lines too.
+        // The sweeper's removals are `expired` lines too, and close the sockets they held.
+        let ends = state.session_ends();
         let sweeper = opened.sweeper.map(|sweeper| {
-            if !audit.is_on() {
-                return sweeper;
-            }
             let audit = audit.clone();
             sweeper.reporting_to(Arc::new(move |id: &session::Handle, user: Option<&str>| {
-                audit.swept(id, user)
+                audit.swept(id, user);
+                ends.ended(id, outcome::Ended::Expired);
             }))
         });
         state.audit = audit;
@@ -123,7 +122,8 @@ impl Proxy {
     }
 
     /// Serves on `listener` until `shutdown` completes, then drains (see [`downstream::serve`]).
-    /// Also runs the expiry sweeper for stores that need one, and the audit log's writer.
+    /// Also runs the expiry sweeper for stores that need one, the audit log's writer, and the
+    /// recheck of the sessions that hold WebSockets ([`proxy::Sockets::run`]).
     pub async fn serve(
         self,
         listener: tokio::net::TcpListener,
@@ -142,9 +142,17 @@ impl Proxy {
         shutdown: impl Future<Output = ()>,
     ) {
         let sweeper = self.sweeper.map(|s| tokio::spawn(s.run()));
+        let state = self.state;
+        let session = &state.config.session;
+        let sockets = tokio::spawn(state.sockets.clone().run(
+            state.store.clone(),
+            session.socket_recheck,
+            session.lifetime,
+            session.max_size,
+            state.metrics.clone(),
+        ));
         let (stop_audit, audit_stopped) = tokio::sync::oneshot::channel::<()>();
         let audit = self.audit.map(|w| tokio::spawn(w.run(audit_stopped)));
-        let state = self.state;
         let routes = Arc::new(
             admin::Admin::new(
                 state.store.clone(),
@@ -152,7 +160,8 @@ impl Proxy {
                 state.config.clone(),
             )
             .with_audit(state.audit.clone())
-            .with_assertion(state.assertion.clone()),
+            .with_assertion(state.assertion.clone())
+            .with_ends(state.session_ends()),
         );
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = admin.map(|l| {
@@ -174,6 +183,7 @@ impl Proxy {
         if let Some(sweeper) = sweeper {
             sweeper.abort();
         }
+        sockets.abort();
         // Last: every event the requests and admin calls above queued is written and fsynced.
         // Bounded, so a disk that hangs in fsync cannot hold the exit for ever.
         let _ = stop_audit.send(());

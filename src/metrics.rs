@@ -15,7 +15,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::outcome::StoreWrite;
+use crate::outcome::{Ended, StoreWrite};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StatusLabel {
@@ -131,10 +131,12 @@ pub enum StoreOp {
     Regenerate,
     List,
     Prune,
+    /// The batched existence check of the sessions that hold WebSockets.
+    Live,
 }
 
 impl StoreOp {
-    const ALL: [StoreOp; 7] = [
+    const ALL: [StoreOp; 8] = [
         StoreOp::Load,
         StoreOp::Create,
         StoreOp::Update,
@@ -142,6 +144,7 @@ impl StoreOp {
         StoreOp::Regenerate,
         StoreOp::List,
         StoreOp::Prune,
+        StoreOp::Live,
     ];
 
     fn as_str(self) -> &'static str {
@@ -153,6 +156,7 @@ impl StoreOp {
             StoreOp::Regenerate => "regenerate",
             StoreOp::List => "list",
             StoreOp::Prune => "prune",
+            StoreOp::Live => "live",
         }
     }
 }
@@ -169,8 +173,8 @@ type HistogramFamily = Family<OpLabel, Histogram, fn() -> Histogram>;
 /// start. Cloning shares the same counters (they are `Arc`s inside).
 #[derive(Clone)]
 pub struct StoreMetrics {
-    duration: Arc<[Histogram; 7]>,
-    errors: Arc<[Counter; 7]>,
+    duration: Arc<[Histogram; 8]>,
+    errors: Arc<[Counter; 8]>,
     duration_family: HistogramFamily,
     errors_family: Family<OpLabel, Counter>,
     /// Stored sessions that could not be read back: sealed data that did not open (a key no
@@ -238,6 +242,9 @@ pub struct Metrics {
     tunnels_open: Gauge,
     /// Request bodies streamed because `limits.request_buffer_total` was spent.
     buffer_overflows: Counter,
+    /// Tunnels closed because their session ended, by [`Ended`] (indexed by its position in
+    /// [`Ended::ALL`]).
+    sockets_closed: [Counter; Ended::ALL.len()],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -366,7 +373,19 @@ impl Metrics {
             "Upgraded connections (WebSocket or other Upgrade) open now",
             tunnels_open.clone(),
         );
+        let closed_family = Family::<ReasonLabel, Counter>::default();
+        let sockets_closed = Ended::ALL.map(|why| {
+            closed_family.get_or_create_owned(&ReasonLabel {
+                reason: why.as_str(),
+            })
+        });
+        registry.register(
+            "sockets_closed",
+            "Upgraded connections (WebSockets) the proxy closed because their session ended, by why it ended",
+            closed_family,
+        );
         Metrics {
+            sockets_closed,
             registry,
             requests,
             request_duration,
@@ -448,6 +467,16 @@ impl Metrics {
 
     pub fn tunnel_closed(&self) {
         self.tunnels_open.dec();
+    }
+
+    /// A tunnel closed because its session ended, for `why`.
+    pub fn socket_closed(&self, why: Ended) {
+        self.sockets_closed[why as usize].inc();
+    }
+
+    /// A session's idle deadline moved without a request: its WebSocket passed bytes.
+    pub fn session_touched(&self) {
+        self.touched.inc();
     }
 
     /// The text exposition, with `sessions_live` set from `live` (when the store can count).

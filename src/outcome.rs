@@ -59,3 +59,63 @@ impl StoreWrite {
         }
     }
 }
+
+/// Why a session ended, as the WebSockets it held are told: each is a `reason` of
+/// `session_proxy_sockets_closed_total` and of the line that says the socket closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The app destroyed it (`X-Session-Destroy`).
+    Destroyed,
+    /// The app moved it to a new id (`X-Session-Regenerate`): the old id is dead.
+    Regenerated,
+    /// Signed out with the rest of its user's sessions (`X-Session-Revoke`, the admin's
+    /// `DELETE /users/{user}/sessions`).
+    Revoked,
+    /// Its user went over `session.max_per_user` and it was the least recently used.
+    Evicted,
+    /// The admin deleted it (`DELETE /sessions/{handle}`).
+    Admin,
+    /// Its idle or absolute deadline passed (a load or the sweeper removed it).
+    Expired,
+    /// Found gone by a recheck or a write: ended where this process did not see it (another
+    /// proxy, the CLI), or expired by the store itself (Redis).
+    Gone,
+}
+
+impl Ended {
+    /// Every reason, in the order the metric's children are made.
+    pub const ALL: [Ended; 7] = [
+        Ended::Destroyed,
+        Ended::Regenerated,
+        Ended::Revoked,
+        Ended::Evicted,
+        Ended::Admin,
+        Ended::Expired,
+        Ended::Gone,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ended::Destroyed => "destroyed",
+            Ended::Regenerated => "regenerated",
+            Ended::Revoked => "revoked",
+            Ended::Evicted => "evicted",
+            Ended::Admin => "admin",
+            Ended::Expired => "expired",
+            Ended::Gone => "gone",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `metrics.rs` indexes its counters by `why as usize`.
+    #[test]
+    fn every_reason_sits_at_its_own_index() {
+        for (i, why) in Ended::ALL.into_iter().enumerate() {
+            assert_eq!(why as usize, i, "{}", why.as_str());
+        }
+    }
+}

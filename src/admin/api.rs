@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use super::Admin;
 use crate::audit::{Event, Reason};
+use crate::outcome::Ended;
 use crate::session::UserKey;
 use crate::session::{DataChange, Handle, SessionId};
 use crate::store::{self, Blame, Record, StoreError, Update};
@@ -244,6 +245,7 @@ async fn revoke_user(
     let destroyed = revoke(&admin, &user, except.as_ref()).await?;
     tracing::info!(%operator, revoked = destroyed.len(), "admin revoked a user's sessions");
     for id in &destroyed {
+        admin.ends.ended(id, Ended::Revoked);
         admin
             .audit
             .admin_on_user(operator, "DELETE /users/{user}/sessions", id, &user, || {
@@ -344,6 +346,7 @@ async fn delete(
             "no live session with this handle",
         ));
     }
+    admin.ends.ended(&id, Ended::Admin);
     tracing::info!(%operator, handle = %id, "admin deleted a session");
     admin
         .audit

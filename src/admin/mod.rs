@@ -27,7 +27,7 @@ use crate::assertion::Signer;
 use crate::audit::Audit;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::store::SessionStore;
+use crate::store::{SessionEnds, SessionStore};
 
 mod api;
 mod page;
@@ -47,6 +47,8 @@ pub struct Admin {
     pub(crate) audit: Audit,
     /// The assertion's public keys, served at `/.well-known/jwks.json`.
     pub(crate) assertion: Option<Arc<Signer>>,
+    /// Told of every session an admin call ends, so the WebSockets open under it close.
+    pub(crate) ends: SessionEnds,
 }
 
 impl Admin {
@@ -60,7 +62,14 @@ impl Admin {
             draining: AtomicBool::new(false),
             audit: Audit::off(),
             assertion: None,
+            ends: SessionEnds::default(),
         }
+    }
+
+    /// Where the sessions an admin call deletes or revokes are announced (no one unless set).
+    pub fn with_ends(mut self, ends: SessionEnds) -> Self {
+        self.ends = ends;
+        self
     }
 
     /// The audit log the admin actions go to (off unless set).

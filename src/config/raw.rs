@@ -154,6 +154,7 @@ pub struct RawSession {
     pub skip: Option<Vec<String>>,
     pub user_key: Option<String>,
     pub max_per_user: Option<u64>,
+    pub socket_recheck: Option<DurationSpec>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -227,7 +228,7 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 70] = [
+pub(crate) const KEYS: [&str; 71] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -252,6 +253,7 @@ pub(crate) const KEYS: [&str; 70] = [
     "session.skip",
     "session.user_key",
     "session.max_per_user",
+    "session.socket_recheck",
     "store.kind",
     "store.timeout",
     "store.sweep_interval",
@@ -386,7 +388,7 @@ mod tests {
             }),
             &fields!(RawSession "session." {
                 header_prefix, renew_missing, max_size, idle_timeout, absolute_timeout,
-                touch_interval, skip, user_key, max_per_user
+                touch_interval, skip, user_key, max_per_user, socket_recheck
             }),
             &fields!(RawStore "store." {
                 kind, timeout, sweep_interval, on_error, path, filename_template, mode, fsync,

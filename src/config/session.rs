@@ -25,6 +25,9 @@ pub struct SessionConfig {
     pub user_key: Option<crate::session::UserKey>,
     /// `session.max_per_user`: live sessions one user may hold (only with `user_key`).
     pub max_per_user: Option<usize>,
+    /// `session.socket_recheck`: how often the sessions that hold WebSockets are checked, in
+    /// one batched store call, for an end this process did not see (another proxy, the CLI).
+    pub socket_recheck: Duration,
 }
 
 /// `session.skip`: request paths the proxy passes through without touching the store. An
@@ -135,7 +138,14 @@ pub(super) fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, Confi
         }
         Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
     };
+    let socket_recheck = at.duration(
+        "session.socket_recheck",
+        &s.socket_recheck,
+        Duration::from_secs(30),
+    )?;
+    at.positive("session.socket_recheck", socket_recheck)?;
     Ok(SessionConfig {
+        socket_recheck,
         user_key,
         max_per_user,
         skip: SkipRules::new(skip),

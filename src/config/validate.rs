@@ -89,6 +89,9 @@ mod tests {
         assert!(c.cookie.http_only);
         assert_eq!(c.session.max_size, 16384);
         assert_eq!(c.session.lifetime.touch_interval, Duration::from_secs(8640));
+        assert_eq!(c.session.socket_recheck, Duration::from_secs(30));
+        let c = check("[session]\nsocket_recheck = \"500ms\"").unwrap();
+        assert_eq!(c.session.socket_recheck, Duration::from_millis(500));
         assert!(matches!(
             c.store.kind,
             StoreKind::Sqlite(ref s) if s.path == std::path::Path::new("sessions.db")
@@ -176,6 +179,10 @@ mod tests {
             (
                 "session.max_per_user",
                 "[session]\nuser_key = \"user\"\nmax_per_user = 0",
+            ),
+            (
+                "session.socket_recheck",
+                "[session]\nsocket_recheck = \"0s\"",
             ),
             ("store.kind", "[store]\nkind = \"tape\""),
             ("store.timeout", "[store]\ntimeout = \"0s\""),

@@ -31,18 +31,20 @@ use crate::http::{
 use crate::metrics::{Metrics, Rejected};
 use crate::outcome::{SessionState, StoreWrite};
 use crate::protocol::{Instructions, ProtocolHeaders, codec, parse_instructions};
-use crate::store::{self, SessionStore};
+use crate::store::{self, SessionEnds, SessionStore};
 use crate::upstream::{ResponseBody, Upstream};
 
 mod ctx;
 mod log;
 mod response;
 mod session;
+mod sockets;
 mod tunnel;
 
 pub use response::{ProxyBody, full};
 
 pub use log::{AccessFields, served};
+pub use sockets::Sockets;
 pub use tunnel::Tunnel;
 
 pub use ctx::RequestCtx;
@@ -66,6 +68,8 @@ pub struct State {
     pub assertion: Option<Arc<Signer>>,
     /// The request buffers' budget (`limits.request_buffer_total`).
     pub buffers: Buffers,
+    /// The tunnels open under a session, closed when it ends ([`Sockets::run`] rechecks them).
+    pub sockets: Arc<Sockets>,
 }
 
 impl State {
@@ -80,7 +84,15 @@ impl State {
             config,
             audit: Audit::off(),
             assertion: None,
+            sockets: Arc::default(),
         }
+    }
+
+    /// Where the admin API and the sweeper announce the sessions they end, so the sockets
+    /// open under them close.
+    pub fn session_ends(&self) -> SessionEnds {
+        let sockets = self.sockets.clone();
+        SessionEnds::new(move |handle, why| sockets.ended(handle, why))
     }
 }
 
@@ -174,13 +186,23 @@ async fn pipeline(
     };
     let instructions = upstream_response_filter(state, &mut resp);
     // Without a session (skipped, or fail_open) nothing is saved: the stored one stays as it was.
+    let mut under = None;
     if let Some(current) = &current {
         // The clock as of saving: the app may have taken a while, and expiry is judged now.
         match session::save(state, current, instructions, store::now_ms(), ctx).await {
-            Ok(Some(cookie)) => {
-                resp.headers_mut().append(SET_COOKIE, cookie);
+            Ok(saved) => {
+                if let Some(cookie) = saved.cookie.clone() {
+                    resp.headers_mut().append(SET_COOKIE, cookie);
+                }
+                // A socket lives under the session the 101 leaves its client in.
+                if switched.is_some() {
+                    under = saved.live(current).map(|(handle, record)| tunnel::Under {
+                        sockets: state.sockets.clone(),
+                        handle,
+                        record,
+                    });
+                }
             }
-            Ok(None) => {}
             Err(ProxyError::Store(error)) if fail_open(state) => {
                 // The app's answer goes out as it is; the cookie is neither set nor cleared.
                 tracing::warn!(%error, "saving the session failed; answering without it (store.on_error = \"fail_open\")");
@@ -194,7 +216,7 @@ async fn pipeline(
         let idle = state.config.limits.upgrade_idle_timeout;
         let metrics = state.metrics.clone();
         return Ok(tunnel::switch(
-            resp, client, upstream, protocols, idle, metrics,
+            resp, client, upstream, protocols, idle, metrics, under,
         ));
     }
     let reserved = state.headers.clone();

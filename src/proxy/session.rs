@@ -11,7 +11,7 @@ use super::ctx::RequestCtx;
 use crate::audit::{Event, Reason};
 use crate::cookie::Presented;
 use crate::error::ProxyError;
-use crate::outcome::{SessionState, StoreWrite};
+use crate::outcome::{Ended, SessionState, StoreWrite};
 use crate::protocol::{Instructions, Revoke};
 use crate::session::{Handle, SessionId};
 use crate::store::{Loaded, Record, StoreError, Update, users};
@@ -49,6 +49,7 @@ pub async fn load(
                 Loaded::Live(record) => Some(record),
                 Loaded::Expired { user } => {
                     state.audit.expired(&ctx.request_id, &handle, user);
+                    state.sockets.ended(&handle, Ended::Expired);
                     None
                 }
                 Loaded::Missing => None,
@@ -100,7 +101,7 @@ fn fresh() -> Result<Active, ProxyError> {
 }
 
 /// The session after the request's write.
-enum After {
+pub enum After {
     /// Left as it was loaded (no write, a refused change, a session never stored).
     Unchanged,
     /// Written: the handle of its id (a new one after a regenerate) and the record.
@@ -110,30 +111,50 @@ enum After {
     Vanished,
 }
 
+/// What [`save`] did: the `Set-Cookie` to send, if any, and the session after it.
+pub struct Saved {
+    pub cookie: Option<HeaderValue>,
+    pub after: After,
+}
+
+impl Saved {
+    /// The stored session the response leaves the client in (its handle and record), if any:
+    /// the one a WebSocket opened by this response lives under.
+    pub fn live(self, current: &Active) -> Option<(Handle, Record)> {
+        match self.after {
+            After::Stored(handle, record) => Some((handle, record)),
+            After::Unchanged => current.record.clone().map(|r| (current.handle, r)),
+            After::Destroyed | After::Vanished => None,
+        }
+    }
+}
+
 /// Carries out the instructions with exactly one store operation on the session (or none),
 /// then the user's revoke or eviction, and returns the `Set-Cookie` to send, if any. A cookie
 /// signed with an older key is re-set whenever the id stays (no store write for that alone); a
-/// destroyed, regenerated or vanished session is not.
+/// destroyed, regenerated or vanished session is not. Every session this ends is announced to
+/// its WebSockets (`Sockets::ended`).
 pub async fn save(
     state: &State,
     current: &Active,
     instructions: Instructions,
     now: u64,
     ctx: &mut RequestCtx,
-) -> Result<Option<HeaderValue>, ProxyError> {
+) -> Result<Saved, ProxyError> {
     let revoke = instructions.revoke;
     let (cookie, after) = write(state, current, instructions, now, ctx).await?;
+    let done = |cookie, after| Ok(Saved { cookie, after });
     let Some(key) = &state.config.session.user_key else {
         if revoke.is_some() {
             tracing::warn!(
                 "ignored X-Session-Revoke: session.user_key is not set, so no session has a user"
             );
         }
-        return Ok(cookie);
+        return done(cookie, after);
     };
     // Most responses neither revoke nor can evict: the user is not even looked up.
     if revoke.is_none() && state.config.session.max_per_user.is_none() {
-        return Ok(cookie);
+        return done(cookie, after);
     }
     let loaded = current.record.as_ref();
     let before = loaded.and_then(|r| key.user_of(&r.data));
@@ -152,7 +173,7 @@ pub async fn save(
     if let Some(revoke) = revoke {
         let Some(user) = user else {
             tracing::debug!("X-Session-Revoke on a session with no user: nothing to revoke");
-            return Ok(cookie);
+            return done(cookie, after);
         };
         let except = match revoke {
             Revoke::Others => id,
@@ -161,9 +182,9 @@ pub async fn save(
         self::revoke(state, &user, except.as_ref(), ctx).await?;
         if revoke == Revoke::All {
             ctx.write = StoreWrite::Destroyed;
-            return Ok(state.cookies.expire());
+            return done(state.cookies.expire(), After::Destroyed);
         }
-        return Ok(cookie);
+        return done(cookie, after);
     }
     if let (Some(max), Some(user), Some(id), After::Stored(..)) =
         (state.config.session.max_per_user, &user, id, &after)
@@ -173,7 +194,7 @@ pub async fn save(
         // The session itself was saved; the limit is enforced at the user's next sign-in.
         tracing::warn!(%error, "could not evict a user's oldest sessions (session.max_per_user)");
     }
-    Ok(cookie)
+    done(cookie, after)
 }
 
 /// `X-Session-Revoke`: destroys the sessions of `user` but `except`; returns their handles.
@@ -188,6 +209,7 @@ async fn revoke(
         state
             .audit
             .destroyed(&ctx.request_id, id, Reason::Revoked, Some(user));
+        state.sockets.ended(id, Ended::Revoked);
     }
     tracing::info!(
         revoked = destroyed.len(),
@@ -210,6 +232,7 @@ async fn evict(
         state
             .audit
             .destroyed(&ctx.request_id, id, Reason::Evicted, Some(user));
+        state.sockets.ended(id, Ended::Evicted);
     }
     if !destroyed.is_empty() {
         tracing::info!(
@@ -253,6 +276,9 @@ async fn write(
                 Reason::App,
                 user.flatten().as_deref(),
             );
+        }
+        if current.record.is_some() {
+            state.sockets.ended(&current.handle, Ended::Destroyed);
         }
         ctx.write = StoreWrite::Destroyed;
         return Ok((cookies.expire(), After::Destroyed));
@@ -320,6 +346,9 @@ async fn write(
                 .saved(&ctx.request_id, handle, event, || user_of(state, Some(r)));
         }
     }
+    if ctx.write == StoreWrite::Regenerated && matches!(result, Ok(Some(_))) {
+        state.sockets.ended(&current.handle, Ended::Regenerated);
+    }
     match result {
         Ok(Some((id, handle, r))) => {
             let cookie = if hands_out_id || cookies.resend_on_write() {
@@ -332,6 +361,9 @@ async fn write(
         Ok(None) => {
             // Destroyed or expired by another request meanwhile: nothing is resurrected.
             tracing::debug!("session vanished before it could be saved");
+            if current.record.is_some() {
+                state.sockets.ended(&current.handle, Ended::Gone);
+            }
             ctx.write = StoreWrite::Vanished;
             Ok((None, After::Vanished))
         }

@@ -3,9 +3,11 @@
 //! 101 carried out, the cookie on the 101. Then the two connections are joined and bytes are
 //! copied both ways, untouched, until either side closes.
 //!
-//! Architecture invariant: no session work after the 101. Whatever the app learns on the socket
-//! it must put into the session on a later ordinary request; the tunnel never reads, parses or
-//! changes a byte.
+//! Architecture invariant: the tunnel never reads, parses or changes a byte. Whatever the app
+//! learns on the socket it must put into the session on a later ordinary request. The session
+//! work after the 101 is only this: a tunnel opened under a stored session is entered in
+//! `sockets::Sockets` under its handle, notes that bytes moved (activity, touched by the
+//! registry), and is closed, both sides, when that session ends.
 //!
 //! The tunnel runs in the connection task that served the handshake (`downstream` takes it out
 //! of the response's extensions), so it holds its connection slot (`limits.max_connections`)
@@ -24,10 +26,26 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::time::Instant;
 
+use super::sockets::{Activity, Registration, Sockets};
 use super::{ProxyBody, full};
 use crate::http::keep_upgrade;
 use crate::metrics::Metrics;
+use crate::outcome::Ended;
+use crate::session::Handle;
+use crate::store::Record;
 use crate::upstream::ResponseBody;
+
+/// How long a tunnel closed for its session's end waits for each side's FIN to go out.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(1);
+
+/// The session a tunnel was opened under, to enter it in the registry when it starts.
+#[derive(Clone)]
+pub(super) struct Under {
+    pub(super) sockets: Arc<Sockets>,
+    pub(super) handle: Handle,
+    /// The record the handshake left.
+    pub(super) record: Record,
+}
 
 /// The two halves of an agreed upgrade, handed from the pipeline to the connection task in the
 /// 101's extensions (hence `Clone`: `OnUpgrade` is a shared handle, and only one clone is run).
@@ -37,6 +55,8 @@ pub struct Tunnel {
     upstream: OnUpgrade,
     idle: Duration,
     metrics: Arc<Metrics>,
+    /// `None` for a tunnel with no stored session: nothing can end it but its sides.
+    under: Option<Under>,
 }
 
 impl std::fmt::Debug for Tunnel {
@@ -54,6 +74,7 @@ pub(super) fn switch(
     protocols: HeaderValue,
     idle: Duration,
     metrics: Arc<Metrics>,
+    under: Option<Under>,
 ) -> Response<ProxyBody> {
     let (mut parts, _empty) = resp.into_parts();
     debug_assert_eq!(parts.status, StatusCode::SWITCHING_PROTOCOLS);
@@ -64,6 +85,7 @@ pub(super) fn switch(
         upstream,
         idle,
         metrics,
+        under,
     });
     Response::from_parts(parts, full(bytes::Bytes::new()))
 }
@@ -74,7 +96,8 @@ impl Tunnel {
     /// nginx does): what was read is delivered, the other side gets a FIN, and both
     /// connections are closed. `copy_bidirectional` would instead keep a half-closed tunnel
     /// open until the other side closes too, which a client that has gone quiet never does.
-    /// Dropping the future closes both connections as well.
+    /// Dropping the future closes both connections as well. A tunnel opened under a session
+    /// is closed the same way, both sides, when that session ends (see `sockets`).
     pub async fn run(self) {
         let (client, upstream) = match tokio::try_join!(self.client, self.upstream) {
             Ok(both) => both,
@@ -84,12 +107,14 @@ impl Tunnel {
             }
         };
         let _open = Open::new(&self.metrics);
+        let mut registered = self.under.map(|u| u.sockets.register(u.handle, u.record));
         let start = Instant::now();
         let last = AtomicU64::new(0);
         let client = Watched {
             io: TokioIo::new(client),
             start,
             last: &last,
+            active: registered.as_ref().map(Registration::activity),
         };
         let (mut client_read, mut client_write) = tokio::io::split(client);
         let (mut upstream_read, mut upstream_write) = tokio::io::split(TokioIo::new(upstream));
@@ -105,7 +130,25 @@ impl Tunnel {
             () = idle(start, &last, self.idle) => {
                 tracing::debug!(idle = ?self.idle, "closing a tunnel idle both ways");
             }
+            why = session_end(&mut registered) => {
+                if let Some(r) = &registered {
+                    tracing::info!(handle = %r.handle(), reason = why.as_str(), "closed a WebSocket: its session ended");
+                }
+                self.metrics.socket_closed(why);
+                let _ = tokio::time::timeout(SHUTDOWN_LIMIT, async {
+                    let _ = tokio::join!(client_write.shutdown(), upstream_write.shutdown());
+                })
+                .await;
+            }
         }
+    }
+}
+
+/// Completes when the tunnel's session ends; never for a tunnel without one.
+async fn session_end(registered: &mut Option<Registration>) -> Ended {
+    match registered {
+        Some(r) => r.ended().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -150,12 +193,17 @@ struct Watched<'a, T> {
     io: T,
     start: Instant,
     last: &'a AtomicU64,
+    /// The session's activity flag (`sockets`), for a tunnel opened under one.
+    active: Option<Activity>,
 }
 
 impl<T> Watched<'_, T> {
     fn moved(&self) {
         let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last.store(ms, Ordering::Relaxed);
+        if let Some(active) = &self.active {
+            active.moved();
+        }
     }
 }
 

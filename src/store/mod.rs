@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use crate::config::{StoreConfig, StoreKind};
 use crate::metrics::StoreMetrics;
+use crate::outcome::Ended;
 use crate::session::{Handle, SessionId};
 
 mod error;
@@ -69,6 +70,37 @@ pub enum Loaded {
 /// on (the blocking pool for memory and fs), so it must not wait.
 pub type ExpiredSink = Arc<dyn Fn(&Handle, Option<&str>) + Send + Sync>;
 
+/// Where whoever ends a session in this process says so (the proxy's save, the admin API, the
+/// sweeper's [`ExpiredSink`] as `lib.rs` builds it), so the proxy can close the WebSockets the
+/// session held. Cheap to clone; [`SessionEnds::default`] tells no one. The callee must not
+/// wait: it is called on the request path and from the sweeper's thread.
+#[derive(Clone, Default)]
+pub struct SessionEnds(Option<EndedSink>);
+
+/// The callee of [`SessionEnds`].
+type EndedSink = Arc<dyn Fn(&Handle, Ended) + Send + Sync>;
+
+impl SessionEnds {
+    pub fn new(tell: impl Fn(&Handle, Ended) + Send + Sync + 'static) -> Self {
+        SessionEnds(Some(Arc::new(tell)))
+    }
+
+    /// `handle`'s session ended, for `why`.
+    pub fn ended(&self, handle: &Handle, why: Ended) {
+        if let Some(tell) = &self.0 {
+            tell(handle, why);
+        }
+    }
+}
+
+impl std::fmt::Debug for SessionEnds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("SessionEnds")
+            .field(&self.0.is_some())
+            .finish()
+    }
+}
+
 /// A session backend. Every method is safe to call concurrently from many requests.
 ///
 /// `load` never returns an expired record: expiry is checked on every read, so correctness
@@ -100,6 +132,18 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn adopt_legacy(&self, id: &SessionId, handle: &Handle) -> Result<Loaded> {
         let _ = (id, handle);
         Ok(Loaded::Missing)
+    }
+
+    /// For each of `handles`, in order, whether it names a live session now: the recheck of
+    /// the sessions that hold WebSockets, one call for all of them. The default loads each in
+    /// turn; a backend that can ask in one round trip (sqlite, Redis) overrides it, and a
+    /// wrapper must forward it.
+    async fn live_among(&self, handles: &[Handle]) -> Result<Vec<bool>> {
+        let mut live = Vec::with_capacity(handles.len());
+        for handle in handles {
+            live.push(self.load(handle).await?.is_some());
+        }
+        Ok(live)
     }
 
     /// Stores a brand-new session. Returns `false`, writing nothing, if a live session already

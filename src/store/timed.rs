@@ -68,6 +68,12 @@ impl<S: SessionStore> SessionStore for Timed<S> {
             .await
     }
 
+    /// One call for the whole batch, under one `store.timeout`.
+    async fn live_among(&self, handles: &[Handle]) -> Result<Vec<bool>> {
+        self.run(StoreOp::Live, self.inner.live_among(handles))
+            .await
+    }
+
     async fn create(&self, id: &Handle, record: &Record) -> Result<bool> {
         self.run(StoreOp::Create, self.inner.create(id, record))
             .await

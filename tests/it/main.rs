@@ -102,6 +102,11 @@ mod upstream_framing;
 /// refused upgrades, bad 101s, closes from either side, idle tunnels, SIGTERM with one open.
 mod upgrade;
 
+/// [sessions-2] part 3: a WebSocket closes when its session ends (every end, on this proxy
+/// within a second, on another within `socket_recheck`, an expiry), and its traffic keeps the
+/// session alive; memory, sqlite and Redis.
+mod sockets;
+
 /// The quickstart (examples/counter.rs) in headless Chromium: counter, login, logout, HttpOnly,
 /// a WebSocket from the page.
 mod e2e;

@@ -739,6 +739,39 @@ pub async fn prune_reports_each_session_it_removed(s: Opened) {
     assert!(store.load(&keep).await.unwrap().is_some());
 }
 
+pub async fn live_among_answers_for_each_handle_in_order(s: Opened) {
+    let store = &s.store;
+    assert!(store.live_among(&[]).await.unwrap().is_empty());
+    let (a, gone, dead, b, never) = (id(), id(), id(), id(), id());
+    store.create(&a, &live(json!({"n":1}))).await.unwrap();
+    store.create(&gone, &live(json!({"n":2}))).await.unwrap();
+    store
+        .create(&dead, &record(json!({"n":3}), now_ms() + 300))
+        .await
+        .unwrap();
+    store.create(&b, &live(json!({"n":4}))).await.unwrap();
+    assert!(store.delete(&gone).await.unwrap());
+    let asked = [a, gone, dead, never, b, a];
+    assert_eq!(
+        store.live_among(&asked).await.unwrap(),
+        [true, false, true, false, true, true]
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert_eq!(
+        store.live_among(&asked).await.unwrap(),
+        [true, false, false, false, true, true],
+        "an expired session counted as live"
+    );
+    // Many at once: one call.
+    let many: Vec<Handle> = (0..600).map(|_| id()).collect();
+    for h in many.iter().step_by(3) {
+        store.create(h, &live(json!({}))).await.unwrap();
+    }
+    let got = store.live_among(&many).await.unwrap();
+    let want: Vec<bool> = (0..600).map(|i| i % 3 == 0).collect();
+    assert_eq!(got, want);
+}
+
 /// Expands every contract test for one store: `contract!(name, opener)`.
 macro_rules! contract {
     ($store:ident, $open:path) => {
@@ -760,6 +793,7 @@ macro_rules! contract {
                 load_or_expired_tells_an_expired_session_from_a_missing_one,
                 concurrent_loads_see_one_expiry,
                 prune_reports_each_session_it_removed,
+                live_among_answers_for_each_handle_in_order,
             );
         }
     };

@@ -18,12 +18,12 @@ use crate::support::app::{self, App};
 use crate::support::raw::{closed_within, read_until_closed, status_of};
 use crate::support::{ProxyProcess, TestProxy, get, write_config};
 
-type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<TcpStream>;
 type Handshake = http::Response<Option<Vec<u8>>>;
 
 /// Opens a WebSocket to `path` on `addr` with `headers` added to the handshake; the handshake's
 /// response comes back too (or the error, for a refused upgrade).
-async fn open_ws(
+pub(crate) async fn open_ws(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
@@ -40,7 +40,7 @@ async fn open_ws(
 }
 
 /// Sends `text` and returns the next text message.
-async fn say(ws: &mut Ws, text: &str) -> String {
+pub(crate) async fn say(ws: &mut Ws, text: &str) -> String {
     ws.send(Message::text(text)).await.unwrap();
     loop {
         let next = tokio::time::timeout(Duration::from_secs(10), ws.next())
@@ -55,7 +55,7 @@ async fn say(ws: &mut Ws, text: &str) -> String {
 }
 
 /// Whether the socket ends (a close frame, EOF or an error) within `limit`.
-async fn ends_within(ws: &mut Ws, limit: Duration) -> bool {
+pub(crate) async fn ends_within(ws: &mut Ws, limit: Duration) -> bool {
     let deadline = Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

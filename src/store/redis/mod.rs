@@ -280,6 +280,50 @@ impl SessionStore for RedisStore {
         self.adopt(id, handle).await
     }
 
+    /// Fields `e` (the expiry) and `v` of every key in one pipeline (one round trip) on one
+    /// server; on a cluster, one `HMGET` per key in turn. A key with `v` but no `e` (written
+    /// before `e` existed) is read whole, as `load` reads it.
+    async fn live_among(&self, handles: &[Handle]) -> Result<Vec<bool>> {
+        if handles.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_ms();
+        let fields: Vec<(Option<u64>, Option<String>)> = match &self.conn {
+            Conn::Single(c) => {
+                let mut pipe = redis::pipe();
+                for handle in handles {
+                    pipe.cmd("HMGET").arg(self.key(handle)).arg("e").arg("v");
+                }
+                pipe.query_async(&mut c.clone())
+                    .await
+                    .map_err(call_err("HMGET (live)"))?
+            }
+            Conn::Cluster(_) => {
+                let mut out = Vec::with_capacity(handles.len());
+                for handle in handles {
+                    let got: (Option<u64>, Option<String>) = redis::cmd("HMGET")
+                        .arg(self.key(handle))
+                        .arg("e")
+                        .arg("v")
+                        .query_async(&mut self.conn())
+                        .await
+                        .map_err(call_err("HMGET (live)"))?;
+                    out.push(got);
+                }
+                out
+            }
+        };
+        let mut live = Vec::with_capacity(handles.len());
+        for (handle, (e, v)) in handles.iter().zip(fields) {
+            live.push(match (e, v) {
+                (Some(e), _) => e > now,
+                (None, None) => false,
+                (None, Some(_)) => self.get_live(handle, now).await?.is_some(),
+            });
+        }
+        Ok(live)
+    }
+
     async fn create(&self, id: &Handle, record: &Record) -> Result<bool> {
         self.create_key(self.key(id), id, record).await
     }

@@ -521,6 +521,38 @@ impl SessionStore for SqliteStore {
             .await
     }
 
+    /// One query, `handle IN (...)`, on the blocking pool: the batch may be long.
+    async fn live_among(&self, handles: &[Handle]) -> Result<Vec<bool>> {
+        if handles.is_empty() {
+            return Ok(Vec::new());
+        }
+        let wanted: Vec<Handle> = handles.to_vec();
+        self.readers
+            .blocking(move |conn| {
+                let fail = |e| StoreError::Backend(Box::new(e));
+                let marks = vec!["?"; wanted.len()].join(",");
+                let sql = format!(
+                    "SELECT handle FROM sessions WHERE expires_at > ? AND handle IN ({marks})"
+                );
+                let mut stmt = conn.prepare(&sql).map_err(fail)?;
+                let now = rusqlite::types::Value::Integer(int(now_ms()));
+                let args = std::iter::once(now).chain(
+                    wanted
+                        .iter()
+                        .map(|h| rusqlite::types::Value::Text(h.as_str().to_owned())),
+                );
+                let found = stmt
+                    .query_map(rusqlite::params_from_iter(args), |row| {
+                        row.get::<_, String>(0)
+                    })
+                    .map_err(fail)?
+                    .collect::<rusqlite::Result<std::collections::HashSet<String>>>()
+                    .map_err(fail)?;
+                Ok(wanted.iter().map(|h| found.contains(h.as_str())).collect())
+            })
+            .await
+    }
+
     async fn create(&self, id: &Handle, record: &Record) -> Result<bool> {
         let (id, record) = (*id, record.clone());
         let user = user_of(self.users.as_ref(), &record);
