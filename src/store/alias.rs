@@ -44,7 +44,10 @@ pub struct Alias {
 }
 
 fn key_of(old: &SessionId) -> Result<LessSafeKey> {
-    let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, old.as_str().as_bytes()), LABEL);
+    let tag = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, old.as_str().as_bytes()),
+        LABEL,
+    );
     let key = UnboundKey::new(&AES_256_GCM, tag.as_ref())
         .map_err(|_| StoreError::Unexpected("alias key".to_owned()))?;
     Ok(LessSafeKey::new(key))
@@ -157,7 +160,10 @@ mod tests {
 
     #[test]
     fn only_the_old_id_opens_the_new_one() {
-        let (old, new) = (SessionId::generate().unwrap(), SessionId::generate().unwrap());
+        let (old, new) = (
+            SessionId::generate().unwrap(),
+            SessionId::generate().unwrap(),
+        );
         let alias = Alias::new(&old, &new, 5).unwrap();
         assert_eq!(alias.open(&old), Some(new));
         assert_eq!(alias.open(&SessionId::generate().unwrap()), None);

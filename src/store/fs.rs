@@ -23,7 +23,8 @@ use async_trait::async_trait;
 use super::lock::StripedLock;
 use super::users::UserIndex;
 use super::{
-    Alias, ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, StoreError, Update, now_ms,
+    Alias, ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, StoreError, Update,
+    now_ms,
 };
 use crate::config::FsConfig;
 use crate::session::{Handle, SessionId, UserKey};

@@ -7,8 +7,8 @@
 //! write while the session's shard is still write-locked (the session's shard first, then one
 //! user shard at a time). Why these shards, measured against other layouts: docs/stores.md.
 
-use std::collections::{BTreeMap, HashMap};
 use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -16,7 +16,8 @@ use async_trait::async_trait;
 
 use super::users::UserIndex;
 use super::{
-    Alias, Capabilities, ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, Update, now_ms,
+    Alias, Capabilities, ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, Update,
+    now_ms,
 };
 use crate::session::Handle;
 use crate::session::UserKey;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    Alias, Blame, Capabilities, ExpiredSink, Loaded, Page, Record, Result, SessionStore, StoreError,
-    Update,
+    Alias, Blame, Capabilities, ExpiredSink, Loaded, Page, Record, Result, SessionStore,
+    StoreError, Update,
 };
 use crate::metrics::{StoreMetrics, StoreOp};
 use crate::session::{Handle, SessionId};

@@ -26,8 +26,8 @@ pub use self::legacy::Migrated;
 use self::script::{Cas, Scripts};
 use super::lock::StripedLock;
 use super::{
-    Alias, Capabilities, ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, StoreError,
-    Update, now_ms,
+    Alias, Capabilities, ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore,
+    StoreError, Update, now_ms,
 };
 use crate::config::RedisConfig;
 use crate::session::{Handle, SessionId};

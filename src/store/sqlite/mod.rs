@@ -31,7 +31,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
 use super::{
-    Alias, ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, StoreError, Update, now_ms,
+    Alias, ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, StoreError, Update,
+    now_ms,
 };
 use crate::config::SqliteConfig;
 use crate::session::{Handle, UserKey};
