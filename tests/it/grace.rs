@@ -121,6 +121,7 @@ async fn the_old_cookie_works_within_the_grace_only(store: &str) {
                 Some(new.as_str()),
                 "gets the new cookie"
             );
+            followed += 1;
         } else {
             assert_eq!(
                 data,

@@ -215,8 +215,7 @@ impl RedisStore {
         new_key: Key<'_>,
         update: &Update,
         (old, new): (&Handle, &Handle),
-        mut current: Record,
-        mut record: Record,
+        (mut current, mut record): (Record, Record),
         alias: Option<&Alias>,
     ) -> Result<Option<Record>> {
         for _ in 0..MAX_ATTEMPTS {
@@ -406,8 +405,7 @@ impl SessionStore for RedisStore {
                     new_key,
                     update,
                     (old, new),
-                    current,
-                    record,
+                    (current, record),
                     alias.as_ref(),
                 )
                 .await
