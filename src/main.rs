@@ -225,6 +225,14 @@ fn named(handle: Option<&str>, id: Option<&str>) -> anyhow::Result<session_proxy
     })
 }
 
+/// `user` as the user index names it (hashed with `store.hash_users`).
+fn indexed(config: &session_proxy::config::Config, user: &str) -> String {
+    match &config.session.user_key {
+        Some(key) => key.indexed(user),
+        None => user.to_owned(),
+    }
+}
+
 async fn sessions(
     config: session_proxy::config::Config,
     command: SessionsCommand,
@@ -267,6 +275,7 @@ async fn sessions(
             println!("deleted");
         }
         SessionsCommand::User { user } => {
+            let user = indexed(&config, &user);
             let mut found = store.user_sessions(&user).await?;
             found.sort_by_key(|(id, r)| (r.created_at, *id));
             let mut out = std::io::stdout().lock();
@@ -275,6 +284,7 @@ async fn sessions(
             }
         }
         SessionsCommand::Revoke { user } => {
+            let user = indexed(&config, &user);
             let destroyed = store::users::revoke(&*store, &user, None).await?;
             println!("revoked {} sessions", destroyed.len());
         }

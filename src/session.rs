@@ -287,11 +287,15 @@ impl Lifetime {
 
 /// `session.user_key`: the top-level key of the session data that names its user.
 #[derive(Clone, PartialEq, Eq)]
-pub struct UserKey(Arc<str>);
+pub struct UserKey {
+    key: Arc<str>,
+    /// `store.hash_users`: the index holds each user as [`UserKey::indexed`], not as written.
+    hashed: bool,
+}
 
 impl fmt::Debug for UserKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "UserKey({:?})", &*self.0)
+        write!(f, "UserKey({:?}, hashed: {})", &*self.key, self.hashed)
     }
 }
 
@@ -301,27 +305,78 @@ static NOT_INDEXED: AtomicBool = AtomicBool::new(false);
 
 impl UserKey {
     pub fn new(key: &str) -> Self {
-        UserKey(Arc::from(key))
+        UserKey {
+            key: Arc::from(key),
+            hashed: false,
+        }
+    }
+
+    /// This key with `store.hash_users`: the user index holds a hash of each user.
+    pub fn hashing(self) -> Self {
+        UserKey {
+            hashed: true,
+            ..self
+        }
     }
 
     pub fn name(&self) -> &str {
-        &self.0
+        &self.key
     }
 
-    /// The user `data` (a JSON object's text) belongs to: the value of the key, when it is a
-    /// non-empty string or an integer (as its decimal text: `42` and `"42"` are one user).
-    /// Anything else (absent, null, a float, an object) is no user. One pass over the text; only
-    /// the key's value is materialised. With the key repeated, the last one counts, as in every
-    /// other reading of the data.
+    /// What a store records about the index it built from this key, so that opening it with
+    /// another key, or switching `store.hash_users`, rebuilds it.
+    pub fn index_id(&self) -> String {
+        if self.hashed {
+            format!("sha256:{}", self.key)
+        } else {
+            self.key.to_string()
+        }
+    }
+
+    pub fn is_hashed(&self) -> bool {
+        self.hashed
+    }
+
+    /// How the user index names `user`: as written, or with `store.hash_users` base64url of the
+    /// SHA-256 of a label and the user (43 characters). The hash has no key: it keeps names out
+    /// of sight in a copy of the store, not from a guess (a list of likely user names hashes
+    /// just as well).
+    pub fn indexed(&self, user: &str) -> String {
+        if !self.hashed {
+            return user.to_owned();
+        }
+        let mut digest = Sha256::new();
+        digest.update(b"session-proxy user\0");
+        digest.update(user.as_bytes());
+        URL_SAFE_NO_PAD.encode(digest.finalize())
+    }
+
+    /// The user `data` (a JSON object's text) belongs to, as the user index names it
+    /// ([`UserKey::indexed`]): every store, the revoke and the audit log use this form.
     pub fn user_of(&self, data: &str) -> Option<String> {
+        let user = self.plain_user_of(data)?;
+        Some(if self.hashed {
+            self.indexed(&user)
+        } else {
+            user
+        })
+    }
+
+    /// The user `data` (a JSON object's text) belongs to, as written: the value of the key, when
+    /// it is a non-empty string or an integer (as its decimal text: `42` and `"42"` are one
+    /// user). Anything else (absent, null, a float, an object) is no user. One pass over the
+    /// text; only the key's value is materialised. With the key repeated, the last one counts,
+    /// as in every other reading of the data. For what shows the user (the admin's listing,
+    /// the assertion's `sub`); the index uses [`UserKey::user_of`].
+    pub fn plain_user_of(&self, data: &str) -> Option<String> {
         let mut de = serde_json::Deserializer::from_str(data);
-        match Find(&self.0).deserialize(&mut de) {
+        match Find(&self.key).deserialize(&mut de) {
             Ok(Found::User(user)) => Some(user),
             Ok(Found::Absent) => None,
             Ok(Found::Other) | Err(_) => {
                 if !NOT_INDEXED.swap(true, Ordering::Relaxed) {
                     tracing::debug!(
-                        key = &*self.0,
+                        key = &*self.key,
                         "a session's user key is not a string or an integer: not indexed (logged once)"
                     );
                 }
@@ -418,6 +473,25 @@ mod tests {
         let other = SessionId::generate().unwrap();
         assert_ne!(other.handle(), id.handle());
         assert!(!other.handle().as_str().contains(other.as_str()));
+    }
+
+    /// `store.hash_users`: the index names a user by a labelled SHA-256, the plain reading
+    /// stays; without it both are the user as written.
+    #[test]
+    fn a_hashing_user_key_indexes_a_hash_and_still_reads_the_name() {
+        let data = r#"{"user":"ada","n":1}"#;
+        let plain = UserKey::new("user");
+        assert_eq!(plain.user_of(data).as_deref(), Some("ada"));
+        assert_eq!(plain.indexed("ada"), "ada");
+        let hashed = UserKey::new("user").hashing();
+        let h = hashed.user_of(data).unwrap();
+        assert_eq!(h.len(), HANDLE_LEN);
+        assert_ne!(h, "ada");
+        assert_eq!(h, hashed.indexed("ada"));
+        assert_eq!(hashed.plain_user_of(data).as_deref(), Some("ada"));
+        assert_ne!(hashed.indexed("ada"), hashed.indexed("bob"));
+        assert_ne!(plain.index_id(), hashed.index_id());
+        assert_eq!(hashed.user_of(r#"{"n":1}"#), None);
     }
 
     /// A handle parses back from its text, and from nothing else: not an id, not a

@@ -129,7 +129,7 @@ impl<'a> Listed<'a> {
     fn new(handle: &'a Handle, r: &Record, key: Option<&UserKey>) -> Self {
         Listed {
             handle: handle.as_str(),
-            user: key.and_then(|k| k.user_of(&r.data)),
+            user: key.and_then(|k| k.plain_user_of(&r.data)),
             created_at: r.created_at,
             updated_at: r.updated_at,
             expires_at: r.expires_at,
@@ -207,6 +207,7 @@ async fn user_sessions(
     Path(user): Path<String>,
 ) -> Result<Response, ApiError> {
     user_index(&admin, &user)?;
+    let user = indexed(&admin, &user);
     let mut found = admin.store.user_sessions(&user).await?;
     found.sort_by_key(|(id, r)| (r.created_at, *id));
     let key = admin.config.session.user_key.as_ref();
@@ -242,6 +243,7 @@ async fn revoke_user(
             other => return Err(ApiError::bad(format!("unknown parameter {other:?}"))),
         }
     }
+    let user = indexed(&admin, &user);
     let destroyed = revoke(&admin, &user, except.as_ref()).await?;
     tracing::info!(%operator, revoked = destroyed.len(), "admin revoked a user's sessions");
     for id in &destroyed {
@@ -255,6 +257,14 @@ async fn revoke_user(
     json_ok(&Revoked {
         revoked: destroyed.len(),
     })
+}
+
+/// `user` as the user index names it (hashed with `store.hash_users`).
+fn indexed(admin: &Admin, user: &str) -> String {
+    match &admin.config.session.user_key {
+        Some(key) => key.indexed(user),
+        None => user.to_owned(),
+    }
 }
 
 /// The admin's one way to revoke a user's sessions; returns the handles destroyed.

@@ -179,6 +179,8 @@ pub struct RawStore {
     // every kind: session data encrypted at rest
     pub encryption_key: Option<Secrets>,
     pub encryption_key_file: Option<PathBuf>,
+    // every kind, with session.user_key: the user index holds hashes of users
+    pub hash_users: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -230,7 +232,7 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 73] = [
+pub(crate) const KEYS: [&str; 74] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -272,6 +274,7 @@ pub(crate) const KEYS: [&str; 73] = [
     "store.nodes",
     "store.encryption_key",
     "store.encryption_key_file",
+    "store.hash_users",
     "upstream_timeouts.connect",
     "upstream_timeouts.response",
     "tls.cert",
@@ -397,7 +400,7 @@ mod tests {
             }),
             &fields!(RawStore "store." {
                 kind, timeout, sweep_interval, on_error, path, filename_template, mode, fsync,
-                url, key_prefix, cluster, nodes, encryption_key, encryption_key_file
+                url, key_prefix, cluster, nodes, encryption_key, encryption_key_file, hash_users
             }),
             &fields!(RawTimeouts "upstream_timeouts." { connect, response }),
             &fields!(RawTls "tls." { cert, key }),

@@ -28,6 +28,9 @@ pub struct StoreConfig {
     /// Where the keys were read from (`store.encryption_key_file`), if from a file: its mode is
     /// checked at start and on each reload, like `cookie.secret_file`.
     pub encryption_key_file: Option<PathBuf>,
+    /// `store.hash_users`: the user index holds a hash of each user (`UserKey::indexed`), not
+    /// the user as the data names it. Needs `session.user_key`.
+    pub hash_users: bool,
 }
 
 /// The store-down policy (`store.on_error`).
@@ -145,7 +148,7 @@ macro_rules! store_key {
 
 /// Which `[store]` keys belong to which kind. File validation and the `--store` flag both go by
 /// this one list, so a new kind or key is added here and nowhere else.
-const STORE_KEYS: [StoreKey; 13] = [
+const STORE_KEYS: [StoreKey; 14] = [
     store_key!(timeout, &Kind::ALL, Role::Setting),
     store_key!(sweep_interval, &Kind::ALL, Role::Setting),
     store_key!(on_error, &Kind::ALL, Role::Setting),
@@ -159,6 +162,7 @@ const STORE_KEYS: [StoreKey; 13] = [
     store_key!(nodes, &[Kind::Redis], Role::Location),
     store_key!(encryption_key, &Kind::ALL, Role::Setting),
     store_key!(encryption_key_file, &Kind::ALL, Role::Setting),
+    store_key!(hash_users, &Kind::ALL, Role::Setting),
 ];
 
 /// Where the store's encryption keys come from.
@@ -316,6 +320,7 @@ pub(super) fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigErro
         users: None,
         encryption_keys,
         encryption_key_file: st.encryption_key_file,
+        hash_users: st.hash_users.unwrap_or(false),
     })
 }
 

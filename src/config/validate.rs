@@ -59,6 +59,15 @@ impl RawConfig {
             assertion: None,
         };
         config.assertion = assertion(&at, self.assertion, &config.upstream)?;
+        if config.store.hash_users {
+            let Some(key) = config.session.user_key.take() else {
+                return Err(at.bad(
+                    "store.hash_users",
+                    "needs session.user_key: without it there is no user index to hash",
+                ));
+            };
+            config.session.user_key = Some(key.hashing());
+        }
         config.store.users = config.session.user_key.clone();
         Ok(config)
     }
@@ -210,6 +219,7 @@ mod tests {
                 "store.encryption_key_file",
                 "[store]\nencryption_key_file = \"/nonexistent/keys\"",
             ),
+            ("store.hash_users", "[store]\nhash_users = true"),
             (
                 "upstream_timeouts.connect",
                 "[upstream_timeouts]\nconnect = \"0s\"",

@@ -314,7 +314,7 @@ fn upstream_request_filter(
                 &current.handle,
                 current.record.is_none(),
                 v.as_bytes(),
-                user.and_then(|key| key.user_of(data)),
+                user.and_then(|key| key.plain_user_of(data)),
             );
             headers.insert(h.assertion.clone(), signer.sign(&claims));
         }

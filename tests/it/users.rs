@@ -552,3 +552,84 @@ async fn the_cli_lists_and_revokes_a_user() {
     assert!(!session_of(&mut bob).await.1);
     assert_eq!(run(&["user", "ada"]), "");
 }
+
+/// `store.hash_users`: the index holds a hash of each user, never the name (the sqlite column,
+/// the Redis set's key), and every way of naming a user still works: the admin's routes, the
+/// CLI's, the app's revoke. Switching it on rebuilds a sqlite file's index at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashed_users_keep_names_out_of_the_store_and_everything_still_finds_them() {
+    use redis::AsyncCommands as _;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let redis = crate::support::redis::RedisServer::start().await;
+    let stores = [
+        format!("[store]\nkind = \"sqlite\"\npath = \"{}\"\n", db.display()),
+        format!("[store]\nkind = \"redis\"\nurl = \"{}\"\n", redis.url()),
+    ];
+    let app = App::start().await;
+    for store in stores {
+        // A plain index first, then hashed: the sqlite file's index is rebuilt at open.
+        let plain = TestProxy::start(&app, &format!("{USERS}{store}")).await;
+        let early = signed_in(&plain, "ada-lovelace").await;
+        plain.stop().await;
+        let toml = format!("{USERS}{ADMIN}{store}hash_users = true\n");
+        let proxy = TestProxy::start(&app, &toml).await;
+        let (mut a, mut b, mut bob) = (
+            signed_in(&proxy, "ada-lovelace").await,
+            signed_in(&proxy, "ada-lovelace").await,
+            signed_in(&proxy, "bob-the-builder").await,
+        );
+        let admin = proxy.admin_addr();
+        let listed = request(admin, Method::GET, "/users/ada-lovelace/sessions")
+            .await
+            .json();
+        let want = if store.contains("sqlite") { 3 } else { 2 };
+        assert_eq!(
+            listed["sessions"].as_array().unwrap().len(),
+            want,
+            "{store}: {listed}"
+        );
+        // The admin shows the user as the data names it.
+        assert_eq!(listed["sessions"][0]["user"], "ada-lovelace");
+        // At rest: no name.
+        let at_rest: Vec<u8> = if store.contains("sqlite") {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            let users: Vec<Option<String>> = conn
+                .prepare("SELECT user FROM sessions")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            format!("{users:?}").into_bytes()
+        } else {
+            let mut conn = redis.conn().await;
+            let keys: Vec<String> = conn.keys("*").await.unwrap();
+            let mut all = format!("{keys:?}");
+            for key in keys.iter().filter(|k| k.contains("user:")) {
+                let members: Vec<String> = conn.smembers(key).await.unwrap();
+                all.push_str(&format!("{members:?}"));
+            }
+            all.into_bytes()
+        };
+        let text = String::from_utf8(at_rest).unwrap();
+        assert!(
+            !text.contains("\"bob-the-builder\"") && !text.contains(":bob-the-builder"),
+            "{store}: {text}"
+        );
+        if store.contains("sqlite") {
+            assert!(!text.contains("ada-lovelace"), "{text}");
+        }
+        // The app's revoke and the admin's still find the user.
+        a.get("/")
+            .app_responds_with(&[("X-Session-Revoke", "others")])
+            .await;
+        assert!(session_of(&mut b).await.1, "{store}: b was not revoked");
+        assert!(!session_of(&mut a).await.1);
+        let r = request(admin, Method::DELETE, "/users/bob-the-builder/sessions").await;
+        assert_eq!(r.json(), json!({"revoked": 1}), "{store}");
+        assert!(session_of(&mut bob).await.1);
+        drop(early);
+        proxy.stop().await;
+    }
+}

@@ -112,19 +112,22 @@ pub(super) fn reindex_users(
     sealer: &Sealer,
     path: &Path,
 ) -> Result<()> {
+    // What the file records about its index: the key, and whether users are hashed.
+    let id = users.map(UserKey::index_id);
     let key = users.map(UserKey::name);
     let fail =
         |doing: &'static str| move |source: rusqlite::Error| SqliteError::wrap(path, doing, source);
     let stored: Option<String> = conn
         .query_row("SELECT key FROM user_index", [], |row| row.get(0))
         .map_err(fail("cannot read the user index's key"))?;
-    if stored.as_deref() == key {
+    if stored == id {
         return Ok(());
     }
     conn.execute_batch("BEGIN IMMEDIATE")
         .map_err(fail("cannot lock to rebuild the user index"))?;
     let result = (|| {
-        let n = match users.filter(|_| sealer.is_on()) {
+        // SQL reads neither sealed data nor hashes a user: those rebuild row by row in Rust.
+        let n = match users.filter(|u| sealer.is_on() || u.is_hashed()) {
             Some(users) => reindex_sealed(conn, users, sealer)
                 .map_err(fail("cannot rebuild the user index"))?,
             None => conn
@@ -138,7 +141,7 @@ pub(super) fn reindex_users(
                 )
                 .map_err(fail("cannot rebuild the user index"))?,
         };
-        conn.execute("UPDATE user_index SET key = ?1", [key])
+        conn.execute("UPDATE user_index SET key = ?1", [&id])
             .map_err(fail("cannot record the user index's key"))?;
         conn.execute_batch("COMMIT")
             .map_err(fail("cannot commit the rebuilt user index"))?;
