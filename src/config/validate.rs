@@ -107,6 +107,15 @@ mod tests {
         assert!(c.session.regenerate_grace.is_zero());
         let c = check("[session]\nuser_key = \"u\"\non_stale_use = \"revoke\"").unwrap();
         assert_eq!(c.session.on_stale_use, crate::config::OnStaleUse::Revoke);
+        // Besides "revoke" without user_key (below, with every key): an unknown value, and
+        // "revoke" with no grace (nothing could be stale).
+        for text in [
+            "[session]\nuser_key = \"u\"\non_stale_use = \"log\"",
+            "[session]\nuser_key = \"u\"\nregenerate_grace = \"0\"\non_stale_use = \"revoke\"",
+        ] {
+            let shown = check(text).unwrap_err();
+            assert!(shown.contains("`session.on_stale_use`"), "{shown}");
+        }
         assert!(matches!(
             c.store.kind,
             StoreKind::Sqlite(ref s) if s.path == std::path::Path::new("sessions.db")
@@ -206,14 +215,6 @@ mod tests {
             (
                 "session.on_stale_use",
                 "[session]\non_stale_use = \"revoke\"",
-            ),
-            (
-                "session.on_stale_use",
-                "[session]\nuser_key = \"u\"\non_stale_use = \"log\"",
-            ),
-            (
-                "session.on_stale_use",
-                "[session]\nuser_key = \"u\"\nregenerate_grace = \"0\"\non_stale_use = \"revoke\"",
             ),
             ("store.kind", "[store]\nkind = \"tape\""),
             ("store.timeout", "[store]\ntimeout = \"0s\""),

@@ -240,13 +240,12 @@ pub trait SessionStore: Send + Sync + 'static {
     }
 
     /// Writes `alias` under its old handle, replacing any. Only the default
-    /// [`regenerate_aliased`](Self::regenerate_aliased) calls it; a backend that keeps aliases
-    /// and uses that default implements it.
+    /// [`regenerate_aliased`](Self::regenerate_aliased) calls it. This default keeps nothing
+    /// (every backend in this crate overrides it): a store without aliases behaves as with
+    /// `regenerate_grace = 0`, the old id dying at once.
     async fn put_alias(&self, alias: &Alias) -> Result<()> {
         let _ = alias;
-        Err(StoreError::Unexpected(
-            "this store keeps no aliases (session.regenerate_grace)".to_owned(),
-        ))
+        Ok(())
     }
 
     /// Removes the alias under `old` if it names `new` (a failed or lost regenerate's).
