@@ -84,6 +84,11 @@ pub enum Event {
     Expired,
     /// An operator read session data or the listing through the admin API.
     Read,
+    /// A request presented `old`, an id regenerated away (to the entry's `sid`) whose
+    /// `session.regenerate_grace` had ended: a copied cookie's sign.
+    StaleUse {
+        old: Handle,
+    },
 }
 
 impl Event {
@@ -96,6 +101,7 @@ impl Event {
             Event::Destroyed(_) => "destroyed",
             Event::Expired => "expired",
             Event::Read => "read",
+            Event::StaleUse { .. } => "stale_use",
         }
     }
 
@@ -319,6 +325,22 @@ impl Audit {
         });
     }
 
+    /// A request presented the id of `old`, regenerated away to `new` (of `user`) and past its
+    /// grace.
+    pub fn stale_use(
+        &self,
+        request_id: &HeaderValue,
+        old: &Handle,
+        new: &Handle,
+        user: Option<String>,
+    ) {
+        self.emit(|| {
+            Entry::new(Event::StaleUse { old: *old }, Some(new))
+                .request_id(request_id)
+                .user(user)
+        });
+    }
+
     /// A request found its session dead by expiry (and its load removed it).
     pub fn expired(&self, request_id: &HeaderValue, id: &Handle, user: Option<String>) {
         self.emit(|| {
@@ -491,7 +513,7 @@ fn line(entry: &Entry, out: &mut Vec<u8>) {
     let time = rfc3339_ms(entry.at);
     let sid = entry.sid.as_ref().map(Handle::as_str);
     let old = match &entry.event {
-        Event::Regenerated { old, .. } => Some(old.as_str()),
+        Event::Regenerated { old, .. } | Event::StaleUse { old } => Some(old.as_str()),
         _ => None,
     };
     let keys = match &entry.event {

@@ -245,6 +245,8 @@ pub struct Metrics {
     /// Tunnels closed because their session ended, by [`Ended`] (indexed by its position in
     /// [`Ended::ALL`]).
     sockets_closed: [Counter; Ended::ALL.len()],
+    /// Old ids used past their `session.regenerate_grace` (a copied cookie's sign).
+    stale_uses: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -384,7 +386,15 @@ impl Metrics {
             "Upgraded connections (WebSockets) the proxy closed because their session ended, by why it ended",
             closed_family,
         );
+        let stale_uses = Counter::default();
+        registry.register(
+            "session_stale_uses",
+            "Requests presenting an id regenerated away whose session.regenerate_grace had \
+             ended, while the session it moved to still lived (a copied cookie's sign)",
+            stale_uses.clone(),
+        );
         Metrics {
+            stale_uses,
             sockets_closed,
             registry,
             requests,
@@ -472,6 +482,11 @@ impl Metrics {
     /// A tunnel closed because its session ended, for `why`.
     pub fn socket_closed(&self, why: Ended) {
         self.sockets_closed[why as usize].inc();
+    }
+
+    /// A regenerated-away id was used past its grace.
+    pub fn stale_use(&self) {
+        self.stale_uses.inc();
     }
 
     /// A session's idle deadline moved without a request: its WebSocket passed bytes.

@@ -37,7 +37,7 @@ pub use self::limits::Limits;
 pub use self::listeners::{
     AdminConfig, DEFAULT_LISTEN, DEFAULT_UPSTREAM, TlsConfig, TrustedProxies, UpstreamTimeouts,
 };
-pub use self::session::{SessionConfig, SkipRules};
+pub use self::session::{OnStaleUse, SessionConfig, SkipRules};
 pub use self::store::{FsConfig, OnStoreError, RedisConfig, SqliteConfig, StoreConfig, StoreKind};
 /// Lives with the session rules it drives; configured here.
 pub use crate::session::Lifetime;

@@ -155,6 +155,8 @@ pub struct RawSession {
     pub user_key: Option<String>,
     pub max_per_user: Option<u64>,
     pub socket_recheck: Option<DurationSpec>,
+    pub regenerate_grace: Option<DurationSpec>,
+    pub on_stale_use: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -230,7 +232,7 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 72] = [
+pub(crate) const KEYS: [&str; 74] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -256,6 +258,8 @@ pub(crate) const KEYS: [&str; 72] = [
     "session.user_key",
     "session.max_per_user",
     "session.socket_recheck",
+    "session.regenerate_grace",
+    "session.on_stale_use",
     "store.kind",
     "store.timeout",
     "store.sweep_interval",
@@ -391,7 +395,8 @@ mod tests {
             }),
             &fields!(RawSession "session." {
                 header_prefix, renew_missing, max_size, idle_timeout, absolute_timeout,
-                touch_interval, skip, user_key, max_per_user, socket_recheck
+                touch_interval, skip, user_key, max_per_user, socket_recheck, regenerate_grace,
+                on_stale_use
             }),
             &fields!(RawStore "store." {
                 kind, timeout, sweep_interval, on_error, path, filename_template, mode, fsync,

@@ -28,6 +28,22 @@ pub struct SessionConfig {
     /// `session.socket_recheck`: how often the sessions that hold WebSockets are checked, in
     /// one batched store call, for an end this process did not see (another proxy, the CLI).
     pub socket_recheck: Duration,
+    /// `session.regenerate_grace`: how long a regenerated-away id keeps resolving to the new
+    /// session; zero writes no alias (the old id dies at once, and no stale use is seen).
+    pub regenerate_grace: Duration,
+    /// `session.on_stale_use`: what a use of an old id past its grace does besides being
+    /// counted, logged and audited.
+    pub on_stale_use: OnStaleUse,
+}
+
+/// `session.on_stale_use`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnStaleUse {
+    /// Counted, logged at warn, audited; nothing ends.
+    #[default]
+    Ignore,
+    /// Also ends every session of the user of the session the old id now names.
+    Revoke,
 }
 
 /// `session.skip`: request paths the proxy passes through without touching the store. An
@@ -144,7 +160,36 @@ pub(super) fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, Confi
         Duration::from_secs(30),
     )?;
     at.positive("session.socket_recheck", socket_recheck)?;
+    let regenerate_grace = at.duration(
+        "session.regenerate_grace",
+        &s.regenerate_grace,
+        Duration::from_secs(10),
+    )?;
+    let on_stale_use = match s.on_stale_use.as_deref() {
+        None | Some("ignore") => OnStaleUse::Ignore,
+        Some("revoke") if user_key.is_none() => {
+            return Err(at.bad(
+                "session.on_stale_use",
+                "\"revoke\" needs session.user_key: without it no session has a user",
+            ));
+        }
+        Some("revoke") => OnStaleUse::Revoke,
+        Some(other) => {
+            return Err(at.bad(
+                "session.on_stale_use",
+                format!("{other:?} is not one of \"ignore\", \"revoke\""),
+            ));
+        }
+    };
+    if on_stale_use == OnStaleUse::Revoke && regenerate_grace.is_zero() {
+        return Err(at.bad(
+            "session.on_stale_use",
+            "\"revoke\" needs a session.regenerate_grace above 0: with 0 no old id is kept",
+        ));
+    }
     Ok(SessionConfig {
+        regenerate_grace,
+        on_stale_use,
         socket_recheck,
         user_key,
         max_per_user,

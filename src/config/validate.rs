@@ -101,6 +101,21 @@ mod tests {
         assert_eq!(c.session.socket_recheck, Duration::from_secs(30));
         let c = check("[session]\nsocket_recheck = \"500ms\"").unwrap();
         assert_eq!(c.session.socket_recheck, Duration::from_millis(500));
+        assert_eq!(c.session.regenerate_grace, Duration::from_secs(10));
+        assert_eq!(c.session.on_stale_use, crate::config::OnStaleUse::Ignore);
+        let c = check("[session]\nregenerate_grace = \"0\"").unwrap();
+        assert!(c.session.regenerate_grace.is_zero());
+        let c = check("[session]\nuser_key = \"u\"\non_stale_use = \"revoke\"").unwrap();
+        assert_eq!(c.session.on_stale_use, crate::config::OnStaleUse::Revoke);
+        // Besides "revoke" without user_key (below, with every key): an unknown value, and
+        // "revoke" with no grace (nothing could be stale).
+        for text in [
+            "[session]\nuser_key = \"u\"\non_stale_use = \"log\"",
+            "[session]\nuser_key = \"u\"\nregenerate_grace = \"0\"\non_stale_use = \"revoke\"",
+        ] {
+            let shown = check(text).unwrap_err();
+            assert!(shown.contains("`session.on_stale_use`"), "{shown}");
+        }
         assert!(matches!(
             c.store.kind,
             StoreKind::Sqlite(ref s) if s.path == std::path::Path::new("sessions.db")
@@ -192,6 +207,14 @@ mod tests {
             (
                 "session.socket_recheck",
                 "[session]\nsocket_recheck = \"0s\"",
+            ),
+            (
+                "session.regenerate_grace",
+                "[session]\nregenerate_grace = \"a while\"",
+            ),
+            (
+                "session.on_stale_use",
+                "[session]\non_stale_use = \"revoke\"",
             ),
             ("store.kind", "[store]\nkind = \"tape\""),
             ("store.timeout", "[store]\ntimeout = \"0s\""),

@@ -35,6 +35,7 @@ use crate::store::{self, SessionEnds, SessionStore};
 use crate::upstream::{ResponseBody, Upstream};
 
 mod ctx;
+mod grace;
 mod log;
 mod response;
 mod session;

@@ -8,6 +8,7 @@ use http::HeaderValue;
 
 use super::State;
 use super::ctx::RequestCtx;
+use super::grace::{self, Followed};
 use crate::audit::{Event, Reason};
 use crate::cookie::Presented;
 use crate::error::ProxyError;
@@ -41,8 +42,22 @@ pub async fn load(
             let resign = matches!(presented, Presented::OldKey(_));
             let handle = id.handle();
             let loaded = match state.store.load_or_expired(&handle).await? {
-                // Perhaps kept by a release before handles, under the id: moved on first load.
-                Loaded::Missing => state.store.adopt_legacy(&id, &handle).await?,
+                // An id regenerated away (its alias first: a stale use must never be adopted
+                // or renewed; an id with an alias was issued by this release, so no release
+                // before handles holds it), else perhaps kept by a release before handles,
+                // under the id: moved on first load.
+                Loaded::Missing => match grace::follow(state, &id, &handle, ctx).await? {
+                    Followed::To(active) => {
+                        ctx.session = SessionState::Existing;
+                        return Ok(active);
+                    }
+                    Followed::Dead => {
+                        let current = fresh()?;
+                        ctx.session = SessionState::New;
+                        return Ok(current);
+                    }
+                    Followed::Unknown => state.store.adopt_legacy(&id, &handle).await?,
+                },
                 loaded => loaded,
             };
             let record = match loaded {
@@ -309,8 +324,9 @@ async fn write(
             let new_id = SessionId::generate()?;
             let new_handle = new_id.handle();
             ctx.write = StoreWrite::Regenerated;
+            let alias = grace::alias(state, &current.id, &new_id, now)?;
             store
-                .regenerate(&current.handle, &new_handle, &update)
+                .regenerate_aliased(&current.handle, &new_handle, &update, alias.as_ref())
                 .await
                 .map(|r| r.map(|r| (new_id, new_handle, r)))
         }
@@ -347,7 +363,7 @@ async fn write(
         }
     }
     if ctx.write == StoreWrite::Regenerated && matches!(result, Ok(Some(_))) {
-        state.sockets.ended(&current.handle, Ended::Regenerated);
+        grace::regenerated(state, current.handle);
     }
     match result {
         Ok(Some((id, handle, r))) => {

@@ -23,12 +23,16 @@ use async_trait::async_trait;
 use super::lock::StripedLock;
 use super::users::UserIndex;
 use super::{
-    ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, StoreError, Update, now_ms,
+    Alias, ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, StoreError, Update,
+    now_ms,
 };
 use crate::config::FsConfig;
 use crate::session::{Handle, SessionId, UserKey};
 
 const TEMP_PREFIX: &str = ".tmp-";
+/// The aliases regenerates leave (`session.regenerate_grace`): `.alias-{old handle}`, a name
+/// no session file has (a template never starts with a dot), so `id_of` never parses one.
+const ALIAS_PREFIX: &str = ".alias-";
 /// A temp file older than this was left by a crash mid-write; the sweeper removes it.
 const STALE_TEMP: Duration = Duration::from_secs(3600);
 
@@ -271,6 +275,19 @@ impl Inner {
             .join(format!("{}{}{}", self.prefix, id, self.suffix))
     }
 
+    fn alias_path(&self, old: &Handle) -> PathBuf {
+        self.dir.join(format!("{ALIAS_PREFIX}{old}"))
+    }
+
+    /// The alias under `old`, if its file is there, parses and has not expired.
+    fn read_alias(&self, old: &Handle, now: u64) -> Result<Option<Alias>> {
+        match fs::read(self.alias_path(old)) {
+            Ok(bytes) => Ok(Alias::from_json(&bytes).filter(|a| a.old == *old && a.is_live(now))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     fn id_of(&self, name: &str) -> Option<Handle> {
         name.strip_prefix(&self.prefix)?
             .strip_suffix(&self.suffix)
@@ -301,6 +318,11 @@ impl Inner {
     /// temp file + (fsync) + rename + (fsync dir): the file is the old one or the new one.
     fn write(&self, id: &Handle, path: &Path, record: &Record) -> Result<()> {
         let json = record.to_stored_json(&self.sealer, id)?;
+        self.write_file(path, json.as_bytes(), record.expires_at)
+    }
+
+    /// [`write`](Self::write) of any bytes, the file's mtime set to `expires_at`.
+    fn write_file(&self, path: &Path, bytes: &[u8], expires_at: u64) -> Result<()> {
         let mut token = [0u8; 8];
         rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut token)
             .map_err(|e| StoreError::Backend(Box::new(e)))?;
@@ -314,8 +336,8 @@ impl Inner {
                 .create_new(true)
                 .mode(self.mode)
                 .open(&tmp)?;
-            file.write_all(json.as_bytes())?;
-            file.set_modified(UNIX_EPOCH + Duration::from_millis(record.expires_at))?;
+            file.write_all(bytes)?;
+            file.set_modified(UNIX_EPOCH + Duration::from_millis(expires_at))?;
             if self.fsync {
                 file.sync_all()?;
             }
@@ -405,6 +427,12 @@ impl Inner {
             let Some(name) = name.to_str() else { continue };
             let Ok(meta) = entry.metadata() else { continue };
             let mtime = meta.modified().unwrap_or(SystemTime::now());
+            if name.starts_with(ALIAS_PREFIX) {
+                if mtime <= now_time {
+                    let _ = fs::remove_file(entry.path());
+                }
+                continue;
+            }
             if name.starts_with(TEMP_PREFIX) {
                 if now_time
                     .duration_since(mtime)
@@ -547,6 +575,35 @@ impl SessionStore for FsStore {
             inner.index.insert(*id);
             inner.reindex(id, old.as_ref(), Some(&record));
             Ok(true)
+        })
+        .await
+    }
+
+    async fn alias(&self, old: &Handle) -> Result<Option<Alias>> {
+        let (inner, old) = (self.inner.clone(), *old);
+        blocking(move || inner.read_alias(&old, now_ms())).await
+    }
+
+    /// Under the old handle's stripe, so [`drop_alias`](SessionStore::drop_alias) compares and
+    /// removes in one step.
+    async fn put_alias(&self, alias: &Alias) -> Result<()> {
+        let (json, expires_at) = (alias.to_json()?, alias.expires_at);
+        self.write(alias.old, move |inner, old, _| {
+            inner.write_file(&inner.alias_path(old), json.as_bytes(), expires_at)
+        })
+        .await
+    }
+
+    async fn drop_alias(&self, old: &Handle, new: &Handle) -> Result<()> {
+        let new = *new;
+        self.write(*old, move |inner, old, _| {
+            if inner.read_alias(old, 0)?.is_some_and(|a| a.new == new) {
+                match fs::remove_file(inner.alias_path(old)) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
+            }
+            Ok(())
         })
         .await
     }

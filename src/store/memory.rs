@@ -7,16 +7,17 @@
 //! write while the session's shard is still write-locked (the session's shard first, then one
 //! user shard at a time). Why these shards, measured against other layouts: docs/stores.md.
 
-use std::collections::BTreeMap;
 use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 
 use super::users::UserIndex;
 use super::{
-    Capabilities, ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, Update, now_ms,
+    Alias, Capabilities, ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, Update,
+    now_ms,
 };
 use crate::session::Handle;
 use crate::session::UserKey;
@@ -59,6 +60,9 @@ pub struct MemoryStore {
     shards: Arc<[Shard]>,
     users: Option<Arc<Users>>,
     sealer: Sealer,
+    /// The aliases regenerates left (`session.regenerate_grace`), by old handle: apart from
+    /// the sessions, so no listing or count meets one. Touched only on regenerates and misses.
+    aliases: Arc<Mutex<HashMap<Handle, Alias>>>,
 }
 
 /// The user index and the key it is built from.
@@ -119,6 +123,7 @@ impl MemoryStore {
                 })
             }),
             sealer,
+            aliases: Arc::default(),
         }
     }
 
@@ -126,6 +131,12 @@ impl MemoryStore {
     #[doc(hidden)]
     pub fn user_entries(&self) -> usize {
         self.users.as_ref().map_or(0, |u| u.index.entries())
+    }
+}
+
+impl MemoryStore {
+    fn aliases(&self) -> std::sync::MutexGuard<'_, HashMap<Handle, Alias>> {
+        self.aliases.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -399,6 +410,24 @@ impl SessionStore for MemoryStore {
         u64::try_from(n).ok()
     }
 
+    async fn alias(&self, old: &Handle) -> Result<Option<Alias>> {
+        let now = now_ms();
+        Ok(self.aliases().get(old).filter(|a| a.is_live(now)).cloned())
+    }
+
+    async fn put_alias(&self, alias: &Alias) -> Result<()> {
+        self.aliases().insert(alias.old, alias.clone());
+        Ok(())
+    }
+
+    async fn drop_alias(&self, old: &Handle, new: &Handle) -> Result<()> {
+        let mut aliases = self.aliases();
+        if aliases.get(old).is_some_and(|a| a.new == *new) {
+            aliases.remove(old);
+        }
+        Ok(())
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             never_waits: true,
@@ -415,6 +444,7 @@ impl SessionStore for MemoryStore {
         let users = self.users.clone();
         let expired = expired.cloned();
         let sealer = self.sealer.clone();
+        self.aliases().retain(|_, a| a.is_live(now));
         tokio::task::spawn_blocking(move || {
             let mut removed = 0u64;
             for shard in shards.iter() {

@@ -13,6 +13,7 @@ use crate::metrics::StoreMetrics;
 use crate::outcome::Ended;
 use crate::session::{Handle, SessionId};
 
+pub mod alias;
 mod error;
 pub mod fs;
 pub mod lock;
@@ -28,6 +29,7 @@ mod update;
 pub mod users;
 
 pub use crate::session::now_ms;
+pub use alias::Alias;
 pub use error::{Blame, Result, StoreError};
 pub use record::Record;
 pub use seal::Sealer;
@@ -159,18 +161,38 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Moves a session to a new id (against fixation), applying `update` on the way. `None` if
     /// the old session is gone. A change racing with a regenerate on the old id may be lost;
-    /// the old id is dead either way.
+    /// the old id is dead either way. [`regenerate_aliased`](Self::regenerate_aliased) with no
+    /// alias.
+    async fn regenerate(
+        &self,
+        old: &Handle,
+        new: &Handle,
+        update: &Update,
+    ) -> Result<Option<Record>> {
+        self.regenerate_aliased(old, new, update, None).await
+    }
+
+    /// [`regenerate`](Self::regenerate), leaving `alias` (`session.regenerate_grace`) under
+    /// `old`, expiring with the new record ([`Alias::expiring`]), in the same store operation:
+    /// no reader finds the old session gone before the alias is there.
     ///
     /// Atomic among concurrent regenerates of one id: of all of them, exactly one new id
     /// survives. Whoever deletes the old id wins (a delete reports whether it found the
     /// session, and finds it once); every other one removes the copy it wrote and answers
     /// `None`, as if the session had already gone. A failure after the copy was written removes
     /// it too, so a failed regenerate leaves no second session behind.
-    async fn regenerate(
+    ///
+    /// This default (memory, fs) writes the new session, then the alias, then deletes the old
+    /// one: a crash in between leaves the old id resolving to the old session. A loser of
+    /// concurrent regenerates removes the alias only if it still names its own copy, so the
+    /// winner's alias may be lost only when the loser wrote its alias last (the old id then
+    /// dies at once, as with no grace).
+    async fn regenerate_aliased(
         &self,
         old: &Handle,
         new: &Handle,
         update: &Update,
+        alias: Option<&Alias>,
     ) -> Result<Option<Record>> {
         let Some(current) = self.load(old).await? else {
             return Ok(None);
@@ -179,20 +201,57 @@ pub trait SessionStore: Send + Sync + 'static {
         if !self.create(new, &record).await? {
             return Err(StoreError::IdCollision);
         }
-        match self.delete(old).await {
+        let written = match alias {
+            Some(alias) => self.put_alias(&alias.expiring(record.expires_at)).await,
+            None => Ok(()),
+        };
+        let deleted = match written {
+            Ok(()) => self.delete(old).await,
+            Err(e) => Err(e),
+        };
+        match deleted {
             Ok(true) => Ok(Some(record)),
             Ok(false) => {
                 // Another regenerate (or a destroy) took the old id first.
+                if alias.is_some() {
+                    self.drop_alias(old, new).await?;
+                }
                 self.delete(new).await?;
                 Ok(None)
             }
             Err(e) => {
-                if let Err(cleanup) = self.delete(new).await {
+                let alias = match alias {
+                    Some(_) => self.drop_alias(old, new).await,
+                    None => Ok(()),
+                };
+                if let Err(cleanup) = alias.and(self.delete(new).await.map(|_| ())) {
                     tracing::warn!(error = %cleanup, "could not remove a failed regenerate's copy");
                 }
                 Err(e)
             }
         }
+    }
+
+    /// The alias kept under `old` (a regenerated-away id's handle), if not yet expired. Says
+    /// nothing of the session it names: the caller loads that (a destroyed one ends the alias).
+    async fn alias(&self, old: &Handle) -> Result<Option<Alias>> {
+        let _ = old;
+        Ok(None)
+    }
+
+    /// Writes `alias` under its old handle, replacing any. Only the default
+    /// [`regenerate_aliased`](Self::regenerate_aliased) calls it. This default keeps nothing
+    /// (every backend in this crate overrides it): a store without aliases behaves as with
+    /// `regenerate_grace = 0`, the old id dying at once.
+    async fn put_alias(&self, alias: &Alias) -> Result<()> {
+        let _ = alias;
+        Ok(())
+    }
+
+    /// Removes the alias under `old` if it names `new` (a failed or lost regenerate's).
+    async fn drop_alias(&self, old: &Handle, new: &Handle) -> Result<()> {
+        let _ = (old, new);
+        Ok(())
     }
 
     /// Live sessions in id order (see [`Capabilities::lists_in_order`]), starting after

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{
-    Blame, Capabilities, ExpiredSink, Loaded, Page, Record, Result, SessionStore, StoreError,
-    Update,
+    Alias, Blame, Capabilities, ExpiredSink, Loaded, Page, Record, Result, SessionStore,
+    StoreError, Update,
 };
 use crate::metrics::{StoreMetrics, StoreOp};
 use crate::session::{Handle, SessionId};
@@ -89,13 +89,31 @@ impl<S: SessionStore> SessionStore for Timed<S> {
     }
 
     /// One deadline for the whole move, whatever the backend does inside it.
-    async fn regenerate(
+    async fn regenerate_aliased(
         &self,
         old: &Handle,
         new: &Handle,
         update: &Update,
+        alias: Option<&Alias>,
     ) -> Result<Option<Record>> {
-        self.run(StoreOp::Regenerate, self.inner.regenerate(old, new, update))
+        self.run(
+            StoreOp::Regenerate,
+            self.inner.regenerate_aliased(old, new, update, alias),
+        )
+        .await
+    }
+
+    /// Counted as a load: it is the rest of the request's read, on a miss.
+    async fn alias(&self, old: &Handle) -> Result<Option<Alias>> {
+        self.run(StoreOp::Load, self.inner.alias(old)).await
+    }
+
+    async fn put_alias(&self, alias: &Alias) -> Result<()> {
+        self.run(StoreOp::Create, self.inner.put_alias(alias)).await
+    }
+
+    async fn drop_alias(&self, old: &Handle, new: &Handle) -> Result<()> {
+        self.run(StoreOp::Delete, self.inner.drop_alias(old, new))
             .await
     }
 

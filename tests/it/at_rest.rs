@@ -1,7 +1,9 @@
 //! [at-rest]: a session id is a bearer credential, so after a run of logins through the real
 //! binary no id, as the client read it from `Set-Cookie`, is anywhere but in the client's hands:
 //! not in the store's files, keys or values, the log (at `debug`), the audit log, `/metrics`, or
-//! any admin API answer. Run on every backend.
+//! any admin API answer; the login's regenerates run under the default `regenerate_grace`, so
+//! the aliases they leave (the new id sealed under the old) are searched too. Run on every
+//! backend.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -70,6 +72,7 @@ async fn a_run_of_logins(store: &str, dir: &Path) -> (Seen, String, String) {
             .app_responds_with(&[("X-Session-Update", r#"{"cart":[1]}"#)])
             .await;
         seen.keep(&b);
+        let before = b.clone();
         // Login: a new id, the user named.
         b.get("/login")
             .app_responds_with(&[
@@ -78,6 +81,14 @@ async fn a_run_of_logins(store: &str, dir: &Path) -> (Seen, String, String) {
             ])
             .await;
         seen.keep(&b);
+        // The pre-login cookie within `session.regenerate_grace` (default 10s): the alias the
+        // regenerate left, holding the new id sealed, is read and followed.
+        let mut late = before;
+        late.get("/xhr").await;
+        assert_eq!(
+            late.cookie, b.cookie,
+            "the old cookie was handed the new one"
+        );
         b.get("/").await;
         browsers.push(b);
     }

@@ -91,6 +91,13 @@ mod reserved;
 /// Concurrent regenerates of one session leave one new id; racing updates never set a dead id.
 mod regenerate;
 
+/// `session.regenerate_grace` through the proxy: the old cookie within the grace, a stale use
+/// after it (metric, audit, `on_stale_use = "revoke"`), destroy, two proxies on one Redis.
+mod grace;
+
+/// The aliases a regenerate leaves, as a store contract for every backend.
+mod store_alias;
+
 /// Host by RFC 9112/9113, CONNECT refused, forged forwarding headers removed or overwritten;
 /// `trusted_proxies`: a listed peer's X-Forwarded-For and Forwarded chains kept and extended.
 mod forwarding;

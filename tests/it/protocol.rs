@@ -119,7 +119,8 @@ async fn destroy_deletes_the_session_and_expires_the_cookie() {
 
 #[tokio::test]
 async fn regenerate_moves_the_data_to_a_new_id_and_kills_the_old_one() {
-    let (_app, proxy, mut b) = setup("").await;
+    // No grace: the old id dies with the regenerate (tests/it/grace.rs has the grace).
+    let (_app, proxy, mut b) = setup("[session]\nregenerate_grace = \"0\"").await;
     b.get("/")
         .app_responds_with(&[("X-Session-Update", r#"{"cart":[1,2]}"#)])
         .await;

@@ -155,7 +155,9 @@ async fn concurrent_updates_through_two_proxies_keep_every_key() {
 #[tokio::test]
 async fn regenerate_through_one_proxy_kills_the_old_id_on_the_other() {
     let redis = RedisServer::start().await;
-    let (_app, a, b) = two_proxies(&redis_toml(&redis.url(), "")).await;
+    // No grace (tests/it/grace.rs has the grace across two proxies).
+    let grace = "[session]\nregenerate_grace = \"0\"";
+    let (_app, a, b) = two_proxies(&redis_toml(&redis.url(), grace)).await;
     let mut on_a = a.client();
     on_a.get("/")
         .app_responds_with(&[("X-Session-Update", r#"{"cart":[1]}"#)])
@@ -558,7 +560,12 @@ async fn username_and_password_in_the_url_are_used() {
 #[tokio::test]
 async fn cluster_create_read_update_list_destroy() {
     let cluster = RedisCluster::start().await;
-    let (_app, a, b) = two_proxies(&cluster_toml(&cluster)).await;
+    // No grace: the old id dies with the regenerate (tests/it/grace.rs has it on a cluster).
+    let toml = format!(
+        "[session]\nregenerate_grace = \"0\"\n{}",
+        cluster_toml(&cluster)
+    );
+    let (_app, a, b) = two_proxies(&toml).await;
 
     let mut on_a = a.client();
     on_a.get("/")

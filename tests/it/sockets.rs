@@ -102,7 +102,7 @@ async fn every_end_on_this_proxy_closes_the_socket(kind: Kind) {
     let app = App::start().await;
     let proxy = TestProxy::start(
         &app,
-        &format!("{USERS}max_per_user = 2\n{ADMIN}{store_toml}"),
+        &format!("{USERS}max_per_user = 2\nregenerate_grace = \"400ms\"\n{ADMIN}{store_toml}"),
     )
     .await;
     let (addr, admin) = (proxy.addr, proxy.admin_addr());
@@ -120,12 +120,17 @@ async fn every_end_on_this_proxy_closes_the_socket(kind: Kind) {
     assert_eq!(r.status, 200);
     closes_within_a_second(&mut ws, &format!("{kind:?} destroy")).await;
 
-    // The app regenerates it: the old id is dead, and so is its socket.
+    // The app regenerates it: the old id lives on for `regenerate_grace` (400ms), then is dead,
+    // and so is its socket.
     let mut ada = signed_in(&proxy, "ada").await;
     let mut ws = socket(addr, &ada, "ada").await;
     ada.get("/rotate")
         .app_responds_with(&[("X-Session-Regenerate", "1")])
         .await;
+    assert!(
+        !ends_within(&mut ws, Duration::from_millis(150)).await,
+        "{kind:?} regenerate: the socket closed within the grace"
+    );
     closes_within_a_second(&mut ws, &format!("{kind:?} regenerate")).await;
     // A socket opened under the new id lives on.
     let mut renewed = socket(addr, &ada, "ada").await;

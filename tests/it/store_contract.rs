@@ -116,7 +116,7 @@ pub async fn redis_cluster_with(extra: &str) -> Opened {
 }
 
 /// The contract stores with session data encrypted at rest (`store.encryption_key`).
-mod sealed {
+pub mod sealed {
     use super::{Opened, SEALED};
 
     pub async fn memory() -> Opened {

@@ -9,6 +9,7 @@
 //! `conn.rs` holds the connections and the listing's `SCAN`. It never writes a session it did
 //! not find live, except through [`SessionStore::create`]. Why: docs/stores.md.
 
+mod alias;
 mod conn;
 mod legacy;
 mod script;
@@ -25,8 +26,8 @@ pub use self::legacy::Migrated;
 use self::script::{Cas, Scripts};
 use super::lock::StripedLock;
 use super::{
-    Capabilities, ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, StoreError,
-    Update, now_ms,
+    Alias, Capabilities, ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore,
+    StoreError, Update, now_ms,
 };
 use crate::config::RedisConfig;
 use crate::session::{Handle, SessionId};
@@ -214,11 +215,17 @@ impl RedisStore {
         new_key: Key<'_>,
         update: &Update,
         (old, new): (&Handle, &Handle),
-        mut current: Record,
-        mut record: Record,
+        (mut current, mut record): (Record, Record),
+        alias: Option<&Alias>,
     ) -> Result<Option<Record>> {
         for _ in 0..MAX_ATTEMPTS {
-            match self.cas_del(old_key, old.as_str(), old, &current).await? {
+            let cas = match alias {
+                Some(alias) if !self.is_cluster() => {
+                    self.cas_del_aliased(old_key, old, &current, alias).await?
+                }
+                _ => self.cas_del(old_key, old.as_str(), old, &current).await?,
+            };
+            match cas {
                 Cas::Done => return Ok(Some(record)),
                 Cas::Changed(stored) if stored.is_live(update.now) => {
                     // Another write reached the old id first: carry it over. Nobody else knows
@@ -363,11 +370,14 @@ impl SessionStore for RedisStore {
 
     /// Creates the new id, then deletes the old one only if it still holds the version the data
     /// was taken from: two round trips, and a change that raced in is carried over, not lost.
-    async fn regenerate(
+    /// The alias is written by the delete's script on one server; on a cluster by a call before
+    /// it, removed again if the regenerate then loses or fails (`alias.rs`).
+    async fn regenerate_aliased(
         &self,
         old: &Handle,
         new: &Handle,
         update: &Update,
+        alias: Option<&Alias>,
     ) -> Result<Option<Record>> {
         let (old_key, new_key) = (self.key(old), self.key(new));
         let _guard = self.locks.lock(old).await;
@@ -382,14 +392,40 @@ impl SessionStore for RedisStore {
         if !self.create_key(new_key, new, &record).await? {
             return Err(StoreError::IdCollision);
         }
-        let result = self
-            .finish_regenerate(old_key, new_key, update, (old, new), current, record)
-            .await;
+        let alias = alias.map(|a| a.expiring(record.expires_at));
+        let early = alias.as_ref().filter(|_| self.is_cluster());
+        let result = match early {
+            Some(alias) => self.set_alias(alias).await,
+            None => Ok(()),
+        };
+        let result = match result {
+            Ok(()) => {
+                self.finish_regenerate(
+                    old_key,
+                    new_key,
+                    update,
+                    (old, new),
+                    (current, record),
+                    alias.as_ref(),
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        };
+        if let (Some(alias), Ok(None) | Err(_)) = (early, &result)
+            && let Err(error) = self.unset_alias(alias).await
+        {
+            tracing::warn!(%error, "could not remove a lost regenerate's alias");
+        }
         if result.is_err() {
             // Best effort: the client keeps its old id, so the new one must not linger.
             let _ = self.delete_indexed(new).await;
         }
         result
+    }
+
+    async fn alias(&self, old: &Handle) -> Result<Option<Alias>> {
+        self.get_alias(old).await
     }
 
     /// `SCAN` (never `KEYS`) over every primary in turn. Pages hold at most `limit` sessions in

@@ -20,7 +20,7 @@ use crate::store::{Record, Result, Sealer, StoreError, now_ms};
 /// push that set's expiry to ARGV[4] (unix ms) if later; ARGV[3]: the member (the session's
 /// handle; a legacy id only when a record written before handles leaves its old key). With both flags '0' (no
 /// user index, or Redis Cluster) it does nothing, and KEYS[2] and KEYS[3] repeat KEYS[1].
-const REINDEX: &str = r"
+pub(super) const REINDEX: &str = r"
 local function reindex()
   if ARGV[1] == '1' then redis.call('SREM', KEYS[2], ARGV[3]) end
   if ARGV[2] == '1' then
@@ -136,7 +136,7 @@ impl Default for Scripts {
 /// How a write moves its id in the user index: out of `old`'s set, into `new`'s (whose
 /// expiry follows the session's).
 #[derive(Debug, Default)]
-struct Reindex {
+pub(super) struct Reindex {
     old: Option<String>,
     new: Option<String>,
     expires_at: u64,
@@ -199,7 +199,7 @@ pub(super) enum Cas {
 impl Cas {
     /// The script's reply about `id`; a changed record whose sealed data does not open (the
     /// sealer counted it) is as good as gone to this caller.
-    fn from_value(value: Value, sealer: &Sealer, id: &Handle) -> Result<Cas> {
+    pub(super) fn from_value(value: Value, sealer: &Sealer, id: &Handle) -> Result<Cas> {
         match value {
             Value::Nil => Ok(Cas::Gone),
             Value::Int(1) => Ok(Cas::Done),
@@ -373,7 +373,7 @@ impl RedisStore {
     }
 
     /// How a write from `old` to `new` moves `id` in the index (nothing without a user key).
-    fn reindex(&self, old: Option<&Record>, new: Option<&Record>) -> Reindex {
+    pub(super) fn reindex(&self, old: Option<&Record>, new: Option<&Record>) -> Reindex {
         let Some(key) = &self.users else {
             return Reindex::default();
         };
@@ -395,7 +395,7 @@ impl RedisStore {
     /// The caller appends its own `extra` arguments, `extra_bytes` long in all beyond their
     /// numbers (capacity hints only, so the buffer is allocated once), and passes the command
     /// to [`run`].
-    fn invocation(
+    pub(super) fn invocation(
         &self,
         script: &Script,
         key: Key<'_>,
@@ -431,7 +431,7 @@ impl RedisStore {
     /// Redis Cluster's second call, after the session's script succeeded: the same index
     /// change, one set at a time. A failure is logged, not returned: the session was written,
     /// and every read of the index checks the records.
-    async fn reindex_cluster(&self, member: &str, plan: &Reindex) {
+    pub(super) async fn reindex_cluster(&self, member: &str, plan: &Reindex) {
         if !self.is_cluster() {
             return;
         }

@@ -17,6 +17,7 @@
 //! or the sweeper's removal of the row removes its entry. All processes sharing a file must use
 //! the same `user_key`: opening with another one rebuilds the column (`schema::reindex_users`).
 
+mod alias;
 mod checkpoint;
 mod readers;
 mod schema;
@@ -30,7 +31,8 @@ use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
 use super::{
-    ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, StoreError, Update, now_ms,
+    Alias, ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, StoreError, Update,
+    now_ms,
 };
 use crate::config::SqliteConfig;
 use crate::session::{Handle, UserKey};
@@ -498,15 +500,17 @@ impl SessionStore for SqliteStore {
             .await
     }
 
-    /// One writer operation: the new id is written and the old one removed in the same
-    /// transaction, so no crash or concurrent request sees both or neither.
-    async fn regenerate(
+    /// One writer operation: the new id is written, the alias left and the old one removed in
+    /// the same transaction, so no crash or concurrent request sees both or neither.
+    async fn regenerate_aliased(
         &self,
         old: &Handle,
         new: &Handle,
         update: &Update,
+        alias: Option<&Alias>,
     ) -> Result<Option<Record>> {
         let (old, new, update, users) = (*old, *new, update.clone(), self.users.clone());
+        let alias = alias.cloned();
         let sealer = self.sealer.clone();
         self.writer
             .run(move |conn| {
@@ -520,8 +524,20 @@ impl SessionStore for SqliteStore {
                 if !create(conn, &new, (&next, &data), user.as_deref(), update.now)? {
                     return Err(OpError::Refused(StoreError::IdCollision));
                 }
+                if let Some(alias) = &alias {
+                    alias::put(conn, &alias.expiring(next.expires_at))?;
+                }
                 delete(conn, &old, update.now)?;
                 Ok(Some(next))
+            })
+            .await
+    }
+
+    async fn alias(&self, old: &Handle) -> Result<Option<Alias>> {
+        let old = *old;
+        self.readers
+            .blocking(move |conn| {
+                alias::get(conn, &old, now_ms()).map_err(|e| StoreError::Backend(Box::new(e)))
             })
             .await
     }
@@ -541,6 +557,9 @@ impl SessionStore for SqliteStore {
     /// Chunk by chunk through the writer, so requests' writes interleave with the sweep. With
     /// `expired`, each chunk's delete returns its ids and users, reported once it is committed.
     async fn prune_reporting(&self, now: u64, expired: Option<&ExpiredSink>) -> Result<u64> {
+        self.writer
+            .run(move |conn| Ok(alias::prune(conn, now)?))
+            .await?;
         let mut removed = 0;
         loop {
             let n = match expired {

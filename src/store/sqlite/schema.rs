@@ -24,7 +24,7 @@ enum Step {
 /// `MIGRATIONS[v]` brings a file from schema version `v` to `v + 1`; the version this binary
 /// writes is their count. A migration only ever adds a step at the end: a file is never
 /// migrated down, and one newer than the binary is refused.
-const MIGRATIONS: [Step; 3] = [
+const MIGRATIONS: [Step; 4] = [
     Step::Sql(
         // 0 → 1: the sessions, expiry-indexed for the sweeper, and a row count kept by triggers
         // in the same transaction as the change, so `sessions_live` is exact across every process
@@ -60,6 +60,19 @@ const MIGRATIONS: [Step; 3] = [
     Step::SqlThen(
         "ALTER TABLE sessions RENAME COLUMN id TO handle;",
         ids_to_handles,
+    ),
+    // 3 → 4: the aliases a regenerate leaves under the old handle (`session.regenerate_grace`),
+    // a table apart so that no listing, count (`session_count`'s triggers are on `sessions`)
+    // or user index meets one; expiry-indexed for the sweeper.
+    Step::Sql(
+        "CREATE TABLE aliases (
+        old TEXT PRIMARY KEY NOT NULL,
+        new TEXT NOT NULL,
+        sealed TEXT NOT NULL,
+        grace_until INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX aliases_expires_at ON aliases (expires_at);",
     ),
 ];
 
