@@ -67,20 +67,28 @@ pub enum SessionsCommand {
     /// Print one session as JSON (the same shape as a `list` line); exit 1 if it is unknown.
     Show {
         /// The session's handle (as `list` and the admin API show it).
-        #[arg(required_unless_present = "id", conflicts_with = "id")]
+        #[arg(
+            required_unless_present = "id",
+            conflicts_with = "id",
+            allow_hyphen_values = true
+        )]
         handle: Option<String>,
         /// Find the session from its id instead (the cookie's value, without a signature, as
         /// a user may paste it): hashed here into its handle, never sent anywhere.
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", allow_hyphen_values = true)]
         id: Option<String>,
     },
     /// Delete one session: its user's next request starts a fresh one. Exit 1 if unknown.
     Delete {
         /// The session's handle (as `list` and the admin API show it).
-        #[arg(required_unless_present = "id", conflicts_with = "id")]
+        #[arg(
+            required_unless_present = "id",
+            conflicts_with = "id",
+            allow_hyphen_values = true
+        )]
         handle: Option<String>,
         /// Name the session by its id instead (the cookie's value, without a signature).
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", allow_hyphen_values = true)]
         id: Option<String>,
     },
     /// Print the live sessions of one user (`session.user_key`) as JSON lines, oldest first.
@@ -667,5 +675,41 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+    }
+
+    /// An id or a handle may start with `-` (it is base64url): `show` and `delete` take it as
+    /// the value it is, not as a flag.
+    #[test]
+    fn an_id_or_handle_starting_with_a_dash_is_a_value() {
+        let id = format!("-{}", "a".repeat(31));
+        let handle = format!("-{}A", "b".repeat(41));
+        for args in [
+            ["session-proxy", "sessions", "show", "--id", id.as_str()],
+            ["session-proxy", "sessions", "delete", "--id", id.as_str()],
+            ["session-proxy", "sessions", "show", "--", handle.as_str()],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let Some(Command::Sessions { command }) = cli.command else {
+                panic!("{args:?}")
+            };
+            match command {
+                SessionsCommand::Show { handle: h, id: i }
+                | SessionsCommand::Delete { handle: h, id: i } => {
+                    assert!(
+                        h.as_deref() == Some(handle.as_str()) || i.as_deref() == Some(id.as_str())
+                    );
+                }
+                _ => panic!("{args:?}"),
+            }
+        }
+        let cli = Cli::try_parse_from(["session-proxy", "sessions", "show", handle.as_str()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let Some(Command::Sessions {
+            command: SessionsCommand::Show { handle: h, .. },
+        }) = cli.command
+        else {
+            panic!("not a show")
+        };
+        assert_eq!(h.as_deref(), Some(handle.as_str()));
     }
 }
