@@ -316,6 +316,7 @@ async fn patch(
         lifetime: session.lifetime,
         max_size: session.max_size,
         extends: false,
+        visit: None,
     };
     let record =
         admin.store.update(&id, &update).await?.ok_or_else(|| {

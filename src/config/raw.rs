@@ -155,6 +155,10 @@ pub struct RawSession {
     pub user_key: Option<String>,
     pub max_per_user: Option<u64>,
     pub socket_recheck: Option<DurationSpec>,
+    pub remember_max: Option<DurationSpec>,
+    pub remember_absolute: Option<DurationSpec>,
+    pub first_lifetime: Option<DurationSpec>,
+    pub devices_path: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -228,7 +232,7 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 71] = [
+pub(crate) const KEYS: [&str; 75] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -254,6 +258,10 @@ pub(crate) const KEYS: [&str; 71] = [
     "session.user_key",
     "session.max_per_user",
     "session.socket_recheck",
+    "session.remember_max",
+    "session.remember_absolute",
+    "session.first_lifetime",
+    "session.devices_path",
     "store.kind",
     "store.timeout",
     "store.sweep_interval",
@@ -388,7 +396,8 @@ mod tests {
             }),
             &fields!(RawSession "session." {
                 header_prefix, renew_missing, max_size, idle_timeout, absolute_timeout,
-                touch_interval, skip, user_key, max_per_user, socket_recheck
+                touch_interval, skip, user_key, max_per_user, socket_recheck, remember_max,
+                remember_absolute, first_lifetime, devices_path
             }),
             &fields!(RawStore "store." {
                 kind, timeout, sweep_interval, on_error, path, filename_template, mode, fsync,

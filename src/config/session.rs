@@ -28,6 +28,8 @@ pub struct SessionConfig {
     /// `session.socket_recheck`: how often the sessions that hold WebSockets are checked, in
     /// one batched store call, for an end this process did not see (another proxy, the CLI).
     pub socket_recheck: Duration,
+    /// `session.devices_path`: requests that get `X-Session-Devices` (the user's sessions).
+    pub devices_path: SkipRules,
 }
 
 /// `session.skip`: request paths the proxy passes through without touching the store. An
@@ -101,17 +103,28 @@ pub(super) fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, Confi
             "must not exceed session.idle_timeout, or idle sessions would die while in use",
         ));
     }
-    let skip = s.skip.unwrap_or_default();
-    if let Some(bad) = skip.iter().find(|e| {
-        !e.starts_with('/')
-            || e.bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-    }) {
-        return Err(at.bad(
-            "session.skip",
-            format!("{bad:?} is not a path: entries start with / (end one with / to skip everything under it)"),
-        ));
-    }
+    let skip = paths(at, "session.skip", s.skip)?;
+    let devices_path = paths(at, "session.devices_path", s.devices_path)?;
+    let remember_max = at.duration(
+        "session.remember_max",
+        &s.remember_max,
+        Duration::from_secs(90 * 86400),
+    )?;
+    at.positive("session.remember_max", remember_max)?;
+    let remember_absolute = match &s.remember_absolute {
+        None => absolute_timeout,
+        Some(_) => match at.optional_duration("session.remember_absolute", &s.remember_absolute)? {
+            Some(d) if d.is_zero() => None,
+            d => d,
+        },
+    };
+    let first_lifetime = at
+        .duration(
+            "session.first_lifetime",
+            &s.first_lifetime,
+            Duration::from_secs(600),
+        )
+        .map(|d| (!d.is_zero()).then_some(d))?;
     let user_key = match s.user_key.as_deref() {
         None => None,
         Some("") => {
@@ -149,6 +162,7 @@ pub(super) fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, Confi
         user_key,
         max_per_user,
         skip: SkipRules::new(skip),
+        devices_path: SkipRules::new(devices_path),
         header_prefix,
         headers,
         renew_missing: s.renew_missing.unwrap_or(true),
@@ -157,6 +171,29 @@ pub(super) fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, Confi
             idle_timeout,
             absolute_timeout,
             touch_interval,
+            remember_max,
+            remember_absolute,
+            first_lifetime,
         },
     })
+}
+
+/// A list of request paths (`session.skip`, `session.devices_path`): each starts with `/`.
+fn paths(
+    at: &Origin,
+    key: &'static str,
+    list: Option<Vec<String>>,
+) -> Result<Vec<String>, ConfigError> {
+    let list = list.unwrap_or_default();
+    if let Some(bad) = list.iter().find(|e| {
+        !e.starts_with('/')
+            || e.bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    }) {
+        return Err(at.bad(
+            key,
+            format!("{bad:?} is not a path: entries start with / (end one with / to match everything under it)"),
+        ));
+    }
+    Ok(list)
 }

@@ -55,6 +55,7 @@ fn update(proxy: &TestProxy, base: Option<Record>, change: Option<DataChange>) -
         lifetime: proxy.config.session.lifetime,
         max_size: proxy.config.session.max_size,
         extends: true,
+        visit: None,
     }
 }
 
@@ -278,6 +279,7 @@ async fn create_sessions(store: &Arc<dyn SessionStore>, n: usize) -> HashSet<Str
             updated_at: now,
             expires_at: now + 600_000,
             version: 1,
+            meta: Default::default(),
         };
         assert!(store.create(&id, &record).await.unwrap());
         assert!(

@@ -44,6 +44,7 @@ fn live(data: Value) -> Record {
         updated_at: now,
         expires_at: now + 3_600_000,
         version: 1,
+        meta: Default::default(),
     }
 }
 
@@ -56,9 +57,13 @@ fn patch(v: Value) -> Update {
             idle_timeout: Duration::from_secs(3600),
             absolute_timeout: None,
             touch_interval: Duration::from_secs(360),
+            remember_max: std::time::Duration::from_secs(90 * 86400),
+            remember_absolute: None,
+            first_lifetime: None,
         },
         max_size: 16 * 1024,
         extends: true,
+        visit: None,
     }
 }
 
