@@ -108,7 +108,11 @@ async fn read_only_traffic_writes_at_most_once_per_touch_interval() {
     // The first return of the cookie is one write (the session is marked returned, so
     // session.first_lifetime no longer bounds it).
     b.get("/").await;
-    assert_eq!(version_on_disk(dir.path()), 2, "the first return writes once");
+    assert_eq!(
+        version_on_disk(dir.path()),
+        2,
+        "the first return writes once"
+    );
 
     // 100 reads inside one touch interval: no write at all.
     for _ in 0..100 {

@@ -152,7 +152,9 @@ fn sqlite_data(path: &Path) -> Vec<String> {
 fn sqlite_column(path: &Path, column: &str) -> Vec<String> {
     let conn = rusqlite::Connection::open(path).unwrap();
     let mut stmt = conn
-        .prepare(&format!("SELECT {column} FROM sessions WHERE {column} IS NOT NULL"))
+        .prepare(&format!(
+            "SELECT {column} FROM sessions WHERE {column} IS NOT NULL"
+        ))
         .unwrap();
     stmt.query_map([], |r| r.get(0))
         .unwrap()
