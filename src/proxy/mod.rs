@@ -173,7 +173,8 @@ async fn pipeline(
     if let Some(current) = &current
         && state.config.session.devices_path.matches(&ctx.path)
     {
-        match devices::header(state, current).await {
+        // Boxed: rare, and its state would otherwise grow every request's future.
+        match Box::pin(devices::header(state, current)).await {
             Ok(Some(v)) => {
                 req.headers_mut().insert(state.headers.devices.clone(), v);
             }
@@ -217,7 +218,15 @@ async fn pipeline(
     if let Some(current) = &current {
         // The clock as of saving: the app may have taken a while, and expiry is judged now.
         let client = client.unwrap_or_default();
-        let saved = session::save(state, current, (instructions, client), store::now_ms(), ctx);
+        // Boxed: its state (records, the update) would otherwise be moved with every
+        // request's future (measured: bench/instructions.sh).
+        let saved = Box::pin(session::save(
+            state,
+            current,
+            (instructions, client),
+            store::now_ms(),
+            ctx,
+        ));
         match saved.await {
             Ok(saved) => {
                 if let Some(cookie) = saved.cookie.clone() {
@@ -325,8 +334,9 @@ fn upstream_request_filter(
     ctx: &RequestCtx,
 ) {
     let now = store::now_ms();
+    // A new session, if stored, lives `first_lifetime` until its client returns.
     let expires = current.record.as_ref().map_or_else(
-        || state.config.session.lifetime.expiry(now, now),
+        || state.config.session.lifetime.expiry_of(now, now, 0, false),
         |r| r.expires_at,
     );
     let data = current.record.as_ref().map_or("{}", |r| &r.data);

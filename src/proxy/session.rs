@@ -191,7 +191,8 @@ pub async fn save(
             Revoke::Others => id,
             Revoke::All => None,
             Revoke::One(target) => {
-                revoke_one(state, &user, &target, id.as_ref(), ctx).await?;
+                // Boxed: rare, and its state would otherwise grow every save's future.
+                Box::pin(revoke_one(state, &user, &target, id.as_ref(), ctx)).await?;
                 return done(cookie, after);
             }
         };
