@@ -46,6 +46,7 @@ fn record(data: &str) -> Record {
         updated_at: now,
         expires_at: now + 86_400_000,
         version: 1,
+        meta: Default::default(),
     }
 }
 
@@ -64,6 +65,7 @@ fn update(change: Option<DataChange>, lifetime: Lifetime, max_size: usize) -> Up
         lifetime,
         max_size,
         extends: true,
+        visit: None,
     }
 }
 
@@ -412,6 +414,7 @@ fn session_phase(c: &mut Criterion) {
                         lifetime: cfg.session.lifetime,
                         max_size: cfg.session.max_size,
                         extends: true,
+                        visit: None,
                     };
                     let saved = ready(store.update(&handle, &u));
                     assert!(matches!(saved, Ok(Some(_))));

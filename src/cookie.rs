@@ -21,6 +21,8 @@ pub struct SessionCookie {
     /// `name=`, then everything after the value that never changes: `; Path=/; HttpOnly; ...`.
     prefix: String,
     suffix: String,
+    /// The attributes without `Max-Age` and `Expires`: a remembered session's cookie adds its own.
+    plain_suffix: String,
     /// `Some` when `Expires` is `now + max_age`, computed per response.
     rolling_expiry: Option<std::time::Duration>,
 }
@@ -87,6 +89,14 @@ impl SessionCookie {
     fn with_metrics(config: CookieConfig, metrics: CookieMetrics) -> Self {
         let keys = Arc::new(KeyRing::new(config.keys.clone(), metrics));
         // The cookie crate renders the attributes (so their syntax is its, not ours), once.
+        let attributes = |rendered: String| {
+            // The attributes start at the first `;`: the value is empty and a validated name has none.
+            rendered
+                .find(';')
+                .map_or("", |at| &rendered[at..])
+                .to_owned()
+        };
+        let plain_suffix = attributes(Self::base(&config, String::new()).build().to_string());
         let mut fixed = Self::base(&config, String::new());
         if let Some(age) = config
             .max_age
@@ -97,13 +107,8 @@ impl SessionCookie {
         if let Some(expires) = config.expires {
             fixed = fixed.expires(expires);
         }
-        let rendered = fixed.build().to_string();
+        let suffix = attributes(fixed.build().to_string());
         let prefix = format!("{}=", config.name);
-        // The attributes start at the first `;`: the value is empty and a validated name has none.
-        let suffix = rendered
-            .find(';')
-            .map_or("", |at| &rendered[at..])
-            .to_owned();
         // Max-Age wins where understood; Expires is for clients that predate it.
         let rolling_expiry = config.max_age.filter(|_| config.expires.is_none());
         SessionCookie {
@@ -111,6 +116,7 @@ impl SessionCookie {
             keys,
             prefix,
             suffix,
+            plain_suffix,
             rolling_expiry,
         }
     }
@@ -245,15 +251,36 @@ impl SessionCookie {
     /// `Set-Cookie` for `id`, with every configured attribute.
     /// The value is the id itself, or the id with its HMAC when signing.
     pub fn set(&self, id: &SessionId) -> Option<HeaderValue> {
-        let mut line = String::with_capacity(
-            self.prefix.len() + 44 + id.as_str().len() + self.suffix.len() + 40,
-        );
+        self.line(id, &self.suffix, self.rolling_expiry, false)
+    }
+
+    /// `Set-Cookie` for `id` of a session the app chose to remember (`X-Session-Remember`):
+    /// persistent for `age` (`Max-Age` and `Expires`), whatever `max_age` says.
+    pub fn set_remembered(&self, id: &SessionId, age: std::time::Duration) -> Option<HeaderValue> {
+        self.line(id, &self.plain_suffix, Some(age), true)
+    }
+
+    /// The `Set-Cookie` line: the value, `suffix`, then `Max-Age` (when `max_age`) and
+    /// `Expires` for `expiry`.
+    fn line(
+        &self,
+        id: &SessionId,
+        suffix: &str,
+        expiry: Option<std::time::Duration>,
+        max_age: bool,
+    ) -> Option<HeaderValue> {
+        let mut line =
+            String::with_capacity(self.prefix.len() + 44 + id.as_str().len() + suffix.len() + 60);
         line.push_str(&self.prefix);
         if !self.keys.current().sign_into(id.as_str(), &mut line) {
             line.push_str(id.as_str());
         }
-        line.push_str(&self.suffix);
-        if let Some(at) = self.rolling_expiry.and_then(expires_at) {
+        line.push_str(suffix);
+        if let Some(age) = expiry.filter(|_| max_age) {
+            line.push_str("; Max-Age=");
+            line.push_str(itoa::Buffer::new().format(age.as_secs()));
+        }
+        if let Some(at) = expiry.and_then(expires_at) {
             line.push_str("; Expires=");
             line.push_str(&httpdate::fmt_http_date(at));
         }

@@ -69,6 +69,35 @@ impl Peer {
     }
 }
 
+/// The client's address as the forwarding rules trust it: the peer's, or, from a peer in
+/// `trusted_proxies`, the nearest address of its `X-Forwarded-For` chain that is not itself a
+/// trusted proxy (the farthest one when all are). An entry that is no address ends the walk
+/// at the last trusted hop. No allocation.
+pub fn client_ip(headers: &HeaderMap, peer: &Peer, proxies: &TrustedProxies) -> IpAddr {
+    let mut last = peer.addr.ip().to_canonical();
+    if !peer.trusted {
+        return last;
+    }
+    for line in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+        let Ok(line) = line.to_str() else {
+            return last;
+        };
+        for entry in line.rsplit(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let ip = entry
+                .parse::<IpAddr>()
+                .or_else(|_| entry.parse::<SocketAddr>().map(|a| a.ip()));
+            let Ok(ip) = ip.map(|ip| ip.to_canonical()) else {
+                return last;
+            };
+            if !proxies.contains(ip) {
+                return ip;
+            }
+            last = ip;
+        }
+    }
+    last
+}
+
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 

@@ -115,6 +115,7 @@ fn parsers_never_panic_on_random_input() {
             destroy: rng.random_bool(0.1),
             regenerate: rng.random_bool(0.1),
             revoke: rng.random_bool(0.2).then(|| input(&mut rng)),
+            remember: None,
         };
         let _ = parse_instructions(&raw);
 

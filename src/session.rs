@@ -248,6 +248,13 @@ pub struct Lifetime {
     pub idle_timeout: Duration,
     pub absolute_timeout: Option<Duration>,
     pub touch_interval: Duration,
+    /// `session.remember_max`: the longest `X-Session-Remember` the app may ask for.
+    pub remember_max: Duration,
+    /// `session.remember_absolute`: the absolute timeout of a remembered session.
+    pub remember_absolute: Option<Duration>,
+    /// `session.first_lifetime`: how long a session lives until its client returns its
+    /// cookie once (`None`: as long as any other).
+    pub first_lifetime: Option<Duration>,
 }
 
 #[cfg(test)]
@@ -258,6 +265,9 @@ impl Lifetime {
             idle_timeout: Duration::from_millis(idle),
             absolute_timeout: absolute.map(Duration::from_millis),
             touch_interval: Duration::from_millis(touch),
+            remember_max: Duration::from_secs(90 * 86400),
+            remember_absolute: absolute.map(Duration::from_millis),
+            first_lifetime: None,
         }
     }
 }
@@ -282,6 +292,29 @@ impl Lifetime {
             Some(abs) => idle.min(created_at.saturating_add(ms(abs))),
             None => idle,
         }
+    }
+
+    /// [`Lifetime::expiry`] of a session the app chose to remember for `remember` ms (0: not
+    /// remembered), whose client has (`returned`) or has not yet sent its cookie back.
+    pub fn expiry_of(&self, created_at: u64, now: u64, remember: u64, returned: bool) -> u64 {
+        let at = if remember == 0 {
+            self.expiry(created_at, now)
+        } else {
+            let idle = now.saturating_add(remember);
+            match self.remember_absolute {
+                Some(abs) => idle.min(created_at.saturating_add(ms(abs))),
+                None => idle,
+            }
+        };
+        match self.first_lifetime {
+            Some(first) if !returned => at.min(created_at.saturating_add(ms(first))),
+            _ => at,
+        }
+    }
+
+    /// `remember` as a session keeps it: in ms, capped by `remember_max`; `0` for none.
+    pub fn remember_ms(&self, remember: Duration) -> u64 {
+        ms(remember.min(self.remember_max))
     }
 }
 

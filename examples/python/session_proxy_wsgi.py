@@ -19,7 +19,14 @@ know it by. Show or log the handle, never ``sid``: the id is the user's credenti
   middleware writes the whole session back, and the later request wins);
 - the whole data (``X-Session-Replace``) when the app called ``clear()``;
 - ``destroy()`` and ``regenerate()`` (at login, against session fixation) as
-  ``X-Session-Destroy`` and ``X-Session-Regenerate``.
+  ``X-Session-Destroy`` and ``X-Session-Regenerate``;
+- ``remember("30d")`` ("keep me signed in": a persistent cookie and that idle timeout; ``0``
+  back to the defaults) as ``X-Session-Remember``, and ``revoke(handle)`` (sign out one other
+  device of the same user, or ``"others"``/``"all"``) as ``X-Session-Revoke``.
+
+On a ``session.devices_path`` request, ``devices`` is the user's live sessions (the parsed
+``X-Session-Devices``: ``handle``, ``created_at``, ``last_seen``, ``created_ip``, ``last_ip``,
+``user_agent``, ``current``); elsewhere ``None``.
 
 Changes are found by comparing the session with what the request brought, so a value changed
 in place (``session['cart'].append(...)``) is sent too; werkzeug needed ``modified = True`` for
@@ -69,6 +76,18 @@ def decode_session(header):
     return data
 
 
+def decode_devices(header):
+    """The user's sessions from an ``X-Session-Devices`` value (base64url JSON of a list), or
+    ``None`` when the request has none."""
+    if not header:
+        return None
+    raw = base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))
+    devices = json.loads(raw.decode("utf-8"))
+    if not isinstance(devices, list):
+        raise ValueError("X-Session-Devices does not hold a JSON list")
+    return devices
+
+
 def encode_instruction(data):
     """An ``X-Session-Update``/``-Replace`` value: base64url JSON, which survives any header
     encoding (WSGI headers are latin-1; session data may be any Unicode)."""
@@ -80,11 +99,14 @@ class Session(dict):
     """A dict with werkzeug's ``Session`` attributes, that knows what changed since the request
     brought it."""
 
-    def __init__(self, data, sid, new=False, handle=None):
+    def __init__(self, data, sid, new=False, handle=None, devices=None):
         dict.__init__(self, data)
         self.sid = sid
         self.handle = handle
         self.new = new
+        # The user's live sessions (``X-Session-Devices``, on a ``session.devices_path``
+        # request): a list of dicts, ``current`` true for this one; ``None`` elsewhere.
+        self.devices = devices
         # What the request brought, as canonical text per key and as a deep copy, to find
         # every change later (in-place ones included).
         self._loaded = {key: _canonical(value) for key, value in data.items()}
@@ -93,11 +115,20 @@ class Session(dict):
         self._destroyed = False
         self._regenerate = False
         self._marked = False
+        self._remember = None
+        self._revoke = None
 
     # werkzeug's `modified`: true once the app changed anything (or said so by hand).
     @property
     def modified(self):
-        return self._marked or self._cleared or self._destroyed or self._regenerate or bool(self.changes())
+        return (
+            self._marked
+            or self._cleared
+            or self._destroyed
+            or self._regenerate
+            or self._remember is not None
+            or bool(self.changes())
+        )
 
     @modified.setter
     def modified(self, value):
@@ -121,6 +152,21 @@ class Session(dict):
         """Move the session to a new id (do it at login)."""
         self._regenerate = True
 
+    def remember(self, duration):
+        """"Keep me signed in": a persistent cookie and this idle timeout (``"30d"``, or whole
+        seconds; capped by the proxy's ``session.remember_max``). ``0`` returns the session to
+        the proxy's defaults."""
+        if isinstance(duration, bool) or not isinstance(duration, (int, str)):
+            raise TypeError("remember() takes a duration like \"30d\" or whole seconds")
+        if isinstance(duration, int) and duration < 0:
+            raise ValueError("remember() takes a duration of zero or more")
+        self._remember = str(duration)
+
+    def revoke(self, handle):
+        """End one other session of the same user (by its ``handle``, as ``devices`` lists
+        them), or ``"others"``/``"all"``; the proxy refuses another user's."""
+        self._revoke = handle
+
     def changes(self):
         """The merge patch (RFC 7396) from what the request brought to what the session holds
         now: changed and new keys with their values, deleted keys as ``None``; an object that
@@ -136,8 +182,9 @@ class Session(dict):
 
     def headers(self, prefix="X-Session"):
         """The response headers that carry this request's changes to the proxy."""
+        revoke = [] if self._revoke is None else [(prefix + "-Revoke", self._revoke)]
         if self._destroyed:
-            return [(prefix + "-Destroy", "1")]
+            return [(prefix + "-Destroy", "1")] + revoke
         out = []
         patch = None if self._cleared else self.changes()
         if patch is None or not _patchable(self):
@@ -149,7 +196,9 @@ class Session(dict):
             out.append((prefix + "-Update", encode_instruction(patch)))
         if self._regenerate:
             out.append((prefix + "-Regenerate", "1"))
-        return out
+        if self._remember is not None:
+            out.append((prefix + "-Remember", self._remember))
+        return out + revoke
 
 
 def _diff(before, after):
@@ -282,6 +331,7 @@ class SessionMiddleware(object):
         self._id = _environ_name(header_prefix + "-Id")
         self._handle = _environ_name(header_prefix + "-Handle")
         self._new = _environ_name(header_prefix + "-New")
+        self._devices = _environ_name(header_prefix + "-Devices")
 
     def __call__(self, environ, start_response):
         new = environ.get(self._new) == "1"
@@ -310,6 +360,7 @@ class SessionMiddleware(object):
             environ[self._id],
             new=new,
             handle=environ.get(self._handle),
+            devices=decode_devices(environ.get(self._devices)),
         )
         environ[self.environ_key] = session
         reserved = self.header_prefix.lower()

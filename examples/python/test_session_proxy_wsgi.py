@@ -6,7 +6,7 @@ import json
 import os
 import unittest
 
-from session_proxy_wsgi import Session, decode_session, encode_instruction
+from session_proxy_wsgi import Session, decode_devices, decode_session, encode_instruction
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "fixtures", "protocol")
 
@@ -102,6 +102,24 @@ class Semantics(unittest.TestCase):
         s.modified = True
         self.assertTrue(s.should_save)
         self.assertEqual(s.headers(), [])
+
+    def test_remember_revoke_and_devices(self):
+        s = Session({"a": 1}, "x" * 32)
+        s.remember("30d")
+        self.assertTrue(s.should_save)
+        self.assertEqual(s.headers(), [("X-Session-Remember", "30d")])
+        s.remember(0)
+        s.revoke("h" * 43)
+        self.assertEqual(s.headers(), [("X-Session-Remember", "0"), ("X-Session-Revoke", "h" * 43)])
+        with self.assertRaises(TypeError):
+            s.remember(1.5)
+        d = Session({"a": 1}, "x" * 32)
+        d.destroy()
+        d.revoke("others")
+        self.assertEqual(d.headers(), [("X-Session-Destroy", "1"), ("X-Session-Revoke", "others")])
+        # base64url of [{"handle":"h","current":true}], without padding
+        self.assertEqual(decode_devices("W3siaGFuZGxlIjoiaCIsImN1cnJlbnQiOnRydWV9XQ"), [{"handle": "h", "current": True}])
+        self.assertIsNone(decode_devices(None))
 
 
 if __name__ == "__main__":

@@ -123,10 +123,18 @@ struct Listed<'a> {
     expires_at: u64,
     /// Bytes of the session's JSON text.
     size: usize,
+    /// `X-Session-Remember` in ms (0: the configured lifetime).
+    remember: u64,
+    /// The device: the last write for the client (0 before they were kept), the addresses,
+    /// the user agent.
+    last_seen: u64,
+    created_ip: Option<std::net::IpAddr>,
+    last_ip: Option<std::net::IpAddr>,
+    user_agent: Option<&'a str>,
 }
 
 impl<'a> Listed<'a> {
-    fn new(handle: &'a Handle, r: &Record, key: Option<&UserKey>) -> Self {
+    fn new(handle: &'a Handle, r: &'a Record, key: Option<&UserKey>) -> Self {
         Listed {
             handle: handle.as_str(),
             user: key.and_then(|k| k.plain_user_of(&r.data)),
@@ -134,6 +142,11 @@ impl<'a> Listed<'a> {
             updated_at: r.updated_at,
             expires_at: r.expires_at,
             size: r.data.len(),
+            remember: r.meta.remember,
+            last_seen: r.meta.last_seen,
+            created_ip: r.meta.created_ip,
+            last_ip: r.meta.last_ip,
+            user_agent: r.meta.user_agent.as_deref(),
         }
     }
 }
@@ -326,6 +339,7 @@ async fn patch(
         lifetime: session.lifetime,
         max_size: session.max_size,
         extends: false,
+        visit: None,
     };
     let record =
         admin.store.update(&id, &update).await?.ok_or_else(|| {

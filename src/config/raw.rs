@@ -157,6 +157,10 @@ pub struct RawSession {
     pub socket_recheck: Option<DurationSpec>,
     pub regenerate_grace: Option<DurationSpec>,
     pub on_stale_use: Option<String>,
+    pub remember_max: Option<DurationSpec>,
+    pub remember_absolute: Option<DurationSpec>,
+    pub first_lifetime: Option<DurationSpec>,
+    pub devices_path: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -232,7 +236,7 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 74] = [
+pub(crate) const KEYS: [&str; 78] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -260,6 +264,10 @@ pub(crate) const KEYS: [&str; 74] = [
     "session.socket_recheck",
     "session.regenerate_grace",
     "session.on_stale_use",
+    "session.remember_max",
+    "session.remember_absolute",
+    "session.first_lifetime",
+    "session.devices_path",
     "store.kind",
     "store.timeout",
     "store.sweep_interval",
@@ -396,7 +404,7 @@ mod tests {
             &fields!(RawSession "session." {
                 header_prefix, renew_missing, max_size, idle_timeout, absolute_timeout,
                 touch_interval, skip, user_key, max_per_user, socket_recheck, regenerate_grace,
-                on_stale_use
+                on_stale_use, remember_max, remember_absolute, first_lifetime, devices_path
             }),
             &fields!(RawStore "store." {
                 kind, timeout, sweep_interval, on_error, path, filename_template, mode, fsync,

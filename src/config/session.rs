@@ -34,6 +34,8 @@ pub struct SessionConfig {
     /// `session.on_stale_use`: what a use of an old id past its grace does besides being
     /// counted, logged and audited.
     pub on_stale_use: OnStaleUse,
+    /// `session.devices_path`: requests that get `X-Session-Devices` (the user's sessions).
+    pub devices_path: SkipRules,
 }
 
 /// `session.on_stale_use`.
@@ -117,17 +119,28 @@ pub(super) fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, Confi
             "must not exceed session.idle_timeout, or idle sessions would die while in use",
         ));
     }
-    let skip = s.skip.unwrap_or_default();
-    if let Some(bad) = skip.iter().find(|e| {
-        !e.starts_with('/')
-            || e.bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-    }) {
-        return Err(at.bad(
-            "session.skip",
-            format!("{bad:?} is not a path: entries start with / (end one with / to skip everything under it)"),
-        ));
-    }
+    let skip = paths(at, "session.skip", s.skip)?;
+    let devices_path = paths(at, "session.devices_path", s.devices_path)?;
+    let remember_max = at.duration(
+        "session.remember_max",
+        &s.remember_max,
+        Duration::from_secs(90 * 86400),
+    )?;
+    at.positive("session.remember_max", remember_max)?;
+    let remember_absolute = match &s.remember_absolute {
+        None => absolute_timeout,
+        Some(_) => match at.optional_duration("session.remember_absolute", &s.remember_absolute)? {
+            Some(d) if d.is_zero() => None,
+            d => d,
+        },
+    };
+    let first_lifetime = at
+        .duration(
+            "session.first_lifetime",
+            &s.first_lifetime,
+            Duration::from_secs(600),
+        )
+        .map(|d| (!d.is_zero()).then_some(d))?;
     let user_key = match s.user_key.as_deref() {
         None => None,
         Some("") => {
@@ -194,6 +207,7 @@ pub(super) fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, Confi
         user_key,
         max_per_user,
         skip: SkipRules::new(skip),
+        devices_path: SkipRules::new(devices_path),
         header_prefix,
         headers,
         renew_missing: s.renew_missing.unwrap_or(true),
@@ -202,6 +216,29 @@ pub(super) fn session(at: &Origin, s: RawSession) -> Result<SessionConfig, Confi
             idle_timeout,
             absolute_timeout,
             touch_interval,
+            remember_max,
+            remember_absolute,
+            first_lifetime,
         },
     })
+}
+
+/// A list of request paths (`session.skip`, `session.devices_path`): each starts with `/`.
+fn paths(
+    at: &Origin,
+    key: &'static str,
+    list: Option<Vec<String>>,
+) -> Result<Vec<String>, ConfigError> {
+    let list = list.unwrap_or_default();
+    if let Some(bad) = list.iter().find(|e| {
+        !e.starts_with('/')
+            || e.bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+    }) {
+        return Err(at.bad(
+            key,
+            format!("{bad:?} is not a path: entries start with / (end one with / to match everything under it)"),
+        ));
+    }
+    Ok(list)
 }

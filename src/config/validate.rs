@@ -99,6 +99,25 @@ mod tests {
         assert_eq!(c.session.max_size, 16384);
         assert_eq!(c.session.lifetime.touch_interval, Duration::from_secs(8640));
         assert_eq!(c.session.socket_recheck, Duration::from_secs(30));
+        let life = c.session.lifetime;
+        assert_eq!(life.remember_max, Duration::from_secs(90 * 86400));
+        assert_eq!(life.remember_absolute, None);
+        assert_eq!(life.first_lifetime, Some(Duration::from_secs(600)));
+        assert!(!c.session.devices_path.matches("/"));
+        // remember_absolute follows absolute_timeout unless set; 0 turns it and
+        // first_lifetime off.
+        let c = check("[session]\nabsolute_timeout = \"7d\"\ndevices_path = [\"/me/\"]").unwrap();
+        assert_eq!(
+            c.session.lifetime.remember_absolute,
+            Some(Duration::from_secs(7 * 86400))
+        );
+        assert!(c.session.devices_path.matches("/me/sessions"));
+        let c = check(
+            "[session]\nabsolute_timeout = \"7d\"\nremember_absolute = 0\nfirst_lifetime = 0",
+        )
+        .unwrap();
+        assert_eq!(c.session.lifetime.remember_absolute, None);
+        assert_eq!(c.session.lifetime.first_lifetime, None);
         let c = check("[session]\nsocket_recheck = \"500ms\"").unwrap();
         assert_eq!(c.session.socket_recheck, Duration::from_millis(500));
         assert_eq!(c.session.regenerate_grace, Duration::from_secs(10));
@@ -216,6 +235,16 @@ mod tests {
                 "session.on_stale_use",
                 "[session]\non_stale_use = \"revoke\"",
             ),
+            ("session.remember_max", "[session]\nremember_max = \"0s\""),
+            (
+                "session.remember_absolute",
+                "[session]\nremember_absolute = \"forever\"",
+            ),
+            (
+                "session.first_lifetime",
+                "[session]\nfirst_lifetime = \"soon\"",
+            ),
+            ("session.devices_path", "[session]\ndevices_path = [\"me\"]"),
             ("store.kind", "[store]\nkind = \"tape\""),
             ("store.timeout", "[store]\ntimeout = \"0s\""),
             ("store.sweep_interval", "[store]\nsweep_interval = \"0s\""),

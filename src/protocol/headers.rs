@@ -30,11 +30,14 @@ pub struct ProtocolHeaders {
     pub unavailable: HeaderName,
     /// The signed assertion of the session (`[assertion]`), for the app to verify.
     pub assertion: HeaderName,
+    /// The user's live sessions, on a `session.devices_path` request.
+    pub devices: HeaderName,
     update: HeaderName,
     replace: HeaderName,
     destroy: HeaderName,
     regenerate: HeaderName,
     revoke: HeaderName,
+    remember: HeaderName,
 }
 
 /// The configured prefix cannot start a valid header name.
@@ -60,6 +63,8 @@ impl ProtocolHeaders {
             expires: name("-expires")?,
             unavailable: name("-unavailable")?,
             assertion: name("-assertion")?,
+            devices: name("-devices")?,
+            remember: name("-remember")?,
             update: name("-update")?,
             replace: name("-replace")?,
             destroy: name("-destroy")?,
@@ -102,7 +107,7 @@ impl ProtocolHeaders {
     pub fn take_instructions(&self, headers: &mut HeaderMap) -> RawInstructions {
         let mut raw = RawInstructions::default();
         // Which reserved names were there: the instructions', and any other.
-        let mut seen = [false; 5];
+        let mut seen = [false; 6];
         let mut others = false;
         // One pass over every value (a name's values come one after another, in order, so the
         // last one seen is the last one sent), with no lookup per name; then strip them all.
@@ -125,6 +130,9 @@ impl ProtocolHeaders {
             } else if *name == self.revoke {
                 seen[4] = true;
                 raw.revoke = Some(value.as_bytes().to_vec());
+            } else if *name == self.remember {
+                seen[5] = true;
+                raw.remember = Some(value.as_bytes().to_vec());
             } else {
                 others = true;
             }
@@ -140,6 +148,7 @@ impl ProtocolHeaders {
                 &self.destroy,
                 &self.regenerate,
                 &self.revoke,
+                &self.remember,
             ];
             for (name, seen) in names.into_iter().zip(seen) {
                 if seen {
@@ -188,7 +197,9 @@ mod tests {
         h.append("x-session-revoke", HeaderValue::from_static("all"));
         h.append("x-session-revoke", HeaderValue::from_static("others"));
         h.append("x-session-other", HeaderValue::from_static("x"));
+        h.append("x-session-remember", HeaderValue::from_static("30d"));
         let raw = p.take_instructions(&mut h);
+        assert_eq!(raw.remember.as_deref(), Some(&b"30d"[..]));
         assert_eq!(raw.revoke.as_deref(), Some(&b"others"[..]));
         assert_eq!(raw.update.as_deref(), Some(&br#"{"a":2}"#[..]));
         assert_eq!(raw.replace.as_deref(), Some(&br#"{"r":1}"#[..]));
@@ -198,6 +209,7 @@ mod tests {
 
         let mut h = HeaderMap::new();
         h.append("x-session-destroy", HeaderValue::from_static("1"));
+        h.append("x-session-remember", HeaderValue::from_static("0"));
         let raw = p.take_instructions(&mut h);
         assert!(raw.destroy && raw.update.is_none() && h.is_empty());
     }

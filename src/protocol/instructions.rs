@@ -1,10 +1,13 @@
 //! The upstream's session instructions and their precedence: Destroy beats everything, Replace
 //! beats Update, Regenerate composes with the data change (the changed data moves to the new
-//! id), Revoke comes after all of them (see [`Revoke`]). A malformed value is dropped and
-//! reported, never a failed request.
+//! id), Revoke comes after all of them (see [`Revoke`]); Remember goes with the session's write
+//! (and with a Regenerate, to the new id). A malformed value is dropped and reported, never a
+//! failed request.
+
+use std::time::Duration;
 
 use super::codec::{CodecError, parse_object};
-use crate::session::DataChange;
+use crate::session::{DataChange, Handle};
 
 /// Everything the upstream asked for in one response, after precedence is applied.
 ///
@@ -16,6 +19,9 @@ pub struct Instructions {
     pub regenerate: bool,
     pub change: Option<DataChange>,
     pub revoke: Option<Revoke>,
+    /// `X-Session-Remember`: keep the session this long (a persistent cookie, this idle
+    /// timeout); zero returns it to the configured defaults. Not yet capped.
+    pub remember: Option<Duration>,
 }
 
 /// `X-Session-Revoke`: sign the session's user out of other sessions. It runs after the
@@ -28,6 +34,9 @@ pub enum Revoke {
     Others,
     /// Every session of the user, this one included: the response also clears the cookie.
     All,
+    /// The one session of this handle, if it is another session of the same user (a "sign
+    /// out that device" button); another user's is refused.
+    One(Handle),
 }
 
 /// An instruction the proxy could not read; it is dropped and counted, the others still apply.
@@ -35,14 +44,16 @@ pub enum Revoke {
 pub enum InstructionError {
     #[error(transparent)]
     Codec(#[from] CodecError),
-    #[error("revoke: {0:?} is not \"others\" or \"all\"")]
+    #[error("revoke: {0:?} is not \"others\", \"all\" or a session's handle")]
     Revoke(String),
+    #[error("remember: {0:?} is not a duration like \"30d\", \"12h\" or \"0\"")]
+    Remember(String),
 }
 
 impl Instructions {
     /// Whether the upstream asked to modify the session at all (werkzeug's `modified`).
     pub fn modifies(&self) -> bool {
-        self.destroy || self.regenerate || self.change.is_some()
+        self.destroy || self.regenerate || self.change.is_some() || self.remember.is_some()
     }
 }
 
@@ -54,6 +65,7 @@ pub struct RawInstructions {
     pub destroy: bool,
     pub regenerate: bool,
     pub revoke: Option<Vec<u8>>,
+    pub remember: Option<Vec<u8>>,
 }
 
 /// Applies precedence and parsing. A malformed Update/Replace is dropped and reported; the rest
@@ -65,6 +77,7 @@ pub fn parse_instructions(raw: &RawInstructions) -> (Instructions, Vec<Instructi
         regenerate: raw.regenerate,
         change: None,
         revoke: None,
+        remember: None,
     };
     if let Some(value) = &raw.revoke {
         match parse_revoke(value) {
@@ -78,6 +91,14 @@ pub fn parse_instructions(raw: &RawInstructions) -> (Instructions, Vec<Instructi
         // Destroy beats everything: nothing else is even parsed.
         out.regenerate = false;
         return (out, errors);
+    }
+    if let Some(value) = &raw.remember {
+        match parse_remember(value) {
+            Some(d) => out.remember = Some(d),
+            None => errors.push(InstructionError::Remember(
+                String::from_utf8_lossy(value).into_owned(),
+            )),
+        }
     }
     if let Some(value) = &raw.replace {
         match parse_object("replace", value) {
@@ -96,7 +117,7 @@ pub fn parse_instructions(raw: &RawInstructions) -> (Instructions, Vec<Instructi
     (out, errors)
 }
 
-/// `others` or `all`, any case, blanks around ignored.
+/// `others` or `all`, any case, or a session's handle; blanks around ignored.
 fn parse_revoke(value: &[u8]) -> Option<Revoke> {
     let text = std::str::from_utf8(value).ok()?.trim();
     if text.eq_ignore_ascii_case("others") {
@@ -104,8 +125,18 @@ fn parse_revoke(value: &[u8]) -> Option<Revoke> {
     } else if text.eq_ignore_ascii_case("all") {
         Some(Revoke::All)
     } else {
-        None
+        Handle::parse(text).map(Revoke::One)
     }
+}
+
+/// A duration as the config writes one (`"30d"`, `"12h 30m"`), or a whole number of seconds
+/// (`0`: back to the defaults).
+fn parse_remember(value: &[u8]) -> Option<Duration> {
+    let text = std::str::from_utf8(value).ok()?.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text.parse().ok().map(Duration::from_secs);
+    }
+    humantime::parse_duration(text).ok()
 }
 
 #[cfg(test)]
@@ -128,6 +159,7 @@ mod tests {
             destroy: true,
             regenerate: true,
             revoke: Some(b" Others ".to_vec()),
+            remember: None,
         };
         let (i, e) = parse_instructions(&raw);
         assert!(e.is_empty());
@@ -138,6 +170,7 @@ mod tests {
                 regenerate: false,
                 change: None,
                 revoke: Some(Revoke::Others),
+                remember: None,
             }
         );
 
@@ -158,6 +191,42 @@ mod tests {
         assert_eq!(e.len(), 1);
     }
 
+    /// Remember takes the config's durations and whole seconds; a bad one is dropped and
+    /// reported; Destroy drops it.
+    #[test]
+    fn remember_is_a_duration() {
+        for (value, want) in [
+            (&b"30d"[..], Duration::from_secs(30 * 86400)),
+            (b" 12h 30m ", Duration::from_secs(45000)),
+            (b"0", Duration::ZERO),
+            (b"3600", Duration::from_secs(3600)),
+        ] {
+            let raw = RawInstructions {
+                remember: Some(value.to_vec()),
+                ..Default::default()
+            };
+            let (i, e) = parse_instructions(&raw);
+            assert!(e.is_empty(), "{value:?}");
+            assert_eq!(i.remember, Some(want));
+            assert!(i.modifies());
+        }
+        for bad in [&b"forever"[..], b"", b"-1", b"\xff"] {
+            let raw = RawInstructions {
+                remember: Some(bad.to_vec()),
+                ..Default::default()
+            };
+            let (i, e) = parse_instructions(&raw);
+            assert!(matches!(e[..], [InstructionError::Remember(_)]), "{bad:?}");
+            assert_eq!(i.remember, None);
+        }
+        let raw = RawInstructions {
+            remember: Some(b"30d".to_vec()),
+            destroy: true,
+            ..Default::default()
+        };
+        assert_eq!(parse_instructions(&raw).0.remember, None);
+    }
+
     /// A bad Revoke is dropped and reported; it cancels nothing else.
     #[test]
     fn revoke_is_others_or_all() {
@@ -165,6 +234,10 @@ mod tests {
             (&b"all"[..], Some(Revoke::All)),
             (b"ALL", Some(Revoke::All)),
             (b"others", Some(Revoke::Others)),
+            (
+                b" z9Lx-tdaGXjaCkRIg9tyUUFLE58x9aBHBMKR_bDhdeY ",
+                Handle::parse("z9Lx-tdaGXjaCkRIg9tyUUFLE58x9aBHBMKR_bDhdeY").map(Revoke::One),
+            ),
         ] {
             let raw = RawInstructions {
                 revoke: Some(value.to_vec()),

@@ -4,6 +4,9 @@
 //! `X-Session-Revoke` ([`revoke`]) or the `session.max_per_user` eviction ([`evict`]), each
 //! the one place the proxy destroys other sessions of a user.
 
+use std::net::IpAddr;
+use std::time::Duration;
+
 use http::HeaderValue;
 
 use super::State;
@@ -15,7 +18,7 @@ use crate::error::ProxyError;
 use crate::outcome::{Ended, SessionState, StoreWrite};
 use crate::protocol::{Instructions, Revoke};
 use crate::session::{Handle, SessionId};
-use crate::store::{Loaded, Record, StoreError, Update, users};
+use crate::store::{Loaded, Meta, Record, StoreError, Update, Visit, users};
 
 /// The session as the request found it.
 pub struct Active {
@@ -115,6 +118,15 @@ fn fresh() -> Result<Active, ProxyError> {
     })
 }
 
+/// Who made the request, as a session's device notes it ([`Meta`]).
+#[derive(Debug, Default)]
+pub struct Client {
+    /// The client's address, as the forwarding rules trust it.
+    pub ip: Option<IpAddr>,
+    /// Its `User-Agent` (a cheap clone of the request's); read when a session is created.
+    pub user_agent: Option<HeaderValue>,
+}
+
 /// The session after the request's write.
 pub enum After {
     /// Left as it was loaded (no write, a refused change, a session never stored).
@@ -152,12 +164,12 @@ impl Saved {
 pub async fn save(
     state: &State,
     current: &Active,
-    instructions: Instructions,
+    (instructions, client): (Instructions, Client),
     now: u64,
     ctx: &mut RequestCtx,
 ) -> Result<Saved, ProxyError> {
     let revoke = instructions.revoke;
-    let (cookie, after) = write(state, current, instructions, now, ctx).await?;
+    let (cookie, after) = write(state, current, (instructions, client), now, ctx).await?;
     let done = |cookie, after| Ok(Saved { cookie, after });
     let Some(key) = &state.config.session.user_key else {
         if revoke.is_some() {
@@ -193,6 +205,11 @@ pub async fn save(
         let except = match revoke {
             Revoke::Others => id,
             Revoke::All => None,
+            Revoke::One(target) => {
+                // Boxed: rare, and its state would otherwise grow every save's future.
+                Box::pin(revoke_one(state, &user, &target, id.as_ref(), ctx)).await?;
+                return done(cookie, after);
+            }
         };
         self::revoke(state, &user, except.as_ref(), ctx).await?;
         if revoke == Revoke::All {
@@ -233,6 +250,44 @@ async fn revoke(
     Ok(destroyed)
 }
 
+/// `X-Session-Revoke: <handle>`: destroys the session `target` if it is another live session
+/// of `user`; a handle of another user's session (or this one's) is refused: logged, nothing
+/// ends. The owner is read from the stored record, never taken from the app.
+async fn revoke_one(
+    state: &State,
+    user: &str,
+    target: &Handle,
+    this: Option<&Handle>,
+    ctx: &RequestCtx,
+) -> Result<(), StoreError> {
+    if this == Some(target) {
+        tracing::warn!(
+            "refused X-Session-Revoke of the session's own handle (X-Session-Destroy ends it)"
+        );
+        return Ok(());
+    }
+    let key = state.config.session.user_key.as_ref();
+    let Some(record) = state.store.load(target).await? else {
+        tracing::debug!("X-Session-Revoke of a handle with no live session: nothing to revoke");
+        return Ok(());
+    };
+    if key.and_then(|k| k.user_of(&record.data)).as_deref() != Some(user) {
+        tracing::warn!(
+            target = %target.as_str(),
+            "refused X-Session-Revoke of a session that is not the same user's"
+        );
+        return Ok(());
+    }
+    if state.store.delete(target).await? {
+        state
+            .audit
+            .destroyed(&ctx.request_id, target, Reason::Revoked, Some(user));
+        state.sockets.ended(target, Ended::Revoked);
+        tracing::info!("the app revoked one of its user's sessions (X-Session-Revoke)");
+    }
+    Ok(())
+}
+
 /// `session.max_per_user`: `keep` was just given to `user`; destroys the user's least recently
 /// used other sessions over `max`; returns their handles.
 async fn evict(
@@ -263,20 +318,41 @@ async fn evict(
 async fn write(
     state: &State,
     current: &Active,
-    instructions: Instructions,
+    (instructions, client): (Instructions, Client),
     now: u64,
     ctx: &mut RequestCtx,
 ) -> Result<(Option<HeaderValue>, After), ProxyError> {
     let cookies = &state.cookies;
     let store = &state.store;
     let modifies = instructions.modifies();
+    let lifetime = state.config.session.lifetime;
+    let remember = instructions.remember.map(|asked| {
+        if asked > lifetime.remember_max {
+            tracing::warn!(
+                ?asked,
+                max = ?lifetime.remember_max,
+                "X-Session-Remember over session.remember_max: capped"
+            );
+        }
+        lifetime.remember_ms(asked)
+    });
+    // The user agent only for a session this request may create: no copy on the hot path.
+    let user_agent = match (&current.record, &client.user_agent) {
+        (None, Some(ua)) => Some(Meta::user_agent(ua.as_bytes())),
+        _ => None,
+    };
     let update = Update {
         change: instructions.change,
         base: current.record.clone(),
         now,
-        lifetime: state.config.session.lifetime,
+        lifetime,
         max_size: state.config.session.max_size,
         extends: true,
+        visit: Some(Visit {
+            ip: client.ip,
+            user_agent,
+            remember,
+        }),
     };
 
     if instructions.destroy {
@@ -367,7 +443,12 @@ async fn write(
     }
     match result {
         Ok(Some((id, handle, r))) => {
-            let cookie = if hands_out_id || cookies.resend_on_write() {
+            // A remembered session's persistent cookie slides with every write; one that
+            // stops being remembered gets the configured cookie back once.
+            let was_remembered = current.record.as_ref().is_some_and(|r| r.meta.remember > 0);
+            let cookie = if r.meta.remember > 0 {
+                cookies.set_remembered(&id, Duration::from_millis(r.meta.remember))
+            } else if hands_out_id || cookies.resend_on_write() || was_remembered {
                 cookies.set(&id)
             } else {
                 resign(state, current)
@@ -401,10 +482,15 @@ fn user_of(state: &State, record: Option<&Record>) -> Option<String> {
 /// The cookie for the kept id, signed with the current key, when the request's was signed
 /// with an older one.
 fn resign(state: &State, current: &Active) -> Option<HeaderValue> {
-    current
-        .resign
-        .then(|| state.cookies.set(&current.id))
-        .flatten()
+    if !current.resign {
+        return None;
+    }
+    match current.record.as_ref().map_or(0, |r| r.meta.remember) {
+        0 => state.cookies.set(&current.id),
+        ms => state
+            .cookies
+            .set_remembered(&current.id, Duration::from_millis(ms)),
+    }
 }
 
 /// Stores a new session; on the (astronomically unlikely) id collision, retries with a new id.

@@ -240,6 +240,7 @@ impl Sockets {
             lifetime,
             max_size,
             extends: true,
+            visit: None,
         };
         let due: Vec<(Handle, Record)> = {
             let probe = update(None);
@@ -284,6 +285,7 @@ mod tests {
             updated_at: 0,
             expires_at: u64::MAX,
             version: 1,
+            meta: Default::default(),
         }
     }
 

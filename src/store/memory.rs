@@ -511,6 +511,7 @@ mod tests {
             updated_at: now,
             expires_at: now + 60_000,
             version: 1,
+            meta: Default::default(),
         };
         let mut want: Vec<Handle> = ["--", "-z", "V0", "zz"]
             .iter()

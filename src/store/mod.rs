@@ -18,6 +18,7 @@ mod error;
 pub mod fs;
 pub mod lock;
 pub mod memory;
+mod meta;
 mod record;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -31,6 +32,7 @@ pub mod users;
 pub use crate::session::now_ms;
 pub use alias::Alias;
 pub use error::{Blame, Result, StoreError};
+pub use meta::{Meta, USER_AGENT_MAX, Visit};
 pub use record::Record;
 pub use seal::Sealer;
 pub use sweeper::{Sweeper, session_json, walk};
@@ -439,6 +441,7 @@ mod tests {
             updated_at: now,
             expires_at: now + 60_000,
             version: 1,
+            meta: Default::default(),
         };
         assert!(store.create(&old, &record).await.unwrap());
         let update = Update {
@@ -449,9 +452,13 @@ mod tests {
                 idle_timeout: Duration::from_secs(60),
                 absolute_timeout: None,
                 touch_interval: Duration::from_secs(6),
+                remember_max: std::time::Duration::from_secs(90 * 86400),
+                remember_absolute: None,
+                first_lifetime: None,
             },
             max_size: 1024,
             extends: true,
+            visit: None,
         };
         assert!(store.regenerate(&old, &new, &update).await.is_err());
         assert!(

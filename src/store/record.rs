@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{Result, Sealer, StoreError};
+use super::{Meta, Result, Sealer, StoreError};
 use crate::session::Handle;
 
 /// One stored session.
@@ -15,7 +15,7 @@ use crate::session::Handle;
 /// struct; the JSON writer (`Record::json_tail` and `JSON_TAIL_MAX`); the JSON reader
 /// (`StoredRecord` and [`Record::from_json`]); the sqlite store's columns (a migration in
 /// `sqlite/schema.rs` and its row reads and writes); and the admin and CLI view
-/// (`ShownSession` in `sweeper.rs`).
+/// (`ShownSession` in `sweeper.rs`). Per-session metadata goes in [`Meta`] instead: one place.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     /// The session data: the text of a JSON object, kept as text so a read costs no parse.
@@ -28,6 +28,8 @@ pub struct Record {
     pub expires_at: u64,
     /// Bumped by every write, so optimistic stores can detect a concurrent one.
     pub version: u64,
+    /// Everything else kept about the session (remember-me, device, first return).
+    pub meta: Meta,
 }
 
 impl Record {
@@ -43,7 +45,8 @@ impl Record {
     /// backend validated on reading it back), so copying it through a parser would only
     /// re-check it.
     pub fn to_json(&self) -> Result<String> {
-        let pieces = self.json_pieces();
+        let meta = self.meta_json(&Sealer::default(), None)?;
+        let pieces = self.json_pieces(meta.as_deref());
         let mut out = String::with_capacity(pieces.iter().map(|p| p.as_str().len()).sum());
         for piece in &pieces {
             out.push_str(piece.as_str());
@@ -51,33 +54,66 @@ impl Record {
         Ok(out)
     }
 
-    /// [`Record::to_json`] in three pieces, for a writer that takes them one at a time (the
-    /// Redis store writes them straight into its command): `{"data":`, the data, and what
-    /// follows it.
-    pub(crate) fn json_pieces(&self) -> [JsonPiece<'_>; 3] {
+    /// [`Record::to_json`] in pieces, for a writer that takes them one at a time (the
+    /// Redis store writes them straight into its command): `{"data":`, the data, the times,
+    /// the meta (`meta`: [`Record::meta_json`]) and the closing brace.
+    pub(crate) fn json_pieces<'a>(&'a self, meta: Option<&'a str>) -> [JsonPiece<'a>; 5] {
         debug_assert!(
             Record::check_data(&self.data).is_ok(),
             "a record's data is a JSON object: {:?}",
             self.data
         );
-        self.json_pieces_with(&self.data)
+        self.json_pieces_with(&self.data, meta)
     }
 
     /// [`Record::json_pieces`] with `data` in place of the record's: the JSON value a
     /// [`Sealer::seal_json`] made of it (the data itself, or its sealed form as a string).
-    pub(crate) fn json_pieces_with<'a>(&self, data: &'a str) -> [JsonPiece<'a>; 3] {
+    pub(crate) fn json_pieces_with<'a>(
+        &self,
+        data: &'a str,
+        meta: Option<&'a str>,
+    ) -> [JsonPiece<'a>; 5] {
         [
             JsonPiece::Str(JSON_HEAD),
             JsonPiece::Str(data),
             JsonPiece::Tail(self.json_tail()),
+            JsonPiece::Str(if meta.is_some() { r#","meta":"# } else { "" }),
+            JsonPiece::Str(meta.map_or("}", |m| m)),
         ]
     }
 
-    /// The JSON a backend stores for `id`: [`Record::to_json`] with the data sealed by
-    /// `sealer` (as a JSON string), or as it is when sealing is off.
+    /// The JSON value of `meta` a backend stores for `id` (sealed as a JSON string when
+    /// `sealer` is on), ending in the record's closing brace; `None` when there is nothing to
+    /// store (the JSON then leaves `meta` out, as records before it had none).
+    pub(crate) fn meta_json(&self, sealer: &Sealer, id: Option<&Handle>) -> Result<Option<String>> {
+        if self.meta.is_empty() {
+            return Ok(None);
+        }
+        let text = self.meta.to_json()?;
+        let mut value = match id {
+            Some(id) if sealer.is_on() => sealer.seal_json(&text, id)?.into_owned(),
+            _ => text,
+        };
+        value.push('}');
+        Ok(Some(value))
+    }
+
+    /// The meta's text as a store that keeps it in a column of its own holds it for `id`
+    /// (sealed when `sealer` is on); `None` when there is nothing to store.
+    pub(crate) fn meta_column(&self, sealer: &Sealer, id: &Handle) -> Result<Option<String>> {
+        if self.meta.is_empty() {
+            return Ok(None);
+        }
+        let text = self.meta.to_json()?;
+        Ok(Some(sealer.seal(&text, id)?.into_owned()))
+    }
+
+    /// The JSON a backend stores for `id`: [`Record::to_json`] with the data (and meta) sealed
+    /// by `sealer` (as JSON strings), or as they are when sealing is off.
     pub fn to_stored_json(&self, sealer: &Sealer, id: &Handle) -> Result<String> {
         let data = sealer.seal_json(&self.data, id)?;
-        let pieces = self.json_pieces_with(&data);
+        let meta = self.meta_json(sealer, Some(id))?;
+        let pieces = self.json_pieces_with(&data, meta.as_deref());
         let mut out = String::with_capacity(pieces.iter().map(|p| p.as_str().len()).sum());
         for piece in &pieces {
             out.push_str(piece.as_str());
@@ -85,7 +121,7 @@ impl Record {
         Ok(out)
     }
 
-    /// The bytes of the JSON after `data`: the four integers and the closing brace.
+    /// The bytes of the JSON after `data`: the four integers.
     fn json_tail(&self) -> JsonTail {
         let mut tail = JsonTail::default();
         let mut int = itoa::Buffer::new();
@@ -98,7 +134,6 @@ impl Record {
             tail.push(name);
             tail.push(int.format(value).as_bytes());
         }
-        tail.push(b"}");
         tail
     }
 
@@ -119,11 +154,21 @@ impl Record {
         let s: StoredRecord<'_> =
             serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let raw = s.data.get();
+        let meta = match s.meta.map(RawValue::get) {
+            None => Meta::default(),
+            Some(m) if !m.starts_with('"') => Meta::from_json(m)?,
+            Some(m) => match sealer.open_json(m, id) {
+                Ok(text) => Meta::from_json(&text)?,
+                Err(super::seal::Unreadable) => return Ok(None),
+            },
+        };
         if !raw.starts_with('"') {
-            return Record::from_parts(raw, &s).map(Some);
+            return Record::from_parts(raw, &s, meta).map(Some);
         }
         match sealer.open_json(raw, id) {
-            Ok(data) if data.starts_with('{') => Ok(Some(Record::assemble(Arc::from(data), &s))),
+            Ok(data) if data.starts_with('{') => {
+                Ok(Some(Record::assemble(Arc::from(data), &s, meta)))
+            }
             Ok(_) => Err(StoreError::Corrupt("data is not a JSON object".to_owned())),
             Err(super::seal::Unreadable) => Ok(None),
         }
@@ -155,7 +200,10 @@ impl Record {
     pub fn from_json(bytes: &[u8]) -> Result<Record> {
         let s: StoredRecord<'_> =
             serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        Record::from_parts(s.data.get(), &s)
+        let meta = s
+            .meta
+            .map_or(Ok(Meta::default()), |m| Meta::from_json(m.get()))?;
+        Record::from_parts(s.data.get(), &s, meta)
     }
 
     /// The `expires_at` of a stored record's JSON, without reading its data (which may be
@@ -167,20 +215,21 @@ impl Record {
     }
 
     /// The record of a parsed JSON whose data is `data`, a JSON object's text.
-    fn from_parts(data: &str, s: &StoredRecord<'_>) -> Result<Record> {
+    fn from_parts(data: &str, s: &StoredRecord<'_>, meta: Meta) -> Result<Record> {
         if !data.starts_with('{') {
             return Err(StoreError::Corrupt("data is not a JSON object".to_owned()));
         }
-        Ok(Record::assemble(Arc::from(data), s))
+        Ok(Record::assemble(Arc::from(data), s, meta))
     }
 
-    fn assemble(data: Arc<str>, s: &StoredRecord<'_>) -> Record {
+    fn assemble(data: Arc<str>, s: &StoredRecord<'_>, meta: Meta) -> Record {
         Record {
             data,
             created_at: s.created_at,
             updated_at: s.updated_at,
             expires_at: s.expires_at,
             version: s.version,
+            meta,
         }
     }
 }
@@ -188,9 +237,9 @@ impl Record {
 /// What a record's JSON starts with.
 const JSON_HEAD: &str = r#"{"data":"#;
 
-/// The longest [`Record::json_tail`]: the field names and `}` (54 bytes), four `u64`s of up
-/// to 20 digits each.
-const JSON_TAIL_MAX: usize = 54 + 4 * 20;
+/// The longest [`Record::json_tail`]: the field names (53 bytes), four `u64`s of up to 20
+/// digits each.
+const JSON_TAIL_MAX: usize = 53 + 4 * 20;
 
 /// The end of a record's JSON, on the stack: it is short and written once per save.
 pub(crate) struct JsonTail {
@@ -246,6 +295,8 @@ struct StoredRecord<'a> {
     updated_at: u64,
     expires_at: u64,
     version: u64,
+    #[serde(borrow, default)]
+    meta: Option<&'a RawValue>,
 }
 
 #[cfg(test)]
@@ -261,6 +312,7 @@ mod tests {
             updated_at: 2,
             expires_at: 3,
             version: 4,
+            meta: Default::default(),
         };
         assert_eq!(
             Record::from_json(r.to_json().unwrap().as_bytes()).unwrap(),
@@ -273,6 +325,37 @@ mod tests {
             .is_err()
         );
         assert!(Record::from_json(b"{").is_err());
+    }
+
+    /// A record's meta goes in its JSON (after the times, left out when empty) and, with a
+    /// sealer on, sealed like its data, for the handle it is stored under.
+    #[test]
+    fn meta_round_trips_plain_and_sealed() {
+        let r = Record {
+            data: Arc::from(r#"{"a":1}"#),
+            created_at: 1,
+            updated_at: 2,
+            expires_at: 3,
+            version: 4,
+            meta: Meta {
+                remember: 5,
+                returned: true,
+                created_ip: Some("192.0.2.1".parse().unwrap()),
+                user_agent: Some(Arc::from("ua")),
+                ..Meta::default()
+            },
+        };
+        let json = r.to_json().unwrap();
+        assert!(json.ends_with(r#","version":4,"meta":{"remember":5,"returned":true,"created_ip":"192.0.2.1","user_agent":"ua"}}"#), "{json}");
+        assert_eq!(Record::from_json(json.as_bytes()).unwrap(), r);
+        let id = crate::session::SessionId::generate().unwrap().handle();
+        let sealer = Sealer::new(&["k".repeat(32)], Default::default()).unwrap();
+        let stored = r.to_stored_json(&sealer, &id).unwrap();
+        assert!(!stored.contains("192.0.2.1"), "{stored}");
+        assert_eq!(
+            Record::from_stored(stored.as_bytes(), &id, &sealer),
+            Some(r)
+        );
     }
 
     /// The JSON the file and Redis stores kept before `to_json` was written by hand:
@@ -302,6 +385,7 @@ mod tests {
                 updated_at: n / 3,
                 expires_at: n.saturating_add(1),
                 version: n / 7,
+                meta: Default::default(),
             };
             let raw: &RawValue = serde_json::from_str(data).unwrap();
             let serde = serde_json::to_string(&SerdeRecord {
@@ -328,6 +412,7 @@ mod tests {
             updated_at: 1_767_225_600_001,
             expires_at: 1_767_227_400_000,
             version: 12,
+            meta: Default::default(),
         };
         let stored = br#"{"data":{"user":"ada","cart":[1,2],"s":"\u00e9\n"},"created_at":1767225600000,"updated_at":1767225600001,"expires_at":1767227400000,"version":12}"#;
         assert_eq!(

@@ -98,6 +98,12 @@ pub fn session_json(handle: &Handle, record: &Record) -> Result<String> {
         updated_at: record.updated_at,
         expires_at: record.expires_at,
         version: record.version,
+        remember: record.meta.remember,
+        returned: record.meta.returned,
+        last_seen: record.meta.last_seen,
+        created_ip: record.meta.created_ip,
+        last_ip: record.meta.last_ip,
+        user_agent: record.meta.user_agent.as_deref(),
     })
     .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -110,4 +116,13 @@ struct ShownSession<'a> {
     updated_at: u64,
     expires_at: u64,
     version: u64,
+    /// `X-Session-Remember`, in milliseconds; 0: the configured lifetime.
+    remember: u64,
+    /// Its client sent the cookie back at least once.
+    returned: bool,
+    /// The device ([`super::Meta`]): 0 and nulls for a session stored before they were kept.
+    last_seen: u64,
+    created_ip: Option<std::net::IpAddr>,
+    last_ip: Option<std::net::IpAddr>,
+    user_agent: Option<&'a str>,
 }

@@ -149,9 +149,10 @@ pub async fn revoke(
 /// `session.max_per_user`: after `keep` was given to `user`, destroys the least recently used
 /// of the user's other sessions until the user holds at most `max`; returns the ids destroyed.
 ///
-/// "Least recently used" is read off the record: the earliest idle deadline (`expires_at`,
-/// which every touch moves forward), then the oldest change. A session capped by
-/// `absolute_timeout` therefore counts as used as late as its deadline allows.
+/// "Least recently used" is read off the record: the oldest last use (`meta.last_seen`, which
+/// every write for the client moves, touches included; the last change for a record stored
+/// before it was kept), then the earliest deadline. Not the deadline first: an unreturned
+/// session's (`first_lifetime`) and a remembered one's say nothing about use.
 pub async fn evict(
     store: &dyn SessionStore,
     user: &str,
@@ -165,7 +166,13 @@ pub async fn evict(
     }
     let mut others: Vec<(Handle, Record)> =
         sessions.into_iter().filter(|(id, _)| id != keep).collect();
-    others.sort_by_key(|(_, r)| (r.expires_at, r.updated_at, r.created_at));
+    others.sort_by_key(|(_, r)| {
+        (
+            r.meta.last_seen.max(r.updated_at),
+            r.expires_at,
+            r.created_at,
+        )
+    });
     let mut destroyed = Vec::new();
     for (id, _) in others.into_iter().take(excess) {
         if store.delete(&id).await? {

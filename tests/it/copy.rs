@@ -73,6 +73,7 @@ async fn fill(side: &Side) -> Vec<(Handle, Record)> {
                 now - 1
             },
             version: 1 + i as u64 % 5,
+            meta: Default::default(),
         };
         assert!(side.store.store.create(&id, &record).await.unwrap());
         if i < LIVE {

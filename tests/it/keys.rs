@@ -74,6 +74,8 @@ async fn a_cookie_signed_with_an_old_key_is_accepted_and_re_signed_with_the_curr
     let parsed = session_proxy::session::SessionId::parse(&id)
         .unwrap()
         .handle();
+    // Its first return (one write: session.first_lifetime) with the current key.
+    assert_eq!(with_cookie(proxy.addr, &signed(&id, NEW)).await.status, 200);
     let before = proxy.store.load(&parsed).await.unwrap().unwrap();
 
     let r = with_cookie(proxy.addr, &signed(&id, OLD)).await;

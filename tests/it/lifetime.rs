@@ -105,6 +105,14 @@ async fn read_only_traffic_writes_at_most_once_per_touch_interval() {
     let mut b = proxy.client();
     b.get("/").app_responds_with(&[UPDATE]).await;
     assert_eq!(version_on_disk(dir.path()), 1);
+    // The first return of the cookie is one write (the session is marked returned, so
+    // session.first_lifetime no longer bounds it).
+    b.get("/").await;
+    assert_eq!(
+        version_on_disk(dir.path()),
+        2,
+        "the first return writes once"
+    );
 
     // 100 reads inside one touch interval: no write at all.
     for _ in 0..100 {
@@ -113,7 +121,7 @@ async fn read_only_traffic_writes_at_most_once_per_touch_interval() {
     }
     assert_eq!(
         version_on_disk(dir.path()),
-        1,
+        2,
         "read-only requests wrote to the store"
     );
 
@@ -124,7 +132,7 @@ async fn read_only_traffic_writes_at_most_once_per_touch_interval() {
     }
     assert_eq!(
         version_on_disk(dir.path()),
-        2,
+        3,
         "exactly one touch per interval"
     );
 }
@@ -145,6 +153,8 @@ async fn the_cookie_is_resent_on_touch_so_the_browser_expiry_slides() {
         .set_cookie("session_id")
         .unwrap();
     assert!(first.contains("Max-Age=3600"));
+    // The first return is a write (the session is marked returned), which slides the cookie.
+    assert!(b.get("/").await.set_cookie("session_id").is_some());
     assert!(b.get("/").await.set_cookie("session_id").is_none());
     sleep_ms(400).await;
     let touched = b.get("/").await.set_cookie("session_id");

@@ -19,6 +19,7 @@ fn record(n: u64, expires_at: u64) -> Record {
         updated_at: now,
         expires_at,
         version: 1,
+        meta: Default::default(),
     }
 }
 

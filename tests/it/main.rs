@@ -163,3 +163,7 @@ mod at_rest;
 /// [at-rest]: a sqlite file and an fs directory written by the previous release
 /// (`tests/fixtures/previous`) migrate at open with nothing lost.
 mod upgrade_store;
+
+/// [sessions-2]: remember-me, devices (revoke one, `X-Session-Devices`) and
+/// `session.first_lifetime`, on memory, sqlite and Redis.
+mod records;

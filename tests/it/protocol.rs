@@ -438,7 +438,23 @@ async fn http2_prior_knowledge_clients_are_served() {
 
 #[tokio::test]
 async fn expires_header_tells_the_app_when_the_session_dies() {
-    let (_app, _p, mut b) = setup("[session]\nidle_timeout = \"1h\"").await;
+    // A new session lives session.first_lifetime until its cookie comes back.
+    let (_app, _p, mut b) =
+        setup("[session]\nidle_timeout = \"1h\"\nfirst_lifetime = \"10m\"").await;
+    let now = session_proxy::session::now_ms() / 1000;
+    let expires: u64 = b
+        .get("/")
+        .await
+        .app_saw()
+        .header("x-session-expires")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (now + 599..=now + 601).contains(&expires),
+        "{expires} vs {now}"
+    );
+    let (_app, _p, mut b) = setup("[session]\nidle_timeout = \"1h\"\nfirst_lifetime = 0").await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -161,6 +161,38 @@ async fn the_adapter_sends_every_kind_of_change_right() {
     proxy.stop().await;
 }
 
+/// `remember()` sends X-Session-Remember (a persistent cookie; `0` back to a browser-session
+/// one), `devices` is the parsed X-Session-Devices on a devices_path, and `revoke(handle)` signs
+/// out another device of the same user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adapter_remembers_lists_devices_and_signs_one_out() {
+    let app = PythonApp::start("tests/it/python/app.py", &[]);
+    let toml = "[session]\nuser_key = \"user\"\ndevices_path = [\"/account/\"]\n[store]\nkind = \"memory\"";
+    let proxy = TestProxy::with_config(config(app.addr, toml)).await;
+    let (mut laptop, mut phone) = (proxy.client(), proxy.client());
+    let r = laptop.get("/remember").await;
+    let line = r.set_cookie("session_id").unwrap();
+    assert!(line.contains("Max-Age=2592000"), "{line}");
+    phone.get("/remember").await;
+    assert!(visit(&mut laptop, "/").await["devices"].is_null());
+    let seen = visit(&mut laptop, "/account/").await;
+    let devices = seen["devices"].as_array().unwrap();
+    assert_eq!(devices.len(), 2, "{seen}");
+    let other = devices.iter().find(|d| d["current"] == false).unwrap();
+    let phone_handle = crate::support::handle(phone.cookie.as_deref().unwrap());
+    assert_eq!(other["handle"], phone_handle.as_str());
+    assert_eq!(other["created_ip"], "127.0.0.1");
+
+    let r = laptop.get("/forget").await;
+    let line = r.set_cookie("session_id").unwrap();
+    assert!(!line.contains("Max-Age"), "{line}");
+
+    visit(&mut laptop, &format!("/signout/{phone_handle}")).await;
+    assert_eq!(visit(&mut phone, "/").await["new"], true, "signed out");
+    assert_eq!(visit(&mut laptop, "/").await["data"]["user"], "ada");
+    proxy.stop().await;
+}
+
 #[test]
 fn the_adapters_unit_tests_pass_on_the_golden_fixtures() {
     let out = Command::new("python3")
@@ -171,7 +203,7 @@ fn the_adapters_unit_tests_pass_on_the_golden_fixtures() {
         .unwrap_or_else(|e| panic!("python3 cannot be run ({e}); these tests never skip"));
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{report}");
-    assert!(report.contains("Ran 7 tests"), "{report}");
+    assert!(report.contains("Ran 8 tests"), "{report}");
 }
 
 /// `[assertion]` with `audience = "python-app"` and the key in `dir`, plus `extra` TOML.

@@ -55,6 +55,7 @@ fn update(proxy: &TestProxy, base: Option<Record>, change: Option<DataChange>) -
         lifetime: proxy.config.session.lifetime,
         max_size: proxy.config.session.max_size,
         extends: true,
+        visit: None,
     }
 }
 
@@ -280,6 +281,7 @@ async fn create_sessions(store: &Arc<dyn SessionStore>, n: usize) -> HashSet<Str
             updated_at: now,
             expires_at: now + 600_000,
             version: 1,
+            meta: Default::default(),
         };
         assert!(store.create(&id, &record).await.unwrap());
         assert!(
@@ -706,7 +708,7 @@ async fn a_record_written_by_an_earlier_version_still_loads_and_updates() {
         assert_eq!(written, record.to_json().unwrap());
         assert!(
             written.starts_with(r#"{"data":{"#)
-                && written.ends_with(r#","version":8}"#),
+                && written.contains(r#","version":8,"meta":{"returned":true,"#),
             "{written}"
         );
     }

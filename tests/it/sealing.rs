@@ -44,6 +44,7 @@ fn live(data: Value) -> Record {
         updated_at: now,
         expires_at: now + 3_600_000,
         version: 1,
+        meta: Default::default(),
     }
 }
 
@@ -56,9 +57,13 @@ fn patch(v: Value) -> Update {
             idle_timeout: Duration::from_secs(3600),
             absolute_timeout: None,
             touch_interval: Duration::from_secs(360),
+            remember_max: std::time::Duration::from_secs(90 * 86400),
+            remember_absolute: None,
+            first_lifetime: None,
         },
         max_size: 16 * 1024,
         extends: true,
+        visit: None,
     }
 }
 
@@ -140,8 +145,17 @@ fn assert_sealed(raw: &[u8], what: &str) {
 
 /// Every `data` column of the file, as rusqlite reads it.
 fn sqlite_data(path: &Path) -> Vec<String> {
+    sqlite_column(path, "data")
+}
+
+/// Every non-null value of `column` of the sessions table.
+fn sqlite_column(path: &Path, column: &str) -> Vec<String> {
     let conn = rusqlite::Connection::open(path).unwrap();
-    let mut stmt = conn.prepare("SELECT data FROM sessions").unwrap();
+    let mut stmt = conn
+        .prepare(&format!(
+            "SELECT {column} FROM sessions WHERE {column} IS NOT NULL"
+        ))
+        .unwrap();
     stmt.query_map([], |r| r.get(0))
         .unwrap()
         .collect::<rusqlite::Result<_>>()
@@ -559,8 +573,17 @@ async fn sqlite_sessions_survive_restart_and_rotation_and_a_removed_key_reads_as
     )
     .await;
     let two = two.unwrap();
+    // Its first return (a write: it is marked returned) under the same key.
+    visit(&running.proxy, Some(&two), &[]).await;
     for d in sqlite_data(&db) {
         assert_sealed(d.as_bytes(), "sqlite");
+    }
+    // The device (addresses, user agent) is personal data: sealed like the data.
+    let metas = sqlite_column(&db, "meta");
+    assert_eq!(metas.len(), 2);
+    for m in metas {
+        assert_sealed(m.as_bytes(), "sqlite meta");
+        assert!(!m.contains("127.0.0.1"), "{m}");
     }
     running.stop();
 

@@ -411,7 +411,10 @@ async fn a_full_disk_answers_503_and_corrupts_nothing() {
             .await
             .unwrap();
         assert_eq!(status, 200);
-        early.push((cookie.unwrap(), data));
+        let cookie = cookie.unwrap();
+        // Its first return is a write (session.first_lifetime): made before the disk fills.
+        assert_eq!(seen(proxy.addr, &cookie).await, (false, data.clone()));
+        early.push((cookie, data));
     }
     // New sessions of 12 KiB each until the disk is full: 1 MiB holds fewer than 90. Once it
     // is, writes fail with 503; one may still succeed now and then, when a checkpoint let SQLite

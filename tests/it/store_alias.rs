@@ -22,9 +22,13 @@ fn update(idle_ms: u64, user: &str) -> Update {
             idle_timeout: std::time::Duration::from_millis(idle_ms),
             absolute_timeout: None,
             touch_interval: std::time::Duration::from_millis(idle_ms / 10),
+            remember_max: std::time::Duration::from_secs(90 * 86400),
+            remember_absolute: None,
+            first_lifetime: None,
         },
         max_size: 16 * 1024,
         extends: true,
+        visit: None,
     }
 }
 
@@ -36,6 +40,7 @@ fn live() -> Record {
         updated_at: now,
         expires_at: now + 3_600_000,
         version: 1,
+        meta: Default::default(),
     }
 }
 

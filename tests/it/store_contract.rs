@@ -152,6 +152,7 @@ fn record(data: Value, expires_at: u64) -> Record {
         updated_at: now,
         expires_at,
         version: 1,
+        meta: Default::default(),
     }
 }
 
@@ -168,9 +169,13 @@ fn patch(v: Value) -> Update {
             idle_timeout: std::time::Duration::from_secs(3600),
             absolute_timeout: None,
             touch_interval: std::time::Duration::from_secs(360),
+            remember_max: std::time::Duration::from_secs(90 * 86400),
+            remember_absolute: None,
+            first_lifetime: None,
         },
         max_size: 16 * 1024,
         extends: true,
+        visit: None,
     }
 }
 

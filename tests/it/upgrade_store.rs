@@ -130,8 +130,8 @@ async fn a_sqlite_file_of_the_previous_release_migrates() {
     assert_eq!(version(&db), 2, "the fixture is the previous schema");
     let toml = format!("[store]\nkind = \"sqlite\"\npath = \"{}\"", db.display());
     upgrades_with_nothing_lost("sqlite", &toml, dir.path()).await;
-    // 3: handles; 4: the aliases of `session.regenerate_grace`.
-    assert_eq!(version(&db), 4);
+    // 3: handles; 4: the aliases of `session.regenerate_grace`; 5: meta.
+    assert_eq!(version(&db), 5);
     let conn = rusqlite::Connection::open(&db).unwrap();
     let (integrity, count, rows): (String, i64, i64) = (
         conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))

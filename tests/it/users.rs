@@ -409,6 +409,7 @@ async fn the_sweep_removes_index_entries() {
         updated_at: now,
         expires_at,
         version: 1,
+        meta: Default::default(),
     };
     for i in 0..10 {
         let id = Handle::generate().unwrap();

@@ -442,6 +442,11 @@
     markSelected();
   }
 
+  // An X-Session-Remember duration (ms), in days, or hours under a day.
+  function remembered(ms) {
+    return ms >= 86400000 ? Math.round(ms / 86400000) + " d" : Math.round(ms / 3600000) + " h";
+  }
+
   function renderDetail(record) {
     resetDelete();
     $("detail").hidden = false;
@@ -455,6 +460,13 @@
       ["Updated", formatTime(record.updated_at)],
       ["Expires", formatTime(record.expires_at)],
       ["Version", String(record.version)],
+      // The device (a session stored before it was kept shows dashes); all text, never markup.
+      ["Last seen", record.last_seen ? formatTime(record.last_seen) : "\u2013"],
+      ["Created from", record.created_ip || "\u2013", "mono"],
+      ["Last from", record.last_ip || "\u2013", "mono"],
+      ["User agent", record.user_agent || "\u2013"],
+      ["Remembered", record.remember ? remembered(record.remember) : "no"],
+      ["Returned", record.returned ? "yes" : "not yet"],
     ];
     for (const [name, value, cls] of rows) {
       meta.appendChild(el("dt", { text: name }));

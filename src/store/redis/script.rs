@@ -155,6 +155,8 @@ struct RecordJson<'a> {
     record: &'a Record,
     /// The data's JSON value: the data itself, or its sealed form as a string.
     data: std::borrow::Cow<'a, str>,
+    /// The meta's ([`Record::meta_json`]), if any.
+    meta: Option<String>,
 }
 
 impl<'a> RecordJson<'a> {
@@ -162,12 +164,13 @@ impl<'a> RecordJson<'a> {
         Ok(RecordJson {
             record,
             data: sealer.seal_json(&record.data, id)?,
+            meta: record.meta_json(sealer, Some(id))?,
         })
     }
 
     /// Its length, give or take the digits of the numbers: the command's capacity hint.
     fn len_hint(&self) -> usize {
-        self.data.len() + 128
+        self.data.len() + self.meta.as_ref().map_or(0, |m| m.len() + 8) + 128
     }
 }
 
@@ -175,7 +178,10 @@ impl ToRedisArgs for RecordJson<'_> {
     fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
         use std::io::Write as _;
         let mut arg = out.writer_for_next_arg();
-        for piece in self.record.json_pieces_with(&self.data) {
+        for piece in self
+            .record
+            .json_pieces_with(&self.data, self.meta.as_deref())
+        {
             // Writing into the command's buffer cannot fail.
             let _ = arg.write_all(piece.as_str().as_bytes());
         }

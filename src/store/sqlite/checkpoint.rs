@@ -212,6 +212,7 @@ mod tests {
                         updated_at: 1,
                         expires_at: u64::MAX / 2,
                         version: 1,
+                        meta: Default::default(),
                     };
                     let id = Handle::generate().unwrap();
                     assert!(store.create(&id, &record).await.unwrap());

@@ -20,6 +20,8 @@
 mod alias;
 mod checkpoint;
 mod readers;
+#[macro_use]
+mod rows;
 mod schema;
 mod writer;
 
@@ -28,7 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension as _, Row, params};
+use rusqlite::{Connection, OptionalExtension as _, params};
 
 use super::{
     Alias, ExpiredSink, Loaded, Page, Record, Result, Sealer, SessionStore, StoreError, Update,
@@ -37,6 +39,7 @@ use super::{
 use crate::config::SqliteConfig;
 use crate::session::{Handle, UserKey};
 use readers::Readers;
+use rows::{create, int, record, write};
 use writer::{OpError, Writer};
 
 /// Read connections: enough for the async workers plus a listing or two; each costs a file
@@ -172,58 +175,6 @@ impl SqliteStore {
     }
 }
 
-/// SQLite integers are signed; no time or version of ours comes near the limit.
-fn int(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// The record's columns, in the order `record` reads them. A macro, so the statements below
-/// are `concat!`ed constants: the statement cache is looked up by text, once per call.
-macro_rules! columns {
-    () => {
-        "data, created_at, updated_at, expires_at, version"
-    };
-}
-
-/// The record of a row selected as `columns!()`, starting at column `at`; an unreadable one is
-/// `None`, by the one rule of `Record::readable`, and so is sealed data that does not open
-/// (the sealer counted it). Plain data is checked; opened data is what this store sealed.
-fn record(row: &Row, at: usize, id: &Handle, sealer: &Sealer) -> rusqlite::Result<Option<Record>> {
-    // Borrowed from the row, so the text is copied once, into the record's `Arc`.
-    let data = row.get_ref(at)?.as_str().map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(at, rusqlite::types::Type::Text, Box::new(e))
-    })?;
-    let mut times = [0u64; 4];
-    let mut bad = None;
-    for (i, slot) in times.iter_mut().enumerate() {
-        let v: i64 = row.get(at + 1 + i)?;
-        match u64::try_from(v) {
-            Ok(v) => *slot = v,
-            Err(_) => bad = Some(v),
-        }
-    }
-    let [created_at, updated_at, expires_at, version] = times;
-    let sealed = !data.starts_with('{');
-    let Ok(data) = sealer.open(data, id) else {
-        return Ok(None);
-    };
-    let checked = match bad {
-        Some(v) => Err(StoreError::Corrupt(format!("negative time or version {v}"))),
-        None if sealed && data.starts_with('{') => Ok(()),
-        None => Record::check_data(&data),
-    };
-    Ok(Record::readable(
-        checked.map(|()| Record {
-            data: Arc::from(data),
-            created_at,
-            updated_at,
-            expires_at,
-            version,
-        }),
-        id,
-    ))
-}
-
 fn select_live(
     conn: &Connection,
     id: &Handle,
@@ -271,78 +222,6 @@ fn delete_expired(
 /// The `user` column's value for `r`.
 fn user_of(users: Option<&UserKey>, r: &Record) -> Option<String> {
     users.and_then(|k| k.user_of(&r.data))
-}
-
-/// Create-if-absent: a live session keeps its id; a dead one's id is free again. `data` is
-/// the `data` column's text: `r.data` as the sealer stores it.
-fn create(
-    conn: &Connection,
-    id: &Handle,
-    (r, data): (&Record, &str),
-    user: Option<&str>,
-    now: u64,
-) -> rusqlite::Result<bool> {
-    let values = params![
-        id.as_str(),
-        data,
-        int(r.created_at),
-        int(r.updated_at),
-        int(r.expires_at),
-        int(r.version),
-        user,
-        int(now),
-    ];
-    let inserted = conn
-        .prepare_cached(concat!(
-            "INSERT INTO sessions (handle, ",
-            columns!(),
-            ", user) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (handle) DO NOTHING"
-        ))?
-        .execute(&values[..7])?;
-    if inserted == 1 {
-        return Ok(true);
-    }
-    let replaced = conn
-        .prepare_cached(
-            "UPDATE sessions SET data = ?2, created_at = ?3, updated_at = ?4, expires_at = ?5, \
-             version = ?6, user = ?7 WHERE handle = ?1 AND expires_at <= ?8",
-        )?
-        .execute(values)?;
-    Ok(replaced == 1)
-}
-
-/// Writes `r` over the row (`data`: its data as stored); `user` is the new `user` column, or
-/// `None` for a write that kept the data (a touch), which leaves it.
-fn write(
-    conn: &Connection,
-    id: &Handle,
-    (r, data): (&Record, &str),
-    user: Option<Option<&str>>,
-) -> rusqlite::Result<()> {
-    let values = params![
-        id.as_str(),
-        data,
-        int(r.created_at),
-        int(r.updated_at),
-        int(r.expires_at),
-        int(r.version),
-        user.flatten(),
-    ];
-    match user {
-        None => conn
-            .prepare_cached(
-                "UPDATE sessions SET data = ?2, created_at = ?3, updated_at = ?4, \
-                 expires_at = ?5, version = ?6 WHERE handle = ?1",
-            )?
-            .execute(&values[..6])?,
-        Some(_) => conn
-            .prepare_cached(
-                "UPDATE sessions SET data = ?2, created_at = ?3, updated_at = ?4, \
-                 expires_at = ?5, version = ?6, user = ?7 WHERE handle = ?1",
-            )?
-            .execute(values)?,
-    };
-    Ok(())
 }
 
 /// Removes the row; `true` if it held a live session.
@@ -469,8 +348,11 @@ impl SessionStore for SqliteStore {
         let (id, record) = (*id, record.clone());
         let user = user_of(self.users.as_ref(), &record);
         let data = self.sealer.seal(&record.data, &id)?.into_owned();
-        let row =
-            move |conn: &Connection| create(conn, &id, (&record, &data), user.as_deref(), now_ms());
+        let meta = record.meta_column(&self.sealer, &id)?;
+        let row = move |conn: &Connection| {
+            let columns = (&record, data.as_str(), meta.as_deref());
+            create(conn, &id, columns, user.as_deref(), now_ms())
+        };
         self.writer.run(move |conn| Ok(row(conn)?)).await
     }
 
@@ -486,8 +368,9 @@ impl SessionStore for SqliteStore {
                 let user = (!Arc::ptr_eq(&current.data, &next.data))
                     .then(|| user_of(users.as_ref(), &next));
                 let data = sealer.seal(&next.data, &id)?;
+                let meta = next.meta_column(&sealer, &id)?;
                 let user = user.as_ref().map(Option::as_deref);
-                write(conn, &id, (&next, &data), user)?;
+                write(conn, &id, (&next, &data, meta.as_deref()), user)?;
                 Ok(Some(next))
             })
             .await
@@ -521,7 +404,9 @@ impl SessionStore for SqliteStore {
                 let user = user_of(users.as_ref(), &next);
                 // Sealed under the new handle: the old one's ciphertext would not open there.
                 let data = sealer.seal(&next.data, &new)?;
-                if !create(conn, &new, (&next, &data), user.as_deref(), update.now)? {
+                let meta = next.meta_column(&sealer, &new)?;
+                let columns = (&next, &*data, meta.as_deref());
+                if !create(conn, &new, columns, user.as_deref(), update.now)? {
                     return Err(OpError::Refused(StoreError::IdCollision));
                 }
                 if let Some(alias) = &alias {

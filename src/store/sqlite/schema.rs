@@ -24,7 +24,7 @@ enum Step {
 /// `MIGRATIONS[v]` brings a file from schema version `v` to `v + 1`; the version this binary
 /// writes is their count. A migration only ever adds a step at the end: a file is never
 /// migrated down, and one newer than the binary is refused.
-const MIGRATIONS: [Step; 4] = [
+const MIGRATIONS: [Step; 5] = [
     Step::Sql(
         // 0 → 1: the sessions, expiry-indexed for the sweeper, and a row count kept by triggers
         // in the same transaction as the change, so `sessions_live` is exact across every process
@@ -74,6 +74,9 @@ const MIGRATIONS: [Step; 4] = [
     ) WITHOUT ROWID;
     CREATE INDEX aliases_expires_at ON aliases (expires_at);",
     ),
+    // 4 → 5: the session's metadata (`store::Meta`: remember-me, first return, device), one
+    // JSON object (sealed like `data` when the store seals), NULL for none.
+    Step::Sql("ALTER TABLE sessions ADD COLUMN meta TEXT;"),
 ];
 
 /// Replaces every session id in the `handle` column by its handle. A row whose key is not a

@@ -48,6 +48,13 @@ def application(environ, start_response):
         session["nothing"] = None
     elif path == "/unicode":
         session["name"] = "Zoë 🐍"
+    elif path == "/remember":
+        session["user"] = "ada"
+        session.remember("30d")
+    elif path == "/forget":
+        session.remember(0)
+    elif path.startswith("/signout/"):
+        session.revoke(path[len("/signout/"):])
     body = json.dumps(
         {
             "assertion": environ.get("session_proxy.assertion"),
@@ -61,6 +68,7 @@ def application(environ, start_response):
             "modified": session.modified,
             "should_save": session.should_save,
             "data": dict(session),
+            "devices": session.devices,
         }
     ).encode("utf-8")
     start_response("200 OK", [("Content-Type", "application/json")])

@@ -324,6 +324,7 @@ fn main() -> anyhow::Result<()> {
             updated_at: now,
             expires_at: now + 86_400_000,
             version: 1,
+            meta: Default::default(),
         };
         anyhow::ensure!(store.create(id_of(i), record), "id collision at {i}");
     }

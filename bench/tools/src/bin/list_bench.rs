@@ -112,6 +112,7 @@ fn record(i: u64, now: u64) -> Record {
         updated_at: now,
         expires_at: now + 86_400_000,
         version: 1,
+        meta: Default::default(),
     }
 }
 

@@ -50,6 +50,7 @@ fn record(i: u64, expires_at: u64) -> Record {
         updated_at: now,
         expires_at,
         version: 1,
+        meta: Default::default(),
     }
 }
 
@@ -90,9 +91,13 @@ fn update() -> Update {
             idle_timeout: Duration::from_secs(86_400),
             absolute_timeout: None,
             touch_interval: Duration::from_secs(8_640),
+            remember_max: std::time::Duration::from_secs(90 * 86400),
+            remember_absolute: None,
+            first_lifetime: None,
         },
         max_size: 16 * 1024,
         extends: true,
+        visit: None,
     }
 }
 
