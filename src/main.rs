@@ -210,27 +210,21 @@ async fn run(
 /// The session a `show` or `delete` names: by its handle, or (`--id`) by its id, hashed here.
 /// An id is never echoed back: it is a bearer credential.
 fn named(handle: Option<&str>, id: Option<&str>) -> anyhow::Result<session_proxy::session::Handle> {
-    use session_proxy::session::{Handle, SessionId};
+    use session_proxy::session::{Handle, NotAHandle, SessionId};
     if let Some(id) = id {
         return SessionId::parse(id)
             .map(|id| id.handle())
             .ok_or_else(|| anyhow::anyhow!("--id: not a session id (32 characters of base64url)"));
     }
     let text = handle.unwrap_or_default();
-    if SessionId::parse(text).is_some() {
-        anyhow::bail!("that is a session id, not a handle: pass it as --id ID");
-    }
-    Handle::parse(text).ok_or_else(|| {
-        anyhow::anyhow!("{text:?} is not a session handle (43 characters of base64url)")
+    Handle::named(text).map_err(|why| match why {
+        NotAHandle::AnId => {
+            anyhow::anyhow!("that is a session id, not a handle: pass it as --id ID")
+        }
+        NotAHandle::Malformed => {
+            anyhow::anyhow!("{text:?} is not a session handle (43 characters of base64url)")
+        }
     })
-}
-
-/// `user` as the user index names it (hashed with `store.hash_users`).
-fn indexed(config: &session_proxy::config::Config, user: &str) -> String {
-    match &config.session.user_key {
-        Some(key) => key.indexed(user),
-        None => user.to_owned(),
-    }
 }
 
 async fn sessions(
@@ -275,7 +269,7 @@ async fn sessions(
             println!("deleted");
         }
         SessionsCommand::User { user } => {
-            let user = indexed(&config, &user);
+            let user = config.session.indexed_user(&user);
             let mut found = store.user_sessions(&user).await?;
             found.sort_by_key(|(id, r)| (r.created_at, *id));
             let mut out = std::io::stdout().lock();
@@ -284,7 +278,7 @@ async fn sessions(
             }
         }
         SessionsCommand::Revoke { user } => {
-            let user = indexed(&config, &user);
+            let user = config.session.indexed_user(&user);
             let destroyed = store::users::revoke(&*store, &user, None).await?;
             println!("revoked {} sessions", destroyed.len());
         }

@@ -124,10 +124,30 @@ impl Handle {
             .then_some(Handle(bytes))
     }
 
+    /// The handle an operator names (an admin path, the CLI): its canonical text. A session
+    /// id given instead is told apart ([`NotAHandle::AnId`]), so the caller can say where an id
+    /// goes without repeating it: it is a bearer credential.
+    pub fn named(text: &str) -> Result<Handle, NotAHandle> {
+        match Handle::parse(text) {
+            Some(handle) => Ok(handle),
+            None if SessionId::parse(text).is_some() => Err(NotAHandle::AnId),
+            None => Err(NotAHandle::Malformed),
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         // Every byte is base64url by construction (of/parse), so this never falls back.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
+}
+
+/// Why [`Handle::named`] refused a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotAHandle {
+    /// A session id: the caller names where an id may go instead, and never echoes it.
+    AnId,
+    /// Neither a handle nor an id.
+    Malformed,
 }
 
 impl fmt::Display for Handle {
@@ -525,6 +545,16 @@ mod tests {
         assert_ne!(hashed.indexed("ada"), hashed.indexed("bob"));
         assert_ne!(plain.index_id(), hashed.index_id());
         assert_eq!(hashed.user_of(r#"{"n":1}"#), None);
+    }
+
+    /// What an operator typed: a handle, an id (told apart, to be refused without an echo),
+    /// or neither.
+    #[test]
+    fn a_named_handle_tells_an_id_from_garbage() {
+        let id = SessionId::generate().unwrap();
+        assert_eq!(Handle::named(id.handle().as_str()), Ok(id.handle()));
+        assert_eq!(Handle::named(id.as_str()), Err(NotAHandle::AnId));
+        assert_eq!(Handle::named("nope"), Err(NotAHandle::Malformed));
     }
 
     /// A handle parses back from its text, and from nothing else: not an id, not a

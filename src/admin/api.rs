@@ -22,7 +22,7 @@ use super::Admin;
 use crate::audit::{Event, Reason};
 use crate::outcome::Ended;
 use crate::session::UserKey;
-use crate::session::{DataChange, Handle, SessionId};
+use crate::session::{DataChange, Handle, NotAHandle};
 use crate::store::{self, Blame, Record, StoreError, Update};
 
 /// The most sessions one page may hold, and how many it holds when the caller does not say.
@@ -100,16 +100,13 @@ fn json_ok<T: Serialize>(value: &T) -> Result<Response, ApiError> {
 /// a bearer credential): the admin API names sessions by handle only, and `sessions show --id`
 /// on the proxy's host finds a session from its id.
 fn parse_handle(text: &str) -> Result<Handle, ApiError> {
-    if let Some(handle) = Handle::parse(text) {
-        return Ok(handle);
-    }
-    if SessionId::parse(text).is_some() {
-        return Err(ApiError::bad(
+    Handle::named(text).map_err(|why| match why {
+        NotAHandle::AnId => ApiError::bad(
             "that is a session id, not a handle: the admin API names sessions by handle \
              (`session-proxy sessions show --id` finds one from its id)",
-        ));
-    }
-    Err(ApiError::bad(format!("{text:?} is not a session handle")))
+        ),
+        NotAHandle::Malformed => ApiError::bad(format!("{text:?} is not a session handle")),
+    })
 }
 
 #[derive(Serialize)]
@@ -220,7 +217,7 @@ async fn user_sessions(
     Path(user): Path<String>,
 ) -> Result<Response, ApiError> {
     user_index(&admin, &user)?;
-    let user = indexed(&admin, &user);
+    let user = admin.config.session.indexed_user(&user);
     let mut found = admin.store.user_sessions(&user).await?;
     found.sort_by_key(|(id, r)| (r.created_at, *id));
     let key = admin.config.session.user_key.as_ref();
@@ -256,7 +253,7 @@ async fn revoke_user(
             other => return Err(ApiError::bad(format!("unknown parameter {other:?}"))),
         }
     }
-    let user = indexed(&admin, &user);
+    let user = admin.config.session.indexed_user(&user);
     let destroyed = revoke(&admin, &user, except.as_ref()).await?;
     tracing::info!(%operator, revoked = destroyed.len(), "admin revoked a user's sessions");
     for id in &destroyed {
@@ -270,14 +267,6 @@ async fn revoke_user(
     json_ok(&Revoked {
         revoked: destroyed.len(),
     })
-}
-
-/// `user` as the user index names it (hashed with `store.hash_users`).
-fn indexed(admin: &Admin, user: &str) -> String {
-    match &admin.config.session.user_key {
-        Some(key) => key.indexed(user),
-        None => user.to_owned(),
-    }
 }
 
 /// The admin's one way to revoke a user's sessions; returns the handles destroyed.

@@ -38,6 +38,17 @@ pub struct SessionConfig {
     pub devices_path: SkipRules,
 }
 
+impl SessionConfig {
+    /// `user` (as an operator or the app names it) as the user index names it: hashed with
+    /// `store.hash_users`, else as it is.
+    pub fn indexed_user(&self, user: &str) -> String {
+        match &self.user_key {
+            Some(key) => key.indexed(user),
+            None => user.to_owned(),
+        }
+    }
+}
+
 /// `session.on_stale_use`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnStaleUse {
