@@ -32,7 +32,9 @@ const MARKER_VALUE: &str = "handles";
 /// caller may have just moved it); 1 moved; 2 the handle already held a live session, which
 /// stays (`r`), and the old key is deleted; 3 the old key holds another version than ARGV[5]
 /// (`r`: what it holds: read it and call again); 4 it expired since it was read.
-const ADOPT: &str = r"
+const ADOPT: &str = concat!(
+    super::script::set_add!(),
+    r"
 local function live(key)
   local e = redis.call('HGET', key, 'e')
   if e then return tonumber(e) > tonumber(ARGV[6]) end
@@ -63,15 +65,11 @@ redis.call('PEXPIREAT', KEYS[2], at)
 redis.call('DEL', KEYS[1])
 if ARGV[1] == '1' then
   redis.call('SREM', KEYS[3], ARGV[2])
-  redis.call('SADD', KEYS[3], ARGV[3])
-  if redis.call('PTTL', KEYS[3]) < 0 then
-    redis.call('PEXPIREAT', KEYS[3], ARGV[4])
-  else
-    redis.call('PEXPIREAT', KEYS[3], ARGV[4], 'GT')
-  end
+  set_add(KEYS[3], ARGV[3], ARGV[4])
 end
 return {1, false}
-";
+"
+);
 
 /// Whether the store still looks for old keys, and the script it moves them with.
 pub(super) struct Legacy {

@@ -15,24 +15,39 @@ use super::{GRACE, RedisStore};
 use crate::session::Handle;
 use crate::store::{Record, Result, Sealer, StoreError, now_ms};
 
+/// The Lua function every script that adds a session to its user's set calls: the member
+/// goes in, and the set's expiry is pushed to `at` (unix ms) if that is later, so the set
+/// lives as long as its latest session. A macro, so scripts can `concat!` it.
+macro_rules! set_add {
+    () => {
+        r"
+local function set_add(set, member, at)
+  redis.call('SADD', set, member)
+  if redis.call('PTTL', set) < 0 then
+    redis.call('PEXPIREAT', set, at)
+  else
+    redis.call('PEXPIREAT', set, at, 'GT')
+  end
+end
+"
+    };
+}
+pub(super) use set_add;
+
 /// The index part every script starts with. KEYS[2]: the old user's set, KEYS[3]: the new
 /// user's; ARGV[1] = '1': remove the member from KEYS[2]; ARGV[2] = '1': add it to KEYS[3] and
 /// push that set's expiry to ARGV[4] (unix ms) if later; ARGV[3]: the member (the session's
 /// handle; a legacy id only when a record written before handles leaves its old key). With both flags '0' (no
 /// user index, or Redis Cluster) it does nothing, and KEYS[2] and KEYS[3] repeat KEYS[1].
-pub(super) const REINDEX: &str = r"
+pub(super) const REINDEX: &str = concat!(
+    set_add!(),
+    r"
 local function reindex()
   if ARGV[1] == '1' then redis.call('SREM', KEYS[2], ARGV[3]) end
-  if ARGV[2] == '1' then
-    redis.call('SADD', KEYS[3], ARGV[3])
-    if redis.call('PTTL', KEYS[3]) < 0 then
-      redis.call('PEXPIREAT', KEYS[3], ARGV[4])
-    else
-      redis.call('PEXPIREAT', KEYS[3], ARGV[4], 'GT')
-    end
-  end
+  if ARGV[2] == '1' then set_add(KEYS[3], ARGV[3], ARGV[4]) end
 end
-";
+"
+);
 
 /// The key's `PEXPIREAT`: [`GRACE`] past the record's expiry.
 pub(super) fn key_expiry(record: &Record) -> u64 {
