@@ -228,6 +228,7 @@ pub struct Metrics {
     regenerated: Counter,
     rejected_malformed: Counter,
     rejected_too_large: Counter,
+    throttled: Counter,
     upstream_connect: Counter,
     upstream_timeout: Counter,
     upstream_failed: Counter,
@@ -296,6 +297,11 @@ impl Metrics {
             "Sessions destroyed by the app (X-Session-Destroy)",
         );
         let regenerated = counter("sessions_regenerated", "Sessions moved to a new id");
+        let throttled = counter(
+            "sessions_throttled",
+            "New sessions not created (the app's answer went out without a cookie): their \
+             client's address was over limits.new_sessions_per_ip",
+        );
         let buffer_overflows = counter(
             "request_buffer_overflows",
             "Request bodies that fit limits.request_buffer but streamed to the app, \
@@ -405,6 +411,7 @@ impl Metrics {
             touched,
             destroyed,
             regenerated,
+            throttled,
             rejected_malformed,
             rejected_too_large,
             upstream_connect,
@@ -435,6 +442,7 @@ impl Metrics {
             StoreWrite::Destroyed => &self.destroyed,
             StoreWrite::Regenerated => &self.regenerated,
             StoreWrite::Refused => &self.rejected_too_large,
+            StoreWrite::Throttled => &self.throttled,
             StoreWrite::None | StoreWrite::Vanished => return,
         };
         counter.inc();

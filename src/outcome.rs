@@ -43,6 +43,8 @@ pub enum StoreWrite {
     Vanished,
     /// The app's change was refused (too large); nothing was written.
     Refused,
+    /// A new session was not created: its client was over `limits.new_sessions_per_ip`.
+    Throttled,
 }
 
 impl StoreWrite {
@@ -56,6 +58,7 @@ impl StoreWrite {
             StoreWrite::Regenerated => "regenerated",
             StoreWrite::Vanished => "vanished",
             StoreWrite::Refused => "refused",
+            StoreWrite::Throttled => "throttled",
         }
     }
 }

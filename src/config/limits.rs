@@ -3,6 +3,7 @@
 //! since a limit set too high undoes itself; `bounded`, the check of a timeout, lives here as
 //! this section alone uses it.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use super::origin::{Origin, count};
@@ -53,6 +54,35 @@ pub struct Limits {
     /// An upgraded connection (a WebSocket) that moves no byte either way for this long is
     /// closed. Its own limit: a socket waits far longer than a keep-alive connection does.
     pub upgrade_idle_timeout: Duration,
+    /// New sessions one client address (an IPv6 /64) may make (`None`: no cap).
+    pub new_sessions_per_ip: Option<Rate>,
+}
+
+/// `count` per `per`, written `"120/m"` (`s`, `m` or `h`): a burst of `count`, refilled evenly
+/// over `per`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: NonZeroU32,
+    pub per: Duration,
+}
+
+impl Rate {
+    /// Parses `"N/s"`, `"N/m"` or `"N/h"`, N from 1 to 1,000,000.
+    pub fn parse(text: &str) -> Result<Rate, String> {
+        let wrong = || format!("{text:?} is not a rate: expected N/s, N/m or N/h, as in \"120/m\"");
+        let (count, unit) = text.split_once('/').ok_or_else(wrong)?;
+        let count: u32 = count.trim().parse().map_err(|_| wrong())?;
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(wrong()),
+        };
+        match NonZeroU32::new(count) {
+            Some(count) if count.get() <= 1_000_000 => Ok(Rate { count, per }),
+            _ => Err(format!("{text:?}: the count must be from 1 to 1000000")),
+        }
+    }
 }
 
 /// A positive duration of `key`, at most `max` (a longer wait would undo the limit).
@@ -190,6 +220,12 @@ pub(super) fn limits(at: &Origin, l: RawLimits) -> Result<Limits, ConfigError> {
         Duration::from_secs(300),
         Duration::from_secs(24 * 3600),
     )?;
+    let new_sessions_per_ip = l
+        .new_sessions_per_ip
+        .as_deref()
+        .map(Rate::parse)
+        .transpose()
+        .map_err(|m| at.bad("limits.new_sessions_per_ip", m))?;
     // Every value is range-checked above, within usize and u32 on any platform this builds for.
     let usize_of = |v: u64| usize::try_from(v).unwrap_or(usize::MAX);
     Ok(Limits {
@@ -211,5 +247,22 @@ pub(super) fn limits(at: &Origin, l: RawLimits) -> Result<Limits, ConfigError> {
         h2_keep_alive_interval,
         h2_keep_alive_timeout,
         upgrade_idle_timeout,
+        new_sessions_per_ip,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_is_a_count_per_second_minute_or_hour() {
+        let rate = Rate::parse("120/m").unwrap();
+        assert_eq!((rate.count.get(), rate.per), (120, Duration::from_secs(60)));
+        assert_eq!(Rate::parse("1/s").unwrap().per, Duration::from_secs(1));
+        assert_eq!(Rate::parse("5/h").unwrap().per, Duration::from_secs(3600));
+        for bad in ["0/m", "120", "120/d", "-1/s", "x/m", "2000000/s", "/m"] {
+            assert!(Rate::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -33,7 +33,7 @@ mod validate;
 pub use self::assertion::{AssertionConfig, DEFAULT_ISSUER};
 pub use self::audit::AuditConfig;
 pub use self::cookie::CookieConfig;
-pub use self::limits::Limits;
+pub use self::limits::{Limits, Rate};
 pub use self::listeners::{
     AdminConfig, DEFAULT_LISTEN, DEFAULT_UPSTREAM, TlsConfig, TrustedProxies, UpstreamTimeouts,
 };

@@ -232,11 +232,12 @@ pub struct RawLimits {
     pub h2_keep_alive_interval: Option<DurationSpec>,
     pub h2_keep_alive_timeout: Option<DurationSpec>,
     pub upgrade_idle_timeout: Option<DurationSpec>,
+    pub new_sessions_per_ip: Option<String>,
 }
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 78] = [
+pub(crate) const KEYS: [&str; 79] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -308,6 +309,7 @@ pub(crate) const KEYS: [&str; 78] = [
     "limits.h2_keep_alive_interval",
     "limits.h2_keep_alive_timeout",
     "limits.upgrade_idle_timeout",
+    "limits.new_sessions_per_ip",
     "log.format",
     "audit.path",
     "audit.queue",
@@ -418,7 +420,7 @@ mod tests {
                 max_head_size, max_uri_length, max_headers, body_idle_timeout, body_timeout,
                 request_buffer, request_buffer_total, body_min_rate, body_min_rate_grace,
                 max_body_size, h2_max_concurrent_streams, h2_keep_alive_interval, h2_keep_alive_timeout,
-                upgrade_idle_timeout
+                upgrade_idle_timeout, new_sessions_per_ip
             }),
             &fields!(RawLog "log." { format }),
             &fields!(RawAudit "audit." { path, queue }),

@@ -342,6 +342,10 @@ mod tests {
                 "limits.upgrade_idle_timeout",
                 "[limits]\nupgrade_idle_timeout = \"0s\"",
             ),
+            (
+                "limits.new_sessions_per_ip",
+                "[limits]\nnew_sessions_per_ip = \"120/week\"",
+            ),
             ("log.format", "[log]\nformat = \"xml\""),
             ("audit.path", "[audit]\npath = \"\""),
             ("audit.queue", "[audit]\npath = \"a.log\"\nqueue = 0"),

@@ -36,6 +36,7 @@ use crate::upstream::{ResponseBody, Upstream};
 
 mod ctx;
 mod devices;
+mod flood;
 mod grace;
 mod log;
 mod response;
@@ -51,6 +52,7 @@ pub use tunnel::Tunnel;
 
 pub use ctx::RequestCtx;
 
+use flood::NewSessions;
 use session::Active;
 
 /// Everything a request needs, built once at start and shared by every connection.
@@ -72,6 +74,8 @@ pub struct State {
     pub buffers: Buffers,
     /// The tunnels open under a session, closed when it ends ([`Sockets::run`] rechecks them).
     pub sockets: Arc<Sockets>,
+    /// `limits.new_sessions_per_ip`, when set.
+    pub new_sessions: Option<NewSessions>,
 }
 
 impl State {
@@ -81,6 +85,7 @@ impl State {
             cookies: SessionCookie::metered(config.cookie.clone(), &metrics),
             upstream: Upstream::new(&config),
             buffers: Buffers::new(&config.limits),
+            new_sessions: NewSessions::new(config.limits.new_sessions_per_ip),
             store,
             metrics,
             config,

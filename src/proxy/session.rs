@@ -11,6 +11,7 @@ use http::HeaderValue;
 
 use super::State;
 use super::ctx::RequestCtx;
+use super::flood::{self, Verdict};
 use super::grace::{self, Followed};
 use crate::audit::{Event, Reason};
 use crate::cookie::Presented;
@@ -381,6 +382,10 @@ async fn write(
     let result = match &current.record {
         // werkzeug's should_save: a new session is stored only when modified.
         None if !modifies => return Ok((resign(state, current), After::Unchanged)),
+        None if throttled(state, &client) => {
+            ctx.write = StoreWrite::Throttled;
+            return Ok((None, After::Unchanged));
+        }
         None => {
             // Regenerate always yields a server-made id, even for a session that adopted a
             // client's id under `renew_missing = false`.
@@ -490,6 +495,25 @@ fn resign(state: &State, current: &Active) -> Option<HeaderValue> {
         ms => state
             .cookies
             .set_remembered(&current.id, Duration::from_millis(ms)),
+    }
+}
+
+/// Whether `limits.new_sessions_per_ip` keeps this client from creating a session now.
+fn throttled(state: &State, client: &Client) -> bool {
+    let (Some(cap), Some(ip)) = (&state.new_sessions, client.ip) else {
+        return false;
+    };
+    match cap.check(ip) {
+        Verdict::Create => false,
+        Verdict::Refuse { tell } => {
+            if tell {
+                tracing::warn!(
+                    client = %flood::prefix(ip),
+                    "client over limits.new_sessions_per_ip: answering without a new session (logged once a minute per client)"
+                );
+            }
+            true
+        }
     }
 }
 

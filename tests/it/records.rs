@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use session_proxy::session::{Handle, SessionId, now_ms};
 
 use crate::support::redis::RedisServer;
-use crate::support::{App, Browser, TestProxy, request};
+use crate::support::{App, Browser, ProxyProcess, TestProxy, get, request, write_config};
 
 const DAY_S: u64 = 86_400;
 const DAY_MS: u64 = DAY_S * 1000;
@@ -334,4 +334,116 @@ async fn never_returned_sessions_vanish_after_first_lifetime() {
         assert_eq!(user.get("/").await.app_saw().session(), json!({"cart":1}));
         proxy.stop().await;
     }
+}
+
+/// `limits.new_sessions_per_ip`: past its burst, an address's new sessions are not created (the
+/// app's answer still arrives, with no cookie and nothing stored), while other addresses, an
+/// IPv6 client's other /64s, and sessions the address already holds go on. On every store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_sessions_per_ip_caps_creation_not_answers() {
+    let stores = Stores::start().await;
+    let app = App::start().await;
+    for (kind, store) in stores.each("flood") {
+        let toml = format!(
+            "trusted_proxies = [\"127.0.0.1\"]\n[limits]\nnew_sessions_per_ip = \"3/h\"\n{store}"
+        );
+        let proxy = TestProxy::start(&app, &toml).await;
+        // A new client from `ip`: whether its session was stored (cookie and record).
+        let login = |ip: &'static str| {
+            let mut b = proxy.client();
+            async move {
+                let resp = b
+                    .get("/")
+                    .client_sends(&[("X-Forwarded-For", ip)])
+                    .app_responds_with(&[("X-Session-Update", r#"{"bot":1}"#)])
+                    .await;
+                assert_eq!(resp.status, 200, "the app's answer goes out");
+                assert!(resp.app_saw().is_new());
+                (b.cookie.is_some(), b)
+            }
+        };
+        let mut first = None;
+        for n in 0..3 {
+            let (stored, b) = login("203.0.113.5").await;
+            assert!(stored, "{kind}: creation {n} within the burst");
+            first.get_or_insert(b);
+        }
+        let before = proxy.sessions().await.len();
+        for _ in 0..4 {
+            assert!(!login("203.0.113.5").await.0, "{kind}: over the cap");
+        }
+        assert_eq!(
+            proxy.sessions().await.len(),
+            before,
+            "{kind}: nothing stored"
+        );
+        // Another address, and the capped address's own session, are untouched.
+        assert!(login("203.0.113.6").await.0, "{kind}");
+        let mut first = first.unwrap();
+        first
+            .get("/")
+            .client_sends(&[("X-Forwarded-For", "203.0.113.5")])
+            .app_responds_with(&[("X-Session-Update", r#"{"bot":2}"#)])
+            .await;
+        assert_eq!(
+            first.get("/").await.app_saw().session(),
+            json!({"bot":2}),
+            "{kind}"
+        );
+        // IPv6 counts per /64.
+        for host in ["2001:db8:0:1::1", "2001:db8:0:1::2", "2001:db8:0:1:ffff::3"] {
+            assert!(login(host).await.0, "{kind}: {host}");
+        }
+        assert!(!login("2001:db8:0:1::4").await.0, "{kind}");
+        assert!(login("2001:db8:0:2::1").await.0, "{kind}");
+        proxy.stop().await;
+    }
+}
+
+/// The cap through the binary: refused creations are counted in
+/// `session_proxy_sessions_throttled_total` and logged once a minute per client, not per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_sessions_per_ip_is_counted_and_logged_once() {
+    let app = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "proxy.toml",
+        &format!(
+            "upstream = \"http://{}\"\n[store]\nkind = \"memory\"\n[limits]\nnew_sessions_per_ip = \"2/h\"\n",
+            app.addr
+        ),
+    );
+    let log = dir.path().join("stderr.log");
+    let proxy = ProxyProcess::start(
+        &["--config", &config, "--admin-listen", "127.0.0.1:0"],
+        "warn",
+        std::fs::File::create(&log).unwrap(),
+        &[],
+        "http",
+    );
+    let mut cookies = 0;
+    for _ in 0..6 {
+        let resp = get(proxy.addr, "/")
+            .app_responds_with(&[("X-Session-Update", r#"{"bot":1}"#)])
+            .await;
+        assert_eq!(resp.status, 200);
+        cookies += usize::from(resp.set_cookie("session_id").is_some());
+    }
+    assert_eq!(cookies, 2);
+    let metrics = get(proxy.admin.unwrap(), "/metrics").await;
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        text.lines()
+            .any(|l| l == "session_proxy_sessions_throttled_total 4"),
+        "{text}"
+    );
+    drop(proxy);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<_> = logged
+        .lines()
+        .filter(|l| l.contains("limits.new_sessions_per_ip"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{logged}");
+    assert!(lines[0].contains("127.0.0.1"), "{logged}");
 }
