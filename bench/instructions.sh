@@ -35,7 +35,9 @@
 # each request's body: 0 sends GETs, which carry none; N sends POSTs with a Content-Length), BUFFER
 # [unset] (`limits.request_buffer`; 0 streams every body, as before request buffering), STORE_KEY
 # [unset] (1: one `store.encryption_key`, given as SESSION_PROXY_STORE_KEY: every load opens and
-# every write seals the session's data).
+# every write seals the session's data), NEW_PER_IP [unset] (`limits.new_sessions_per_ip`: with
+# MIX=new, "1000000/s" asks the cap on every creation and lets each through, "1/h" refuses all but
+# the first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,8 +73,10 @@ if [ "$STORE" = redis ]; then
   [ -n "$REDIS_PORT" ] || { echo "$REDIS_NOTE" >&2; exit 1; }
 fi
 upstream_and_config "$UP_MIX" "$STORE"
-if [ -n "${BUFFER:-}" ]; then
-  printf '[limits]\nrequest_buffer = %s\n' "$BUFFER" >>"$WORK/proxy.toml"
+if [ -n "${BUFFER:-}${NEW_PER_IP:-}" ]; then
+  printf '[limits]\n' >>"$WORK/proxy.toml"
+  [ -z "${BUFFER:-}" ] || printf 'request_buffer = %s\n' "$BUFFER" >>"$WORK/proxy.toml"
+  [ -z "${NEW_PER_IP:-}" ] || printf 'new_sessions_per_ip = "%s"\n' "$NEW_PER_IP" >>"$WORK/proxy.toml"
 fi
 if [ -n "${USER_KEY:-}" ]; then
   printf '[session]\nuser_key = "%s"\n' "$USER_KEY" >>"$WORK/proxy.toml"
