@@ -88,6 +88,16 @@ impl SessionCookie {
 
     fn with_metrics(config: CookieConfig, metrics: CookieMetrics) -> Self {
         let keys = Arc::new(KeyRing::new(config.keys.clone(), metrics));
+        Self::over(config, keys)
+    }
+
+    /// The cookie `config` describes, verified and signed by this one's key ring (a reload
+    /// replaces the ring's keys itself, so that requests in flight see the new keys too).
+    pub fn reconfigured(&self, config: CookieConfig) -> Self {
+        Self::over(config, self.keys.clone())
+    }
+
+    fn over(config: CookieConfig, keys: Arc<KeyRing>) -> Self {
         // The cookie crate renders the attributes (so their syntax is its, not ours), once.
         let attributes = |rendered: String| {
             // The attributes start at the first `;`: the value is empty and a validated name has none.

@@ -59,7 +59,9 @@ impl StartError {
 
 /// A proxy ready to serve: config validated, store open.
 pub struct Proxy {
-    state: Arc<proxy::State>,
+    live: proxy::Live,
+    /// The admin routes' shared state, built here so that a reload reaches it.
+    admin: Arc<admin::Admin>,
     sweeper: Option<store::Sweeper>,
     /// The audit log's writer, run while serving; `None` with `[audit]` off.
     audit: Option<audit::Writer>,
@@ -93,8 +95,19 @@ impl Proxy {
         });
         state.audit = audit;
         state.assertion = signer;
+        let admin = Arc::new(
+            admin::Admin::new(
+                state.store.clone(),
+                state.metrics.clone(),
+                state.config.clone(),
+            )
+            .with_audit(state.audit.clone())
+            .with_assertion(state.assertion.clone())
+            .with_ends(state.session_ends()),
+        );
         Ok(Proxy {
-            state: Arc::new(state),
+            live: proxy::Live::new(state),
+            admin,
             sweeper,
             audit: writer,
             sealer,
@@ -102,12 +115,22 @@ impl Proxy {
     }
 
     pub fn store(&self) -> Arc<dyn SessionStore> {
-        self.state.store.clone()
+        self.live.current().store.clone()
     }
 
     /// The cookie keys in use, replaceable while serving (the binary reloads them on SIGHUP).
     pub fn cookie_keys(&self) -> Arc<secrets::KeyRing> {
-        self.state.cookies.keys()
+        self.live.current().cookies.keys()
+    }
+
+    /// What puts a reloaded configuration in force while this proxy serves (the binary's
+    /// SIGHUP).
+    pub fn reloader(&self) -> reload::Reloader {
+        reload::Reloader {
+            live: self.live.clone(),
+            admin: self.admin.clone(),
+            sealer: self.sealer.clone(),
+        }
     }
 
     /// The store's sealer, whose keys are replaceable while serving (the binary reloads them
@@ -118,7 +141,7 @@ impl Proxy {
 
     /// The assertion signer, when `[assertion]` is on (the binary reloads its key on SIGHUP).
     pub fn assertion(&self) -> Option<Arc<assertion::Signer>> {
-        self.state.assertion.clone()
+        self.live.current().assertion.clone()
     }
 
     /// Serves on `listener` until `shutdown` completes, then drains (see [`downstream::serve`]).
@@ -142,39 +165,25 @@ impl Proxy {
         shutdown: impl Future<Output = ()>,
     ) {
         let sweeper = self.sweeper.map(|s| tokio::spawn(s.run()));
-        let state = self.state;
-        let session = &state.config.session;
-        let sockets = tokio::spawn(state.sockets.clone().run(
-            state.store.clone(),
-            session.socket_recheck,
-            session.lifetime,
-            session.max_size,
-            state.metrics.clone(),
-        ));
+        let state = self.live.current();
+        let sockets = tokio::spawn(state.sockets.clone().run(self.live.clone()));
         let (stop_audit, audit_stopped) = tokio::sync::oneshot::channel::<()>();
         let audit = self.audit.map(|w| tokio::spawn(w.run(audit_stopped)));
-        let routes = Arc::new(
-            admin::Admin::new(
-                state.store.clone(),
-                state.metrics.clone(),
-                state.config.clone(),
-            )
-            .with_audit(state.audit.clone())
-            .with_assertion(state.assertion.clone())
-            .with_ends(state.session_ends()),
-        );
+        let routes = self.admin;
         let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
         let admin_task = admin.map(|l| {
             tokio::spawn(admin::serve(l, routes.clone(), async {
                 let _ = admin_stopped.await;
             }))
         });
+        // The deadline in force at start: a drain's length is the process's, not a request's.
         let deadline = state.config.shutdown_timeout;
         let draining = async {
             shutdown.await;
             routes.start_draining();
         };
-        downstream::serve(listener, state, draining, deadline).await;
+        drop(state);
+        downstream::serve(listener, self.live, draining, deadline).await;
         let _ = stop_admin.send(());
         if let Some(task) = admin_task {
             // Admin requests are short; one that hangs does not hold the exit.

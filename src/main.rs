@@ -147,7 +147,7 @@ async fn run(
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     // First, before the store opens or a port is bound: from here on a SIGHUP reloads the
-    // cookie keys instead of ending the process (the signal's default action).
+    // configuration instead of ending the process (the signal's default action).
     let hangup = signal(SignalKind::hangup())
         .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
     session_proxy::secrets::warn_if_world_readable(&config.cookie);
@@ -171,13 +171,7 @@ async fn run(
         session_proxy::reload::assertion_key_on_hangup(signer)
             .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
     }
-    session_proxy::reload::store_keys_on_hangup(options.clone(), proxy.store_sealer())
-        .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
-    tokio::spawn(session_proxy::reload::cookie_keys_on_hangup(
-        hangup,
-        options,
-        proxy.cookie_keys(),
-    ));
+    tokio::spawn(proxy.reloader().on_hangup(hangup, options));
     let bind = |addr| async move {
         tokio::net::TcpListener::bind(addr)
             .await

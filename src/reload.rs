@@ -1,5 +1,6 @@
-//! What a running proxy re-reads on SIGHUP: the cookie keys, the store's encryption keys, the
-//! TLS certificate and the assertion key. Every other setting takes a restart.
+//! What a running proxy re-reads on SIGHUP: the whole configuration ([`Reloader`]: every
+//! setting but those [`Config::keep_restart_only`] keeps, with the cookie and store keys), the
+//! TLS certificate and the assertion key (their files, read again in place).
 //!
 //! Both listeners are registered by `main.rs` before the proxy announces its port, so a SIGHUP is
 //! never the signal's default action (which ends the process). A reload that fails is logged at
@@ -10,17 +11,17 @@ use std::sync::Arc;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
+use crate::admin::Admin;
 use crate::assertion::Signer;
-use crate::config::ConfigError;
 use crate::config::cli::Options;
-use crate::secrets::{
-    KeyRing, SigningToggled, warn_if_store_keys_world_readable, warn_if_world_readable,
-};
+use crate::config::{Config, ConfigError};
+use crate::proxy::Live;
+use crate::secrets::{SigningToggled, warn_if_store_keys_world_readable, warn_if_world_readable};
 use crate::store::Sealer;
 use crate::store::seal::KeyError;
 use crate::tls::Certs;
 
-/// Why a reload left the cookie keys as they were.
+/// Why a reload left the configuration as it was.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
     /// The operator's: the config file, the secrets file or a flag is refused, with the reason.
@@ -37,86 +38,108 @@ pub enum ReloadError {
     Aborted(#[source] tokio::task::JoinError),
 }
 
-/// Reads the configuration again as the start did (`options`: the same file and flags, so a new
-/// set of keys gets exactly the checks the first one got) and puts its cookie keys in use. The
-/// files are read on the blocking pool. Returns how many keys are in use now.
-pub async fn cookie_keys(ring: &KeyRing, options: Arc<Options>) -> Result<usize, ReloadError> {
-    let config = tokio::task::spawn_blocking(move || options.load())
-        .await
-        .map_err(ReloadError::Aborted)??;
-    warn_if_world_readable(&config.cookie);
-    Ok(ring.replace(config.cookie.keys)?)
+/// What a reload put in force.
+#[derive(Debug)]
+pub struct Applied {
+    /// The changed settings that take a restart (kept as they were), as the file names them.
+    pub restart: Vec<&'static str>,
+    /// Cookie keys in use now (0: cookies are not signed).
+    pub cookie_keys: usize,
+    /// Store encryption keys in use now (0: the store is not encrypted).
+    pub store_keys: usize,
 }
 
-/// Reloads the cookie keys on every SIGHUP that `hangup` receives, until the process exits.
-pub async fn cookie_keys_on_hangup(mut hangup: Signal, options: Options, ring: Arc<KeyRing>) {
-    let options = Arc::new(options);
-    while hangup.recv().await.is_some() {
-        match cookie_keys(&ring, options.clone()).await {
-            Ok(keys) => {
-                ring.count_reload(true);
-                tracing::info!(keys, "SIGHUP: cookie keys reloaded");
-            }
-            Err(ReloadError::Config(ConfigError::Parse { file, .. })) => {
-                // toml's message quotes the line it stopped at, which may hold a secret.
-                ring.count_reload(false);
-                tracing::error!(
-                    %file,
-                    "SIGHUP: the config file is not valid TOML (`session-proxy check` shows where); the cookie keys in use are kept"
-                );
-            }
-            Err(error) => {
-                ring.count_reload(false);
-                tracing::error!(%error, "SIGHUP: cookie keys not reloaded; the keys in use are kept");
+/// Puts a reloaded configuration in force in a running proxy: the state every new request and
+/// connection takes, the admin routes' settings, the cookie keys and the store's encryption
+/// keys. Clones share the proxy they reload.
+#[derive(Clone)]
+pub struct Reloader {
+    pub(crate) live: Live,
+    pub(crate) admin: Arc<Admin>,
+    pub(crate) sealer: Sealer,
+}
+
+impl Reloader {
+    /// Applies `config` (read and validated as at start) to requests and connections that
+    /// start from now on; requests in flight finish under the state they began with. Settings
+    /// that take a restart stay as they are; those `config` changed are returned, as the file
+    /// names them. Refused whole, with nothing changed, when the new keys would turn cookie
+    /// signing or store encryption on or off.
+    pub fn apply(&self, mut config: Config) -> Result<Applied, ReloadError> {
+        let current = self.live.current();
+        let kept = current.config.keep_restart_only(&mut config);
+        let ring = current.cookies.keys();
+        ring.check(&config.cookie.keys)?;
+        let secrets: Vec<&[u8]> = config
+            .store
+            .encryption_keys
+            .iter()
+            .map(|s| s.as_str().as_bytes())
+            .collect();
+        let store_keys = self.sealer.replace(&secrets)?;
+        let cookie_keys = ring.replace(config.cookie.keys.clone())?;
+        self.admin.reconfigure(config.clone());
+        self.live.replace(current.reloaded(config));
+        Ok(Applied {
+            restart: kept,
+            cookie_keys,
+            store_keys,
+        })
+    }
+
+    /// Reads the configuration again as the start did (`options`: the same file and flags, so
+    /// the new one gets exactly the checks the first one got; the files are read on the
+    /// blocking pool) and [`apply`](Self::apply)s it.
+    pub async fn reload(&self, options: Arc<Options>) -> Result<Applied, ReloadError> {
+        let config = tokio::task::spawn_blocking(move || options.load())
+            .await
+            .map_err(ReloadError::Aborted)??;
+        warn_if_world_readable(&config.cookie);
+        warn_if_store_keys_world_readable(&config.store);
+        self.apply(config)
+    }
+
+    /// Reloads on every SIGHUP that `hangup` receives, until the process exits. A refused
+    /// reload is logged with its reason and counted in `cookie_reloads_total`; what is in use
+    /// stays.
+    pub async fn on_hangup(self, mut hangup: Signal, options: Options) {
+        let options = Arc::new(options);
+        while hangup.recv().await.is_some() {
+            let ring = self.live.current().cookies.keys();
+            match self.reload(options.clone()).await {
+                Ok(Applied {
+                    restart,
+                    cookie_keys,
+                    store_keys,
+                }) => {
+                    ring.count_reload(true);
+                    if restart.is_empty() {
+                        tracing::info!(cookie_keys, store_keys, "SIGHUP: configuration reloaded");
+                    } else {
+                        let restart = restart.join(", ");
+                        tracing::warn!(
+                            cookie_keys,
+                            store_keys,
+                            %restart,
+                            "SIGHUP: configuration reloaded, but these changed settings take a restart and are kept as they were"
+                        );
+                    }
+                }
+                Err(ReloadError::Config(ConfigError::Parse { file, .. })) => {
+                    // toml's message quotes the line it stopped at, which may hold a secret.
+                    ring.count_reload(false);
+                    tracing::error!(
+                        %file,
+                        "SIGHUP: the config file is not valid TOML (`session-proxy check` shows where); nothing reloaded, the configuration in use is kept"
+                    );
+                }
+                Err(error) => {
+                    ring.count_reload(false);
+                    tracing::error!(%error, "SIGHUP: configuration not reloaded; the one in use is kept");
+                }
             }
         }
     }
-}
-
-/// Reads the configuration again as the start did and puts its store encryption keys in use
-/// (`store.encryption_key` or `encryption_key_file`, or the flag or variable): the first seals
-/// from now on, every one opens. Returns how many keys are in use now.
-pub async fn store_keys(sealer: &Sealer, options: Arc<Options>) -> Result<usize, ReloadError> {
-    let config = tokio::task::spawn_blocking(move || options.load())
-        .await
-        .map_err(ReloadError::Aborted)??;
-    warn_if_store_keys_world_readable(&config.store);
-    let secrets: Vec<&[u8]> = config
-        .store
-        .encryption_keys
-        .iter()
-        .map(|s| s.as_str().as_bytes())
-        .collect();
-    Ok(sealer.replace(&secrets)?)
-}
-
-/// Reloads the store's encryption keys on every SIGHUP, for as long as the runtime runs. A
-/// reload that fails (a bad file, or one that would turn encryption on or off) is logged and
-/// the keys in use kept.
-pub fn store_keys_on_hangup(options: Options, sealer: Sealer) -> std::io::Result<()> {
-    let mut hangups = signal(SignalKind::hangup())?;
-    let options = Arc::new(options);
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            match store_keys(&sealer, options.clone()).await {
-                Ok(0) => tracing::debug!("SIGHUP: the store is not encrypted"),
-                Ok(keys) => tracing::info!(
-                    keys,
-                    kid = sealer.sealing_kid().unwrap_or_default(),
-                    "SIGHUP: store encryption keys reloaded"
-                ),
-                Err(ReloadError::Config(ConfigError::Parse { file, .. })) => tracing::error!(
-                    %file,
-                    "SIGHUP: the config file is not valid TOML (`session-proxy check` shows where); the store keys in use are kept"
-                ),
-                Err(error) => tracing::error!(
-                    %error,
-                    "SIGHUP: store encryption keys not reloaded; the keys in use are kept"
-                ),
-            }
-        }
-    });
-    Ok(())
 }
 
 /// Reloads `certs` on every SIGHUP, for as long as the runtime runs: new handshakes get the new

@@ -199,6 +199,15 @@ impl KeyRing {
     /// Puts `keys` in use, unless that would turn signing on or off. Returns how many keys are
     /// in use now.
     pub fn replace(&self, keys: Vec<Key>) -> Result<usize, SigningToggled> {
+        self.check(&keys)?;
+        let n = keys.len();
+        let set = Arc::new(Self::set(keys, &self.metrics));
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = set;
+        Ok(n)
+    }
+
+    /// Whether [`replace`](Self::replace) would take `keys`: not when they turn signing on or off.
+    pub fn check(&self, keys: &[Key]) -> Result<(), SigningToggled> {
         let signed = self.current().is_signed();
         if signed == keys.is_empty() {
             let word = |on: bool| if on { "on" } else { "off" };
@@ -207,10 +216,7 @@ impl KeyRing {
                 wanted: word(!signed),
             });
         }
-        let n = keys.len();
-        let set = Arc::new(Self::set(keys, &self.metrics));
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = set;
-        Ok(n)
+        Ok(())
     }
 
     /// Counts a reload, applied or refused, in `cookie_reloads_total`.

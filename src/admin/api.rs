@@ -184,7 +184,8 @@ async fn list(
     admin
         .audit
         .admin(operator, "GET /sessions", None, || Event::Read);
-    let key = admin.config.session.user_key.as_ref();
+    let config = admin.config();
+    let key = config.session.user_key.as_ref();
     let sessions = page
         .sessions
         .iter()
@@ -198,7 +199,7 @@ async fn list(
 
 /// The user named in a `/users/{user}/...` path, on a proxy that has a user index.
 fn user_index(admin: &Admin, user: &str) -> Result<(), ApiError> {
-    if admin.config.session.user_key.is_none() {
+    if admin.config().session.user_key.is_none() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "there is no user index: set session.user_key",
@@ -217,10 +218,11 @@ async fn user_sessions(
     Path(user): Path<String>,
 ) -> Result<Response, ApiError> {
     user_index(&admin, &user)?;
-    let user = admin.config.session.indexed_user(&user);
+    let user = admin.config().session.indexed_user(&user);
     let mut found = admin.store.user_sessions(&user).await?;
     found.sort_by_key(|(id, r)| (r.created_at, *id));
-    let key = admin.config.session.user_key.as_ref();
+    let config = admin.config();
+    let key = config.session.user_key.as_ref();
     let sessions = found
         .iter()
         .map(|(handle, r)| Listed::new(handle, r, key))
@@ -253,7 +255,7 @@ async fn revoke_user(
             other => return Err(ApiError::bad(format!("unknown parameter {other:?}"))),
         }
     }
-    let user = admin.config.session.indexed_user(&user);
+    let user = admin.config().session.indexed_user(&user);
     let destroyed = revoke(&admin, &user, except.as_ref()).await?;
     tracing::info!(%operator, revoked = destroyed.len(), "admin revoked a user's sessions");
     for id in &destroyed {
@@ -320,7 +322,8 @@ async fn patch(
         }
         Err(e) => return Err(ApiError::bad(format!("the body is not JSON: {e}"))),
     };
-    let session = &admin.config.session;
+    let config = admin.config();
+    let session = &config.session;
     let update = Update {
         change: Some(DataChange::Patch(patch)),
         base: None,

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -38,8 +39,8 @@ pub use api::ApiError;
 pub struct Admin {
     pub(crate) store: Arc<dyn SessionStore>,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) config: Config,
-    token: Option<String>,
+    /// Replaced whole by a reload; each call reads the one in force.
+    config: ArcSwap<Config>,
     /// Set when SIGTERM starts the drain: `/readyz` answers 503 from then on, so a load
     /// balancer stops sending before connections close.
     draining: AtomicBool,
@@ -53,17 +54,26 @@ pub struct Admin {
 
 impl Admin {
     pub fn new(store: Arc<dyn SessionStore>, metrics: Arc<Metrics>, config: Config) -> Self {
-        let token = config.admin.as_ref().and_then(|a| a.token.clone());
         Admin {
             store,
             metrics,
-            config,
-            token,
+            config: ArcSwap::from_pointee(config),
             draining: AtomicBool::new(false),
             audit: Audit::off(),
             assertion: None,
             ends: SessionEnds::default(),
         }
+    }
+
+    /// The configuration in force.
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Puts a reload's configuration in force for the calls that start from now on (the
+    /// token with it).
+    pub fn reconfigure(&self, config: Config) {
+        self.config.store(Arc::new(config));
     }
 
     /// Where the sessions an admin call deletes or revokes are announced (no one unless set).
@@ -128,7 +138,8 @@ pub async fn serve(
 }
 
 async fn require_token(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
-    let Some(token) = &admin.token else {
+    let config = admin.config();
+    let Some(token) = config.admin.as_ref().and_then(|a| a.token.as_ref()) else {
         return next.run(req).await;
     };
     let presented = req

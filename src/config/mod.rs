@@ -26,6 +26,7 @@ mod limits;
 mod listeners;
 mod origin;
 mod raw;
+mod restart;
 mod session;
 mod store;
 mod validate;

@@ -44,7 +44,7 @@ pub enum OnStoreError {
     FailOpen,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
     Memory,
     Fs(FsConfig),
@@ -52,7 +52,7 @@ pub enum StoreKind {
     Redis(RedisConfig),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsConfig {
     pub path: PathBuf,
     /// Contains exactly one `%s` and no path separator.
@@ -61,7 +61,7 @@ pub struct FsConfig {
     pub fsync: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SqliteConfig {
     /// The database file; created (with `mode`) if missing. Its `-wal` and `-shm` files live
     /// beside it, so the directory must be writable.
@@ -76,7 +76,7 @@ pub struct SqliteConfig {
     pub timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisConfig {
     /// Connection URLs: one for a standalone server, one or more seed nodes for a cluster.
     pub urls: Vec<String>,

@@ -30,7 +30,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
-use crate::proxy::{self, State, Tunnel};
+use crate::proxy::{self, Live, Tunnel};
 use crate::tls;
 
 mod activity;
@@ -190,13 +190,14 @@ fn builder(limits: &Limits) -> ServerBuilder {
 /// are saved as usual).
 pub async fn serve(
     listener: TcpListener,
-    state: Arc<State>,
+    live: Live,
     shutdown: impl Future<Output = ()>,
     deadline: Duration,
 ) {
-    let limits = state.config.limits;
-    let max_connections = connection_cap(limits.max_connections);
-    let builders = Arc::new(Builders::new(&limits));
+    let state = live.current();
+    let mut limits = state.config.limits;
+    let mut max_connections = connection_cap(limits.max_connections);
+    let mut builders = Arc::new(Builders::new(&limits));
     let tls = state.config.tls.as_ref().map(|t| {
         if t.cookie_secure_unset {
             tracing::warn!(
@@ -217,6 +218,13 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
                     backoff = ACCEPT_BACKOFF.0;
+                    // A reload's limits apply to the connections accepted after it.
+                    let state = live.current();
+                    if state.config.limits != limits {
+                        limits = state.config.limits;
+                        builders = Arc::new(Builders::new(&limits));
+                        max_connections = recap(&slots, max_connections, limits.max_connections);
+                    }
                     let Ok(slot) = slots.clone().try_acquire_owned() else {
                         // Closed at once: the client learns now, instead of waiting in a queue
                         // while its socket holds a descriptor.
@@ -233,7 +241,7 @@ pub async fn serve(
                     let conn = Connection {
                         builders: builders.clone(),
                         tls: tls.clone(),
-                        state: state.clone(),
+                        live: live.clone(),
                         stop: stopped.clone(),
                         limits,
                         deadline,
@@ -285,12 +293,26 @@ fn connection_cap(configured: usize) -> usize {
     }
 }
 
+/// Resizes the connection cap to `configured` (bounded by the open-file limit as at start);
+/// returns the cap now in force. A lowered cap takes the free slots away; while connections
+/// hold the others, it falls only as far as the free ones allow (a later reload lowers it on).
+fn recap(slots: &Semaphore, cap: usize, configured: usize) -> usize {
+    let new = connection_cap(configured);
+    if new >= cap {
+        slots.add_permits(new - cap);
+        new
+    } else {
+        cap - slots.forget_permits(cap - new)
+    }
+}
+
 /// What one connection task needs.
 struct Connection {
     builders: Arc<Builders>,
     /// `Some` with `[tls]`: every connection starts with a TLS handshake.
     tls: Option<TlsAcceptor>,
-    state: Arc<State>,
+    /// Each request takes the state in force when it starts.
+    live: Live,
     stop: watch::Receiver<bool>,
     limits: Limits,
     /// The shutdown deadline, which a tunnel also gets.
@@ -357,11 +379,11 @@ impl Connection {
         // Where a 101 leaves its tunnel, run here once hyper has handed the connection over.
         let switched: Arc<Mutex<Option<Tunnel>>> = Arc::default();
         let service = {
-            let (state, activity) = (self.state.clone(), activity.clone());
+            let (live, activity) = (self.live.clone(), activity.clone());
             let switched = switched.clone();
             service_fn(move |req| {
                 let in_flight = activity.enter();
-                let handled = proxy::handle(state.clone(), peer.clone(), req);
+                let handled = proxy::handle(live.current(), peer.clone(), req);
                 let switched = switched.clone();
                 async move {
                     let mut resp = handled.await?;

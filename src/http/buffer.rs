@@ -17,8 +17,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::config::Limits;
 use crate::http::body::{BodyError, RequestBody};
 
-/// The buffers' budget, shared by every request.
-#[derive(Debug)]
+/// The buffers' budget, shared by every request (clones share it).
+#[derive(Debug, Clone)]
 pub struct Buffers {
     /// One permit per byte of `limits.request_buffer_total` not held by a buffer now.
     total: Arc<Semaphore>,

@@ -13,6 +13,8 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
+
 use http::header::{CONTENT_LENGTH, EXPECT, HOST, HeaderValue, SET_COOKIE, UPGRADE, USER_AGENT};
 use http::uri::Authority;
 use http::{Method, Request, Response, StatusCode, Version};
@@ -75,7 +77,28 @@ pub struct State {
     /// The tunnels open under a session, closed when it ends ([`Sockets::run`] rechecks them).
     pub sockets: Arc<Sockets>,
     /// `limits.new_sessions_per_ip`, when set.
-    pub new_sessions: Option<NewSessions>,
+    pub new_sessions: Option<Arc<NewSessions>>,
+}
+
+/// The state in force, swapped whole by a reload: each request takes the one current when it
+/// starts and finishes under it, so no request sees half of two configurations.
+#[derive(Clone)]
+pub struct Live(Arc<ArcSwap<State>>);
+
+impl Live {
+    pub fn new(state: State) -> Self {
+        Live(Arc::new(ArcSwap::from_pointee(state)))
+    }
+
+    /// The state new requests and connections get now.
+    pub fn current(&self) -> Arc<State> {
+        self.0.load_full()
+    }
+
+    /// Puts `state` in force for every request that starts from now on.
+    pub fn replace(&self, state: State) {
+        self.0.store(Arc::new(state));
+    }
 }
 
 impl State {
@@ -85,13 +108,51 @@ impl State {
             cookies: SessionCookie::metered(config.cookie.clone(), &metrics),
             upstream: Upstream::new(&config),
             buffers: Buffers::new(&config.limits),
-            new_sessions: NewSessions::new(config.limits.new_sessions_per_ip),
+            new_sessions: NewSessions::new(config.limits.new_sessions_per_ip).map(Arc::new),
             store,
             metrics,
             config,
             audit: Audit::off(),
             assertion: None,
             sockets: Arc::default(),
+        }
+    }
+
+    /// This state under `config` (a reload's, already checked): the store, metrics, audit log,
+    /// assertion signer, sockets and cookie key ring stay the same objects; the upstream pool,
+    /// the buffers' budget and the per-address cap stay too unless their settings changed.
+    pub fn reloaded(&self, config: Config) -> State {
+        let old = &self.config;
+        let upstream = self
+            .upstream
+            .reconfigured(old, &config)
+            .unwrap_or_else(|| Upstream::new(&config));
+        let buffers = if (old.limits.request_buffer, old.limits.request_buffer_total)
+            == (
+                config.limits.request_buffer,
+                config.limits.request_buffer_total,
+            ) {
+            self.buffers.clone()
+        } else {
+            Buffers::new(&config.limits)
+        };
+        let new_sessions = if old.limits.new_sessions_per_ip == config.limits.new_sessions_per_ip {
+            self.new_sessions.clone()
+        } else {
+            NewSessions::new(config.limits.new_sessions_per_ip).map(Arc::new)
+        };
+        State {
+            headers: Arc::new(config.session.headers.clone()),
+            cookies: self.cookies.reconfigured(config.cookie.clone()),
+            upstream,
+            buffers,
+            new_sessions,
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            config,
+            audit: self.audit.clone(),
+            assertion: self.assertion.clone(),
+            sockets: self.sockets.clone(),
         }
     }
 

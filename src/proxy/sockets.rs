@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::Live;
 use crate::metrics::Metrics;
 use crate::outcome::Ended;
 use crate::session::{Handle, Lifetime};
@@ -174,34 +175,40 @@ impl Sockets {
         self.handles.load(Ordering::SeqCst)
     }
 
-    /// Runs until aborted: every `recheck`, one batched existence check of the sessions that
-    /// hold sockets (an end elsewhere closes them); and, as often as `touch_interval` allows
-    /// (at most every second, at least every `recheck`), a touch of each session whose
-    /// sockets moved bytes and whose touch is due.
-    pub async fn run(
-        self: Arc<Self>,
-        store: Arc<dyn SessionStore>,
-        recheck: Duration,
-        lifetime: Lifetime,
-        max_size: usize,
-        metrics: Arc<Metrics>,
-    ) {
-        let period = recheck.min(lifetime.touch_interval.max(Duration::from_secs(1)));
-        let every = (recheck.as_nanos() / period.as_nanos().max(1)).max(1);
-        let mut ticker = tokio::time::interval(period);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
-        let mut ticks: u128 = 0;
+    /// Runs until aborted: every `session.socket_recheck`, one batched existence check of the
+    /// sessions that hold sockets (an end elsewhere closes them); and, as often as
+    /// `touch_interval` allows (at most every second, at least every recheck), a touch of each
+    /// session whose sockets moved bytes and whose touch is due. Reads the settings in force
+    /// (`live`) at every tick, so a reload's apply from the next one.
+    pub async fn run(self: Arc<Self>, live: Live) {
         loop {
+            let state = live.current();
+            let session = &state.config.session;
+            let (recheck, touch) = (session.socket_recheck, session.lifetime.touch_interval);
+            let period = recheck.min(touch.max(Duration::from_secs(1)));
+            let every = (recheck.as_nanos() / period.as_nanos().max(1)).max(1);
+            let mut ticker = tokio::time::interval(period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticker.tick().await;
-            ticks += 1;
-            if self.sessions() == 0 {
-                continue;
+            let mut ticks: u128 = 0;
+            loop {
+                ticker.tick().await;
+                ticks += 1;
+                let state = live.current();
+                let session = &state.config.session;
+                if (session.socket_recheck, session.lifetime.touch_interval) != (recheck, touch) {
+                    break;
+                }
+                if self.sessions() == 0 {
+                    continue;
+                }
+                let store = &*state.store;
+                if ticks.is_multiple_of(every) {
+                    self.recheck(store).await;
+                }
+                self.touch(store, session.lifetime, session.max_size, &state.metrics)
+                    .await;
             }
-            if ticks.is_multiple_of(every) {
-                self.recheck(&*store).await;
-            }
-            self.touch(&*store, lifetime, max_size, &metrics).await;
         }
     }
 

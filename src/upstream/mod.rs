@@ -21,7 +21,9 @@ mod pool;
 pub use pool::ResponseBody;
 use pool::{Lease, Pool};
 
-/// Built once at start; its pool is shared by every request.
+/// Built at start; its pool is shared by every request (and by the clones a reload makes when
+/// the app's address stays).
+#[derive(Clone)]
 pub struct Upstream {
     pool: Arc<Pool<ForwardBody>>,
     /// The `Host` of a request that names none (HTTP/1.0 may leave it out): the app's
@@ -57,6 +59,18 @@ impl Upstream {
                 .unwrap_or_else(|_| HeaderValue::from_static("localhost")),
             response_timeout: config.upstream_timeouts.response,
         }
+    }
+
+    /// The settings of `config` over this pool, if they can share it (the same app, connect
+    /// timeout and connection cap); `None` when a new pool is needed.
+    pub fn reconfigured(&self, old: &Config, config: &Config) -> Option<Self> {
+        let same = old.upstream == config.upstream
+            && old.upstream_timeouts.connect == config.upstream_timeouts.connect
+            && old.limits.max_connections == config.limits.max_connections;
+        same.then(|| Upstream {
+            response_timeout: config.upstream_timeouts.response,
+            ..self.clone()
+        })
     }
 
     /// Points the request at the upstream and sets the forwarding headers

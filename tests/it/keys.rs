@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use cookie::{Cookie, CookieJar, Key};
@@ -15,7 +15,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
-use crate::support::{App, ProxyProcess, Resp, TestProxy, app, get, write_config};
+use crate::support::{App, ProxyProcess, Resp, Running, TestProxy, app, get, write_config};
 
 const NEW: &str = "new-secret-0123456789abcdef0123456789";
 const OLD: &str = "old-secret-0123456789abcdef0123456789";
@@ -163,42 +163,6 @@ async fn the_metric_counts_verifications_per_key_index() {
     proxy.stop().await;
 }
 
-/// The binary, started with `args`, its log (`RUST_LOG=info`) in a file.
-struct Running {
-    proxy: ProxyProcess,
-    log: tempfile::NamedTempFile,
-}
-
-impl Running {
-    fn spawn(args: &[&str]) -> Running {
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let proxy = ProxyProcess::spawn_logging(args, "info", log.reopen().unwrap());
-        Running { proxy, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap()
-    }
-
-    /// Sends SIGHUP and waits (polling the log, at most 10 s) until the reload has been
-    /// reported: `n` lines containing `what` in all.
-    async fn hangup_until(&self, what: &str, n: usize) -> String {
-        self.proxy.signal("HUP");
-        let start = Instant::now();
-        loop {
-            let log = self.log();
-            if log.matches(what).count() >= n {
-                return log;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "no {what:?} in the log:\n{log}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
 /// One HTTP/1.1 connection to `addr`, kept open: every request goes over the same socket, and
 /// a request on a connection the proxy closed fails.
 struct KeepAlive {
@@ -278,7 +242,7 @@ async fn sighup_swaps_the_keys_from_the_secret_file_while_a_keep_alive_connectio
 
     // Rotation, step 1: the new key first, the old one still verifying.
     write_secrets(&dir.path().join("secrets"), &[NEW, OLD]);
-    let log = running.hangup_until("cookie keys reloaded", 1).await;
+    let log = running.hangup_until("configuration reloaded", 1).await;
     assert!(log.contains("keys=2"), "{log}");
     let r = conn.get(Some(&signed(&id, OLD)), &[]).await;
     assert_eq!(r.status, 200);
@@ -291,7 +255,7 @@ async fn sighup_swaps_the_keys_from_the_secret_file_while_a_keep_alive_connectio
 
     // Step 2: the old key removed. Its cookie is refused; the new one keeps the session.
     write_secrets(&dir.path().join("secrets"), &[NEW]);
-    running.hangup_until("cookie keys reloaded", 2).await;
+    running.hangup_until("configuration reloaded", 2).await;
     let r = conn.get(Some(&signed(&id, OLD)), &[]).await;
     assert!(r.app_saw().is_new());
     let r = conn.get(Some(&signed(&id, NEW)), &[]).await;
@@ -302,7 +266,7 @@ async fn sighup_swaps_the_keys_from_the_secret_file_while_a_keep_alive_connectio
     assert!(!running.log().contains("readable by every user"));
     let file = dir.path().join("secrets");
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let log = running.hangup_until("cookie keys reloaded", 3).await;
+    let log = running.hangup_until("configuration reloaded", 3).await;
     assert!(log.contains("readable by every user"), "{log}");
 
     let admin = running.proxy.admin.unwrap();
@@ -328,26 +292,23 @@ async fn a_bad_new_set_on_sighup_keeps_the_old_keys_and_logs_an_error() {
 
     // A secret too short: refused, with the line named and the secret not shown.
     write_secrets(&dir.path().join("secrets"), &[NEW, short]);
-    let log = running.hangup_until("cookie keys not reloaded", 1).await;
-    let line = log
-        .lines()
-        .find(|l| l.contains("cookie keys not reloaded"))
-        .unwrap();
+    let line = running.hangup_line("configuration not reloaded").await;
     assert!(line.contains("ERROR"), "{line}");
     assert!(line.contains("`cookie.secret_file`"), "{line}");
     assert!(line.contains("line 3: must be at least 32 bytes"), "{line}");
+    let log = running.log();
     assert!(!log.contains(short) && !log.contains(NEW), "{log}");
 
     // The file gone: refused.
     std::fs::remove_file(dir.path().join("secrets")).unwrap();
-    running.hangup_until("cookie keys not reloaded", 2).await;
+    running.hangup_until("configuration not reloaded", 2).await;
     // The config file no longer TOML (its text never quoted into the log): refused.
     std::fs::write(&config, format!("[cookie\nsecret = \"{NEW}\"\n")).unwrap();
     let log = running.hangup_until("not valid TOML", 1).await;
     assert!(!log.contains(NEW), "{log}");
     // Signing turned off: refused.
     std::fs::write(&config, format!("upstream = \"http://{}\"\n", app.addr)).unwrap();
-    let log = running.hangup_until("cookie keys not reloaded", 3).await;
+    let log = running.hangup_until("configuration not reloaded", 3).await;
     assert!(log.contains("takes a restart"), "{log}");
 
     // Through all of it, the old key signs and verifies, the process serves.
@@ -380,8 +341,8 @@ async fn sighup_never_ends_the_process() {
     let app = App::start().await;
     let upstream = format!("http://{}", app.addr);
     let mut running = Running::spawn(&["--store", "memory", "--upstream", &upstream]);
-    running.hangup_until("cookie keys reloaded", 1).await;
-    running.hangup_until("cookie keys reloaded", 2).await;
+    running.hangup_until("configuration reloaded", 1).await;
+    running.hangup_until("configuration reloaded", 2).await;
     assert_eq!(running.proxy.child.try_wait().unwrap(), None);
     assert_eq!(get(running.proxy.addr, "/").await.status, 200);
     running.proxy.signal("TERM");

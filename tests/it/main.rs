@@ -167,3 +167,8 @@ mod upgrade_store;
 /// [sessions-2]: remember-me, devices (revoke one, `X-Session-Devices`) and
 /// `session.first_lifetime`, on memory, sqlite and Redis.
 mod records;
+
+/// [ops] part 2: SIGHUP reloads the whole configuration for new requests; in-flight requests
+/// finish under the old one; restart-only settings are named and kept; a broken file changes
+/// nothing.
+mod reload;

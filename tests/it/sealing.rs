@@ -7,14 +7,14 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use session_proxy::config::RawConfig;
 use session_proxy::session::{DataChange, Handle};
 use session_proxy::store::{self, Record, SessionStore, Update, now_ms};
 
-use crate::support::{App, ProxyProcess, app, get, write_config};
+use crate::support::{App, ProxyProcess, Running, app, get, write_config};
 
 const KEY_A: &str = "store-key-a-0123456789abcdef-0123456789";
 const KEY_B: &str = "store-key-b-0123456789abcdef-0123456789";
@@ -451,50 +451,6 @@ async fn sqlite_rebuilds_the_user_index_of_sealed_rows() {
     );
 }
 
-/// The binary, its log in a file (`RUST_LOG=info`).
-struct Running {
-    proxy: ProxyProcess,
-    log: tempfile::NamedTempFile,
-}
-
-impl Running {
-    fn spawn(config: &str) -> Running {
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let proxy = ProxyProcess::spawn_logging(
-            &["--config", config, "--admin-listen", "127.0.0.1:0"],
-            "info",
-            log.reopen().unwrap(),
-        );
-        Running { proxy, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.log.path()).unwrap()
-    }
-
-    /// SIGHUP, then waits until `n` lines of the log hold `what`.
-    async fn hangup_until(&self, what: &str, n: usize) -> String {
-        self.proxy.signal("HUP");
-        let start = Instant::now();
-        loop {
-            let log = self.log();
-            if log.matches(what).count() >= n {
-                return log;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "no {what:?} in the log:\n{log}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn stop(mut self) {
-        self.proxy.signal("TERM");
-        assert_eq!(self.proxy.wait_exit(Duration::from_secs(10)), Some(0));
-    }
-}
-
 fn write_keys(path: &Path, keys: &[&str]) {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::write(path, format!("# the first encrypts\n{}\n", keys.join("\n"))).unwrap();
@@ -562,7 +518,7 @@ async fn sqlite_sessions_survive_restart_and_rotation_and_a_removed_key_reads_as
         ),
     );
     let update = format!(r#"{{"secret":"{SECRET}"}}"#);
-    let running = Running::spawn(&config);
+    let running = Running::spawn(&["--config", &config, "--admin-listen", "127.0.0.1:0"]);
     let (new, _, one) = visit(&running.proxy, None, &[("X-Session-Update", &update)]).await;
     assert!(new);
     let one = one.unwrap();
@@ -590,7 +546,7 @@ async fn sqlite_sessions_survive_restart_and_rotation_and_a_removed_key_reads_as
     // Restarted with the keys rotated: both sessions read; a write seals `one` under the new
     // key, `two` stays under the old one.
     write_keys(&keys, &[KEY_B, KEY_A]);
-    let running = Running::spawn(&config);
+    let running = Running::spawn(&["--config", &config, "--admin-listen", "127.0.0.1:0"]);
     let (new, data, _) = visit(
         &running.proxy,
         Some(&one),
@@ -611,9 +567,7 @@ async fn sqlite_sessions_survive_restart_and_rotation_and_a_removed_key_reads_as
     // SIGHUP with the old key gone: `two` is missing (its client gets a fresh session), `one`
     // still reads; counted once per read, logged once per key id; the row stays.
     write_keys(&keys, &[KEY_B]);
-    running
-        .hangup_until("store encryption keys reloaded", 1)
-        .await;
+    running.hangup_until("configuration reloaded", 1).await;
     let (new, data, _) = visit(&running.proxy, Some(&one), &[]).await;
     assert!(!new);
     assert_eq!(data, json!({"secret": SECRET, "n": 1}));
@@ -661,9 +615,7 @@ async fn sqlite_sessions_survive_restart_and_rotation_and_a_removed_key_reads_as
         ),
     )
     .unwrap();
-    running
-        .hangup_until("store encryption keys not reloaded", 1)
-        .await;
+    running.hangup_until("configuration not reloaded", 1).await;
     let (new, data, _) = visit(&running.proxy, Some(&one), &[]).await;
     assert!(!new);
     assert_eq!(data["secret"], SECRET);

@@ -551,3 +551,55 @@ pub fn assertion_jwks(config: &str) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// The binary, started with `args`, its log (`RUST_LOG=info`) in a file: for the tests that
+/// signal it (SIGHUP) and read what it logged.
+pub struct Running {
+    pub proxy: ProxyProcess,
+    log: tempfile::NamedTempFile,
+}
+
+impl Running {
+    pub fn spawn(args: &[&str]) -> Running {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let proxy = ProxyProcess::spawn_logging(args, "info", log.reopen().unwrap());
+        Running { proxy, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap()
+    }
+
+    /// Sends SIGHUP and waits (polling the log, at most 10 s) until the reload has been
+    /// reported: `n` lines containing `what` in all.
+    pub async fn hangup_until(&self, what: &str, n: usize) -> String {
+        self.proxy.signal("HUP");
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if log.matches(what).count() >= n {
+                return log;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "no {what:?} in the log:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// [`hangup_until`](Self::hangup_until) the first report holding `what`; returns its line.
+    pub async fn hangup_line(&self, what: &str) -> String {
+        let log = self.hangup_until(what, 1).await;
+        log.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// SIGTERM, and a clean exit within 10 s.
+    pub fn stop(mut self) {
+        self.proxy.signal("TERM");
+        assert_eq!(self.proxy.wait_exit(Duration::from_secs(10)), Some(0));
+    }
+}
