@@ -165,11 +165,27 @@ struct SignerKeys {
 /// Signs assertions; [`reload`](Self::reload) replaces the key (SIGHUP).
 pub struct Signer {
     keys: ArcSwap<SignerKeys>,
+    /// `[assertion]`'s file and claims, replaced whole by a reload.
+    settings: ArcSwap<Settings>,
+}
+
+struct Settings {
     path: PathBuf,
     audience: String,
     issuer: String,
     /// Seconds.
     ttl: u64,
+}
+
+impl Settings {
+    fn of(config: &AssertionConfig) -> Self {
+        Settings {
+            path: config.key_file.clone(),
+            audience: config.audience.clone(),
+            issuer: config.issuer.clone(),
+            ttl: config.ttl.as_secs(),
+        }
+    }
 }
 
 impl Signer {
@@ -181,11 +197,16 @@ impl Signer {
                 current,
                 retired: Vec::new(),
             }),
-            path: config.key_file.clone(),
-            audience: config.audience.clone(),
-            issuer: config.issuer.clone(),
-            ttl: config.ttl.as_secs(),
+            settings: ArcSwap::from_pointee(Settings::of(config)),
         })
+    }
+
+    /// Puts a reload's `[assertion]` in force: its claims for the assertions signed from now
+    /// on, and its key file read as [`reload`](Self::reload) reads it (the replaced public key
+    /// stays in the JWKS). A key file that cannot be used changes nothing.
+    pub fn reconfigure(&self, config: &AssertionConfig) -> Result<bool, KeyError> {
+        let old = self.settings.swap(Arc::new(Settings::of(config)));
+        self.reload().inspect_err(|_| self.settings.store(old))
     }
 
     /// The compact JWS of `claims`, issued now: `header.payload.signature`, base64url each.
@@ -196,11 +217,12 @@ impl Signer {
     fn sign_at(&self, claims: &Claims<'_>, iat: u64) -> http::HeaderValue {
         let keys = self.keys.load();
         let key = &keys.current;
+        let settings = self.settings.load();
         let payload = Payload {
-            iss: &self.issuer,
-            aud: &self.audience,
+            iss: &settings.issuer,
+            aud: &settings.audience,
             iat,
-            exp: iat.saturating_add(self.ttl),
+            exp: iat.saturating_add(settings.ttl),
             claims,
         };
         // Writing these plain structs of strings, numbers and a bool cannot fail.
@@ -243,13 +265,14 @@ impl Signer {
     /// now on; the replaced public key stays in the JWKS for `ttl`. Returns whether the key
     /// changed. On an error the key in use stays.
     pub fn reload(&self) -> Result<bool, KeyError> {
-        let key = load_or_create(&self.path)?;
+        let settings = self.settings.load();
+        let key = load_or_create(&settings.path)?;
         let now = now_ms();
         let old = self.keys.load();
         if key.kid() == old.current.kid() {
             return Ok(false);
         }
-        let until = now.saturating_add(ms(std::time::Duration::from_secs(self.ttl)));
+        let until = now.saturating_add(ms(std::time::Duration::from_secs(settings.ttl)));
         let mut retired: Vec<(Jwk, u64)> = old
             .retired
             .iter()

@@ -67,6 +67,8 @@ pub struct Proxy {
     audit: Option<audit::Writer>,
     /// The store's sealer (off without `store.encryption_key`).
     sealer: store::Sealer,
+    /// The store's timeout and sweep interval, for a reload.
+    tuning: store::Tuning,
 }
 
 impl Proxy {
@@ -82,7 +84,7 @@ impl Proxy {
         ));
         let (audit, writer) =
             audit::Audit::open(config.audit.as_ref(), metrics.audit_dropped()).await?;
-        let sealer = opened.sealer;
+        let (sealer, tuning) = (opened.sealer, opened.tuning);
         let mut state = proxy::State::new(config, opened.store, metrics);
         // The sweeper's removals are `expired` lines too, and close the sockets they held.
         let ends = state.session_ends();
@@ -108,6 +110,7 @@ impl Proxy {
         Ok(Proxy {
             live: proxy::Live::new(state),
             admin,
+            tuning,
             sweeper,
             audit: writer,
             sealer,
@@ -130,6 +133,7 @@ impl Proxy {
             live: self.live.clone(),
             admin: self.admin.clone(),
             sealer: self.sealer.clone(),
+            tuning: self.tuning.clone(),
         }
     }
 

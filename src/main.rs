@@ -161,16 +161,7 @@ async fn run(
     } else {
         "http"
     };
-    if let Some(tls) = &config.tls {
-        // Before the listening line: a SIGHUP sent once the port is known must find it.
-        session_proxy::reload::certificate_on_hangup(tls.certs.clone())
-            .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
-    }
     let proxy = Proxy::open(config).await?;
-    if let Some(signer) = proxy.assertion() {
-        session_proxy::reload::assertion_key_on_hangup(signer)
-            .map_err(|e| anyhow::anyhow!("cannot listen for SIGHUP: {e}"))?;
-    }
     tokio::spawn(proxy.reloader().on_hangup(hangup, options));
     let bind = |addr| async move {
         tokio::net::TcpListener::bind(addr)

@@ -1,6 +1,6 @@
 //! What a running proxy re-reads on SIGHUP: the whole configuration ([`Reloader`]: every
-//! setting but those [`Config::keep_restart_only`] keeps, with the cookie and store keys), the
-//! TLS certificate and the assertion key (their files, read again in place).
+//! setting but those [`Config::keep_restart_only`] keeps), with the files it names: the cookie
+//! and store keys, the TLS certificate and key, and the assertion key.
 //!
 //! Both listeners are registered by `main.rs` before the proxy announces its port, so a SIGHUP is
 //! never the signal's default action (which ends the process). A reload that fails is logged at
@@ -9,17 +9,15 @@
 
 use std::sync::Arc;
 
-use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::signal::unix::Signal;
 
 use crate::admin::Admin;
-use crate::assertion::Signer;
 use crate::config::cli::Options;
 use crate::config::{Config, ConfigError};
 use crate::proxy::Live;
 use crate::secrets::{SigningToggled, warn_if_store_keys_world_readable, warn_if_world_readable};
-use crate::store::Sealer;
 use crate::store::seal::KeyError;
-use crate::tls::Certs;
+use crate::store::{Sealer, Tuning};
 
 /// Why a reload left the configuration as it was.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +31,9 @@ pub enum ReloadError {
     /// The operator's (a reload may not turn encryption on or off), or ours.
     #[error(transparent)]
     StoreKeys(#[from] KeyError),
+    /// The operator's: the assertion key file cannot be read, created or used.
+    #[error(transparent)]
+    AssertionKey(#[from] crate::assertion::KeyError),
     /// Ours: the task that read the files did not finish.
     #[error("the reload did not finish: {0}")]
     Aborted(#[source] tokio::task::JoinError),
@@ -57,6 +58,7 @@ pub struct Reloader {
     pub(crate) live: Live,
     pub(crate) admin: Arc<Admin>,
     pub(crate) sealer: Sealer,
+    pub(crate) tuning: Tuning,
 }
 
 impl Reloader {
@@ -67,7 +69,11 @@ impl Reloader {
     /// signing or store encryption on or off.
     pub fn apply(&self, mut config: Config) -> Result<Applied, ReloadError> {
         let current = self.live.current();
+        // Read and checked by the validation: the new files, if TLS stays on.
+        let certs = config.tls.as_ref().map(|t| t.certs.clone());
         let kept = current.config.keep_restart_only(&mut config);
+        // Nothing changes until every check passed; the assertion key file is the one read
+        // here, so it goes first of the changes.
         let ring = current.cookies.keys();
         ring.check(&config.cookie.keys)?;
         let secrets: Vec<&[u8]> = config
@@ -76,8 +82,23 @@ impl Reloader {
             .iter()
             .map(|s| s.as_str().as_bytes())
             .collect();
+        self.sealer.check(&secrets)?;
+        if let (Some(signer), Some(assertion)) = (&current.assertion, &config.assertion)
+            && signer.reconfigure(assertion)?
+        {
+            tracing::info!(kid = %signer.kid(), "assertion: SIGHUP: new key in use");
+        }
         let store_keys = self.sealer.replace(&secrets)?;
         let cookie_keys = ring.replace(config.cookie.keys.clone())?;
+        if let (Some(tls), Some(certs)) = (&config.tls, certs) {
+            tls.certs.adopt(&certs);
+            tracing::info!(
+                cert = %tls.certs.cert_path().display(),
+                key = %tls.certs.key_path().display(),
+                "tls: SIGHUP: certificate and key reloaded"
+            );
+        }
+        self.tuning.apply(&config.store);
         self.admin.reconfigure(config.clone());
         self.live.replace(current.reloaded(config));
         Ok(Applied {
@@ -140,57 +161,4 @@ impl Reloader {
             }
         }
     }
-}
-
-/// Reloads `certs` on every SIGHUP, for as long as the runtime runs: new handshakes get the new
-/// certificate, connections already established keep theirs.
-pub fn certificate_on_hangup(certs: Arc<Certs>) -> std::io::Result<()> {
-    let mut hangups = signal(SignalKind::hangup())?;
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            let reloading = certs.clone();
-            let (cert, key) = (certs.cert_path().display(), certs.key_path().display());
-            match tokio::task::spawn_blocking(move || reloading.reload()).await {
-                Ok(Ok(())) => {
-                    tracing::info!(%cert, %key, "tls: SIGHUP: certificate and key reloaded")
-                }
-                Ok(Err(error)) => tracing::error!(
-                    %error,
-                    "tls: SIGHUP: reload failed; still serving the previous certificate"
-                ),
-                Err(error) => tracing::error!(
-                    %error,
-                    "tls: SIGHUP: reload failed; still serving the previous certificate"
-                ),
-            }
-        }
-    });
-    Ok(())
-}
-
-/// Reads the assertion key file again on every SIGHUP, for as long as the runtime runs: a new key
-/// signs from then on, and the replaced public key stays in the JWKS for `ttl`. A key file that
-/// cannot be used is logged and the key in use kept.
-pub fn assertion_key_on_hangup(signer: Arc<Signer>) -> std::io::Result<()> {
-    let mut hangups = signal(SignalKind::hangup())?;
-    tokio::spawn(async move {
-        while hangups.recv().await.is_some() {
-            let reloading = signer.clone();
-            match tokio::task::spawn_blocking(move || reloading.reload()).await {
-                Ok(Ok(true)) => {
-                    tracing::info!(kid = %signer.kid(), "assertion: SIGHUP: new key in use")
-                }
-                Ok(Ok(false)) => tracing::debug!("assertion: SIGHUP: the key is unchanged"),
-                Ok(Err(error)) => tracing::error!(
-                    %error,
-                    "assertion: SIGHUP: key not reloaded; the key in use is kept"
-                ),
-                Err(error) => tracing::error!(
-                    %error,
-                    "assertion: SIGHUP: key not reloaded; the key in use is kept"
-                ),
-            }
-        }
-    });
-    Ok(())
 }

@@ -144,17 +144,18 @@ fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
 /// The certificate the listener presents, and the files it was read from (and is re-read from
 /// on SIGHUP).
 pub struct Certs {
-    cert: PathBuf,
-    key: PathBuf,
+    /// The certificate chain's file and the key's, which a reload may point elsewhere.
+    files: ArcSwap<(PathBuf, PathBuf)>,
     current: ArcSwap<CertifiedKey>,
 }
 
 impl std::fmt::Debug for Certs {
     /// The paths only: the key's material stays out of every log and `Debug` dump.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let files = self.files.load();
         f.debug_struct("Certs")
-            .field("cert", &self.cert)
-            .field("key", &self.key)
+            .field("cert", &files.0)
+            .field("key", &files.1)
             .finish_non_exhaustive()
     }
 }
@@ -163,23 +164,34 @@ impl Certs {
     /// Reads and checks both files now, so a bad one stops the start (exit 2), not a handshake.
     pub fn open(cert: PathBuf, key: PathBuf) -> Result<Self, TlsError> {
         let current = ArcSwap::from_pointee(load(&cert, &key)?);
-        Ok(Certs { cert, key, current })
+        Ok(Certs {
+            files: ArcSwap::from_pointee((cert, key)),
+            current,
+        })
     }
 
     /// Re-reads both files; the new certificate serves every handshake from now on. On an
     /// error the one in use stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let fresh = load(&self.cert, &self.key)?;
+        let files = self.files.load();
+        let fresh = load(&files.0, &files.1)?;
         self.current.store(Arc::new(fresh));
         Ok(())
     }
 
-    pub fn cert_path(&self) -> &Path {
-        &self.cert
+    /// Serves `other`'s certificate from now on, and reads `other`'s files on the next reload
+    /// (a reloaded configuration's `[tls]`, opened and checked when it was validated).
+    pub fn adopt(&self, other: &Certs) {
+        self.files.store(other.files.load_full());
+        self.current.store(other.current.load_full());
     }
 
-    pub fn key_path(&self) -> &Path {
-        &self.key
+    pub fn cert_path(&self) -> PathBuf {
+        self.files.load().0.clone()
+    }
+
+    pub fn key_path(&self) -> PathBuf {
+        self.files.load().1.clone()
     }
 
     /// The rustls config of the listener: these certificates, ALPN `h2` then `http/1.1`.
@@ -187,7 +199,7 @@ impl Certs {
         let mut config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config {
-                cert: self.cert.clone(),
+                cert: self.cert_path(),
                 message: e.to_string(),
             })?
             .with_no_client_auth()

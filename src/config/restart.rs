@@ -1,14 +1,14 @@
 //! What a reload (SIGHUP) cannot change in a running proxy: the sockets it listens on, the store
-//! it opened, whether TLS is on, and the pieces opened once at start (the log's format, the
-//! audit log, the assertion signer, the sweeper). A reload keeps these as they are, names the
-//! ones the file changed, and applies the rest.
+//! it opened (and its user index), whether TLS and the assertion are on, and what is opened
+//! once at start (the log's format, the audit log's file and queue). A reload keeps these as
+//! they are, names the ones the file changed, and applies the rest.
 
 use std::time::Duration;
 
 use super::{Config, StoreKind};
 
-/// The backend `kind` names, without `store.timeout` (which it carries, and which has its own
-/// name in the log line).
+/// The backend `kind` names, without `store.timeout` (which it carries, and which a reload
+/// changes: [`Timed`](crate::store::Timed)'s bound).
 fn backend(kind: &StoreKind) -> StoreKind {
     let mut kind = kind.clone();
     match &mut kind {
@@ -39,49 +39,44 @@ impl Config {
             "store (kind, path, url, cluster and the backend's settings)",
             backend(&fresh.kind) != backend(&old.kind),
         );
-        keep("store.timeout", fresh.timeout != old.timeout);
-        keep(
-            "store.sweep_interval",
-            fresh.sweep_interval != old.sweep_interval,
-        );
         keep("store.hash_users", fresh.hash_users != old.hash_users);
         // The store keeps its user index by this key.
         keep(
             "session.user_key",
             new.session.user_key != self.session.user_key,
         );
-        keep(
-            "tls",
-            new.tls
-                .as_ref()
-                .map(|t| (t.certs.cert_path(), t.certs.key_path()))
-                != self
-                    .tls
-                    .as_ref()
-                    .map(|t| (t.certs.cert_path(), t.certs.key_path())),
-        );
+        // On or off only: new files are read by the reload (the certificate in use adopts
+        // them), new claims or a new key file are the assertion signer's.
+        keep("tls", new.tls.is_some() != self.tls.is_some());
         keep("log.format", new.log_format != self.log_format);
         keep("audit", new.audit != self.audit);
-        keep("assertion", new.assertion != self.assertion);
-        // The store's encryption keys are the reload's own (the sealer takes them); the rest
-        // of the store section is the one in use.
-        let keys = (
-            new.store.encryption_keys.clone(),
-            new.store.encryption_key_file.clone(),
+        keep(
+            "assertion",
+            new.assertion.is_some() != self.assertion.is_some(),
         );
+        // The store's timeout, sweep interval, error policy and encryption keys are the
+        // reload's own; the rest of the store section is the one in use.
+        let mut store = self.store.clone();
+        store.timeout = new.store.timeout;
+        store.sweep_interval = new.store.sweep_interval;
+        store.on_error = new.store.on_error;
+        store.encryption_keys = std::mem::take(&mut new.store.encryption_keys);
+        store.encryption_key_file = new.store.encryption_key_file.take();
         new.listen = self.listen;
         // The admin token was checked against the new file's address (none is needed only on
         // loopback): with the address kept, the token is kept with it.
         if new.admin.as_ref().map(|a| a.listen) != self.admin.as_ref().map(|a| a.listen) {
             new.admin = self.admin.clone();
         }
-        new.store = self.store.clone();
-        (new.store.encryption_keys, new.store.encryption_key_file) = keys;
+        new.store = store;
         new.session.user_key = self.session.user_key.clone();
+        // The listener's certificate is the one in use (`Certs::adopt` takes the new files).
         new.tls = self.tls.clone();
         new.log_format = self.log_format;
         new.audit = self.audit.clone();
-        new.assertion = self.assertion.clone();
+        if new.assertion.is_some() != self.assertion.is_some() {
+            new.assertion = self.assertion.clone();
+        }
         changed
     }
 }

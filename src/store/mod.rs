@@ -321,6 +321,29 @@ pub struct Opened {
     /// The backend's sealer (`store.encryption_key`; off without one), shared with it: a
     /// reload of its keys ([`Sealer::replace`]) is what the backend uses from then on.
     pub sealer: Sealer,
+    /// `store.timeout` and `store.sweep_interval`, which a reload may change.
+    pub tuning: Tuning,
+}
+
+/// The store settings a running proxy can change: each call's bound, and the sweeper's
+/// interval. Clones share them.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    limit: timed::Limit,
+    sweep: Arc<tokio::sync::watch::Sender<std::time::Duration>>,
+}
+
+impl Tuning {
+    /// Puts `config`'s timeout (for calls that start from now on) and sweep interval (from the
+    /// next sweep on) in force.
+    pub fn apply(&self, config: &StoreConfig) {
+        self.limit.set(config.timeout);
+        self.sweep.send_if_modified(|every| {
+            let changed = *every != config.sweep_interval;
+            *every = config.sweep_interval;
+            changed
+        });
+    }
 }
 
 /// Opens the configured store and wraps it in [`Timed`]; with `store.encryption_key`, the
@@ -378,15 +401,20 @@ fn opened_with<S: SessionStore>(
     sealer: Sealer,
 ) -> Opened {
     let caps = backend.capabilities();
-    let limit = (!caps.never_waits).then_some(config.timeout);
-    let store: Arc<dyn SessionStore> = Arc::new(Timed::new(backend, limit, metrics.clone()));
-    let sweeper =
-        (!caps.expires_by_itself).then(|| Sweeper::new(store.clone(), config.sweep_interval));
+    let limit = timed::Limit::new((!caps.never_waits).then_some(config.timeout));
+    let store: Arc<dyn SessionStore> =
+        Arc::new(Timed::new(backend, limit.clone(), metrics.clone()));
+    let (sweep, interval) = tokio::sync::watch::channel(config.sweep_interval);
+    let sweeper = (!caps.expires_by_itself).then(|| Sweeper::new(store.clone(), interval));
     Opened {
         store,
         sweeper,
         metrics,
         sealer,
+        tuning: Tuning {
+            limit,
+            sweep: Arc::new(sweep),
+        },
     }
 }
 

@@ -154,6 +154,16 @@ impl Sealer {
         self.on.is_some()
     }
 
+    /// Whether [`replace`](Self::replace) would take `secrets`: not when they turn encryption
+    /// on or off.
+    pub fn check<S: AsRef<[u8]>>(&self, secrets: &[S]) -> std::result::Result<(), KeyError> {
+        match (&self.on, secrets.is_empty()) {
+            (None, false) => Err(KeyError::Toggled("on")),
+            (Some(_), true) => Err(KeyError::Toggled("off")),
+            _ => Ok(()),
+        }
+    }
+
     /// Puts `secrets` in use (the first seals from now on); returns how many. Refused, the
     /// keys in use kept, if it would turn sealing on or off.
     pub fn replace<S: AsRef<[u8]>>(&self, secrets: &[S]) -> std::result::Result<usize, KeyError> {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
+use tokio::sync::watch;
 
 use super::{ExpiredSink, Record, Result, SessionStore, StoreError};
 use crate::session::{Handle, now_ms};
@@ -20,13 +21,14 @@ use crate::session::{Handle, now_ms};
 /// (counted in `audit_dropped_total`), it never waits for the disk.
 pub struct Sweeper {
     store: Arc<dyn SessionStore>,
-    interval: Duration,
+    /// `store.sweep_interval`, which a reload may change (from the next sweep on).
+    interval: watch::Receiver<Duration>,
     /// Told of every session a sweep removes; `None` collects no ids.
     expired: Option<ExpiredSink>,
 }
 
 impl Sweeper {
-    pub(super) fn new(store: Arc<dyn SessionStore>, interval: Duration) -> Self {
+    pub(super) fn new(store: Arc<dyn SessionStore>, interval: watch::Receiver<Duration>) -> Self {
         Sweeper {
             store,
             interval,
@@ -41,21 +43,37 @@ impl Sweeper {
     }
 
     /// Runs until the task is aborted.
-    pub async fn run(self) {
-        let mut ticker = tokio::time::interval(self.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
+    pub async fn run(mut self) {
         loop {
+            let every = *self.interval.borrow_and_update();
+            let mut ticker = tokio::time::interval(every);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             ticker.tick().await;
-            match self
-                .store
-                .prune_reporting(now_ms(), self.expired.as_ref())
-                .await
-            {
-                Ok(0) => {}
-                Ok(removed) => tracing::info!(removed, "swept expired sessions"),
-                Err(error) => tracing::warn!(%error, "sweeping expired sessions failed"),
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => self.sweep().await,
+                    changed = self.interval.changed() => match changed {
+                        Ok(()) => break,
+                        // The sender is gone with the proxy: sweep on at this interval.
+                        Err(_) => loop {
+                            ticker.tick().await;
+                            self.sweep().await;
+                        },
+                    },
+                }
             }
+        }
+    }
+
+    async fn sweep(&self) {
+        match self
+            .store
+            .prune_reporting(now_ms(), self.expired.as_ref())
+            .await
+        {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "swept expired sessions"),
+            Err(error) => tracing::warn!(%error, "sweeping expired sessions failed"),
         }
     }
 }

@@ -4,6 +4,8 @@
 //! store-side errors for `/metrics`.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -15,17 +17,45 @@ use super::{
 use crate::metrics::{StoreMetrics, StoreOp};
 use crate::session::{Handle, SessionId};
 
+/// `store.timeout` as [`Timed`] reads it at every call, so a reload can change it (`None`: the
+/// backend never waits, and a reload leaves it so). Clones share the value.
+#[derive(Debug, Clone, Default)]
+pub struct Limit(Option<Arc<AtomicU64>>);
+
+impl Limit {
+    pub fn new(limit: Option<Duration>) -> Self {
+        Limit(limit.map(|d| Arc::new(AtomicU64::new(nanos(d)))))
+    }
+
+    fn get(&self) -> Option<Duration> {
+        self.0
+            .as_ref()
+            .map(|n| Duration::from_nanos(n.load(Ordering::Relaxed)))
+    }
+
+    /// Bounds the calls that start from now on by `limit` (a store that never waits stays so).
+    pub fn set(&self, limit: Duration) {
+        if let Some(n) = &self.0 {
+            n.store(nanos(limit), Ordering::Relaxed);
+        }
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// A backend whose every call is bounded by `limit` (`None`: the backend never waits, so no
 /// timer is armed).
 #[derive(Debug)]
 pub struct Timed<S> {
     inner: S,
-    limit: Option<Duration>,
+    limit: Limit,
     metrics: StoreMetrics,
 }
 
 impl<S: SessionStore> Timed<S> {
-    pub fn new(inner: S, limit: Option<Duration>, metrics: StoreMetrics) -> Self {
+    pub fn new(inner: S, limit: Limit, metrics: StoreMetrics) -> Self {
         Timed {
             inner,
             limit,
@@ -35,7 +65,7 @@ impl<S: SessionStore> Timed<S> {
 
     async fn run<T>(&self, op: StoreOp, call: impl Future<Output = Result<T>>) -> Result<T> {
         let start = Instant::now();
-        let result = match self.limit {
+        let result = match self.limit.get() {
             None => call.await,
             Some(limit) => tokio::time::timeout(limit, call)
                 .await
@@ -151,6 +181,16 @@ impl<S: SessionStore> SessionStore for Timed<S> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_reload_moves_the_bound_of_a_store_that_waits_only() {
+        let limit = Limit::new(Some(Duration::from_secs(2)));
+        limit.clone().set(Duration::from_millis(300));
+        assert_eq!(limit.get(), Some(Duration::from_millis(300)));
+        let never = Limit::new(None);
+        never.set(Duration::from_secs(1));
+        assert_eq!(never.get(), None);
+    }
+
     /// A backend that never answers: no real store stalls on demand, and this is what a
     /// stuck disk or network looks like to the caller.
     struct Stalled;
@@ -180,7 +220,7 @@ mod tests {
     #[tokio::test]
     async fn every_call_is_bounded() {
         let limit = Duration::from_millis(50);
-        let store = Timed::new(Stalled, Some(limit), StoreMetrics::default());
+        let store = Timed::new(Stalled, Limit::new(Some(limit)), StoreMetrics::default());
         let Ok(id) = Handle::generate() else {
             panic!("no id")
         };

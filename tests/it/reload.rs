@@ -21,13 +21,18 @@ fn config(dir: &Path, upstream: &App, second: bool) -> String {
     } else {
         ("sid_one", "/static/", 4096, 1_000_000, "30s", "2s")
     };
+    let log = if second {
+        "[log]\nformat = \"json\"\n"
+    } else {
+        ""
+    };
     format!(
         "upstream = \"http://{}\"\n\
          [cookie]\nname = \"{name}\"\n\
          [session]\nskip = [\"{skip}\"]\nmax_size = {max_size}\n\
          [store]\nkind = \"sqlite\"\npath = \"{}\"\ntimeout = \"{timeout}\"\n\
          [limits]\nmax_body_size = {body}\n\
-         [upstream_timeouts]\nresponse = \"{response}\"\n",
+         [upstream_timeouts]\nresponse = \"{response}\"\n{log}",
         upstream.addr,
         db.display()
     )
@@ -65,7 +70,7 @@ async fn sighup_reloads_every_setting_for_new_requests_and_refuses_a_broken_file
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     std::fs::write(&file, config(dir.path(), &two, true)).unwrap();
     let line = running.hangup_line("configuration reloaded").await;
-    assert!(line.contains("restart=store.timeout"), "{line}");
+    assert!(line.contains("restart=log.format"), "{line}");
     let r = in_flight.await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(cookie_named(&r).as_deref(), Some("sid_one"));
