@@ -18,8 +18,9 @@ FROM ${RUST_IMAGE} AS build
 WORKDIR /src
 COPY . .
 # crt-static links glibc in, so the image needs no libc; SQLite (rusqlite's `bundled`) and ring
-# are compiled in anyway. Name resolution (an upstream or Redis by name) works from
-# /etc/hosts and DNS, which glibc (2.34 and later) has built in.
+# are compiled in anyway. Names (an upstream or Redis by name) resolve without NSS modules in
+# the image: glibc 2.34 and later has `files` and `dns` built in (the test resolves its `app`
+# from /etc/hosts; DNS is not tried there).
 RUN target="$(uname -m)-unknown-linux-gnu" \
  && RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release \
       --target "$target" --bin session-proxy --example counter \
