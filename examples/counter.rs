@@ -12,6 +12,7 @@
 //! Run with
 //! ```not_rust
 //! cargo run --release --example counter                        # uses ./proxy.toml (or the file named)
+//! cargo run --release --example counter -- --app-only 127.0.0.1:3000   # the app alone
 //! curl -c jar -b jar http://127.0.0.1:8080/                     # visits: 1
 //! curl -c jar -b jar http://127.0.0.1:8080/                     # visits: 2
 //! curl -c jar -b jar 'http://127.0.0.1:8080/login?user=ada'
@@ -143,6 +144,20 @@ fn websocket(mut req: Request<Incoming>, user: String) -> Response<Full<Bytes>> 
     resp
 }
 
+/// Serves [`app`] on every connection `listener` accepts, forever.
+async fn serve_app(listener: tokio::net::TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(app))
+                .await;
+        });
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     use std::io::IsTerminal as _;
@@ -153,9 +168,19 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    // `--app-only ADDR`: the app alone, for a proxy that runs elsewhere (compose.yaml's `app`,
+    // the container test).
+    let mut args = std::env::args().skip(1);
+    let named = args.next();
+    if named.as_deref() == Some("--app-only") {
+        let at = args.next().unwrap_or_else(|| "127.0.0.1:3000".to_owned());
+        let app_listener = tokio::net::TcpListener::bind(at.as_str()).await?;
+        println!("example app on http://{}", app_listener.local_addr()?);
+        serve_app(app_listener).await;
+        return Ok(());
+    }
     // A config file may be named as the one argument (the browser test gives one whose
     // addresses end in port 0); otherwise ./proxy.toml, if there is one.
-    let named = std::env::args().nth(1);
     let file = Path::new(named.as_deref().unwrap_or("proxy.toml"));
     let mut config = if file.exists() {
         RawConfig::from_file(file)?.validate(&file.display().to_string())?
@@ -168,18 +193,7 @@ async fn main() -> anyhow::Result<()> {
     // The address bound, so an `upstream` on port 0 works too.
     config.upstream = http::uri::Authority::try_from(app_addr.to_string())?;
     println!("example app on http://{app_addr}");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = app_listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service_fn(app))
-                    .await;
-            });
-        }
-    });
+    tokio::spawn(serve_app(app_listener));
 
     let listener = tokio::net::TcpListener::bind(config.listen).await?;
     // With `[tls]` in the config the proxy serves HTTPS (the browser test runs it so).

@@ -80,6 +80,16 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Some(Command::Sessions { command }) => sessions(config, command).await,
+            Some(Command::Health { url }) => {
+                let url = health_url(config.admin.as_ref(), url.as_deref())?;
+                let status = health(&url).await?;
+                say(
+                    json,
+                    "healthy",
+                    || tracing::info!(url = %url, status, "healthy"),
+                );
+                Ok(())
+            }
             Some(Command::Assertion {
                 command: AssertionCommand::Jwks,
             }) => {
@@ -129,6 +139,80 @@ fn fail(json: bool, error: &anyhow::Error) {
         tracing::error!(error = format!("{error:#}"), "session-proxy stops");
     } else {
         eprintln!("session-proxy: {error:#}");
+    }
+}
+
+/// What `health` asks: `url` as given, else `/healthz` on the admin listener, an unspecified
+/// address (`0.0.0.0`, `::`) asked on the loopback of its family.
+fn health_url(
+    admin: Option<&session_proxy::config::AdminConfig>,
+    url: Option<&str>,
+) -> anyhow::Result<http::Uri> {
+    let text = match (url, admin) {
+        (Some(url), _) => url.to_owned(),
+        (None, Some(admin)) => {
+            let mut at = admin.listen;
+            if at.ip().is_unspecified() {
+                at.set_ip(match at {
+                    std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                    std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+                });
+            }
+            format!("http://{at}/healthz")
+        }
+        (None, None) => anyhow::bail!(
+            "health: admin.listen is not set, so there is no /healthz to ask: turn the admin \
+             listener on or give the URL"
+        ),
+    };
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| anyhow::anyhow!("health: {text} is not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+        anyhow::bail!("health: {text}: only http://host:port/path URLs are asked");
+    }
+    Ok(uri)
+}
+
+/// One `GET` of `url` over HTTP/1.1 with `Connection: close`, within 5 s: the status when it is
+/// 200, else an error naming what came back. Enough HTTP for a probe of our own admin
+/// listener; no redirects, no TLS.
+async fn health(url: &http::Uri) -> anyhow::Result<u16> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let authority = url
+        .authority()
+        .ok_or_else(|| anyhow::anyhow!("health: {url} names no host"))?;
+    // `host()` keeps an IPv6 address's brackets; the resolver wants it bare.
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(80);
+    let path = url.path_and_query().map_or("/", |p| p.as_str());
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        // The status line is all that is read: `HTTP/1.1 200 OK`.
+        let mut head = [0u8; 64];
+        let mut got = 0;
+        while got < head.len() && !head[..got].contains(&b'\n') {
+            match stream.read(&mut head[got..]).await? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&head[..got]).into_owned())
+    };
+    let head = tokio::time::timeout(std::time::Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("health: {url} did not answer within 5s"))?
+        .map_err(|e| anyhow::anyhow!("health: {url}: {e}"))?;
+    let line = head.lines().next().unwrap_or("").trim();
+    match line.split(' ').nth(1).and_then(|s| s.parse::<u16>().ok()) {
+        Some(200) => Ok(200),
+        _ => anyhow::bail!("health: {url} answered {line:?}, not 200"),
     }
 }
 

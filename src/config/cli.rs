@@ -37,6 +37,13 @@ pub enum Command {
         #[command(subcommand)]
         command: SessionsCommand,
     },
+    /// Ask the admin listener's `/healthz` (or URL) and exit 0 when it answers 200, else 1:
+    /// a container's HEALTHCHECK, where there is no curl. Plain HTTP, 5 s at most.
+    Health {
+        /// What to ask, e.g. http://127.0.0.1:9090/healthz; default `/healthz` on
+        /// `admin.listen` (an unspecified address asked on loopback).
+        url: Option<String>,
+    },
     /// The signed assertion of the session (`[assertion]`).
     Assertion {
         #[command(subcommand)]

@@ -52,8 +52,13 @@ mod skip;
 /// The Python WSGI adapter with the real interpreter, behind the real proxy.
 mod python;
 
-/// The deploy files, checked by their own tools (systemd-analyze, nginx -t).
+/// The deploy files, checked by their own tools (systemd-analyze, nginx -t, kubectl kustomize
+/// and kubernetes-validate) and against each other.
 mod deploy;
+
+/// The image (Dockerfile) built with podman from a static build and run: the quickstart's flow,
+/// the HEALTHCHECK, the non-root store, SIGTERM.
+mod container;
 
 /// The admin web page in a real headless Chromium over WebDriver: token, list, patch, delete, XSS.
 mod admin_page;
