@@ -321,6 +321,24 @@ pub(super) fn admin(at: &Origin, a: RawAdmin) -> Result<Option<AdminConfig>, Con
 mod tests {
     use crate::config::validate::check;
 
+    /// A path a Unix socket cannot bind (with the new process's temporary name) is refused at
+    /// start, naming the key; a short one is kept as written.
+    #[test]
+    fn upgrade_socket_is_a_path_short_enough_to_bind() {
+        let long = format!("upgrade_socket = \"/run/{}.sock\"", "x".repeat(90));
+        let err = check(&long).unwrap_err();
+        assert!(
+            err.contains("upgrade_socket") && err.contains("at most 90"),
+            "{err}"
+        );
+        let c = check("upgrade_socket = \"/run/session-proxy/upgrade.sock\"").unwrap();
+        assert_eq!(
+            c.upgrade_socket.unwrap(),
+            std::path::Path::new("/run/session-proxy/upgrade.sock")
+        );
+        assert!(check("").unwrap().upgrade_socket.is_none());
+    }
+
     #[test]
     fn trusted_proxies_match_networks_and_bare_addresses() {
         let c = check(

@@ -268,3 +268,96 @@ impl Offer {
         Ok(peer.pid())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd as _;
+
+    use super::*;
+
+    async fn listener() -> tokio::net::TcpListener {
+        tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
+    }
+
+    fn dup(l: &tokio::net::TcpListener) -> OwnedFd {
+        l.as_fd().try_clone_to_owned().unwrap()
+    }
+
+    /// The new process receives the very sockets (same addresses, both names), and the offer
+    /// completes only once it says it serves.
+    #[tokio::test]
+    async fn the_listeners_pass_and_the_offer_ends_when_the_new_process_serves() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("up.sock");
+        let (public, admin) = (listener().await, listener().await);
+        let offer = Offer::bind(&path, dup(&public), Some(dup(&admin))).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mut offered = tokio::spawn(offer.handed_over());
+        let (predecessor, handed) = take_over(&path).await.unwrap().unwrap();
+        let got = std::net::TcpListener::from(handed.public.unwrap());
+        assert_eq!(got.local_addr().unwrap(), public.local_addr().unwrap());
+        let got = std::net::TcpListener::from(handed.admin.unwrap());
+        assert_eq!(got.local_addr().unwrap(), admin.local_addr().unwrap());
+        let early = tokio::time::timeout(Duration::from_millis(100), &mut offered).await;
+        assert!(
+            early.is_err(),
+            "the offer ended before the new process served"
+        );
+        predecessor.serving().await;
+        tokio::time::timeout(LIMIT, offered).await.unwrap().unwrap();
+    }
+
+    /// A peer that takes the listeners and goes away without serving changes nothing: the
+    /// offer waits for the next one.
+    #[tokio::test]
+    async fn a_new_process_that_fails_half_way_leaves_the_offer_standing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("up.sock");
+        let public = listener().await;
+        let offer = Offer::bind(&path, dup(&public), None).unwrap();
+        let mut offered = tokio::spawn(offer.handed_over());
+        let (failed, handed) = take_over(&path).await.unwrap().unwrap();
+        assert!(handed.admin.is_none());
+        drop((failed, handed));
+        let early = tokio::time::timeout(Duration::from_millis(100), &mut offered).await;
+        assert!(
+            early.is_err(),
+            "the offer ended without a new process serving"
+        );
+        let (next, _) = take_over(&path).await.unwrap().unwrap();
+        next.serving().await;
+        tokio::time::timeout(LIMIT, offered).await.unwrap().unwrap();
+    }
+
+    /// No socket file, or one nobody listens on (a proxy that died): no predecessor.
+    #[tokio::test]
+    async fn no_running_proxy_is_no_predecessor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("up.sock");
+        assert!(take_over(&path).await.unwrap().is_none());
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        assert!(take_over(&path).await.unwrap().is_none());
+        // And the next offer replaces the stale file.
+        let public = listener().await;
+        let _offer = Offer::bind(&path, dup(&public), None).unwrap();
+        let stream = UnixStream::connect(&path).await;
+        assert!(stream.is_ok());
+    }
+
+    /// Something else answering on the path is not a predecessor: the new process binds.
+    #[tokio::test]
+    async fn a_peer_that_speaks_another_protocol_hands_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("up.sock");
+        let other = UnixListener::bind(&path).unwrap();
+        let speaker = tokio::spawn(async move {
+            let (mut stream, _) = other.accept().await.unwrap();
+            stream.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+            stream
+        });
+        assert!(take_over(&path).await.unwrap().is_none());
+        drop(speaker.await.unwrap());
+    }
+}
