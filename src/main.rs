@@ -191,10 +191,23 @@ async fn run(
         upgrade_socket: upgrade_socket.as_deref(),
     };
     let mut listeners = listen::acquire(wanted, inherited).await?;
+    // The predecessor, if any, drains from here; this process offers its listeners to the next.
+    let offer = listeners.serving().await?;
     let (listener, admin) = (&listeners.public, listeners.admin.as_ref());
-    tracing::info!(listener = "public", address = %listener.local_addr()?, source = listeners.sources.0.as_str(), "listening socket");
-    if let (Some(admin), Some(source)) = (admin, listeners.sources.1) {
-        tracing::info!(listener = "admin", address = %admin.local_addr()?, source = source.as_str(), "listening socket");
+    let (public_from, admin_from) = listeners.sources;
+    tracing::info!(
+        listener = "public",
+        address = %listener.local_addr()?,
+        source = public_from.as_str(),
+        "listening socket"
+    );
+    if let (Some(admin), Some(source)) = (admin, admin_from) {
+        tracing::info!(
+            listener = "admin",
+            address = %admin.local_addr()?,
+            source = source.as_str(),
+            "listening socket"
+        );
     }
     // One line on stdout per listener, so scripts and tests learn the ports when listening on
     // :0. The proxy's comes first.
@@ -209,8 +222,6 @@ async fn run(
         let message = format!("session-proxy admin on {admin}");
         say(json, &message, || tracing::info!(admin, "{message}"));
     }
-    // The predecessor, if any, drains from here; this process offers its listeners to the next.
-    let offer = listeners.serving().await?;
     let shutdown = async move {
         let handed_over = async {
             match offer {

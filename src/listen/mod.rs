@@ -194,28 +194,29 @@ pub async fn acquire(wanted: Wanted<'_>, inherited: Inherited) -> Result<Listene
 }
 
 impl Listeners {
-    /// Called once this process is about to accept: tells the proxy that handed its listeners
-    /// over (it then stops accepting and drains), and takes over `upgrade_socket` for the next
-    /// one. `None` without `upgrade_socket`.
+    /// Called once this process is about to accept: takes over `upgrade_socket` for the next
+    /// process (`None` without it), then tells the proxy that handed its listeners over, which
+    /// stops accepting and drains. In that order: if the path cannot be bound, this process
+    /// exits with the error and the old one, never told, serves on.
     pub async fn serving(&mut self) -> Result<Option<Offer>, ListenError> {
+        let offer = match &self.upgrade_socket {
+            Some(path) => {
+                let dup = |l: &TcpListener| l.as_fd().try_clone_to_owned();
+                let offered = dup(&self.public).and_then(|public| {
+                    let admin = self.admin.as_ref().map(dup).transpose()?;
+                    Offer::bind(path, public, admin)
+                });
+                Some(offered.map_err(|source| ListenError::UpgradeSocket {
+                    path: path.clone(),
+                    source,
+                })?)
+            }
+            None => None,
+        };
         if let Some(predecessor) = self.predecessor.take() {
             predecessor.serving().await;
         }
-        let Some(path) = &self.upgrade_socket else {
-            return Ok(None);
-        };
-        let dup = |l: &TcpListener| l.as_fd().try_clone_to_owned();
-        let listeners = dup(&self.public).and_then(|public| {
-            let admin = self.admin.as_ref().map(dup).transpose()?;
-            Ok((public, admin))
-        });
-        let offered = listeners.and_then(|(public, admin)| Offer::bind(path, public, admin));
-        offered
-            .map(Some)
-            .map_err(|source| ListenError::UpgradeSocket {
-                path: path.clone(),
-                source,
-            })
+        Ok(offer)
     }
 }
 

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ struct Tally {
     /// Responses other than 2xx.
     non_2xx: Vec<u16>,
     fresh: u64,
+    /// How long the load ran: reported with the figures, never asserted.
+    took: Duration,
     /// Per session, the keys whose write got a 200, with their values.
     kept: Vec<BTreeMap<String, u64>>,
 }
@@ -94,18 +96,26 @@ async fn write(
     Ok(status)
 }
 
-/// Writes from `WORKERS` tasks until `stop`, into the sessions of `cookies`.
-async fn load(addr: SocketAddr, cookies: Arc<Vec<String>>, stop: Arc<AtomicBool>) -> Tally {
+/// Writes from `WORKERS` tasks until `stop`, into the sessions of `cookies`, counting each
+/// answered or failed request in `done`.
+async fn load(
+    addr: SocketAddr,
+    cookies: Arc<Vec<String>>,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+) -> Tally {
     let tally = Arc::new(Mutex::new(Tally {
         kept: vec![BTreeMap::new(); cookies.len()],
         ..Tally::default()
     }));
     let pooled: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).build_http();
+    let started = std::time::Instant::now();
     let mut workers = Vec::new();
     for w in 0..WORKERS {
         let (cookies, stop, tally, pooled) =
             (cookies.clone(), stop.clone(), tally.clone(), pooled.clone());
+        let done = done.clone();
         workers.push(tokio::spawn(async move {
             let mut pace = tokio::time::interval(EVERY);
             pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -127,6 +137,7 @@ async fn load(addr: SocketAddr, cookies: Arc<Vec<String>>, stop: Arc<AtomicBool>
                     Ok(status) => t.non_2xx.push(status.as_u16()),
                     Err(error) => t.errors.push(error),
                 }
+                done.fetch_add(1, Ordering::SeqCst);
                 n += WORKERS;
             }
         }));
@@ -134,11 +145,13 @@ async fn load(addr: SocketAddr, cookies: Arc<Vec<String>>, stop: Arc<AtomicBool>
     for w in workers {
         w.await.unwrap();
     }
-    Arc::try_unwrap(tally)
+    let mut tally = Arc::try_unwrap(tally)
         .ok()
         .expect("every worker ended")
         .into_inner()
-        .unwrap()
+        .unwrap();
+    tally.took = started.elapsed();
+    tally
 }
 
 fn spawn(args: Vec<String>) -> tokio::task::JoinHandle<ProxyProcess> {
@@ -185,9 +198,20 @@ async fn upgrade_under_load(what: &str, store_toml: &str) -> String {
     }
     let cookies = Arc::new(cookies);
     let stop = Arc::new(AtomicBool::new(false));
-    let client = tokio::spawn(load(addr, cookies.clone(), stop.clone()));
+    let done = Arc::new(AtomicU64::new(0));
+    let client = tokio::spawn(load(addr, cookies.clone(), stop.clone(), done.clone()));
+    // Counted, not timed: the load's pace is whatever this machine gives it.
+    let after = |n: u64| {
+        let done = done.clone();
+        async move {
+            let until = done.load(Ordering::SeqCst) + n;
+            while done.load(Ordering::SeqCst) < until {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
 
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    after(200).await;
     // The new process: same config, so the same upgrade_socket; it takes the old one's sockets.
     let new = spawn(args).await.unwrap();
     assert_eq!(new.addr, addr, "the new process serves the same port");
@@ -195,19 +219,20 @@ async fn upgrade_under_load(what: &str, store_toml: &str) -> String {
     // SO_REUSEPORT would make it two, each with its own queue), and the new process holds it.
     assert_eq!(listening_sockets(addr.port()), queue, "one accept queue");
     assert!(holds(new.pid(), queue[0]));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    after(50).await;
     old.signal("TERM");
     let code = tokio::task::spawn_blocking(move || old.wait_exit(Duration::from_secs(15)))
         .await
         .unwrap();
     assert_eq!(code, Some(0), "the old process drained and exited");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    after(200).await;
     stop.store(true, Ordering::SeqCst);
     let tally = client.await.unwrap();
 
     let figures = format!(
-        "{what}: {} requests ({} on fresh connections), {} connection errors, {} non-2xx",
+        "{what}: {} requests in {:.1} s ({} on fresh connections), {} connection errors, {} non-2xx",
         tally.sent,
+        tally.took.as_secs_f64(),
         tally.fresh,
         tally.errors.len(),
         tally.non_2xx.len()
@@ -215,7 +240,6 @@ async fn upgrade_under_load(what: &str, store_toml: &str) -> String {
     eprintln!("{figures}");
     assert!(tally.errors.is_empty(), "{figures}: {:?}", tally.errors);
     assert!(tally.non_2xx.is_empty(), "{figures}: {:?}", tally.non_2xx);
-    assert!(tally.sent >= 400, "{figures}: the load ran too slowly");
 
     // Every key that got a 200 is in its session, read back through the new process.
     for (i, cookie) in cookies.iter().enumerate() {
