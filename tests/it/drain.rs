@@ -1,6 +1,8 @@
 //! Shutdown does not wait on connections with nothing in flight: an HTTP/2 client that never
 //! reads, a client half-way through a request head, and an idle keep-alive connection are all
-//! closed at once on SIGTERM, so the binary exits long before `shutdown_timeout`.
+//! closed on SIGTERM (HTTP/2 at once, HTTP/1 after the drain's idle grace), so the binary exits
+//! long before `shutdown_timeout`. An idle HTTP/1.1 connection still answers a request that
+//! comes within that grace, with `Connection: close`.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +16,7 @@ use crate::support::raw::closed_within;
 use crate::support::{App, ProxyProcess, get, write_config};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_closes_idle_connections_at_once() {
+async fn sigterm_closes_idle_connections_without_waiting_for_the_deadline() {
     let app = App::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
