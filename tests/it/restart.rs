@@ -27,9 +27,9 @@ use crate::support::{App, ProxyProcess, get, write_config};
 
 /// Sessions the load writes into.
 const SESSIONS: usize = 20;
-/// Client tasks, each one request at a time at its own pace: 4 × 50/s, about 200 a second.
-const WORKERS: u64 = 4;
-const EVERY: Duration = Duration::from_millis(20);
+/// Client tasks, each one request at a time at its own pace: 8 × 25/s, about 200 a second.
+const WORKERS: u64 = 8;
+const EVERY: Duration = Duration::from_millis(40);
 
 /// What the client saw, request by request.
 #[derive(Default)]
