@@ -2,8 +2,8 @@
 //! with the same `upgrade_socket` takes the first one's listening sockets while a client keeps
 //! about 200 requests a second going (kept-alive and fresh connections, each request writing its
 //! own key into one of 20 sessions), the first gets SIGTERM and drains; no request fails and
-//! every written key is there at the end. On the sqlite store both processes share, and on
-//! Redis. Also: plain `SO_REUSEPORT` (two processes on one port without a handoff) and systemd
+//! every written key is there at the end; one listening socket (one accept queue) throughout,
+//! public and admin. On the sqlite store both processes share, and on Redis. Also: plain `SO_REUSEPORT` (two processes on one port without a handoff) and systemd
 //! socket activation (`LISTEN_FDS`, through `systemd-socket-activate`).
 
 use std::collections::BTreeMap;
@@ -179,6 +179,8 @@ async fn upgrade_under_load(what: &str, store_toml: &str) -> String {
         &config,
         "--upstream",
         &format!("http://{}", app.addr),
+        "--admin-listen",
+        "127.0.0.1:0",
     ]
     .map(str::to_owned)
     .to_vec();
@@ -219,12 +221,21 @@ async fn upgrade_under_load(what: &str, store_toml: &str) -> String {
     // SO_REUSEPORT would make it two, each with its own queue), and the new process holds it.
     assert_eq!(listening_sockets(addr.port()), queue, "one accept queue");
     assert!(holds(new.pid(), queue[0]));
+    // The admin listener is handed over too.
+    let admin = new.admin.unwrap();
+    assert_eq!(Some(admin), old.admin);
+    assert_eq!(listening_sockets(admin.port()).len(), 1);
     after(50).await;
     old.signal("TERM");
     let code = tokio::task::spawn_blocking(move || old.wait_exit(Duration::from_secs(15)))
         .await
         .unwrap();
     assert_eq!(code, Some(0), "the old process drained and exited");
+    assert_eq!(
+        get(admin, "/readyz").await.status,
+        200,
+        "the new process's probe"
+    );
     after(200).await;
     stop.store(true, Ordering::SeqCst);
     let tally = client.await.unwrap();
