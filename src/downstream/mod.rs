@@ -419,7 +419,12 @@ impl Connection {
             Protocol::Http2 => Box::pin(builders.http2.serve_connection(io, service)),
         };
         let mut draining = *self.stop.borrow();
-        let mut deadline = Some(deadline);
+        // Accepted just before the drain began: the drain's grace for its first request.
+        let mut deadline = Some(if draining {
+            deadline.min(Instant::now() + DRAIN_IDLE_GRACE)
+        } else {
+            deadline
+        });
         let mut served_one = false;
         // The drain's GOAWAY (HTTP/2) or idle close (HTTP/1) was sent: nothing but its end is
         // left to wait for once nothing is in flight.
