@@ -189,7 +189,11 @@ pub async fn acquire(wanted: Wanted<'_>, inherited: Inherited) -> Result<Listene
             })?,
         sources: (public_from, admin_from),
         predecessor,
-        upgrade_socket: wanted.upgrade_socket.map(Path::to_path_buf),
+        // Under systemd nothing is offered either: the next process gets the sockets from it.
+        upgrade_socket: wanted
+            .upgrade_socket
+            .filter(|_| !systemd)
+            .map(Path::to_path_buf),
     })
 }
 

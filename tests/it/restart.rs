@@ -365,6 +365,8 @@ async fn systemd_socket_activation_serves_the_passed_sockets() {
              run .ci/run. This test never skips."
         );
     }
+    let dir = tempfile::tempdir().unwrap();
+    let upgrade = dir.path().join("upgrade.sock");
     let mut command = Command::new("systemd-socket-activate");
     command
         .args(["-l", &format!("127.0.0.1:{public}")])
@@ -380,6 +382,9 @@ async fn systemd_socket_activation_serves_the_passed_sockets() {
         // Not what the proxy serves on: the sockets systemd passed are.
         .args(["--listen", "127.0.0.1:1"])
         .args(["--admin-listen", "127.0.0.1:2"])
+        // Not used under systemd, which holds the sockets across restarts.
+        .arg("--upgrade-socket")
+        .arg(&upgrade)
         .env("RUST_LOG", "warn")
         .stderr(Stdio::null());
     let addr: SocketAddr = format!("127.0.0.1:{public}").parse().unwrap();
@@ -414,6 +419,10 @@ async fn systemd_socket_activation_serves_the_passed_sockets() {
     assert!(r.set_cookie("session_id").is_some());
     let health = get(proxy.admin.unwrap(), "/healthz").await;
     assert_eq!(health.status, 200, "{:?}", health.body);
+    assert!(
+        !upgrade.exists(),
+        "nothing is offered on upgrade_socket under systemd"
+    );
     proxy.signal("TERM");
     let mut proxy = proxy;
     let code = tokio::task::spawn_blocking(move || proxy.wait_exit(Duration::from_secs(10)))
