@@ -14,6 +14,7 @@ pub mod downstream;
 pub mod error;
 pub mod forwarding;
 pub mod http;
+pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod outcome;
@@ -55,6 +56,16 @@ impl StartError {
     pub fn is_config(&self) -> bool {
         matches!(self, StartError::Audit(_) | StartError::Assertion(_))
     }
+}
+
+/// Why a serving proxy stops accepting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM or SIGINT: drain, the admin listener last.
+    Drain,
+    /// A new process serves on the listeners now (`upgrade_socket`): drain, the admin
+    /// listener at once.
+    HandedOver,
 }
 
 /// A proxy ready to serve: config validated, store open.
@@ -168,27 +179,47 @@ impl Proxy {
         admin: Option<tokio::net::TcpListener>,
         shutdown: impl Future<Output = ()>,
     ) {
+        self.serve_until(listener, admin, async {
+            shutdown.await;
+            Stop::Drain
+        })
+        .await;
+    }
+
+    /// [`serve_with_admin`](Self::serve_with_admin), told by `shutdown` why it stops: after a
+    /// [`Stop::HandedOver`] the admin listener closes at once too (its socket serves on in
+    /// the new process), after a [`Stop::Drain`] it outlives the drain.
+    pub async fn serve_until(
+        self,
+        listener: tokio::net::TcpListener,
+        admin: Option<tokio::net::TcpListener>,
+        shutdown: impl Future<Output = Stop>,
+    ) {
         let sweeper = self.sweeper.map(|s| tokio::spawn(s.run()));
         let state = self.live.current();
         let sockets = tokio::spawn(state.sockets.clone().run(self.live.clone()));
         let (stop_audit, audit_stopped) = tokio::sync::oneshot::channel::<()>();
         let audit = self.audit.map(|w| tokio::spawn(w.run(audit_stopped)));
         let routes = self.admin;
-        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
         let admin_task = admin.map(|l| {
-            tokio::spawn(admin::serve(l, routes.clone(), async {
-                let _ = admin_stopped.await;
+            let mut stopped = admin_stopped;
+            tokio::spawn(admin::serve(l, routes.clone(), async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
             }))
         });
         // The deadline in force at start: a drain's length is the process's, not a request's.
         let deadline = state.config.shutdown_timeout;
         let draining = async {
-            shutdown.await;
+            let stop = shutdown.await;
             routes.start_draining();
+            if stop == Stop::HandedOver {
+                let _ = stop_admin.send(true);
+            }
         };
         drop(state);
         downstream::serve(listener, self.live, draining, deadline).await;
-        let _ = stop_admin.send(());
+        let _ = stop_admin.send(true);
         if let Some(task) = admin_task {
             // Admin requests are short; one that hangs does not hold the exit.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;

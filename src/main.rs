@@ -8,9 +8,12 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use session_proxy::config::cli::{AssertionCommand, Cli, Command, SessionsCommand};
 use session_proxy::config::{LogFormat, StoreConfig, StoreKind};
-use session_proxy::{Proxy, downstream, store};
+use session_proxy::{Proxy, Stop, downstream, listen, store};
 
 fn main() -> ExitCode {
+    // First, while this is the only thread: it takes LISTEN_FDS and LISTEN_PID out of the
+    // environment (systemd socket activation).
+    let inherited = listen::Inherited::from_env();
     let cli = Cli::parse();
     // The config decides the log's format, so it is read first; its errors go to stderr as
     // they always did.
@@ -63,7 +66,7 @@ fn main() -> ExitCode {
             return copy_sessions(&from, &to).await;
         }
         match cli.command {
-            None | Some(Command::Run) => run(config, cli.options).await,
+            None | Some(Command::Run) => run(config, cli.options, inherited).await,
             Some(Command::Check) => {
                 // Also opens the store, so a bad directory or unreachable Redis shows now.
                 store::open(&config.store).await?;
@@ -228,6 +231,7 @@ fn is_config_error(e: &anyhow::Error) -> bool {
 async fn run(
     config: session_proxy::config::Config,
     options: session_proxy::config::cli::Options,
+    inherited: listen::Inherited,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     // First, before the store opens or a port is bound: from here on a SIGHUP reloads the
@@ -239,6 +243,7 @@ async fn run(
     let listen = config.listen;
     let upstream = config.upstream.clone();
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
+    let upgrade_socket = config.upgrade_socket.clone();
     let json = config.log_format == LogFormat::Json;
     let scheme = if config.tls.is_some() {
         "https"
@@ -247,16 +252,32 @@ async fn run(
     };
     let proxy = Proxy::open(config).await?;
     tokio::spawn(proxy.reloader().on_hangup(hangup, options));
-    let bind = |addr| async move {
-        tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+    // After the store opened: a running proxy hands its listeners over only to a process that
+    // is ready to serve on them.
+    let wanted = listen::Wanted {
+        public: listen,
+        admin: admin_listen,
+        upgrade_socket: upgrade_socket.as_deref(),
     };
-    let listener = bind(listen).await?;
-    let admin = match admin_listen {
-        Some(addr) => Some(bind(addr).await?),
-        None => None,
-    };
+    let mut listeners = listen::acquire(wanted, inherited).await?;
+    // The predecessor, if any, drains from here; this process offers its listeners to the next.
+    let offer = listeners.serving().await?;
+    let (listener, admin) = (&listeners.public, listeners.admin.as_ref());
+    let (public_from, admin_from) = listeners.sources;
+    tracing::info!(
+        listener = "public",
+        address = %listener.local_addr()?,
+        source = public_from.as_str(),
+        "listening socket"
+    );
+    if let (Some(admin), Some(source)) = (admin, admin_from) {
+        tracing::info!(
+            listener = "admin",
+            address = %admin.local_addr()?,
+            source = source.as_str(),
+            "listening socket"
+        );
+    }
     // One line on stdout per listener, so scripts and tests learn the ports when listening on
     // :0. The proxy's comes first.
     let listening = format!("{scheme}://{}", listener.local_addr()?);
@@ -270,8 +291,21 @@ async fn run(
         let message = format!("session-proxy admin on {admin}");
         say(json, &message, || tracing::info!(admin, "{message}"));
     }
+    let shutdown = async move {
+        let handed_over = async {
+            match offer {
+                Some(offer) => offer.handed_over().await,
+                None => std::future::pending().await,
+            }
+        };
+        // Whichever comes first, the offer (and its copies of the sockets) is dropped here.
+        tokio::select! {
+            () = downstream::shutdown_signal() => Stop::Drain,
+            () = handed_over => Stop::HandedOver,
+        }
+    };
     proxy
-        .serve_with_admin(listener, admin, downstream::shutdown_signal())
+        .serve_until(listeners.public, listeners.admin, shutdown)
         .await;
     Ok(())
 }

@@ -18,6 +18,7 @@ const FLOORS: &[(&str, u32)] = &[
     ("session", 1),
     ("tls", 1),
     ("outcome", 1),
+    ("listen", 1),
     ("metrics", 2),
     ("protocol", 2),
     ("config", 3),

@@ -149,6 +149,10 @@ pub struct Options {
     /// Address to listen on, e.g. 127.0.0.1:8080 (port 0 picks a free port).
     #[arg(long, global = true, value_name = "ADDR")]
     pub listen: Option<String>,
+    /// Unix socket over which a running proxy hands its listeners to the next one (a restart
+    /// or upgrade that refuses nothing; see README, Operations).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub upgrade_socket: Option<PathBuf>,
     /// The app to proxy to, e.g. http://127.0.0.1:3000.
     #[arg(long, global = true, value_name = "URL")]
     pub upstream: Option<String>,
@@ -305,6 +309,7 @@ impl Options {
         }
         set(&mut raw.listen, &self.listen);
         set(&mut raw.upstream, &self.upstream);
+        set(&mut raw.upgrade_socket, &self.upgrade_socket);
         set(&mut raw.cookie.name, &self.cookie_name);
         set(&mut raw.cookie.max_age, &self.cookie_max_age);
         set(&mut raw.cookie.domain, &self.cookie_domain);

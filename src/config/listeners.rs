@@ -113,6 +113,43 @@ pub(super) fn listen(at: &Origin, text: &str) -> Result<SocketAddr, ConfigError>
         .map_err(|e| at.bad("listen", format!("{text:?} is not an ip:port address: {e}")))
 }
 
+/// The longest `upgrade_socket` path: a Unix socket's address holds 107 bytes, and the new
+/// process binds beside it under a name a dozen bytes longer before renaming it into place.
+pub const UPGRADE_SOCKET_MAX: usize = 90;
+
+/// `upgrade_socket`: a Unix socket path, short enough to bind (with room for the temporary
+/// name the next process binds first). Whether its directory exists is found at start.
+pub(super) fn upgrade_socket(
+    at: &Origin,
+    path: Option<std::path::PathBuf>,
+) -> Result<Option<std::path::PathBuf>, ConfigError> {
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let len = path.as_os_str().len();
+    if len == 0 {
+        return Err(at.bad(
+            "upgrade_socket",
+            "is empty: name a Unix socket path, e.g. \"/run/session-proxy/upgrade.sock\"",
+        ));
+    }
+    if len > UPGRADE_SOCKET_MAX {
+        return Err(at.bad(
+            "upgrade_socket",
+            format!(
+                "is {len} bytes long; a Unix socket path may be at most {UPGRADE_SOCKET_MAX} here"
+            ),
+        ));
+    }
+    if path.file_name().is_none() {
+        return Err(at.bad(
+            "upgrade_socket",
+            format!("{} names no file", path.display()),
+        ));
+    }
+    Ok(Some(path))
+}
+
 /// `trusted_proxies`, and the key it replaced. `trust_forwarded_headers` trusted every peer or
 /// none; whatever it was set to is refused with what to write instead, so that no upgrade
 /// silently starts (or stops) believing a front proxy.
@@ -283,6 +320,24 @@ pub(super) fn admin(at: &Origin, a: RawAdmin) -> Result<Option<AdminConfig>, Con
 #[cfg(test)]
 mod tests {
     use crate::config::validate::check;
+
+    /// A path a Unix socket cannot bind (with the new process's temporary name) is refused at
+    /// start, naming the key; a short one is kept as written.
+    #[test]
+    fn upgrade_socket_is_a_path_short_enough_to_bind() {
+        let long = format!("upgrade_socket = \"/run/{}.sock\"", "x".repeat(90));
+        let err = check(&long).unwrap_err();
+        assert!(
+            err.contains("upgrade_socket") && err.contains("at most 90"),
+            "{err}"
+        );
+        let c = check("upgrade_socket = \"/run/session-proxy/upgrade.sock\"").unwrap();
+        assert_eq!(
+            c.upgrade_socket.unwrap(),
+            std::path::Path::new("/run/session-proxy/upgrade.sock")
+        );
+        assert!(check("").unwrap().upgrade_socket.is_none());
+    }
 
     #[test]
     fn trusted_proxies_match_networks_and_bare_addresses() {

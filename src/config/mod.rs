@@ -106,6 +106,9 @@ pub struct Config {
     /// Scheme and authority of the upstream (always `http`).
     pub upstream: Authority,
     pub shutdown_timeout: Duration,
+    /// `upgrade_socket`: the Unix socket over which a running proxy hands its listeners to
+    /// the next one (README, Operations); `None`: no handoff.
+    pub upgrade_socket: Option<std::path::PathBuf>,
     /// The peers whose forwarding headers are believed (`trusted_proxies`).
     pub trusted_proxies: TrustedProxies,
     pub cookie: CookieConfig,

@@ -14,6 +14,7 @@ pub struct RawConfig {
     pub listen: Option<String>,
     pub upstream: Option<String>,
     pub shutdown_timeout: Option<DurationSpec>,
+    pub upgrade_socket: Option<PathBuf>,
     pub trusted_proxies: Option<Vec<String>>,
     /// Replaced by `trusted_proxies`: kept only so that any value of it is refused with the
     /// migration, rather than as an unknown key.
@@ -237,10 +238,11 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 79] = [
+pub(crate) const KEYS: [&str; 80] = [
     "listen",
     "upstream",
     "shutdown_timeout",
+    "upgrade_socket",
     "trusted_proxies",
     "trust_forwarded_headers",
     "cookie.name",
@@ -394,7 +396,8 @@ mod tests {
     fn keys_lists_every_field_of_the_file() {
         let every: Vec<&str> = [
             &fields!(RawConfig "" {
-                listen, upstream, shutdown_timeout, trusted_proxies, trust_forwarded_headers
+                listen, upstream, shutdown_timeout, upgrade_socket, trusted_proxies,
+                trust_forwarded_headers
             } sections {
                 cookie, session, store, upstream_timeouts, tls, admin, limits, log, audit,
                 assertion

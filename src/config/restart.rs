@@ -30,6 +30,7 @@ impl Config {
             }
         };
         keep("listen", new.listen != self.listen);
+        keep("upgrade_socket", new.upgrade_socket != self.upgrade_socket);
         keep(
             "admin.listen",
             new.admin.as_ref().map(|a| a.listen) != self.admin.as_ref().map(|a| a.listen),
@@ -63,6 +64,7 @@ impl Config {
         store.encryption_keys = std::mem::take(&mut new.store.encryption_keys);
         store.encryption_key_file = new.store.encryption_key_file.take();
         new.listen = self.listen;
+        new.upgrade_socket = self.upgrade_socket.clone();
         // The admin token was checked against the new file's address (none is needed only on
         // loopback): with the address kept, the token is kept with it.
         if new.admin.as_ref().map(|a| a.listen) != self.admin.as_ref().map(|a| a.listen) {

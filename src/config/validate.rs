@@ -11,7 +11,7 @@ use super::cookie::cookie;
 use super::limits::limits;
 use super::listeners::{
     DEFAULT_LISTEN, DEFAULT_UPSTREAM, admin, listen, parse_upstream, tls, trusted_proxies,
-    upstream_timeouts,
+    upgrade_socket, upstream_timeouts,
 };
 use super::origin::Origin;
 use super::session::session;
@@ -33,6 +33,7 @@ impl RawConfig {
                 &self.shutdown_timeout,
                 Duration::from_secs(30),
             )?,
+            upgrade_socket: upgrade_socket(&at, self.upgrade_socket)?,
             trusted_proxies: trusted_proxies(
                 &at,
                 self.trusted_proxies,
@@ -184,6 +185,7 @@ mod tests {
             ("listen", "listen = \"nowhere\""),
             ("upstream", "upstream = \"https://x\""),
             ("shutdown_timeout", "shutdown_timeout = \"soon\""),
+            ("upgrade_socket", "upgrade_socket = \"\""),
             ("trusted_proxies", "trusted_proxies = [\"10.0.0.0/33\"]"),
             ("trust_forwarded_headers", "trust_forwarded_headers = true"),
             ("cookie.name", "[cookie]\nname = \"a b\""),

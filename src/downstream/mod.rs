@@ -1,6 +1,14 @@
 //! The accept loop: one task per connection, HTTP/1.1 and HTTP/2 (h2c prior knowledge, or
 //! ALPN under TLS) on the same port, every connection bounded in number and in time, and a
-//! shutdown that closes what is idle at once and gives in-flight requests a stated deadline.
+//! shutdown that gives in-flight requests a stated deadline and closes the rest without
+//! failing a client's next request.
+//!
+//! The drain (SIGTERM, or a new process took the listeners over): HTTP/2 connections get
+//! GOAWAY at once. An HTTP/1.1 connection is not closed under a client that may be sending its
+//! next request on it right then (it would see the connection end: a failed request); instead
+//! every further response on it says `Connection: close` (the client's next request opens a new
+//! connection, which lands in the listening socket's queue: the new process's, after a
+//! handoff), and one that stays idle is closed after [`DRAIN_IDLE_GRACE`].
 //!
 //! With `[tls]`, the TLS handshake runs in the connection's task, inside the same
 //! `handshake_timeout` as the first request and under the same connection slot: a client that
@@ -16,6 +24,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -47,6 +56,10 @@ const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration
 /// How long a connection that has nothing in flight gets to finish writing before it is
 /// dropped: hyper may still hold the tail of the last response in its buffer.
 const FLUSH_GRACE: Duration = Duration::from_millis(200);
+/// How long a drained HTTP/1 connection with nothing in flight stays open for the client's
+/// next request (answered with `Connection: close`) before it is closed: a client that uses
+/// it keeps sending within this, one that does not is unlikely to be sending right then.
+pub const DRAIN_IDLE_GRACE: Duration = Duration::from_secs(1);
 /// File descriptors kept free of connections: the upstream pool, the store, logs.
 const SPARE_FDS: u64 = 64;
 
@@ -210,6 +223,8 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(max_connections));
     // Every connection task holds a receiver: `closed()` says when the last one has ended.
     let (stop, stopped) = watch::channel(false);
+    // Read by every response: whether it should close its HTTP/1 connection.
+    let draining = Arc::new(AtomicBool::new(false));
     let mut backoff = ACCEPT_BACKOFF.0;
     let mut last_refusal_log: Option<Instant> = None;
     tokio::pin!(shutdown);
@@ -243,6 +258,7 @@ pub async fn serve(
                         tls: tls.clone(),
                         live: live.clone(),
                         stop: stopped.clone(),
+                        draining: draining.clone(),
                         limits,
                         deadline,
                     };
@@ -262,6 +278,7 @@ pub async fn serve(
     }
     drop(listener);
     drop(stopped);
+    draining.store(true, Ordering::Relaxed);
     tracing::info!(deadline = ?deadline, "shutting down: no new connections; waiting for open requests");
     let _ = stop.send(true);
     tokio::select! {
@@ -314,6 +331,8 @@ struct Connection {
     /// Each request takes the state in force when it starts.
     live: Live,
     stop: watch::Receiver<bool>,
+    /// Set when the drain begins, before `stop` says so.
+    draining: Arc<AtomicBool>,
     limits: Limits,
     /// The shutdown deadline, which a tunnel also gets.
     deadline: Duration,
@@ -376,21 +395,34 @@ impl Connection {
     {
         let remote = peer.addr;
         let activity = Arc::new(Activity::default());
+        // Whether the connection speaks HTTP/2 (known under TLS from ALPN, else from its first
+        // request): the drain sends it GOAWAY at once.
+        let h2 = Arc::new(AtomicBool::new(matches!(protocol, Protocol::Http2)));
         // Where a 101 leaves its tunnel, run here once hyper has handed the connection over.
         let switched: Arc<Mutex<Option<Tunnel>>> = Arc::default();
         let service = {
             let (live, activity) = (self.live.clone(), activity.clone());
-            let switched = switched.clone();
+            let (switched, draining, h2) = (switched.clone(), self.draining.clone(), h2.clone());
             service_fn(move |req| {
                 let in_flight = activity.enter();
+                let http1 = req.version() < http::Version::HTTP_2;
+                if !http1 {
+                    h2.store(true, Ordering::Relaxed);
+                }
                 let handled = proxy::handle(live.current(), peer.clone(), req);
-                let switched = switched.clone();
+                let (switched, draining) = (switched.clone(), draining.clone());
                 async move {
                     let mut resp = handled.await?;
                     if let Some(tunnel) = resp.extensions_mut().remove::<Tunnel>()
                         && let Ok(mut slot) = switched.lock()
                     {
                         *slot = Some(tunnel);
+                    } else if http1 && draining.load(Ordering::Relaxed) {
+                        // hyper closes the connection once this response is written.
+                        resp.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
                     }
                     Ok::<_, std::convert::Infallible>(
                         resp.map(|body| Tracked::new(body, in_flight)),
@@ -409,10 +441,22 @@ impl Connection {
             Protocol::Http2 => Box::pin(builders.http2.serve_connection(io, service)),
         };
         let mut draining = *self.stop.borrow();
-        let mut deadline = Some(deadline);
+        // Accepted just before the drain began: the drain's grace for its first request.
+        let mut deadline = Some(if draining {
+            deadline.min(Instant::now() + DRAIN_IDLE_GRACE)
+        } else {
+            deadline
+        });
         let mut served_one = false;
+        // The drain's GOAWAY (HTTP/2) or idle close (HTTP/1) was sent: nothing but its end is
+        // left to wait for once nothing is in flight.
+        let mut closing = false;
         loop {
-            if draining && activity.idle() {
+            if draining && !closing && h2.load(Ordering::Relaxed) {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            if closing && activity.idle() {
                 // Nothing in flight: nothing to wait for but hyper's last flush.
                 let _ = tokio::time::timeout(FLUSH_GRACE, served(&mut conn)).await;
                 return self.tunnel(&switched, true).await;
@@ -434,7 +478,9 @@ impl Connection {
                 Wake::Done => return self.tunnel(&switched, draining).await,
                 Wake::Stop => {
                     draining = true;
-                    conn.as_mut().graceful_shutdown();
+                    // HTTP/1: one more idle grace (the loop's top sends HTTP/2 its GOAWAY).
+                    let grace = Instant::now() + DRAIN_IDLE_GRACE;
+                    deadline = Some(deadline.map_or(grace, |d| d.min(grace)));
                 }
                 Wake::Check => {}
             }
@@ -445,7 +491,12 @@ impl Connection {
             }
             if activity.take_ended() {
                 served_one = true;
-                deadline = Some(Instant::now() + self.limits.keep_alive_timeout);
+                let idle = if draining {
+                    DRAIN_IDLE_GRACE.min(self.limits.keep_alive_timeout)
+                } else {
+                    self.limits.keep_alive_timeout
+                };
+                deadline = Some(Instant::now() + idle);
                 continue;
             }
             if deadline.is_some_and(|d| d <= Instant::now()) {

@@ -1,7 +1,8 @@
-//! The files in `deploy/` are checked as their tools check them: the systemd unit with
-//! `systemd-analyze verify`, the nginx snippet with `nginx -t`, the Kubernetes manifests with
-//! `kubectl kustomize` and kubernetes-validate (and against each other). No file ships
-//! unchecked. The image itself is built and run in `container.rs`.
+//! The files in `deploy/` are checked as their tools check them: the systemd units (the
+//! service, the socket, the handoff's template) with `systemd-analyze verify`, the nginx
+//! snippet with `nginx -t`, the Kubernetes manifests with `kubectl kustomize` and
+//! kubernetes-validate (and against each other). No file ships unchecked. The image itself is
+//! built and run in `container.rs`.
 
 use std::process::Command;
 
@@ -40,28 +41,61 @@ fn session_proxy(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-#[test]
-fn the_systemd_unit_verifies_without_a_warning() {
+/// Copies the units `files` of deploy/ into a directory, pointed at the binary just built
+/// (what `cargo install` would put at /usr/local/bin), and runs `systemd-analyze verify` on
+/// `units` there: it must pass without a word.
+fn verify_units(files: &[&str], units: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let unit = std::fs::read_to_string(format!("{ROOT}/deploy/session-proxy.service")).unwrap();
-    // The unit names the installed binary; point it at the one just built, which is what
-    // `cargo install` would put there.
     let installed = "ExecStart=/usr/local/bin/session-proxy ";
-    assert!(unit.contains(installed));
-    let here = unit.replace(
-        installed,
-        &format!("ExecStart={} ", env!("CARGO_BIN_EXE_session-proxy")),
-    );
-    let path = dir.path().join("session-proxy.service");
-    std::fs::write(&path, here).unwrap();
+    for file in files {
+        let unit = std::fs::read_to_string(format!("{ROOT}/deploy/{file}")).unwrap();
+        let here = if file.ends_with(".service") {
+            assert!(unit.contains(installed), "{file}");
+            unit.replace(
+                installed,
+                &format!("ExecStart={} ", env!("CARGO_BIN_EXE_session-proxy")),
+            )
+        } else {
+            unit
+        };
+        std::fs::write(dir.path().join(file), here).unwrap();
+    }
     let out = run(
-        Command::new("systemd-analyze").arg("verify").arg(&path),
+        Command::new("systemd-analyze")
+            .arg("verify")
+            .args(units.iter().map(|u| dir.path().join(u))),
         "systemd-analyze (Debian's systemd package)",
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     // An unknown or misspelt key is only a warning: any output at all fails the check.
     assert!(stderr.trim().is_empty(), "{stderr}");
+}
+
+#[test]
+fn the_systemd_unit_verifies_without_a_warning() {
+    verify_units(&["session-proxy.service"], &["session-proxy.service"]);
+}
+
+/// Socket activation: the socket unit with the service it starts.
+#[test]
+fn the_socket_unit_verifies_with_its_service() {
+    verify_units(
+        &["session-proxy.socket", "session-proxy.service"],
+        &["session-proxy.socket", "session-proxy.service"],
+    );
+}
+
+/// The handoff recipe: the template unit, verified as the instances it is started as.
+#[test]
+fn the_handoff_template_unit_verifies_as_its_instances() {
+    let unit = std::fs::read_to_string(format!("{ROOT}/deploy/session-proxy@.service")).unwrap();
+    assert!(unit.contains("--upgrade-socket /run/session-proxy/upgrade.sock"));
+    assert!(unit.contains("RuntimeDirectoryPreserve=yes"));
+    verify_units(
+        &["session-proxy@.service"],
+        &["session-proxy@a.service", "session-proxy@b.service"],
+    );
 }
 
 #[test]

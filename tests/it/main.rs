@@ -52,6 +52,10 @@ mod skip;
 /// The Python WSGI adapter with the real interpreter, behind the real proxy.
 mod python;
 
+/// Restart and upgrade with nothing refused: the handoff over `upgrade_socket` under load
+/// (sqlite and Redis), plain SO_REUSEPORT, systemd socket activation.
+mod restart;
+
 /// The deploy files, checked by their own tools (systemd-analyze, nginx -t, kubectl kustomize
 /// and kubernetes-validate) and against each other.
 mod deploy;

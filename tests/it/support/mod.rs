@@ -13,7 +13,7 @@ pub mod webdriver;
 
 use std::future::{Future, IntoFuture};
 use std::io::{BufRead as _, BufReader};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::pin::Pin;
 use std::process::{Child, Command, Stdio};
@@ -442,15 +442,20 @@ impl ProxyProcess {
         env: &[(&str, &str)],
         scheme: &str,
     ) -> ProxyProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_session-proxy"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_session-proxy"));
+        command
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", level)
             .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .unwrap();
+            .stderr(stderr);
+        Self::launch(&mut command, args.contains(&"--admin-listen"), scheme)
+    }
+
+    /// Runs `command` (the binary, or a program that execs it) with stdout piped, and waits for
+    /// the listening line, which must name `scheme`, then for the admin line when `admin`.
+    pub fn launch(command: &mut Command, admin: bool, scheme: &str) -> ProxyProcess {
+        let mut child = command.stdout(Stdio::piped()).spawn().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut next_addr = |prefix: &str| {
             let mut line = String::new();
@@ -467,9 +472,7 @@ impl ProxyProcess {
                 .unwrap()
         };
         let addr = next_addr(&format!("session-proxy listening on {scheme}://"));
-        let admin = args
-            .contains(&"--admin-listen")
-            .then(|| next_addr("session-proxy admin on http://"));
+        let admin = admin.then(|| next_addr("session-proxy admin on http://"));
         ProxyProcess { child, addr, admin }
     }
 
@@ -529,6 +532,15 @@ pub fn fs_store(dir: &Path) -> String {
         "[store]\nkind = \"fs\"\npath = \"{}\"\nfsync = false",
         dir.display()
     )
+}
+
+/// A port nobody listens on right now (the OS picked it for a listener we then closed).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Writes a config file into `dir` and returns its path as a string.

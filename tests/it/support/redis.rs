@@ -4,7 +4,6 @@
 //!
 //! A missing `redis-server` fails the test with instructions; these tests never skip.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,14 +13,7 @@ use ::redis::aio::MultiplexedConnection;
 /// How long a server may take to answer its first PING, or a cluster to reach `cluster_state:ok`.
 const READY_LIMIT: Duration = Duration::from_secs(20);
 
-/// A port nobody listens on right now (the OS picked it for a listener we then closed).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use super::free_port;
 
 fn require(program: &str) {
     match Command::new(program)
