@@ -32,6 +32,7 @@ use crate::metrics::{Metrics, Rejected};
 use crate::outcome::{SessionState, StoreWrite};
 use crate::protocol::{Instructions, ProtocolHeaders, codec, parse_instructions};
 use crate::store::{self, SessionEnds, SessionStore};
+use crate::telemetry::{Phase, Telemetry};
 use crate::upstream::{ResponseBody, Upstream};
 
 mod ctx;
@@ -72,6 +73,9 @@ pub struct State {
     pub buffers: Buffers,
     /// The tunnels open under a session, closed when it ends ([`Sockets::run`] rechecks them).
     pub sockets: Arc<Sockets>,
+    /// Spans per request; off unless `[tracing]` is on ([`Proxy::open`](crate::Proxy::open)
+    /// sets it).
+    pub telemetry: Option<Telemetry>,
 }
 
 impl State {
@@ -87,6 +91,7 @@ impl State {
             audit: Audit::off(),
             assertion: None,
             sockets: Arc::default(),
+            telemetry: None,
         }
     }
 
@@ -105,6 +110,9 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut ctx = RequestCtx::new(&req);
+    if let Some(telemetry) = &state.telemetry {
+        ctx.trace = Some(telemetry.start(req.headers(), &ctx.method, &ctx.path));
+    }
     // Boxed: hyper moves the service future into its in-flight slot, and the pipeline's
     // state machine is the bulk of it. With the device fields it grew enough that the move
     // cost 8,262 instructions of memcpy per call; boxed, the whole process is 65,856 per
@@ -123,6 +131,15 @@ pub async fn handle(
     state
         .metrics
         .request(status.as_u16(), ctx.start.elapsed(), ctx.write);
+    if let Some(trace) = ctx.trace.take() {
+        let fault = ctx.error.as_ref().map(|e| e.fault().as_str());
+        trace.finish(
+            status.as_u16(),
+            ctx.session.as_str(),
+            ctx.write.as_str(),
+            fault,
+        );
+    }
     log::logging(&ctx, status);
     Ok(resp)
 }
@@ -152,7 +169,14 @@ async fn pipeline(
         ctx.session = SessionState::Skipped;
         None
     } else {
-        match session::load(state, presented, ctx).await {
+        if let Some(trace) = &mut ctx.trace {
+            trace.begin(Phase::Load);
+        }
+        let loaded = session::load(state, presented, ctx).await;
+        if let (Some(trace), Ok(_)) = (&mut ctx.trace, &loaded) {
+            trace.end("session.state", ctx.session.as_str());
+        }
+        match loaded {
             Ok(current) => Some(current),
             Err(ProxyError::Store(error)) if fail_open(state) => {
                 tracing::warn!(%error, "session store failed; forwarding without a session (store.on_error = \"fail_open\")");
@@ -200,9 +224,19 @@ async fn pipeline(
             state.upstream.rewrite(&mut req, peer);
         }
     }
+    if let Some(trace) = &mut ctx.trace {
+        trace.begin(Phase::Upstream);
+        trace.inject(req.headers_mut());
+    }
     let sent = Instant::now();
     let answer = state.upstream.send(req).await;
     state.metrics.upstream(sent.elapsed());
+    if let (Some(trace), Ok(resp)) = (&mut ctx.trace, &answer) {
+        trace.end(
+            "http.response.status_code",
+            i64::from(resp.status().as_u16()),
+        );
+    }
     let mut resp = answer.inspect_err(|e| {
         if let Some(how) = e.upstream_failure() {
             state.metrics.upstream_failed(how);
@@ -223,6 +257,9 @@ async fn pipeline(
     if let Some(current) = &current {
         // The clock as of saving: the app may have taken a while, and expiry is judged now.
         let client = client.unwrap_or_default();
+        if let Some(trace) = &mut ctx.trace {
+            trace.begin(Phase::Save);
+        }
         // Boxed: its state (records, the update) would otherwise be moved with every
         // request's future (measured: bench/instructions.sh).
         let saved = Box::pin(session::save(
@@ -232,7 +269,11 @@ async fn pipeline(
             store::now_ms(),
             ctx,
         ));
-        match saved.await {
+        let saved = saved.await;
+        if let (Some(trace), Ok(_)) = (&mut ctx.trace, &saved) {
+            trace.end("session.write", ctx.write.as_str());
+        }
+        match saved {
             Ok(saved) => {
                 if let Some(cookie) = saved.cookie.clone() {
                     resp.headers_mut().append(SET_COOKIE, cookie);

@@ -167,3 +167,6 @@ mod upgrade_store;
 /// [sessions-2]: remember-me, devices (revoke one, `X-Session-Devices`) and
 /// `session.first_lifetime`, on memory, sqlite and Redis.
 mod records;
+
+/// `[tracing]`: OpenTelemetry spans to a real OTLP/HTTP receiver, `traceparent` at the app.
+mod tracing;
