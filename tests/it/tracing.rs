@@ -162,10 +162,11 @@ async fn each_request_is_a_span_tree_in_the_clients_trace_and_the_apps() {
     let traceparent = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
     let first = b
         .get("/account/settings?token=query-secret")
-        .client_sends(&[("traceparent", &traceparent)])
+        .client_sends(&[("traceparent", &traceparent), ("tracestate", "vendor=1")])
         .app_responds_with(&[("X-Session-Update", r#"{"card":"data-value-4242"}"#)])
         .await;
     assert_eq!(first.status, 200);
+    assert_eq!(first.app_saw().header("tracestate").unwrap(), "vendor=1");
     let at_app = first.app_saw().header("traceparent").unwrap();
     let parts: Vec<&str> = at_app.split('-').collect();
     assert_eq!(
