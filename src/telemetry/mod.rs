@@ -78,19 +78,25 @@ impl Telemetry {
     /// the root of a new trace.
     pub fn start(&self, headers: &HeaderMap, method: &Method, path: &str) -> Box<Trace> {
         let parent = self.propagator.extract(&Headers(headers));
-        let span = self
+        let mut span = self
             .tracer
             .span_builder(Cow::Owned(method.as_str().to_owned()))
             .with_kind(SpanKind::Server)
-            .with_attributes([
+            .start_with_context(&self.tracer, &parent);
+        // A request the sampler left out costs its ids and this one span: no attributes, no
+        // phases (measured: bench/PROFILE.md, "otel").
+        let recording = span.is_recording();
+        if recording {
+            span.set_attributes([
                 KeyValue::new("http.request.method", method.as_str().to_owned()),
                 KeyValue::new("url.path", path.to_owned()),
                 KeyValue::new("session.store", self.store),
-            ])
-            .start_with_context(&self.tracer, &parent);
+            ]);
+        }
         Box::new(Trace {
             tracer: self.tracer.clone(),
             request: parent.with_span(span),
+            recording,
             phase: None,
             propagator: self.propagator.clone(),
         })
@@ -123,13 +129,18 @@ pub struct Trace {
     tracer: SdkTracer,
     /// The request's span, as the parent of the phases'.
     request: Context,
+    /// Sampled: only then are phases and attributes recorded.
+    recording: bool,
     phase: Option<Span>,
     propagator: TraceContextPropagator,
 }
 
 impl Trace {
-    /// Opens `phase`'s span under the request's.
+    /// Opens `phase`'s span under the request's (when the request's is recorded).
     pub fn begin(&mut self, phase: Phase) {
+        if !self.recording {
+            return;
+        }
         let kind = match phase {
             Phase::Upstream => SpanKind::Client,
             Phase::Load | Phase::Save => SpanKind::Internal,
@@ -151,8 +162,9 @@ impl Trace {
         }
     }
 
-    /// Writes the trace context of the open phase (the upstream call) into the request to the
-    /// app, replacing the client's: the app's spans become children of this proxy's.
+    /// Writes the trace context of the open phase (the upstream call; the request's own when
+    /// it is not recorded) into the request to the app, replacing the client's: the app's
+    /// spans become children of this proxy's, and an unsampled trace stays unsampled.
     pub fn inject(&self, headers: &mut HeaderMap) {
         headers.remove(TRACEPARENT);
         headers.remove(TRACESTATE);
@@ -174,6 +186,9 @@ impl Trace {
         write: &'static str,
         fault: Option<&'static str>,
     ) {
+        if !self.recording {
+            return;
+        }
         if let Some(mut span) = self.phase.take() {
             span.set_status(Status::error("phase failed"));
             if let Some(fault) = fault {

@@ -347,3 +347,43 @@ async fn the_standard_variables_turn_tracing_on() {
     assert_eq!(got.paths, ["/v1/traces"]);
     assert!(String::from_utf8_lossy(&got.bodies[0]).contains("from-env"));
 }
+
+/// `sample_ratio = 0`: a trace the proxy starts is not recorded, but the app still gets its
+/// (unsampled) `traceparent`; a client's sampled trace is followed and recorded.
+#[tokio::test]
+async fn the_ratio_decides_new_traces_and_a_clients_sampled_flag_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::start().await;
+    let collector = Collector::start().await;
+    let proxy = start_proxy(
+        dir.path(),
+        &app,
+        &format!(
+            "[tracing]\notlp_endpoint = \"http://{}/v1/traces\"\nsample_ratio = 0.0\n",
+            collector.addr
+        ),
+    );
+    let unsampled = get(proxy.addr, "/a").await;
+    let at_app = unsampled.app_saw().header("traceparent").unwrap();
+    assert!(
+        at_app.starts_with("00-") && at_app.ends_with("-00"),
+        "{at_app}"
+    );
+    let traceparent = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
+    let sampled = get(proxy.addr, "/b")
+        .client_sends(&[("traceparent", &traceparent)])
+        .await;
+    assert!(
+        sampled
+            .app_saw()
+            .header("traceparent")
+            .unwrap()
+            .ends_with("-01")
+    );
+    let spans = collector.spans(4).await;
+    // Give a stray span of the first request time to arrive, then count again.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let spans = collector.spans(spans.len()).await;
+    assert_eq!(spans.len(), 4, "{spans:#?}");
+    assert!(spans.iter().all(|s| hex(&s.trace_id) == TRACE_ID));
+}
