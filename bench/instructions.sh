@@ -10,6 +10,7 @@
 #   SECRET=1 MIX=write bench/instructions.sh  # signed cookies: verify + sign on every request
 #   ASSERTION=1 bench/instructions.sh     # with [assertion]: every request gets a signed JWT
 #   STORE_KEY=1 bench/instructions.sh     # session data encrypted at rest (store.encryption_key)
+#   TRACING=1 bench/instructions.sh       # [tracing] on: every request's spans exported (ratio 1)
 #   BODY=512 bench/instructions.sh        # POSTs of a 512-byte body (buffered: limits.request_buffer)
 #   BODY=512 BUFFER=0 bench/instructions.sh  # the same bodies streamed (request_buffer = 0)
 #
@@ -37,7 +38,8 @@
 # [unset] (1: one `store.encryption_key`, given as SESSION_PROXY_STORE_KEY: every load opens and
 # every write seals the session's data), NEW_PER_IP [unset] (`limits.new_sessions_per_ip`: with
 # MIX=new, "1000000/s" asks the cap on every creation and lets each through, "1/h" refuses all but
-# the first).
+# the first), TRACING [unset] (a ratio: `[tracing]` on with that `sample_ratio`, the spans sent
+# over OTLP/HTTP to the bench upstream, which answers 200).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -88,6 +90,12 @@ fi
 if [ -n "${ASSERTION:-}" ]; then
   printf '[assertion]\nkey_file = "%s"\n' "$WORK/assertion.pem" >>"$WORK/proxy.toml"
 fi
+if [ -n "${TRACING:-}" ]; then
+  # The bench upstream stands in for the collector: it answers every POST with a 200, which is
+  # all the exporter waits for; the spans' encoding and sending are the proxy's, and counted.
+  printf '[tracing]\notlp_endpoint = "http://%s/v1/traces"\nsample_ratio = %s\n' \
+    "$UP" "$TRACING" >>"$WORK/proxy.toml"
+fi
 if [ -n "${STORE_KEY:-}" ]; then
   export SESSION_PROXY_STORE_KEY="bench-instructions-store-key-0123456789abcdef"
 fi
@@ -103,7 +111,7 @@ for _ in 1 2 3; do
 done
 [ -n "${PROXY:-}" ] || { echo "the proxy did not start:" >&2; cat "$WORK/proxy.log.err" >&2; exit 1; }
 
-echo "== callgrind on the proxy, store=$STORE, mix=$MIX, user_key=${USER_KEY:-off}, signed=$SIGNED, assertion=${ASSERTION:-off}, store_key=${STORE_KEY:-off}, body=${BODY:-0} bytes, request_buffer=${BUFFER:-default}, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
+echo "== callgrind on the proxy, store=$STORE, mix=$MIX, user_key=${USER_KEY:-off}, signed=$SIGNED, assertion=${ASSERTION:-off}, store_key=${STORE_KEY:-off}, tracing=${TRACING:-off}, body=${BODY:-0} bytes, request_buffer=${BUFFER:-default}, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
 LINE=$("${PIN_LOAD[@]}" target/release/loadgen run --url "http://$PROXY/" \
   --connections 16 --warmup 0 --duration "$DURATION" --body "${BODY:-0}" "${COOKIES[@]}")
 REQUESTS=$(echo "$LINE" | tr '\t' '\n' | sed -n 's/^requests=//p')

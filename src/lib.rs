@@ -26,6 +26,7 @@ mod robustness;
 pub mod secrets;
 pub mod session;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod upstream;
 
@@ -38,6 +39,9 @@ use store::SessionStore;
 /// How long the exit waits for the audit log's last batch to be written and fsynced.
 const AUDIT_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long the exit waits for the last spans to reach the OTLP collector.
+const TRACES_FLUSH_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -49,12 +53,18 @@ pub enum StartError {
     /// The assertion key file cannot be read, created or used: a setting to fix.
     #[error(transparent)]
     Assertion(#[from] assertion::KeyError),
+    /// The `[tracing]` exporter cannot be built: a setting to fix.
+    #[error(transparent)]
+    Tracing(#[from] telemetry::BuildError),
 }
 
 impl StartError {
     /// Whether the operator's configuration is at fault (exit code 2).
     pub fn is_config(&self) -> bool {
-        matches!(self, StartError::Audit(_) | StartError::Assertion(_))
+        matches!(
+            self,
+            StartError::Audit(_) | StartError::Assertion(_) | StartError::Tracing(_)
+        )
     }
 }
 
@@ -76,6 +86,8 @@ pub struct Proxy {
     sweeper: Option<store::Sweeper>,
     /// The audit log's writer, run while serving; `None` with `[audit]` off.
     audit: Option<audit::Writer>,
+    /// The trace exporter, run while serving; `None` with `[tracing]` off.
+    traces: Option<telemetry::Exporter>,
     /// The store's sealer (off without `store.encryption_key`).
     sealer: store::Sealer,
     /// The store's timeout and sweep interval, for a reload.
@@ -95,6 +107,15 @@ impl Proxy {
         ));
         let (audit, writer) =
             audit::Audit::open(config.audit.as_ref(), metrics.audit_dropped()).await?;
+        let (telemetry, traces) = match &config.tracing {
+            Some(t) => {
+                let kind = config.store.kind.name();
+                let (telemetry, exporter) =
+                    telemetry::Telemetry::open(t, kind, metrics.trace_dropped())?;
+                (Some(telemetry), Some(exporter))
+            }
+            None => (None, None),
+        };
         let (sealer, tuning) = (opened.sealer, opened.tuning);
         let mut state = proxy::State::new(config, opened.store, metrics);
         // The sweeper's removals are `expired` lines too, and close the sockets they held.
@@ -108,6 +129,7 @@ impl Proxy {
         });
         state.audit = audit;
         state.assertion = signer;
+        state.telemetry = telemetry.map(Arc::new);
         let admin = Arc::new(
             admin::Admin::new(
                 state.store.clone(),
@@ -124,6 +146,7 @@ impl Proxy {
             tuning,
             sweeper,
             audit: writer,
+            traces,
             sealer,
         })
     }
@@ -200,6 +223,8 @@ impl Proxy {
         let sockets = tokio::spawn(state.sockets.clone().run(self.live.clone()));
         let (stop_audit, audit_stopped) = tokio::sync::oneshot::channel::<()>();
         let audit = self.audit.map(|w| tokio::spawn(w.run(audit_stopped)));
+        let (stop_traces, traces_stopped) = tokio::sync::oneshot::channel::<()>();
+        let traces = self.traces.map(|e| tokio::spawn(e.run(traces_stopped)));
         let routes = self.admin;
         let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
         let admin_task = admin.map(|l| {
@@ -228,6 +253,16 @@ impl Proxy {
             sweeper.abort();
         }
         sockets.abort();
+        // The spans of the drained requests, sent within a bound: a collector that hangs
+        // cannot hold the exit.
+        let _ = stop_traces.send(());
+        if let Some(exporter) = traces
+            && tokio::time::timeout(TRACES_FLUSH_LIMIT, exporter)
+                .await
+                .is_err()
+        {
+            tracing::warn!(limit = ?TRACES_FLUSH_LIMIT, "the last spans were not exported in time");
+        }
         // Last: every event the requests and admin calls above queued is written and fsynced.
         // Bounded, so a disk that hangs in fsync cannot hold the exit for ever.
         let _ = stop_audit.send(());

@@ -234,6 +234,8 @@ pub struct Metrics {
     upstream_failed: Counter,
     /// Audit events that are not in the audit log (queue full, or a failed write).
     audit_dropped: Counter,
+    /// Spans not exported (queue full, or a failed send to the collector).
+    trace_dropped: Counter,
     /// Registered only for a store that counts cheaply ([`SessionStore::count`]).
     ///
     /// [`SessionStore::count`]: crate::store::SessionStore::count
@@ -310,6 +312,10 @@ impl Metrics {
         let audit_dropped = counter(
             "audit_dropped",
             "Audit events not in the audit log: the queue was full, or writing failed",
+        );
+        let trace_dropped = counter(
+            "trace_spans_dropped",
+            "Trace spans not exported: the queue ([tracing] queue) was full, or sending failed",
         );
         let rejected_family = Family::<ReasonLabel, Counter>::default();
         let rejected_malformed = rejected_family.get_or_create_owned(&ReasonLabel {
@@ -418,6 +424,7 @@ impl Metrics {
             upstream_timeout,
             upstream_failed,
             audit_dropped,
+            trace_dropped,
             sessions_live,
             cookie,
             tunnels_open,
@@ -472,6 +479,11 @@ impl Metrics {
     /// The audit log's drop counter, handed to its senders and writer at start.
     pub fn audit_dropped(&self) -> Counter {
         self.audit_dropped.clone()
+    }
+
+    /// The trace export's drop counter, handed to its queue and exporter at start.
+    pub fn trace_dropped(&self) -> Counter {
+        self.trace_dropped.clone()
     }
 
     /// A body that would have been buffered streamed: the buffers' total was spent.

@@ -27,6 +27,7 @@ const FLOORS: &[(&str, u32)] = &[
     ("audit", 4),
     ("logging", 4),
     ("assertion", 4),
+    ("telemetry", 4),
     ("cookie", 5),
     ("admin", 5),
     ("error", 5),

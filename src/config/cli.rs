@@ -353,6 +353,14 @@ impl Options {
         if let Some(spec) = &self.store {
             set_store(&mut raw.store, spec, origin, "--store")?;
         }
+        // The OpenTelemetry standard variables, over the file like every flag.
+        let var = |name: &str| std::env::var(name).ok();
+        if let Some(endpoint) = super::traces::endpoint_from_env(var) {
+            raw.tracing.otlp_endpoint = Some(endpoint);
+        }
+        if let Some(name) = var("OTEL_SERVICE_NAME").filter(|n| !n.is_empty()) {
+            raw.tracing.service_name = Some(name);
+        }
         Ok(())
     }
 }

@@ -7,7 +7,7 @@
 //! `raw.rs` holds the file as written and `cli.rs` the flags. Each section has one file with its
 //! validated type, its rule and their tests: `listeners.rs` (`listen`, `upstream`,
 //! `trusted_proxies`, `[upstream_timeouts]`, `[tls]`, `[admin]`), `cookie.rs`, `session.rs`,
-//! `store.rs`, `limits.rs`, `audit.rs`, `assertion.rs`; `origin.rs` the helpers they share to name file and key.
+//! `store.rs`, `limits.rs`, `audit.rs`, `assertion.rs`, `traces.rs`; `origin.rs` the helpers they share to name file and key.
 //! `validate.rs` calls them in turn. This module is what the rest of the crate sees: every type
 //! is re-exported here, so its path is `crate::config::Name` wherever it lives.
 
@@ -29,6 +29,7 @@ mod raw;
 mod restart;
 mod session;
 mod store;
+mod traces;
 mod validate;
 
 pub use self::assertion::{AssertionConfig, DEFAULT_ISSUER};
@@ -40,13 +41,14 @@ pub use self::listeners::{
 };
 pub use self::session::{OnStaleUse, SessionConfig, SkipRules};
 pub use self::store::{FsConfig, OnStoreError, RedisConfig, SqliteConfig, StoreConfig, StoreKind};
+pub use self::traces::{DEFAULT_SERVICE_NAME, TracingConfig};
 /// Lives with the session rules it drives; configured here.
 pub use crate::session::Lifetime;
 #[cfg(test)]
 pub(crate) use raw::KEYS;
 pub use raw::{
     RawAssertion, RawAudit, RawConfig, RawCookie, RawLimits, RawSession, RawStore, RawTimeouts,
-    RawTls, Secret, Secrets,
+    RawTls, RawTracing, Secret, Secrets,
 };
 
 /// A config problem, always naming where it came from.
@@ -127,6 +129,9 @@ pub struct Config {
     /// The signed assertion of the session sent to the app; `None` (no `[assertion]
     /// key_file`) means off.
     pub assertion: Option<AssertionConfig>,
+    /// OpenTelemetry traces; `None` (no `[tracing] otlp_endpoint`, nor the standard
+    /// variables) means off.
+    pub tracing: Option<TracingConfig>,
 }
 
 /// `text` (`key=value`, for people) or `json` (one object per line, for collectors): the same

@@ -39,6 +39,18 @@ pub struct RawConfig {
     pub audit: RawAudit,
     #[serde(default)]
     pub assertion: RawAssertion,
+    #[serde(default)]
+    pub tracing: RawTracing,
+}
+
+/// `[tracing]`: OpenTelemetry traces over OTLP/HTTP; off without `otlp_endpoint`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    pub otlp_endpoint: Option<String>,
+    pub service_name: Option<String>,
+    pub sample_ratio: Option<f64>,
+    pub queue: Option<u64>,
 }
 
 /// `[assertion]`: the signed assertion of the session; off without `key_file`.
@@ -238,7 +250,7 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 80] = [
+pub(crate) const KEYS: [&str; 84] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -319,6 +331,10 @@ pub(crate) const KEYS: [&str; 80] = [
     "assertion.audience",
     "assertion.issuer",
     "assertion.ttl",
+    "tracing.otlp_endpoint",
+    "tracing.service_name",
+    "tracing.sample_ratio",
+    "tracing.queue",
 ];
 
 impl RawConfig {
@@ -400,7 +416,7 @@ mod tests {
                 trust_forwarded_headers
             } sections {
                 cookie, session, store, upstream_timeouts, tls, admin, limits, log, audit,
-                assertion
+                assertion, tracing
             })[..],
             &fields!(RawCookie "cookie." {
                 name, max_age, expires, path, domain, secure, http_only, same_site, secret,
@@ -428,6 +444,7 @@ mod tests {
             &fields!(RawLog "log." { format }),
             &fields!(RawAudit "audit." { path, queue }),
             &fields!(RawAssertion "assertion." { key_file, audience, issuer, ttl }),
+            &fields!(RawTracing "tracing." { otlp_endpoint, service_name, sample_ratio, queue }),
         ]
         .concat();
         assert_eq!(every, KEYS);

@@ -50,6 +50,8 @@ impl Config {
         // them), new claims or a new key file are the assertion signer's.
         keep("tls", new.tls.is_some() != self.tls.is_some());
         keep("log.format", new.log_format != self.log_format);
+        // The exporter and its queue are opened once, at start.
+        keep("tracing", new.tracing != self.tracing);
         keep("audit", new.audit != self.audit);
         keep(
             "assertion",
@@ -75,6 +77,7 @@ impl Config {
         // The listener's certificate is the one in use (`Certs::adopt` takes the new files).
         new.tls = self.tls.clone();
         new.log_format = self.log_format;
+        new.tracing = self.tracing.clone();
         new.audit = self.audit.clone();
         if new.assertion.is_some() != self.assertion.is_some() {
             new.assertion = self.assertion.clone();

@@ -52,6 +52,19 @@ pub enum StoreKind {
     Redis(RedisConfig),
 }
 
+impl StoreKind {
+    /// The kind's name, as `store.kind` writes it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StoreKind::Memory => Kind::Memory,
+            StoreKind::Fs(_) => Kind::Fs,
+            StoreKind::Sqlite(_) => Kind::Sqlite,
+            StoreKind::Redis(_) => Kind::Redis,
+        }
+        .name()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsConfig {
     pub path: PathBuf,

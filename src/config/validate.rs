@@ -16,6 +16,7 @@ use super::listeners::{
 use super::origin::Origin;
 use super::session::session;
 use super::store::store;
+use super::traces::tracing;
 use super::{Config, ConfigError, LogFormat, RawConfig};
 
 impl RawConfig {
@@ -58,6 +59,7 @@ impl RawConfig {
             },
             audit: audit(&at, self.audit)?,
             assertion: None,
+            tracing: tracing(&at, self.tracing)?,
         };
         config.assertion = assertion(&at, self.assertion, &config.upstream)?;
         if config.store.hash_users {
@@ -360,6 +362,19 @@ mod tests {
             (
                 "assertion.ttl",
                 "[assertion]\nkey_file = \"k\"\nttl = \"0s\"",
+            ),
+            (
+                "tracing.otlp_endpoint",
+                "[tracing]\notlp_endpoint = \"ftp://c\"",
+            ),
+            ("tracing.service_name", "[tracing]\nservice_name = \"x\""),
+            (
+                "tracing.sample_ratio",
+                "[tracing]\notlp_endpoint = \"http://c\"\nsample_ratio = 2.0",
+            ),
+            (
+                "tracing.queue",
+                "[tracing]\notlp_endpoint = \"http://c\"\nqueue = 0",
             ),
         ];
         let covered: Vec<&str> = cases.iter().map(|(key, _)| *key).collect();

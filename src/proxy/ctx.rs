@@ -9,6 +9,7 @@ use crate::http::X_REQUEST_ID;
 
 use crate::error::ProxyError;
 use crate::outcome::{SessionState, StoreWrite};
+use crate::telemetry::Trace;
 
 /// The client's `X-Request-Id` when it is well formed (1 to 64 characters of `A-Z a-z 0-9 - _ .`,
 /// so it cannot break a log line or smuggle anything to the app), else a fresh one: 32 hex
@@ -48,6 +49,8 @@ pub struct RequestCtx {
     pub write: StoreWrite,
     /// Why the request failed, if it did (its response is already built).
     pub error: Option<ProxyError>,
+    /// The request's spans, with `[tracing]` on.
+    pub trace: Option<Box<Trace>>,
 }
 
 impl RequestCtx {
@@ -60,6 +63,7 @@ impl RequestCtx {
             session: SessionState::Unloaded,
             write: StoreWrite::None,
             error: None,
+            trace: None,
         }
     }
 }

@@ -34,6 +34,7 @@ use crate::metrics::{Metrics, Rejected};
 use crate::outcome::{SessionState, StoreWrite};
 use crate::protocol::{Instructions, ProtocolHeaders, codec, parse_instructions};
 use crate::store::{self, SessionEnds, SessionStore};
+use crate::telemetry::{Phase, Telemetry};
 use crate::upstream::{ResponseBody, Upstream};
 
 mod ctx;
@@ -78,6 +79,9 @@ pub struct State {
     pub sockets: Arc<Sockets>,
     /// `limits.new_sessions_per_ip`, when set.
     pub new_sessions: Option<Arc<NewSessions>>,
+    /// Spans per request; off unless `[tracing]` is on ([`Proxy::open`](crate::Proxy::open)
+    /// sets it).
+    pub telemetry: Option<Arc<Telemetry>>,
 }
 
 /// The state in force, swapped whole by a reload: each request takes the one current when it
@@ -115,11 +119,12 @@ impl State {
             audit: Audit::off(),
             assertion: None,
             sockets: Arc::default(),
+            telemetry: None,
         }
     }
 
     /// This state under `config` (a reload's, already checked): the store, metrics, audit log,
-    /// assertion signer, sockets and cookie key ring stay the same objects; the upstream pool,
+    /// assertion signer, sockets, tracer and cookie key ring stay the same objects; the upstream pool,
     /// the buffers' budget and the per-address cap stay too unless their settings changed.
     pub fn reloaded(&self, config: Config) -> State {
         let old = &self.config;
@@ -153,6 +158,7 @@ impl State {
             audit: self.audit.clone(),
             assertion: self.assertion.clone(),
             sockets: self.sockets.clone(),
+            telemetry: self.telemetry.clone(),
         }
     }
 
@@ -171,6 +177,9 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut ctx = RequestCtx::new(&req);
+    if let Some(telemetry) = &state.telemetry {
+        ctx.trace = Some(telemetry.start(req.headers(), &ctx.method, &ctx.path));
+    }
     // Boxed: hyper moves the service future into its in-flight slot, and the pipeline's
     // state machine is the bulk of it. With the device fields it grew enough that the move
     // cost 8,262 instructions of memcpy per call; boxed, the whole process is 65,856 per
@@ -189,6 +198,15 @@ pub async fn handle(
     state
         .metrics
         .request(status.as_u16(), ctx.start.elapsed(), ctx.write);
+    if let Some(trace) = ctx.trace.take() {
+        let fault = ctx.error.as_ref().map(|e| e.fault().as_str());
+        trace.finish(
+            status.as_u16(),
+            ctx.session.as_str(),
+            ctx.write.as_str(),
+            fault,
+        );
+    }
     log::logging(&ctx, status);
     Ok(resp)
 }
@@ -218,7 +236,14 @@ async fn pipeline(
         ctx.session = SessionState::Skipped;
         None
     } else {
-        match session::load(state, presented, ctx).await {
+        if let Some(trace) = &mut ctx.trace {
+            trace.begin(Phase::Load);
+        }
+        let loaded = session::load(state, presented, ctx).await;
+        if let (Some(trace), Ok(_)) = (&mut ctx.trace, &loaded) {
+            trace.end("session.state", ctx.session.as_str());
+        }
+        match loaded {
             Ok(current) => Some(current),
             Err(ProxyError::Store(error)) if fail_open(state) => {
                 tracing::warn!(%error, "session store failed; forwarding without a session (store.on_error = \"fail_open\")");
@@ -266,9 +291,19 @@ async fn pipeline(
             state.upstream.rewrite(&mut req, peer);
         }
     }
+    if let Some(trace) = &mut ctx.trace {
+        trace.begin(Phase::Upstream);
+        trace.inject(req.headers_mut());
+    }
     let sent = Instant::now();
     let answer = state.upstream.send(req).await;
     state.metrics.upstream(sent.elapsed());
+    if let (Some(trace), Ok(resp)) = (&mut ctx.trace, &answer) {
+        trace.end(
+            "http.response.status_code",
+            i64::from(resp.status().as_u16()),
+        );
+    }
     let mut resp = answer.inspect_err(|e| {
         if let Some(how) = e.upstream_failure() {
             state.metrics.upstream_failed(how);
@@ -289,6 +324,9 @@ async fn pipeline(
     if let Some(current) = &current {
         // The clock as of saving: the app may have taken a while, and expiry is judged now.
         let client = client.unwrap_or_default();
+        if let Some(trace) = &mut ctx.trace {
+            trace.begin(Phase::Save);
+        }
         // Boxed: its state (records, the update) would otherwise be moved with every
         // request's future (measured: bench/instructions.sh).
         let saved = Box::pin(session::save(
@@ -298,7 +336,11 @@ async fn pipeline(
             store::now_ms(),
             ctx,
         ));
-        match saved.await {
+        let saved = saved.await;
+        if let (Some(trace), Ok(_)) = (&mut ctx.trace, &saved) {
+            trace.end("session.write", ctx.write.as_str());
+        }
+        match saved {
             Ok(saved) => {
                 if let Some(cookie) = saved.cookie.clone() {
                     resp.headers_mut().append(SET_COOKIE, cookie);

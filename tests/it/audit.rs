@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 
 use crate::support::{
-    App, Browser, ProxyProcess, Resp, TestProxy, fs_store, get, request, write_config,
+    App, Browser, ProxyProcess, Resp, TestProxy, counter, fs_store, get, request, write_config,
 };
 
 /// The audit name of an id (its handle, the assertion's `sid`), computed here independently of
@@ -343,15 +343,7 @@ async fn a_full_queue_drops_and_counts_and_never_blocks_a_request() {
     )
     .await;
     let admin = proxy.admin_addr();
-    let dropped = || async {
-        let text = get(admin, "/metrics").await;
-        let text = String::from_utf8(text.body.to_vec()).unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix("session_proxy_audit_dropped_total "))
-            .unwrap_or_else(|| panic!("no audit_dropped_total in:\n{text}"))
-            .parse::<u64>()
-            .unwrap()
-    };
+    let dropped = || counter(admin, "session_proxy_audit_dropped_total");
     let addr = proxy.addr;
     let mut sent = 0u64;
     // Rounds of 200 concurrent creates until some were dropped (the first round, in practice).

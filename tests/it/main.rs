@@ -181,3 +181,6 @@ mod records;
 /// finish under the old one; restart-only settings are named and kept; a broken file changes
 /// nothing.
 mod reload;
+
+/// `[tracing]`: OpenTelemetry spans to a real OTLP/HTTP receiver, `traceparent` at the app.
+mod tracing;

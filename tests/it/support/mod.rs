@@ -543,6 +543,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The value of the counter `name` (its full name, `session_proxy_..._total`) in the admin
+/// listener's `/metrics`, failing the test if it is not there.
+pub async fn counter(admin: SocketAddr, name: &str) -> u64 {
+    let text = get(admin, "/metrics").await;
+    let text = String::from_utf8(text.body.to_vec()).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .parse::<u64>()
+        .unwrap()
+}
+
 /// Writes a config file into `dir` and returns its path as a string.
 pub fn write_config(dir: &Path, name: &str, toml: &str) -> String {
     let path = dir.join(name);
