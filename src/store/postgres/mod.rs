@@ -49,7 +49,8 @@ const PRUNE_CHUNK: i64 = 1000;
 pub struct PostgresStore {
     pool: Pool,
     sql: Arc<Sql>,
-    /// Rows in the table as of the last sweep (expired ones until swept).
+    /// Rows in the table: counted at start and after each sweep, moved by this process's writes
+    /// in between (another proxy's show after the next sweep); expired ones until swept.
     count: AtomicU64,
     users: Option<UserKey>,
     /// The `data` and `meta` columns hold what this sealed.
@@ -193,12 +194,18 @@ impl PostgresStore {
         Ok(row.and_then(|row| record(&row, 0, id, &self.sealer)))
     }
 
-    /// Create-if-absent of `r` under `id` on `client`; `true` if written.
-    async fn insert(&self, client: &impl GenericClient, id: &Handle, r: &Record) -> Result<bool> {
+    /// Create-if-absent of `r` under `id` on `client`: `None` if a live session has the id,
+    /// else whether the row is new (not a dead one's replaced), for the count.
+    async fn insert(
+        &self,
+        client: &impl GenericClient,
+        id: &Handle,
+        r: &Record,
+    ) -> Result<Option<bool>> {
         let user = user_of(self.users.as_ref(), r);
         let data = self.sealer.seal(&r.data, id)?;
         let meta = r.meta_column(&self.sealer, id)?;
-        let n = exec(
+        let written = row(
             client,
             &self.sql.create,
             &[
@@ -215,7 +222,21 @@ impl PostgresStore {
             "creating a session",
         )
         .await?;
-        Ok(n == 1)
+        Ok(written.map(|row| row.get::<_, bool>(0)))
+    }
+
+    /// Moves the count by `delta` rows, as this process's committed writes did.
+    fn counted(&self, delta: i64) {
+        if delta > 0 {
+            self.count
+                .fetch_add(delta.unsigned_abs(), Ordering::Relaxed);
+        } else if delta < 0 {
+            let _ = self
+                .count
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(delta.unsigned_abs()))
+                });
+        }
     }
 
     /// Writes `next` over `id`'s row if it is still live at `now` and at version `read`;
@@ -256,7 +277,13 @@ impl PostgresStore {
         Ok(n == 1)
     }
 
-    async fn delete_on(&self, client: &impl GenericClient, id: &Handle, now: u64) -> Result<bool> {
+    /// Removes `id`'s row: `None` if there was none, else whether it was live.
+    async fn delete_on(
+        &self,
+        client: &impl GenericClient,
+        id: &Handle,
+        now: u64,
+    ) -> Result<Option<bool>> {
         let row = row(
             client,
             &self.sql.delete,
@@ -264,7 +291,7 @@ impl PostgresStore {
             "deleting a session",
         )
         .await?;
-        Ok(row.is_some_and(|row| row.get::<_, i64>(0) > int(now)))
+        Ok(row.map(|row| row.get::<_, i64>(0) > int(now)))
     }
 
     async fn put_alias_on(&self, client: &impl GenericClient, alias: &Alias) -> Result<()> {
@@ -332,11 +359,14 @@ impl SessionStore for PostgresStore {
         )
         .await?;
         Ok(match removed {
-            Some(row) => Loaded::Expired {
-                user: row
-                    .get::<_, Option<String>>(0)
-                    .filter(|_| self.users.is_some()),
-            },
+            Some(row) => {
+                self.counted(-1);
+                Loaded::Expired {
+                    user: row
+                        .get::<_, Option<String>>(0)
+                        .filter(|_| self.users.is_some()),
+                }
+            }
             // Removed by another caller, or created anew since the read.
             None => self
                 .select(&client, &self.sql.select_live, id, now)
@@ -365,7 +395,11 @@ impl SessionStore for PostgresStore {
 
     async fn create(&self, id: &Handle, record: &Record) -> Result<bool> {
         let client = self.client().await?;
-        self.insert(&client, id, record).await
+        let written = self.insert(&client, id, record).await?;
+        if written == Some(true) {
+            self.counted(1);
+        }
+        Ok(written.is_some())
     }
 
     /// A compare-and-set against `update.base` first (one statement); else, or when another
@@ -406,7 +440,11 @@ impl SessionStore for PostgresStore {
 
     async fn delete(&self, id: &Handle) -> Result<bool> {
         let client = self.client().await?;
-        self.delete_on(&client, id, now_ms()).await
+        let found = self.delete_on(&client, id, now_ms()).await?;
+        if found.is_some() {
+            self.counted(-1);
+        }
+        Ok(found == Some(true))
     }
 
     /// One transaction: the old row locked, the new one written, the alias left and the old
@@ -432,15 +470,17 @@ impl SessionStore for PostgresStore {
         };
         let next = update.apply(&current)?;
         // Sealed under the new handle: the old one's ciphertext would not open there.
-        if !self.insert(&tx, new, &next).await? {
+        let Some(fresh) = self.insert(&tx, new, &next).await? else {
             return Err(StoreError::IdCollision);
-        }
+        };
         if let Some(alias) = alias {
             self.put_alias_on(&tx, &alias.expiring(next.expires_at))
                 .await?;
         }
         self.delete_on(&tx, old, update.now).await?;
         tx.commit().await.map_err(err("committing a regenerate"))?;
+        // The old row went; the new one is one more unless it replaced a dead one.
+        self.counted(i64::from(fresh) - 1);
         Ok(Some(next))
     }
 
@@ -556,7 +596,8 @@ impl SessionStore for PostgresStore {
         Ok(found)
     }
 
-    /// As of the last sweep (or the start): an exact count is a scan, paid once per sweep.
+    /// Exact as of the last sweep (or the start), plus this process's writes since: an exact
+    /// count is a scan, paid once per sweep.
     fn count(&self) -> Option<u64> {
         Some(self.count.load(Ordering::Relaxed))
     }

@@ -31,6 +31,7 @@ pub(super) struct Sql {
     /// `$1` handle: removes the row, returning its expiry.
     pub delete: String,
     /// `$1`..`$8` the row, `$9` now: create-if-absent; a dead row's handle is free again.
+    /// Returns a row when written: whether it was inserted (not a dead row replaced).
     pub create: String,
     /// `$1`..`$7` the row, `$8` whether the user changes, `$9` the user, `$10` the version
     /// read, `$11` now: the compare-and-set write of a live row.
@@ -71,7 +72,7 @@ impl Sql {
                  created_at = EXCLUDED.created_at, updated_at = EXCLUDED.updated_at, \
                  expires_at = EXCLUDED.expires_at, version = EXCLUDED.version, \
                  meta = EXCLUDED.meta, user_name = EXCLUDED.user_name \
-                 WHERE s.expires_at <= $9"
+                 WHERE s.expires_at <= $9 RETURNING (xmax = 0)"
             ),
             write: format!(
                 "UPDATE {t} SET data = $2, created_at = $3, updated_at = $4, expires_at = $5, \
