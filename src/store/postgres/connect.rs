@@ -87,9 +87,11 @@ pub(super) fn redact(url: &str) -> String {
     };
     match auth.rsplit_once('@') {
         Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
             let tail = tail.split_once('?').map_or(tail, |(t, _)| t);
-            format!("{scheme}://{user}:***@{host}{tail}")
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+                None => format!("{scheme}://{userinfo}@{host}{tail}"),
+            }
         }
         None => {
             let tail = tail.split_once('?').map_or(tail, |(t, _)| t);
@@ -324,6 +326,7 @@ mod tests {
             "postgres://u:***@db:5432/x"
         );
         assert_eq!(redact("postgres://db/x"), "postgres://db/x");
+        assert_eq!(redact("postgres://u@db/x?a=b"), "postgres://u@db/x");
     }
 
     #[test]

@@ -151,7 +151,7 @@ impl PostgresStore {
         let mut client = pool
             .get()
             .await
-            .map_err(|e| PgError::wrap("connecting", format!("{shown}: {e}")))?;
+            .map_err(|e| PgError::wrap("connecting", format!("cannot connect to {shown}: {e}")))?;
         schema::prepare(&mut client, &config.schema, users.as_ref(), &sealer, &shown).await?;
         let sql = Arc::new(Sql::new(&config.schema));
         let n: i64 = client
