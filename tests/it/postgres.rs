@@ -3,6 +3,7 @@
 //! load (503 or `fail_open`, `/readyz`, back within the store timeout), start-up errors, the
 //! schema's version, and `--store postgres://`.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -356,4 +357,59 @@ async fn store_flag_takes_a_postgres_url() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot connect to postgres://"), "{err}");
+}
+
+/// TLS over rustls with libpq's `sslmode`s: `verify-full` against the server's CA connects
+/// (and the server sees an encrypted connection); against another CA it fails at start;
+/// `require` encrypts without checking the certificate, as libpq does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sslmode_verify_full_checks_the_certificate_and_require_encrypts() {
+    use crate::support::tls::TestCa;
+    let ca = TestCa::new();
+    let leaf = ca.leaf("postgres test server");
+    let server =
+        PgServer::start_tls(&format!("{}{}", leaf.cert_pem, ca.pem()), &leaf.key_pem).await;
+    let db = server.create_db().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, other) = (dir.path().join("ca.pem"), dir.path().join("other.pem"));
+    std::fs::write(&ours, ca.pem()).unwrap();
+    std::fs::write(&other, TestCa::new().pem()).unwrap();
+    let url = |mode: &str, root: &Path| {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/{db}?sslmode={mode}&sslrootcert={}",
+            server.port,
+            root.display()
+        )
+    };
+    let app = App::start().await;
+    let client = server.client(&db).await;
+    let encrypted = || async {
+        client
+            .query_one("SELECT count(*) FROM pg_stat_ssl WHERE ssl", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    assert_eq!(encrypted().await, 0);
+    for (mode, root) in [("verify-full", &ours), ("require", &other)] {
+        let proxy = TestProxy::start(&app, &pg_toml(&url(mode, root), "")).await;
+        let mut b = proxy.client();
+        b.get("/")
+            .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
+            .await;
+        assert_eq!(
+            b.get("/").await.app_saw().session(),
+            json!({"a":1}),
+            "{mode}"
+        );
+        assert!(encrypted().await > 0, "{mode}: no encrypted connection");
+        proxy.stop().await;
+    }
+    let text = start_error(
+        &app,
+        &pg_toml(&url("verify-full", &other), ""),
+        "a certificate from another CA must fail verify-full",
+    )
+    .await;
+    assert!(text.contains("cannot connect to postgres://"), "{text}");
 }

@@ -71,11 +71,43 @@ pub struct PgServer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// More `-c name=value` settings for `postgres`.
+    settings: Vec<String>,
 }
 
 impl PgServer {
     /// A fresh cluster, initialised and accepting connections.
     pub async fn start() -> PgServer {
+        Self::start_with(|_| Vec::new()).await
+    }
+
+    /// A cluster that speaks TLS with `cert` and `key` (PEM; the chain and its key), plain
+    /// connections still allowed.
+    pub async fn start_tls(cert: &str, key: &str) -> PgServer {
+        let (cert, key) = (cert.to_owned(), key.to_owned());
+        Self::start_with(move |dir| {
+            let (c, k) = (dir.join("server.crt"), dir.join("server.key"));
+            std::fs::write(&c, &cert).unwrap();
+            std::fs::write(&k, &key).unwrap();
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if is_root() {
+                for f in [&c, &k] {
+                    std::os::unix::fs::chown(f, Some(65534), Some(65534)).unwrap();
+                }
+            }
+            vec![
+                "ssl=on".to_owned(),
+                format!("ssl_cert_file={}", c.display()),
+                format!("ssl_key_file={}", k.display()),
+            ]
+        })
+        .await
+    }
+
+    /// [`PgServer::start`], with the settings `setup` returns after it prepared the cluster's
+    /// directory (it gets the directory).
+    async fn start_with(setup: impl FnOnce(&Path) -> Vec<String>) -> PgServer {
         let dir = tempfile::tempdir().unwrap();
         if is_root() {
             // nobody must own what it writes, and reach it.
@@ -104,10 +136,12 @@ impl PgServer {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        let settings = setup(dir.path());
         let mut server = PgServer {
             port: 0,
             child: None,
             dir,
+            settings,
         };
         for _ in 0..5 {
             server.port = free_port();
@@ -119,6 +153,11 @@ impl PgServer {
             "postgres did not start after 5 tries; see {}",
             server.log().display()
         );
+    }
+
+    /// The cluster's data directory (its tables' files and its WAL).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     fn log(&self) -> PathBuf {
@@ -147,6 +186,7 @@ impl PgServer {
             .args(["-c", "fsync=off"])
             .args(["-c", "full_page_writes=off"])
             .args(["-c", "max_connections=300"])
+            .args(self.settings.iter().flat_map(|s| ["-c", s.as_str()]))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
