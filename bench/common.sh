@@ -31,7 +31,7 @@ trap 'exit 130' INT TERM
 if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
   PIN_LOAD=(taskset -c "$LOADGEN_CPU")
   PIN_SERVER=(taskset -c "$SERVER_CPU")
-  PINNING="load generator on core $LOADGEN_CPU; upstream, proxy and redis-server on core $SERVER_CPU"
+  PINNING="load generator on core $LOADGEN_CPU; upstream, proxy and the store's server (redis-server, postgres) on core $SERVER_CPU"
 else
   PIN_LOAD=()
   PIN_SERVER=()
