@@ -31,7 +31,7 @@ trap 'exit 130' INT TERM
 if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then
   PIN_LOAD=(taskset -c "$LOADGEN_CPU")
   PIN_SERVER=(taskset -c "$SERVER_CPU")
-  PINNING="load generator on core $LOADGEN_CPU; upstream, proxy and redis-server on core $SERVER_CPU"
+  PINNING="load generator on core $LOADGEN_CPU; upstream, proxy and the store's server (redis-server, postgres) on core $SERVER_CPU"
 else
   PIN_LOAD=()
   PIN_SERVER=()
@@ -124,4 +124,49 @@ start_redis() {
     stop_pid "$STARTED_PID"
   done
   REDIS_NOTE="could not start redis-server on a free port"
+}
+
+# start_postgres: a PostgreSQL cluster of our own (initdb in $WORK/pg, run as nobody when we
+# are root, since initdb refuses root) on a free port of 127.0.0.1, on the server core, with
+# two databases: `sync` (the defaults: a commit waits for its WAL flush) and `async`
+# (`synchronous_commit = off`: a commit does not wait for the flush; a server crash may lose
+# the last ~0.2 s of commits, never corrupt). Sets PG_PID and PG_PORT, or PG_NOTE (why not).
+PG_PID=
+PG_PORT=
+PG_NOTE=
+pg_bin() {
+  command -v "$1" 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/"$1" 2>/dev/null | sort -V | tail -n 1
+}
+start_postgres() {
+  local initdb postgres psql as=() port try
+  initdb=$(pg_bin initdb)
+  postgres=$(pg_bin postgres)
+  psql=$(pg_bin psql)
+  if [ -z "$initdb" ] || [ -z "$postgres" ] || [ -z "$psql" ]; then
+    PG_NOTE="PostgreSQL is not installed (apt-get install -y postgresql)"
+    return
+  fi
+  mkdir -p "$WORK/pg"
+  if [ "$(id -u)" = 0 ]; then
+    chmod 711 "$WORK"
+    chown nobody:nogroup "$WORK/pg"
+    as=(setpriv --reuid=nobody --regid=nogroup --clear-groups)
+  fi
+  "${as[@]}" "$initdb" -D "$WORK/pg/data" -U postgres --auth=trust -E UTF8 --locale=C \
+    >"$WORK/initdb.log" 2>&1 || { PG_NOTE="initdb failed: $(tail -1 "$WORK/initdb.log")"; return; }
+  for try in $(seq 20); do
+    port=$((20000 + RANDOM % 30000))
+    start postgres "$WORK/postgres.log" "${as[@]}" "$postgres" -D "$WORK/pg/data" -p "$port" \
+      -k "$WORK/pg" -c listen_addresses=127.0.0.1 -c shared_buffers=256MB -c max_connections=200
+    if wait_line "$STARTED_PID" "$WORK/postgres.log.err" "(ready to accept connections)" >/dev/null; then
+      PG_PID=$STARTED_PID
+      PG_PORT=$port
+      "$psql" -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
+        -c 'CREATE DATABASE sync' -c 'CREATE DATABASE async' \
+        -c 'ALTER DATABASE async SET synchronous_commit = off' >/dev/null
+      return
+    fi
+    stop_pid "$STARTED_PID"
+  done
+  PG_NOTE="could not start postgres on a free port: $(tail -1 "$WORK/postgres.log.err")"
 }

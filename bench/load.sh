@@ -15,8 +15,10 @@
 # memory store with session data encrypted at rest (memory-sealed: one `store.encryption_key`;
 # against the memory rows, what sealing costs), the sqlite store (the default) with fsync on and
 # off and without fsync encrypted (sqlite-nofsync-sealed), the fs
-# store with fsync on and off, and the Redis store (on a
-# redis-server of our own); each for
+# store with fsync on and off, the Redis store (on a
+# redis-server of our own), and the PostgreSQL store (on a cluster of our own, initdb'd for the
+# run: postgres-sync with PostgreSQL's defaults, each commit waiting for its WAL flush, and
+# postgres with `synchronous_commit = off`, as bench/common.sh start_postgres says); each for
 # a read-heavy mix (10 % of requests update the session), a write-heavy mix (every request
 # updates) and "new" (cookie-less clients, every request creates a session). A reference row,
 # nginx (a plain keep-alive proxy_pass, no session work), shows what one proxy hop costs on this
@@ -24,7 +26,7 @@
 # benchmark (bench/tools/src/bin/mem_bench.rs) stores 1,000,000 sessions of 200 bytes.
 #
 # On a machine with 2+ cores the load generator is pinned to core $LOADGEN_CPU and everything
-# under test (upstream, proxy, redis-server) to core $SERVER_CPU. All traffic goes to 127.0.0.1.
+# under test (upstream, proxy, redis-server, postgres) to core $SERVER_CPU. All traffic goes to 127.0.0.1.
 # Every process started here is stopped by its PID on exit, however the script ends.
 #
 # Every case runs ROUNDS times, round after round (all cases once, then all again), and the report
@@ -34,7 +36,7 @@
 #
 # Environment (defaults in brackets): DURATION [8] and WARMUP [1] seconds per case, ROUNDS [3],
 # CONNECTIONS [64], TARGETS ["direct nginx memory memory-info memory-skip memory-sealed sqlite-fsync sqlite-nofsync
-# sqlite-nofsync-sealed fs-fsync fs-nofsync redis"],
+# sqlite-nofsync-sealed fs-fsync fs-nofsync redis postgres postgres-sync"],
 # MIXES ["read write new"],
 # MEM_SESSIONS [1000000] (0 skips the memory benchmark), LOADGEN_CPU [0], SERVER_CPU [1],
 # OUT [bench/RESULTS.md].
@@ -45,7 +47,7 @@ DURATION=${DURATION:-8}
 ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-64}
-TARGETS=${TARGETS:-direct nginx memory memory-info memory-skip memory-sealed sqlite-fsync sqlite-nofsync sqlite-nofsync-sealed fs-fsync fs-nofsync redis}
+TARGETS=${TARGETS:-direct nginx memory memory-info memory-skip memory-sealed sqlite-fsync sqlite-nofsync sqlite-nofsync-sealed fs-fsync fs-nofsync redis postgres postgres-sync}
 MIXES=${MIXES:-read write new}
 MEM_SESSIONS=${MEM_SESSIONS:-1000000}
 LOADGEN_CPU=${LOADGEN_CPU:-0}
@@ -152,6 +154,14 @@ config() {
         echo 'kind = "redis"'
         echo "url = \"redis://127.0.0.1:$REDIS_PORT/0\""
         ;;
+      postgres | postgres-sync)
+        # A schema of its own per case (store.table), so each starts empty.
+        echo 'kind = "postgres"'
+        local db=async
+        [ "$target" = postgres-sync ] && db=sync
+        echo "url = \"postgres://postgres@127.0.0.1:$PG_PORT/$db?sslmode=disable\""
+        echo "table = \"bench_${target//-/_}_${mix}_${round}\""
+        ;;
     esac
     case $target in
       *-sealed) echo 'encryption_key = "bench-load-store-key-0123456789abcdef0123"' ;;
@@ -183,6 +193,11 @@ run_case() {
     skip_row "$target" "$mix" "$REDIS_NOTE"
     return
   fi
+  case $target in postgres*) if [ -z "$PG_PID" ]; then
+    echo "-- $target/$mix: skipped: $PG_NOTE"
+    skip_row "$target" "$mix" "$PG_NOTE"
+    return
+  fi ;; esac
   # Start from a flushed disk: the previous case's files (and their deletion) must not be
   # written back during this one.
   sync
@@ -251,6 +266,7 @@ run_case() {
 }
 
 case " $TARGETS " in *" redis "*) start_redis ;; esac
+case " $TARGETS " in *" postgres"*) start_postgres ;; esac
 
 echo "== load: $ROUNDS rounds, ${DURATION}s per case (+${WARMUP}s warm-up), $CONNECTIONS connections; $PINNING"
 for round in $(seq "$ROUNDS"); do
@@ -283,6 +299,7 @@ FS_TYPE=$(df -T "$WORK" | awk 'NR == 2 { print $2 }')
   echo "- $(rustc --version)"
   echo "- per case: ${WARMUP} s warm-up, then ${DURATION} s measured, $ROUNDS rounds (all cases once, then again), each row the median of its rounds; $CONNECTIONS keep-alive connections, each with its own cookie jar; closed loop (each connection sends its next request when the last answer is in)"
   echo "- pinning: $PINNING"
+  echo "- postgres: $("$(pg_bin postgres)" --version 2>/dev/null || echo "not installed"), a cluster initdb'd for the run (\`shared_buffers = 256MB\`, otherwise the defaults, fsync on); \`postgres\` rows with \`synchronous_commit = off\`, \`postgres-sync\` with the default (on); the proxy's pool at its default 16; each case in a schema of its own (\`store.table\`)"
   echo "- fs store directory and sqlite file on $FS_TYPE; proxy with \`RUST_LOG=warn\` (memory-info: \`RUST_LOG=info\`, the default, stderr to a file; \`*-sealed\`: one \`store.encryption_key\`), default config otherwise"
   echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //' || echo "not installed"), one worker, keep-alive to the upstream, no access log: a plain proxy hop with no session work, for reference"
   echo "- \"steal %\" is the share of the machine's CPU time that the hypervisor gave to other guests during the measured part (\`/proc/stat\`; the median over rounds): on this shared VM it changes from one row to the next, and a row with more steal is slower for no reason in the code"

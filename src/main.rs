@@ -421,6 +421,12 @@ async fn migrate(config: &StoreConfig) -> anyhow::Result<()> {
                 "the fs directory is migrated when it is opened: it is up to date, nothing to do"
             );
         }
+        StoreKind::Postgres(_) => {
+            store::open(config).await?;
+            println!(
+                "the postgres schema is migrated when it is opened: it is up to date, nothing to do"
+            );
+        }
         // Refused by `sessions` before this is reached; without the feature, `open` says why.
         _ => {
             store::open(config).await?;
@@ -455,13 +461,13 @@ fn copy_stores(
     if matches!(from.kind, StoreKind::Memory) {
         anyhow::bail!(
             "--from memory: the memory store lives inside a running proxy, so there is nothing \
-             to copy from here; copy from a persistent store (sqlite:, fs:, redis://)"
+             to copy from here; copy from a persistent store (sqlite:, fs:, redis://, postgres://)"
         );
     }
     if matches!(to.kind, StoreKind::Memory) {
         anyhow::bail!(
             "--to memory: sessions copied into a memory store die with this command; copy to \
-             a persistent store (sqlite:, fs:, redis://)"
+             a persistent store (sqlite:, fs:, redis://, postgres://)"
         );
     }
     Ok((from, to))

@@ -119,7 +119,8 @@ pub enum SessionsCommand {
     /// copies nothing new. The stores' other settings (timeout, fsync, ...) come from the
     /// config file's `[store]` where they apply.
     Copy {
-        /// The store to read: `fs:<dir>`, `sqlite:<file>` or `redis://host:port/db`.
+        /// The store to read: `fs:<dir>`, `sqlite:<file>`, `redis://host:port/db` or
+        /// `postgres://user@host:port/db`.
         #[arg(long, value_name = "STORE")]
         from: String,
         /// The store to write, in the same syntax.
@@ -156,8 +157,8 @@ pub struct Options {
     /// The app to proxy to, e.g. http://127.0.0.1:3000.
     #[arg(long, global = true, value_name = "URL")]
     pub upstream: Option<String>,
-    /// Session store: `sqlite:<file>`, `fs:<dir>`, `memory`, or `redis://host:port/db` (also
-    /// rediss://).
+    /// Session store: `sqlite:<file>`, `fs:<dir>`, `memory`, `redis://host:port/db` (also
+    /// rediss://), or `postgres://user@host:port/db`.
     #[arg(long, global = true, value_name = "STORE")]
     pub store: Option<String>,
     /// Session cookie name.
@@ -457,12 +458,15 @@ fn set_store(
     } else if spec.starts_with("redis://") || spec.starts_with("rediss://") {
         st.choose(Kind::Redis);
         st.url = Some(spec.to_owned());
+    } else if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+        st.choose(Kind::Postgres);
+        st.url = Some(spec.to_owned());
     } else {
         return Err(ConfigError::Invalid {
             file: origin.to_owned(),
             key: flag,
             message: format!(
-                "{spec:?} is not `sqlite:<file>`, `fs:<dir>`, `memory` or `redis://...`"
+                "{spec:?} is not `sqlite:<file>`, `fs:<dir>`, `memory`, `redis://...` or `postgres://...`"
             ),
         });
     }

@@ -40,7 +40,9 @@ pub use self::listeners::{
     AdminConfig, DEFAULT_LISTEN, DEFAULT_UPSTREAM, TlsConfig, TrustedProxies, UpstreamTimeouts,
 };
 pub use self::session::{OnStaleUse, SessionConfig, SkipRules};
-pub use self::store::{FsConfig, OnStoreError, RedisConfig, SqliteConfig, StoreConfig, StoreKind};
+pub use self::store::{
+    FsConfig, OnStoreError, PostgresConfig, RedisConfig, SqliteConfig, StoreConfig, StoreKind,
+};
 pub use self::traces::{DEFAULT_SERVICE_NAME, TracingConfig};
 /// Lives with the session rules it drives; configured here.
 pub use crate::session::Lifetime;

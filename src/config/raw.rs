@@ -193,6 +193,9 @@ pub struct RawStore {
     pub key_prefix: Option<String>,
     pub cluster: Option<bool>,
     pub nodes: Option<Vec<String>>,
+    // postgres (and `url`)
+    pub pool_size: Option<u32>,
+    pub table: Option<String>,
     // every kind: session data encrypted at rest
     pub encryption_key: Option<Secrets>,
     pub encryption_key_file: Option<PathBuf>,
@@ -250,7 +253,7 @@ pub struct RawLimits {
 
 /// Every key of the file, as errors name it: what a value of the wrong type is reported against
 /// (a test holds this list to the structs' fields).
-pub(crate) const KEYS: [&str; 84] = [
+pub(crate) const KEYS: [&str; 86] = [
     "listen",
     "upstream",
     "shutdown_timeout",
@@ -295,6 +298,8 @@ pub(crate) const KEYS: [&str; 84] = [
     "store.key_prefix",
     "store.cluster",
     "store.nodes",
+    "store.pool_size",
+    "store.table",
     "store.encryption_key",
     "store.encryption_key_file",
     "store.hash_users",
@@ -429,7 +434,7 @@ mod tests {
             }),
             &fields!(RawStore "store." {
                 kind, timeout, sweep_interval, on_error, path, filename_template, mode, fsync,
-                url, key_prefix, cluster, nodes, encryption_key, encryption_key_file, hash_users
+                url, key_prefix, cluster, nodes, pool_size, table, encryption_key, encryption_key_file, hash_users
             }),
             &fields!(RawTimeouts "upstream_timeouts." { connect, response }),
             &fields!(RawTls "tls." { cert, key }),

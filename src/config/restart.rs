@@ -14,6 +14,7 @@ fn backend(kind: &StoreKind) -> StoreKind {
     match &mut kind {
         StoreKind::Sqlite(c) => c.timeout = Duration::ZERO,
         StoreKind::Redis(c) => c.timeout = Duration::ZERO,
+        StoreKind::Postgres(c) => c.timeout = Duration::ZERO,
         StoreKind::Memory | StoreKind::Fs(_) => {}
     }
     kind

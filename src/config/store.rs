@@ -50,6 +50,7 @@ pub enum StoreKind {
     Fs(FsConfig),
     Sqlite(SqliteConfig),
     Redis(RedisConfig),
+    Postgres(PostgresConfig),
 }
 
 impl StoreKind {
@@ -60,6 +61,7 @@ impl StoreKind {
             StoreKind::Fs(_) => Kind::Fs,
             StoreKind::Sqlite(_) => Kind::Sqlite,
             StoreKind::Redis(_) => Kind::Redis,
+            StoreKind::Postgres(_) => Kind::Postgres,
         }
         .name()
     }
@@ -99,6 +101,19 @@ pub struct RedisConfig {
     pub cluster: bool,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// `store.url`: `postgres://user:pass@host:5432/db?sslmode=...`, checked for its scheme
+    /// here; the store parses the rest (and `PGPASSWORD` / `PGSSLMODE` where the URL is silent).
+    pub url: String,
+    /// `store.pool_size`: the most connections one proxy holds open.
+    pub pool_size: usize,
+    /// `store.table`: the schema the store's tables live in, created on first start.
+    pub schema: String,
+    /// `store.timeout`: the connect timeout, and the pool's wait for a connection.
+    pub timeout: Duration,
+}
+
 /// The store kinds, as `store.kind` and the `--store` flag name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -106,10 +121,17 @@ pub(crate) enum Kind {
     Fs,
     Memory,
     Redis,
+    Postgres,
 }
 
 impl Kind {
-    const ALL: [Kind; 4] = [Kind::Sqlite, Kind::Fs, Kind::Memory, Kind::Redis];
+    const ALL: [Kind; 5] = [
+        Kind::Sqlite,
+        Kind::Fs,
+        Kind::Memory,
+        Kind::Redis,
+        Kind::Postgres,
+    ];
     /// The embedded store that survives restarts and needs nothing installed.
     const DEFAULT: Kind = Kind::Sqlite;
 
@@ -119,6 +141,7 @@ impl Kind {
             Kind::Fs => "fs",
             Kind::Memory => "memory",
             Kind::Redis => "redis",
+            Kind::Postgres => "postgres",
         }
     }
 
@@ -161,7 +184,7 @@ macro_rules! store_key {
 
 /// Which `[store]` keys belong to which kind. File validation and the `--store` flag both go by
 /// this one list, so a new kind or key is added here and nowhere else.
-const STORE_KEYS: [StoreKey; 14] = [
+const STORE_KEYS: [StoreKey; 16] = [
     store_key!(timeout, &Kind::ALL, Role::Setting),
     store_key!(sweep_interval, &Kind::ALL, Role::Setting),
     store_key!(on_error, &Kind::ALL, Role::Setting),
@@ -169,10 +192,12 @@ const STORE_KEYS: [StoreKey; 14] = [
     store_key!(filename_template, &[Kind::Fs], Role::Setting),
     store_key!(mode, &[Kind::Sqlite, Kind::Fs], Role::Setting),
     store_key!(fsync, &[Kind::Sqlite, Kind::Fs], Role::Setting),
-    store_key!(url, &[Kind::Redis], Role::Location),
+    store_key!(url, &[Kind::Redis, Kind::Postgres], Role::Location),
     store_key!(key_prefix, &[Kind::Redis], Role::Setting),
     store_key!(cluster, &[Kind::Redis], Role::Location),
     store_key!(nodes, &[Kind::Redis], Role::Location),
+    store_key!(pool_size, &[Kind::Postgres], Role::Setting),
+    store_key!(table, &[Kind::Postgres], Role::Setting),
     store_key!(encryption_key, &Kind::ALL, Role::Setting),
     store_key!(encryption_key_file, &Kind::ALL, Role::Setting),
     store_key!(hash_users, &Kind::ALL, Role::Setting),
@@ -308,6 +333,7 @@ pub(super) fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigErro
                 cluster,
             })
         }
+        Kind::Postgres => postgres(at, st.url, st.pool_size, st.table, store_timeout)?,
     };
     let sweep_interval = at.duration(
         "store.sweep_interval",
@@ -335,6 +361,59 @@ pub(super) fn store(at: &Origin, st: RawStore) -> Result<StoreConfig, ConfigErro
         encryption_key_file: st.encryption_key_file,
         hash_users: st.hash_users.unwrap_or(false),
     })
+}
+
+/// `[store]` of `kind = "postgres"`: the URL's scheme, the pool's size and the schema's name
+/// (an SQL identifier the store can write unquoted).
+fn postgres(
+    at: &Origin,
+    url: Option<String>,
+    pool_size: Option<u32>,
+    table: Option<String>,
+    timeout: Duration,
+) -> Result<StoreKind, ConfigError> {
+    if !cfg!(feature = "postgres") {
+        return Err(at.bad(
+            "store.kind",
+            "this binary was built without the `postgres` feature",
+        ));
+    }
+    let url = url.unwrap_or_else(|| "postgres://127.0.0.1:5432/postgres".to_owned());
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(at.bad(
+            "store.url",
+            "must start with postgres:// or postgresql:// (the password is not shown here)",
+        ));
+    }
+    let pool_size = pool_size.unwrap_or(16);
+    if !(1..=1024).contains(&pool_size) {
+        return Err(at.bad(
+            "store.pool_size",
+            format!("{pool_size} must be between 1 and 1024"),
+        ));
+    }
+    let schema = table.unwrap_or_else(|| "session_proxy".to_owned());
+    let first_ok = schema
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+    let rest_ok = schema
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !first_ok || !rest_ok || schema.len() > 63 {
+        return Err(at.bad(
+            "store.table",
+            format!(
+                "{schema:?} must be 1 to 63 of a-z, 0-9 and _, not starting with a digit (a PostgreSQL schema name)"
+            ),
+        ));
+    }
+    Ok(StoreKind::Postgres(PostgresConfig {
+        url,
+        pool_size: pool_size as usize,
+        schema,
+        timeout,
+    }))
 }
 
 #[cfg(test)]

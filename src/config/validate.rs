@@ -268,6 +268,14 @@ mod tests {
             ("store.cluster", "[store]\ncluster = \"yes\""),
             ("store.nodes", "[store]\nnodes = \"redis://x\""),
             (
+                "store.pool_size",
+                "[store]\nkind = \"postgres\"\npool_size = 0",
+            ),
+            (
+                "store.table",
+                "[store]\nkind = \"postgres\"\ntable = \"no-dash\"",
+            ),
+            (
                 "store.encryption_key",
                 "[store]\nencryption_key = \"short\"",
             ),
@@ -437,6 +445,12 @@ mod tests {
             cases.push((
                 "[store]\nkind = \"redis\"\nnodes = [\"redis://a\", \"http://b\"]",
                 "store.nodes",
+            ));
+        }
+        if cfg!(feature = "postgres") {
+            cases.push((
+                "[store]\nkind = \"postgres\"\nurl = \"redis://x\"",
+                "store.url",
             ));
         }
         for (text, want) in cases {

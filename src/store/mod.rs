@@ -19,6 +19,8 @@ pub mod fs;
 pub mod lock;
 pub mod memory;
 mod meta;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 mod record;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -389,6 +391,19 @@ pub async fn open(config: &StoreConfig) -> Result<Opened> {
         StoreKind::Redis(_) => {
             return Err(StoreError::Backend(
                 "built without the `redis` feature".into(),
+            ));
+        }
+        #[cfg(feature = "postgres")]
+        StoreKind::Postgres(p) => opened_with(
+            postgres::PostgresStore::open_sealed(p.clone(), users, s).await?,
+            config,
+            metrics,
+            sealer,
+        ),
+        #[cfg(not(feature = "postgres"))]
+        StoreKind::Postgres(_) => {
+            return Err(StoreError::Backend(
+                "built without the `postgres` feature".into(),
             ));
         }
     })

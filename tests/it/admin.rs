@@ -219,6 +219,17 @@ async fn the_api_on_the_redis_store() {
     .await;
 }
 
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_on_the_postgres_store() {
+    let db = crate::support::postgres::PgDb::new().await;
+    api_on(&format!(
+        "[store]\nkind = \"postgres\"\nurl = \"{}\"",
+        db.url()
+    ))
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_is_a_4xx_with_a_json_error() {
     let (_app, proxy, b) = proxy_with_one_session().await;

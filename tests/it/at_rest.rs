@@ -278,3 +278,34 @@ async fn no_id_at_rest_on_redis_cluster() {
     assert!(dumps.iter().any(|(_, d)| !d.is_empty()));
     check(&seen, &log, &audit, &dumps);
 }
+
+/// Every file of the cluster's data directory (the tables, their indexes and the WAL, which
+/// holds every row image written), and the tables as text.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_id_at_rest_on_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = crate::support::postgres::PgServer::start().await;
+    let db = server.create_db().await;
+    let store = format!(
+        "[store]\nkind = \"postgres\"\nurl = \"{}\"",
+        server.url_of(&db)
+    );
+    let (seen, log, audit) = a_run_of_logins(&store, dir.path()).await;
+    let client = server.client(&db).await;
+    let mut tables = Vec::new();
+    for table in ["sessions", "aliases", "schema_info"] {
+        for row in client
+            .query(&format!("SELECT t::text FROM session_proxy.{table} t"), &[])
+            .await
+            .unwrap()
+        {
+            tables.extend_from_slice(row.get::<_, &str>(0).as_bytes());
+            tables.push(b'\n');
+        }
+    }
+    assert!(!tables.is_empty());
+    let mut places = files_of(&server.data_dir());
+    places.push(("the tables".to_owned(), tables));
+    check(&seen, &log, &audit, &places);
+}

@@ -485,6 +485,14 @@ async fn store_for(kind: &str, dir: &Path) -> (String, Box<dyn std::any::Any + S
                 Box::new(server),
             )
         }
+        #[cfg(feature = "postgres")]
+        "postgres" => {
+            let db = crate::support::postgres::PgDb::new().await;
+            (
+                format!("[store]\nkind = \"postgres\"\nurl = \"{}\"\n", db.url()),
+                Box::new(db),
+            )
+        }
         #[cfg(feature = "redis")]
         "redis_cluster" => {
             let cluster = crate::support::redis::RedisCluster::start().await;
@@ -568,6 +576,12 @@ async fn expired_at_load_redis() {
     expired_at_load_is_one_line_with_its_user("redis").await;
 }
 
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_at_load_postgres() {
+    expired_at_load_is_one_line_with_its_user("postgres").await;
+}
+
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_at_load_redis_cluster() {
@@ -626,6 +640,12 @@ async fn the_sweeper_writes_expired_lines_fs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sweeper_writes_expired_lines_sqlite() {
     the_sweeper_writes_one_expired_line("sqlite").await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweeper_writes_expired_lines_postgres() {
+    the_sweeper_writes_one_expired_line("postgres").await;
 }
 
 /// Two proxies on one store (an SQLite file, a Redis), each with its own audit log: one expired
@@ -695,6 +715,12 @@ async fn two_proxies_on_one_sqlite_file_write_one_expired_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_sweeping_proxies_on_one_sqlite_file_write_one_expired_line() {
     two_proxies_write_one_expired_line("sqlite", true).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sweeping_proxies_on_one_postgres_write_one_expired_line() {
+    two_proxies_write_one_expired_line("postgres", true).await;
 }
 
 #[cfg(feature = "redis")]

@@ -57,6 +57,17 @@ async fn redis() -> Side {
     }
 }
 
+#[cfg(feature = "postgres")]
+async fn postgres() -> Side {
+    let db = crate::support::postgres::PgDb::new().await;
+    let toml = format!("[store]\nkind = \"postgres\"\nurl = \"{}\"", db.url());
+    Side {
+        flag: db.url(),
+        store: open(&toml, Box::new(db)).await,
+        toml,
+    }
+}
+
 /// Fills `side` with LIVE live sessions (distinct times and versions) and EXPIRED dead ones.
 async fn fill(side: &Side) -> Vec<(Handle, Record)> {
     let now = now_ms();
@@ -178,6 +189,26 @@ async fn fs_to_redis() {
 async fn redis_to_fs() {
     let dir = tempfile::tempdir().unwrap();
     copies(redis().await, fs(dir.path()).await).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_to_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    copies(sqlite(dir.path()).await, postgres().await).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_to_fs() {
+    let dir = tempfile::tempdir().unwrap();
+    copies(postgres().await, fs(dir.path()).await).await;
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_to_postgres() {
+    copies(postgres().await, postgres().await).await;
 }
 
 /// One kind to the same kind elsewhere: moving a database file's sessions into another file

@@ -202,6 +202,14 @@ async fn redis_old_cookie_within_the_grace_only() {
     the_old_cookie_works_within_the_grace_only(&store).await;
 }
 
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_old_cookie_within_the_grace_only() {
+    let db = crate::support::postgres::PgDb::new().await;
+    let store = format!("[store]\nkind = \"postgres\"\nurl = \"{}\"\n", db.url());
+    the_old_cookie_works_within_the_grace_only(&store).await;
+}
+
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_old_cookie_within_the_grace_only() {

@@ -148,6 +148,9 @@ mod smuggling;
 #[cfg(feature = "redis")]
 mod store_down;
 
+/// The PostgreSQL store on a real PostgreSQL (initdb and postgres started by the tests).
+#[cfg(feature = "postgres")]
+mod postgres;
 /// The Redis store on real `redis-server` processes (one server, and a three-node cluster).
 #[cfg(feature = "redis")]
 mod redis;

@@ -1,6 +1,6 @@
 //! Session data encrypted at rest (`store.encryption_key`), on real backends and through the
 //! binary: the stored bytes (the SQLite file read by rusqlite, the fs files, every Redis key
-//! and value read by a Redis connection of its own) hold no data value; records stored before
+//! and value read by a Redis connection of its own, every PostgreSQL row) hold no data value; records stored before
 //! a key was set still read and are sealed by their next write; a record whose key is gone
 //! reads as missing, counted, and stays where it is; sessions survive a restart, a rotation
 //! and a SIGHUP reload; `sessions copy` re-encrypts and decrypts.
@@ -285,6 +285,60 @@ async fn redis_stores_no_data_value() {
     assert_sealed(&redis_bytes(&[server.url()]).await, "redis");
 }
 
+/// Every row of the store's tables, as PostgreSQL prints them.
+#[cfg(feature = "postgres")]
+async fn postgres_bytes(url: &str) -> Vec<u8> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut all = Vec::new();
+    for table in ["sessions", "aliases"] {
+        for row in client
+            .query(&format!("SELECT t::text FROM session_proxy.{table} t"), &[])
+            .await
+            .unwrap()
+        {
+            all.extend_from_slice(row.get::<_, &str>(0).as_bytes());
+            all.push(b'\n');
+        }
+    }
+    all
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_stores_no_data_value() {
+    let db = crate::support::postgres::PgDb::new().await;
+    let opened = open(&format!(
+        "[store]\nkind = \"postgres\"\nurl = \"{}\"\n{}",
+        db.url(),
+        key(KEY_A)
+    ))
+    .await;
+    exercise(&*opened.store).await;
+    assert_sealed(&postgres_bytes(&db.url()).await, "postgres");
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_plain_records_read_and_removed_keys_are_unreadable() {
+    let db = crate::support::postgres::PgDb::new().await;
+    let url = db.url();
+    let store = format!("[store]\nkind = \"postgres\"\nurl = \"{url}\"\n");
+    let raw = || {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(postgres_bytes(&url))
+        })
+        .join()
+        .unwrap()
+    };
+    plain_then_sealed_then_unreadable(&store, raw).await;
+}
+
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_cluster_stores_no_data_value() {
@@ -425,8 +479,27 @@ async fn sqlite_rebuilds_the_user_index_of_sealed_rows() {
         path.display(),
         key(KEY_A)
     );
+    rebuilds_the_user_index_of_sealed_rows(&store).await;
+}
+
+/// The postgres store rebuilds its `user_name` column in Rust too, row by row, at open.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_rebuilds_the_user_index_of_sealed_rows() {
+    let db = crate::support::postgres::PgDb::new().await;
+    let store = format!(
+        "[store]\nkind = \"postgres\"\nurl = \"{}\"\n{}",
+        db.url(),
+        key(KEY_A)
+    );
+    rebuilds_the_user_index_of_sealed_rows(&store).await;
+}
+
+/// Sessions sealed under `store` with the user index on `user`, then the store opened with
+/// `user_key = "login"`: the index follows the new key.
+async fn rebuilds_the_user_index_of_sealed_rows(store: &str) {
     let a = Handle::generate().unwrap();
-    let opened = open(&store).await;
+    let opened = open(store).await;
     opened
         .store
         .create(&a, &live(json!({"user": "ada", "login": "grace"})))

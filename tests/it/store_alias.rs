@@ -199,4 +199,8 @@ aliases!(sqlite, crate::store_contract::sqlite);
 aliases!(redis, crate::store_contract::redis);
 #[cfg(feature = "redis")]
 aliases!(redis_cluster, crate::store_contract::redis_cluster);
+#[cfg(feature = "postgres")]
+aliases!(postgres, crate::store_contract::postgres);
+#[cfg(feature = "postgres")]
+aliases!(postgres_sealed, crate::store_contract::sealed::postgres);
 aliases!(sqlite_sealed, crate::store_contract::sealed::sqlite);

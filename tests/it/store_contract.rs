@@ -1,7 +1,7 @@
 //! The `SessionStore` contract, one set of tests expanded for every store (tower-sessions-stores'
 //! per-backend test macro is the model). Each store is opened the way the proxy opens it
 //! (`store::open`, so through `Timed`), on a real backend: memory, an fs directory, an SQLite
-//! file, a real `redis-server`, and a three-node Redis Cluster.
+//! file, a real `redis-server`, a three-node Redis Cluster, and a real PostgreSQL.
 //!
 //! A store added later gets the whole contract by one more `contract!` line.
 
@@ -115,6 +115,22 @@ pub async fn redis_cluster_with(extra: &str) -> Opened {
     open(&toml, Box::new(cluster)).await
 }
 
+#[cfg(feature = "postgres")]
+pub async fn postgres() -> Opened {
+    postgres_with("").await
+}
+
+/// A PostgreSQL store in a database of its own on the shared test cluster.
+#[cfg(feature = "postgres")]
+pub async fn postgres_with(extra: &str) -> Opened {
+    let db = crate::support::postgres::PgDb::new().await;
+    let toml = format!(
+        "{USERS}[store]\nkind = \"postgres\"\nurl = \"{}\"\n{extra}",
+        db.url()
+    );
+    open(&toml, Box::new(db)).await
+}
+
 /// The contract stores with session data encrypted at rest (`store.encryption_key`).
 pub mod sealed {
     use super::{Opened, SEALED};
@@ -135,6 +151,10 @@ pub mod sealed {
     #[cfg(feature = "redis")]
     pub async fn redis_cluster() -> Opened {
         super::redis_cluster_with(SEALED).await
+    }
+    #[cfg(feature = "postgres")]
+    pub async fn postgres() -> Opened {
+        super::postgres_with(SEALED).await
     }
 }
 
@@ -819,6 +839,8 @@ contract!(sqlite, super::sqlite);
 contract!(redis, super::redis);
 #[cfg(feature = "redis")]
 contract!(redis_cluster, super::redis_cluster);
+#[cfg(feature = "postgres")]
+contract!(postgres, super::postgres);
 contract!(memory_sealed, super::sealed::memory);
 contract!(fs_sealed, super::sealed::fs);
 contract!(sqlite_sealed, super::sealed::sqlite);
@@ -826,6 +848,8 @@ contract!(sqlite_sealed, super::sealed::sqlite);
 contract!(redis_sealed, super::sealed::redis);
 #[cfg(feature = "redis")]
 contract!(redis_cluster_sealed, super::sealed::redis_cluster);
+#[cfg(feature = "postgres")]
+contract!(postgres_sealed, super::sealed::postgres);
 
 /// Every call is bounded, whoever makes it: a Redis that stops answering (SIGSTOP) costs a
 /// store-side error within about `store.timeout`, not a hang, for a direct caller like the CLI

@@ -248,8 +248,25 @@ async fn without_a_user_key_there_is_nothing_to_revoke() {
 /// not the oldest one when that one was used since.
 #[tokio::test]
 async fn max_per_user_evicts_the_least_recently_used() {
+    evicts_the_least_recently_used("").await;
+}
+
+/// The same on the postgres store: the `user_name` column's index finds the user's sessions.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn max_per_user_evicts_the_least_recently_used_on_postgres() {
+    let db = crate::support::postgres::PgDb::new().await;
+    evicts_the_least_recently_used(&format!(
+        "[store]\nkind = \"postgres\"\nurl = \"{}\"\n",
+        db.url()
+    ))
+    .await;
+}
+
+async fn evicts_the_least_recently_used(store: &str) {
     let app = App::start().await;
-    let toml = format!("{USERS}max_per_user = 2\nidle_timeout = \"1h\"\ntouch_interval = \"1s\"\n");
+    let toml =
+        format!("{USERS}max_per_user = 2\nidle_timeout = \"1h\"\ntouch_interval = \"1s\"\n{store}");
     let proxy = TestProxy::start(&app, &toml).await;
     let mut first = signed_in(&proxy, "ada").await;
     let mut second = signed_in(&proxy, "ada").await;
@@ -287,11 +304,28 @@ async fn max_per_user_evicts_the_least_recently_used() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoke_takes_effect_on_every_proxy_sharing_the_store() {
     let server = crate::support::redis::RedisServer::start().await;
-    let app = App::start().await;
-    let toml = format!(
-        "{USERS}[store]\nkind = \"redis\"\nurl = \"{}\"\n",
+    a_revoke_takes_effect_on_every_proxy(&format!(
+        "[store]\nkind = \"redis\"\nurl = \"{}\"\n",
         server.url()
-    );
+    ))
+    .await;
+}
+
+/// The same with two proxies on one PostgreSQL database.
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_takes_effect_on_every_proxy_sharing_one_postgres() {
+    let db = crate::support::postgres::PgDb::new().await;
+    a_revoke_takes_effect_on_every_proxy(&format!(
+        "[store]\nkind = \"postgres\"\nurl = \"{}\"\n",
+        db.url()
+    ))
+    .await;
+}
+
+async fn a_revoke_takes_effect_on_every_proxy(store: &str) {
+    let app = App::start().await;
+    let toml = format!("{USERS}{store}");
     let (one, two) = (
         TestProxy::start(&app, &toml).await,
         TestProxy::start(&app, &toml).await,

@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod app;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod raw;
 #[cfg(feature = "redis")]
 pub mod redis;

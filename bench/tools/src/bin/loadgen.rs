@@ -765,6 +765,35 @@ fn report(file: &str, mem: Option<&str>) -> anyhow::Result<String> {
             metric: Metric::Cpu,
             limit: Limit::AtMost(1.4),
         },
+        // Issue [postgres] #26: the PostgreSQL store against the Redis and memory stores.
+        Check {
+            what: "postgres (synchronous_commit = off), every request updates: ≥ 1.0× redis req/s",
+            row: ("postgres", "write"),
+            base: Some(("redis", "write")),
+            metric: Metric::Rps,
+            limit: Limit::AtLeast(1.0),
+        },
+        Check {
+            what: "postgres (synchronous_commit = off), every request updates: ≥ 0.4× memory req/s",
+            row: ("postgres", "write"),
+            base: Some(("memory", "write")),
+            metric: Metric::Rps,
+            limit: Limit::AtLeast(0.4),
+        },
+        Check {
+            what: "postgres-sync (PostgreSQL's defaults), every request updates: ≥ 1.0× redis req/s",
+            row: ("postgres-sync", "write"),
+            base: Some(("redis", "write")),
+            metric: Metric::Rps,
+            limit: Limit::AtLeast(1.0),
+        },
+        Check {
+            what: "postgres-sync (PostgreSQL's defaults), every request updates: ≥ 0.4× memory req/s",
+            row: ("postgres-sync", "write"),
+            base: Some(("memory", "write")),
+            metric: Metric::Rps,
+            limit: Limit::AtLeast(0.4),
+        },
     ];
 
     writeln!(out, "\n### Targets\n")?;
