@@ -6,12 +6,20 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use session_proxy::config::cli::{AssertionCommand, Cli, Command, SessionsCommand};
+use session_proxy::config::cli::{AssertionCommand, Cli, Command, ConfigCommand, SessionsCommand};
 use session_proxy::config::{LogFormat, StoreConfig, StoreKind};
 use session_proxy::{Proxy, downstream, store};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Needs no configuration: printed before one is read.
+    if let Some(Command::Config {
+        command: ConfigCommand::Reference,
+    }) = cli.command
+    {
+        print!("{}", session_proxy::config::reference::render());
+        return ExitCode::SUCCESS;
+    }
     // The config decides the log's format, so it is read first; its errors go to stderr as
     // they always did.
     let config = match cli.options.load() {
@@ -90,6 +98,8 @@ fn main() -> ExitCode {
                 );
                 Ok(())
             }
+            // Answered before the configuration was read.
+            Some(Command::Config { .. }) => Ok(()),
             Some(Command::Assertion {
                 command: AssertionCommand::Jwks,
             }) => {
