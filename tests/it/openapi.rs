@@ -1,4 +1,4 @@
-//! The admin API against its contract, docs/admin-openapi.yaml: every route src/admin/ builds
+//! The admin API against its contract, docs/src/admin-openapi.yaml: every route src/admin/ builds
 //! is described there, and the binary on a real store is called on every route for every
 //! status the document lists (success and each error); each JSON answer is validated against
 //! the document's schema by Python's `jsonschema` (installed by .ci/run; never skipped).
@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::support::{App, Browser, ProxyProcess, Resp, handle, request};
 
-const DOC: &str = "docs/admin-openapi.yaml";
+const DOC: &str = "docs/src/admin-openapi.yaml";
 const TOKEN: &str = "openapi-test-admin-token-0123";
 
 /// The routes src/admin/ builds, as (path, method): every `.route("path", get(..).patch(..))`

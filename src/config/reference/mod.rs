@@ -4,7 +4,7 @@
 //! to it, so the three descriptions cannot drift (ripgrep builds its man page from its flag
 //! definitions the same way).
 //!
-//! [`KEYS`] (raw.rs) stays the list of keys the parser knows; a key there without an entry here
+//! `KEYS` (raw.rs) stays the list of keys the parser knows; a key there without an entry here
 //! fails the tests by name, so a key cannot be added without its line of documentation.
 
 mod entries;
@@ -17,7 +17,7 @@ pub use entries::ENTRIES;
 /// One key of the file, as the reference describes it.
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {
-    /// The dotted name, as in [`KEYS`] and in error messages.
+    /// The dotted name, as in `KEYS` and in error messages.
     pub key: &'static str,
     /// What a value is, for a person: `duration`, `bool`, `integer`, `path`...
     pub ty: &'static str,
@@ -63,7 +63,7 @@ pub fn entry(key: &str) -> Option<&'static Entry> {
     ENTRIES.iter().find(|e| e.key == key)
 }
 
-/// The keys of [`KEYS`] that have no entry: the test names them.
+/// The keys of `KEYS` that have no entry: the test names them.
 pub fn undocumented() -> Vec<&'static str> {
     KEYS.into_iter().filter(|k| entry(k).is_none()).collect()
 }
@@ -73,7 +73,7 @@ fn section(key: &str) -> &str {
     key.rsplit_once('.').map_or("", |(section, _)| section)
 }
 
-/// `docs/src/configuration.md`: one table per section, keys in the order of [`KEYS`] (the file's
+/// `docs/src/configuration.md`: one table per section, keys in the order of `KEYS` (the file's
 /// order). A key without an entry still gets a row, marked undocumented, and fails the tests.
 pub fn render() -> String {
     let mut page = String::from(
