@@ -252,11 +252,24 @@ async fn every_admin_route_answers_as_the_openapi_document_says() {
         ("/", false),
         ("/admin.js", false),
         ("/admin.css", false),
+        ("/openapi.yaml", false),
         ("/metrics", true),
         ("/metrics", false),
     ] {
         c.call(route, get.clone(), route, token, "").await;
     }
+    let served = &c
+        .seen
+        .iter()
+        .find(|s| s.path == "/openapi.yaml")
+        .unwrap()
+        .resp
+        .body;
+    assert_eq!(
+        served,
+        &std::fs::read(DOC).unwrap(),
+        "/openapi.yaml is not {DOC}"
+    );
     let page = c
         .call("/sessions", get.clone(), "/sessions?limit=2", true, "")
         .await;
