@@ -1,10 +1,11 @@
-# The session-proxy image: the release binary, statically linked, on an empty base.
+# The session-proxy image: the `dist` binary, statically linked, on an empty base.
 #
 #   docker build -t session-proxy .                  # podman: podman build --format docker ...
 #   docker build -t session-proxy-counter --target counter .   # compose.yaml's example app
 #   docker compose up                                # proxy, example app and Redis
 #
-# `build` compiles with the release profile (fat LTO: it takes a while). The image, the last
+# `build` compiles with the `dist` profile (fat LTO: it takes a while), the example app from its
+# own package (examples/counter), so the test suite's dev-dependencies are not built. The image, the last
 # stage, holds only the stripped binary, the CA certificates (for rediss://), /etc/passwd naming
 # the unprivileged user it runs as, its configuration (deploy/container/proxy.toml) and
 # /var/lib/session-proxy, the one directory it writes (the default sqlite store; a volume).
@@ -22,11 +23,11 @@ COPY . .
 # the image: glibc 2.34 and later has `files` and `dns` built in (the test resolves its `app`
 # from /etc/hosts; DNS is not tried there).
 RUN target="$(uname -m)-unknown-linux-gnu" \
- && RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --release \
-      --target "$target" --bin session-proxy --example counter \
+ && RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked --profile dist \
+      --target "$target" -p session-proxy -p counter --bin session-proxy --bin counter \
  && mkdir -p /out/etc/ssl/certs /out/etc/session-proxy /state /app \
- && strip -o /out/session-proxy "target/$target/release/session-proxy" \
- && strip -o /app/counter "target/$target/release/examples/counter" \
+ && strip -o /out/session-proxy "target/$target/dist/session-proxy" \
+ && strip -o /app/counter "target/$target/dist/counter" \
  && cp /etc/ssl/certs/ca-certificates.crt /out/etc/ssl/certs/ \
  && cp deploy/container/proxy.toml /out/etc/session-proxy/ \
  && cp deploy/container/passwd deploy/container/group /out/etc/

@@ -50,9 +50,9 @@ COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain --untracked-files=no -- src bench/tools Cargo.toml Cargo.lock 2>/dev/null)" ]; then
   COMMIT="$COMMIT (with uncommitted changes to src/, bench/tools or Cargo.*)"
 fi
-echo "== building (release) at $COMMIT"
-cargo build --release --quiet --bins -p session-proxy -p bench-tools
-BIN=target/release
+echo "== building (dist) at $COMMIT"
+cargo build --profile dist --quiet --bins -p session-proxy -p bench-tools
+BIN=target/dist
 mkdir -p target
 WORK=$(mktemp -d "$PWD/target/bench-list.XXXXXX")
 RAW="$WORK/raw.tsv"

@@ -55,7 +55,7 @@ for tool in valgrind callgrind_annotate; do
   command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install -y valgrind" >&2; exit 1; }
 done
 
-cargo build --release --quiet --bins -p session-proxy -p bench-tools
+cargo build --profile dist --quiet --bins -p session-proxy -p bench-tools
 OUTDIR=target/bench-instructions
 mkdir -p "$OUTDIR"
 WORK=$(mktemp -d "$PWD/target/bench-instructions.XXXXXX")
@@ -102,7 +102,7 @@ fi
 # RUST_LOG is set outside valgrind: under `env`, valgrind would instrument env, not the proxy.
 export RUST_LOG=$LOG
 start proxy "$WORK/proxy.log" valgrind --tool=callgrind \
-  --callgrind-out-file="$OUTDIR/callgrind.out" target/release/session-proxy \
+  --callgrind-out-file="$OUTDIR/callgrind.out" target/dist/session-proxy \
   --config "$WORK/proxy.toml" --listen 127.0.0.1:0 --upstream "http://$UP"
 PROXY_PID=$STARTED_PID
 # Under valgrind the proxy takes a few seconds to start.
@@ -112,7 +112,7 @@ done
 [ -n "${PROXY:-}" ] || { echo "the proxy did not start:" >&2; cat "$WORK/proxy.log.err" >&2; exit 1; }
 
 echo "== callgrind on the proxy, store=$STORE, mix=$MIX, user_key=${USER_KEY:-off}, signed=$SIGNED, assertion=${ASSERTION:-off}, store_key=${STORE_KEY:-off}, tracing=${TRACING:-off}, body=${BODY:-0} bytes, request_buffer=${BUFFER:-default}, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
-LINE=$("${PIN_LOAD[@]}" target/release/loadgen run --url "http://$PROXY/" \
+LINE=$("${PIN_LOAD[@]}" target/dist/loadgen run --url "http://$PROXY/" \
   --connections 16 --warmup 0 --duration "$DURATION" --body "${BODY:-0}" "${COOKIES[@]}")
 REQUESTS=$(echo "$LINE" | tr '\t' '\n' | sed -n 's/^requests=//p')
 # SIGTERM: the proxy shuts down gracefully and callgrind writes its file on exit.

@@ -4,7 +4,7 @@
 #   bench/load.sh                  # every case, 3 rounds of 8 s (about 18 minutes), writes bench/RESULTS.md
 #   DURATION=3 ROUNDS=1 bench/load.sh   # a quick run
 #
-# It builds in release, then for each case starts a fresh upstream (bench/tools/src/bin/bench_upstream.rs)
+# It builds with the `dist` profile (what ships: fat LTO), then for each case starts a fresh upstream (bench/tools/src/bin/bench_upstream.rs)
 # and, except for "direct", a fresh session-proxy in front of it, and drives it with
 # bench/tools/src/bin/loadgen.rs: 64 keep-alive connections, each with its own cookie jar, so sessions are
 # real and reused. Cases: direct to the upstream (the limit), then the proxy with the memory store,
@@ -59,9 +59,9 @@ COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
   COMMIT="$COMMIT (with uncommitted changes to src/ or Cargo.*)"
 fi
-echo "== building (release) at $COMMIT"
-cargo build --release --quiet --bins -p session-proxy -p bench-tools
-BIN=target/release
+echo "== building (dist) at $COMMIT"
+cargo build --profile dist --quiet --bins -p session-proxy -p bench-tools
+BIN=target/dist
 mkdir -p target
 WORK=$(mktemp -d "$PWD/target/bench-load.XXXXXX")
 RAW="$WORK/raw.tsv"

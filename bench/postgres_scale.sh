@@ -41,7 +41,7 @@ fi
 
 echo "== building (release) at $COMMIT"
 cargo build --release --quiet --bins -p session-proxy -p bench-tools
-BIN=target/release
+BIN=target/dist
 mkdir -p target
 WORK=$(mktemp -d "$PWD/target/bench-pg.XXXXXX")
 # shellcheck source=bench/common.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CPU profile of session-proxy under the write-heavy memory-store load (every request reads and
-# updates its session), with `perf record` and DWARF call graphs (the release profile keeps
+# updates its session), with `perf record` and DWARF call graphs (the `dist` profile keeps
 # line tables: `debug = 1`).
 #
 #   bench/profile.sh               # 10 s; prints the top self and inclusive entries
@@ -21,7 +21,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 TOP=${TOP:-40}
 command -v perf >/dev/null || { echo "perf is missing: apt-get install -y linux-perf" >&2; exit 1; }
 
-cargo build --release --quiet --bins -p session-proxy -p bench-tools
+cargo build --profile dist --quiet --bins -p session-proxy -p bench-tools
 OUTDIR=target/bench-profile
 mkdir -p "$OUTDIR"
 WORK=$(mktemp -d "$PWD/target/bench-profile.XXXXXX")
@@ -31,13 +31,13 @@ WORK=$(mktemp -d "$PWD/target/bench-profile.XXXXXX")
 source bench/common.sh
 
 upstream_and_config "$MIX" "$STORE"
-start proxy "$WORK/proxy.log" env RUST_LOG=warn target/release/session-proxy \
+start proxy "$WORK/proxy.log" env RUST_LOG=warn target/dist/session-proxy \
   --config "$WORK/proxy.toml" --listen 127.0.0.1:0 --upstream "http://$UP"
 PROXY_PID=$STARTED_PID
 PROXY=$(wait_line "$PROXY_PID" "$WORK/proxy.log" 'listening on http://([0-9.:]+) ')
 
 echo "== profiling the proxy (pid $PROXY_PID), store=$STORE, mix=$MIX, ${DURATION}s"
-"${PIN_LOAD[@]}" target/release/loadgen run --url "http://$PROXY/" \
+"${PIN_LOAD[@]}" target/dist/loadgen run --url "http://$PROXY/" \
   --connections "$CONNECTIONS" --warmup 1 --duration "$((DURATION + 2))" \
   --pid "proxy=$PROXY_PID" --pid "upstream=$UP_PID" >"$OUTDIR/loadgen.tsv" &
 LOAD_PID=$!

@@ -24,7 +24,7 @@ TOTAL=${TOTAL:-16777216}
 RATE=${RATE:-0}
 DURATION=${DURATION:-30}
 
-cargo build --release --quiet --bins -p session-proxy -p bench-tools
+cargo build --profile dist --quiet --bins -p session-proxy -p bench-tools
 mkdir -p target
 WORK=$(mktemp -d "$PWD/target/bench-slow-bodies.XXXXXX")
 
@@ -34,7 +34,7 @@ source bench/common.sh
 upstream_and_config write memory
 printf '[limits]\nrequest_buffer = %s\nrequest_buffer_total = %s\nbody_min_rate = %s\n[admin]\nlisten = "127.0.0.1:0"\n' \
   "$BUFFER" "$TOTAL" "$RATE" >>"$WORK/proxy.toml"
-start proxy "$WORK/proxy.log" target/release/session-proxy --config "$WORK/proxy.toml" \
+start proxy "$WORK/proxy.log" target/dist/session-proxy --config "$WORK/proxy.toml" \
   --listen 127.0.0.1:0 --upstream "http://$UP"
 PROXY_PID=$STARTED_PID
 PROXY=$(wait_line "$PROXY_PID" "$WORK/proxy.log" 'listening on http://([0-9.:]+) ')
@@ -43,7 +43,7 @@ status_kib() { awk -v k="$1" '$1 == k {print $2}' "/proc/$PROXY_PID/status"; }
 
 echo "== $CLIENTS slow bodies (65536 declared, 61440 sent at once, then 1 byte/s), request_buffer = $BUFFER, request_buffer_total = $TOTAL, body_min_rate = $RATE, ${DURATION}s"
 echo "proxy RSS before the clients: $(status_kib VmRSS:) KiB"
-"${PIN_LOAD[@]}" target/release/soak_conns --addr "$PROXY" --slow-bodies "$CLIENTS" \
+"${PIN_LOAD[@]}" target/dist/soak_conns --addr "$PROXY" --slow-bodies "$CLIENTS" \
   --duration "$DURATION" --trickle-ms 1000 >"$WORK/conns.out" &
 CONNS_PID=$!
 PIDS+=("$CONNS_PID")

@@ -5,8 +5,8 @@
 #   bench/soak.sh                  # 10 minutes, writes bench/SOAK.md
 #   SOAK_SECS=120 bench/soak.sh    # a quick run
 #
-# It builds in release, starts bench_upstream (10 % of responses update the session) and the
-# release proxy in front of it with the default store (sqlite, a file in a temp dir, fsync on)
+# It builds with the `dist` profile, starts bench_upstream (10 % of responses update the session) and the
+# dist-profile proxy in front of it with the default store (sqlite, a file in a temp dir, fsync on)
 # and default limits, then for SOAK_SECS runs all at once:
 #   - loadgen with cookie jars: CONNECTIONS [16] keep-alive browsers, each reusing its session;
 #   - a burst of new sessions every BURST_EVERY [60] s: BURST_CONNECTIONS [32] cookie-less
@@ -59,9 +59,9 @@ COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null)" ]; then
   COMMIT="$COMMIT (with uncommitted changes to src/ or Cargo.*)"
 fi
-echo "== building (release) at $COMMIT"
-cargo build --release --quiet --bins -p session-proxy -p bench-tools
-BIN=target/release
+echo "== building (dist) at $COMMIT"
+cargo build --profile dist --quiet --bins -p session-proxy -p bench-tools
+BIN=target/dist
 mkdir -p target
 WORK=$(mktemp -d "$PWD/target/bench-soak.XXXXXX")
 
@@ -208,7 +208,7 @@ verdict=pass
   echo "# Soak: bench/soak.sh"
   echo
   echo "Commit $COMMIT, $(date -u +%Y-%m-%dT%H:%MZ), ${SOAK_SECS} s, $(nproc) cores ($PINNING)."
-  echo "The proxy in release with the sqlite store (fsync on) and default limits, in front of"
+  echo "The proxy built with the dist profile, with the sqlite store (fsync on) and default limits, in front of"
   echo "bench_upstream (10 % of responses update the session). At once: loadgen with $CONNECTIONS cookie"
   echo "jars; a burst of $BURST_CONNECTIONS cookie-less connections for ${BURST_SECS} s every ${BURST_EVERY} s;"
   echo "$IDLE idle keep-alive connections and $SLOWLORIS slowloris connections (bench/tools/src/bin/soak_conns.rs),"

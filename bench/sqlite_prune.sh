@@ -7,7 +7,7 @@
 #
 # The report quotes the store's warnings about commits and checkpoints of 100 ms or more.
 # Fills a sqlite file with SESSIONS sessions of ~200 bytes, a tenth of them already expired
-# (bench/tools/src/bin/sqlite_bench.rs `fill`), then starts the release proxy on it (fsync on,
+# (bench/tools/src/bin/sqlite_bench.rs `fill`), then starts the dist-profile proxy on it (fsync on,
 # the default) in front of bench_upstream (every response updates its session), with
 # `sweep_interval = SWEEP` so the sweeper's first pass comes SWEEP seconds after start. The
 # load generator runs back-to-back windows of WINDOW seconds (64 connections with cookie jars)
@@ -30,9 +30,9 @@ if [ -n "$(git status --porcelain --untracked-files=no -- src bench/tools Cargo.
   COMMIT="$COMMIT (with uncommitted changes to src/, bench/tools or Cargo.*)"
 fi
 
-echo "== building (release) at $COMMIT"
-cargo build --release --quiet --bins -p session-proxy -p bench-tools
-BIN=target/release
+echo "== building (dist) at $COMMIT"
+cargo build --profile dist --quiet --bins -p session-proxy -p bench-tools
+BIN=target/dist
 mkdir -p target
 WORK=$(mktemp -d "$PWD/target/bench-prune.XXXXXX")
 # shellcheck source=bench/common.sh

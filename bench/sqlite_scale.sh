@@ -23,15 +23,15 @@ if [ -n "$(git status --porcelain --untracked-files=no -- src bench/tools Cargo.
   COMMIT="$COMMIT (with uncommitted changes to src/, bench/tools or Cargo.*)"
 fi
 
-cargo build --release --quiet -p bench-tools --bin sqlite_bench
+cargo build --profile dist --quiet -p bench-tools --bin sqlite_bench
 mkdir -p target
 RAW=$(mktemp "$PWD/target/sqlite-scale.XXXXXX")
 trap 'rm -f "$RAW"' EXIT
 
 echo "== reads: inline against spawn_blocking, ${SECONDS_PER_MODE}s per mode, twice each"
-target/release/sqlite_bench reads --seconds "$SECONDS_PER_MODE" --dir target | tee -a "$RAW"
+target/dist/sqlite_bench reads --seconds "$SECONDS_PER_MODE" --dir target | tee -a "$RAW"
 echo "== scale: $SESSIONS sessions"
-target/release/sqlite_bench scale --sessions "$SESSIONS" --dir target | tee -a "$RAW"
+target/dist/sqlite_bench scale --sessions "$SESSIONS" --dir target | tee -a "$RAW"
 
 field() { grep "^bench=$1	" "$RAW" | tr '\t' '\n' | sed -n "s/^$2=//p" | head -1; }
 verdict() { awk -v v="$1" -v l="$2" 'BEGIN { print (v + 0 < l + 0) ? "yes" : "**no**" }'; }

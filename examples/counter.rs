@@ -11,8 +11,8 @@
 //!
 //! Run with
 //! ```not_rust
-//! cargo run --release --example counter                        # uses ./proxy.toml (or the file named)
-//! cargo run --release --example counter -- --app-only 127.0.0.1:3000   # the app alone
+//! cargo run -p counter                        # uses ./proxy.toml (or the file named)
+//! cargo run -p counter -- --app-only 127.0.0.1:3000   # the app alone
 //! curl -c jar -b jar http://127.0.0.1:8080/                     # visits: 1
 //! curl -c jar -b jar http://127.0.0.1:8080/                     # visits: 2
 //! curl -c jar -b jar 'http://127.0.0.1:8080/login?user=ada'

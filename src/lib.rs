@@ -1,8 +1,31 @@
 //! session-proxy: an HTTP reverse proxy that gives server-side sessions to an app that has none.
 //!
-//! [`Proxy::open`] validates nothing (that is [`config`]'s job) but opens the store and builds
-//! the shared state; [`Proxy::serve`] runs it on a listener the caller bound, so tests can bind
-//! `127.0.0.1:0` and learn the port before any request is sent.
+//! The product is the `session-proxy` binary; this library is what it is built from, public so
+//! that the binary, the example app (`examples/counter.rs`, which runs the proxy in its own
+//! process), the benchmarks (`bench/tools`) and the integration tests (`tests/it`) drive the
+//! same code a deployment runs. It is not published and makes no semver promise: a module is
+//! `pub` because one of those callers needs it, not as an invitation to build on it. The
+//! contracts that are stable are the ones outside Rust: the header protocol
+//! ([`protocol`]), the configuration file (every key in [`config::reference`], rendered as
+//! `docs/src/configuration.md`), the admin API (`docs/src/admin-openapi.yaml`) and the store
+//! formats.
+//!
+//! What a caller uses: [`config`] turns `proxy.toml` and the flags into a validated
+//! [`config::Config`] (every error names the key at fault); [`Proxy::open`] validates nothing
+//! but opens the store and builds the shared state; [`Proxy::serve`] runs it on a listener the
+//! caller bound, so tests can bind `127.0.0.1:0` and learn the port before any request is
+//! sent; [`downstream::shutdown_signal`] is the SIGINT/SIGTERM future the binary passes it.
+//! [`store`] is the session-store seam (the [`store::SessionStore`] trait and its sqlite, fs,
+//! memory and Redis backends), public so that the CLI's `sessions` commands and the store
+//! contract tests call the stores directly.
+//!
+//! The other modules are the layers of the request path, each public for its tests and
+//! benchmarks rather than for reuse: [`session`] (ids, handles, lifetimes), [`cookie`],
+//! [`protocol`] (header names and the wire encoding, in one place), [`forwarding`],
+//! [`upstream`], [`proxy`], [`admin`], [`metrics`], [`audit`], [`assertion`], [`tls`],
+//! [`logging`], [`reload`]. ARCHITECTURE.md gives their floors: a module imports only what
+//! stands below it. A session id is a bearer credential and never leaves through any of them:
+//! stores, logs, metrics and the admin API name a session by its [`session::Handle`].
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod admin;

@@ -6,7 +6,7 @@ use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use session_proxy::config::cli::{AssertionCommand, Cli, Command, SessionsCommand};
+use session_proxy::config::cli::{AssertionCommand, Cli, Command, ConfigCommand, SessionsCommand};
 use session_proxy::config::{LogFormat, StoreConfig, StoreKind};
 use session_proxy::{Proxy, Stop, downstream, listen, store};
 
@@ -15,6 +15,14 @@ fn main() -> ExitCode {
     // environment (systemd socket activation).
     let inherited = listen::Inherited::from_env();
     let cli = Cli::parse();
+    // Needs no configuration: printed before one is read.
+    if let Some(Command::Config {
+        command: ConfigCommand::Reference,
+    }) = cli.command
+    {
+        print!("{}", session_proxy::config::reference::render());
+        return ExitCode::SUCCESS;
+    }
     // The config decides the log's format, so it is read first; its errors go to stderr as
     // they always did.
     let config = match cli.options.load() {
@@ -93,6 +101,8 @@ fn main() -> ExitCode {
                 );
                 Ok(())
             }
+            // Answered before the configuration was read.
+            Some(Command::Config { .. }) => Ok(()),
             Some(Command::Assertion {
                 command: AssertionCommand::Jwks,
             }) => {

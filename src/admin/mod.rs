@@ -6,10 +6,10 @@
 //! does not go through it and stays as lean as it was.
 //!
 //! Security: without a token the listener may bind only a loopback address (checked in
-//! config). With a token, every route but the probes, the JWKS and the static page needs
-//! `Authorization: Bearer <token>`, compared in constant time. The page holds no data: it calls
-//! the API with the token the operator types, kept in `sessionStorage`, so there is no admin
-//! cookie and no CSRF surface.
+//! config). With a token, every route but the probes, the JWKS, the static page and the API's
+//! OpenAPI document (`/openapi.yaml`) needs `Authorization: Bearer <token>`, compared in constant
+//! time. The page holds no data: it calls the API with the token the operator types, kept in
+//! `sessionStorage`, so there is no admin cookie and no CSRF surface.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -104,7 +104,8 @@ impl Admin {
     }
 }
 
-/// The admin routes. The probes and the static page are open; the rest sit behind the token.
+/// The admin routes. The probes, the JWKS and the static files (the page, the OpenAPI document)
+/// are open; the rest sit behind the token.
 pub fn router(admin: Arc<Admin>) -> Router {
     let guarded = api::routes()
         .route("/metrics", get(api::metrics))

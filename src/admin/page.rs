@@ -1,7 +1,8 @@
 //! The admin web page: three static files shipped inside the binary. The page holds no data of
 //! its own; its script calls the JSON API and inserts what comes back only through
 //! `textContent`, so escaping holds by construction, and the policy below forbids inline
-//! script and every origin but this one.
+//! script and every origin but this one. `/openapi.yaml` is the admin API's own contract
+//! (docs/src/admin-openapi.yaml, built in), open like the page: it describes, and holds nothing.
 
 use std::sync::Arc;
 
@@ -34,6 +35,15 @@ pub(super) fn routes() -> Router<Arc<Admin>> {
         .route(
             "/admin.css",
             get(|| file(include_str!("page/admin.css"), "text/css; charset=utf-8")),
+        )
+        .route(
+            "/openapi.yaml",
+            get(|| {
+                file(
+                    include_str!("../../docs/src/admin-openapi.yaml"),
+                    "application/yaml",
+                )
+            }),
         )
 }
 

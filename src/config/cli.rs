@@ -49,6 +49,18 @@ pub enum Command {
         #[command(subcommand)]
         command: AssertionCommand,
     },
+    /// About the configuration itself.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the reference of every config key (type, default, flag, meaning) as Markdown: the
+    /// page docs/src/configuration.md is this output. Reads no config file.
+    Reference,
 }
 
 #[derive(Debug, Subcommand)]
@@ -222,7 +234,7 @@ pub struct Options {
     /// A session dies this long after creation, however active (default: off).
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration_arg)]
     pub absolute_timeout: Option<DurationSpec>,
-    /// An unmodified session is written to extend its life at most this often (default idle/10).
+    /// An unmodified session is written to extend its life at most this often (default idle_timeout / 10).
     #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration_arg)]
     pub touch_interval: Option<DurationSpec>,
     /// Serve HTTPS: the PEM certificate chain (server certificate first); needs --tls-key.

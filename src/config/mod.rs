@@ -8,7 +8,8 @@
 //! validated type, its rule and their tests: `listeners.rs` (`listen`, `upstream`,
 //! `trusted_proxies`, `[upstream_timeouts]`, `[tls]`, `[admin]`), `cookie.rs`, `session.rs`,
 //! `store.rs`, `limits.rs`, `audit.rs`, `assertion.rs`, `traces.rs`; `origin.rs` the helpers they share to name file and key.
-//! `validate.rs` calls them in turn. This module is what the rest of the crate sees: every type
+//! `validate.rs` calls them in turn; `reference/` describes every key (the generated
+//! configuration page). This module is what the rest of the crate sees: every type
 //! is re-exported here, so its path is `crate::config::Name` wherever it lives.
 
 use std::net::SocketAddr;
@@ -18,6 +19,7 @@ use http::uri::Authority;
 use serde::Deserialize;
 
 pub mod cli;
+pub mod reference;
 
 mod assertion;
 mod audit;

@@ -119,3 +119,18 @@ fn help_documents_every_flag() {
         assert!(out.contains(flag), "{flag} missing from --help");
     }
 }
+
+/// `config reference` prints the committed configuration page, whatever config is around: it
+/// reads none (a broken file named by --config does not stop it).
+#[test]
+fn config_reference_prints_the_committed_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[sesion]\n").unwrap();
+    let broken = broken.display().to_string();
+    let (code, out, err) = run(&["config", "reference", "--config", &broken]);
+    assert_eq!(code, 0, "{err}");
+    let page = std::fs::read_to_string("docs/src/configuration.md").unwrap();
+    assert_eq!(out, page);
+    assert!(out.contains("| `session.idle_timeout` | duration | `\"24h\"` | `--idle-timeout` |"));
+}

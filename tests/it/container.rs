@@ -19,7 +19,7 @@ use crate::support::Browser;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-/// The profile of the test's build (Cargo.toml): the release profile's fat LTO would take most
+/// The profile of the test's build (Cargo.toml): the dist profile's fat LTO would take most
 /// of half an hour on the test machine.
 const PROFILE: &str = "container-test";
 

@@ -46,6 +46,9 @@ mod lifetime;
 /// The admin listener: the JSON API on every store, the token, probes, metrics, the CLI.
 mod admin;
 
+/// The admin API against docs/src/admin-openapi.yaml: every route, every status, every JSON answer.
+mod openapi;
+
 /// `session.skip`: static paths with no store call and no session headers.
 mod skip;
 
