@@ -59,8 +59,8 @@ mod python;
 /// (sqlite and Redis), plain SO_REUSEPORT, systemd socket activation.
 mod restart;
 
-/// The deploy files, checked by their own tools (systemd-analyze, nginx -t, kubectl kustomize
-/// and kubernetes-validate) and against each other.
+/// The deploy files, checked by their own tools (systemd-analyze, nginx -t, kubernetes-validate
+/// on the rendered kustomization) and against each other.
 mod deploy;
 
 /// The image (Dockerfile) built with podman from a static build and run: the quickstart's flow,
