@@ -130,6 +130,18 @@ async fn the_old_cookie_works_within_the_grace_only(store: &str) {
             );
         }
     }
+    // However slow the machine made the login, requests sent after its answer (within the
+    // grace) follow it to the new session.
+    for _ in 0..3 {
+        let r = with_cookie(&proxy, &old, "/xhr").await;
+        assert_eq!(r.app_saw().session(), json!({"visits":1,"user":"ada"}));
+        assert_eq!(
+            cookie_id(&r).as_deref(),
+            Some(new.as_str()),
+            "gets the new cookie"
+        );
+        followed += 1;
+    }
     assert!(followed >= 3, "only {followed} XHRs came after the login");
     // An instruction sent with the old cookie lands in the new session.
     let r = with_cookie(&proxy, &old, "/cart")
