@@ -12,6 +12,8 @@
 #   STORE_KEY=1 bench/instructions.sh     # session data encrypted at rest (store.encryption_key)
 #   BODY=512 bench/instructions.sh        # POSTs of a 512-byte body (buffered: limits.request_buffer)
 #   BODY=512 BUFFER=0 bench/instructions.sh  # the same bodies streamed (request_buffer = 0)
+#   SKIP=1 bench/instructions.sh           # `[session] skip = ["/"]`: every path skipped (no
+#                                          # store call, no session headers; the rest still runs)
 #   TARGET=bare-hop bench/instructions.sh  # the bare hop (bench/tools/src/bin/bare_hop.rs): the
 #                                          # proxy's engine with no session work, the reference
 #   TARGET=bare-plain bench/instructions.sh  # hyper alone: one client connection per client's
@@ -82,8 +84,10 @@ if [ -n "${BUFFER:-}${NEW_PER_IP:-}" ]; then
   [ -z "${BUFFER:-}" ] || printf 'request_buffer = %s\n' "$BUFFER" >>"$WORK/proxy.toml"
   [ -z "${NEW_PER_IP:-}" ] || printf 'new_sessions_per_ip = "%s"\n' "$NEW_PER_IP" >>"$WORK/proxy.toml"
 fi
-if [ -n "${USER_KEY:-}" ]; then
-  printf '[session]\nuser_key = "%s"\n' "$USER_KEY" >>"$WORK/proxy.toml"
+if [ -n "${SKIP:-}${USER_KEY:-}" ]; then
+  printf '[session]\n' >>"$WORK/proxy.toml"
+  [ -z "${SKIP:-}" ] || printf 'skip = ["/"]\n' >>"$WORK/proxy.toml"
+  [ -z "${USER_KEY:-}" ] || printf 'user_key = "%s"\n' "$USER_KEY" >>"$WORK/proxy.toml"
 fi
 if [ "$SIGNED" = on ]; then
   printf '[cookie]\nsecret = "%s"\nmax_age = "1d"\n' \
@@ -113,7 +117,7 @@ for _ in 1 2 3; do
 done
 [ -n "${PROXY:-}" ] || { echo "the proxy did not start:" >&2; cat "$WORK/proxy.log.err" >&2; exit 1; }
 
-echo "== callgrind on $TARGET, store=$STORE, mix=$MIX, user_key=${USER_KEY:-off}, signed=$SIGNED, assertion=${ASSERTION:-off}, store_key=${STORE_KEY:-off}, body=${BODY:-0} bytes, request_buffer=${BUFFER:-default}, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
+echo "== callgrind on $TARGET, store=$STORE, mix=$MIX, skip=${SKIP:-off}, user_key=${USER_KEY:-off}, signed=$SIGNED, assertion=${ASSERTION:-off}, store_key=${STORE_KEY:-off}, body=${BODY:-0} bytes, request_buffer=${BUFFER:-default}, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
 LINE=$("${PIN_LOAD[@]}" target/release/loadgen run --url "http://$PROXY/" \
   --connections 16 --warmup 0 --duration "$DURATION" --body "${BODY:-0}" "${COOKIES[@]}")
 REQUESTS=$(echo "$LINE" | tr '\t' '\n' | sed -n 's/^requests=//p')
