@@ -24,7 +24,8 @@
 # (issue [perf-3]): bare-hop, the proxy's own engine with no session work
 # (bench/tools/src/bin/bare_hop.rs: the downstream builder's settings, the body wrappers and the
 # upstream pool, nothing else), the hop the proxy's own cost is measured above; and bare-plain,
-# hyper's HTTP/1 server and one client connection per client connection, no pool. The memory
+# hyper's HTTP/1 server and one client connection per client connection, no pool (not in the
+# default TARGETS: add it by name). The memory
 # benchmark (bench/tools/src/bin/mem_bench.rs) stores 1,000,000 sessions of 200 bytes.
 #
 # On a machine with 2+ cores the load generator is pinned to core $LOADGEN_CPU and everything
