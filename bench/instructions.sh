@@ -13,6 +13,11 @@
 #   TRACING=1 bench/instructions.sh       # [tracing] on: every request's spans exported (ratio 1)
 #   BODY=512 bench/instructions.sh        # POSTs of a 512-byte body (buffered: limits.request_buffer)
 #   BODY=512 BUFFER=0 bench/instructions.sh  # the same bodies streamed (request_buffer = 0)
+#   SKIP=1 bench/instructions.sh           # `[session] skip = ["/"]`: every path skipped (no
+#                                          # store call, no session headers; the rest still runs)
+#   TARGET=bare-hop bench/instructions.sh  # the bare hop (bench/tools/src/bin/bare_hop.rs): the
+#                                          # proxy's engine with no session work, the reference
+#   TARGET=bare-plain bench/instructions.sh  # hyper alone: one client connection per client's
 #
 # Throughput on a shared VM swings by ±20 % between runs of the same binary, so a change worth
 # 5 % cannot be seen in bench/load.sh. This runs the proxy under valgrind's callgrind (user-space
@@ -22,7 +27,8 @@
 # counted: bench/profile.sh (perf) shows that half.
 #
 # Needs valgrind (apt-get install -y valgrind). Traffic goes only to 127.0.0.1; every process is
-# stopped by its PID on exit. Environment: DURATION [8], MIX [write; read, new], STORE [memory], TOP [30],
+# stopped by its PID on exit. Environment: TARGET [proxy; bare-hop, bare-plain: the
+# reference hops, whose config and session settings are ignored], DURATION [8], MIX [write; read, new], STORE [memory], TOP [30],
 # LOG [warn] (the proxy's RUST_LOG; info, the default level, adds the access-log line's cost),
 # USER_KEY [unset] (`session.user_key`; the bench app's sessions hold `visits`, an integer that
 # every update changes, so every write moves the session to another user: the worst case, and
@@ -80,8 +86,10 @@ if [ -n "${BUFFER:-}${NEW_PER_IP:-}" ]; then
   [ -z "${BUFFER:-}" ] || printf 'request_buffer = %s\n' "$BUFFER" >>"$WORK/proxy.toml"
   [ -z "${NEW_PER_IP:-}" ] || printf 'new_sessions_per_ip = "%s"\n' "$NEW_PER_IP" >>"$WORK/proxy.toml"
 fi
-if [ -n "${USER_KEY:-}" ]; then
-  printf '[session]\nuser_key = "%s"\n' "$USER_KEY" >>"$WORK/proxy.toml"
+if [ -n "${SKIP:-}${USER_KEY:-}" ]; then
+  printf '[session]\n' >>"$WORK/proxy.toml"
+  [ -z "${SKIP:-}" ] || printf 'skip = ["/"]\n' >>"$WORK/proxy.toml"
+  [ -z "${USER_KEY:-}" ] || printf 'user_key = "%s"\n' "$USER_KEY" >>"$WORK/proxy.toml"
 fi
 if [ "$SIGNED" = on ]; then
   printf '[cookie]\nsecret = "%s"\nmax_age = "1d"\n' \
@@ -101,9 +109,15 @@ if [ -n "${STORE_KEY:-}" ]; then
 fi
 # RUST_LOG is set outside valgrind: under `env`, valgrind would instrument env, not the proxy.
 export RUST_LOG=$LOG
+TARGET=${TARGET:-proxy}
+case $TARGET in
+  proxy) HOP=(target/dist/session-proxy --config "$WORK/proxy.toml" --upstream "http://$UP") ;;
+  bare-hop) HOP=(target/dist/bare_hop --mode pooled --upstream "$UP") ;;
+  bare-plain) HOP=(target/dist/bare_hop --mode plain --upstream "$UP") ;;
+  *) echo "TARGET is proxy, bare-hop or bare-plain" >&2; exit 2 ;;
+esac
 start proxy "$WORK/proxy.log" valgrind --tool=callgrind \
-  --callgrind-out-file="$OUTDIR/callgrind.out" target/dist/session-proxy \
-  --config "$WORK/proxy.toml" --listen 127.0.0.1:0 --upstream "http://$UP"
+  --callgrind-out-file="$OUTDIR/callgrind.out" "${HOP[@]}" --listen 127.0.0.1:0
 PROXY_PID=$STARTED_PID
 # Under valgrind the proxy takes a few seconds to start.
 for _ in 1 2 3; do
@@ -111,7 +125,7 @@ for _ in 1 2 3; do
 done
 [ -n "${PROXY:-}" ] || { echo "the proxy did not start:" >&2; cat "$WORK/proxy.log.err" >&2; exit 1; }
 
-echo "== callgrind on the proxy, store=$STORE, mix=$MIX, user_key=${USER_KEY:-off}, signed=$SIGNED, assertion=${ASSERTION:-off}, store_key=${STORE_KEY:-off}, tracing=${TRACING:-off}, body=${BODY:-0} bytes, request_buffer=${BUFFER:-default}, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
+echo "== callgrind on $TARGET, store=$STORE, mix=$MIX, skip=${SKIP:-off}, user_key=${USER_KEY:-off}, signed=$SIGNED, assertion=${ASSERTION:-off}, store_key=${STORE_KEY:-off}, tracing=${TRACING:-off}, body=${BODY:-0} bytes, request_buffer=${BUFFER:-default}, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
 LINE=$("${PIN_LOAD[@]}" target/dist/loadgen run --url "http://$PROXY/" \
   --connections 16 --warmup 0 --duration "$DURATION" --body "${BODY:-0}" "${COOKIES[@]}")
 REQUESTS=$(echo "$LINE" | tr '\t' '\n' | sed -n 's/^requests=//p')
@@ -125,7 +139,8 @@ echo "requests: $REQUESTS"
 echo "instructions per request, whole process (start-up included, under 1 %): $((TOTAL / REQUESTS))"
 echo
 echo "== top $TOP of the proxy's own functions, inclusive, per request ($OUTDIR/inclusive.txt)"
-grep -v '=>' "$OUTDIR/inclusive.txt" | grep 'session_proxy::' |
-  sed -E 's#^ *([0-9,]+) .*(session_proxy::[^ ]*).*#\1 \2#' | tr -d , |
+# The bare hop's own functions are `bare_hop::`; the library's, `session_proxy::`.
+grep -v '=>' "$OUTDIR/inclusive.txt" | grep -E 'session_proxy::|bare_hop::' |
+  sed -E 's#^ *([0-9,]+) .*((session_proxy|bare_hop)::[^ ]*).*#\1 \2#' | tr -d , |
   awk -v n="$REQUESTS" '!seen[$2]++ { printf "%8.0f  %s\n", $1 / n, $2 }' |
   sort -rn | head -"$TOP"

@@ -22,7 +22,12 @@
 # a read-heavy mix (10 % of requests update the session), a write-heavy mix (every request
 # updates) and "new" (cookie-less clients, every request creates a session). A reference row,
 # nginx (a plain keep-alive proxy_pass, no session work), shows what one proxy hop costs on this
-# machine in the same run; it is skipped when nginx is not installed. The memory
+# machine in the same run; it is skipped when nginx is not installed. Two more reference rows
+# (issue [perf-3]): bare-hop, the proxy's own engine with no session work
+# (bench/tools/src/bin/bare_hop.rs: the downstream builder's settings, the body wrappers and the
+# upstream pool, nothing else), the hop the proxy's own cost is measured above; and bare-plain,
+# hyper's HTTP/1 server and one client connection per client connection, no pool (not in the
+# default TARGETS: add it by name). The memory
 # benchmark (bench/tools/src/bin/mem_bench.rs) stores 1,000,000 sessions of 200 bytes.
 #
 # On a machine with 2+ cores the load generator is pinned to core $LOADGEN_CPU and everything
@@ -35,7 +40,7 @@
 # row below the sqlite one it is the reference for), and a single round's ratio then says nothing.
 #
 # Environment (defaults in brackets): DURATION [8] and WARMUP [1] seconds per case, ROUNDS [3],
-# CONNECTIONS [64], TARGETS ["direct nginx memory memory-info memory-skip memory-sealed sqlite-fsync sqlite-nofsync
+# CONNECTIONS [64], TARGETS ["direct nginx bare-hop memory memory-info memory-skip memory-sealed sqlite-fsync sqlite-nofsync
 # sqlite-nofsync-sealed fs-fsync fs-nofsync redis postgres postgres-sync"],
 # MIXES ["read write new"],
 # MEM_SESSIONS [1000000] (0 skips the memory benchmark), LOADGEN_CPU [0], SERVER_CPU [1],
@@ -47,7 +52,7 @@ DURATION=${DURATION:-8}
 ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-1}
 CONNECTIONS=${CONNECTIONS:-64}
-TARGETS=${TARGETS:-direct nginx memory memory-info memory-skip memory-sealed sqlite-fsync sqlite-nofsync sqlite-nofsync-sealed fs-fsync fs-nofsync redis postgres postgres-sync}
+TARGETS=${TARGETS:-direct nginx bare-hop memory memory-info memory-skip memory-sealed sqlite-fsync sqlite-nofsync sqlite-nofsync-sealed fs-fsync fs-nofsync redis postgres postgres-sync}
 MIXES=${MIXES:-read write new}
 MEM_SESSIONS=${MEM_SESSIONS:-1000000}
 LOADGEN_CPU=${LOADGEN_CPU:-0}
@@ -221,6 +226,20 @@ run_case() {
     fi
     proxy_pid=$NGINX_PID
     url="http://$NGINX_ADDR/"
+    pids+=(--pid "proxy=$proxy_pid")
+  elif [ "$target" = bare-hop ] || [ "$target" = bare-plain ]; then
+    local mode=pooled
+    [ "$target" = bare-plain ] && mode=plain
+    start proxy "$WORK/proxy.log" "$BIN/bare_hop" --mode "$mode" \
+      --listen 127.0.0.1:0 --upstream "$up_addr"
+    proxy_pid=$STARTED_PID
+    local hop_addr
+    hop_addr=$(wait_line "$proxy_pid" "$WORK/proxy.log" 'listening on http://([0-9.:]+) ') || {
+      echo "bare_hop did not start:" >&2
+      cat "$WORK/proxy.log.err" >&2
+      return 1
+    }
+    url="http://$hop_addr/"
     pids+=(--pid "proxy=$proxy_pid")
   elif [ "$target" != direct ]; then
     local level=warn

@@ -40,7 +40,7 @@ if [ -n "$(git status --porcelain --untracked-files=no -- src bench/tools Cargo.
 fi
 
 echo "== building (release) at $COMMIT"
-cargo build --release --quiet --bins -p session-proxy -p bench-tools
+cargo build --profile dist --quiet --bins -p session-proxy -p bench-tools
 BIN=target/dist
 mkdir -p target
 WORK=$(mktemp -d "$PWD/target/bench-pg.XXXXXX")

@@ -794,6 +794,64 @@ fn report(file: &str, mem: Option<&str>) -> anyhow::Result<String> {
             metric: Metric::Rps,
             limit: Limit::AtLeast(0.4),
         },
+        // Issue [perf-3] #28: the proxy's own cost, against nginx and against its own bare hop
+        // (bench/tools/src/bin/bare_hop.rs), and the default store against the memory store.
+        Check {
+            what: "memory, default log level, every request updates: proxy CPU/request ≤ 1.25× nginx's",
+            row: ("memory-info", "write"),
+            base: Some(("nginx", "write")),
+            metric: Metric::Cpu,
+            limit: Limit::AtMost(1.25),
+        },
+        Check {
+            what: "memory, default log level, every request updates: proxy CPU/request ≤ 1.15× the bare hop's",
+            row: ("memory-info", "write"),
+            base: Some(("bare-hop", "write")),
+            metric: Metric::Cpu,
+            limit: Limit::AtMost(1.15),
+        },
+        Check {
+            what: "memory, default log level, every request updates: ≥ 0.75× nginx req/s",
+            row: ("memory-info", "write"),
+            base: Some(("nginx", "write")),
+            metric: Metric::Rps,
+            limit: Limit::AtLeast(0.75),
+        },
+        Check {
+            what: "memory, default log level, 10 % updates: ≥ 0.8× nginx req/s",
+            row: ("memory-info", "read"),
+            base: Some(("nginx", "read")),
+            metric: Metric::Rps,
+            limit: Limit::AtLeast(0.8),
+        },
+        Check {
+            what: "memory, default log level, 10 % updates: p99 ≤ 1.5× nginx p99",
+            row: ("memory-info", "read"),
+            base: Some(("nginx", "read")),
+            metric: Metric::P99,
+            limit: Limit::AtMost(1.5),
+        },
+        Check {
+            what: "sqlite (fsync = true), every request updates: ≥ 0.6× memory req/s",
+            row: ("sqlite-fsync", "write"),
+            base: Some(("memory", "write")),
+            metric: Metric::Rps,
+            limit: Limit::AtLeast(0.6),
+        },
+        Check {
+            what: "sqlite (fsync = true), 10 % updates: ≥ 0.9× memory req/s",
+            row: ("sqlite-fsync", "read"),
+            base: Some(("memory", "read")),
+            metric: Metric::Rps,
+            limit: Limit::AtLeast(0.9),
+        },
+        Check {
+            what: "redis, every request updates: proxy CPU/request ≤ 1.3× the memory store's",
+            row: ("redis", "write"),
+            base: Some(("memory", "write")),
+            metric: Metric::Cpu,
+            limit: Limit::AtMost(1.3),
+        },
     ];
 
     writeln!(out, "\n### Targets\n")?;
