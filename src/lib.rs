@@ -178,11 +178,6 @@ impl Proxy {
         self.live.current().store.clone()
     }
 
-    /// The cookie keys in use, replaceable while serving (the binary reloads them on SIGHUP).
-    pub fn cookie_keys(&self) -> Arc<secrets::KeyRing> {
-        self.live.current().cookies.keys()
-    }
-
     /// What puts a reloaded configuration in force while this proxy serves (the binary's
     /// SIGHUP).
     pub fn reloader(&self) -> reload::Reloader {
@@ -192,17 +187,6 @@ impl Proxy {
             sealer: self.sealer.clone(),
             tuning: self.tuning.clone(),
         }
-    }
-
-    /// The store's sealer, whose keys are replaceable while serving (the binary reloads them
-    /// on SIGHUP); off without `store.encryption_key`.
-    pub fn store_sealer(&self) -> store::Sealer {
-        self.sealer.clone()
-    }
-
-    /// The assertion signer, when `[assertion]` is on (the binary reloads its key on SIGHUP).
-    pub fn assertion(&self) -> Option<Arc<assertion::Signer>> {
-        self.live.current().assertion.clone()
     }
 
     /// Serves on `listener` until `shutdown` completes, then drains (see [`downstream::serve`]).

@@ -52,14 +52,9 @@ impl Sweeper {
             loop {
                 tokio::select! {
                     _ = ticker.tick() => self.sweep().await,
-                    changed = self.interval.changed() => match changed {
-                        Ok(()) => break,
-                        // The sender is gone with the proxy: sweep on at this interval.
-                        Err(_) => loop {
-                            ticker.tick().await;
-                            self.sweep().await;
-                        },
-                    },
+                    // A new interval starts a new ticker; once the sender is gone (the proxy
+                    // is stopping) the branch stays off and the ticker goes on.
+                    Ok(()) = self.interval.changed() => break,
                 }
             }
         }
