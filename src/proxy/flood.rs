@@ -8,6 +8,7 @@
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -42,17 +43,17 @@ pub enum Verdict {
 }
 
 impl NewSessions {
-    /// `None` for no cap.
-    pub fn new(rate: Option<Rate>) -> Option<Self> {
+    /// `None` for no cap; shared, since a reload that keeps the rate keeps the counts.
+    pub fn new(rate: Option<Rate>) -> Option<Arc<Self>> {
         let rate = rate?;
         // A burst of `count`, one more every `per / count`; `Rate` keeps both positive, so the
         // period is at least a microsecond for any count up to 1,000,000 per second.
         let quota = Quota::with_period(rate.per / rate.count.get())?.allow_burst(rate.count);
-        Some(NewSessions {
+        Some(Arc::new(NewSessions {
             allowed: RateLimiter::keyed(quota),
             told: RateLimiter::keyed(Quota::per_minute(NonZeroU32::MIN)),
             checks: AtomicU32::new(0),
-        })
+        }))
     }
 
     /// Counts one new session for `ip` (an IPv6 address counts for its /64, which one client
@@ -85,7 +86,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn cap(count: u32) -> NewSessions {
+    fn cap(count: u32) -> Arc<NewSessions> {
         NewSessions::new(Some(Rate {
             count: NonZeroU32::new(count).unwrap(),
             per: Duration::from_secs(60),

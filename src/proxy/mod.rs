@@ -112,7 +112,7 @@ impl State {
             cookies: SessionCookie::metered(config.cookie.clone(), &metrics),
             upstream: Upstream::new(&config),
             buffers: Buffers::new(&config.limits),
-            new_sessions: NewSessions::new(config.limits.new_sessions_per_ip).map(Arc::new),
+            new_sessions: NewSessions::new(config.limits.new_sessions_per_ip),
             store,
             metrics,
             config,
@@ -144,7 +144,7 @@ impl State {
         let new_sessions = if old.limits.new_sessions_per_ip == config.limits.new_sessions_per_ip {
             self.new_sessions.clone()
         } else {
-            NewSessions::new(config.limits.new_sessions_per_ip).map(Arc::new)
+            NewSessions::new(config.limits.new_sessions_per_ip)
         };
         State {
             headers: Arc::new(config.session.headers.clone()),
