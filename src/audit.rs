@@ -23,10 +23,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use prometheus_client::metrics::counter::Counter;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::config::AuditConfig;
 use crate::session::{DataChange, Handle, now_ms};
@@ -187,20 +188,31 @@ impl Entry {
     }
 }
 
-/// The handle every hook holds: cheap to clone, and a no-op when `[audit]` is off.
+/// The handle every hook holds: cheap to clone, and a no-op when `[audit]` is off. Clones share
+/// one log: [`replace`](Audit::replace) (a reload) moves them all to a new file or queue, or
+/// turns the log on or off, at once.
 #[derive(Clone, Default)]
 pub struct Audit {
-    inner: Option<Arc<Sender>>,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Audit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.inner.is_some() {
+        f.write_str(if self.is_on() {
             "Audit(on)"
         } else {
             "Audit(off)"
         })
     }
+}
+
+/// What every clone of one [`Audit`] sees.
+#[derive(Default)]
+struct Shared {
+    /// The queue of the writer in force; `None` while `[audit]` is off.
+    sender: ArcSwapOption<Sender>,
+    /// `audit_dropped_total`, kept across the writers a reload starts.
+    dropped: Counter,
 }
 
 struct Sender {
@@ -217,6 +229,9 @@ struct Drops {
     overflowing: AtomicBool,
 }
 
+/// A log opened by [`Audit::prepare`], not yet in force: `None` inside for `[audit]` off.
+pub struct Prepared(Option<(Sender, Writer)>);
+
 impl Audit {
     /// The handle for `[audit]` off.
     pub fn off() -> Self {
@@ -224,7 +239,7 @@ impl Audit {
     }
 
     pub fn is_on(&self) -> bool {
-        self.inner.is_some()
+        self.shared.sender.load().is_some()
     }
 
     /// Opens (creates, mode 0600) the log for appending and returns the handle and the writer
@@ -233,13 +248,27 @@ impl Audit {
         config: Option<&AuditConfig>,
         dropped: Counter,
     ) -> Result<(Audit, Option<Writer>), OpenError> {
+        let audit = Audit {
+            shared: Arc::new(Shared {
+                sender: ArcSwapOption::empty(),
+                dropped,
+            }),
+        };
+        let prepared = audit.prepare(config).await?;
+        let writer = audit.replace(prepared);
+        Ok((audit, writer))
+    }
+
+    /// Opens the log `config` names (creating the file, as [`open`](Self::open) does) without
+    /// putting it in force, so a reload can refuse a file it cannot open and change nothing.
+    pub async fn prepare(&self, config: Option<&AuditConfig>) -> Result<Prepared, OpenError> {
         let Some(config) = config else {
-            return Ok((Audit::off(), None));
+            return Ok(Prepared(None));
         };
         let file = open_file(&config.path).await?;
         let (tx, rx) = mpsc::channel(config.queue);
         let shared = Arc::new(Drops {
-            dropped,
+            dropped: self.shared.dropped.clone(),
             overflowing: AtomicBool::new(false),
         });
         let writer = Writer {
@@ -248,18 +277,32 @@ impl Audit {
             path: config.path.clone(),
             shared: shared.clone(),
         };
-        Ok((
-            Audit {
-                inner: Some(Arc::new(Sender { tx, shared })),
-            },
-            Some(writer),
-        ))
+        Ok(Prepared(Some((Sender { tx, shared }, writer))))
+    }
+
+    /// Puts `prepared` in force for every clone of this handle and returns its writer, which
+    /// must run for its lines to reach the file. The writer in force until now gets no new
+    /// event: it writes what its queue holds and returns.
+    pub fn replace(&self, prepared: Prepared) -> Option<Writer> {
+        let (sender, writer) = match prepared.0 {
+            Some((sender, writer)) => (Some(Arc::new(sender)), Some(writer)),
+            None => (None, None),
+        };
+        self.shared.sender.store(sender);
+        writer
+    }
+
+    /// Stops taking events (at exit): every writer writes what its queue holds, fsyncs and
+    /// returns.
+    pub fn close(&self) {
+        self.shared.sender.store(None);
     }
 
     /// Queues the entry `make` builds (only built when the log is on). Never waits: a full
     /// queue drops the entry and counts it.
     pub fn emit(&self, make: impl FnOnce() -> Entry) {
-        let Some(sender) = &self.inner else {
+        let sender = self.shared.sender.load();
+        let Some(sender) = sender.as_deref() else {
             return;
         };
         if let Err(e) = sender.tx.try_send(make()) {
@@ -406,9 +449,10 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// Writes batches as they come, reopens the file on SIGHUP, and when `stop` fires (or every
-    /// handle is gone) writes whatever the queue accepted, fsyncs and returns.
-    pub async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+    /// Writes batches as they come and reopens the file on SIGHUP, until its handle lets it go
+    /// ([`Audit::close`] at exit, or [`Audit::replace`] by a reload); then writes what its
+    /// queue holds, fsyncs and returns.
+    pub async fn run(mut self) {
         // Its own SIGHUP stream: other parts of the proxy may listen for SIGHUP too, and each
         // stream gets every signal.
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -434,13 +478,7 @@ impl Writer {
                         None => std::future::pending().await,
                     }
                 } => self.reopen().await,
-                _ = &mut stop => break,
             }
-        }
-        // Nothing is accepted from now on; what was accepted is written.
-        self.rx.close();
-        while self.rx.recv_many(&mut batch, BATCH).await > 0 {
-            self.write(&mut batch).await;
         }
     }
 

@@ -115,6 +115,8 @@ pub struct Proxy {
     sealer: store::Sealer,
     /// The store's timeout and sweep interval, for a reload.
     tuning: store::Tuning,
+    /// Where the audit writers and trace exporters run, those above and a reload's.
+    writers: reload::Writers,
 }
 
 impl Proxy {
@@ -171,6 +173,7 @@ impl Proxy {
             audit: writer,
             traces,
             sealer,
+            writers: reload::Writers::default(),
         })
     }
 
@@ -186,6 +189,7 @@ impl Proxy {
             admin: self.admin.clone(),
             sealer: self.sealer.clone(),
             tuning: self.tuning.clone(),
+            writers: self.writers.clone(),
         }
     }
 
@@ -228,10 +232,13 @@ impl Proxy {
         let sweeper = self.sweeper.map(|s| tokio::spawn(s.run()));
         let state = self.live.current();
         let sockets = tokio::spawn(state.sockets.clone().run(self.live.clone()));
-        let (stop_audit, audit_stopped) = tokio::sync::oneshot::channel::<()>();
-        let audit = self.audit.map(|w| tokio::spawn(w.run(audit_stopped)));
-        let (stop_traces, traces_stopped) = tokio::sync::oneshot::channel::<()>();
-        let traces = self.traces.map(|e| tokio::spawn(e.run(traces_stopped)));
+        let writers = self.writers;
+        if let Some(writer) = self.audit {
+            writers.audit(writer);
+        }
+        if let Some(exporter) = self.traces {
+            writers.traces(exporter);
+        }
         let routes = self.admin;
         let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
         let admin_task = admin.map(|l| {
@@ -250,7 +257,7 @@ impl Proxy {
             }
         };
         drop(state);
-        downstream::serve(listener, self.live, draining, deadline).await;
+        downstream::serve(listener, self.live.clone(), draining, deadline).await;
         let _ = stop_admin.send(true);
         if let Some(task) = admin_task {
             // Admin requests are short; one that hangs does not hold the exit.
@@ -262,22 +269,13 @@ impl Proxy {
         sockets.abort();
         // The spans of the drained requests, sent within a bound: a collector that hangs
         // cannot hold the exit.
-        let _ = stop_traces.send(());
-        if let Some(exporter) = traces
-            && tokio::time::timeout(TRACES_FLUSH_LIMIT, exporter)
-                .await
-                .is_err()
-        {
+        if !writers.stop_traces(TRACES_FLUSH_LIMIT).await {
             tracing::warn!(limit = ?TRACES_FLUSH_LIMIT, "the last spans were not exported in time");
         }
         // Last: every event the requests and admin calls above queued is written and fsynced.
         // Bounded, so a disk that hangs in fsync cannot hold the exit for ever.
-        let _ = stop_audit.send(());
-        if let Some(writer) = audit
-            && tokio::time::timeout(AUDIT_FLUSH_LIMIT, writer)
-                .await
-                .is_err()
-        {
+        self.live.current().audit.close();
+        if !writers.finish_audit(AUDIT_FLUSH_LIMIT).await {
             tracing::error!(
                 limit = ?AUDIT_FLUSH_LIMIT,
                 "the audit log did not finish writing in time; its last events may be lost"

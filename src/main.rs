@@ -34,7 +34,6 @@ fn main() -> ExitCode {
     };
     // Flushes the last log lines when main returns, on every path.
     let _log = session_proxy::logging::init(config.log_format);
-    let json = config.log_format == LogFormat::Json;
     // `sessions copy` names its two stores on the command line: refused like a config.
     let copy = match &cli.command {
         Some(Command::Sessions {
@@ -85,20 +84,14 @@ fn main() -> ExitCode {
                 if let Some(assertion) = &config.assertion {
                     session_proxy::assertion::Signer::open(assertion)?;
                 }
-                say(json, "configuration ok", || {
-                    tracing::info!("configuration ok")
-                });
+                say("configuration ok", || tracing::info!("configuration ok"));
                 Ok(())
             }
             Some(Command::Sessions { command }) => sessions(config, command).await,
             Some(Command::Health { url }) => {
                 let url = health_url(config.admin.as_ref(), url.as_deref())?;
                 let status = health(&url).await?;
-                say(
-                    json,
-                    "healthy",
-                    || tracing::info!(url = %url, status, "healthy"),
-                );
+                say("healthy", || tracing::info!(url = %url, status, "healthy"));
                 Ok(())
             }
             // Answered before the configuration was read.
@@ -119,22 +112,22 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // Refused for a setting (an unopenable audit log): the same exit as a bad config.
         Err(e) if is_config_error(&e) => {
-            fail(json, &e);
+            fail(&e);
             ExitCode::from(2)
         }
         Err(e) => {
-            fail(json, &e);
+            fail(&e);
             ExitCode::FAILURE
         }
     }
 }
 
 /// Writes a line for the operator on stdout: `message` as it is, or with `[log] format =
-/// "json"` the tracing `event` (the same message, with fields) as one JSON object in the log's
+/// "json"` in force (a reload may change it) the tracing `event` (the same message, with fields) as one JSON object in the log's
 /// own format, so that every line the process writes is JSON (containers and journald merge
 /// stdout with the log on stderr).
-fn say(json: bool, message: &str, event: impl FnOnce()) {
-    if !json {
+fn say(message: &str, event: impl FnOnce()) {
+    if session_proxy::logging::format() == LogFormat::Text {
         println!("{message}");
         return;
     }
@@ -146,9 +139,9 @@ fn say(json: bool, message: &str, event: impl FnOnce()) {
 }
 
 /// Writes why the process stops on stderr: `session-proxy: {error}`, or with `[log] format =
-/// "json"` an `error` event in the log's JSON format.
-fn fail(json: bool, error: &anyhow::Error) {
-    if json {
+/// "json"` in force an `error` event in the log's JSON format.
+fn fail(error: &anyhow::Error) {
+    if session_proxy::logging::format() == LogFormat::Json {
         tracing::error!(error = format!("{error:#}"), "session-proxy stops");
     } else {
         eprintln!("session-proxy: {error:#}");
@@ -254,7 +247,6 @@ async fn run(
     let upstream = config.upstream.clone();
     let admin_listen = config.admin.as_ref().map(|a| a.listen);
     let upgrade_socket = config.upgrade_socket.clone();
-    let json = config.log_format == LogFormat::Json;
     let scheme = if config.tls.is_some() {
         "https"
     } else {
@@ -293,13 +285,13 @@ async fn run(
     let listening = format!("{scheme}://{}", listener.local_addr()?);
     let upstream = format!("http://{upstream}");
     let message = format!("session-proxy listening on {listening} -> {upstream}");
-    say(json, &message, || {
+    say(&message, || {
         tracing::info!(listen = listening, upstream, "{message}")
     });
     if let Some(admin) = &admin {
         let admin = format!("http://{}", admin.local_addr()?);
         let message = format!("session-proxy admin on {admin}");
-        say(json, &message, || tracing::info!(admin, "{message}"));
+        say(&message, || tracing::info!(admin, "{message}"));
     }
     let shutdown = async move {
         let handed_over = async {

@@ -7,9 +7,12 @@
 //! `error` with its reason and leaves what is in use as it was: a half-written file never takes
 //! the listener or the sessions down.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::signal::unix::Signal;
+use tokio::sync::oneshot;
+use tokio::task::JoinSet;
 
 use crate::admin::Admin;
 use crate::config::cli::Options;
@@ -18,6 +21,7 @@ use crate::proxy::Live;
 use crate::secrets::{SigningToggled, warn_if_store_keys_world_readable, warn_if_world_readable};
 use crate::store::seal::KeyError;
 use crate::store::{Sealer, Tuning};
+use crate::telemetry::Telemetry;
 
 /// Why a reload left the configuration as it was.
 #[derive(Debug, thiserror::Error)]
@@ -34,9 +38,87 @@ pub enum ReloadError {
     /// The operator's: the assertion key file cannot be read, created or used.
     #[error(transparent)]
     AssertionKey(#[from] crate::assertion::KeyError),
+    /// The operator's: the new `audit.path` cannot be opened for appending.
+    #[error(transparent)]
+    Audit(#[from] crate::audit::OpenError),
+    /// The operator's: the new `[tracing]` exporter cannot be built.
+    #[error(transparent)]
+    Tracing(#[from] crate::telemetry::BuildError),
     /// Ours: the task that read the files did not finish.
     #[error("the reload did not finish: {0}")]
     Aborted(#[source] tokio::task::JoinError),
+}
+
+/// The tasks that write what the proxy emits: the audit log's writers and the trace
+/// exporters, the ones started with the proxy and those a reload starts (the writer or exporter
+/// a reload replaced finishes its queue and returns). At exit they are told to stop and waited
+/// for, within a bound. Clones share the tasks.
+#[derive(Clone, Default)]
+pub struct Writers(Arc<Mutex<Tasks>>);
+
+#[derive(Default)]
+struct Tasks {
+    audit: JoinSet<()>,
+    traces: JoinSet<()>,
+    /// One per exporter still running: an exporter's queue stays open while a request may
+    /// still end a span in it, so each is told when to send what it holds and return.
+    stop_traces: Vec<oneshot::Sender<()>>,
+}
+
+impl Writers {
+    fn tasks(&self) -> std::sync::MutexGuard<'_, Tasks> {
+        // A panic while the lock was held left nothing half-done: each step is one push.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs an audit log's writer until its [`Audit`](crate::audit::Audit) lets it go.
+    pub fn audit(&self, writer: crate::audit::Writer) {
+        let mut tasks = self.tasks();
+        while tasks.audit.try_join_next().is_some() {}
+        tasks.audit.spawn(writer.run());
+    }
+
+    /// Runs a trace exporter until [`stop_traces`](Self::stop_traces).
+    pub fn traces(&self, exporter: crate::telemetry::Exporter) {
+        let (stop, stopped) = oneshot::channel();
+        let mut tasks = self.tasks();
+        while tasks.traces.try_join_next().is_some() {}
+        tasks.stop_traces.retain(|s| !s.is_closed());
+        tasks.stop_traces.push(stop);
+        tasks.traces.spawn(exporter.run(stopped));
+    }
+
+    /// Tells every exporter to send what it holds and waits for them, for at most `limit`;
+    /// `false` if they did not finish in time.
+    pub async fn stop_traces(&self, limit: Duration) -> bool {
+        let (stops, mut running) = {
+            let mut tasks = self.tasks();
+            (
+                std::mem::take(&mut tasks.stop_traces),
+                std::mem::take(&mut tasks.traces),
+            )
+        };
+        for stop in stops {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(limit, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Waits, for at most `limit`, for the audit writers to write and fsync what their
+    /// queues hold ([`Audit::close`](crate::audit::Audit::close) lets them go); `false` if they
+    /// did not finish in time.
+    pub async fn finish_audit(&self, limit: Duration) -> bool {
+        let mut running = std::mem::take(&mut self.tasks().audit);
+        tokio::time::timeout(limit, async {
+            while running.join_next().await.is_some() {}
+        })
+        .await
+        .is_ok()
+    }
 }
 
 /// What a reload put in force.
@@ -59,6 +141,7 @@ pub struct Reloader {
     pub(crate) admin: Arc<Admin>,
     pub(crate) sealer: Sealer,
     pub(crate) tuning: Tuning,
+    pub(crate) writers: Writers,
 }
 
 impl Reloader {
@@ -66,8 +149,9 @@ impl Reloader {
     /// start from now on; requests in flight finish under the state they began with. Settings
     /// that take a restart stay as they are; those `config` changed are returned, as the file
     /// names them. Refused whole, with nothing changed, when the new keys would turn cookie
-    /// signing or store encryption on or off.
-    pub fn apply(&self, mut config: Config) -> Result<Applied, ReloadError> {
+    /// signing or store encryption on or off, or a new audit log or trace exporter cannot be
+    /// opened.
+    pub async fn apply(&self, mut config: Config) -> Result<Applied, ReloadError> {
         let current = self.live.current();
         // Read and checked by the validation: the new files, if TLS stays on.
         let certs = config.tls.as_ref().map(|t| t.certs.clone());
@@ -83,6 +167,22 @@ impl Reloader {
             .map(|s| s.as_str().as_bytes())
             .collect();
         self.sealer.check(&secrets)?;
+        // A new audit file is opened (created) and a new exporter built before anything
+        // changes, so that one that cannot be is refused with the rest.
+        let audit = if config.audit != current.config.audit {
+            Some(current.audit.prepare(config.audit.as_ref()).await?)
+        } else {
+            None
+        };
+        let telemetry = match (&config.tracing, config.tracing != current.config.tracing) {
+            (_, false) => None,
+            (None, true) => Some(None),
+            (Some(tracing), true) => Some(Some(Telemetry::open(
+                tracing,
+                config.store.kind.name(),
+                current.metrics.trace_dropped(),
+            )?)),
+        };
         if let (Some(signer), Some(assertion)) = (&current.assertion, &config.assertion)
             && signer.reconfigure(assertion)?
         {
@@ -99,8 +199,33 @@ impl Reloader {
             );
         }
         self.tuning.apply(&config.store);
+        crate::logging::set_format(config.log_format);
+        if let Some(prepared) = audit {
+            if let Some(writer) = current.audit.replace(prepared) {
+                self.writers.audit(writer);
+            }
+            match &config.audit {
+                Some(a) => {
+                    tracing::info!(path = %a.path.display(), queue = a.queue, "audit: SIGHUP: the log goes on in this file")
+                }
+                None => tracing::info!("audit: SIGHUP: the audit log is off"),
+            }
+        }
         self.admin.reconfigure(config.clone());
-        self.live.replace(current.reloaded(config));
+        let mut state = current.reloaded(config);
+        if let Some(telemetry) = telemetry {
+            state.telemetry = telemetry.map(|(telemetry, exporter)| {
+                self.writers.traces(exporter);
+                Arc::new(telemetry)
+            });
+            match &state.config.tracing {
+                Some(t) => {
+                    tracing::info!(endpoint = %t.endpoint, sample_ratio = t.sample_ratio, "tracing: SIGHUP: new requests' spans go to this collector")
+                }
+                None => tracing::info!("tracing: SIGHUP: traces are off"),
+            }
+        }
+        self.live.replace(state);
         Ok(Applied {
             restart: kept,
             cookie_keys,
@@ -117,7 +242,7 @@ impl Reloader {
             .map_err(ReloadError::Aborted)??;
         warn_if_world_readable(&config.cookie);
         warn_if_store_keys_world_readable(&config.store);
-        self.apply(config)
+        self.apply(config).await
     }
 
     /// Reloads on every SIGHUP that `hangup` receives, until the process exits. A refused

@@ -1,7 +1,6 @@
 //! What a reload (SIGHUP) cannot change in a running proxy: the sockets it listens on, the store
-//! it opened (and its user index), whether TLS and the assertion are on, and what is opened
-//! once at start (the log's format, the audit log's file and queue). A reload keeps these as
-//! they are, names the ones the file changed, and applies the rest.
+//! it opened (and its user index), and whether TLS and the assertion are on. A reload keeps
+//! these as they are, names the ones the file changed, and applies the rest.
 
 use std::time::Duration;
 
@@ -50,10 +49,6 @@ impl Config {
         // On or off only: new files are read by the reload (the certificate in use adopts
         // them), new claims or a new key file are the assertion signer's.
         keep("tls", new.tls.is_some() != self.tls.is_some());
-        keep("log.format", new.log_format != self.log_format);
-        // The exporter and its queue are opened once, at start.
-        keep("tracing", new.tracing != self.tracing);
-        keep("audit", new.audit != self.audit);
         keep(
             "assertion",
             new.assertion.is_some() != self.assertion.is_some(),
@@ -77,9 +72,6 @@ impl Config {
         new.session.user_key = self.session.user_key.clone();
         // The listener's certificate is the one in use (`Certs::adopt` takes the new files).
         new.tls = self.tls.clone();
-        new.log_format = self.log_format;
-        new.tracing = self.tracing.clone();
-        new.audit = self.audit.clone();
         if new.assertion.is_some() != self.assertion.is_some() {
             new.assertion = self.assertion.clone();
         }

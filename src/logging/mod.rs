@@ -23,19 +23,21 @@ mod batch;
 mod fields;
 mod line;
 mod prewrite;
+mod switch;
 
 use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::util::SubscriberInitExt as _;
 
 pub use batch::{Batch, LogGuard};
 pub use fields::PlainFields;
 pub use line::Line;
 pub use prewrite::{AheadFields, FieldsText, Prewritten, prewrite};
+pub use switch::{Switch, format, set_format};
 
-/// Installs the global subscriber: `RUST_LOG` (default `info`), ANSI colours on a terminal only.
-/// Keep the guard until exit: dropping it writes the lines still queued.
+/// Installs the global subscriber: `RUST_LOG` (default `info`), ANSI colours on a terminal only,
+/// lines in `format` until [`set_format`] (a reload) changes it. Keep the guard until exit:
+/// dropping it writes the lines still queued.
 ///
 /// Not lossy: if stderr falls behind, requests wait rather than lines being dropped.
 pub fn init(format: crate::config::LogFormat) -> LogGuard {
@@ -43,18 +45,14 @@ pub fn init(format: crate::config::LogFormat) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
     let (writer, guard) = Batch::spawn(std::io::stderr());
-    match format {
-        crate::config::LogFormat::Text => {
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(writer)
-                .with_ansi(ansi)
-                .fmt_fields(PlainFields)
-                .event_format(Line::default())
-                .init();
-        }
-        crate::config::LogFormat::Json => json_subscriber(filter, writer).init(),
-    }
+    set_format(format);
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(ansi)
+        .fmt_fields(PlainFields)
+        .event_format(Switch::default())
+        .init();
     guard
 }
 

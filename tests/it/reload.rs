@@ -9,7 +9,8 @@ use std::path::Path;
 use bytes::Bytes;
 use http::Method;
 
-use crate::support::{App, Resp, Running, get, request};
+use crate::support::otlp::Collector;
+use crate::support::{App, Browser, Resp, Running, get, request};
 
 const UPDATE: (&str, &str) = ("X-Session-Update", r#"{"a":1}"#);
 
@@ -21,18 +22,19 @@ fn config(dir: &Path, upstream: &App, second: bool) -> String {
     } else {
         ("sid_one", "/static/", 4096, 1_000_000, "30s", "2s")
     };
-    let log = if second {
-        "[log]\nformat = \"json\"\n"
+    // The one setting here that takes a restart.
+    let upgrade = if second {
+        format!("upgrade_socket = \"{}\"\n", dir.join("up.sock").display())
     } else {
-        ""
+        String::new()
     };
     format!(
-        "upstream = \"http://{}\"\n\
+        "upstream = \"http://{}\"\n{upgrade}\
          [cookie]\nname = \"{name}\"\n\
          [session]\nskip = [\"{skip}\"]\nmax_size = {max_size}\n\
          [store]\nkind = \"sqlite\"\npath = \"{}\"\ntimeout = \"{timeout}\"\n\
          [limits]\nmax_body_size = {body}\n\
-         [upstream_timeouts]\nresponse = \"{response}\"\n{log}",
+         [upstream_timeouts]\nresponse = \"{response}\"\n",
         upstream.addr,
         db.display()
     )
@@ -70,7 +72,7 @@ async fn sighup_reloads_every_setting_for_new_requests_and_refuses_a_broken_file
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     std::fs::write(&file, config(dir.path(), &two, true)).unwrap();
     let line = running.hangup_line("configuration reloaded").await;
-    assert!(line.contains("restart=log.format"), "{line}");
+    assert!(line.contains("restart=upgrade_socket"), "{line}");
     let r = in_flight.await.unwrap();
     assert_eq!(r.status, 200);
     assert_eq!(cookie_named(&r).as_deref(), Some("sid_one"));
@@ -121,5 +123,147 @@ async fn sighup_reloads_every_setting_for_new_requests_and_refuses_a_broken_file
         "nothing changed"
     );
     assert_eq!((one.hits(), two.hits()), (3, 6));
+    running.stop();
+}
+
+/// The config of [`sighup_moves_the_audit_log_and_traces_and_switches_the_log_format`]: the
+/// memory store (a reload keeps its sessions), and `extra` sections.
+fn writers_config(upstream: &App, extra: &str) -> String {
+    format!(
+        "upstream = \"http://{}\"\n[store]\nkind = \"memory\"\n{extra}",
+        upstream.addr
+    )
+}
+
+/// The audit log's lines, `[]` while there is no file.
+fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Waits (10 s at most) until the audit log at `path` has `n` lines.
+async fn audit_has(path: &Path, n: usize) -> Vec<serde_json::Value> {
+    let start = std::time::Instant::now();
+    loop {
+        let lines = audit_lines(path);
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "{} audit lines of {n} in {}",
+            lines.len(),
+            path.display()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The writers a reload reopens while serving: the audit log turned on, moved to a new file
+/// (the old one gets nothing more) and off; traces turned on and off; the log's format switched
+/// both ways. A new audit path that cannot be opened refuses the reload whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_moves_the_audit_log_and_traces_and_switches_the_log_format() {
+    let app = App::start().await;
+    let collector = Collector::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    let (first, second) = (dir.path().join("one.jsonl"), dir.path().join("two.jsonl"));
+    std::fs::write(&file, writers_config(&app, "")).unwrap();
+    let running = Running::spawn(&["--config", file.to_str().unwrap()]);
+    let addr = running.proxy.addr;
+    let mut browser = Browser::new(addr, "session_id");
+    browser.get("/").app_responds_with(&[UPDATE]).await;
+    assert!(browser.cookie.is_some());
+
+    // On: the audit log, traces and JSON lines.
+    let tracing = format!(
+        "[tracing]\notlp_endpoint = \"http://{}/v1/traces\"\n",
+        collector.addr
+    );
+    let on = format!(
+        "[log]\nformat = \"json\"\n[audit]\npath = \"{}\"\n{tracing}",
+        first.display()
+    );
+    std::fs::write(&file, writers_config(&app, &on)).unwrap();
+    let line = running.hangup_line("configuration reloaded").await;
+    let json: serde_json::Value = serde_json::from_str(&line).expect(&line);
+    assert_eq!(json["level"], "INFO", "{line}: nothing took a restart");
+    let r = browser
+        .get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"b":2}"#)])
+        .await;
+    assert_eq!(r.status, 200);
+    let lines = audit_has(&first, 1).await;
+    assert_eq!(lines[0]["event"], "updated", "{lines:?}");
+    assert_eq!(lines[0]["keys"], serde_json::json!(["b"]));
+    let spans = collector.spans(1).await;
+    assert!(spans.iter().any(|s| s.name == "GET"), "{spans:?}");
+    let log = running.log();
+    let access = log
+        .lines()
+        .rfind(|l| l.contains("\"status\":200"))
+        .expect("a JSON access line");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(access).is_ok(),
+        "{access}"
+    );
+
+    // A new audit path in a directory that does not exist: refused whole, the log stays JSON
+    // and the audit log stays in the first file.
+    let refused = format!(
+        "[audit]\npath = \"{}\"\n{tracing}",
+        dir.path().join("missing/audit.jsonl").display()
+    );
+    std::fs::write(&file, writers_config(&app, &refused)).unwrap();
+    let line = running.hangup_line("configuration not reloaded").await;
+    assert!(line.contains("audit.path"), "{line}");
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&line).is_ok(),
+        "{line}"
+    );
+
+    // Moved: to the second file, traces off, text lines again.
+    let moved = format!("[audit]\npath = \"{}\"\n", second.display());
+    std::fs::write(&file, writers_config(&app, &moved)).unwrap();
+    let log = running.hangup_until("configuration reloaded", 2).await;
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("configuration reloaded"))
+        .unwrap();
+    assert!(line.contains(" INFO ") && !line.starts_with('{'), "{line}");
+    let spans_before = collector.got.lock().unwrap().spans.len();
+    let r = browser
+        .get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"c":3}"#)])
+        .await;
+    assert_eq!(r.status, 200);
+    let lines = audit_has(&second, 1).await;
+    assert_eq!(lines[0]["keys"], serde_json::json!(["c"]));
+    assert_eq!(
+        audit_lines(&first).len(),
+        1,
+        "the first file gets nothing more"
+    );
+
+    // Off: no more lines anywhere.
+    std::fs::write(&file, writers_config(&app, "")).unwrap();
+    running.hangup_until("configuration reloaded", 3).await;
+    let r = browser
+        .get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"d":4}"#)])
+        .await;
+    assert_eq!(r.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(audit_lines(&second).len(), 1, "off");
+    assert_eq!(audit_lines(&first).len(), 1, "off");
+    assert_eq!(
+        collector.got.lock().unwrap().spans.len(),
+        spans_before,
+        "no span after traces went off"
+    );
     running.stop();
 }

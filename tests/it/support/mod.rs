@@ -6,6 +6,7 @@
 
 pub mod app;
 #[cfg(feature = "postgres")]
+pub mod otlp;
 pub mod postgres;
 pub mod raw;
 #[cfg(feature = "redis")]
