@@ -1,11 +1,15 @@
 //! The documentation's links: every relative link in README.md and docs/ resolves to a file of
 //! the repository, and its `#fragment`, when it points into a Markdown page, to a heading of that
-//! page; every page of the book (docs/src) is in its SUMMARY.md. Runs in
+//! page; every page of the book (docs/src) is in its SUMMARY.md; README.md stays short. Runs in
 //! `cargo test` and so in .ci/run, next to `mdbook build docs`. Links to other sites are not
 //! fetched (the tests send traffic to 127.0.0.1 only).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+/// The most lines README.md may have: what it is, the quickstart, the protocol's two tables, a
+/// minimal config and links (issue [docs]); everything else is a page of the book.
+const README_MAX_LINES: usize = 250;
 
 /// Every Markdown file to check: README.md and everything under docs/ but the built book.
 fn pages() -> Vec<PathBuf> {
@@ -153,6 +157,19 @@ fn every_page_of_the_book_is_in_its_summary() {
             "docs/src/{name} is not in docs/src/SUMMARY.md"
         );
     }
+}
+
+#[test]
+fn the_readme_is_short() {
+    let lines = std::fs::read_to_string("README.md")
+        .unwrap()
+        .lines()
+        .count();
+    assert!(
+        lines <= README_MAX_LINES,
+        "README.md has {lines} lines, more than {README_MAX_LINES}: move the detail to a page of \
+         docs/src (and link it)"
+    );
 }
 
 #[test]
