@@ -1,9 +1,15 @@
 //! The documentation's links: every relative link in README.md and docs/ resolves to a file of
-//! the repository, and every page of the book (docs/src) is in its SUMMARY.md. Runs in
+//! the repository, and its `#fragment`, when it points into a Markdown page, to a heading of that
+//! page; every page of the book (docs/src) is in its SUMMARY.md; README.md stays short. Runs in
 //! `cargo test` and so in .ci/run, next to `mdbook build docs`. Links to other sites are not
-//! fetched (the tests send traffic to 127.0.0.1 only); `#fragment`s are not checked.
+//! fetched (the tests send traffic to 127.0.0.1 only).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+/// The most lines README.md may have: what it is, the quickstart, the protocol's two tables, a
+/// minimal config and links (issue [docs]); everything else is a page of the book.
+const README_MAX_LINES: usize = 250;
 
 /// Every Markdown file to check: README.md and everything under docs/ but the built book.
 fn pages() -> Vec<PathBuf> {
@@ -50,28 +56,82 @@ fn targets(text: &str) -> Vec<String> {
     found
 }
 
+/// The anchors of a page's headings, as GitHub and mdBook make them: the heading's text without
+/// its Markdown, lower case, spaces as `-`, every other character but letters, digits, `-` and
+/// `_` dropped; a repeated one gets `-1`, `-2`, ….
+fn anchors(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        let Some(heading) = line.strip_prefix('#') else {
+            continue;
+        };
+        let heading = heading.trim_start_matches('#');
+        if fenced || !heading.starts_with(' ') {
+            continue;
+        }
+        let slug: String = heading
+            .trim()
+            .chars()
+            .filter_map(|c| match c {
+                c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c.to_ascii_lowercase()),
+                c if c.is_whitespace() => Some('-'),
+                _ => None,
+            })
+            .collect();
+        let n = seen.entry(slug.clone()).or_insert(0);
+        found.push(if *n == 0 {
+            slug.clone()
+        } else {
+            format!("{slug}-{n}")
+        });
+        *n += 1;
+    }
+    found
+}
+
 #[test]
 fn every_relative_link_resolves() {
     let mut broken = Vec::new();
     let mut checked = 0;
+    let mut fragments = 0;
     for page in pages() {
         let text = std::fs::read_to_string(&page).unwrap();
         for target in targets(&text) {
-            if target.is_empty()
-                || target.starts_with('#')
-                || target.contains("://")
-                || target.starts_with("mailto:")
-            {
+            if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
                 continue;
             }
-            let file = target.split('#').next().unwrap_or_default();
-            let resolved = page.parent().unwrap_or(Path::new("")).join(file);
+            let (file, fragment) = target.split_once('#').unwrap_or((&target, ""));
+            let resolved = if file.is_empty() {
+                page.clone()
+            } else {
+                page.parent().unwrap_or(Path::new("")).join(file)
+            };
             checked += 1;
             if !resolved.exists() {
                 broken.push(format!("{}: ({target})", page.display()));
+                continue;
+            }
+            if fragment.is_empty() || resolved.extension().is_none_or(|e| e != "md") {
+                continue;
+            }
+            fragments += 1;
+            let into = std::fs::read_to_string(&resolved).unwrap();
+            if !anchors(&into).iter().any(|a| a == fragment) {
+                broken.push(format!(
+                    "{}: ({target}): no heading of {} has that anchor",
+                    page.display(),
+                    resolved.display()
+                ));
             }
         }
     }
+    assert!(fragments > 0, "no #fragment checked: the scan is broken");
     assert!(checked > 0, "no relative link found: the scan is broken");
     assert!(
         broken.is_empty(),
@@ -97,4 +157,31 @@ fn every_page_of_the_book_is_in_its_summary() {
             "docs/src/{name} is not in docs/src/SUMMARY.md"
         );
     }
+}
+
+#[test]
+fn the_readme_is_short() {
+    let lines = std::fs::read_to_string("README.md")
+        .unwrap()
+        .lines()
+        .count();
+    assert!(
+        lines <= README_MAX_LINES,
+        "README.md has {lines} lines, more than {README_MAX_LINES}: move the detail to a page of \
+         docs/src (and link it)"
+    );
+}
+
+#[test]
+fn anchors_are_made_as_github_and_mdbook_make_them() {
+    let page = "# A title\n## Rotation (`session.regenerate_grace`)\n```toml\n# not = \"a heading\"\n```\n## Devices\n### Devices\n#hashtag\n";
+    assert_eq!(
+        anchors(page),
+        [
+            "a-title",
+            "rotation-sessionregenerate_grace",
+            "devices",
+            "devices-1"
+        ]
+    );
 }

@@ -3,8 +3,8 @@
 //! Input: the TOML text. Properties:
 //! - every error names the file, and a bad value names its key (`[a-z0-9_.]`, not empty);
 //! - validation is deterministic (the same text gives the same outcome);
-//! - a config the validator accepts keeps the limits README promises (the timeouts of slow
-//!   clients positive and at most a minute, a URI no longer than a head, ...);
+//! - a config the validator accepts keeps the limits docs/src/limits.md promises (the timeouts of
+//!   slow clients positive and at most a minute, a URI no longer than a head, ...);
 //! - and its cookie works: the `Set-Cookie` it builds and its removal are valid header values,
 //!   and the cookie, presented back, reads as the same id (signed or not).
 //!

@@ -2,7 +2,7 @@
 //! proxied requests, then the token form, the counters, the list and its paging, the search,
 //! one session's data, a patch, a delete through the in-page confirmation, and hostile session
 //! data shown as text with no script run, no element made from it and no dialog; the user
-//! column, the search by user and "sign out everywhere". Saves the screenshot docs/admin.png.
+//! column, the search by user and "sign out everywhere". Saves the screenshot docs/src/admin.png.
 
 use std::collections::BTreeSet;
 
@@ -14,8 +14,8 @@ use crate::support::{App, Browser, TestProxy, request};
 
 const TOKEN: &str = "page-test-admin-token-0123456789";
 
-/// Where the screenshot of the page goes (committed, shown in the README).
-const SCREENSHOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/admin.png");
+/// Where the screenshot of the page goes (committed, shown in docs/src/admin-api.md).
+const SCREENSHOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/src/admin.png");
 
 /// Markup and script in values and in a key: the page must show it as text.
 const HOSTILE: &str = r#"{"name":"<script>alert(1)</script>","bio":"\"><img src=x onerror=alert(1)>","<img src=x onerror=\"window.__xss=1\">":"<script>window.__xss=1</script>","note":"</pre><script>window.__xss=2</script>"}"#;

@@ -22,7 +22,7 @@ const OLD: &str = "old-secret-0123456789abcdef0123456789";
 const UPDATE: (&str, &str) = ("X-Session-Update", r#"{"a":1}"#);
 
 /// The value of `session_id` for `id` signed with `secret`, as any signer with the secret
-/// would make it (the `cookie` crate's signed jar, which the README names).
+/// would make it (the `cookie` crate's signed jar, which docs/src/protocol.md names).
 fn signed(id: &str, secret: &str) -> String {
     let mut jar = CookieJar::new();
     jar.signed_mut(&Key::derive_from(secret.as_bytes()))

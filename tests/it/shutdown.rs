@@ -54,8 +54,9 @@ async fn sigterm_finishes_in_flight_requests_and_fs_sessions_survive_a_restart()
     }
 }
 
-/// The access log at the default level: one line per request with what the README lists, plain
-/// values bare, and the lines still queued at shutdown are written before the process exits.
+/// The access log at the default level: one line per request with what docs/src/operations.md
+/// lists, plain values bare, and the lines still queued at shutdown are written before the process
+/// exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_has_one_line_per_request_and_is_flushed_at_exit() {
     let app = App::start().await;
