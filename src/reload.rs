@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use crate::admin::Admin;
+use crate::assertion::Signer;
 use crate::config::cli::Options;
 use crate::config::{Config, ConfigError};
 use crate::proxy::Live;
@@ -183,11 +184,18 @@ impl Reloader {
                 current.metrics.trace_dropped(),
             )?)),
         };
-        if let (Some(signer), Some(assertion)) = (&current.assertion, &config.assertion)
-            && signer.reconfigure(assertion)?
-        {
-            tracing::info!(kid = %signer.kid(), "assertion: SIGHUP: new key in use");
-        }
+        // On or off: a new signer (its key file read, or created, as at start), or none.
+        let signer = match (&current.assertion, &config.assertion) {
+            (Some(signer), Some(assertion)) => {
+                if signer.reconfigure(assertion)? {
+                    tracing::info!(kid = %signer.kid(), "assertion: SIGHUP: new key in use");
+                }
+                None
+            }
+            (None, Some(assertion)) => Some(Some(Arc::new(Signer::open(assertion)?))),
+            (Some(_), None) => Some(None),
+            (None, None) => None,
+        };
         let store_keys = self.sealer.replace(&secrets)?;
         let cookie_keys = ring.replace(config.cookie.keys.clone())?;
         if let (Some(tls), Some(certs)) = (&config.tls, certs) {
@@ -213,6 +221,16 @@ impl Reloader {
         }
         self.admin.reconfigure(config.clone());
         let mut state = current.reloaded(config);
+        if let Some(signer) = signer {
+            match &signer {
+                Some(s) => {
+                    tracing::info!(kid = %s.kid(), "assertion: SIGHUP: new requests carry X-Session-Assertion")
+                }
+                None => tracing::info!("assertion: SIGHUP: the assertion is off"),
+            }
+            self.admin.set_assertion(signer.clone());
+            state.assertion = signer;
+        }
         if let Some(telemetry) = telemetry {
             state.telemetry = telemetry.map(|(telemetry, exporter)| {
                 self.writers.traces(exporter);

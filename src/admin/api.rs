@@ -382,7 +382,8 @@ pub(super) async fn healthz() -> Response {
 /// (`no-store`, like every admin answer): an app that meets an unknown `kid` refetches and must
 /// get the new key at once.
 pub(super) async fn jwks(State(admin): State<Arc<Admin>>) -> Response {
-    let Some(signer) = &admin.assertion else {
+    let signer = admin.assertion.load();
+    let Some(signer) = signer.as_deref() else {
         return ApiError::new(
             StatusCode::NOT_FOUND,
             "no assertion keys: [assertion] key_file is not set",

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -46,8 +46,9 @@ pub struct Admin {
     draining: AtomicBool,
     /// Every admin action is an audit line with the operator's address.
     pub(crate) audit: Audit,
-    /// The assertion's public keys, served at `/.well-known/jwks.json`.
-    pub(crate) assertion: Option<Arc<Signer>>,
+    /// The assertion's public keys, served at `/.well-known/jwks.json`; a reload may turn the
+    /// assertion on or off.
+    pub(crate) assertion: ArcSwapOption<Signer>,
     /// Told of every session an admin call ends, so the WebSockets open under it close.
     pub(crate) ends: SessionEnds,
 }
@@ -60,7 +61,7 @@ impl Admin {
             config: ArcSwap::from_pointee(config),
             draining: AtomicBool::new(false),
             audit: Audit::off(),
-            assertion: None,
+            assertion: ArcSwapOption::empty(),
             ends: SessionEnds::default(),
         }
     }
@@ -89,9 +90,14 @@ impl Admin {
     }
 
     /// The signer whose public keys `/.well-known/jwks.json` serves (404 without one).
-    pub fn with_assertion(mut self, assertion: Option<Arc<Signer>>) -> Self {
-        self.assertion = assertion;
+    pub fn with_assertion(self, assertion: Option<Arc<Signer>>) -> Self {
+        self.set_assertion(assertion);
         self
+    }
+
+    /// Serves `assertion`'s public keys from now on (none: 404).
+    pub fn set_assertion(&self, assertion: Option<Arc<Signer>>) {
+        self.assertion.store(assertion);
     }
 
     /// From now on `/readyz` says the process is going away.

@@ -163,7 +163,7 @@ pub struct Options {
     #[arg(long, global = true, value_name = "ADDR")]
     pub listen: Option<String>,
     /// Unix socket over which a running proxy hands its listeners to the next one (a restart
-    /// or upgrade that refuses nothing; see README, Operations).
+    /// or upgrade that refuses nothing; see docs/src/operations.md).
     #[arg(long, global = true, value_name = "PATH")]
     pub upgrade_socket: Option<PathBuf>,
     /// The app to proxy to, e.g. http://127.0.0.1:3000.

@@ -113,7 +113,7 @@ pub struct Config {
     pub upstream: Authority,
     pub shutdown_timeout: Duration,
     /// `upgrade_socket`: the Unix socket over which a running proxy hands its listeners to
-    /// the next one (README, Operations); `None`: no handoff.
+    /// the next one (docs/src/operations.md); `None`: no handoff.
     pub upgrade_socket: Option<std::path::PathBuf>,
     /// The peers whose forwarding headers are believed (`trusted_proxies`).
     pub trusted_proxies: TrustedProxies,

@@ -1,5 +1,5 @@
 //! What a reload (SIGHUP) cannot change in a running proxy: the sockets it listens on, the store
-//! it opened (and its user index), and whether TLS and the assertion are on. A reload keeps
+//! it opened (and its user index), and whether TLS is on. A reload keeps
 //! these as they are, names the ones the file changed, and applies the rest.
 
 use std::time::Duration;
@@ -49,10 +49,6 @@ impl Config {
         // On or off only: new files are read by the reload (the certificate in use adopts
         // them), new claims or a new key file are the assertion signer's.
         keep("tls", new.tls.is_some() != self.tls.is_some());
-        keep(
-            "assertion",
-            new.assertion.is_some() != self.assertion.is_some(),
-        );
         // The store's timeout, sweep interval, error policy and encryption keys are the
         // reload's own; the rest of the store section is the one in use.
         let mut store = self.store.clone();
@@ -72,9 +68,6 @@ impl Config {
         new.session.user_key = self.session.user_key.clone();
         // The listener's certificate is the one in use (`Certs::adopt` takes the new files).
         new.tls = self.tls.clone();
-        if new.assertion.is_some() != self.assertion.is_some() {
-            new.assertion = self.assertion.clone();
-        }
         changed
     }
 }

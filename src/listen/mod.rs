@@ -1,7 +1,7 @@
 //! Where the listening sockets come from: systemd (socket activation), the running proxy this
 //! one replaces (the handoff over `upgrade_socket`), or a bind of their own. Whichever it is,
 //! the accept queue a client lands in is never closed under it while a proxy still serves
-//! the port: see README, Operations.
+//! the port: see docs/src/operations.md.
 //!
 //! A socket this process binds has `SO_REUSEPORT` (and `SO_REUSEADDR`), so a second process
 //! can bind the same address while the first still serves. That alone is not a handoff: the

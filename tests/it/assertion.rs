@@ -292,3 +292,53 @@ fn a_key_file_that_is_not_an_ed25519_key_refuses_check_and_start_with_exit_2() {
         assert!(err.contains("assertion.pem"), "{err}");
     }
 }
+
+/// A reload turns the assertion on (the key file created as a start would) and off: the app
+/// gets a verifiable `X-Session-Assertion` and the admin listener serves its key only while on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_turns_the_assertion_on_and_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = App::start().await;
+    let base = format!(
+        "upstream = \"http://{}\"\n[store]\nkind = \"memory\"\n",
+        app.addr
+    );
+    let admin = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let cfg = write_config(dir.path(), "proxy.toml", &format!("{base}{admin}"));
+    let running = crate::support::Running::spawn(&["-c", &cfg, "--admin-listen", "127.0.0.1:0"]);
+    let (proxy, admin_addr) = (running.proxy.addr, running.proxy.admin.unwrap());
+    assert!(
+        !get(proxy, "/")
+            .await
+            .app_saw()
+            .has_header("x-session-assertion")
+    );
+    assert_eq!(get(admin_addr, "/.well-known/jwks.json").await.status, 404);
+
+    // On, the key file created as a start would.
+    write_config(
+        dir.path(),
+        "proxy.toml",
+        &format!("{base}{}", toml(dir.path(), "")),
+    );
+    running.hangup_line("configuration reloaded").await;
+    assert!(dir.path().join("assertion.pem").exists());
+    let set = jwks(admin_addr).await;
+    let seen = get(proxy, "/").await.app_saw();
+    let token = seen
+        .header("x-session-assertion")
+        .expect("on after the reload");
+    verify(&token, &set, &format!("http://{}", app.addr)).unwrap();
+
+    // Off again.
+    write_config(dir.path(), "proxy.toml", &format!("{base}{admin}"));
+    running.hangup_until("configuration reloaded", 2).await;
+    assert!(
+        !get(proxy, "/")
+            .await
+            .app_saw()
+            .has_header("x-session-assertion")
+    );
+    assert_eq!(get(admin_addr, "/.well-known/jwks.json").await.status, 404);
+    running.stop();
+}

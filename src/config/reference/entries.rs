@@ -98,11 +98,11 @@ pub const ENTRIES: &[Entry] = &[
         "paths (as `skip`) whose requests get `X-Session-Devices`, the user's live sessions (needs `user_key`)"),
     // [store]
     e("store.kind", STR, Value("\"sqlite\""), Some("--store"),
-        "`sqlite`, `fs`, `memory` or `redis`"),
+        "`sqlite`, `fs`, `memory`, `redis` or `postgres`"),
     e("store.timeout", DURATION, Value("\"2s\""), None,
         "a store call slower than this fails the request with a 503; sqlite: also how long a write waits for another process's lock"),
     e("store.sweep_interval", DURATION, Value("\"5m\""), None,
-        "how often expired sessions are removed (sqlite, fs and memory)"),
+        "how often expired sessions are removed (sqlite, fs, memory and postgres; Redis expires its own)"),
     e("store.on_error", STR, Value("\"fail_closed\""), None,
         "the store failing: `fail_closed` answers 503 with `Retry-After`; `fail_open` forwards without a session and with `X-Session-Unavailable: 1`"),
     e("store.path", PATH, Noted("\"sessions.db\"", "sqlite; fs: `\"sessions\"`"), Some("--store"),
