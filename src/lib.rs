@@ -115,8 +115,11 @@ pub struct Proxy {
     sealer: store::Sealer,
     /// The store's timeout and sweep interval, for a reload.
     tuning: store::Tuning,
-    /// Where the audit writers and trace exporters run, those above and a reload's.
-    writers: reload::Writers,
+    /// Where the sweeper, the audit writers and the trace exporters run, those above and a
+    /// reload's.
+    background: reload::Background,
+    /// What a reload that changes the store's settings opens it again with.
+    reopener: store::Reopener,
 }
 
 impl Proxy {
@@ -141,20 +144,16 @@ impl Proxy {
             }
             None => (None, None),
         };
+        let reopener = opened.reopener();
         let (sealer, tuning) = (opened.sealer, opened.tuning);
         let mut state = proxy::State::new(config, opened.store, metrics);
-        // The sweeper's removals are `expired` lines too, and close the sockets they held.
-        let ends = state.session_ends();
-        let sweeper = opened.sweeper.map(|sweeper| {
-            let audit = audit.clone();
-            sweeper.reporting_to(Arc::new(move |id: &session::Handle, user: Option<&str>| {
-                audit.swept(id, user);
-                ends.ended(id, outcome::Ended::Expired);
-            }))
-        });
         state.audit = audit;
         state.assertion = signer;
         state.telemetry = telemetry.map(Arc::new);
+        // The sweeper's removals are `expired` lines too, and close the sockets they held.
+        let sweeper = opened
+            .sweeper
+            .map(|sweeper| sweeper.reporting_to(reload::sweep_reports(&state)));
         let admin = Arc::new(
             admin::Admin::new(
                 state.store.clone(),
@@ -173,7 +172,8 @@ impl Proxy {
             audit: writer,
             traces,
             sealer,
-            writers: reload::Writers::default(),
+            background: reload::Background::default(),
+            reopener,
         })
     }
 
@@ -189,7 +189,8 @@ impl Proxy {
             admin: self.admin.clone(),
             sealer: self.sealer.clone(),
             tuning: self.tuning.clone(),
-            writers: self.writers.clone(),
+            background: self.background.clone(),
+            reopener: self.reopener.clone(),
         }
     }
 
@@ -229,15 +230,15 @@ impl Proxy {
         admin: Option<tokio::net::TcpListener>,
         shutdown: impl Future<Output = Stop>,
     ) {
-        let sweeper = self.sweeper.map(|s| tokio::spawn(s.run()));
         let state = self.live.current();
         let sockets = tokio::spawn(state.sockets.clone().run(self.live.clone()));
-        let writers = self.writers;
+        let background = self.background;
+        background.sweeper(self.sweeper);
         if let Some(writer) = self.audit {
-            writers.audit(writer);
+            background.audit(writer);
         }
         if let Some(exporter) = self.traces {
-            writers.traces(exporter);
+            background.traces(exporter);
         }
         let routes = self.admin;
         let (stop_admin, admin_stopped) = tokio::sync::watch::channel(false);
@@ -263,19 +264,17 @@ impl Proxy {
             // Admin requests are short; one that hangs does not hold the exit.
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), task).await;
         }
-        if let Some(sweeper) = sweeper {
-            sweeper.abort();
-        }
+        background.sweeper(None);
         sockets.abort();
         // The spans of the drained requests, sent within a bound: a collector that hangs
         // cannot hold the exit.
-        if !writers.stop_traces(TRACES_FLUSH_LIMIT).await {
+        if !background.stop_traces(TRACES_FLUSH_LIMIT).await {
             tracing::warn!(limit = ?TRACES_FLUSH_LIMIT, "the last spans were not exported in time");
         }
         // Last: every event the requests and admin calls above queued is written and fsynced.
         // Bounded, so a disk that hangs in fsync cannot hold the exit for ever.
         self.live.current().audit.close();
-        if !writers.finish_audit(AUDIT_FLUSH_LIMIT).await {
+        if !background.finish_audit(AUDIT_FLUSH_LIMIT).await {
             tracing::error!(
                 limit = ?AUDIT_FLUSH_LIMIT,
                 "the audit log did not finish writing in time; its last events may be lost"

@@ -19,9 +19,10 @@ use crate::assertion::Signer;
 use crate::config::cli::Options;
 use crate::config::{Config, ConfigError};
 use crate::proxy::Live;
+use crate::proxy::State;
 use crate::secrets::{SigningToggled, warn_if_store_keys_world_readable, warn_if_world_readable};
 use crate::store::seal::KeyError;
-use crate::store::{Sealer, Tuning};
+use crate::store::{ExpiredSink, Reopener, Sealer, StoreError, Sweeper, Tuning};
 use crate::telemetry::Telemetry;
 
 /// Why a reload left the configuration as it was.
@@ -45,31 +46,44 @@ pub enum ReloadError {
     /// The operator's: the new `[tracing]` exporter cannot be built.
     #[error(transparent)]
     Tracing(#[from] crate::telemetry::BuildError),
+    /// The store cannot be opened again with its new settings: the operator's, or the store's.
+    #[error("the store cannot be opened with its new settings: {0}")]
+    Store(#[source] StoreError),
     /// Ours: the task that read the files did not finish.
     #[error("the reload did not finish: {0}")]
     Aborted(#[source] tokio::task::JoinError),
 }
 
-/// The tasks that write what the proxy emits: the audit log's writers and the trace
-/// exporters, the ones started with the proxy and those a reload starts (the writer or exporter
-/// a reload replaced finishes its queue and returns). At exit they are told to stop and waited
-/// for, within a bound. Clones share the tasks.
+/// The proxy's background tasks, the ones started with it and those a reload starts: the audit
+/// log's writers and the trace exporters (one a reload replaced finishes its queue and
+/// returns), and the store's sweeper (one a reload replaced is stopped). At exit they are
+/// stopped and the writers waited for, within a bound. Clones share the tasks.
 #[derive(Clone, Default)]
-pub struct Writers(Arc<Mutex<Tasks>>);
+pub struct Background(Arc<Mutex<Tasks>>);
 
 #[derive(Default)]
 struct Tasks {
     audit: JoinSet<()>,
     traces: JoinSet<()>,
+    /// The sweeper of the store in force, if it needs one.
+    sweeper: Option<tokio::task::AbortHandle>,
     /// One per exporter still running: an exporter's queue stays open while a request may
     /// still end a span in it, so each is told when to send what it holds and return.
     stop_traces: Vec<oneshot::Sender<()>>,
 }
 
-impl Writers {
+impl Background {
     fn tasks(&self) -> std::sync::MutexGuard<'_, Tasks> {
         // A panic while the lock was held left nothing half-done: each step is one push.
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `sweeper` in place of the one running, if any.
+    pub fn sweeper(&self, sweeper: Option<Sweeper>) {
+        let task = sweeper.map(|s| tokio::spawn(s.run()).abort_handle());
+        if let Some(old) = std::mem::replace(&mut self.tasks().sweeper, task) {
+            old.abort();
+        }
     }
 
     /// Runs an audit log's writer until its [`Audit`](crate::audit::Audit) lets it go.
@@ -122,6 +136,17 @@ impl Writers {
     }
 }
 
+/// What the sweeper reports of each session it removes: an `expired` audit line, and the
+/// WebSockets open under it closed.
+pub fn sweep_reports(state: &State) -> ExpiredSink {
+    let audit = state.audit.clone();
+    let ends = state.session_ends();
+    Arc::new(move |id: &crate::session::Handle, user: Option<&str>| {
+        audit.swept(id, user);
+        ends.ended(id, crate::outcome::Ended::Expired);
+    })
+}
+
 /// What a reload put in force.
 #[derive(Debug)]
 pub struct Applied {
@@ -142,7 +167,8 @@ pub struct Reloader {
     pub(crate) admin: Arc<Admin>,
     pub(crate) sealer: Sealer,
     pub(crate) tuning: Tuning,
-    pub(crate) writers: Writers,
+    pub(crate) background: Background,
+    pub(crate) reopener: Reopener,
 }
 
 impl Reloader {
@@ -172,6 +198,16 @@ impl Reloader {
         // changes, so that one that cannot be is refused with the rest.
         let audit = if config.audit != current.config.audit {
             Some(current.audit.prepare(config.audit.as_ref()).await?)
+        } else {
+            None
+        };
+        let store = if current.config.store.reopens(&config.store) {
+            Some(
+                self.reopener
+                    .open(&config.store)
+                    .await
+                    .map_err(ReloadError::Store)?,
+            )
         } else {
             None
         };
@@ -210,7 +246,7 @@ impl Reloader {
         crate::logging::set_format(config.log_format);
         if let Some(prepared) = audit {
             if let Some(writer) = current.audit.replace(prepared) {
-                self.writers.audit(writer);
+                self.background.audit(writer);
             }
             match &config.audit {
                 Some(a) => {
@@ -221,6 +257,15 @@ impl Reloader {
         }
         self.admin.reconfigure(config.clone());
         let mut state = current.reloaded(config);
+        if let Some((store, sweeper)) = store {
+            state.store = store.clone();
+            self.admin.set_store(store);
+            self.background
+                .sweeper(sweeper.map(|s| s.reporting_to(sweep_reports(&state))));
+            tracing::info!(
+                "store: SIGHUP: opened again with its new settings; new requests use it"
+            );
+        }
         if let Some(signer) = signer {
             match &signer {
                 Some(s) => {
@@ -233,7 +278,7 @@ impl Reloader {
         }
         if let Some(telemetry) = telemetry {
             state.telemetry = telemetry.map(|(telemetry, exporter)| {
-                self.writers.traces(exporter);
+                self.background.traces(exporter);
                 Arc::new(telemetry)
             });
             match &state.config.tracing {

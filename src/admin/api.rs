@@ -180,7 +180,7 @@ async fn list(
             other => return Err(ApiError::bad(format!("unknown parameter {other:?}"))),
         }
     }
-    let page = admin.store.list(cursor.as_deref(), limit).await?;
+    let page = admin.store().list(cursor.as_deref(), limit).await?;
     admin
         .audit
         .admin(operator, "GET /sessions", None, || Event::Read);
@@ -219,7 +219,7 @@ async fn user_sessions(
 ) -> Result<Response, ApiError> {
     user_index(&admin, &user)?;
     let user = admin.config().session.indexed_user(&user);
-    let mut found = admin.store.user_sessions(&user).await?;
+    let mut found = admin.store().user_sessions(&user).await?;
     found.sort_by_key(|(id, r)| (r.created_at, *id));
     let config = admin.config();
     let key = config.session.user_key.as_ref();
@@ -277,7 +277,7 @@ async fn revoke(
     user: &str,
     except: Option<&Handle>,
 ) -> Result<Vec<Handle>, StoreError> {
-    store::users::revoke(&*admin.store, user, except).await
+    store::users::revoke(&*admin.store(), user, except).await
 }
 
 /// `GET /sessions/{handle}`: the whole record, data included.
@@ -288,7 +288,7 @@ async fn show(
 ) -> Result<Response, ApiError> {
     let id = parse_handle(&handle)?;
     let record =
-        admin.store.load(&id).await?.ok_or_else(|| {
+        admin.store().load(&id).await?.ok_or_else(|| {
             ApiError::new(StatusCode::NOT_FOUND, "no live session with this handle")
         })?;
     admin
@@ -334,7 +334,7 @@ async fn patch(
         visit: None,
     };
     let record =
-        admin.store.update(&id, &update).await?.ok_or_else(|| {
+        admin.store().update(&id, &update).await?.ok_or_else(|| {
             ApiError::new(StatusCode::NOT_FOUND, "no live session with this handle")
         })?;
     tracing::info!(%operator, handle = %id, "admin patched a session");
@@ -356,7 +356,7 @@ async fn delete(
     Path(handle): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_handle(&handle)?;
-    if !admin.store.delete(&id).await? {
+    if !admin.store().delete(&id).await? {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "no live session with this handle",
@@ -401,7 +401,7 @@ pub(super) async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
     }
     // A load of a handle nobody holds: reads the store, touches no session.
     let probe = match Handle::generate() {
-        Ok(id) => admin.store.load(&id).await.map(|_| ()),
+        Ok(id) => admin.store().load(&id).await.map(|_| ()),
         Err(e) => Err(StoreError::Backend(Box::new(e))),
     };
     match probe {
@@ -416,7 +416,7 @@ pub(super) async fn readyz(State(admin): State<Arc<Admin>>) -> Response {
 
 /// `GET /metrics`: the Prometheus (OpenMetrics) text exposition.
 pub(super) async fn metrics(State(admin): State<Arc<Admin>>) -> Result<Response, ApiError> {
-    let text = admin.metrics.encode(admin.store.count()).map_err(|e| {
+    let text = admin.metrics.encode(admin.store().count()).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("cannot encode the metrics: {e}"),

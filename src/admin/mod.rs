@@ -37,7 +37,8 @@ pub use api::ApiError;
 
 /// What every admin handler shares.
 pub struct Admin {
-    pub(crate) store: Arc<dyn SessionStore>,
+    /// Replaced by a reload that reopens the store; each call takes the one in force.
+    store: ArcSwap<Arc<dyn SessionStore>>,
     pub(crate) metrics: Arc<Metrics>,
     /// Replaced whole by a reload; each call reads the one in force.
     config: ArcSwap<Config>,
@@ -56,7 +57,7 @@ pub struct Admin {
 impl Admin {
     pub fn new(store: Arc<dyn SessionStore>, metrics: Arc<Metrics>, config: Config) -> Self {
         Admin {
-            store,
+            store: ArcSwap::from_pointee(store),
             metrics,
             config: ArcSwap::from_pointee(config),
             draining: AtomicBool::new(false),
@@ -64,6 +65,16 @@ impl Admin {
             assertion: ArcSwapOption::empty(),
             ends: SessionEnds::default(),
         }
+    }
+
+    /// The store in force.
+    pub(crate) fn store(&self) -> Arc<dyn SessionStore> {
+        Arc::clone(&self.store.load())
+    }
+
+    /// Puts a reopened store in force for the calls that start from now on.
+    pub fn set_store(&self, store: Arc<dyn SessionStore>) {
+        self.store.store(Arc::new(store));
     }
 
     /// The configuration in force.

@@ -1,10 +1,13 @@
-//! What a reload (SIGHUP) cannot change in a running proxy: the sockets it listens on, the store
-//! it opened (and its user index), and whether TLS is on. A reload keeps
-//! these as they are, names the ones the file changed, and applies the rest.
+//! What a reload (SIGHUP) cannot change in a running proxy: the sockets it listens on, where the
+//! store's sessions are (its kind, file, directory, server or cluster), and whether TLS is on.
+//! A reload keeps these as they are, names the ones the file changed, and applies the rest; a
+//! store whose other settings changed is opened again in the same place
+//! ([`StoreConfig::reopens`]).
 
+use std::path::Path;
 use std::time::Duration;
 
-use super::{Config, StoreKind};
+use super::{Config, StoreConfig, StoreKind};
 
 /// The backend `kind` names, without `store.timeout` (which it carries, and which a reload
 /// changes: [`Timed`](crate::store::Timed)'s bound).
@@ -17,6 +20,36 @@ fn backend(kind: &StoreKind) -> StoreKind {
         StoreKind::Memory | StoreKind::Fs(_) => {}
     }
     kind
+}
+
+/// Where a store's sessions are: another place is another store, which takes a restart.
+#[derive(PartialEq)]
+enum Place<'a> {
+    /// This process's memory: opening it again would lose every session.
+    Memory,
+    Fs(&'a Path),
+    Sqlite(&'a Path),
+    Redis(&'a [String], bool),
+    Postgres(&'a str),
+}
+
+fn place(kind: &StoreKind) -> Place<'_> {
+    match kind {
+        StoreKind::Memory => Place::Memory,
+        StoreKind::Fs(c) => Place::Fs(&c.path),
+        StoreKind::Sqlite(c) => Place::Sqlite(&c.path),
+        StoreKind::Redis(c) => Place::Redis(&c.urls, c.cluster),
+        StoreKind::Postgres(c) => Place::Postgres(&c.url),
+    }
+}
+
+impl StoreConfig {
+    /// Whether a reload from `self` to `new` (the same place, as
+    /// [`Config::keep_restart_only`] left it) opens the store again: its backend's settings
+    /// or its user index changed.
+    pub fn reopens(&self, new: &StoreConfig) -> bool {
+        backend(&self.kind) != backend(&new.kind) || self.users != new.users
+    }
 }
 
 impl Config {
@@ -36,27 +69,38 @@ impl Config {
             new.admin.as_ref().map(|a| a.listen) != self.admin.as_ref().map(|a| a.listen),
         );
         let (old, fresh) = (&self.store, &new.store);
+        let moved = place(&fresh.kind) != place(&old.kind);
+        keep("store (kind, path, url, cluster)", moved);
+        // The index is the store's: kept with a store that stays where it was, and with the
+        // memory store, which cannot be opened again without losing its sessions.
+        let index = moved || place(&old.kind) == Place::Memory;
         keep(
-            "store (kind, path, url, cluster and the backend's settings)",
-            backend(&fresh.kind) != backend(&old.kind),
+            "store.hash_users",
+            index && fresh.hash_users != old.hash_users,
         );
-        keep("store.hash_users", fresh.hash_users != old.hash_users);
-        // The store keeps its user index by this key.
         keep(
             "session.user_key",
-            new.session.user_key != self.session.user_key,
+            index && new.session.user_key != self.session.user_key,
         );
         // On or off only: new files are read by the reload (the certificate in use adopts
         // them), new claims or a new key file are the assertion signer's.
         keep("tls", new.tls.is_some() != self.tls.is_some());
-        // The store's timeout, sweep interval, error policy and encryption keys are the
-        // reload's own; the rest of the store section is the one in use.
-        let mut store = self.store.clone();
-        store.timeout = new.store.timeout;
-        store.sweep_interval = new.store.sweep_interval;
-        store.on_error = new.store.on_error;
-        store.encryption_keys = std::mem::take(&mut new.store.encryption_keys);
-        store.encryption_key_file = new.store.encryption_key_file.take();
+        if moved {
+            // The store's timeout, sweep interval, error policy and encryption keys are the
+            // reload's own; the rest of the store section is the one in use.
+            let mut store = self.store.clone();
+            store.timeout = new.store.timeout;
+            store.sweep_interval = new.store.sweep_interval;
+            store.on_error = new.store.on_error;
+            store.encryption_keys = std::mem::take(&mut new.store.encryption_keys);
+            store.encryption_key_file = new.store.encryption_key_file.take();
+            new.store = store;
+        }
+        if index {
+            new.store.hash_users = self.store.hash_users;
+            new.store.users = self.store.users.clone();
+            new.session.user_key = self.session.user_key.clone();
+        }
         new.listen = self.listen;
         new.upgrade_socket = self.upgrade_socket.clone();
         // The admin token was checked against the new file's address (none is needed only on
@@ -64,8 +108,6 @@ impl Config {
         if new.admin.as_ref().map(|a| a.listen) != self.admin.as_ref().map(|a| a.listen) {
             new.admin = self.admin.clone();
         }
-        new.store = store;
-        new.session.user_key = self.session.user_key.clone();
         // The listener's certificate is the one in use (`Certs::adopt` takes the new files).
         new.tls = self.tls.clone();
         changed

@@ -351,7 +351,6 @@ impl Tuning {
 /// Opens the configured store and wraps it in [`Timed`]; with `store.encryption_key`, the
 /// backend seals session data (see [`seal`]).
 pub async fn open(config: &StoreConfig) -> Result<Opened> {
-    let users = config.users.clone();
     let metrics = StoreMetrics::default();
     let secrets: Vec<&[u8]> = config
         .encryption_keys
@@ -360,76 +359,111 @@ pub async fn open(config: &StoreConfig) -> Result<Opened> {
         .collect();
     let sealer = Sealer::new(&secrets, metrics.unreadable.clone())
         .map_err(|e| StoreError::Unexpected(e.to_string()))?;
-    let s = sealer.clone();
-    Ok(match &config.kind {
-        StoreKind::Memory => opened_with(
-            memory::MemoryStore::sealed(users, s),
-            config,
-            metrics,
-            sealer,
-        ),
-        StoreKind::Fs(fs) => opened_with(
-            fs::FsStore::open_sealed(fs.clone(), users, s).await?,
-            config,
-            metrics,
-            sealer,
-        ),
-        StoreKind::Sqlite(q) => opened_with(
-            sqlite::SqliteStore::open_sealed(q.clone(), sqlite::Reads::Inline, users, s).await?,
-            config,
-            metrics,
-            sealer,
-        ),
-        #[cfg(feature = "redis")]
-        StoreKind::Redis(r) => opened_with(
-            redis::RedisStore::open_sealed(r.clone(), users, s).await?,
-            config,
-            metrics,
-            sealer,
-        ),
-        #[cfg(not(feature = "redis"))]
-        StoreKind::Redis(_) => {
-            return Err(StoreError::Backend(
-                "built without the `redis` feature".into(),
-            ));
-        }
-        #[cfg(feature = "postgres")]
-        StoreKind::Postgres(p) => opened_with(
-            postgres::PostgresStore::open_sealed(p.clone(), users, s).await?,
-            config,
-            metrics,
-            sealer,
-        ),
-        #[cfg(not(feature = "postgres"))]
-        StoreKind::Postgres(_) => {
-            return Err(StoreError::Backend(
-                "built without the `postgres` feature".into(),
-            ));
-        }
-    })
-}
-
-fn opened_with<S: SessionStore>(
-    backend: S,
-    config: &StoreConfig,
-    metrics: StoreMetrics,
-    sealer: Sealer,
-) -> Opened {
-    let caps = backend.capabilities();
-    let limit = timed::Limit::new((!caps.never_waits).then_some(config.timeout));
-    let store: Arc<dyn SessionStore> =
-        Arc::new(Timed::new(backend, limit.clone(), metrics.clone()));
-    let (sweep, interval) = tokio::sync::watch::channel(config.sweep_interval);
-    let sweeper = (!caps.expires_by_itself).then(|| Sweeper::new(store.clone(), interval));
-    Opened {
+    let (sweep, _) = tokio::sync::watch::channel(config.sweep_interval);
+    let reopener = Reopener {
+        limit: timed::Limit::new(Some(config.timeout)),
+        sweep: Arc::new(sweep),
+        metrics,
+        sealer,
+    };
+    let (store, sweeper) = reopener.open(config).await?;
+    let Reopener {
+        limit,
+        sweep,
+        metrics,
+        sealer,
+    } = reopener;
+    // The bound a backend that never waits is given: none, and a reload leaves it so.
+    let limit = if store.capabilities().never_waits {
+        timed::Limit::new(None)
+    } else {
+        limit
+    };
+    Ok(Opened {
         store,
         sweeper,
         metrics,
         sealer,
-        tuning: Tuning {
-            limit,
-            sweep: Arc::new(sweep),
-        },
+        tuning: Tuning { limit, sweep },
+    })
+}
+
+/// What a reload needs to open the store again with other backend settings (`fsync`, `mode`,
+/// `key_prefix`, `filename_template`, `pool_size`, `table`) or another user index: the new
+/// backend goes behind the same bound, counters and keys as the one it replaces, and its
+/// sweeper follows the same interval.
+#[derive(Clone)]
+pub struct Reopener {
+    limit: timed::Limit,
+    sweep: Arc<tokio::sync::watch::Sender<std::time::Duration>>,
+    metrics: StoreMetrics,
+    sealer: Sealer,
+}
+
+impl Opened {
+    /// What reopens this store (see [`Reopener`]).
+    pub fn reopener(&self) -> Reopener {
+        Reopener {
+            limit: self.tuning.limit.clone(),
+            sweep: self.tuning.sweep.clone(),
+            metrics: self.metrics.clone(),
+            sealer: self.sealer.clone(),
+        }
+    }
+}
+
+impl Reopener {
+    /// Opens the backend `config` names (a sqlite file with another user key is reindexed as
+    /// at start), behind [`Timed`], with its sweeper when it needs one. The caller puts it in
+    /// force; the store it replaces serves the calls in flight and closes when they are done.
+    pub async fn open(
+        &self,
+        config: &StoreConfig,
+    ) -> Result<(Arc<dyn SessionStore>, Option<Sweeper>)> {
+        let users = config.users.clone();
+        let s = self.sealer.clone();
+        Ok(match &config.kind {
+            StoreKind::Memory => self.timed(memory::MemoryStore::sealed(users, s)),
+            StoreKind::Fs(fs) => self.timed(fs::FsStore::open_sealed(fs.clone(), users, s).await?),
+            StoreKind::Sqlite(q) => self.timed(
+                sqlite::SqliteStore::open_sealed(q.clone(), sqlite::Reads::Inline, users, s)
+                    .await?,
+            ),
+            #[cfg(feature = "redis")]
+            StoreKind::Redis(r) => {
+                self.timed(redis::RedisStore::open_sealed(r.clone(), users, s).await?)
+            }
+            #[cfg(not(feature = "redis"))]
+            StoreKind::Redis(_) => {
+                return Err(StoreError::Backend(
+                    "built without the `redis` feature".into(),
+                ));
+            }
+            #[cfg(feature = "postgres")]
+            StoreKind::Postgres(p) => {
+                self.timed(postgres::PostgresStore::open_sealed(p.clone(), users, s).await?)
+            }
+            #[cfg(not(feature = "postgres"))]
+            StoreKind::Postgres(_) => {
+                return Err(StoreError::Backend(
+                    "built without the `postgres` feature".into(),
+                ));
+            }
+        })
+    }
+
+    fn timed<S: SessionStore>(&self, backend: S) -> (Arc<dyn SessionStore>, Option<Sweeper>) {
+        let caps = backend.capabilities();
+        let limit = if caps.never_waits {
+            timed::Limit::new(None)
+        } else {
+            self.limit.clone()
+        };
+        let store: Arc<dyn SessionStore> =
+            Arc::new(Timed::new(backend, limit, self.metrics.clone()));
+        let sweeper =
+            (!caps.expires_by_itself).then(|| Sweeper::new(store.clone(), self.sweep.subscribe()));
+        (store, sweeper)
     }
 }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::Method;
 
 use crate::support::otlp::Collector;
-use crate::support::{App, Browser, Resp, Running, get, request};
+use crate::support::{App, Browser, Resp, Running, get, handle, request};
 
 const UPDATE: (&str, &str) = ("X-Session-Update", r#"{"a":1}"#);
 
@@ -265,5 +265,119 @@ async fn sighup_moves_the_audit_log_and_traces_and_switches_the_log_format() {
         spans_before,
         "no span after traces went off"
     );
+    running.stop();
+}
+
+/// Reloads `running` with `toml` as its file and returns the report's line (the `n`th).
+async fn reload_with(running: &Running, file: &Path, toml: &str, n: usize) -> String {
+    std::fs::write(file, toml).unwrap();
+    let log = running.hangup_until("SIGHUP: configuration", n).await;
+    log.lines()
+        .filter(|l| l.contains("SIGHUP: configuration"))
+        .nth(n - 1)
+        .unwrap()
+        .to_owned()
+}
+
+/// A reload that changes the store's settings but not its place opens it again there: sqlite
+/// turns its user index on (the file is reindexed, so the sessions already stored are the
+/// user's), Redis moves new sessions under a new `key_prefix`; the sessions in use are kept.
+/// The memory store's user index takes a restart: it is named and kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_opens_the_store_again_with_its_new_settings() {
+    use redis::AsyncCommands as _;
+
+    let app = App::start().await;
+    let redis = crate::support::redis::RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    let upstream = format!("upstream = \"http://{}\"\n", app.addr);
+    let sqlite = |settings: &str| {
+        format!(
+            "{upstream}[session]\n{settings}[store]\nkind = \"sqlite\"\npath = \"{}\"\n{}",
+            dir.path().join("s.db").display(),
+            if settings.is_empty() {
+                ""
+            } else {
+                "fsync = false\n"
+            }
+        )
+    };
+    std::fs::write(&file, sqlite("")).unwrap();
+    let running = Running::spawn(&[
+        "-c",
+        file.to_str().unwrap(),
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let (addr, admin) = (running.proxy.addr, running.proxy.admin.unwrap());
+    let mut ada = [
+        Browser::new(addr, "session_id"),
+        Browser::new(addr, "session_id"),
+    ];
+    for b in &mut ada {
+        b.get("/")
+            .app_responds_with(&[("X-Session-Update", r#"{"user":"ada"}"#)])
+            .await;
+    }
+    assert_ne!(
+        get(admin, "/users/ada/sessions").await.status,
+        200,
+        "no user index yet"
+    );
+
+    let line = reload_with(&running, &file, &sqlite("user_key = \"user\"\n"), 1).await;
+    assert!(
+        line.contains(" INFO ") && !line.contains("restart="),
+        "{line}"
+    );
+    assert!(running.log().contains("store: SIGHUP: opened again"));
+    let r = get(admin, "/users/ada/sessions").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.json()["sessions"].as_array().unwrap().len(),
+        2,
+        "reindexed"
+    );
+    assert_eq!(
+        ada[0].get("/").await.app_saw().session()["user"],
+        "ada",
+        "kept"
+    );
+    running.stop();
+
+    // Redis: new sessions under the new prefix, the ones in use still found under the old.
+    let redis_toml = |prefix: &str| {
+        format!(
+            "{upstream}[store]\nkind = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n",
+            redis.url()
+        )
+    };
+    std::fs::write(&file, redis_toml("one:")).unwrap();
+    let running = Running::spawn(&["-c", file.to_str().unwrap()]);
+    let addr = running.proxy.addr;
+    let mut first = Browser::new(addr, "session_id");
+    first.get("/").app_responds_with(&[UPDATE]).await;
+    reload_with(&running, &file, &redis_toml("two:"), 1).await;
+    let mut second = Browser::new(addr, "session_id");
+    second.get("/").app_responds_with(&[UPDATE]).await;
+    let mut conn = redis.conn().await;
+    let under =
+        |prefix: &str, b: &Browser| format!("{prefix}{}", handle(b.cookie.as_deref().unwrap()));
+    let old: bool = conn.exists(under("one:", &first)).await.unwrap();
+    let new: bool = conn.exists(under("two:", &second)).await.unwrap();
+    assert!(old && new, "one:{old} two:{new}");
+    running.stop();
+
+    // Memory: the user index is named as taking a restart; the session stays.
+    let memory =
+        |settings: &str| format!("{upstream}[session]\n{settings}[store]\nkind = \"memory\"\n");
+    std::fs::write(&file, memory("")).unwrap();
+    let running = Running::spawn(&["-c", file.to_str().unwrap()]);
+    let mut b = Browser::new(running.proxy.addr, "session_id");
+    b.get("/").app_responds_with(&[UPDATE]).await;
+    let line = reload_with(&running, &file, &memory("user_key = \"user\"\n"), 1).await;
+    assert!(line.contains("restart=session.user_key"), "{line}");
+    assert_eq!(b.get("/").await.app_saw().session()["a"], 1);
     running.stop();
 }
