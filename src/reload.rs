@@ -1,9 +1,12 @@
 //! What a running proxy re-reads on SIGHUP: the whole configuration ([`Reloader`]: every
 //! setting but those [`Config::keep_restart_only`] keeps), with the files it names: the cookie
-//! and store keys, the TLS certificate and key, and the assertion key.
+//! and store keys, the TLS certificate and key, and the assertion key. What is opened rather
+//! than read is opened again when its settings changed, before anything changes: the audit log
+//! and the trace exporter (the ones replaced finish their queues, [`Background`]), the
+//! assertion's key, and the store in the same place ([`Reopener`]).
 //!
-//! Both listeners are registered by `main.rs` before the proxy announces its port, so a SIGHUP is
-//! never the signal's default action (which ends the process). A reload that fails is logged at
+//! `main.rs` listens for SIGHUP before the store opens or a port is bound, so a SIGHUP is never
+//! the signal's default action (which ends the process). A reload that fails is logged at
 //! `error` with its reason and leaves what is in use as it was: a half-written file never takes
 //! the listener or the sessions down.
 

@@ -346,7 +346,7 @@ async fn sighup_opens_the_store_again_with_its_new_settings() {
     );
     running.stop();
 
-    // Redis: new sessions under the new prefix, the ones in use still found under the old.
+    // Redis: new sessions under the new prefix; those stored before stay under the old one.
     let redis_toml = |prefix: &str| {
         format!(
             "{upstream}[store]\nkind = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n",
