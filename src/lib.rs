@@ -144,7 +144,7 @@ impl Proxy {
             }
             None => (None, None),
         };
-        let reopener = opened.reopener();
+        let reopener = opened.reopener;
         let (sealer, tuning) = (opened.sealer, opened.tuning);
         let mut state = proxy::State::new(config, opened.store, metrics);
         state.audit = audit;

@@ -25,7 +25,7 @@ fn backend(kind: &StoreKind) -> StoreKind {
 /// Where a store's sessions are: another place is another store, which takes a restart.
 #[derive(PartialEq)]
 enum Place<'a> {
-    /// This process's memory: opening it again would lose every session.
+    /// This process's memory (opened again, it keeps its sessions: `store::Reopener`).
     Memory,
     Fs(&'a Path),
     Sqlite(&'a Path),
@@ -71,16 +71,14 @@ impl Config {
         let (old, fresh) = (&self.store, &new.store);
         let moved = place(&fresh.kind) != place(&old.kind);
         keep("store (kind, path, url, cluster)", moved);
-        // The index is the store's: kept with a store that stays where it was, and with the
-        // memory store, which cannot be opened again without losing its sessions.
-        let index = moved || place(&old.kind) == Place::Memory;
+        // The user index is the store's: kept with a store that stays where it was.
         keep(
             "store.hash_users",
-            index && fresh.hash_users != old.hash_users,
+            moved && fresh.hash_users != old.hash_users,
         );
         keep(
             "session.user_key",
-            index && new.session.user_key != self.session.user_key,
+            moved && new.session.user_key != self.session.user_key,
         );
         // On or off only: new files are read by the reload (the certificate in use adopts
         // them), new claims or a new key file are the assertion signer's.
@@ -95,10 +93,6 @@ impl Config {
             store.encryption_keys = std::mem::take(&mut new.store.encryption_keys);
             store.encryption_key_file = new.store.encryption_key_file.take();
             new.store = store;
-        }
-        if index {
-            new.store.hash_users = self.store.hash_users;
-            new.store.users = self.store.users.clone();
             new.session.user_key = self.session.user_key.clone();
         }
         new.listen = self.listen;

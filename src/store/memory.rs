@@ -127,6 +127,33 @@ impl MemoryStore {
         }
     }
 
+    /// This store's sessions (the same maps, shared) with the user index `users` names, built
+    /// from the sessions as they are now: what a reload that changes `session.user_key` or
+    /// `store.hash_users` serves from then on. A session written by a request still in flight
+    /// under the store it replaces is indexed at its next write.
+    pub fn reindexed(&self, users: Option<UserKey>) -> Self {
+        let users = users.map(|key| {
+            let users = Users {
+                key,
+                index: UserIndex::default(),
+            };
+            for shard in self.shards.iter() {
+                for (id, stored) in read(shard).iter() {
+                    if let Some(record) = opened(&self.sealer, id, stored) {
+                        users.change(id, None, Some(&record));
+                    }
+                }
+            }
+            Arc::new(users)
+        });
+        MemoryStore {
+            shards: self.shards.clone(),
+            users,
+            sealer: self.sealer.clone(),
+            aliases: self.aliases.clone(),
+        }
+    }
+
     /// Entries of the user index (user, id), for the size measurement (bench/tools).
     #[doc(hidden)]
     pub fn user_entries(&self) -> usize {

@@ -325,6 +325,8 @@ pub struct Opened {
     pub sealer: Sealer,
     /// `store.timeout` and `store.sweep_interval`, which a reload may change.
     pub tuning: Tuning,
+    /// What opens this store again with new settings, for a reload.
+    pub reopener: Reopener,
 }
 
 /// The store settings a running proxy can change: each call's bound, and the sweeper's
@@ -363,28 +365,28 @@ pub async fn open(config: &StoreConfig) -> Result<Opened> {
     let reopener = Reopener {
         limit: timed::Limit::new(Some(config.timeout)),
         sweep: Arc::new(sweep),
+        memory: matches!(config.kind, StoreKind::Memory)
+            .then(|| Arc::new(memory::MemoryStore::sealed(None, sealer.clone()))),
         metrics,
         sealer,
     };
     let (store, sweeper) = reopener.open(config).await?;
-    let Reopener {
-        limit,
-        sweep,
-        metrics,
-        sealer,
-    } = reopener;
     // The bound a backend that never waits is given: none, and a reload leaves it so.
     let limit = if store.capabilities().never_waits {
         timed::Limit::new(None)
     } else {
-        limit
+        reopener.limit.clone()
     };
     Ok(Opened {
         store,
         sweeper,
-        metrics,
-        sealer,
-        tuning: Tuning { limit, sweep },
+        metrics: reopener.metrics.clone(),
+        sealer: reopener.sealer.clone(),
+        tuning: Tuning {
+            limit,
+            sweep: reopener.sweep.clone(),
+        },
+        reopener,
     })
 }
 
@@ -396,20 +398,11 @@ pub async fn open(config: &StoreConfig) -> Result<Opened> {
 pub struct Reopener {
     limit: timed::Limit,
     sweep: Arc<tokio::sync::watch::Sender<std::time::Duration>>,
+    /// The memory store's sessions, which every memory store this opens shares (with its own
+    /// user index): opening it again must not lose them.
+    memory: Option<Arc<memory::MemoryStore>>,
     metrics: StoreMetrics,
     sealer: Sealer,
-}
-
-impl Opened {
-    /// What reopens this store (see [`Reopener`]).
-    pub fn reopener(&self) -> Reopener {
-        Reopener {
-            limit: self.tuning.limit.clone(),
-            sweep: self.tuning.sweep.clone(),
-            metrics: self.metrics.clone(),
-            sealer: self.sealer.clone(),
-        }
-    }
 }
 
 impl Reopener {
@@ -423,7 +416,10 @@ impl Reopener {
         let users = config.users.clone();
         let s = self.sealer.clone();
         Ok(match &config.kind {
-            StoreKind::Memory => self.timed(memory::MemoryStore::sealed(users, s)),
+            StoreKind::Memory => self.timed(match &self.memory {
+                Some(sessions) => sessions.reindexed(users),
+                None => memory::MemoryStore::sealed(users, s),
+            }),
             StoreKind::Fs(fs) => self.timed(fs::FsStore::open_sealed(fs.clone(), users, s).await?),
             StoreKind::Sqlite(q) => self.timed(
                 sqlite::SqliteStore::open_sealed(q.clone(), sqlite::Reads::Inline, users, s)

@@ -281,8 +281,8 @@ async fn reload_with(running: &Running, file: &Path, toml: &str, n: usize) -> St
 
 /// A reload that changes the store's settings but not its place opens it again there: sqlite
 /// turns its user index on (the file is reindexed, so the sessions already stored are the
-/// user's), Redis moves new sessions under a new `key_prefix`; the sessions in use are kept.
-/// The memory store's user index takes a restart: it is named and kept.
+/// user's), Redis moves new sessions under a new `key_prefix`, the memory store keeps its
+/// sessions and indexes them; the sessions in use are kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_opens_the_store_again_with_its_new_settings() {
     use redis::AsyncCommands as _;
@@ -369,15 +369,27 @@ async fn sighup_opens_the_store_again_with_its_new_settings() {
     assert!(old && new, "one:{old} two:{new}");
     running.stop();
 
-    // Memory: the user index is named as taking a restart; the session stays.
+    // Memory: opened again over the same sessions, their user index built from them.
     let memory =
         |settings: &str| format!("{upstream}[session]\n{settings}[store]\nkind = \"memory\"\n");
     std::fs::write(&file, memory("")).unwrap();
-    let running = Running::spawn(&["-c", file.to_str().unwrap()]);
+    let running = Running::spawn(&[
+        "-c",
+        file.to_str().unwrap(),
+        "--admin-listen",
+        "127.0.0.1:0",
+    ]);
+    let admin = running.proxy.admin.unwrap();
     let mut b = Browser::new(running.proxy.addr, "session_id");
-    b.get("/").app_responds_with(&[UPDATE]).await;
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"user":"bob"}"#)])
+        .await;
     let line = reload_with(&running, &file, &memory("user_key = \"user\"\n"), 1).await;
-    assert!(line.contains("restart=session.user_key"), "{line}");
-    assert_eq!(b.get("/").await.app_saw().session()["a"], 1);
+    assert!(!line.contains("restart="), "{line}");
+    let r = get(admin, "/users/bob/sessions").await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let listed = r.json()["sessions"].as_array().unwrap().len();
+    assert_eq!(listed, 1, "the session stored before, indexed");
+    assert_eq!(b.get("/").await.app_saw().session()["user"], "bob", "kept");
     running.stop();
 }
