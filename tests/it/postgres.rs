@@ -413,3 +413,55 @@ async fn sslmode_verify_full_checks_the_certificate_and_require_encrypts() {
     .await;
     assert!(text.contains("cannot connect to postgres://"), "{text}");
 }
+
+/// A reload that changes `store.table` and `pool_size` opens the store again on the same
+/// database: new sessions go to the new schema (created on the way), and the reload is not one
+/// that names a setting as taking a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_opens_the_store_again_in_a_new_table() {
+    let db = PgDb::new().await;
+    let app = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.toml");
+    let toml = |extra: &str| {
+        format!(
+            "upstream = \"http://{}\"\n{}{extra}",
+            app.addr,
+            pg_toml(&db.url(), "")
+        )
+    };
+    std::fs::write(&file, toml("")).unwrap();
+    let running = crate::support::Running::spawn(&["-c", file.to_str().unwrap()]);
+    let mut first = Browser::new(running.proxy.addr, "session_id");
+    first
+        .get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"a":1}"#)])
+        .await;
+    std::fs::write(&file, toml("table = \"elsewhere\"\npool_size = 3\n")).unwrap();
+    let line = running.hangup_line("SIGHUP: configuration").await;
+    assert!(
+        line.contains("configuration reloaded") && !line.contains("restart="),
+        "{line}"
+    );
+    let mut second = Browser::new(running.proxy.addr, "session_id");
+    second
+        .get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"b":2}"#)])
+        .await;
+    let handle = SessionId::parse(second.cookie.as_deref().unwrap())
+        .unwrap()
+        .handle();
+    let rows: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM elsewhere.sessions WHERE handle = $1",
+            &[&handle.as_str()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1, "the new session is in the new table");
+    assert_eq!(rows_of(&db, first.cookie.as_deref().unwrap()).await, 1);
+    running.stop();
+}
