@@ -179,15 +179,15 @@ impl Reloader {
     /// start from now on; requests in flight finish under the state they began with. Settings
     /// that take a restart stay as they are; those `config` changed are returned, as the file
     /// names them. Refused whole, with nothing changed, when the new keys would turn cookie
-    /// signing or store encryption on or off, or a new audit log or trace exporter cannot be
-    /// opened.
+    /// signing or store encryption on or off, or what a changed setting needs opened cannot be
+    /// (the audit log, the trace exporter, the assertion key, the store with its new settings;
+    /// an assertion key that was rotated before the store failed stays rotated).
     pub async fn apply(&self, mut config: Config) -> Result<Applied, ReloadError> {
         let current = self.live.current();
         // Read and checked by the validation: the new files, if TLS stays on.
         let certs = config.tls.as_ref().map(|t| t.certs.clone());
         let kept = current.config.keep_restart_only(&mut config);
-        // Nothing changes until every check passed; the assertion key file is the one read
-        // here, so it goes first of the changes.
+        // Nothing changes until every check passed.
         let ring = current.cookies.keys();
         ring.check(&config.cookie.keys)?;
         let secrets: Vec<&[u8]> = config
@@ -197,20 +197,11 @@ impl Reloader {
             .map(|s| s.as_str().as_bytes())
             .collect();
         self.sealer.check(&secrets)?;
-        // A new audit file is opened (created) and a new exporter built before anything
-        // changes, so that one that cannot be is refused with the rest.
+        // What a changed setting needs opened is opened before anything changes, so that one
+        // that cannot be is refused with the rest: the audit file (created), the exporter, the
+        // assertion key (read or created), and last the store.
         let audit = if config.audit != current.config.audit {
             Some(current.audit.prepare(config.audit.as_ref()).await?)
-        } else {
-            None
-        };
-        let store = if current.config.store.reopens(&config.store) {
-            Some(
-                self.reopener
-                    .open(&config.store)
-                    .await
-                    .map_err(ReloadError::Store)?,
-            )
         } else {
             None
         };
@@ -234,6 +225,18 @@ impl Reloader {
             (None, Some(assertion)) => Some(Some(Arc::new(Signer::open(assertion)?))),
             (Some(_), None) => Some(None),
             (None, None) => None,
+        };
+        // Last of what may fail: opening the store again can change the file (sqlite reindexes
+        // a new user key), which must not happen for a reload refused after it.
+        let store = if current.config.store.reopens(&config.store) {
+            Some(
+                self.reopener
+                    .open(&config.store)
+                    .await
+                    .map_err(ReloadError::Store)?,
+            )
+        } else {
+            None
         };
         let store_keys = self.sealer.replace(&secrets)?;
         let cookie_keys = ring.replace(config.cookie.keys.clone())?;
