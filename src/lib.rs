@@ -106,7 +106,6 @@ pub struct Proxy {
     live: proxy::Live,
     /// The admin routes' shared state, built here so that a reload reaches it.
     admin: Arc<admin::Admin>,
-    sweeper: Option<store::Sweeper>,
     /// The audit log's writer, run while serving; `None` with `[audit]` off.
     audit: Option<audit::Writer>,
     /// The trace exporter, run while serving; `None` with `[tracing]` off.
@@ -151,9 +150,12 @@ impl Proxy {
         state.assertion = signer;
         state.telemetry = telemetry.map(Arc::new);
         // The sweeper's removals are `expired` lines too, and close the sockets they held.
-        let sweeper = opened
-            .sweeper
-            .map(|sweeper| sweeper.reporting_to(reload::sweep_reports(&state)));
+        let background = reload::Background::default();
+        background.sweeper(
+            opened
+                .sweeper
+                .map(|sweeper| sweeper.reporting_to(reload::sweep_reports(&state))),
+        );
         let admin = Arc::new(
             admin::Admin::new(
                 state.store.clone(),
@@ -168,11 +170,10 @@ impl Proxy {
             live: proxy::Live::new(state),
             admin,
             tuning,
-            sweeper,
             audit: writer,
             traces,
             sealer,
-            background: reload::Background::default(),
+            background,
             reopener,
         })
     }
@@ -233,7 +234,7 @@ impl Proxy {
         let state = self.live.current();
         let sockets = tokio::spawn(state.sockets.clone().run(self.live.clone()));
         let background = self.background;
-        background.sweeper(self.sweeper);
+        background.start();
         if let Some(writer) = self.audit {
             background.audit(writer);
         }

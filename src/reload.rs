@@ -69,7 +69,9 @@ struct Tasks {
     audit: JoinSet<()>,
     traces: JoinSet<()>,
     /// The sweeper of the store in force, if it needs one.
-    sweeper: Option<tokio::task::AbortHandle>,
+    sweeper: Option<Sweep>,
+    /// Set by [`Background::start`]: tasks run from then on.
+    serving: bool,
     /// One per exporter still running: an exporter's queue stays open while a request may
     /// still end a span in it, so each is told when to send what it holds and return.
     stop_traces: Vec<oneshot::Sender<()>>,
@@ -81,11 +83,25 @@ impl Background {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `sweeper` in place of the one running, if any.
+    /// Puts `sweeper` in place of the one there, if any: run from [`start`](Self::start) on.
     pub fn sweeper(&self, sweeper: Option<Sweeper>) {
-        let task = sweeper.map(|s| tokio::spawn(s.run()).abort_handle());
-        if let Some(old) = std::mem::replace(&mut self.tasks().sweeper, task) {
+        let mut tasks = self.tasks();
+        let next = match sweeper {
+            Some(s) if tasks.serving => Some(Sweep::Running(tokio::spawn(s.run()).abort_handle())),
+            Some(s) => Some(Sweep::Waiting(s)),
+            None => None,
+        };
+        if let Some(Sweep::Running(old)) = std::mem::replace(&mut tasks.sweeper, next) {
             old.abort();
+        }
+    }
+
+    /// The proxy serves: the sweeper runs (a reload's too, if one came first).
+    pub fn start(&self) {
+        let mut tasks = self.tasks();
+        tasks.serving = true;
+        if let Some(Sweep::Waiting(s)) = tasks.sweeper.take() {
+            tasks.sweeper = Some(Sweep::Running(tokio::spawn(s.run()).abort_handle()));
         }
     }
 
@@ -137,6 +153,12 @@ impl Background {
         .await
         .is_ok()
     }
+}
+
+/// A sweeper, before and after the proxy serves.
+enum Sweep {
+    Waiting(Sweeper),
+    Running(tokio::task::AbortHandle),
 }
 
 /// What the sweeper reports of each session it removes: an `expired` audit line, and the
