@@ -393,3 +393,35 @@ async fn sighup_opens_the_store_again_with_its_new_settings() {
     assert_eq!(b.get("/").await.app_saw().session()["user"], "bob", "kept");
     running.stop();
 }
+
+/// The store a reload opened again is swept by a sweeper of its own: a session created after the
+/// reload, left to expire, is removed with an `expired` audit line naming its user (the new
+/// index's), with no request asking for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_a_reload_opened_again_is_swept() {
+    let app = App::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (file, audit) = (
+        dir.path().join("proxy.toml"),
+        dir.path().join("audit.jsonl"),
+    );
+    let toml = |user_key: &str| {
+        format!(
+            "upstream = \"http://{}\"\n[session]\nidle_timeout = \"1s\"\n{user_key}\
+             [store]\nkind = \"memory\"\nsweep_interval = \"200ms\"\n[audit]\npath = \"{}\"\n",
+            app.addr,
+            audit.display()
+        )
+    };
+    std::fs::write(&file, toml("")).unwrap();
+    let running = Running::spawn(&["-c", file.to_str().unwrap()]);
+    reload_with(&running, &file, &toml("user_key = \"user\"\n"), 1).await;
+    let mut b = Browser::new(running.proxy.addr, "session_id");
+    b.get("/")
+        .app_responds_with(&[("X-Session-Update", r#"{"user":"cy"}"#)])
+        .await;
+    let lines = audit_has(&audit, 2).await;
+    let expired = lines.iter().find(|l| l["event"] == "expired");
+    assert_eq!(expired.expect("swept")["user"], "cy", "{lines:?}");
+    running.stop();
+}
