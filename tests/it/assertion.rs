@@ -293,6 +293,13 @@ fn a_key_file_that_is_not_an_ed25519_key_refuses_check_and_start_with_exit_2() {
     }
 }
 
+/// No assertion reaches the app through `proxy`, and `admin` serves no key.
+async fn assert_off(proxy: std::net::SocketAddr, admin: std::net::SocketAddr) {
+    let seen = get(proxy, "/").await.app_saw();
+    assert!(!seen.has_header("x-session-assertion"));
+    assert_eq!(get(admin, "/.well-known/jwks.json").await.status, 404);
+}
+
 /// A reload turns the assertion on (the key file created as a start would) and off: the app
 /// gets a verifiable `X-Session-Assertion` and the admin listener serves its key only while on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,13 +314,7 @@ async fn a_reload_turns_the_assertion_on_and_off() {
     let cfg = write_config(dir.path(), "proxy.toml", &format!("{base}{admin}"));
     let running = crate::support::Running::spawn(&["-c", &cfg, "--admin-listen", "127.0.0.1:0"]);
     let (proxy, admin_addr) = (running.proxy.addr, running.proxy.admin.unwrap());
-    assert!(
-        !get(proxy, "/")
-            .await
-            .app_saw()
-            .has_header("x-session-assertion")
-    );
-    assert_eq!(get(admin_addr, "/.well-known/jwks.json").await.status, 404);
+    assert_off(proxy, admin_addr).await;
 
     // On, the key file created as a start would.
     write_config(
@@ -333,12 +334,6 @@ async fn a_reload_turns_the_assertion_on_and_off() {
     // Off again.
     write_config(dir.path(), "proxy.toml", &format!("{base}{admin}"));
     running.hangup_until("configuration reloaded", 2).await;
-    assert!(
-        !get(proxy, "/")
-            .await
-            .app_saw()
-            .has_header("x-session-assertion")
-    );
-    assert_eq!(get(admin_addr, "/.well-known/jwks.json").await.status, 404);
+    assert_off(proxy, admin_addr).await;
     running.stop();
 }
