@@ -396,6 +396,9 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let remote = peer.addr;
+        // Shared by the connection's requests: a reference count per request, not a copy of
+        // its four header values.
+        let peer = Arc::new(peer);
         let activity = Arc::new(Activity::default());
         // Whether the connection speaks HTTP/2 (known under TLS from ALPN, else from its first
         // request): the drain sends it GOAWAY at once.
