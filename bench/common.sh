@@ -95,7 +95,7 @@ upstream_and_config() {
       ;;
     *) echo "STORE is memory, sqlite-fsync, sqlite-nofsync, fs-fsync, fs-nofsync or redis" >&2; exit 2 ;;
   esac >"$WORK/proxy.toml"
-  start upstream "$WORK/up.log" target/dist/bench_upstream --listen 127.0.0.1:0 \
+  start upstream "$WORK/up.log" target/${BENCH_PROFILE:-dist}/bench_upstream --listen 127.0.0.1:0 \
     --update-percent "$percent"
   UP_PID=$STARTED_PID
   UP=$(wait_line "$UP_PID" "$WORK/up.log" 'listening on http://([0-9.:]+)')

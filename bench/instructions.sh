@@ -61,7 +61,12 @@ for tool in valgrind callgrind_annotate; do
   command -v "$tool" >/dev/null || { echo "$tool is missing: apt-get install -y valgrind" >&2; exit 1; }
 done
 
-cargo build --profile dist --quiet --bins -p session-proxy -p bench-tools
+# BENCH_PROFILE [dist]: the cargo profile built and run. `release` (thin LTO) builds in a fraction
+# of dist's time, for an A/B of two commits; compare both arms on the same profile, and quote
+# dist's figures against other sections of bench/PROFILE.md.
+BENCH_PROFILE=${BENCH_PROFILE:-dist}
+BIN=target/$BENCH_PROFILE
+cargo build --profile "$BENCH_PROFILE" --quiet --bins -p session-proxy -p bench-tools
 OUTDIR=target/bench-instructions
 mkdir -p "$OUTDIR"
 WORK=$(mktemp -d "$PWD/target/bench-instructions.XXXXXX")
@@ -111,9 +116,9 @@ fi
 export RUST_LOG=$LOG
 TARGET=${TARGET:-proxy}
 case $TARGET in
-  proxy) HOP=(target/dist/session-proxy --config "$WORK/proxy.toml" --upstream "http://$UP") ;;
-  bare-hop) HOP=(target/dist/bare_hop --mode pooled --upstream "$UP") ;;
-  bare-plain) HOP=(target/dist/bare_hop --mode plain --upstream "$UP") ;;
+  proxy) HOP=("$BIN/session-proxy" --config "$WORK/proxy.toml" --upstream "http://$UP") ;;
+  bare-hop) HOP=("$BIN/bare_hop" --mode pooled --upstream "$UP") ;;
+  bare-plain) HOP=("$BIN/bare_hop" --mode plain --upstream "$UP") ;;
   *) echo "TARGET is proxy, bare-hop or bare-plain" >&2; exit 2 ;;
 esac
 start proxy "$WORK/proxy.log" valgrind --tool=callgrind \
@@ -125,8 +130,8 @@ for _ in 1 2 3; do
 done
 [ -n "${PROXY:-}" ] || { echo "the proxy did not start:" >&2; cat "$WORK/proxy.log.err" >&2; exit 1; }
 
-echo "== callgrind on $TARGET, store=$STORE, mix=$MIX, skip=${SKIP:-off}, user_key=${USER_KEY:-off}, signed=$SIGNED, assertion=${ASSERTION:-off}, store_key=${STORE_KEY:-off}, tracing=${TRACING:-off}, body=${BODY:-0} bytes, request_buffer=${BUFFER:-default}, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
-LINE=$("${PIN_LOAD[@]}" target/dist/loadgen run --url "http://$PROXY/" \
+echo "== callgrind on $TARGET ($BENCH_PROFILE), store=$STORE, mix=$MIX, skip=${SKIP:-off}, user_key=${USER_KEY:-off}, signed=$SIGNED, assertion=${ASSERTION:-off}, store_key=${STORE_KEY:-off}, tracing=${TRACING:-off}, body=${BODY:-0} bytes, request_buffer=${BUFFER:-default}, RUST_LOG=$LOG, ${DURATION}s, 16 connections"
+LINE=$("${PIN_LOAD[@]}" "$BIN/loadgen" run --url "http://$PROXY/" \
   --connections 16 --warmup 0 --duration "$DURATION" --body "${BODY:-0}" "${COOKIES[@]}")
 REQUESTS=$(echo "$LINE" | tr '\t' '\n' | sed -n 's/^requests=//p')
 # SIGTERM: the proxy shuts down gracefully and callgrind writes its file on exit.

@@ -270,29 +270,84 @@ fn trusted_chains(
 
 /// This hop's `Forwarded` element (RFC 7239 §4): `for` the peer, `proto` the scheme it used,
 /// `host` the name it called (left out when there is none).
+///
+/// Written into a buffer of exactly its length, which becomes the value's bytes as it is: one
+/// allocation per request, where `HeaderValue::from_bytes` copied the buffer into a second.
 fn forwarded_element(peer: &Peer, host: Option<&HeaderValue>) -> HeaderValue {
-    let mut element = Vec::with_capacity(64);
+    let host = host.filter(|h| !h.is_empty());
+    let len = b"for=".len()
+        + peer.forwarded_node.len()
+        + b";proto=".len()
+        + value_len(peer.proto.as_bytes())
+        + host.map_or(0, |h| b";host=".len() + value_len(h.as_bytes()));
+    let mut element = Vec::with_capacity(len);
     element.extend_from_slice(b"for=");
     element.extend_from_slice(peer.forwarded_node.as_bytes());
     element.extend_from_slice(b";proto=");
     push_value(&mut element, peer.proto.as_bytes());
-    if let Some(host) = host.filter(|h| !h.is_empty()) {
+    if let Some(host) = host {
         element.extend_from_slice(b";host=");
         push_value(&mut element, host.as_bytes());
     }
+    debug_assert_eq!(element.len(), len, "value_len disagrees with push_value");
     // Every byte came from a header value or is ASCII punctuation: always a valid value.
-    HeaderValue::from_bytes(&element).unwrap_or_else(|_| HeaderValue::from_static("for=unknown"))
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(element))
+        .unwrap_or_else(|_| HeaderValue::from_static("for=unknown"))
 }
 
-/// RFC 9110 §5.6.2 `tchar`.
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+/// Whether `value` is a token, written as it is by [`push_value`].
+fn is_token(value: &[u8]) -> bool {
+    !value.is_empty() && value.iter().copied().all(is_tchar)
 }
+
+/// How many bytes [`push_value`] writes for `value`.
+fn value_len(value: &[u8]) -> usize {
+    if is_token(value) {
+        value.len()
+    } else {
+        2 + value.len() + value.iter().filter(|&&b| b == b'"' || b == b'\\').count()
+    }
+}
+
+/// RFC 9110 §5.6.2 `tchar`: one table lookup per byte, as every request's `Forwarded` element
+/// is checked byte by byte (a scan of the punctuation list per byte cost more than the copy the
+/// exact-length buffer above saves; bench/PROFILE.md, "[perf-3] experiments").
+fn is_tchar(b: u8) -> bool {
+    TCHAR[usize::from(b)]
+}
+
+const TCHAR: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    table
+};
 
 /// A `Forwarded` value (RFC 7239 §4: `token / quoted-string`): as it is when it is a token,
 /// else quoted, with `"` and `\` escaped (RFC 9110 §5.6.4).
 fn push_value(out: &mut Vec<u8>, value: &[u8]) {
-    if !value.is_empty() && value.iter().copied().all(is_tchar) {
+    if is_token(value) {
         out.extend_from_slice(value);
         return;
     }
@@ -490,6 +545,14 @@ mod tests {
         let proxies = TrustedProxies::new(vec!["192.0.2.0/24".parse().unwrap()]);
         assert!(mapped.trusting(&proxies).trusted);
         assert!(!v6.trusting(&proxies).trusted);
+    }
+
+    #[test]
+    fn the_tchar_table_is_rfc_9110s() {
+        for b in 0..=255u8 {
+            let listed = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(is_tchar(b), listed, "{b}");
+        }
     }
 
     #[test]

@@ -344,8 +344,10 @@ enum Wake {
     Done,
     /// Shutdown began.
     Stop,
-    /// A request ended, or a deadline passed: look again.
+    /// A request ended while closing: look again.
     Check,
+    /// The timer fired: a deadline may have passed.
+    Timer,
 }
 
 impl Connection {
@@ -394,6 +396,9 @@ impl Connection {
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let remote = peer.addr;
+        // Shared by the connection's requests: a reference count per request, not a copy of
+        // its four header values.
+        let peer = Arc::new(peer);
         let activity = Arc::new(Activity::default());
         // Whether the connection speaks HTTP/2 (known under TLS from ALPN, else from its first
         // request): the drain sends it GOAWAY at once.
@@ -404,8 +409,8 @@ impl Connection {
             let (live, activity) = (self.live.clone(), activity.clone());
             let (switched, draining, h2) = (switched.clone(), self.draining.clone(), h2.clone());
             service_fn(move |req| {
-                let in_flight = activity.enter();
                 let http1 = req.version() < http::Version::HTTP_2;
+                let in_flight = activity.enter(!http1);
                 if !http1 {
                     h2.store(true, Ordering::Relaxed);
                 }
@@ -447,6 +452,17 @@ impl Connection {
         } else {
             deadline
         });
+        // One timer for the connection's life, moved only when it fires before `deadline` or
+        // when `deadline` comes earlier than it (the first request's end under a
+        // `keep_alive_timeout` shorter than `handshake_timeout`; the drain): a keep-alive
+        // connection's requests each push `deadline` later without touching the timer.
+        let timer = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now));
+        tokio::pin!(timer);
+        // When the timer will fire (`None`: it fired, and is off until set again).
+        let mut armed = deadline;
+        let mut stop = self.stop.clone();
+        let stopped = stop.changed();
+        tokio::pin!(stopped);
         let mut served_one = false;
         // The drain's GOAWAY (HTTP/2) or idle close (HTTP/1) was sent: nothing but its end is
         // left to wait for once nothing is in flight.
@@ -461,53 +477,80 @@ impl Connection {
                 let _ = tokio::time::timeout(FLUSH_GRACE, served(&mut conn)).await;
                 return self.tunnel(&switched, true).await;
             }
-            let wake = tokio::select! {
-                result = served(&mut conn) => {
+            // One future polled for as long as the connection has requests to serve: the
+            // connection first, and a request's end is seen right after the poll in which it
+            // happened (see `activity`).
+            let wake = std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = conn.as_mut().poll_served(cx) {
                     if let Err(error) = result {
                         tracing::debug!(%error, %remote, "connection closed with an error");
                     }
-                    Wake::Done
+                    return Poll::Ready(Wake::Done);
                 }
-                changed = self.stop.changed(), if !draining => match changed {
-                    Ok(()) | Err(_) => Wake::Stop,
-                },
-                () = activity.ended() => Wake::Check,
-                () = sleep_until(deadline) => Wake::Check,
-            };
+                if !draining && stopped.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Stop);
+                }
+                if h2.load(Ordering::Relaxed) {
+                    activity.register(cx.waker());
+                }
+                if activity.idle() && activity.take_ended() {
+                    served_one = true;
+                    if closing {
+                        return Poll::Ready(Wake::Check);
+                    }
+                    let idle = if draining {
+                        DRAIN_IDLE_GRACE.min(self.limits.keep_alive_timeout)
+                    } else {
+                        self.limits.keep_alive_timeout
+                    };
+                    let at = Instant::now() + idle;
+                    deadline = Some(at);
+                    arm_by(timer.as_mut(), &mut armed, at);
+                }
+                if armed.is_some() && timer.as_mut().poll(cx).is_ready() {
+                    armed = None;
+                    return Poll::Ready(Wake::Timer);
+                }
+                Poll::Pending
+            })
+            .await;
             match wake {
                 Wake::Done => return self.tunnel(&switched, draining).await,
                 Wake::Stop => {
                     draining = true;
-                    // HTTP/1: one more idle grace (the loop's top sends HTTP/2 its GOAWAY).
-                    let grace = Instant::now() + DRAIN_IDLE_GRACE;
-                    deadline = Some(deadline.map_or(grace, |d| d.min(grace)));
+                    if activity.idle() {
+                        // HTTP/1: one more idle grace (the loop's top sends HTTP/2 its GOAWAY).
+                        let grace = Instant::now() + DRAIN_IDLE_GRACE;
+                        let at = deadline.map_or(grace, |d| d.min(grace));
+                        deadline = Some(at);
+                        arm_by(timer.as_mut(), &mut armed, at);
+                    } else {
+                        // The request's end sets the deadline.
+                        deadline = None;
+                    }
                 }
                 Wake::Check => {}
-            }
-            if !activity.idle() {
-                // The request's end wakes this loop; until then no idle deadline runs.
-                deadline = None;
-                continue;
-            }
-            if activity.take_ended() {
-                served_one = true;
-                let idle = if draining {
-                    DRAIN_IDLE_GRACE.min(self.limits.keep_alive_timeout)
-                } else {
-                    self.limits.keep_alive_timeout
-                };
-                deadline = Some(Instant::now() + idle);
-                continue;
-            }
-            if deadline.is_some_and(|d| d <= Instant::now()) {
-                if served_one {
-                    tracing::debug!(%remote, "closing an idle connection");
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(FLUSH_GRACE, served(&mut conn)).await;
-                } else {
-                    tracing::debug!(%remote, "closing a connection that sent no request in time");
+                Wake::Timer => {
+                    if !activity.idle() {
+                        // The request's end sets the deadline; until then none runs.
+                        deadline = None;
+                        continue;
+                    }
+                    let Some(at) = deadline else { continue };
+                    if at > Instant::now() {
+                        // Requests ended since the timer was set: their deadline is later.
+                        arm_by(timer.as_mut(), &mut armed, at);
+                        continue;
+                    }
+                    if served_one {
+                        tracing::debug!(%remote, "closing an idle connection");
+                        conn.as_mut().graceful_shutdown();
+                        let _ = tokio::time::timeout(FLUSH_GRACE, served(&mut conn)).await;
+                    } else {
+                        tracing::debug!(%remote, "closing a connection that sent no request in time");
+                    }
+                    return;
                 }
-                return;
             }
         }
     }
@@ -534,10 +577,11 @@ impl Connection {
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// Makes the connection's timer fire by `at`: moved only if it is off or set later.
+fn arm_by(timer: Pin<&mut tokio::time::Sleep>, armed: &mut Option<Instant>, at: Instant) {
+    if armed.is_none_or(|t| at < t) {
+        timer.reset(at);
+        *armed = Some(at);
     }
 }
 

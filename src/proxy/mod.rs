@@ -173,7 +173,7 @@ impl State {
 /// The service function: never fails; every error becomes a response here.
 pub async fn handle(
     state: Arc<State>,
-    peer: Peer,
+    peer: Arc<Peer>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut ctx = RequestCtx::new(&req);
