@@ -180,10 +180,7 @@ async fn sighup_moves_the_audit_log_and_traces_and_switches_the_log_format() {
     assert!(browser.cookie.is_some());
 
     // On: the audit log, traces and JSON lines.
-    let tracing = format!(
-        "[tracing]\notlp_endpoint = \"http://{}/v1/traces\"\n",
-        collector.addr
-    );
+    let tracing = collector.section("");
     let on = format!(
         "[log]\nformat = \"json\"\n[audit]\npath = \"{}\"\n{tracing}",
         first.display()

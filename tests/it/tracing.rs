@@ -67,10 +67,7 @@ async fn each_request_is_a_span_tree_in_the_clients_trace_and_the_apps() {
     let proxy = start_proxy(
         dir.path(),
         &app,
-        &format!(
-            "[tracing]\notlp_endpoint = \"http://{}/v1/traces\"\nservice_name = \"edge\"\n",
-            collector.addr
-        ),
+        &collector.section("service_name = \"edge\"\n"),
     );
     let mut b = Browser::new(proxy.addr, "session_id");
     let traceparent = format!("00-{TRACE_ID}-{CLIENT_SPAN}-01");
@@ -269,14 +266,7 @@ async fn the_ratio_decides_new_traces_and_a_clients_sampled_flag_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let app = App::start().await;
     let collector = Collector::start().await;
-    let proxy = start_proxy(
-        dir.path(),
-        &app,
-        &format!(
-            "[tracing]\notlp_endpoint = \"http://{}/v1/traces\"\nsample_ratio = 0.0\n",
-            collector.addr
-        ),
-    );
+    let proxy = start_proxy(dir.path(), &app, &collector.section("sample_ratio = 0.0\n"));
     let unsampled = get(proxy.addr, "/a").await;
     let at_app = unsampled.app_saw().header("traceparent").unwrap();
     assert!(

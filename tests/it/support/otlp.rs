@@ -73,6 +73,14 @@ impl Collector {
         Collector { addr, got }
     }
 
+    /// The config's `[tracing]` section exporting to this receiver, with `extra` lines.
+    pub fn section(&self, extra: &str) -> String {
+        format!(
+            "[tracing]\notlp_endpoint = \"http://{}/v1/traces\"\n{extra}",
+            self.addr
+        )
+    }
+
     /// Waits (10 s at most) until `n` spans arrived.
     pub async fn spans(&self, n: usize) -> Vec<Span> {
         let start = Instant::now();
