@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::signal::unix::Signal;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::admin::Admin;
@@ -61,10 +61,21 @@ pub enum ReloadError {
 /// log's writers and the trace exporters (one a reload replaced finishes its queue and
 /// returns), and the store's sweeper (one a reload replaced is stopped). At exit they are
 /// stopped and the writers waited for, within a bound. Clones share the tasks.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Background(Arc<Mutex<Tasks>>);
 
-#[derive(Default)]
+impl Default for Background {
+    fn default() -> Self {
+        Background(Arc::new(Mutex::new(Tasks {
+            audit: JoinSet::new(),
+            traces: JoinSet::new(),
+            sweeper: None,
+            serving: false,
+            stop_traces: watch::Sender::new(false),
+        })))
+    }
+}
+
 struct Tasks {
     audit: JoinSet<()>,
     traces: JoinSet<()>,
@@ -72,9 +83,9 @@ struct Tasks {
     sweeper: Option<Sweep>,
     /// Set by [`Background::start`]: tasks run from then on.
     serving: bool,
-    /// One per exporter still running: an exporter's queue stays open while a request may
-    /// still end a span in it, so each is told when to send what it holds and return.
-    stop_traces: Vec<oneshot::Sender<()>>,
+    /// Set at exit: an exporter's queue stays open while a request may still end a span in
+    /// it, so every exporter is told when to send what it holds and return.
+    stop_traces: watch::Sender<bool>,
 }
 
 impl Background {
@@ -114,45 +125,39 @@ impl Background {
 
     /// Runs a trace exporter until [`stop_traces`](Self::stop_traces).
     pub fn traces(&self, exporter: crate::telemetry::Exporter) {
-        let (stop, stopped) = oneshot::channel();
         let mut tasks = self.tasks();
         while tasks.traces.try_join_next().is_some() {}
-        tasks.stop_traces.retain(|s| !s.is_closed());
-        tasks.stop_traces.push(stop);
-        tasks.traces.spawn(exporter.run(stopped));
+        let mut stop = tasks.stop_traces.subscribe();
+        tasks.traces.spawn(exporter.run(async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        }));
     }
 
     /// Tells every exporter to send what it holds and waits for them, for at most `limit`;
     /// `false` if they did not finish in time.
     pub async fn stop_traces(&self, limit: Duration) -> bool {
-        let (stops, mut running) = {
+        let running = {
             let mut tasks = self.tasks();
-            (
-                std::mem::take(&mut tasks.stop_traces),
-                std::mem::take(&mut tasks.traces),
-            )
+            tasks.stop_traces.send_replace(true);
+            std::mem::take(&mut tasks.traces)
         };
-        for stop in stops {
-            let _ = stop.send(());
-        }
-        tokio::time::timeout(limit, async {
-            while running.join_next().await.is_some() {}
-        })
-        .await
-        .is_ok()
+        join_within(running, limit).await
     }
 
     /// Waits, for at most `limit`, for the audit writers to write and fsync what their
     /// queues hold ([`Audit::close`](crate::audit::Audit::close) lets them go); `false` if they
     /// did not finish in time.
     pub async fn finish_audit(&self, limit: Duration) -> bool {
-        let mut running = std::mem::take(&mut self.tasks().audit);
-        tokio::time::timeout(limit, async {
-            while running.join_next().await.is_some() {}
-        })
+        let running = std::mem::take(&mut self.tasks().audit);
+        join_within(running, limit).await
+    }
+}
+
+/// Waits for every task of `set`, for at most `limit`; `false` if they did not finish in time.
+async fn join_within(mut set: JoinSet<()>, limit: Duration) -> bool {
+    tokio::time::timeout(limit, async { while set.join_next().await.is_some() {} })
         .await
         .is_ok()
-    }
 }
 
 /// A sweeper, before and after the proxy serves.

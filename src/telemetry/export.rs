@@ -14,7 +14,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter as _, SpanProcessor};
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::TracingConfig;
@@ -98,7 +98,8 @@ pub struct Exporter {
 impl Exporter {
     /// Sends batches until `stop` fires, then what is queued; bound the wait at exit (a
     /// collector that hangs holds a send for its timeout).
-    pub async fn run(mut self, mut stop: oneshot::Receiver<()>) {
+    pub async fn run(mut self, stop: impl std::future::Future<Output = ()>) {
+        let mut stop = std::pin::pin!(stop);
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut warned: Option<Instant> = None;
         loop {
