@@ -110,15 +110,12 @@ pub struct Proxy {
     audit: Option<audit::Writer>,
     /// The trace exporter, run while serving; `None` with `[tracing]` off.
     traces: Option<telemetry::Exporter>,
-    /// The store's sealer (off without `store.encryption_key`).
-    sealer: store::Sealer,
-    /// The store's timeout and sweep interval, for a reload.
-    tuning: store::Tuning,
     /// Where the sweeper, the audit writers and the trace exporters run, those above and a
     /// reload's.
     background: reload::Background,
-    /// What a reload that changes the store's settings opens it again with.
-    reopener: store::Reopener,
+    /// What a reload changes in the store: its timeout, sweep interval and keys, or the store
+    /// itself.
+    store: store::Reload,
 }
 
 impl Proxy {
@@ -143,8 +140,7 @@ impl Proxy {
             }
             None => (None, None),
         };
-        let reopener = opened.reopener;
-        let (sealer, tuning) = (opened.sealer, opened.tuning);
+        let store = opened.reload;
         let mut state = proxy::State::new(config, opened.store, metrics);
         state.audit = audit;
         state.assertion = signer;
@@ -169,12 +165,10 @@ impl Proxy {
         Ok(Proxy {
             live: proxy::Live::new(state),
             admin,
-            tuning,
             audit: writer,
             traces,
-            sealer,
             background,
-            reopener,
+            store,
         })
     }
 
@@ -188,10 +182,8 @@ impl Proxy {
         reload::Reloader {
             live: self.live.clone(),
             admin: self.admin.clone(),
-            sealer: self.sealer.clone(),
-            tuning: self.tuning.clone(),
             background: self.background.clone(),
-            reopener: self.reopener.clone(),
+            store: self.store.clone(),
         }
     }
 

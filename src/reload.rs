@@ -3,7 +3,7 @@
 //! and store keys, the TLS certificate and key, and the assertion key. What is opened rather
 //! than read is opened again when its settings changed, before anything changes: the audit log
 //! and the trace exporter (the ones replaced finish their queues, [`Background`]), the
-//! assertion's key, and the store in the same place ([`Reopener`]).
+//! assertion's key, and the store in the same place ([`Reload`](crate::store::Reload)).
 //!
 //! `main.rs` listens for SIGHUP before the store opens or a port is bound, so a SIGHUP is never
 //! the signal's default action (which ends the process). A reload that fails is logged at
@@ -25,7 +25,7 @@ use crate::proxy::Live;
 use crate::proxy::State;
 use crate::secrets::{SigningToggled, warn_if_store_keys_world_readable, warn_if_world_readable};
 use crate::store::seal::KeyError;
-use crate::store::{ExpiredSink, Reopener, Sealer, StoreError, Sweeper, Tuning};
+use crate::store::{ExpiredSink, StoreError, Sweeper};
 use crate::telemetry::Telemetry;
 
 /// Why a reload left the configuration as it was.
@@ -195,10 +195,8 @@ pub struct Applied {
 pub struct Reloader {
     pub(crate) live: Live,
     pub(crate) admin: Arc<Admin>,
-    pub(crate) sealer: Sealer,
-    pub(crate) tuning: Tuning,
     pub(crate) background: Background,
-    pub(crate) reopener: Reopener,
+    pub(crate) store: crate::store::Reload,
 }
 
 impl Reloader {
@@ -223,7 +221,7 @@ impl Reloader {
             .iter()
             .map(|s| s.as_str().as_bytes())
             .collect();
-        self.sealer.check(&secrets)?;
+        self.store.sealer().check(&secrets)?;
         // What a changed setting needs opened is opened before anything changes, so that one
         // that cannot be is refused with the rest: the audit file (created), the exporter, the
         // assertion key (read or created), and last the store.
@@ -257,7 +255,7 @@ impl Reloader {
         // a new user key), which must not happen for a reload refused after it.
         let store = if current.config.store.reopens(&config.store) {
             Some(
-                self.reopener
+                self.store
                     .open(&config.store)
                     .await
                     .map_err(ReloadError::Store)?,
@@ -265,7 +263,7 @@ impl Reloader {
         } else {
             None
         };
-        let store_keys = self.sealer.replace(&secrets)?;
+        let store_keys = self.store.sealer().replace(&secrets)?;
         let cookie_keys = ring.replace(config.cookie.keys.clone())?;
         if let (Some(tls), Some(certs)) = (&config.tls, certs) {
             tls.certs.adopt(&certs);
@@ -275,7 +273,7 @@ impl Reloader {
                 "tls: SIGHUP: certificate and key reloaded"
             );
         }
-        self.tuning.apply(&config.store);
+        self.store.apply(&config.store);
         crate::logging::set_format(config.log_format);
         if let Some(prepared) = audit {
             if let Some(writer) = current.audit.replace(prepared) {

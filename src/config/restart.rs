@@ -25,7 +25,7 @@ fn backend(kind: &StoreKind) -> StoreKind {
 /// Where a store's sessions are: another place is another store, which takes a restart.
 #[derive(PartialEq)]
 enum Place<'a> {
-    /// This process's memory (opened again, it keeps its sessions: `store::Reopener`).
+    /// This process's memory (opened again, it keeps its sessions: `store::Reload`).
     Memory,
     Fs(&'a Path),
     Sqlite(&'a Path),

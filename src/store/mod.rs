@@ -323,31 +323,8 @@ pub struct Opened {
     /// The backend's sealer (`store.encryption_key`; off without one), shared with it: a
     /// reload of its keys ([`Sealer::replace`]) is what the backend uses from then on.
     pub sealer: Sealer,
-    /// `store.timeout` and `store.sweep_interval`, which a reload may change.
-    pub tuning: Tuning,
-    /// What opens this store again with new settings, for a reload.
-    pub reopener: Reopener,
-}
-
-/// The store settings a running proxy can change: each call's bound, and the sweeper's
-/// interval. Clones share them.
-#[derive(Debug, Clone)]
-pub struct Tuning {
-    limit: timed::Limit,
-    sweep: Arc<tokio::sync::watch::Sender<std::time::Duration>>,
-}
-
-impl Tuning {
-    /// Puts `config`'s timeout (for calls that start from now on) and sweep interval (from the
-    /// next sweep on) in force.
-    pub fn apply(&self, config: &StoreConfig) {
-        self.limit.set(config.timeout);
-        self.sweep.send_if_modified(|every| {
-            let changed = *every != config.sweep_interval;
-            *every = config.sweep_interval;
-            changed
-        });
-    }
+    /// What a reload changes in this store.
+    pub reload: Reload,
 }
 
 /// Opens the configured store and wraps it in [`Timed`]; with `store.encryption_key`, the
@@ -362,7 +339,7 @@ pub async fn open(config: &StoreConfig) -> Result<Opened> {
     let sealer = Sealer::new(&secrets, metrics.unreadable.clone())
         .map_err(|e| StoreError::Unexpected(e.to_string()))?;
     let (sweep, _) = tokio::sync::watch::channel(config.sweep_interval);
-    let reopener = Reopener {
+    let reload = Reload {
         limit: timed::Limit::new(Some(config.timeout)),
         sweep: Arc::new(sweep),
         memory: matches!(config.kind, StoreKind::Memory)
@@ -370,32 +347,24 @@ pub async fn open(config: &StoreConfig) -> Result<Opened> {
         metrics,
         sealer,
     };
-    let (store, sweeper) = reopener.open(config).await?;
-    // The bound a backend that never waits is given: none, and a reload leaves it so.
-    let limit = if store.capabilities().never_waits {
-        timed::Limit::new(None)
-    } else {
-        reopener.limit.clone()
-    };
+    let (store, sweeper) = reload.open(config).await?;
     Ok(Opened {
         store,
         sweeper,
-        metrics: reopener.metrics.clone(),
-        sealer: reopener.sealer.clone(),
-        tuning: Tuning {
-            limit,
-            sweep: reopener.sweep.clone(),
-        },
-        reopener,
+        metrics: reload.metrics.clone(),
+        sealer: reload.sealer.clone(),
+        reload,
     })
 }
 
-/// What a reload needs to open the store again with other backend settings (`fsync`, `mode`,
-/// `key_prefix`, `filename_template`, `pool_size`, `table`) or another user index: the new
-/// backend goes behind the same bound, counters and keys as the one it replaces, and its
-/// sweeper follows the same interval.
+/// What a reload changes in a running store: each call's bound and the sweeper's interval
+/// ([`apply`](Reload::apply)), the encryption keys ([`sealer`](Reload::sealer)), and the store
+/// itself, opened again with other backend settings (`fsync`, `mode`, `key_prefix`,
+/// `filename_template`, `pool_size`, `table`) or another user index ([`open`](Reload::open)):
+/// the new backend goes behind the same bound, counters and keys as the one it replaces, and
+/// its sweeper follows the same interval. Clones share all of it.
 #[derive(Clone)]
-pub struct Reopener {
+pub struct Reload {
     limit: timed::Limit,
     sweep: Arc<tokio::sync::watch::Sender<std::time::Duration>>,
     /// The memory store's sessions, which every memory store this opens shares (with its own
@@ -405,7 +374,24 @@ pub struct Reopener {
     sealer: Sealer,
 }
 
-impl Reopener {
+impl Reload {
+    /// Puts `config`'s timeout (for calls that start from now on; a backend that never waits
+    /// stays so) and sweep interval (from the next sweep on) in force.
+    pub fn apply(&self, config: &StoreConfig) {
+        self.limit.set(config.timeout);
+        self.sweep.send_if_modified(|every| {
+            let changed = *every != config.sweep_interval;
+            *every = config.sweep_interval;
+            changed
+        });
+    }
+
+    /// The backends' sealer: a reload of its keys ([`Sealer::replace`]) is what they use from
+    /// then on.
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
+    }
+
     /// Opens the backend `config` names (a sqlite file with another user key is reindexed as
     /// at start), behind [`Timed`], with its sweeper when it needs one. The caller puts it in
     /// force; the store it replaces serves the calls in flight and closes when they are done.
